@@ -1,0 +1,46 @@
+"""Shared output helpers: human (rich) or --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(obj: Any) -> None:
+    if hasattr(obj, "model_dump"):
+        obj = obj.model_dump(mode="json")
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+class PullProgress:
+    """A rich progress bar fed by edgekit.models.store's progress callback."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar = None
+        self.task = None
+
+    def __enter__(self):
+        if self.enabled:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                TimeRemainingColumn(), console=err_console, transient=False)
+            self.bar.__enter__()
+        return self
+
+    def __call__(self, desc: str, advance: int, total: int) -> None:
+        if not self.bar:
+            return
+        if self.task is None:
+            self.task = self.bar.add_task(desc, total=total)
+        self.bar.update(self.task, description=desc, advance=advance, total=total)
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.__exit__(*exc)

@@ -1,0 +1,174 @@
+"""Device profile: a versioned JSON document (pydantic). The planner's only view of a device.
+
+A profile holds, per model, figures that each say how they were obtained (see
+:mod:`edgekit.figures`). ``kind`` is ``measured`` for profiles made by ``edgekit profile``
+and ``published`` for reference profiles built from papers (see :mod:`edgekit.profile.reference`).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekit.errors import SchemaError
+from edgekit.figures import Figure
+
+PROFILE_SCHEMA_VERSION = 1
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class GPUInfo(_M):
+    index: int
+    name: str
+    memory_total_mb: Optional[float] = None
+    power_limit_mw: Optional[float] = None
+    driver: Optional[str] = None
+
+
+class DeviceInfo(_M):
+    name: str  # human name: "2-core Xeon 2.5 GHz (CI machine kind)", "Jetson AGX Orin 64GB"
+    hostname: Optional[str] = None
+    cpu_model: Optional[str] = None
+    cpu_cores_physical: Optional[int] = None
+    cpu_cores_logical: Optional[int] = None
+    cpu_freq_mhz: Optional[float] = None
+    ram_total_mb: Optional[float] = None
+    gpus: list[GPUInfo] = Field(default_factory=list)
+    jetson_model: Optional[str] = None
+    jetson_release: Optional[str] = None
+    nvpmodel_mode: Optional[str] = None
+    llama_build: Optional[str] = None  # "cpu", "cuda", "metal", ...
+    llama_cpp_python: Optional[str] = None
+    gpu_offload: Optional[bool] = None
+
+
+class ModelInfo(_M):
+    id: str  # catalogue id, "hf:..." or a file name
+    sha256: Optional[str] = None
+    arch: Optional[str] = None  # GGUF general.architecture
+    quant: Optional[str] = None  # "Q4_K_M", "FP16", ...
+    n_params: Optional[float] = None
+    size_bytes: Optional[int] = None  # weights on disk / streamed per decode step
+    n_layer: Optional[int] = None
+    n_embd: Optional[int] = None
+    n_head_kv: Optional[int] = None
+    n_embd_head: Optional[int] = None  # head dim (for KV bytes per token)
+    kv_bytes_per_token: Optional[float] = None
+    n_ctx_train: Optional[int] = None
+
+
+class PrefillPoint(_M):
+    prompt_tokens: int
+    prefill_s: Figure  # time to process the prompt = time to first token (no sampling)
+    ttft_s: Optional[Figure] = None  # prefill + first sampled token, when measured separately
+    prefill_tok_s: Figure
+
+
+class DecodePoint(_M):
+    context_tokens: int  # KV depth when the measured decode steps start
+    n: int  # parallel sequences decoded in one batch
+    steps: int  # decode steps timed per repetition
+    step_s: Figure  # wall time of one batched decode step (all n sequences)
+    decode_tok_s: Figure  # aggregate tokens/s = n / step_s
+
+
+class EnergyInfo(_M):
+    meter: str  # "nvml:0", "rapl", "jetson-ina3221", "null", "published"
+    idle_power_mw: Figure
+    prefill_power_mw: Optional[Figure] = None  # above idle
+    decode_power_mw: Optional[Figure] = None  # above idle
+    prefill_energy_per_token_mj: Figure
+    decode_energy_per_token_mj: Figure  # per generated token, n = 1
+    note: Optional[str] = None
+
+
+class DriftReport(_M):
+    decode_drift_pct: Optional[float] = None  # first vs last repetition of the reference decode
+    cpu_freq_start_mhz: Optional[float] = None
+    cpu_freq_min_mhz: Optional[float] = None
+    max_temp_c: Optional[float] = None
+    throttle_reasons: list[str] = Field(default_factory=list)
+    flagged: bool = False
+    reasons: list[str] = Field(default_factory=list)
+
+
+class ModelProfile(_M):
+    model: ModelInfo
+    threads: Optional[int] = None
+    n_ctx: Optional[int] = None
+    load_s: Optional[Figure] = None
+    prefill: list[PrefillPoint] = Field(default_factory=list)
+    decode: list[DecodePoint] = Field(default_factory=list)
+    peak_rss_mb: Optional[Figure] = None
+    peak_vram_mb: Optional[Figure] = None
+    energy: Optional[EnergyInfo] = None
+    drift: Optional[DriftReport] = None
+    # Closed-form models from a publication (reference profiles): free-form, documented there.
+    published_model: Optional[dict] = None
+    gaps: list[str] = Field(default_factory=list)  # labelled gaps: what could not be measured and why
+
+
+class DeviceProfile(_M):
+    schema_version: int = PROFILE_SCHEMA_VERSION
+    kind: Literal["measured", "published"] = "measured"
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    edgekit_version: Optional[str] = None
+    device: DeviceInfo
+    models: list[ModelProfile] = Field(default_factory=list)
+    source: Optional[str] = None  # citation for published profiles
+    notes: list[str] = Field(default_factory=list)
+
+    def model(self, model_id: str) -> ModelProfile:
+        for m in self.models:
+            if m.model.id == model_id:
+                return m
+        raise SchemaError(
+            f"profile has no model {model_id!r} (has: {', '.join(m.model.id for m in self.models) or 'none'})",
+            fix=f"run `edgekit profile --model {model_id}` on this device",
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temp file, then rename)."""
+        p = Path(path)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(p.name + ".tmp")
+            tmp.write_text(self.model_dump_json(indent=2, exclude_none=True))
+            tmp.replace(p)
+        except OSError as e:
+            raise SchemaError(f"cannot write profile {p}: {e.strerror or e}", fix="choose a writable --output path") from e
+        return p
+
+
+def _field_path(err: dict) -> str:
+    return ".".join(str(x) for x in err.get("loc", ())) or "(root)"
+
+
+def load_profile(path: str | Path) -> DeviceProfile:
+    p = Path(path)
+    if not p.exists():
+        raise SchemaError(f"profile file {p} does not exist", fix="pass a path from `ls profiles/` or run `edgekit profile`")
+    try:
+        raw = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SchemaError(f"profile {p} is not valid JSON ({e})", fix="re-create it with `edgekit profile`") from e
+    if isinstance(raw, dict) and raw.get("schema_version") not in (None, PROFILE_SCHEMA_VERSION):
+        raise SchemaError(
+            f"profile {p} has schema_version {raw.get('schema_version')}, this edgekit reads {PROFILE_SCHEMA_VERSION}",
+            fix="re-create the profile with this edgekit version",
+        )
+    try:
+        return DeviceProfile.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise SchemaError(
+            f"profile {p} is malformed: field {_field_path(first)}: {first['msg']}",
+            fix="re-create it with `edgekit profile` or correct that field",
+        ) from e

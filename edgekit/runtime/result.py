@@ -1,0 +1,68 @@
+"""What a generation returns: samples, the aggregated answer, confidence and timings."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FinishReason = Literal["stop", "budget", "cancelled"]
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Sample(_M):
+    index: int
+    text: str
+    tokens: int  # generated tokens (stop sequence included, EOS excluded)
+    finish_reason: FinishReason  # stop: EOS or a stop sequence; budget: max_tokens; cancelled: batch ended early
+    token_ids: list[int] = Field(default_factory=list)
+    logprobs: list[float] = Field(default_factory=list)  # chosen-token log-probabilities (model distribution)
+    answer: Optional[str] = None  # extracted answer
+    verified: Optional[bool] = None  # first_verified: the verifier's verdict, if it was asked
+
+
+class Confidence(_M):
+    votes: int = 0  # samples agreeing with the answer
+    n: int = 0  # samples drawn
+    vote_share: Optional[float] = None  # votes / n
+    tied: list[str] = Field(default_factory=list)  # answers tied for first place (if a tie was broken)
+    mean_logprob: Optional[float] = None  # mean chosen-token logprob over the agreeing samples
+    low_logprob: Optional[float] = None  # 10 % quantile of those token logprobs
+    verified: Optional[bool] = None  # first_verified: did any sample pass?
+
+    @property
+    def agreement(self) -> str:
+        return f"{self.votes}/{self.n}"
+
+
+class Timings(_M):
+    """Measured wall-clock times of one generate() call (seconds; time.perf_counter)."""
+
+    load_s: float = 0.0  # model load (once per Runtime; repeated here for reference)
+    prefill_s: float = 0.0  # prompt evaluation + first token = time to first token
+    decode_s: float = 0.0  # after the first token, until the last sequence finished
+    total_s: float = 0.0  # whole call, incl. templating and tokenising
+    prompt_tokens: int = 0
+    generated_tokens: int = 0  # over all samples
+    steps: int = 0  # batched decode steps
+    prefill_tok_s: Optional[float] = None
+    decode_tok_s: Optional[float] = None  # aggregate over samples: generated tokens / (prefill first token excluded) decode_s
+
+
+class Result(_M):
+    model: str
+    answer: Optional[str]  # aggregated answer (extracted), or the text for aggregate="none" with n=1
+    text: Optional[str] = None  # full text of the sample the answer came from
+    aggregate: str
+    samples: list[Sample]
+    confidence: Confidence
+    timings: Timings
+    n: int
+    max_tokens: int
+    temperature: float
+    seed: Optional[int] = None
+    flags: list[str] = Field(default_factory=list)  # e.g. "offloaded", "deadline", "unverified"
+    extra: dict = Field(default_factory=dict)

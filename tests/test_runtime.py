@@ -1,0 +1,128 @@
+"""Real llama.cpp inference on SmolLM2-135M (tiny budgets)."""
+
+import os
+
+import psutil
+import pytest
+
+from edgekit.errors import ContextOverflow, UsageError
+
+Q = "A robot arm has 3 red and 4 blue blocks. How many blocks?"
+
+
+@pytest.mark.parametrize("flash_attn", [False, True])
+def test_greedy_n1_matches_llama_cpp_high_level(smol_path, flash_attn):
+    """Same model, same attention kernel: edgekit's batched path == llama-cpp-python's Llama."""
+    from llama_cpp import Llama, llama_vocab_is_eog
+
+    from edgekit.runtime import Runtime
+
+    with Runtime(str(smol_path), n_ctx=2048, max_n=8, threads=2, flash_attn=flash_attn) as rt:
+        toks = rt.prompt_tokens(Q)
+        res = rt.generate(Q, max_tokens=24, n=1, temperature=0.0, aggregate="none")
+    llm = Llama(model_path=str(smol_path), n_ctx=512, n_threads=2, verbose=False, flash_attn=flash_attn)
+    try:
+        ref = []
+        for t in llm.generate(toks, temp=0.0, top_k=1):
+            if llama_vocab_is_eog(llm._model.vocab, t):
+                break
+            ref.append(t)
+            if len(ref) == 24:
+                break
+        text = llm.detokenize(ref).decode("utf-8", errors="replace")
+    finally:
+        llm.close()
+    s = res.samples[0]
+    assert s.token_ids == ref
+    assert s.text == text
+    assert len(s.logprobs) == len(ref) and all(lp <= 0 for lp in s.logprobs)
+
+
+def test_seeded_batch_is_reproducible_and_samples_differ(smol_rt):
+    kw = dict(max_tokens=12, n=6, temperature=1.0, seed=7)
+    a = smol_rt.generate(Q, **kw)
+    b = smol_rt.generate(Q, **kw)
+    assert [s.token_ids for s in a.samples] == [s.token_ids for s in b.samples]
+    assert len({tuple(s.token_ids) for s in a.samples}) > 1  # n distinct samples, not n copies
+    c = smol_rt.generate(Q, **{**kw, "seed": 8})
+    assert [s.token_ids for s in c.samples] != [s.token_ids for s in a.samples]
+
+
+def test_budget_and_stop_respected(smol_rt):
+    r = smol_rt.generate("Count from 1 to 50, one number per line.", max_tokens=5, n=3, temperature=0.7, seed=1)
+    for s in r.samples:
+        assert s.tokens <= 5 and len(s.token_ids) == s.tokens
+        if s.tokens == 5:
+            assert s.finish_reason == "budget"
+    r = smol_rt.generate("Count from 1 to 50, one number per line.", max_tokens=40, n=2, temperature=0.0, stop=["\n"])
+    for s in r.samples:
+        assert "\n" not in s.text
+        assert s.finish_reason == "stop"
+        assert s.tokens < 40
+
+
+def test_no_state_leaks_between_calls(smol_rt):
+    first = smol_rt.generate(Q, max_tokens=16, temperature=0.0, aggregate="none").samples[0].token_ids
+    smol_rt.generate("Write a haiku about a rusty gripper.", max_tokens=20, n=4, temperature=0.9, seed=3)
+    again = smol_rt.generate(Q, max_tokens=16, temperature=0.0, aggregate="none").samples[0].token_ids
+    assert first == again
+
+
+def test_result_fields_and_confidence(smol_rt):
+    r = smol_rt.generate(Q, max_tokens=16, n=4, temperature=0.8, seed=0, extractor="number")
+    t = r.timings
+    assert t.prompt_tokens > 0 and t.generated_tokens == sum(s.tokens for s in r.samples)
+    assert 0 < t.prefill_s <= t.total_s and t.decode_s >= 0
+    assert t.steps == max(s.tokens for s in r.samples)
+    c = r.confidence
+    assert c.n == 4 and 0 <= c.votes <= 4
+    assert c.votes == sum(1 for s in r.samples if r.answer is not None and s.answer == r.answer)
+    if r.answer is not None:
+        assert c.vote_share == c.votes / 4 and c.mean_logprob <= 0 and c.low_logprob <= c.mean_logprob + 1e-9
+
+
+def test_first_verified_cancels_the_rest(smol_rt):
+    seen = []
+
+    def verifier(sample):
+        seen.append(sample.index)
+        return True  # the first finisher passes
+
+    r = smol_rt.generate("Say hello.", max_tokens=30, n=4, temperature=0.9, seed=2, aggregate="first_verified",
+                         verifier=verifier, stop=[" "])
+    assert r.confidence.verified is True
+    assert len(seen) == 1
+    assert r.text == r.samples[seen[0]].text
+    others = [s for s in r.samples if s.index != seen[0]]
+    assert all(s.finish_reason in ("cancelled", "stop", "budget") for s in others)
+
+
+def test_context_overflow_is_refused_before_decoding(smol_rt):
+    with pytest.raises(ContextOverflow, match="exceeds the context"):
+        smol_rt.generate(Q, max_tokens=600, n=4)
+    # the runtime still works afterwards
+    assert smol_rt.generate(Q, max_tokens=2, temperature=0.0).samples[0].tokens >= 1
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(max_tokens=0), "token budget"),
+    (dict(n=0), "n \\(samples\\)"),
+    (dict(n=99), "above the cap"),
+    (dict(temperature=-0.1), "temperature"),
+    (dict(aggregate="best"), "unknown aggregate"),
+    (dict(extractor="roman"), "unknown extractor"),
+])
+def test_bad_arguments(smol_rt, kw, match):
+    with pytest.raises(UsageError, match=match):
+        smol_rt.generate(Q, **kw)
+
+
+def test_memory_flat_over_1000_calls(smol_rt):
+    proc = psutil.Process()
+    for _ in range(100):
+        smol_rt.generate("Hi", max_tokens=1, n=2, temperature=0.5, seed=1, chat=False, logprobs=True)
+    before = proc.memory_info().rss
+    for _ in range(900):
+        smol_rt.generate("Hi", max_tokens=1, n=2, temperature=0.5, seed=1, chat=False, logprobs=True)
+    grown_mb = (proc.memory_info().rss - before) / 1e6
+    assert grown_mb < 8, f"RSS grew {grown_mb:.1f} MB over 900 calls"
