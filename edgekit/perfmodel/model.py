@@ -1,0 +1,197 @@
+"""The performance model: latency, energy and peak memory of one configuration on one device.
+
+    prefill_s(I)    = a*Ip^2 + b*Ip + c             Ip = I rounded up to a multiple of pad_to
+    step_s(n, ctx)  = alpha + beta*n + gamma*n*ctx  one batched decode step of n sequences,
+                                                    each attending ctx KV tokens
+    decode(I, S, n) = sum_{s=1..S} step_s(n, I + s - 1)
+                    = S*alpha + n*L*beta + gamma*n*(L*I + (E[L^2] - L)/2)
+
+alpha is paid once per step (weights streamed from memory), beta per sequence (compute,
+sampling), gamma per KV token attended. S = decode steps the batch runs (the accuracy
+table's ``expected_steps``; default the budget). By default every sequence stays in the batch
+for all S steps (L = S, conservative). With ``mean_tokens`` given, sequences leave when they
+finish: L = mean_tokens and E[L^2] is bounded above by L*S (since L <= S).
+The first generated token is counted as a decode step (as in EdgeReasoning), so a
+prediction is at most one step pessimistic for runtimes that sample it from the prefill logits.
+
+Every prediction carries an interval: the prefill and decode parts are each widened by a
+relative half-width (``rel_unc_prefill``, ``rel_unc_decode``; ``rel_unc_batch`` added for
+n beyond the largest n measured); ``interval_how`` says where the widths come from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import numpy as np
+
+from edgekit.figures import Figure, estimated, published, unavailable
+from edgekit.perfmodel import published as pub
+
+EnergyMode = Literal["per_token", "power", "published_power"]
+
+
+@dataclass
+class Prediction:
+    latency_s: float  # point prediction (p50)
+    latency_lo_s: float
+    latency_hi_s: float  # upper end: used as p95
+    prefill_s: float
+    decode_s: float
+    energy_j: Optional[float]
+    memory_bytes: Optional[float]
+    method: str  # "fitted from measured profile ...", "published (...)", "estimated (cross-model ...)"
+    figure_method: Literal["estimated", "published"]
+    interval_how: str
+    energy_how: str
+    memory_how: str
+    inputs: dict = field(default_factory=dict)
+
+    def latency_figure(self) -> Figure:
+        note = f"interval {self.latency_lo_s:.4g}..{self.latency_hi_s:.4g} s ({self.interval_how})"
+        if self.figure_method == "published":
+            return published(self.latency_s, "s", self.method, note=note)
+        return estimated(self.latency_s, "s", self.method, note=note)
+
+    def energy_figure(self) -> Figure:
+        if self.energy_j is None:
+            return unavailable("J", self.energy_how)
+        if self.figure_method == "published" and "published" in self.energy_how:
+            return published(self.energy_j, "J", self.energy_how)
+        return estimated(self.energy_j, "J", self.energy_how)
+
+    def memory_figure(self) -> Figure:
+        if self.memory_bytes is None:
+            return unavailable("GB", self.memory_how)
+        return estimated(self.memory_bytes / 1e9, "GB", self.memory_how)
+
+
+@dataclass
+class PerfModel:
+    model_id: str
+    a: float
+    b: float
+    c: float
+    alpha: float
+    beta: float
+    gamma: float
+    method: str
+    pad_to: int = 1
+    figure_method: Literal["estimated", "published"] = "estimated"
+    quant: Optional[str] = None
+    sha256: Optional[str] = None
+    rel_unc_prefill: float = 0.1
+    rel_unc_decode: float = 0.1
+    rel_unc_batch: float = 0.0
+    max_n_measured: int = 1
+    interval_how: str = ""
+    # energy: per_token (J/prompt token, J/generated token at n=1), power (W), published_power (dict)
+    energy_mode: Optional[EnergyMode] = None
+    e_prefill_tok_j: Optional[float] = None
+    e_decode_tok_j: Optional[float] = None
+    p_prefill_w: Optional[float] = None
+    p_decode_w: Optional[float] = None
+    published_model: Optional[dict] = None
+    energy_how: str = "no energy figures in the profile"
+    # memory
+    weights_bytes: Optional[float] = None
+    kv_bytes_per_token: Optional[float] = None
+    overhead_bytes: Optional[float] = None
+    memory_how: str = "model size unknown"
+    source: Optional[str] = None  # profile path
+    residuals: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    # ---- vectorised pieces -------------------------------------------------------------
+    def prefill_s(self, prompt_tokens):
+        i = np.ceil(np.asarray(prompt_tokens, dtype=float))
+        if self.pad_to > 1:
+            i = np.ceil(i / self.pad_to) * self.pad_to
+        return self.a * i**2 + self.b * i + self.c
+
+    def step_s(self, n, context_tokens):
+        n = np.asarray(n, dtype=float)
+        return self.alpha + self.beta * n + self.gamma * n * np.asarray(context_tokens, dtype=float)
+
+    def decode_s(self, prompt_tokens, steps, n, mean_tokens=None):
+        i = np.ceil(np.asarray(prompt_tokens, dtype=float))
+        s = np.maximum(np.asarray(steps, dtype=float), 0.0)
+        n = np.asarray(n, dtype=float)
+        if mean_tokens is None:
+            L, L2 = s, s * s
+        else:
+            L = np.minimum(np.asarray(mean_tokens, dtype=float), s)
+            L2 = L * s  # upper bound of E[L^2] given L <= S
+        return s * self.alpha + n * L * self.beta + self.gamma * n * (L * i + (L2 - L) / 2)
+
+    def predict_arrays(self, prompt_tokens, steps, n, budget, mean_tokens=None) -> dict:
+        """Vectorised prediction. Energy / memory are NaN where unavailable."""
+        n = np.asarray(n, dtype=float)
+        pre = self.prefill_s(prompt_tokens) * np.ones_like(n)
+        dec = self.decode_s(prompt_tokens, steps, n, mean_tokens)
+        r_d = self.rel_unc_decode + self.rel_unc_batch * (n > self.max_n_measured)
+        r_p = self.rel_unc_prefill
+        total = pre + dec
+        lo = pre * (1 - r_p) + dec * (1 - r_d)
+        hi = pre * (1 + r_p) + dec * (1 + r_d)
+        energy = self._energy(prompt_tokens, steps, n, pre, dec, mean_tokens)
+        mem = self._memory(prompt_tokens, n, budget)
+        return {"prefill_s": pre, "decode_s": dec, "total_s": total, "lo_s": lo, "hi_s": hi,
+                "energy_j": energy, "memory_bytes": mem}
+
+    def _energy(self, prompt_tokens, steps, n, pre, dec, mean_tokens):
+        nan = np.full_like(np.asarray(n, dtype=float), np.nan)
+        if self.energy_mode == "per_token" and self.e_prefill_tok_j is not None and self.e_decode_tok_j is not None:
+            s = np.maximum(np.asarray(steps, dtype=float), 0.0)
+            dec1 = self.decode_s(prompt_tokens, steps, 1.0)
+            ratio = np.divide(dec, dec1, out=np.ones_like(dec), where=dec1 > 0)
+            i = np.ceil(np.asarray(prompt_tokens, dtype=float))
+            return self.e_prefill_tok_j * i + self.e_decode_tok_j * s * ratio
+        if self.energy_mode == "power" and self.p_prefill_w is not None and self.p_decode_w is not None:
+            return self.p_prefill_w * pre + self.p_decode_w * dec
+        if self.energy_mode == "published_power" and self.published_model is not None:
+            pm = self.published_model
+            return pub.prefill_power_w(pm, prompt_tokens) * pre + pub.decode_power_w(pm, steps) * dec
+        return nan
+
+    def _memory(self, prompt_tokens, n, budget):
+        n = np.asarray(n, dtype=float)
+        if self.weights_bytes is None or self.kv_bytes_per_token is None:
+            return np.full_like(n, np.nan)
+        i = np.ceil(np.asarray(prompt_tokens, dtype=float))
+        kv = self.kv_bytes_per_token * (i + n * np.asarray(budget, dtype=float))
+        return self.weights_bytes + kv + (self.overhead_bytes or 0.0)
+
+    # ---- one configuration ---------------------------------------------------------------
+    def predict(self, prompt_tokens: float, budget: int, n: int = 1, expected_steps: float | None = None,
+                mean_tokens: float | None = None) -> Prediction:
+        steps = float(budget if expected_steps is None else expected_steps)
+        r = self.predict_arrays(np.array([prompt_tokens]), np.array([steps]), np.array([n]), np.array([budget]),
+                                None if mean_tokens is None else np.array([mean_tokens]))
+        e = float(r["energy_j"][0])
+        m = float(r["memory_bytes"][0])
+        return Prediction(
+            latency_s=float(r["total_s"][0]), latency_lo_s=float(r["lo_s"][0]), latency_hi_s=float(r["hi_s"][0]),
+            prefill_s=float(r["prefill_s"][0]), decode_s=float(r["decode_s"][0]),
+            energy_j=None if np.isnan(e) else e, memory_bytes=None if np.isnan(m) else m,
+            method=self.method_for(n),
+            figure_method=self.figure_method if n <= self.max_n_measured else "estimated",
+            interval_how=self.interval_how, energy_how=self.energy_how, memory_how=self.memory_how,
+            inputs={"profile": self.source, "model": self.model_id, "quant": self.quant,
+                    "prompt_tokens": prompt_tokens, "budget": budget, "n": n, "steps": steps,
+                    "mean_tokens": mean_tokens, "coefficients": self.coefficients()},
+        )
+
+    def method_for(self, n: float) -> str:
+        if n <= self.max_n_measured:
+            return self.method
+        if self.figure_method == "published":
+            return f"{self.method}, extended to n={n:g} by edgekit (the source covers n=1 only)"
+        return f"{self.method}; n={n:g} extrapolated beyond measured n<={self.max_n_measured}"
+
+    def coefficients(self) -> dict:
+        return {"prefill": {"a": self.a, "b": self.b, "c": self.c, "pad_to": self.pad_to},
+                "step": {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma},
+                "rel_unc": {"prefill": self.rel_unc_prefill, "decode": self.rel_unc_decode,
+                            "batch": self.rel_unc_batch, "max_n_measured": self.max_n_measured}}

@@ -1,0 +1,69 @@
+"""PlanResult -> PlanFile."""
+
+from __future__ import annotations
+
+import math
+
+import edgekit
+from edgekit.plan.planner import PlanResult
+from edgekit.plan.schema import Caps, ChosenConfig, FrontierPoint, PlanFile, Predicted, ProfileRef
+
+
+def _opt(x: float, scale: float = 1.0):
+    return None if math.isnan(x) else float(x) / scale
+
+
+def frontier_points(res: PlanResult) -> list[FrontierPoint]:
+    pts = []
+    for i in res.frontier:
+        i = int(i)
+        c = res.config(i)
+        pts.append(FrontierPoint(
+            model_id=c["model_id"], quant=c["quant"], prompt_template=c["prompt_template"], temperature=c["temperature"],
+            budget=c["budget"], n=c["n"], aggregation=c["aggregation"], accuracy=float(res.accuracy[i]),
+            latency_s=float(res.latency[i]), latency_p50_s=float(res.pred["total_s"][i]),
+            energy_j=_opt(res.pred["energy_j"][i]), memory_gb=_opt(res.pred["memory_bytes"][i], 1e9),
+            meets_target=bool(res.feasible[i]), chosen=res.chosen == i, method=res.method(i)))
+    return pts
+
+
+def based_on(res: PlanResult) -> list[str]:
+    p = res.profile
+    out = []
+    if p.kind == "published":
+        out.append(f"published data: {p.source or 'reference profile'}")
+    else:
+        out.append(f"measured profile {res.profile_path or '(unsaved)'} of {p.device.name}")
+    out.append("prompt length = the accuracy table's mean prompt tokens")
+    out.append("finished sequences leave the batch (mean_tokens)" if res.sequences_leave
+               else "all n sequences stay in the batch for the row's expected decode steps (conservative)")
+    for pm in {id(pm): pm for pm in res.perf_models}.values():
+        out.append(f"{pm.model_id}: latency {pm.method}; interval {pm.interval_how}; energy {pm.energy_how}; "
+                   f"memory {pm.memory_how}")
+        out.extend(f"{pm.model_id}: {n}" for n in pm.notes)
+    out.extend(res.notes)
+    return out
+
+
+def to_plan_file(res: PlanResult) -> PlanFile:
+    if res.chosen is None:
+        raise ValueError("plan has no chosen configuration")
+    i = res.chosen
+    c = res.config(i)
+    pr = res.prediction(i)
+    tpath = c.pop("table_path")
+    return PlanFile(
+        edgekit_version=edgekit.__version__, target_s=res.target_s, percentile=res.percentile,
+        caps=Caps(energy_j=res.energy_cap_j, memory_gb=res.memory_cap_gb),
+        profile=ProfileRef(path=res.profile_path, device=res.profile.device.name, kind=res.profile.kind,
+                           source=res.profile.source),
+        tables=[t for t in res.table_paths if t],
+        chosen=ChosenConfig(**c, table_path=tpath),
+        predicted=Predicted(
+            latency_s=pr.latency_figure(), latency_lo_s=pr.latency_lo_s, latency_hi_s=pr.latency_hi_s,
+            latency_at_percentile_s=float(res.latency[i]), interval_how=pr.interval_how, prefill_s=pr.prefill_s,
+            decode_s=pr.decode_s, energy_j=pr.energy_figure(), memory_gb=pr.memory_figure(),
+            accuracy=float(res.accuracy[i]),
+            accuracy_source=f"accuracy table {tpath or c['task']} row B={c['budget']} k={c['n']} {c['aggregation']}",
+            method=pr.method),
+        frontier=frontier_points(res), based_on=based_on(res))

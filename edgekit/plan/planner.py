@@ -1,0 +1,233 @@
+"""Planner: the most accurate configuration that meets a latency target (and caps) on a device.
+
+Candidates = every accuracy table (model x quant x template x temperature) x row (budget B,
+k = n, aggregation). Latency is predicted by :mod:`edgekit.perfmodel`, vectorised per table.
+p50 uses the point prediction, p95 the upper end of the interval. Assumptions (also written to
+the plan's ``based_on``): the prompt length is the table's mean; the batch decodes the row's
+``expected_steps`` steps with all n sequences live throughout (``sequences_leave=True`` instead
+lets finished sequences leave, using ``mean_tokens``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from edgekit.errors import EdgekitError, SchemaError, UsageError
+from edgekit.evaluate.table import AccuracyTable
+from edgekit.perfmodel import DeviceModel, PerfModel, Prediction, fit, fit_device
+from edgekit.profile.schema import DeviceProfile, ModelInfo
+
+TIE_EPS = 1e-9
+VERIFIER_AGGS = ("pass@k", "first_verified")
+EXTRACTOR_BY_TASK = {"object_counting": "number", "gsm8k": "number", "date_understanding": "choice",
+                     "strategyqa": "yesno", "humaneval": "code", "mbpp": "code"}
+
+
+class InfeasibleTarget(EdgekitError):
+    """No configuration meets the target / caps. ``result`` holds the candidates for display."""
+
+    def __init__(self, message: str, fix: str | None = None, result: "PlanResult | None" = None):
+        super().__init__(message, fix)
+        self.result = result
+
+
+def extractor_for(task: str, overrides: Mapping[str, str] | Callable[[str], str | None] | None = None) -> str | None:
+    if callable(overrides):
+        return overrides(task)
+    if overrides and task in overrides:
+        return overrides[task]
+    key = task.replace("/", ":").split(":")[-1].lower()
+    return EXTRACTOR_BY_TASK.get(key)
+
+
+@dataclass
+class PlanResult:
+    profile: DeviceProfile
+    tables: list[AccuracyTable]
+    perf_models: list[PerfModel]  # one per table
+    target_s: float
+    percentile: int
+    energy_cap_j: Optional[float]
+    memory_cap_gb: Optional[float]
+    table: np.ndarray  # per candidate: index into tables
+    row: np.ndarray  # index into tables[t].rows
+    budget: np.ndarray
+    n: np.ndarray
+    steps: np.ndarray
+    mean_tokens: np.ndarray
+    accuracy: np.ndarray
+    prompt_tokens: np.ndarray
+    pred: dict  # perfmodel arrays: prefill_s, decode_s, total_s, lo_s, hi_s, energy_j, memory_bytes
+    latency: np.ndarray  # at the percentile
+    caps_ok: np.ndarray
+    feasible: np.ndarray
+    frontier: np.ndarray  # candidate indices on the accuracy/latency Pareto frontier, by latency
+    chosen: Optional[int] = None
+    profile_path: Optional[str] = None
+    table_paths: list[Optional[str]] = field(default_factory=list)
+    sequences_leave: bool = False
+    extractor_overrides: object = None
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.accuracy)
+
+    def config(self, i: int) -> dict:
+        t = self.tables[int(self.table[i])]
+        r = t.rows[int(self.row[i])]
+        greedy = r.aggregation == "greedy"
+        return {"model_id": t.model_id, "model_sha256": t.model_sha256 or self.perf_models[int(self.table[i])].sha256,
+                "quant": t.quant, "task": t.task, "prompt_template": t.prompt_template,
+                "temperature": 0.0 if greedy else t.temperature, "top_p": t.top_p, "budget": r.budget,
+                "n": int(self.n[i]), "aggregation": r.aggregation,
+                "extractor": extractor_for(t.task, self.extractor_overrides), "backend": t.backend,
+                "table_path": self.table_paths[int(self.table[i])] if self.table_paths else None}
+
+    def label(self, i: int) -> str:
+        c = self.config(i)
+        return f"{c['model_id']} B={c['budget']} n={c['n']} ({c['aggregation']})"
+
+    def prediction(self, i: int) -> Prediction:
+        pm = self.perf_models[int(self.table[i])]
+        mt = float(self.mean_tokens[i]) if self.sequences_leave else None
+        return pm.predict(float(self.prompt_tokens[i]), int(self.budget[i]), int(self.n[i]), float(self.steps[i]), mt)
+
+    def method(self, i: int) -> str:
+        return self.perf_models[int(self.table[i])].method_for(float(self.n[i]))
+
+    def to_plan_file(self):
+        from edgekit.plan.export import to_plan_file
+
+        return to_plan_file(self)
+
+
+def _fmt_caps(e, m) -> str:
+    parts = ([f"energy <= {e:g} J"] if e is not None else []) + ([f"memory <= {m:g} GB"] if m is not None else [])
+    return ", ".join(parts)
+
+
+def _pareto(lat: np.ndarray, acc: np.ndarray, idx: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    """Non-dominated (lower latency, higher accuracy) among ``idx``; one per duplicate point; by latency."""
+    if idx.size == 0:
+        return idx
+    e = np.where(np.isnan(energy[idx]), np.inf, energy[idx])
+    order = idx[np.lexsort((e, -acc[idx], lat[idx]))]
+    a = acc[order]
+    best_before = np.concatenate([[-np.inf], np.maximum.accumulate(a)[:-1]])
+    return order[a > best_before]
+
+
+def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target_s: float, percentile: int = 50,
+         energy_cap_j: float | None = None, memory_cap_gb: float | None = None,
+         model_map: Mapping[str, str] | None = None, *, profile_path: str | None = None,
+         table_paths: Sequence[str | None] | None = None, model_infos: Mapping[str, ModelInfo] | None = None,
+         sequences_leave: bool = False, extractor_kinds=None) -> PlanResult:
+    """Pick the most accurate configuration meeting ``latency_target_s`` at ``percentile`` (50 or 95)."""
+    if not latency_target_s or latency_target_s <= 0:
+        raise UsageError(f"latency target must be > 0 s, got {latency_target_s}", fix="pass e.g. --target 2.5")
+    if percentile not in (50, 95):
+        raise UsageError(f"percentile must be 50 or 95, got {percentile}", fix="pass --percentile 50 or 95")
+    for name, cap in (("energy cap", energy_cap_j), ("memory cap", memory_cap_gb)):
+        if cap is not None and cap <= 0:
+            raise UsageError(f"{name} must be > 0, got {cap}", fix=f"omit the {name} or pass a positive value")
+    if not tables:
+        raise UsageError("no accuracy tables given", fix="pass at least one table built by `edgekit eval`")
+    tpaths = list(table_paths) if table_paths else [None] * len(tables)
+    ppath = profile_path or "(profile)"
+    notes: list[str] = []
+    cache: dict[str, PerfModel] = {}
+    device: list[DeviceModel] = []
+
+    def resolve(t: AccuracyTable, tpath: str | None) -> PerfModel:
+        mapped = model_map is not None and t.model_id in model_map
+        pid = model_map[t.model_id] if mapped else t.model_id
+        mp = next((m for m in profile.models if m.model.id == pid), None)
+        if mp is None and t.model_sha256:
+            mp = next((m for m in profile.models if m.model.sha256 == t.model_sha256), None)
+        ids = ", ".join(m.model.id for m in profile.models) or "none"
+        tname = tpath or f"for task {t.task}"
+        if mp is not None:
+            if t.quant and mp.model.quant and t.quant.lower() != mp.model.quant.lower() and not mapped:
+                raise SchemaError(f"accuracy table {tname} is for {t.model_id!r} {t.quant}, profile {ppath} measured "
+                                  f"{mp.model.id!r} {mp.model.quant}",
+                                  fix=f"profile the {t.quant} file, or map it explicitly with --model-map {t.model_id}=<id>")
+            if mp.model.id not in cache:
+                cache[mp.model.id] = fit(mp, profile_path)
+            return cache[mp.model.id]
+        if len(profile.models) >= 2:
+            info = (model_infos or {}).get(t.model_id)
+            if info is None:
+                raise SchemaError(f"accuracy table {tname} is for model {t.model_id!r}, which profile {ppath} lacks "
+                                  f"(has: {ids}); a cross-model estimate needs its size and parameter count",
+                                  fix=f"profile it (`edgekit profile --model {t.model_id}`) or pass its model info")
+            if not device:
+                device.append(fit_device(profile, profile_path))
+            key = "cross:" + t.model_id
+            if key not in cache:
+                cache[key] = device[0].predict_model(info)
+                notes.append(f"{t.model_id}: {cache[key].method}")
+            return cache[key]
+        raise SchemaError(f"accuracy table {tname} is for model {t.model_id!r} but profile {ppath} has only {ids}",
+                          fix=f"run `edgekit profile --model {t.model_id}` on this device, or map it with "
+                              f"--model-map {t.model_id}=<profile model id>")
+
+    pms = [resolve(t, p) for t, p in zip(tables, tpaths)]
+    cols: dict[str, list] = {k: [] for k in ("table", "row", "budget", "n", "steps", "mean", "acc", "I")}
+    skipped = 0
+    for ti, t in enumerate(tables):
+        for ri, r in enumerate(t.rows):
+            if r.aggregation in VERIFIER_AGGS and not t.has_verifier:
+                skipped += 1
+                continue
+            n = 1 if r.aggregation == "greedy" else r.k
+            for k, v in zip(cols, (ti, ri, r.budget, n, r.expected_steps, r.mean_tokens, r.accuracy, t.prompt_tokens_mean)):
+                cols[k].append(v)
+    if skipped:
+        notes.append(f"{skipped} pass@k/first_verified row(s) skipped: their tables have no verifier")
+    if not cols["acc"]:
+        raise UsageError("no plannable rows in the accuracy tables", fix="evaluate majority/greedy rows, or a task with a verifier")
+    A = {k: np.asarray(v, dtype=int if k in ("table", "row") else float) for k, v in cols.items()}
+    pred = {k: np.empty(len(A["acc"])) for k in ("prefill_s", "decode_s", "total_s", "lo_s", "hi_s", "energy_j", "memory_bytes")}
+    for ti, pm in enumerate(pms):
+        sel = np.nonzero(A["table"] == ti)[0]
+        if sel.size == 0:
+            continue
+        out = pm.predict_arrays(A["I"][sel], A["steps"][sel], A["n"][sel], A["budget"][sel],
+                                A["mean"][sel] if sequences_leave else None)
+        for k in pred:
+            pred[k][sel] = out[k]
+    lat = pred["total_s"] if percentile == 50 else pred["hi_s"]
+    caps_ok = np.ones(lat.shape, bool)
+    if energy_cap_j is not None:
+        caps_ok &= np.nan_to_num(pred["energy_j"], nan=np.inf) <= energy_cap_j
+        if np.isnan(pred["energy_j"]).any():
+            notes.append("candidates with unavailable energy are excluded by the energy cap")
+    if memory_cap_gb is not None:
+        caps_ok &= np.nan_to_num(pred["memory_bytes"], nan=np.inf) <= memory_cap_gb * 1e9
+    feasible = caps_ok & (lat <= latency_target_s)
+    frontier = _pareto(lat, A["acc"], np.nonzero(caps_ok)[0], pred["energy_j"])
+    res = PlanResult(profile=profile, tables=list(tables), perf_models=pms, target_s=float(latency_target_s),
+                     percentile=percentile, energy_cap_j=energy_cap_j, memory_cap_gb=memory_cap_gb, table=A["table"],
+                     row=A["row"], budget=A["budget"], n=A["n"], steps=A["steps"], mean_tokens=A["mean"],
+                     accuracy=A["acc"], prompt_tokens=A["I"], pred=pred, latency=lat, caps_ok=caps_ok,
+                     feasible=feasible, frontier=frontier, profile_path=profile_path, table_paths=tpaths,
+                     sequences_leave=sequences_leave, extractor_overrides=extractor_kinds, notes=notes)
+    if not caps_ok.any():
+        raise InfeasibleTarget(f"no configuration meets the caps ({_fmt_caps(energy_cap_j, memory_cap_gb)})",
+                               fix="raise the caps, or evaluate smaller models / budgets / n", result=res)
+    if not feasible.any():
+        cand = np.nonzero(caps_ok)[0]
+        f = int(cand[np.argmin(lat[cand])])
+        caps = _fmt_caps(energy_cap_j, memory_cap_gb)
+        raise InfeasibleTarget(
+            f"no configuration meets {latency_target_s:g} s at p{percentile}{' within ' + caps if caps else ''}; "
+            f"the fastest is {res.label(f)} at {lat[f]:.3g} s",
+            fix=f"raise the target to at least {lat[f]:.3g} s, or evaluate a smaller model or shorter budgets", result=res)
+    idx = np.nonzero(feasible)[0]
+    tied = idx[A["acc"][idx] >= A["acc"][idx].max() - TIE_EPS]
+    e = np.nan_to_num(pred["energy_j"][tied], nan=np.inf)
+    res.chosen = int(tied[np.lexsort((e, lat[tied]))[0]])
+    return res

@@ -1,0 +1,241 @@
+"""Planner: optimum, infeasible targets, caps, ties, frontier, plan file, published profile, speed."""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.errors import SchemaError, UsageError
+from edgekit.evaluate.table import AccuracyRow, AccuracyTable
+from edgekit.perfmodel import synthetic as sy
+from edgekit.plan import InfeasibleTarget, load_plan, plan, plot_pareto, render_frontier
+from edgekit.profile.schema import ModelInfo, load_profile
+
+ORIN = Path(__file__).resolve().parents[1] / "profiles" / "jetson-agx-orin-64gb-published.json"
+# prefill = 0.05 + 1e-3 * I ; step = 0.02 + 0.001 * n (gamma = 0): hand-computable
+T = dict(a=0.0, b=1e-3, c=0.05, alpha=0.02, beta=0.001, gamma=0.0)
+
+
+def row(B, k, agg, acc, S, mean=None):
+    return AccuracyRow(budget=B, k=k, aggregation=agg, accuracy=acc, expected_steps=S, mean_tokens=mean or S * 0.8)
+
+
+def table(model_id="m", rows=(), I=100.0, verifier=False, quant="Q4_K_M", task="object_counting"):
+    return AccuracyTable(task=task, model_id=model_id, quant=quant, prompt_template="cot", temperature=0.7,
+                         n_samples=16, seed=0, max_tokens=512, n_problems=20, prompt_tokens_mean=I,
+                         has_verifier=verifier, rows=list(rows))
+
+
+HAND_ROWS = [
+    row(64, 1, "majority", 0.50, 50),   # 0.15 + 50 * 0.021 = 1.20 s
+    row(128, 1, "majority", 0.60, 100),  # 0.15 + 100 * 0.021 = 2.25 s
+    row(64, 4, "majority", 0.65, 60),   # 0.15 + 60 * 0.024 = 1.59 s
+    row(128, 8, "majority", 0.80, 120),  # 0.15 + 120 * 0.028 = 3.51 s
+    row(64, 1, "greedy", 0.55, 40),     # 0.15 + 40 * 0.021 = 0.99 s
+]
+
+
+@pytest.fixture
+def prof():
+    return sy.device_profile([sy.model_profile("m", T, noise=0.0, size_bytes=1_000_000_000, kv_bytes_per_token=100_000,
+                                               energy_mj=(1.0, 10.0))])
+
+
+def test_picks_hand_computed_optimum(prof):
+    r = plan(prof, [table(rows=HAND_ROWS)], 2.0, profile_path="p.json", table_paths=["t.json"])
+    c = r.config(r.chosen)
+    assert (c["budget"], c["n"], c["aggregation"]) == (64, 4, "majority")
+    assert r.pred["total_s"][r.chosen] == pytest.approx(1.59, rel=1e-6)
+    assert sorted(np.round(r.pred["total_s"], 6)) == [0.99, 1.2, 1.59, 2.25, 3.51]
+    assert c["extractor"] == "number" and c["temperature"] == 0.7
+    big = plan(prof, [table(rows=HAND_ROWS)], 4.0)
+    assert big.config(big.chosen)["n"] == 8
+    greedy = plan(prof, [table(rows=HAND_ROWS)], 1.0)
+    assert greedy.config(greedy.chosen)["aggregation"] == "greedy" and greedy.config(greedy.chosen)["temperature"] == 0.0
+
+
+def test_p95_uses_interval_upper_end(prof):
+    r = plan(prof, [table(rows=HAND_ROWS)], 1.6, percentile=95)
+    # 1.59 s * (1 + 1 %) > 1.6 s: the k=4 row no longer fits at p95
+    assert r.config(r.chosen)["aggregation"] == "greedy"
+    assert np.all(r.latency >= r.pred["total_s"])
+
+
+def test_infeasible_names_fastest(prof):
+    with pytest.raises(InfeasibleTarget) as ei:
+        plan(prof, [table(rows=HAND_ROWS)], 0.5)
+    msg = ei.value.one_line()
+    assert "no configuration meets 0.5 s at p50; the fastest is m B=64 n=1 (greedy) at 0.99 s" in msg
+    assert "raise the target to at least 0.99 s" in msg and ei.value.result is not None
+
+
+def test_bad_arguments(prof):
+    for bad in (0, -1.0):
+        with pytest.raises(UsageError):
+            plan(prof, [table(rows=HAND_ROWS)], bad)
+    with pytest.raises(UsageError):
+        plan(prof, [table(rows=HAND_ROWS)], 1.0, percentile=90)
+
+
+def test_energy_cap_excludes(prof):
+    # k=4 row: 0.1 J prefill + 0.01 J x 60 steps x (0.024 / 0.021) = 0.7857 J; greedy: 0.1 + 0.4 = 0.5 J
+    r = plan(prof, [table(rows=HAND_ROWS)], 2.0, energy_cap_j=0.7)
+    assert r.pred["energy_j"][r.chosen] == pytest.approx(0.5)
+    assert r.config(r.chosen)["aggregation"] == "greedy"
+    with pytest.raises(InfeasibleTarget, match="meets the caps"):
+        plan(prof, [table(rows=HAND_ROWS)], 2.0, energy_cap_j=0.1)
+
+
+def test_memory_cap_excludes(prof):
+    # memory = 1.1e9 + 1e5 * (100 + n * B): k=4 B=64 -> 1.1356 GB; n=1 B=64 -> 1.1164 GB
+    r = plan(prof, [table(rows=HAND_ROWS)], 2.0, memory_cap_gb=1.12)
+    assert r.config(r.chosen)["aggregation"] == "greedy"
+    assert r.pred["memory_bytes"][r.chosen] == pytest.approx(1.1164e9)
+
+
+def test_tie_goes_to_lower_latency_then_energy():
+    prof = sy.device_profile([sy.model_profile("a", T, noise=0.0, energy_mj=(1.0, 10.0)),
+                              sy.model_profile("b", T, noise=0.0, energy_mj=(1.0, 5.0))])
+    rows = [row(128, 1, "majority", 0.7, 100), row(64, 1, "majority", 0.7, 50), row(32, 1, "majority", 0.4, 20)]
+    r = plan(prof, [table("a", rows)], 5.0)
+    assert r.config(r.chosen)["budget"] == 64
+    same = [row(64, 2, "majority", 0.7, 50)]
+    r = plan(prof, [table("a", same), table("b", same)], 5.0)
+    assert r.config(r.chosen)["model_id"] == "b"
+
+
+def test_pass_at_k_needs_verifier(prof):
+    rows = HAND_ROWS + [row(64, 4, "pass@k", 0.95, 60)]
+    r = plan(prof, [table(rows=rows)], 2.0)
+    assert r.accuracy[r.chosen] == 0.65 and any("verifier" in n for n in r.notes)
+    r = plan(prof, [table(rows=rows, verifier=True)], 2.0)
+    assert r.config(r.chosen)["aggregation"] == "pass@k"
+
+
+def test_frontier_matches_brute_force(prof):
+    rng = np.random.default_rng(1)
+    rows = [row(int(B), int(k), "majority", float(np.round(rng.random(), 2)), float(rng.integers(1, B + 1)))
+            for B, k in zip(rng.choice([32, 64, 128, 256], 300), rng.choice([1, 2, 4, 8], 300))]
+    r = plan(prof, [table(rows=rows)], 100.0)
+    lat, acc = r.latency, r.accuracy
+    brute = set()
+    for i in range(len(acc)):
+        dominated = np.any((lat <= lat[i]) & (acc >= acc[i]) & ((lat < lat[i]) | (acc > acc[i])))
+        if not dominated:
+            brute.add((lat[i], acc[i]))
+    assert {(lat[i], acc[i]) for i in r.frontier} == brute
+    assert len(r.frontier) == len(brute) and np.all(np.diff(lat[r.frontier]) > 0)
+
+
+def test_unknown_model(prof, tmp_path):
+    with pytest.raises(SchemaError) as ei:
+        plan(prof, [table("other", HAND_ROWS)], 2.0, profile_path="dev.json", table_paths=["acc/other.json"])
+    msg = ei.value.message
+    assert "acc/other.json" in msg and "dev.json" in msg and "'other'" in msg and "m" in msg
+    r = plan(prof, [table("other", HAND_ROWS)], 2.0, model_map={"other": "m"})
+    assert r.chosen is not None
+    with pytest.raises(SchemaError, match="measured 'm' Q8_0"):
+        plan(prof.model_copy(update={"models": [prof.models[0].model_copy(update={"model": ModelInfo(id="m", quant="Q8_0")})]}),
+             [table(rows=HAND_ROWS)], 2.0)
+
+
+def test_cross_model_estimate_marked():
+    ms = []
+    for i, (P, L, E) in enumerate([(1e9, 24, 2048), (7e9, 32, 4096)]):
+        kv, size = 2 * L * 8 * 128 * 2, int(P * 0.6)
+        ms.append(sy.model_profile(f"m{i}", sy.device_truth(size, P, kv, L, E), noise=0.0, size_bytes=size, n_params=P,
+                                   kv_bytes_per_token=kv, n_layer=L, n_embd=E))
+    prof = sy.device_profile(ms)
+    info = ModelInfo(id="new", size_bytes=int(1.8e9), n_params=3e9, kv_bytes_per_token=2 * 28 * 8 * 256, n_layer=28, n_embd=3072)
+    with pytest.raises(SchemaError, match="cross-model estimate needs its size"):
+        plan(prof, [table("new", HAND_ROWS)], 100.0)
+    r = plan(prof, [table("new", HAND_ROWS)], 100.0, model_infos={"new": info})
+    assert r.method(r.chosen).startswith("estimated (cross-model from m0, m1")
+    assert any("cross-model" in b for b in r.to_plan_file().based_on)
+
+
+def test_plan_file_round_trip(prof, tmp_path):
+    r = plan(prof, [table(rows=HAND_ROWS)], 2.0, profile_path="p.json", table_paths=["t.json"])
+    pf = r.to_plan_file()
+    assert pf.chosen.budget == 64 and pf.chosen.n == 4 and pf.chosen.extractor == "number"
+    assert pf.predicted.latency_s.method == "estimated" and pf.predicted.latency_lo_s < 1.59 < pf.predicted.latency_hi_s
+    assert pf.predicted.energy_j.value == pytest.approx(0.1 + 0.01 * 60 * 0.024 / 0.021)
+    assert pf.predicted.method == "fitted from measured profile p.json"
+    assert sum(f.chosen for f in pf.frontier) == 1
+    path = pf.save(tmp_path / "plans" / "plan.json")
+    assert load_plan(path) == pf
+    raw = json.loads(path.read_text())
+    raw["chosen"]["n"] = "many"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(raw))
+    with pytest.raises(SchemaError, match="field chosen.n"):
+        load_plan(bad)
+    raw["schema_version"] = 99
+    bad.write_text(json.dumps(raw))
+    with pytest.raises(SchemaError, match="schema_version 99"):
+        load_plan(bad)
+    with pytest.raises(SchemaError, match="does not exist"):
+        load_plan(tmp_path / "none.json")
+
+
+def test_published_orin_profile():
+    prof = load_profile(ORIN)
+    rows = {"deepseek-r1-distill-qwen-1.5b": [row(256, 1, "majority", 0.40, 200), row(1024, 1, "majority", 0.55, 800),
+                                              row(1024, 4, "majority", 0.62, 900)],
+            "deepseek-r1-distill-llama-8b": [row(256, 1, "majority", 0.65, 200), row(1024, 1, "majority", 0.70, 700)],
+            "deepseek-r1-distill-qwen-14b": [row(256, 1, "majority", 0.60, 220), row(1024, 1, "majority", 0.80, 750)]}
+    tabs = [table(m, rs, I=150.0, quant="FP16") for m, rs in rows.items()]
+    r = plan(prof, tabs, 30.0, profile_path=str(ORIN))
+    c = r.config(r.chosen)
+    # hand: 8B B=256 -> prefill(I=150 -> 256) + 200 * (n + m*150 + m*199/2)
+    a, b, cc, n, m = 6.645207285297158e-07, 0.0002903545130874798, 0.10380849913420899, 0.10038429572372025, 6.920219504432032e-07
+    expect = a * 256**2 + b * 256 + cc + 200 * (n + m * 150 + m * 199 / 2)
+    assert (c["model_id"], c["budget"]) == ("deepseek-r1-distill-llama-8b", 256)
+    assert r.pred["total_s"][r.chosen] == pytest.approx(expect, rel=1e-12)
+    pf = r.to_plan_file()
+    assert pf.predicted.method.startswith("published (EdgeReasoning") and pf.predicted.latency_s.method == "published"
+    assert pf.predicted.energy_j.method == "published" and pf.profile.kind == "published"
+    assert pf.based_on[0].startswith("published data")
+    assert all("published" in f.method for f in pf.frontier)
+    n4 = [i for i in range(len(r)) if r.n[i] == 4][0]
+    assert "extended to n=4" in r.method(n4)
+
+
+def _big(n_tables=6, rows_per=1800, seed=0):
+    rng = np.random.default_rng(seed)
+    prof = sy.device_profile([sy.model_profile(f"m{i}", {**T, "alpha": 0.01 * (i + 1)}, noise=0.0,
+                                               size_bytes=10**9 * (i + 1), kv_bytes_per_token=1e5) for i in range(3)])
+    tabs = []
+    for t in range(n_tables):
+        Bs = rng.choice([64, 128, 256, 512, 1024], rows_per)
+        rs = [row(int(B), int(k), "majority", float(rng.random()), float(rng.integers(1, B + 1)))
+              for B, k in zip(Bs, rng.choice([1, 2, 4, 8, 16], rows_per))]
+        tabs.append(table(f"m{t % 3}", rs, I=float(rng.integers(50, 500))))
+    return prof, tabs
+
+
+def test_ten_thousand_candidates_fast_and_correct():
+    prof, tabs = _big()
+    t0 = time.perf_counter()
+    r = plan(prof, tabs, 8.0, memory_cap_gb=3.0)
+    dt = time.perf_counter() - t0
+    assert len(r) >= 10_000
+    assert dt < 1.0, f"{len(r)} candidates took {dt:.2f} s"
+    # brute force the choice with scalar predictions on a sample of candidates + the chosen one
+    sample = list(range(0, len(r), 97)) + [r.chosen]
+    for i in sample:
+        assert r.prediction(i).latency_s == pytest.approx(r.pred["total_s"][i], rel=1e-12)
+    ok = r.feasible
+    assert r.accuracy[r.chosen] == r.accuracy[ok].max()
+    assert ok[r.chosen] and r.pred["memory_bytes"][r.chosen] <= 3e9
+
+
+def test_render_and_plot(prof, tmp_path):
+    r = plan(prof, [table(rows=HAND_ROWS)], 2.0)
+    tab = render_frontier(r)
+    assert tab.row_count == len(r.frontier)
+    pytest.importorskip("matplotlib")
+    out = plot_pareto(r, tmp_path / "pareto.png")
+    assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
