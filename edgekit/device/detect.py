@@ -1,0 +1,157 @@
+"""What is this device? CPU, RAM, NVIDIA GPUs, Jetson model/L4T/power mode, llama.cpp build,
+and which power sensors work (with the reason and fix for those that do not).
+
+``sysfs_root`` re-roots every file read (``/sys``, ``/etc``, and ``/proc`` unless ``procfs_root``
+is given), so recorded fixture trees can be read. Host facts from psutil (cores, frequency, RAM,
+hostname) are only filled on the real root ``/``: under a fixture root they are left empty
+rather than mixed in from the machine running the code.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Optional
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgekit.device import sysinfo
+from edgekit.power import JetsonMeter, NullMeter, RaplMeter, detect_meters, is_jetson
+from edgekit.power.nvml import nvml_gpus
+from edgekit.profile.schema import DeviceInfo, GPUInfo
+
+
+class SensorStatus(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    available: bool
+    why_unavailable: Optional[str] = None
+    fix: Optional[str] = None
+    method: Optional[str] = None  # how the total is obtained, e.g. "VDD_IN rail"
+    energy_counter: bool = False
+
+
+class DeviceReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    hostname: Optional[str] = None
+    cpu_model: Optional[str] = None
+    cpu_cores_physical: Optional[int] = None
+    cpu_cores_logical: Optional[int] = None
+    cpu_freq_mhz: Optional[float] = None  # current, psutil
+    cpu_freq_max_mhz: Optional[float] = None  # 0/unknown on many VMs -> None
+    ram_total_mb: Optional[float] = None
+    gpus: list[GPUInfo] = Field(default_factory=list)
+    nvml_note: Optional[str] = None  # why no NVIDIA GPU was listed
+    is_jetson: bool = False
+    jetson_model: Optional[str] = None
+    jetson_release: Optional[str] = None
+    nvpmodel_mode: Optional[str] = None
+    nvpmodel_note: Optional[str] = None
+    llama_build: Optional[str] = None
+    llama_cpp_python: Optional[str] = None
+    gpu_offload: Optional[bool] = None
+    llama_system_info: Optional[str] = None
+    llama_note: Optional[str] = None
+    power_sensors: list[SensorStatus] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+    def to_json(self, indent: int = 2) -> str:
+        return self.model_dump_json(indent=indent)
+
+    def to_device_info(self) -> DeviceInfo:
+        freq = self.cpu_freq_max_mhz or self.cpu_freq_mhz
+        return DeviceInfo(
+            name=self.name, hostname=self.hostname, cpu_model=self.cpu_model,
+            cpu_cores_physical=self.cpu_cores_physical, cpu_cores_logical=self.cpu_cores_logical,
+            cpu_freq_mhz=freq, ram_total_mb=self.ram_total_mb, gpus=list(self.gpus),
+            jetson_model=self.jetson_model, jetson_release=self.jetson_release, nvpmodel_mode=self.nvpmodel_mode,
+            llama_build=self.llama_build, llama_cpp_python=self.llama_cpp_python, gpu_offload=self.gpu_offload,
+        )
+
+    @property
+    def available_sensors(self) -> list[SensorStatus]:
+        return [s for s in self.power_sensors if s.available]
+
+
+def _device_name(r: DeviceReport) -> str:
+    if r.jetson_model:
+        return r.jetson_model
+    cores = r.cpu_cores_logical or r.cpu_cores_physical
+    freq = r.cpu_freq_max_mhz or r.cpu_freq_mhz
+    cpu = " ".join(x for x in (f"{cores}-core" if cores else "", r.cpu_model or "unknown CPU",
+                                f"{freq / 1000:.1f} GHz" if freq else "") if x)
+    if r.gpus:
+        return f"{r.gpus[0].name or 'NVIDIA GPU'} + {cpu}"
+    return cpu
+
+
+def _host_facts(r: DeviceReport) -> None:
+    r.hostname = socket.gethostname()
+    r.cpu_cores_physical = psutil.cpu_count(logical=False)
+    r.cpu_cores_logical = psutil.cpu_count(logical=True)
+    try:
+        f = psutil.cpu_freq()
+    except (OSError, RuntimeError, NotImplementedError):
+        f = None
+    if f is not None:
+        r.cpu_freq_mhz = float(f.current) if f.current else None
+        r.cpu_freq_max_mhz = float(f.max) if f.max else None
+    else:
+        r.notes.append("CPU frequency: psutil.cpu_freq() gave nothing")
+    r.ram_total_mb = psutil.virtual_memory().total / 2**20
+
+
+def detect_device(
+    sysfs_root: str | Path = "/", nvml: Any = None, procfs_root: str | Path | None = None, llama_module: Any = None
+) -> DeviceReport:
+    """Detect the device. ``nvml`` and ``llama_module`` are injectable (defaults: pynvml, llama_cpp)."""
+    root = Path(sysfs_root)
+    proc = Path(procfs_root) if procfs_root is not None else root / "proc"
+    r = DeviceReport(name="unknown device")
+    if root == Path("/"):
+        _host_facts(r)
+    else:
+        r.notes.append(f"host facts (cores, frequency, RAM, hostname) not read: sysfs_root is {root}, not /")
+    r.cpu_model = sysinfo.cpu_model(proc)
+    if r.cpu_model is None:
+        r.notes.append(f"CPU model: no 'model name' in {proc / 'cpuinfo'}")
+
+    if nvml is not None or root == Path("/"):
+        gpus, why = nvml_gpus(nvml)
+        r.gpus = [GPUInfo(**{k: g.get(k) for k in ("index", "name", "memory_total_mb", "power_limit_mw", "driver")})
+                  for g in gpus if g.get("name")]
+        r.nvml_note = why
+    else:
+        r.nvml_note = "NVML not queried: fixture root and no nvml module given"
+
+    r.is_jetson = is_jetson(root) or sysinfo.jetson_model(proc) is not None
+    if r.is_jetson:
+        r.jetson_model = sysinfo.jetson_model(proc)
+        r.jetson_release = sysinfo.jetson_release(root)
+        r.nvpmodel_mode, r.nvpmodel_note = sysinfo.nvpmodel_mode(root)
+        if r.jetson_release is None:
+            r.notes.append("L4T release: /etc/nv_tegra_release missing or unparsable")
+
+    lb = sysinfo.llama_build(llama_module)
+    r.llama_build, r.llama_cpp_python, r.gpu_offload = lb["build"], lb["version"], lb["gpu_offload"]
+    r.llama_system_info, r.llama_note = lb["system_info"], lb["note"]
+
+    if nvml is not None or root == Path("/"):
+        meters = detect_meters(root, nvml=nvml)
+    else:
+        meters = [NullMeter("NVML not queried: fixture root and no nvml module given"), JetsonMeter(root), RaplMeter(root)]
+        meters[0].name = "nvml:0"
+    for m in meters:
+        r.power_sensors.append(SensorStatus(
+            name=m.name, available=m.available, why_unavailable=m.why_unavailable, fix=m.fix,
+            method=getattr(m, "total_method", None) or None, energy_counter=bool(m.available and m.has_energy_counter),
+        ))
+        m.close()
+    if not r.available_sensors:
+        r.notes.append("no power sensor available: energy figures will be 'unavailable'")
+    r.name = _device_name(r)
+    return r

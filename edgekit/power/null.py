@@ -1,0 +1,22 @@
+"""The meter used when there is no sensor: every reading is None, with the reason and the fix."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from edgekit.power.base import PowerMeter
+
+
+class NullMeter(PowerMeter):
+    name = "null"
+
+    def __init__(self, reason: str = "no power sensor found", fix: Optional[str] = None):
+        self.available = False
+        self.why_unavailable = reason
+        self.fix = fix
+
+    def read_energy_mj(self) -> Optional[float]:
+        return None
+
+    def read_power_mw(self) -> Optional[float]:
+        return None
