@@ -1,0 +1,218 @@
+"""`edgekit eval`: draw a sample pool per problem, judge it, and write the accuracy table.
+
+For each problem: one batched call for N samples at the run's temperature plus one greedy
+sample (temperature 0). Each sample is recorded with its extracted answer, correctness,
+generated tokens and whether it finished by itself within ``max_tokens``; the accuracy
+rows for every (budget, k, aggregation) follow exactly from that pool
+(:mod:`edgekit.evaluate.estimators`).
+
+Resumable: every finished problem is appended to ``<out>.partial.jsonl`` (first line: the
+run settings). A rerun with the same settings skips those problems; with different settings
+it refuses. At the end the table is saved atomically and the partial file removed.
+
+The sampler is duck-typed: ``edgekit.runtime.Runtime`` or
+:class:`edgekit.evaluate.openai_backend.OpenAIChatSampler` -- anything whose
+``generate(messages, max_tokens=, n=, temperature=, top_p=, seed=, stop=)`` returns an object
+with ``.samples`` (``.text``, ``.tokens``, ``.finish_reason``) and ``.timings.prompt_tokens``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from edgekit.errors import BackendError, SchemaError, UsageError
+from edgekit.evaluate.estimators import accuracy_rows, default_aggregations, default_budgets
+from edgekit.evaluate.table import AccuracyTable, ProblemRecord, SampleRecord
+from edgekit.evaluate.tasks import Problem, Task, load_task
+
+PARTIAL_FORMAT = 1
+Progress = Callable[[int, int, str], None]  # (problems done, problems total, problem id)
+
+
+def partial_path(out_path: Union[str, Path]) -> Path:
+    p = Path(out_path)
+    return p.with_name(p.name + ".partial.jsonl")
+
+
+def problem_seed(seed: int, problem_id: str) -> int:
+    """Per-problem sampling seed: stable across splits, resumes and machines."""
+    return (seed * 1_000_003 + zlib.crc32(problem_id.encode())) % 2**31
+
+
+def _default_extractors():
+    try:
+        from edgekit.runtime.aggregate import get_extractor
+    except ImportError as e:
+        raise BackendError("answer extractors are unavailable (edgekit.runtime.aggregate)", fix="reinstall edgekit") from e
+    return get_extractor
+
+
+def _read_partial(path: Path, settings: dict) -> tuple[dict[str, ProblemRecord], bool]:
+    """Records already done and whether any used estimated token counts; refuses a settings mismatch."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    fix = f"rerun with the same settings to continue it, or start over with --no-resume (deletes {path.name})"
+    try:
+        header = json.loads(lines[0]).get("settings")
+    except (json.JSONDecodeError, AttributeError):
+        header = None
+    if not isinstance(header, dict):
+        raise SchemaError(f"partial run {path} has no settings header", fix=f"delete {path} or use --no-resume")
+    diff = [f"{k} {header.get(k)!r} (now {v!r})" for k, v in settings.items() if header.get(k) != v]
+    if diff:
+        raise UsageError(f"partial run {path} was made with different settings: {', '.join(diff)}", fix=fix)
+    done: dict[str, ProblemRecord] = {}
+    estimated = False
+    body = [ln for ln in lines[1:]]
+    for i, ln in enumerate(body):
+        if not ln.strip():
+            continue
+        try:
+            d = json.loads(ln)
+            rec = ProblemRecord.model_validate(d["problem"])
+        except Exception as e:  # noqa: BLE001 - any damage: a torn last line is expected after a kill
+            if all(not x.strip() for x in body[i + 1:]):
+                _rewrite(path, lines[: i + 1])  # drop the torn tail so appends stay line-aligned
+                break
+            raise SchemaError(f"partial run {path} line {i + 2} is damaged ({e})", fix=f"delete {path} or use --no-resume") from e
+        done[rec.id] = rec
+        estimated = estimated or bool(d.get("tokens_estimated"))
+    return done, estimated
+
+
+def _rewrite(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in lines if ln.strip()), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _append(path: Path, obj: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _records(task: Task, problem: Problem, res, max_tokens: int, extract, pool: Optional[ThreadPoolExecutor]) -> list[SampleRecord]:
+    items = []
+    for s in res.samples:
+        answer = task.extract(s.text, problem, extract)
+        finished = s.finish_reason == "stop" and s.tokens <= max_tokens
+        items.append((answer, int(s.tokens), finished))
+
+    def judge(item) -> bool:
+        answer, _, finished = item
+        return finished and answer is not None and task.is_correct(problem, answer)
+
+    verdicts = list(pool.map(judge, items)) if pool else [judge(it) for it in items]
+    return [SampleRecord(answer=a, correct=c, tokens=t, finished=f) for (a, t, f), c in zip(items, verdicts)]
+
+
+def run_eval(
+    task: Union[str, Task],
+    sampler,
+    *,
+    model_id: str,
+    out_path: Union[str, Path],
+    n_samples: int = 8,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    seed: int = 0,
+    max_tokens: int = 256,
+    limit: Optional[int] = None,
+    split: Optional[str] = None,
+    template: Optional[str] = None,
+    sha256: Optional[str] = None,
+    quant: Optional[str] = None,
+    backend: Optional[str] = None,
+    greedy: bool = True,
+    budgets: Optional[list[int]] = None,
+    resume: bool = True,
+    progress: Optional[Progress] = None,
+    get_extractor=None,
+) -> AccuracyTable:
+    """Evaluate ``sampler`` on ``task`` and save the accuracy table to ``out_path``."""
+    if n_samples < 1 or max_tokens < 1:
+        raise UsageError(f"n_samples and max_tokens must be >= 1 (got {n_samples}, {max_tokens})")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise UsageError(f"need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
+    if isinstance(task, str):
+        task = load_task(task, template=template, split=split, limit=limit)
+    else:
+        if template is not None and template != task.prompt_template:
+            raise UsageError(f"task was loaded with template {task.prompt_template!r}, not {template!r}")
+        if split is not None or limit is not None:
+            task = task.select(split, limit)
+    budgets = sorted(set(budgets or default_budgets(max_tokens)))
+    if budgets[0] < 1 or budgets[-1] > max_tokens:
+        raise UsageError(f"budgets must lie in 1..max_tokens={max_tokens} (got {budgets})")
+    backend = backend or getattr(sampler, "backend", None) or "llama.cpp"
+    extract = get_extractor or _default_extractors()
+    settings = {
+        "task": task.name, "split": task.split, "prompt_template": task.prompt_template, "model_id": model_id,
+        "model_sha256": sha256, "quant": quant, "backend": backend, "temperature": temperature, "top_p": top_p,
+        "n_samples": n_samples, "seed": seed, "max_tokens": max_tokens, "greedy": greedy,
+    }
+    out = Path(out_path)
+    part = partial_path(out)
+    done: dict[str, ProblemRecord] = {}
+    estimated = False
+    if part.exists() and resume:
+        done, estimated = _read_partial(part, settings)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _rewrite(part, [json.dumps({"format": PARTIAL_FORMAT, "settings": settings})])
+    extra = {}
+    try:
+        if "aggregate" in inspect.signature(sampler.generate).parameters:
+            extra["aggregate"] = "none"
+    except (TypeError, ValueError):
+        pass
+    total = len(task.problems)
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) if task.has_verifier else None
+    try:
+        for i, problem in enumerate(task.problems):
+            if problem.id in done:
+                continue
+            ps = problem_seed(seed, problem.id)
+            res = sampler.generate(problem.messages(), max_tokens=max_tokens, n=n_samples, temperature=temperature,
+                                   top_p=top_p, seed=ps, stop=None, **extra)
+            if len(res.samples) != n_samples:
+                raise BackendError(f"asked for {n_samples} samples, the backend returned {len(res.samples)}")
+            samples = _records(task, problem, res, max_tokens, extract, pool)
+            g = None
+            if greedy:
+                gres = sampler.generate(problem.messages(), max_tokens=max_tokens, n=1, temperature=0.0, top_p=1.0,
+                                        seed=ps, stop=None, **extra)
+                g = _records(task, problem, gres, max_tokens, extract, None)[0]
+            rec = ProblemRecord(id=problem.id, target=problem.target, prompt_tokens=int(res.timings.prompt_tokens),
+                                samples=samples, greedy=g)
+            est = bool(getattr(sampler, "tokens_estimated", False))
+            _append(part, {"problem": rec.model_dump(exclude_none=True), "tokens_estimated": est})
+            done[rec.id] = rec
+            estimated = estimated or est
+            if progress:
+                progress(len(done), total, problem.id)
+    finally:
+        if pool:
+            pool.shutdown()
+    records = [done[p.id] for p in task.problems]
+    from edgekit import __version__
+
+    table = AccuracyTable(
+        edgekit_version=__version__, task=task.name, split=task.split, model_id=model_id, model_sha256=sha256,
+        quant=quant, backend=backend + (" (tokens estimated)" if estimated else ""),
+        prompt_template=task.prompt_template, temperature=temperature, top_p=top_p, n_samples=n_samples, seed=seed,
+        max_tokens=max_tokens, n_problems=len(records),
+        prompt_tokens_mean=sum(r.prompt_tokens for r in records) / len(records), has_verifier=task.has_verifier,
+        rows=accuracy_rows(records, budgets, None, default_aggregations(task.has_verifier, greedy)),
+        problems=records,
+    )
+    table.save(out)
+    part.unlink(missing_ok=True)
+    return table
