@@ -20,7 +20,8 @@ def print_json(obj: Any) -> None:
 
 
 class PullProgress:
-    """A rich progress bar fed by edgekit.models.store's progress callback."""
+    """A rich progress bar fed by edgekit.models.store's progress callback; shown only once a
+    download actually starts (a cached model prints nothing)."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
@@ -28,19 +29,18 @@ class PullProgress:
         self.task = None
 
     def __enter__(self):
-        if self.enabled:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                                TimeRemainingColumn(), console=err_console, transient=False)
-            self.bar.__enter__()
         return self
 
     def __call__(self, desc: str, advance: int, total: int) -> None:
-        if not self.bar:
+        if not self.enabled:
             return
-        if self.task is None:
+        if self.bar is None:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                TimeRemainingColumn(), console=err_console)
+            self.bar.__enter__()
             self.task = self.bar.add_task(desc, total=total)
         self.bar.update(self.task, description=desc, advance=advance, total=total)
 
     def __exit__(self, *exc):
-        if self.bar:
+        if self.bar is not None:
             self.bar.__exit__(*exc)

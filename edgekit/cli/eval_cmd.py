@@ -1,0 +1,5 @@
+"""placeholder until wired"""
+
+
+def register(app):
+    pass
