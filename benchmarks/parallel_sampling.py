@@ -23,7 +23,8 @@ from edgekit.models import resolve
 from edgekit.runtime import Runtime
 from edgekit.runtime.llamacpp import default_threads
 
-PROMPT = "Write a long, detailed story about a warehouse robot that learns to sort parcels. Use many paragraphs."
+PROMPT = ("Write a complete Python module implementing a red-black tree with insert, delete, search and in-order "
+          "traversal. Include type hints and a docstring for every method.")  # long answers: samples rarely stop early
 SAMPLING = dict(temperature=0.8, top_p=0.95, top_k=40, min_p=0.05)
 
 
@@ -63,6 +64,7 @@ class RawLoop:
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, 512, 512, max_n
         cp.n_threads = cp.n_threads_batch = threads
         cp.kv_unified = True
+        cp.flash_attn_type = 0 if not ll.llama_supports_gpu_offload() else -1  # same attention kernel as edgekit's default
         self.ctx = ll.llama_init_from_model(self.model, cp)
         self.vocab = ll.llama_model_get_vocab(self.model)
         self.mem = ll.llama_get_memory(self.ctx)

@@ -1,5 +1,64 @@
-"""placeholder until wired"""
+"""`edgekit eval`: build an accuracy table (model x task x template x temperature)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from edgekit.cli.output import console, err_console, print_json
+from edgekit.models.catalog import DEFAULT_MODEL
 
 
-def register(app):
-    pass
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_cmd(
+        task: str = typer.Argument(..., help="bigbench:object_counting | bigbench:date_understanding | bigbench:strategyqa | humaneval | jsonl:PATH"),
+        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="model id/path, or the server's model name with --backend openai"),
+        n: int = typer.Option(8, "--n", help="samples drawn per problem (one batch)"),
+        max_tokens: int = typer.Option(256, "--max-tokens", help="largest token budget (smaller ones come from the same pool)"),
+        temperature: float = typer.Option(0.8),
+        top_p: float = typer.Option(0.95, "--top-p"),
+        seed: int = typer.Option(0),
+        template: Optional[str] = typer.Option(None, help="prompt template: cot | terse (default: the task's)"),
+        limit: Optional[int] = typer.Option(None, help="first N problems (of the split)"),
+        split: Optional[str] = typer.Option(None, help="problem range a:b"),
+        output: Optional[str] = typer.Option(None, "--output", "-o", help="accuracy table JSON"),
+        backend: str = typer.Option("llama.cpp", help="llama.cpp | openai"),
+        base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"),
+        api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY"),
+        threads: Optional[int] = typer.Option(None),
+        no_resume: bool = typer.Option(False, "--no-resume", help="start over instead of continuing a killed run"),
+        json_out: bool = typer.Option(False, "--json"),
+    ):
+        """Draw N samples per problem once; derive accuracy for every budget and every k <= N."""
+        from edgekit.evaluate.api import evaluate
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=err_console) as bar:
+            tid = bar.add_task(f"eval {task}", total=None)
+
+            def progress(done, total, *rest):
+                bar.update(tid, completed=done, total=total)
+
+            table = evaluate(task, model, backend=backend, base_url=base_url, api_key=api_key, out_path=output,
+                             n_samples=n, temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens,
+                             limit=limit, split=split, template=template, threads=threads, resume=not no_resume,
+                             progress=progress)
+        if json_out:
+            return print_json({k: v for k, v in table.model_dump(mode="json").items() if k != "problems"})
+        render_table(table)
+
+
+def render_table(t) -> None:
+    rows = [r for r in t.rows if r.budget == t.max_tokens]
+    tab = Table(title=f"{t.task} · {t.model_id} · {t.prompt_template} · T={t.temperature} · {t.n_problems} problems "
+                      f"(measured on this eval set; budget {t.max_tokens})")
+    for c in ("aggregation", "k", "accuracy", "E[steps]", "method"):
+        tab.add_column(c)
+    for r in sorted(rows, key=lambda r: (r.aggregation, r.k)):
+        tab.add_row(r.aggregation, str(r.k), f"{100 * r.accuracy:.1f} %", f"{r.expected_steps:.0f}", r.method)
+    console.print(tab)
+    console.print(f"{len(t.rows)} rows over budgets {sorted({r.budget for r in t.rows})}")

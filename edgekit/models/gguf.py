@@ -203,8 +203,9 @@ def read_gguf(path: str | Path) -> GGUFInfo:
             offset = r.unpack("<Q")
             tensors.append((dims, ttype, offset))
         align = int(meta.get("general.alignment", 32))
+        header_end = r.pos
         data_start = (r.pos + align - 1) // align * align
-    data_end = data_start
+    data_end = data_start if tensors else header_end
     total = 0
     for dims, ttype, offset in tensors:
         n_el = 1

@@ -108,7 +108,7 @@ class _Sweep:
     def timed(self, **kw):
         """One generate under the energy window; returns (result, window)."""
         with self.meter.window() as w:
-            res = self.rt.generate(None, aggregate="none", extractor=None, logprobs=False, **kw)
+            res = self.rt.generate(None, aggregate="none", extractor=None, **kw)  # the default path: logprobs on
         return res, w
 
     def run(self, mp: ModelProfile) -> None:
@@ -175,7 +175,7 @@ class _Sweep:
 
     def ref_decode(self, toks) -> float:
         res = self.rt.generate(None, prompt_tokens=toks, max_tokens=self.cfg.decode_steps, temperature=0.0,
-                               aggregate="none", extractor=None, logprobs=False, ignore_eos=True)
+                               aggregate="none", extractor=None, ignore_eos=True)
         return res.timings.decode_s / max(res.timings.steps - 1, 1)
 
     def cool(self):
@@ -183,7 +183,8 @@ class _Sweep:
             time.sleep(self.cfg.cooldown_s)
 
     def _energy(self, phase: str, w, tokens: int, prefill_s: float = 0.0):
-        if w.energy_mj is None or self.idle_mw is None or not w.covered_s:
+        if w.energy_mj is None or self.idle_mw is None or not w.covered_s or not w.complete:
+            self.skipped_windows = getattr(self, "skipped_windows", 0) + 1
             return
         above = w.energy_mj - self.idle_mw * w.covered_s  # mW x s = mJ
         self.energy[phase].append((above, tokens, w))
@@ -199,8 +200,10 @@ class _Sweep:
 
         def per_token(rows, label):
             vals = [e / t for e, t, _ in rows if t > 0]
-            return measured(vals, "mJ/token", source=f"{name}, {label}, idle {self.idle_mw:.0f} mW subtracted") if vals \
-                else unavailable("mJ/token", "no complete energy window")
+            skipped = getattr(self, "skipped_windows", 0)
+            note = f"{skipped} incomplete window(s) left out (sensor gaps)" if skipped else None
+            return measured(vals, "mJ/token", source=f"{name}, {label}, idle {self.idle_mw:.0f} mW subtracted", note=note) if vals \
+                else unavailable("mJ/token", "no complete energy window" + (f" ({note})" if note else ""))
 
         return EnergyInfo(meter=name, idle_power_mw=idle_fig,
                           prefill_energy_per_token_mj=per_token(self.energy["prefill"], "prefill windows"),

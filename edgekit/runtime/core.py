@@ -168,8 +168,9 @@ class Runtime:
                         t_first = time.perf_counter()
                     s = Sample(index=ev.seq, text=ev.text, tokens=ev.tokens, finish_reason=ev.reason,
                                token_ids=ids[ev.seq], logprobs=lps[ev.seq])
-                    if ev.reason != "cancelled":
+                    if ev.reason == "stop":  # truncated samples carry no answer (same rule as the accuracy tables)
                         s.answer = extract(s.text) if aggregate != "none" or extractor else None
+                    if ev.reason != "cancelled":
                         if aggregate == "first_verified" and state["verified"] is None:
                             s.verified = bool(verifier(s))
                             if s.verified:
@@ -227,6 +228,9 @@ class Runtime:
                 conf.low_logprob = _quantile(toks, 0.10)
         conf.vote_share = conf.votes / n if n else None
         flags = []
+        if samples and any(s.finish_reason == "budget" for s in samples):
+            k = sum(s.finish_reason == "budget" for s in samples)
+            flags.append(f"budget: {k}/{n} sample(s) hit max_tokens before finishing (no answer taken from them)")
         if aggregate == "first_verified" and not conf.verified:
             flags.append("unverified")
         return Result(model=self.model_id, answer=answer, text=text, aggregate=aggregate,

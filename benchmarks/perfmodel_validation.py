@@ -1,0 +1,192 @@
+"""Latency-model validation: predicted vs measured end-to-end latency of configurations that were
+not points of the profile sweep, on this machine.
+
+    python benchmarks/perfmodel_validation.py --profile PROFILE.json [--models a,b] [--unprofiled MODEL]
+                                              [--reps 3] [--json] [--smoke]
+
+Each configuration (prompt tokens I, budget B, n) runs for real: Runtime.generate on a synthetic
+prompt of exactly I tokens (the sweep's filler text), ignore_eos=True so exactly B tokens are
+decoded per sample, temperature 0.8, seed 0, aggregate="none", logprobs=True (the default
+runtime path). Measured = median Result.timings.total_s over --reps (after one untimed warm-up
+per model). Predicted = PerfModel.predict(I, B, n, expected_steps=B).latency_s, from fit() for
+profiled models and fit_device(profile).predict_model(ModelInfo from the GGUF header, as the
+planner builds it) for --unprofiled. Error = (predicted - measured) / measured; MAPE = mean |error|.
+Goal: MAPE <= 10 %.  --smoke: the first 2 configurations per profiled model, 1 for --unprofiled, 1 rep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import sys
+from types import SimpleNamespace
+
+from edgekit.errors import EdgekitError, UsageError
+from edgekit.models.catalog import CATALOG
+from edgekit.perfmodel import fit, fit_device
+from edgekit.profile.schema import load_profile
+from edgekit.profile.sweep import FILLER
+
+# (prompt tokens I, budget B, parallel samples n); the first two are cheap (--smoke runs them)
+CONFIGS = [
+    (200, 24, 1), (350, 24, 6),
+    (200, 48, 3), (200, 48, 6), (200, 48, 12),  # other n
+    (200, 96, 1), (700, 48, 1),  # other budgets
+    (700, 24, 1), (1500, 24, 1),  # other prompt lengths
+    (700, 48, 6), (1500, 96, 3), (200, 96, 12), (1500, 48, 12), (700, 96, 3),  # mixed
+]
+UNPROFILED_CONFIGS = [(200, 48, 1), (700, 24, 3), (350, 48, 6)]
+METHOD = ("measured: median Result.timings.total_s over {reps} rep(s) of Runtime.generate(prompt_tokens=<I filler tokens>, "
+          "max_tokens=B, n=n, temperature=0.8, seed=0, aggregate='none', extractor=None, logprobs=True, ignore_eos=True), "
+          "one untimed warm-up per model; predicted: PerfModel.predict(I, B, n, expected_steps=B).latency_s "
+          "(fit() of the model's profile entry; fit_device(profile).predict_model(GGUF ModelInfo) for unprofiled models)")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def filler_tokens(rt, n: int) -> list[int]:
+    """Exactly n prompt tokens of the profile sweep's filler text (as the sweep's tokens())."""
+    base = rt.backend.tokenize(FILLER * 4, add_special=False)
+    out: list[int] = []
+    while len(out) < n:
+        out.extend(base)
+    return out[:n]
+
+
+def gguf_model_info(model_id: str):
+    """ModelInfo from the cached GGUF header, built exactly as `edgekit plan` builds it for cross-model estimates."""
+    from edgekit.models.store import resolve
+    from edgekit.plan.make import _model_infos
+
+    if model_id not in CATALOG:
+        raise UsageError(f"--unprofiled {model_id!r} is not a catalogue model", fix=f"use one of {', '.join(CATALOG)}")
+    resolve(model_id)  # pulls it if missing (it is run below anyway)
+    info = _model_infos([SimpleNamespace(model_id=model_id)]).get(model_id)
+    if info is None:
+        raise UsageError(f"could not read the GGUF header of {model_id}", fix=f"run `edgekit models pull {model_id}`")
+    return info
+
+
+def off_sweep(mp, I: int, B: int, n: int) -> str:
+    """Which of I, B, n are not values of the profile sweep ("" = all three were swept values)."""
+    if mp is None:
+        return "unprofiled"
+    lens = {p.prompt_tokens for p in mp.prefill}
+    ns = {d.n for d in mp.decode}
+    steps = {d.steps for d in mp.decode}
+    return ",".join(k for k, new in (("I", I not in lens), ("B", B not in steps), ("n", n not in ns)) if new)
+
+
+def measure(rt, I: int, B: int, n: int, reps: int) -> tuple[float, list[float]]:
+    toks = filler_tokens(rt, I)
+    secs = []
+    for _ in range(reps):
+        r = rt.generate(None, prompt_tokens=toks, max_tokens=B, n=n, temperature=0.8, seed=0, aggregate="none",
+                        extractor=None, logprobs=True, ignore_eos=True)
+        t = r.timings
+        if t.steps != B or t.generated_tokens != n * B or t.prompt_tokens != I:
+            log(f"  warning: I={I} B={B} n={n} ran {t.prompt_tokens} prompt tokens, {t.steps} steps, "
+                f"{t.generated_tokens} tokens (expected {I}, {B}, {n * B})")
+        secs.append(t.total_s)
+    return statistics.median(secs), secs
+
+
+def validate_model(model_id: str, pm, configs, reps: int, threads, mp) -> list[dict]:
+    from edgekit.runtime import Runtime
+
+    n_ctx = -(-(max(I + n * B for I, B, n in configs) + 64) // 256) * 256
+    max_n = max(n for _, _, n in configs)
+    log(f"{model_id}: loading (n_ctx={n_ctx}, max_n={max_n}, threads={threads or 'default'})")
+    rows = []
+    with Runtime(model_id, threads=threads, n_ctx=n_ctx, max_n=max_n) as rt:
+        measure(rt, 64, 8, max_n, 1)  # warm-up (page cache, buffers), not timed
+        for I, B, n in configs:
+            pred = pm.predict(I, B, n, expected_steps=B).latency_s
+            meas, secs = measure(rt, I, B, n, reps)
+            err = 100.0 * (pred - meas) / meas
+            rows.append({"config": f"I={I} B={B} n={n}", "predicted_s": pred, "measured_s": meas, "error_pct": err,
+                         "model": model_id, "profiled": mp is not None, "off_sweep": off_sweep(mp, I, B, n),
+                         "prompt_tokens": I, "budget": B, "n": n, "samples_s": secs})
+            log(f"  {rows[-1]['config']:<22} predicted {pred:7.3f} s  measured {meas:7.3f} s  error {err:+6.1f} %")
+    return rows
+
+
+def mape(rows: list[dict]):
+    return statistics.fmean(abs(r["error_pct"]) for r in rows) if rows else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", required=True, help="device profile JSON measured on this machine")
+    ap.add_argument("--models", default=None,
+                    help="comma-separated profiled models to validate (default: every catalogue model in the profile; '' = none)")
+    ap.add_argument("--unprofiled", default=None,
+                    help="a catalogue model NOT in the profile (cross-model estimate; needs >= 2 profiled models)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny run: 2 configurations per profiled model, 1 unprofiled, 1 rep")
+    a = ap.parse_args(argv)
+    try:
+        return run(a)
+    except EdgekitError as e:
+        log(f"error: {e.one_line()}")
+        return e.exit_code
+
+
+def run(a) -> int:
+    if a.reps < 1:
+        raise UsageError(f"--reps must be >= 1 (got {a.reps})")
+    profile = load_profile(a.profile)
+    if profile.kind != "measured":
+        log(f"warning: {a.profile} is a {profile.kind} profile; its predictions are for {profile.device.name}, not this machine")
+    elif profile.device.hostname and profile.device.hostname != socket.gethostname():
+        log(f"warning: {a.profile} was measured on host {profile.device.hostname}, this is {socket.gethostname()}")
+    in_profile = [m.model.id for m in profile.models]
+    if a.models is None:
+        models = [m for m in in_profile if m in CATALOG]
+    else:
+        models = [m.strip() for m in a.models.split(",") if m.strip()]
+        missing = [m for m in models if m not in in_profile]
+        if missing:
+            raise UsageError(f"profile {a.profile} has no model {', '.join(missing)} (has: {', '.join(in_profile)})",
+                             fix="pick --models from the profile, or profile them with `edgekit profile`")
+    if not models and not a.unprofiled:
+        raise UsageError(f"nothing to validate: profile {a.profile} has no catalogue model and no --unprofiled was given")
+    if a.unprofiled and a.unprofiled in in_profile:
+        raise UsageError(f"--unprofiled {a.unprofiled} is in the profile", fix="pick a catalogue model the profile lacks")
+    reps = 1 if a.smoke else a.reps
+    configs = CONFIGS[:2] if a.smoke else CONFIGS
+    rows: list[dict] = []
+    for mid in models:
+        mp = profile.model(mid)
+        rows += validate_model(mid, fit(mp, a.profile), configs, reps, mp.threads, mp)
+    if a.unprofiled:
+        dm = fit_device(profile, a.profile)  # raises a clear error with < 2 usable models
+        pm = dm.predict_model(gguf_model_info(a.unprofiled))
+        log(f"{a.unprofiled}: {pm.method}")
+        threads = next((m.threads for m in profile.models if m.threads), None)
+        rows += validate_model(a.unprofiled, pm, UNPROFILED_CONFIGS[:1] if a.smoke else UNPROFILED_CONFIGS, reps, threads, None)
+    prof = [r for r in rows if r["profiled"]]
+    unprof = [r for r in rows if not r["profiled"]]
+    out = {"mape": mape(rows), "mape_profiled": mape(prof), "mape_unprofiled": mape(unprof), "rows": rows,
+           "profile": a.profile, "reps": reps, "smoke": a.smoke, "method": METHOD.format(reps=reps)}
+    if a.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"{'model':<30} {'config':<20} {'off-sweep':<11} {'predicted_s':>11} {'measured_s':>10} {'error %':>8}")
+    for r in rows:
+        print(f"{r['model']:<30} {r['config']:<20} {r['off_sweep'] or '-':<11} {r['predicted_s']:>11.3f} "
+              f"{r['measured_s']:>10.3f} {r['error_pct']:>+8.1f}")
+    fmt = lambda x: "n/a" if x is None else f"{x:.1f} %"  # noqa: E731
+    print(f"MAPE {fmt(out['mape'])} over {len(rows)} configurations (profiled {fmt(out['mape_profiled'])} over {len(prof)}, "
+          f"unprofiled {fmt(out['mape_unprofiled'])} over {len(unprof)}); goal: <= 10 %")
+    print(f"method: {out['method']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Planner value on held-out problems: the planned configuration vs the naive choice, per latency target.
+
+    python benchmarks/planner_value.py --profile PROFILE.json --accuracy TABLE.json [TABLE.json ...]
+        [--task bigbench:object_counting] [--split 40:70] [--targets 1,2,4,8] [--percentile 50] [--json] [--smoke]
+
+Per target: plan = make_plan(profile, tables, target).  Naive = the largest model (catalogue
+n_params, else the profile's) among the tables whose greedy configuration (n=1, temperature 0,
+the table's max_tokens, the table's template) is predicted to meet the target by the planner's
+own predictions (first such table in --accuracy order; if none fits: the smallest model's, flagged).
+Both run for real on every held-out problem of --split (the tables must be built on other problems):
+the task's rendered messages for the table's template, Runtime.generate(max_tokens=B, n, temperature,
+top_p, seed=the eval's per-problem seed, aggregate="majority", extractor=task kind), graded with
+Task.is_correct. Reported: accuracy, mean Result.timings.total_s, and the planner's predictions
+(table accuracy; p50 point latency). A configuration that recurs is run once. Infeasible targets
+are recorded and not run.  --smoke: the first 2 targets and the first 2 held-out problems.
+Goals: plan beats naive by >= 5 points where sampling helps; predicted accuracy within +-5 points;
+predicted latency within 10 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+
+from edgekit.errors import EdgekitError, UsageError
+from edgekit.evaluate.runner import problem_seed
+from edgekit.evaluate.table import load_table
+from edgekit.evaluate.tasks import complete_program, load_task
+from edgekit.models.catalog import CATALOG
+from edgekit.plan.make import make_plan
+from edgekit.plan.planner import InfeasibleTarget
+from edgekit.profile.schema import load_profile
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def short(c: dict) -> str:
+    return f"{c['model_id']} {c['prompt_template']} B={c['budget']} n={c['n']} {c['aggregation']}"
+
+
+def key(c: dict) -> tuple:
+    return (c["model_id"], c["prompt_template"], float(c["temperature"]), float(c["top_p"]), int(c["budget"]),
+            int(c["n"]), c["aggregation"], c["extractor"], c["table_path"])
+
+
+def model_size(mid: str, profile) -> tuple[float, float]:
+    e = CATALOG.get(mid)
+    if e is not None:
+        return (e.n_params, float(e.size_bytes))
+    mp = next((m for m in profile.models if m.model.id == mid), None)
+    return (mp.model.n_params or 0.0, float(mp.model.size_bytes or 0)) if mp else (0.0, 0.0)
+
+
+def naive_choice(res, profile, target: float) -> tuple[int, str]:
+    """Candidate index of the naive configuration, and a note."""
+    greedy = [i for i in range(len(res)) if res.config(i)["aggregation"] == "greedy"
+              and int(res.budget[i]) == res.tables[int(res.table[i])].max_tokens]
+    if not greedy:
+        raise UsageError("the accuracy tables have no greedy rows at their max_tokens",
+                         fix="build the tables with `edgekit eval` (greedy samples are on by default)")
+    size = lambda i: model_size(res.config(i)["model_id"], profile)  # noqa: E731
+    fits = [i for i in greedy if res.caps_ok[i] and res.latency[i] <= target]
+    if fits:  # largest model; ties: first table given
+        return min(fits, key=lambda i: (tuple(-x for x in size(i)), int(res.table[i]))), ""
+    i = min(greedy, key=lambda i: (size(i), int(res.table[i])))
+    return i, f"no greedy config is predicted to meet {target:g} s: smallest model's greedy config"
+
+
+def overlap(a: str | None, b: str | None, total: int) -> bool:
+    def rng(s):
+        if s is None:
+            return range(0, total)
+        m = re.fullmatch(r"\s*(-?\d*)\s*:\s*(-?\d*)\s*", s)
+        return range(*slice(*(int(g) if g else None for g in m.groups())).indices(total)) if m else range(0)
+    return bool(set(rng(a)) & set(rng(b)))
+
+
+def threads_for(profile, mid: str):
+    mp = next((m for m in profile.models if m.model.id == mid), None)
+    return (mp.threads if mp and mp.threads else None) or next((m.threads for m in profile.models if m.threads), None)
+
+
+def run_config(rt, task, cfg: dict, table_seed: int) -> dict:
+    """Run cfg on every problem of task: accuracy and mean measured latency."""
+    correct, secs = [], []
+    for p in task.problems:
+        r = rt.generate(p.messages(), max_tokens=int(cfg["budget"]), n=int(cfg["n"]), temperature=float(cfg["temperature"]),
+                        top_p=float(cfg["top_p"]), seed=problem_seed(table_seed, p.id), aggregate="majority",
+                        extractor=cfg["extractor"] or task.kind)
+        ans = complete_program(r.answer, p) if task.kind == "code" else r.answer
+        correct.append(task.is_correct(p, ans))
+        secs.append(r.timings.total_s)
+    return {"acc": statistics.fmean(correct), "latency_s": statistics.fmean(secs), "n_problems": len(correct)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", required=True)
+    ap.add_argument("--accuracy", nargs="+", required=True, help="accuracy tables built with `edgekit eval` on other problems")
+    ap.add_argument("--task", default="bigbench:object_counting")
+    ap.add_argument("--split", default="40:70", help="held-out problems a:b (not used to build the tables)")
+    ap.add_argument("--targets", default="1,2,4,8", help="latency targets, seconds, comma-separated")
+    ap.add_argument("--percentile", type=int, default=50, choices=(50, 95))
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="first 2 targets, first 2 held-out problems")
+    a = ap.parse_args(argv)
+    try:
+        return run(a)
+    except EdgekitError as e:
+        log(f"error: {e.one_line()}")
+        return e.exit_code
+
+
+def run(a) -> int:
+    from edgekit.runtime import Runtime
+
+    targets = [float(x) for x in a.targets.split(",") if x.strip()]
+    if a.smoke:
+        targets = targets[:2]
+    profile = load_profile(a.profile)
+    tables = {p: load_table(p) for p in a.accuracy}
+    for p, t in tables.items():
+        if t.task != a.task:
+            raise UsageError(f"accuracy table {p} is for task {t.task}, not {a.task}", fix="pass --task or tables of one task")
+    total = load_task(a.task, template=next(iter(tables.values())).prompt_template).total
+    for p, t in tables.items():
+        if overlap(t.split, a.split, total):
+            log(f"warning: table {p} was built on problems {t.split or 'all'}, which overlap the held-out split {a.split}")
+    # 1. plan every target first (cheap), so each model is loaded once with a large enough n / context
+    rows, jobs = [], {}
+    for target in targets:
+        row = {"target_s": target}
+        try:
+            res, _ = make_plan(a.profile, a.accuracy, target, percentile=a.percentile)
+            ci = res.chosen
+        except InfeasibleTarget as e:
+            res, ci = e.result, None
+            row["plan"] = f"infeasible: {e.message}"
+        if res is None:
+            raise UsageError(f"planning for {target:g} s gave no candidates")
+        ni, note = naive_choice(res, profile, target)
+        for who, i in (("plan", ci), ("naive", ni)):
+            if i is None:
+                continue
+            cfg = res.config(i)
+            row[who] = short(cfg)
+            row[f"{who}_pred_acc"] = float(res.accuracy[i])
+            row[f"{who}_pred_latency_s"] = float(res.pred["total_s"][i])  # p50 point prediction
+            row[f"{who}_pred_latency_at_percentile_s"] = float(res.latency[i])
+            row[f"_{who}_cfg"] = cfg
+            if ci is not None:
+                jobs.setdefault(key(cfg), (cfg, res.tables[int(res.table[i])]))
+        row["naive_note"] = note
+        rows.append(row)
+    # 2. run each distinct configuration on the held-out problems
+    need: dict[str, list[int]] = {}
+    for cfg, _ in jobs.values():
+        n_, nb = need.get(cfg["model_id"], [1, 1])
+        need[cfg["model_id"]] = [max(n_, int(cfg["n"])), max(nb, int(cfg["n"]) * int(cfg["budget"]))]
+    tasks, runtimes, measured = {}, {}, {}
+    try:
+        for k, (cfg, table) in jobs.items():
+            tpl = cfg["prompt_template"]
+            if tpl not in tasks:
+                t = load_task(a.task, template=tpl, split=a.split)
+                tasks[tpl] = t.select(limit=2) if a.smoke else t
+            mid = cfg["model_id"]
+            if mid not in runtimes:
+                max_n, nb = need[mid]
+                runtimes[mid] = Runtime(mid, threads=threads_for(profile, mid), n_ctx=max(4096, 1024 + nb), max_n=max_n)
+                p0 = tasks[tpl].problems[0]
+                runtimes[mid].generate(p0.messages(), max_tokens=4, n=max_n, seed=0, aggregate="none", extractor=None)  # warm-up
+            log(f"running {short(cfg)} T={cfg['temperature']:g} on {len(tasks[tpl].problems)} problems ...")
+            measured[k] = run_config(runtimes[mid], tasks[tpl], cfg, table.seed)
+            log(f"  accuracy {measured[k]['acc']:.3f}, mean latency {measured[k]['latency_s']:.3f} s")
+    finally:
+        for rt in runtimes.values():
+            rt.close()
+    for row in rows:
+        row["n_problems"] = None
+        feasible = "_plan_cfg" in row  # infeasible targets are not run (not even a naive config run for another target)
+        for who in ("plan", "naive"):
+            cfg = row.pop(f"_{who}_cfg", None)
+            m = measured.get(key(cfg)) if cfg and feasible else None
+            row[f"{who}_acc"] = m["acc"] if m else None
+            row[f"{who}_latency_s"] = m["latency_s"] if m else None
+            row["n_problems"] = m["n_problems"] if m else row["n_problems"]
+        if row["plan_acc"] is not None:
+            row["gain_pts"] = 100 * (row["plan_acc"] - row["naive_acc"])
+            row["plan_acc_err_pts"] = 100 * (row["plan_pred_acc"] - row["plan_acc"])
+            row["plan_latency_err_pct"] = 100 * (row["plan_pred_latency_s"] - row["plan_latency_s"]) / row["plan_latency_s"]
+    meta = {"profile": a.profile, "tables": a.accuracy, "task": a.task, "split": a.split, "percentile": a.percentile,
+            "smoke": a.smoke, "method": "measured on held-out problems: accuracy = mean Task.is_correct of the majority "
+            "answer; latency = mean Result.timings.total_s (after one warm-up per model); predicted accuracy = the "
+            "accuracy table row; predicted latency = the planner's p50 point prediction"}
+    if a.json:
+        print(json.dumps({"rows": rows, **meta}, indent=1))
+        return 0
+    f = lambda x, s="{:.3f}": "-" if x is None else s.format(x)  # noqa: E731
+    for r in rows:
+        print(f"target {r['target_s']:g} s")
+        print(f"  plan : {r.get('plan', '-')}")
+        if r["plan_acc"] is not None:
+            print(f"         acc {f(r['plan_acc'])} (pred {f(r['plan_pred_acc'])}, {r['plan_acc_err_pts']:+.1f} pts)   "
+                  f"latency {f(r['plan_latency_s'])} s (pred {f(r['plan_pred_latency_s'])} s, {r['plan_latency_err_pct']:+.1f} %)")
+        print(f"  naive: {r['naive']}" + (f"  [{r['naive_note']}]" if r["naive_note"] else ""))
+        print(f"         acc {f(r['naive_acc'])} (pred {f(r['naive_pred_acc'])})   "
+              f"latency {f(r['naive_latency_s'])} s (pred {f(r['naive_pred_latency_s'])} s)")
+        if r.get("gain_pts") is not None:
+            print(f"  plan - naive: {r['gain_pts']:+.1f} accuracy points on {r['n_problems']} held-out problems")
+    print(json.dumps(meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

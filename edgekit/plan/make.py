@@ -1,0 +1,66 @@
+"""`make_plan()`: what `edgekit plan` calls -- load files, plan, write the plan file and plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from edgekit.errors import UsageError
+from edgekit.evaluate.table import load_table
+from edgekit.plan.planner import PlanResult, plan
+from edgekit.profile.schema import ModelInfo, load_profile
+
+
+def _model_infos(tables) -> dict[str, ModelInfo]:
+    """Size/arch facts of catalogue models (for cross-model estimates), from cached GGUF headers."""
+    from edgekit.models.catalog import CATALOG
+    from edgekit.models.gguf import read_gguf
+    from edgekit.models.store import cached_path, is_cached
+
+    out = {}
+    for t in tables:
+        e = CATALOG.get(t.model_id)
+        if e is None or not is_cached(e):
+            continue
+        g = read_gguf(cached_path(e))
+        out[t.model_id] = ModelInfo(id=e.id, sha256=e.sha256, arch=g.arch, quant=g.quant, n_params=e.n_params,
+                                    size_bytes=g.tensor_bytes, n_layer=g.n_layer, n_embd=g.n_embd, n_head_kv=g.n_head_kv,
+                                    n_embd_head=g.head_dim, kv_bytes_per_token=g.kv_bytes_per_token())
+    return out
+
+
+def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], latency_target_s: float, *,
+              percentile: int = 50, energy_cap_j: Optional[float] = None, memory_cap_gb: Optional[float] = None,
+              output: Optional[str | Path] = None, plot: Optional[str | Path] = None,
+              sequences_leave: bool = False) -> tuple[PlanResult, Optional[Path]]:
+    if not table_paths:
+        raise UsageError("no accuracy table given", fix="pass --accuracy TABLE.json (build one with `edgekit eval`)")
+    if latency_target_s is None or latency_target_s <= 0:
+        raise UsageError(f"latency target must be > 0 s, got {latency_target_s}", fix="pass e.g. --latency-target 2s")
+    profile = load_profile(profile_path)
+    tables = [load_table(p) for p in table_paths]
+    res = plan(profile, tables, latency_target_s, percentile=percentile, energy_cap_j=energy_cap_j,
+               memory_cap_gb=memory_cap_gb, profile_path=str(profile_path), table_paths=[str(p) for p in table_paths],
+               model_infos=_model_infos(tables), sequences_leave=sequences_leave)
+    written = None
+    if output:
+        pf = res.to_plan_file()
+        written = pf.save(output)
+    if plot:
+        from edgekit.plan.render import plot_pareto
+
+        plot_pareto(res, plot)
+    return res, written
+
+
+def parse_duration(s: str) -> float:
+    """'2s', '500ms', '1.5' -> seconds."""
+    t = str(s).strip().lower()
+    try:
+        if t.endswith("ms"):
+            return float(t[:-2]) / 1e3
+        if t.endswith("s"):
+            return float(t[:-1])
+        return float(t)
+    except ValueError:
+        raise UsageError(f"cannot read duration {s!r}", fix="write it like 2s, 1.5s or 500ms") from None
