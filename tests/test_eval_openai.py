@@ -27,12 +27,12 @@ def server(smol_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smol_path), "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "smol"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 90
     while time.time() < deadline:
         if proc.poll() is not None:
-            pytest.fail("llama_cpp.server exited at start")
+            pytest.fail("llama_cpp.server exited at start: " + proc.stderr.read()[-600:])
         try:
             if httpx.get(url + "/models", timeout=2).status_code == 200:
                 break

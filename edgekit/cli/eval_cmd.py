@@ -36,17 +36,23 @@ def register(app: typer.Typer) -> None:
         """Draw N samples per problem once; derive accuracy for every budget and every k <= N."""
         from edgekit.evaluate.api import evaluate
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), console=err_console) as bar:
-            tid = bar.add_task(f"eval {task}", total=None)
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TimeRemainingColumn(), console=err_console)
+        state = {}
 
-            def progress(done, total, *rest):
-                bar.update(tid, completed=done, total=total)
+        def progress(done, total, *rest):  # the bar appears once work starts (errors come first, alone)
+            if "tid" not in state:
+                bar.start()
+                state["tid"] = bar.add_task(f"eval {task}", total=total)
+            bar.update(state["tid"], completed=done, total=total)
 
+        try:
             table = evaluate(task, model, backend=backend, base_url=base_url, api_key=api_key, out_path=output,
                              n_samples=n, temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens,
                              limit=limit, split=split, template=template, threads=threads, resume=not no_resume,
                              progress=progress)
+        finally:
+            bar.stop()
         if json_out:
             return print_json({k: v for k, v in table.model_dump(mode="json").items() if k != "problems"})
         render_table(table)

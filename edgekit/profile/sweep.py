@@ -173,10 +173,14 @@ class _Sweep:
         mp.peak_rss_mb = measured([_peak_rss_mb()], "MB", source="getrusage ru_maxrss of the profiling process")
         mp.energy = self.energy_info(idle_fig)
 
-    def ref_decode(self, toks) -> float:
-        res = self.rt.generate(None, prompt_tokens=toks, max_tokens=self.cfg.decode_steps, temperature=0.0,
-                               aggregate="none", extractor=None, ignore_eos=True)
-        return res.timings.decode_s / max(res.timings.steps - 1, 1)
+    def ref_decode(self, toks, reps: int = 3) -> float:
+        """Median step time of a short greedy n=1 decode (the drift reference)."""
+        xs = []
+        for _ in range(reps):
+            res = self.rt.generate(None, prompt_tokens=toks, max_tokens=self.cfg.decode_steps, temperature=0.0,
+                                   aggregate="none", extractor=None, ignore_eos=True)
+            xs.append(res.timings.decode_s / max(res.timings.steps - 1, 1))
+        return sorted(xs)[len(xs) // 2]
 
     def cool(self):
         if self.cfg.cooldown_s > 0:
@@ -216,7 +220,7 @@ class _Sweep:
         if first and last:
             rep.decode_drift_pct = 100.0 * (last - first) / first
             if abs(rep.decode_drift_pct) > 5:
-                rep.reasons.append(f"decode step time drifted {rep.decode_drift_pct:+.1f} % between the first and last reference runs")
+                rep.reasons.append(f"decode step time drifted {rep.decode_drift_pct:+.1f} % between the first and last reference runs (median of 3 each)")
         if self.thermal is not None:
             s = self.thermal.summary()
             rep.cpu_freq_start_mhz = s.get("cpu_freq_start_mhz")
