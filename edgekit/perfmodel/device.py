@@ -87,6 +87,12 @@ class DeviceModel:
             memory_how=f"estimated: weights + KV ({kv_how}) x (I + n*B) + {DEFAULT_OVERHEAD_FRAC:.0%} of weights",
             source=self.source, notes=list(self.notes),
         )
+        shape = getattr(self, "batch_shape", None)
+        if shape:  # batch scaling is a device/kernel property: reuse the profiled models' mean shape
+            pm.n_knots = list(shape[0])
+            pm.base_knots = [(pm.alpha + pm.beta) * r for r in shape[1]]
+            pm.notes.append("step cost vs n: mean measured shape of " + ", ".join(self.models))
+        pm.kv_unified = bool(getattr(self, "kv_unified", False))
         if "p_prefill" in cf and "p_decode" in cf:
             pm.energy_mode = "power"
             pm.p_prefill_w = cf["p_prefill"][0] + cf["p_prefill"][1] * size
@@ -156,6 +162,13 @@ def fit_device(profile: DeviceProfile, source: str | None = None) -> DeviceModel
     dm = DeviceModel(device=profile.device.name, models=[i.id for i in infos], coef=cf, use_dims=use_dims,
                      rel_unc=CROSS_MODEL_UNC, interval_how=f"assumed +-{CROSS_MODEL_UNC:.0%} (2 models: no residual)",
                      source=source)
+    knotted = [pm for pm in pms if pm.n_knots and len(pm.n_knots) >= 2 and pm.base_knots[0] > 0]
+    common = sorted(set.intersection(*(set(pm.n_knots) for pm in knotted))) if knotted else []
+    if len(common) >= 2:
+        ratios = [[pm.base_knots[pm.n_knots.index(k)] / pm.base_knots[pm.n_knots.index(common[0])] for k in common]
+                  for pm in knotted]
+        dm.batch_shape = (common, [float(np.mean(col)) for col in zip(*ratios)])
+    dm.kv_unified = bool(pms) and all(pm.kv_unified for pm in pms)
     if len(infos) >= 3:
         worst = 0.0
         for k in range(len(infos)):

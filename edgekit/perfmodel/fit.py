@@ -107,8 +107,11 @@ def fit(model_profile: ModelProfile, source: str | None = None) -> PerfModel:
     where = f" in {source}" if source else ""
     pre = [(p.prompt_tokens, p.prefill_s.value, _cv(p.prefill_s)) for p in mp.prefill
            if p.prefill_s.value is not None and p.prefill_s.value > 0]
-    dec = [(d.n, d.context_tokens + (max(d.steps, 1) - 1) / 2, d.step_s.value, _cv(d.step_s)) for d in mp.decode
-           if d.step_s.value is not None and d.step_s.value > 0]
+    unified = mp.kv_layout == "unified"
+    # KV cells each sequence attends during the timed steps (mean): its own depth, or, with a
+    # unified cache, the shared prompt plus all n sequences' generated tokens
+    dec = [(d.n, d.context_tokens + (d.n if unified else 1) * (max(d.steps, 1) - 1) / 2, d.step_s.value, _cv(d.step_s))
+           for d in mp.decode if d.step_s.value is not None and d.step_s.value > 0]
     if not pre or not dec:
         raise SchemaError(f"profile{where} has no measured {'prefill' if not pre else 'decode'} points for model {mid!r}",
                           fix=f"re-run `edgekit profile --model {mid}`")
@@ -137,6 +140,15 @@ def fit(model_profile: ModelProfile, source: str | None = None) -> PerfModel:
     (alpha, beta, gamma), rel_d = _wfit(Xd, td, cols_d)
     r_d, how_d = _rel_unc(rel_d, len(cols_d), [d[3] for d in dec if d[3] is not None])
     w, kv, over, mem_how = memory_terms(mp)
+    # measured batch sizes: base cost (attention removed) at the shallowest context of each n
+    knots: dict[float, float] = {}
+    for nn, cc, tt, _ in sorted(dec, key=lambda d: (d[0], d[1])):
+        knots.setdefault(nn, tt - gamma * nn * cc)
+    n_knots = sorted(knots) if len(knots) >= 2 else None
+    if n_knots:
+        notes.append(f"step base cost interpolated between measured n = {', '.join(f'{k:g}' for k in n_knots)}")
+    if unified:
+        notes.append("unified KV cache: attention term gamma*n*(prompt + n*generated)")
     pm = PerfModel(
         model_id=mid, quant=mp.model.quant, sha256=mp.model.sha256, a=a, b=b, c=c, alpha=alpha, beta=beta, gamma=gamma,
         method=f"fitted from measured profile {source or '(unsaved)'}", figure_method="estimated",
@@ -144,6 +156,7 @@ def fit(model_profile: ModelProfile, source: str | None = None) -> PerfModel:
         interval_how=f"prefill +-{r_p:.1%}: {how_p}; decode +-{r_d:.1%}: {how_d}; "
                      f"+{BATCH_EXTRAPOLATION_UNC:.0%} for n > {int(n.max())}",
         weights_bytes=w, kv_bytes_per_token=kv, overhead_bytes=over, memory_how=mem_how, source=source, notes=notes,
+        n_knots=n_knots, base_knots=[knots[k] for k in n_knots] if n_knots else None, kv_unified=unified,
         residuals={"prefill": {"prompt_tokens": I.tolist(), "measured_s": t.tolist(), "rel_err": rel_p.tolist()},
                    "decode": {"n": n.tolist(), "context_tokens": ctx.tolist(), "measured_s": td.tolist(),
                               "rel_err": rel_d.tolist()}},

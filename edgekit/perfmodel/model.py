@@ -6,6 +6,14 @@
     decode(I, S, n) = sum_{s=1..S} step_s(n, I + s - 1)
                     = S*alpha + n*L*beta + gamma*n*(L*I + (E[L^2] - L)/2)
 
+Two refinements for profiles measured by edgekit's llama.cpp runtime:
+- measured batch sizes (``n_knots``): the per-step base cost alpha + beta*n is replaced, between the
+  smallest and largest measured n, by piecewise-linear interpolation of the measured base costs
+  (CPU matmul kernels do not scale linearly in n: on a 2-core CPU n=2 costs ~1.5x n=1, n=4 ~1.9x);
+  beyond the largest measured n the fitted slope beta continues from the last knot;
+- a unified KV cache (``kv_unified``): each sequence attends over every used cell, the shared prompt
+  once plus every sequence's generated tokens, so the attention term is gamma*n*(I + n*t) per step.
+
 alpha is paid once per step (weights streamed from memory), beta per sequence (compute,
 sampling), gamma per KV token attended. S = decode steps the batch runs (the accuracy
 table's ``expected_steps``; default the budget). By default every sequence stays in the batch
@@ -100,6 +108,9 @@ class PerfModel:
     overhead_bytes: Optional[float] = None
     memory_how: str = "model size unknown"
     source: Optional[str] = None  # profile path
+    n_knots: Optional[list] = None  # measured n (sorted)
+    base_knots: Optional[list] = None  # measured step cost at those n, attention term removed
+    kv_unified: bool = False
     residuals: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -110,9 +121,20 @@ class PerfModel:
             i = np.ceil(i / self.pad_to) * self.pad_to
         return self.a * i**2 + self.b * i + self.c
 
+    def base_s(self, n):
+        """Per-step cost without the attention term (weights + per-sequence compute)."""
+        n = np.asarray(n, dtype=float)
+        lin = self.alpha + self.beta * n
+        if not self.n_knots or len(self.n_knots) < 2:
+            return lin
+        kn, kb = np.asarray(self.n_knots, float), np.asarray(self.base_knots, float)
+        inside = np.interp(n, kn, kb)
+        above = kb[-1] + self.beta * (n - kn[-1])
+        return np.where(n > kn[-1], above, np.where(n < kn[0], lin, inside))
+
     def step_s(self, n, context_tokens):
         n = np.asarray(n, dtype=float)
-        return self.alpha + self.beta * n + self.gamma * n * np.asarray(context_tokens, dtype=float)
+        return self.base_s(n) + self.gamma * n * np.asarray(context_tokens, dtype=float)
 
     def decode_s(self, prompt_tokens, steps, n, mean_tokens=None):
         i = np.ceil(np.asarray(prompt_tokens, dtype=float))
@@ -123,7 +145,12 @@ class PerfModel:
         else:
             L = np.minimum(np.asarray(mean_tokens, dtype=float), s)
             L2 = L * s  # upper bound of E[L^2] given L <= S
-        return s * self.alpha + n * L * self.beta + self.gamma * n * (L * i + (L2 - L) / 2)
+        share = n if self.kv_unified else 1.0  # unified KV: every sequence also attends the others' tokens
+        attn = self.gamma * n * (L * i + share * (L2 - L) / 2)
+        if self.n_knots and len(self.n_knots) >= 2:
+            per_seq = np.maximum(self.base_s(n) - self.alpha, 0.0)  # sequences leave: pay per live step
+            return s * self.alpha + L * per_seq + attn
+        return s * self.alpha + n * L * self.beta + attn
 
     def predict_arrays(self, prompt_tokens, steps, n, budget, mean_tokens=None) -> dict:
         """Vectorised prediction. Energy / memory are NaN where unavailable."""
@@ -192,6 +219,7 @@ class PerfModel:
 
     def coefficients(self) -> dict:
         return {"prefill": {"a": self.a, "b": self.b, "c": self.c, "pad_to": self.pad_to},
-                "step": {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma},
+                "step": {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma,
+                         "n_knots": self.n_knots, "base_knots": self.base_knots, "kv_unified": self.kv_unified},
                 "rel_unc": {"prefill": self.rel_unc_prefill, "decode": self.rel_unc_decode,
                             "batch": self.rel_unc_batch, "max_n_measured": self.max_n_measured}}

@@ -112,6 +112,9 @@ class ModelProfile(_M):
     drift: Optional[DriftReport] = None
     # Closed-form models from a publication (reference profiles): free-form, documented there.
     published_model: Optional[dict] = None
+    # "unified": all n sequences share one KV buffer and each attends over every used cell
+    # (edgekit's llama.cpp runtime); None/"per-sequence": each attends over its own cells only.
+    kv_layout: Optional[str] = None
     gaps: list[str] = Field(default_factory=list)  # labelled gaps: what could not be measured and why
 
 

@@ -126,6 +126,7 @@ class _Sweep:
             loads.append(time.perf_counter() - t0)
         mp.load_s = measured(loads, "s", source="Runtime() wall clock (first load may be from disk, later from page cache)")
         mp.threads = self.rt.backend.info.threads
+        mp.kv_layout = "unified"  # the runtime's batched path: one KV buffer shared by the n sequences
         mp.n_ctx = self.rt.backend.info.n_ctx
         mp.model = self.rt.model_info
         # idle baseline
