@@ -23,16 +23,18 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(smol_path):
+def server(smol_path, tmp_path_factory):
     port = free_port()
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # a pipe would fill and block the server
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smol_path), "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "smol"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 90
     while time.time() < deadline:
         if proc.poll() is not None:
-            pytest.fail("llama_cpp.server exited at start: " + proc.stderr.read()[-600:])
+            log.seek(0)
+            pytest.fail("llama_cpp.server exited at start: " + log.read()[-600:])
         try:
             if httpx.get(url + "/models", timeout=2).status_code == 200:
                 break
@@ -43,6 +45,7 @@ def server(smol_path):
         pytest.fail("llama_cpp.server did not come up in 90 s")
     yield url
     proc.terminate()
+    log.close()
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
