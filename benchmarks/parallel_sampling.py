@@ -10,14 +10,12 @@ the last (prefill excluded), summed over the n samples. Median over --reps.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import statistics
 import sys
 import time
 
 import llama_cpp as ll
-import numpy as np
 
 from edgekit.models import resolve
 from edgekit.runtime import Runtime

@@ -1,8 +1,6 @@
 """A real, tiny profile of gemma-3-270m; failure paths keep what was measured."""
 
 import json
-import os
-import shutil
 
 import pytest
 

@@ -1,6 +1,5 @@
 """Real llama.cpp inference on SmolLM2-135M (tiny budgets)."""
 
-import os
 
 import psutil
 import pytest

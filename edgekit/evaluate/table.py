@@ -8,14 +8,14 @@ answer, correct?, tokens, finished?) and the accuracy derived from it for every
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit.errors import SchemaError
+from edgekit.jsonio import load_versioned, save_atomic
 
 ACCURACY_SCHEMA_VERSION = 1
 
@@ -75,36 +75,12 @@ class AccuracyTable(_M):
     problems: list[ProblemRecord] = Field(default_factory=list)
 
     def save(self, path: str | Path) -> Path:
-        p = Path(path)
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(p.name + ".tmp")
-            tmp.write_text(self.model_dump_json(indent=1, exclude_none=True))
-            tmp.replace(p)
-        except OSError as e:
-            raise SchemaError(f"cannot write accuracy table {p}: {e.strerror or e}", fix="choose a writable --output path") from e
-        return p
+        return save_atomic(self, path, "accuracy table", indent=1, exclude_none=True)
 
 
 def load_table(path: str | Path) -> AccuracyTable:
-    p = Path(path)
-    if not p.exists():
-        raise SchemaError(f"accuracy table {p} does not exist", fix="build one with `edgekit eval`")
-    try:
-        raw = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SchemaError(f"accuracy table {p} is not valid JSON ({e})", fix="rebuild it with `edgekit eval`") from e
-    if isinstance(raw, dict) and raw.get("schema_version") not in (None, ACCURACY_SCHEMA_VERSION):
-        raise SchemaError(
-            f"accuracy table {p} has schema_version {raw.get('schema_version')}, this edgekit reads {ACCURACY_SCHEMA_VERSION}",
-            fix="rebuild it with this edgekit version",
-        )
-    try:
-        t = AccuracyTable.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first.get("loc", ())) or "(root)"
-        raise SchemaError(f"accuracy table {p} is malformed: field {loc}: {first['msg']}", fix="rebuild it with `edgekit eval`") from e
+    t = load_versioned(path, AccuracyTable, "accuracy table", ACCURACY_SCHEMA_VERSION, "edgekit eval",
+                       "build one with `edgekit eval`")
     if not t.rows:
-        raise SchemaError(f"accuracy table {p} is empty (no rows)", fix="rebuild it with `edgekit eval` on at least one problem")
+        raise SchemaError(f"accuracy table {path} is empty (no rows)", fix="rebuild it with `edgekit eval` on at least one problem")
     return t

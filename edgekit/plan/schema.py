@@ -5,14 +5,13 @@ Units: seconds, joules, GB = 10^9 bytes. ``chosen.budget`` is the generation's m
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from edgekit.errors import SchemaError
+from edgekit.jsonio import load_versioned, save_atomic
 from edgekit.evaluate.table import Aggregation
 from edgekit.figures import Figure
 
@@ -102,34 +101,8 @@ class PlanFile(_M):
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file, then rename). Nulls are kept (Figure.value may be null)."""
-        p = Path(path)
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(p.name + ".tmp")
-            tmp.write_text(self.model_dump_json(indent=2))
-            tmp.replace(p)
-        except OSError as e:
-            raise SchemaError(f"cannot write plan {p}: {e.strerror or e}", fix="choose a writable --output path") from e
-        return p
+        return save_atomic(self, path, "plan")
 
 
 def load_plan(path: str | Path) -> PlanFile:
-    p = Path(path)
-    if not p.exists():
-        raise SchemaError(f"plan file {p} does not exist", fix="make one with `edgekit plan`")
-    try:
-        raw = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SchemaError(f"plan {p} is not valid JSON ({e})", fix="re-create it with `edgekit plan`") from e
-    if isinstance(raw, dict) and raw.get("schema_version") not in (None, PLAN_SCHEMA_VERSION):
-        raise SchemaError(
-            f"plan {p} has schema_version {raw.get('schema_version')}, this edgekit reads {PLAN_SCHEMA_VERSION}",
-            fix="re-create the plan with this edgekit version",
-        )
-    try:
-        return PlanFile.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first.get("loc", ())) or "(root)"
-        raise SchemaError(f"plan {p} is malformed: field {loc}: {first['msg']}",
-                          fix="re-create it with `edgekit plan` or correct that field") from e
+    return load_versioned(path, PlanFile, "plan", PLAN_SCHEMA_VERSION, "edgekit plan", "make one with `edgekit plan`")

@@ -7,15 +7,15 @@ and ``published`` for reference profiles built from papers (see :mod:`edgekit.pr
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit.errors import SchemaError
 from edgekit.figures import Figure
+from edgekit.jsonio import load_versioned, save_atomic
 
 PROFILE_SCHEMA_VERSION = 1
 
@@ -139,39 +139,9 @@ class DeviceProfile(_M):
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file, then rename)."""
-        p = Path(path)
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(p.name + ".tmp")
-            tmp.write_text(self.model_dump_json(indent=2, exclude_none=True))
-            tmp.replace(p)
-        except OSError as e:
-            raise SchemaError(f"cannot write profile {p}: {e.strerror or e}", fix="choose a writable --output path") from e
-        return p
-
-
-def _field_path(err: dict) -> str:
-    return ".".join(str(x) for x in err.get("loc", ())) or "(root)"
+        return save_atomic(self, path, "profile", exclude_none=True)
 
 
 def load_profile(path: str | Path) -> DeviceProfile:
-    p = Path(path)
-    if not p.exists():
-        raise SchemaError(f"profile file {p} does not exist", fix="pass a path from `ls profiles/` or run `edgekit profile`")
-    try:
-        raw = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SchemaError(f"profile {p} is not valid JSON ({e})", fix="re-create it with `edgekit profile`") from e
-    if isinstance(raw, dict) and raw.get("schema_version") not in (None, PROFILE_SCHEMA_VERSION):
-        raise SchemaError(
-            f"profile {p} has schema_version {raw.get('schema_version')}, this edgekit reads {PROFILE_SCHEMA_VERSION}",
-            fix="re-create the profile with this edgekit version",
-        )
-    try:
-        return DeviceProfile.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise SchemaError(
-            f"profile {p} is malformed: field {_field_path(first)}: {first['msg']}",
-            fix="re-create it with `edgekit profile` or correct that field",
-        ) from e
+    return load_versioned(path, DeviceProfile, "profile", PROFILE_SCHEMA_VERSION, "edgekit profile",
+                          "pass a path from `ls profiles/` or run `edgekit profile`")

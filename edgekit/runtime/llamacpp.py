@@ -247,7 +247,6 @@ class LlamaCppBackend(Backend):
             yield Event("prefill")
             live = list(range(n))
             rows = [0] * n  # output row of each live sequence in the last decode
-            last_row_of_prompt = 0  # logits index (ith) for the first sample of every sequence
             decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(n)]
             texts = [""] * n
             counts = [0] * n

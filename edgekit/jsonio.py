@@ -1,0 +1,50 @@
+"""Versioned JSON documents (profiles, accuracy tables, plans): atomic writes and loads whose
+errors name the file and the first wrong field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from edgekit.errors import SchemaError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def save_atomic(doc: BaseModel, path: str | Path, what: str, indent: int = 2, exclude_none: bool = False) -> Path:
+    """Write ``doc`` as JSON to ``path`` through a temp file and a rename (never a half-written file)."""
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(doc.model_dump_json(indent=indent, exclude_none=exclude_none))
+        tmp.replace(p)
+    except OSError as e:
+        raise SchemaError(f"cannot write {what} {p}: {e.strerror or e}", fix="choose a writable --output path") from e
+    return p
+
+
+def load_versioned(path: str | Path, cls: type[M], what: str, version: int, remake: str, missing_fix: str) -> M:
+    """Load a versioned document; ``remake`` is the command that re-creates it (for the fixes)."""
+    p = Path(path)
+    if not p.exists():
+        raise SchemaError(f"{what} file {p} does not exist", fix=missing_fix)
+    try:
+        raw = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SchemaError(f"{what} {p} is not valid JSON ({e})", fix=f"re-create it with `{remake}`") from e
+    if isinstance(raw, dict) and raw.get("schema_version") not in (None, version):
+        raise SchemaError(
+            f"{what} {p} has schema_version {raw.get('schema_version')}, this edgekit reads {version}",
+            fix=f"re-create the {what} with this edgekit version",
+        )
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first.get("loc", ())) or "(root)"
+        raise SchemaError(f"{what} {p} is malformed: field {loc}: {first['msg']}",
+                          fix=f"re-create it with `{remake}` or correct that field") from e
