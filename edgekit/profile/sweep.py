@@ -139,37 +139,47 @@ class _Sweep:
         ref_prompt = self.tokens(32)
         self.rt.generate(None, prompt_tokens=ref_prompt, max_tokens=4, temperature=0.0, aggregate="none", extractor=None)
         self.drift_first = self.ref_decode(ref_prompt)
-        # prefill
-        for i, L in enumerate(cfg.prompt_lengths):
-            self.progress(f"prefill {L} tok", i, len(cfg.prompt_lengths))
-            toks = self.tokens(L)
-            secs = []
-            for _ in range(cfg.reps):
-                res, w = self.timed(prompt_tokens=toks, max_tokens=1, temperature=0.0)
-                secs.append(res.timings.prefill_s)
-                self._energy("prefill", w, L)
-                self.cool()
-            mp.prefill.append(PrefillPoint(prompt_tokens=L, prefill_s=measured(secs, "s", source="time to first token (prefill + 1 sample)"),
-                                           ttft_s=measured(secs, "s", source="wall clock"),
-                                           prefill_tok_s=measured([L / s for s in secs], "tok/s", source="prompt tokens / prefill_s")))
+        # Repetitions are interleaved across points (rep-major): a slow minute on a shared machine
+        # spreads over every point instead of biasing a few. Points keep whatever reps completed.
+        pre: dict[int, list[float]] = {L: [] for L in cfg.prompt_lengths}
+        total = cfg.reps * len(cfg.prompt_lengths)
+        try:
+            for r in range(cfg.reps):
+                for i, L in enumerate(cfg.prompt_lengths):
+                    self.progress(f"prefill {L} tok (rep {r + 1}/{cfg.reps})", r * len(cfg.prompt_lengths) + i, total)
+                    res, w = self.timed(prompt_tokens=self.tokens(L), max_tokens=1, temperature=0.0)
+                    pre[L].append(res.timings.prefill_s)
+                    self._energy("prefill", w, L)
+                    self.cool()
+        finally:
+            for L, secs in pre.items():
+                if secs:
+                    mp.prefill.append(PrefillPoint(
+                        prompt_tokens=L, prefill_s=measured(secs, "s", source="time to first token (prefill + 1 sample)"),
+                        ttft_s=measured(secs, "s", source="wall clock"),
+                        prefill_tok_s=measured([L / x for x in secs], "tok/s", source="prompt tokens / prefill_s")))
         # decode over context depth (n=1) and over n (shallow context)
         points = [(max(c, 32), 1) for c in cfg.contexts] + [(32, n) for n in cfg.ns if n != 1]
-        for i, (ctx, n) in enumerate(points):
-            self.progress(f"decode ctx={ctx} n={n}", i, len(points))
-            toks = self.tokens(ctx)
-            steps, rates = [], []
-            for _ in range(cfg.reps):
-                res, w = self.timed(prompt_tokens=toks, max_tokens=cfg.decode_steps, n=n, temperature=0.8, seed=0,
-                                    ignore_eos=True)
-                st = res.timings.decode_s / max(res.timings.steps - 1, 1)
-                steps.append(st)
-                rates.append(n / st)
-                if n == 1 and ctx == max(min(cfg.contexts or [0]), 32):
-                    self._energy("decode", w, res.timings.generated_tokens, prefill_s=res.timings.prefill_s)
-                self.cool()
-            mp.decode.append(DecodePoint(context_tokens=ctx, n=n, steps=cfg.decode_steps,
-                                         step_s=measured(steps, "s", source="decode wall time / (steps - 1)"),
-                                         decode_tok_s=measured(rates, "tok/s", source="n / step_s")))
+        dec: dict[tuple[int, int], list[float]] = {pt: [] for pt in points}
+        total = cfg.reps * len(points)
+        energy_ctx = max(min(cfg.contexts or [0]), 32)
+        try:
+            for r in range(cfg.reps):
+                for i, (ctx, n) in enumerate(points):
+                    self.progress(f"decode ctx={ctx} n={n} (rep {r + 1}/{cfg.reps})", r * len(points) + i, total)
+                    res, w = self.timed(prompt_tokens=self.tokens(ctx), max_tokens=cfg.decode_steps, n=n,
+                                        temperature=0.8, seed=r, ignore_eos=True)
+                    dec[(ctx, n)].append(res.timings.decode_s / max(res.timings.steps - 1, 1))
+                    if n == 1 and ctx == energy_ctx:
+                        self._energy("decode", w, res.timings.generated_tokens, prefill_s=res.timings.prefill_s)
+                    self.cool()
+        finally:
+            for (ctx, n), steps in dec.items():
+                if steps:
+                    mp.decode.append(DecodePoint(
+                        context_tokens=ctx, n=n, steps=cfg.decode_steps,
+                        step_s=measured(steps, "s", source="decode wall time / (steps - 1)"),
+                        decode_tok_s=measured([n / x for x in steps], "tok/s", source="n / step_s")))
         self.drift_last = self.ref_decode(ref_prompt)
         mp.peak_rss_mb = measured([_peak_rss_mb()], "MB", source="getrusage ru_maxrss of the profiling process")
         mp.energy = self.energy_info(idle_fig)
