@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from edgekit.errors import UsageError
+from edgekit.errors import SchemaError, UsageError
 from edgekit.evaluate.table import load_table
 from edgekit.plan.planner import PlanResult, plan
 from edgekit.profile.schema import ModelInfo, load_profile
 
 
-def _model_infos(tables) -> dict[str, ModelInfo]:
+def _model_infos(tables, profiled: set | None = None) -> dict[str, ModelInfo]:
     """Size/arch facts of catalogue models (for cross-model estimates), from cached GGUF headers."""
     from edgekit.models.catalog import CATALOG
     from edgekit.models.gguf import read_gguf
@@ -20,7 +20,14 @@ def _model_infos(tables) -> dict[str, ModelInfo]:
     out = {}
     for t in tables:
         e = CATALOG.get(t.model_id)
-        if e is None or not is_cached(e):
+        if e is None:
+            continue
+        if not is_cached(e):
+            if profiled is not None and t.model_id not in profiled:
+                raise SchemaError(
+                    f"model {t.model_id} (table {t.task}) is not in the profile and not in the model cache: its size, "
+                    "layers and KV bytes for a cross-model estimate come from its GGUF header",
+                    fix=f"run `edgekit models pull {t.model_id}` or `edgekit profile --model {t.model_id}`")
             continue
         g = read_gguf(cached_path(e))
         out[t.model_id] = ModelInfo(id=e.id, sha256=e.sha256, arch=g.arch, quant=g.quant, n_params=e.n_params,
@@ -41,7 +48,8 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
     tables = [load_table(p) for p in table_paths]
     res = plan(profile, tables, latency_target_s, percentile=percentile, energy_cap_j=energy_cap_j,
                memory_cap_gb=memory_cap_gb, profile_path=str(profile_path), table_paths=[str(p) for p in table_paths],
-               model_infos=_model_infos(tables), sequences_leave=sequences_leave)
+               model_infos=_model_infos(tables, {m.model.id for m in profile.models}),
+               sequences_leave=sequences_leave)
     written = None
     if output:
         pf = res.to_plan_file()
