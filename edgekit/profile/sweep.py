@@ -97,9 +97,13 @@ class _Sweep:
         self.mp: Optional[ModelProfile] = None
         self.idle_mw: Optional[float] = None
         self.energy = {"prefill": [], "decode": []}  # (energy above idle mJ, tokens)
+        self.skipped_windows = 0  # energy windows left out for sensor gaps
+        self._filler: list[int] = []
 
     def tokens(self, n: int) -> list[int]:
-        base = self.rt.backend.tokenize(FILLER * 4, add_special=False)
+        if not self._filler:  # tokenised once; same vocabulary for every Runtime reload of the model
+            self._filler = self.rt.backend.tokenize(FILLER * 4, add_special=False)
+        base = self._filler
         out = []
         while len(out) < n:
             out.extend(base)
@@ -171,7 +175,7 @@ class _Sweep:
                                         temperature=0.8, seed=r, ignore_eos=True)
                     dec[(ctx, n)].append(res.timings.decode_s / max(res.timings.steps - 1, 1))
                     if n == 1 and ctx == energy_ctx:
-                        self._energy("decode", w, res.timings.generated_tokens, prefill_s=res.timings.prefill_s)
+                        self._energy("decode", w, res.timings.generated_tokens)
                     self.cool()
         finally:
             for (ctx, n), steps in dec.items():
@@ -197,9 +201,9 @@ class _Sweep:
         if self.cfg.cooldown_s > 0:
             time.sleep(self.cfg.cooldown_s)
 
-    def _energy(self, phase: str, w, tokens: int, prefill_s: float = 0.0):
+    def _energy(self, phase: str, w, tokens: int):
         if w.energy_mj is None or self.idle_mw is None or not w.covered_s or not w.complete:
-            self.skipped_windows = getattr(self, "skipped_windows", 0) + 1
+            self.skipped_windows += 1
             return
         above = w.energy_mj - self.idle_mw * w.covered_s  # mW x s = mJ
         self.energy[phase].append((above, tokens, w))
@@ -215,7 +219,7 @@ class _Sweep:
 
         def per_token(rows, label):
             vals = [e / t for e, t, _ in rows if t > 0]
-            skipped = getattr(self, "skipped_windows", 0)
+            skipped = self.skipped_windows
             note = f"{skipped} incomplete window(s) left out (sensor gaps)" if skipped else None
             return measured(vals, "mJ/token", source=f"{name}, {label}, idle {self.idle_mw:.0f} mW subtracted", note=note) if vals \
                 else unavailable("mJ/token", "no complete energy window" + (f" ({note})" if note else ""))

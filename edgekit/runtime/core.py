@@ -155,7 +155,6 @@ class Runtime:
             lps: list[list[float]] = [[] for _ in range(n)]
             samples: list[Optional[Sample]] = [None] * n
             t_prefill_done = t_first = None
-            steps = 0
             for ev in self.backend.stream(req):
                 if ev.kind == "token":
                     if t_first is None:

@@ -246,18 +246,13 @@ class LlamaCppBackend(Backend):
                 ll.llama_memory_seq_cp(mem, 0, s, -1, -1)
             yield Event("prefill")
             live = list(range(n))
-            rows = [0] * n  # output row of each live sequence in the last decode
+            idx = {s: -1 for s in live}  # logits row per sequence: first the prompt's last (only) output row
             decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(n)]
             texts = [""] * n
             counts = [0] * n
             max_stop = max((len(s) for s in req.stop), default=0)
-            step = 0
             while live:
                 # 2. sample one token for every live sequence from the last decode's logits
-                if step == 0:
-                    idx = {s: -1 for s in live}  # -1: the prompt's last (only) output row
-                else:
-                    idx = {s: rows[j] for j, s in enumerate(live)}
                 toks = {}
                 for s in live:
                     toks[s] = ll.llama_sampler_sample(samplers[s], ctx, idx[s])
@@ -298,9 +293,8 @@ class LlamaCppBackend(Backend):
                     self._pos[j] = P + counts[s] - 1
                     seq_id[j][0] = s
                     self._want[j] = 1
-                    rows[j] = j
                 self._decode(len(live))
-                step += 1
+                idx = {s: j for j, s in enumerate(live)}  # batch row j holds live sequence j's logits
         finally:
             for smp in samplers:
                 ll.llama_sampler_free(smp)
