@@ -26,7 +26,7 @@ from types import SimpleNamespace
 from edgekit.errors import EdgekitError, UsageError
 from edgekit.models.catalog import CATALOG
 from edgekit.perfmodel import fit, fit_device
-from edgekit.profile.schema import load_profile
+from edgekit.schemas.profile import load_profile
 from edgekit.profile.sweep import FILLER
 
 # (prompt tokens I, budget B, parallel samples n); the first two are cheap (--smoke runs them)

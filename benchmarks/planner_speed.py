@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from edgekit.evaluate.table import AccuracyRow, AccuracyTable
+from edgekit.schemas.table import AccuracyRow, AccuracyTable
 from edgekit.perfmodel import synthetic as sy
 from edgekit.plan import plan
 

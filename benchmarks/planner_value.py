@@ -27,12 +27,12 @@ import sys
 
 from edgekit.errors import EdgekitError, UsageError
 from edgekit.evaluate.runner import problem_seed
-from edgekit.evaluate.table import load_table
+from edgekit.schemas.table import load_table
 from edgekit.evaluate.tasks import complete_program, load_task
 from edgekit.models.catalog import CATALOG
 from edgekit.plan.make import make_plan
 from edgekit.plan.planner import InfeasibleTarget
-from edgekit.profile.schema import load_profile
+from edgekit.schemas.profile import load_profile
 
 
 def log(msg: str) -> None:

@@ -1,4 +1,10 @@
 
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
 import pytest
 
 SMOL = "smollm2-135m-instruct"
@@ -26,3 +32,41 @@ def smol_rt():
 def edgekit_home(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(smol_path, tmp_path_factory):
+    """A real OpenAI-compatible server on loopback: llama-cpp-python's own, serving SmolLM2 as "smol"."""
+    pytest.importorskip("sse_starlette", reason="install the dev extra: pip install -e '.[dev]'")
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # a pipe would fill and block the server
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smol_path), "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "smol"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail("llama_cpp.server exited at start: " + log.read()[-600:])
+        try:
+            if httpx.get(url + "/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("llama_cpp.server did not come up in 90 s")
+    yield url
+    proc.terminate()
+    log.close()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -18,9 +18,10 @@ def edgekit(*args, env=None, timeout=300):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["run", "hi", "--n", "0"], "--n 1 or more"),
-    (["run", "hi", "--n", "1000"], "above the cap"),
-    (["run", "hi", "--max-tokens", "0"], "--max-tokens 1 or more"),
+    (["run", "hi", "--n", "0"], "invalid n (--n): must be >= 1"),
+    (["run", "hi", "--n", "1000"], "must be <= 64"),
+    (["run", "hi", "--max-tokens", "0"], "invalid max_tokens (--max-tokens): must be >= 1"),
+    (["run", "hi", "--temperature", "nan"], "must be a finite number"),
     (["run", "hi", "--temperature", "-1"], "temperature"),
     (["run", "hi", "--model", "nosuch-model"], "edgekit models list"),
     (["run", "hi", "--model", "/nonexistent/x.gguf"], "does not exist"),

@@ -18,7 +18,7 @@ from edgekit.device import (
 )
 from edgekit.device.sysinfo import cpu_model, guess_llama_build
 from edgekit.power.nvml import JETSON_WHY
-from edgekit.profile.schema import DeviceInfo
+from edgekit.schemas.profile import DeviceInfo
 
 try:  # tests/ without __init__.py: pytest puts tests/ on sys.path
     from test_power import FakeNvml

@@ -19,7 +19,7 @@ from edgekit.evaluate.estimators import (
     majority_curve,
     pass_at_k,
 )
-from edgekit.evaluate.table import ProblemRecord, SampleRecord
+from edgekit.schemas.table import ProblemRecord, SampleRecord
 
 
 # ----------------------------------------------------------------------------- brute force

@@ -1,55 +1,14 @@
 """`edgekit eval --backend openai` against a real OpenAI-compatible server on loopback
 (llama-cpp-python's own server, serving SmolLM2)."""
 
-import socket
-import subprocess
-import sys
-import time
-
-import httpx
 import pytest
 
 from edgekit.errors import FetchError
 from edgekit.evaluate.api import evaluate
-from edgekit.evaluate.table import load_table
+from edgekit.schemas.table import load_table
+from conftest import free_port
 
 pytest.importorskip("sse_starlette", reason="install the dev extra: pip install -e '.[dev]'")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(smol_path, tmp_path_factory):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # a pipe would fill and block the server
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smol_path), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "smol"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail("llama_cpp.server exited at start: " + log.read()[-600:])
-        try:
-            if httpx.get(url + "/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("llama_cpp.server did not come up in 90 s")
-    yield url
-    proc.terminate()
-    log.close()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def test_eval_against_openai_server(server, tmp_path):

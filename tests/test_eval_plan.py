@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from edgekit.evaluate.api import evaluate
-from edgekit.evaluate.table import load_table
+from edgekit.schemas.table import load_table
 from edgekit.profile.sweep import SweepConfig, profile_model
 
 SMOL = "smollm2-135m-instruct"

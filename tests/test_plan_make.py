@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.errors import SchemaError, UsageError
+from edgekit.plan import to_plan_file
 from edgekit.plan.make import make_plan, parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,12 +16,12 @@ T15 = ROOT / "tables" / "object_counting-qwen1.5b-terse.json"
 
 def test_committed_profile_and_table_plan(tmp_path):
     res, written = make_plan(PROFILE, [T05], 30.0, output=tmp_path / "plan.json")
-    pf = res.to_plan_file()
+    pf = to_plan_file(res)
     assert pf.chosen.model_id == "qwen2.5-coder-0.5b-instruct" and written.exists()
     assert pf.predicted.latency_at_percentile_s <= 30.0
     # a tighter target never picks a more accurate configuration
     tight, _ = make_plan(PROFILE, [T05], 5.0)
-    assert tight.to_plan_file().predicted.accuracy <= pf.predicted.accuracy + 1e-12
+    assert to_plan_file(tight).predicted.accuracy <= pf.predicted.accuracy + 1e-12
 
 
 def test_unprofiled_uncached_model_names_the_fix(tmp_path, monkeypatch):

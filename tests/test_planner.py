@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from edgekit.errors import SchemaError, UsageError
-from edgekit.evaluate.table import AccuracyRow, AccuracyTable
+from edgekit.schemas.table import AccuracyRow, AccuracyTable
 from edgekit.perfmodel import synthetic as sy
-from edgekit.plan import InfeasibleTarget, load_plan, plan, plot_pareto, render_frontier
-from edgekit.profile.schema import ModelInfo, load_profile
+from edgekit.plan import InfeasibleTarget, load_plan, plan, plot_pareto, render_frontier, to_plan_file
+from edgekit.schemas.profile import ModelInfo, load_profile
 
 ORIN = Path(__file__).resolve().parents[1] / "profiles" / "jetson-agx-orin-64gb-published.json"
 # prefill = 0.05 + 1e-3 * I ; step = 0.02 + 0.001 * n (gamma = 0): hand-computable
@@ -153,12 +153,12 @@ def test_cross_model_estimate_marked():
         plan(prof, [table("new", HAND_ROWS)], 100.0)
     r = plan(prof, [table("new", HAND_ROWS)], 100.0, model_infos={"new": info})
     assert r.method(r.chosen).startswith("estimated (cross-model from m0, m1")
-    assert any("cross-model" in b for b in r.to_plan_file().based_on)
+    assert any("cross-model" in b for b in to_plan_file(r).based_on)
 
 
 def test_plan_file_round_trip(prof, tmp_path):
     r = plan(prof, [table(rows=HAND_ROWS)], 2.0, profile_path="p.json", table_paths=["t.json"])
-    pf = r.to_plan_file()
+    pf = to_plan_file(r)
     assert pf.chosen.budget == 64 and pf.chosen.n == 4 and pf.chosen.extractor == "number"
     assert pf.predicted.latency_s.method == "estimated" and pf.predicted.latency_lo_s < 1.59 < pf.predicted.latency_hi_s
     assert pf.predicted.energy_j.value == pytest.approx(0.1 + 0.01 * 60 * 0.024 / 0.021)
@@ -194,7 +194,7 @@ def test_published_orin_profile():
     expect = a * 256**2 + b * 256 + cc + 200 * (n + m * 150 + m * 199 / 2)
     assert (c["model_id"], c["budget"]) == ("deepseek-r1-distill-llama-8b", 256)
     assert r.pred["total_s"][r.chosen] == pytest.approx(expect, rel=1e-12)
-    pf = r.to_plan_file()
+    pf = to_plan_file(r)
     assert pf.predicted.method.startswith("published (EdgeReasoning") and pf.predicted.latency_s.method == "published"
     assert pf.predicted.energy_j.method == "published" and pf.profile.kind == "published"
     assert pf.based_on[0].startswith("published data")

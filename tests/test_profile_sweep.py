@@ -6,7 +6,7 @@ import pytest
 
 from edgekit.errors import EdgekitError, SchemaError, UsageError
 from edgekit.power.base import PowerMeter
-from edgekit.profile.schema import load_profile
+from edgekit.schemas.profile import load_profile
 from edgekit.profile.sweep import SweepConfig, profile_model
 
 GEMMA = "gemma-3-270m"

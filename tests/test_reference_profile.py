@@ -8,7 +8,7 @@ import pytest
 from edgekit.perfmodel import fit
 from edgekit.perfmodel import published as pub
 from edgekit.profile.reference import DEFAULT_PATH, build_orin_reference, main
-from edgekit.profile.schema import load_profile
+from edgekit.schemas.profile import load_profile
 
 COMMITTED = Path(__file__).resolve().parents[1] / "profiles" / "jetson-agx-orin-64gb-published.json"
 IDS = ["deepseek-r1-distill-qwen-1.5b", "deepseek-r1-distill-llama-8b", "deepseek-r1-distill-qwen-14b"]

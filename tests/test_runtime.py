@@ -104,11 +104,14 @@ def test_context_overflow_is_refused_before_decoding(smol_rt):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(max_tokens=0), "token budget"),
-    (dict(n=0), "n \\(samples\\)"),
-    (dict(n=99), "above the cap"),
-    (dict(temperature=-0.1), "temperature"),
-    (dict(aggregate="best"), "unknown aggregate"),
+    (dict(max_tokens=0), r"invalid max_tokens \(--max-tokens\): must be >= 1"),
+    (dict(n=0), r"invalid n \(--n\): must be >= 1"),
+    (dict(n=99), r"invalid n \(--n\): must be <= 64"),
+    (dict(n=9), "exceeds this engine's max_n=8"),
+    (dict(temperature=-0.1), "invalid temperature"),
+    (dict(temperature=float("nan")), "invalid temperature.*finite"),
+    (dict(top_p=float("inf")), "invalid top_p.*finite"),
+    (dict(aggregate="best"), "invalid aggregate"),
     (dict(extractor="roman"), "unknown extractor"),
 ])
 def test_bad_arguments(smol_rt, kw, match):

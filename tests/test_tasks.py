@@ -163,27 +163,14 @@ def test_split_and_limit():
         load_task("strategyqa", limit=0)
 
 
-# ----------------------------------------------------------------------------- runner (fake sampler)
-class FakeSampler:
-    """Deterministic scripted samples: answer and length are functions of (prompt, seed, index)."""
+# ----------------------------------------------------------------------------- runner (fake engine)
+from fake_engine import FakeEngine  # noqa: E402
 
-    def __init__(self, fail_after_calls=None):
-        self.calls = 0
-        self.fail_after_calls = fail_after_calls
 
-    def generate(self, messages, max_tokens=256, n=1, temperature=0.8, top_p=0.95, seed=0, stop=None):
-        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
-            raise KeyboardInterrupt("killed")
-        self.calls += 1
-        prompt = messages[0]["content"]
-        samples = []
-        for i in range(n):
-            h = int(hashlib.sha256(f"{prompt}|{seed}|{i}|{temperature}".encode()).hexdigest(), 16)
-            answer = 4 if temperature == 0 else [4, 4, 5, 6][h % 4]
-            tokens = 5 + h % 40
-            finish = "budget" if tokens >= max_tokens else "stop"
-            samples.append(SimpleNamespace(text=f"thinking...\nAnswer: {answer}", tokens=min(tokens, max_tokens), finish_reason=finish))
-        return SimpleNamespace(samples=samples, timings=SimpleNamespace(prompt_tokens=len(prompt.split())))
+def FakeSampler(fail_after_calls=None):  # noqa: N802 - a Runtime over the scripted engine
+    from edgekit.runtime import Runtime
+
+    return Runtime(FakeEngine(fail_after_calls=fail_after_calls))
 
 
 @pytest.fixture
@@ -200,12 +187,12 @@ def run(task, sampler, out, **kw):
 
 
 def test_runner_table(num_task, tmp_path):
-    from edgekit.evaluate.table import load_table
+    from edgekit.schemas.table import load_table
 
     seen = []
     t = run(num_task, FakeSampler(), tmp_path / "a.json", progress=lambda d, n, pid: seen.append((d, n, pid)))
     assert seen[-1][:2] == (5, 5) and len(seen) == 5
-    assert t.n_problems == 5 and t.backend == "llama.cpp" and t.prompt_template == "cot" and not t.has_verifier
+    assert t.n_problems == 5 and t.backend == "fake" and t.prompt_template == "cot" and not t.has_verifier
     assert {r.aggregation for r in t.rows} == {"greedy", "majority", "pass@k"}
     assert all(s.answer in {"4", "5", "6"} for p in t.problems for s in p.samples)
     assert all(s.correct == (s.answer == "4" and s.finished) for p in t.problems for s in p.samples)
@@ -227,7 +214,7 @@ def test_runner_resumes_after_a_kill(num_task, tmp_path):
         f.write('{"problem": {"id": "torn')  # a write cut short by the kill
     again = FakeSampler()
     t = run(num_task, again, out)
-    assert again.calls == 3 * 2  # only the 3 remaining problems
+    assert again.engine.calls == 3 * 2  # only the 3 remaining problems
     assert t.model_dump(exclude={"created"}) == ref.model_dump(exclude={"created"})
     assert not part.exists()
 
@@ -241,32 +228,37 @@ def test_runner_refuses_resume_with_other_settings(num_task, tmp_path):
     assert "--no-resume" in e.value.fix
     fresh = FakeSampler()
     run(num_task, fresh, out, temperature=0.7, resume=False)
-    assert fresh.calls == 10
+    assert fresh.engine.calls == 10
 
 
 def test_runner_rejects_short_sample_lists(num_task, tmp_path):
-    class Short(FakeSampler):
-        def generate(self, messages, **kw):
-            res = super().generate(messages, **kw)
-            res.samples = res.samples[:1]
-            return res
-
     from edgekit.errors import BackendError
+    from edgekit.runtime import Runtime
+
+    class Short(FakeEngine):
+        def _events(self, text, o):
+            return (ev for ev in super()._events(text, o) if ev.seq <= 0)
 
     with pytest.raises(BackendError):
-        run(num_task, Short(), tmp_path / "d.json")
+        run(num_task, Runtime(Short()), tmp_path / "d.json")
 
 
-# ----------------------------------------------------------------------------- OpenAI sampler
-def openai_sampler(handler):
+# ----------------------------------------------------------------------------- OpenAI engine
+def openai_engine(handler, **kw):
     import httpx
 
-    from edgekit.evaluate.openai_backend import OpenAIChatSampler
+    from edgekit.engines.openai import OpenAIEngine
 
-    return OpenAIChatSampler("http://srv:8080", "m", transport=httpx.MockTransport(handler))
+    return OpenAIEngine("m", base_url="http://srv:8080", transport=httpx.MockTransport(handler), **kw)
 
 
-def test_openai_sampler_counts_and_fallbacks():
+def gen(engine, prompt="hi", **kw):
+    from edgekit.runtime import Runtime
+
+    return Runtime(engine).generate(prompt, aggregate="none", extractor=None, **kw)
+
+
+def test_openai_engine_counts_and_fallbacks():
     import httpx
 
     bodies = []
@@ -275,43 +267,60 @@ def test_openai_sampler_counts_and_fallbacks():
         body = json.loads(request.content)
         bodies.append(body)
         assert request.url.path == "/v1/chat/completions"
-        return httpx.Response(200, json={"choices": [{"message": {"content": f"Answer: {body['seed']}"}, "finish_reason": "length" if body["seed"] == 9 else "stop"}],
-                                         "usage": {"prompt_tokens": 12, "completion_tokens": 3 + body["seed"]}})
+        k = len(bodies)
+        return httpx.Response(200, json={"choices": [{"message": {"content": f"Answer: {k}"}, "finish_reason": "length" if k == 3 else "stop"}],
+                                         "usage": {"prompt_tokens": 12, "completion_tokens": 10 + k}})
 
-    s = openai_sampler(ignores_n)
-    res = s.generate([{"role": "user", "content": "hi"}], max_tokens=16, n=3, seed=7)
-    assert [x.text for x in res.samples] == ["Answer: 7", "Answer: 8", "Answer: 9"]
-    assert [x.tokens for x in res.samples] == [10, 11, 12] and res.timings.prompt_tokens == 12
+    e = openai_engine(ignores_n)
+    res = gen(e, [{"role": "user", "content": "hi"}], max_tokens=16, n=3, seed=7)
+    assert [x.text for x in res.samples] == ["Answer: 1", "Answer: 2", "Answer: 3"]
+    assert [x.tokens for x in res.samples] == [11, 12, 13] and res.timings.prompt_tokens == 12
     assert [x.finish_reason for x in res.samples] == ["stop", "stop", "budget"]
-    assert [b["seed"] for b in bodies] == [7, 8, 9] and s.backend_label == "openai:http://srv:8080"
+    seeds = [b["seed"] for b in bodies]
+    assert seeds[0] == 7 and len(set(seeds)) == 3 and e.label == "openai:http://srv:8080"
+    assert res.engine == "openai" and not any(x.tokens_estimated for x in res.samples)
 
     def multi(request):  # n honoured, per-choice logprobs present for one, absent for the other
         return httpx.Response(200, json={"choices": [
-            {"message": {"content": "a b c"}, "finish_reason": "stop", "logprobs": {"content": [{}, {}, {}]}},
+            {"message": {"content": "a b c"}, "finish_reason": "stop", "logprobs": {"content": [{"logprob": -0.1}] * 3}},
             {"message": {"content": "x" * 40}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 99}})
 
-    s = openai_sampler(multi)
-    res = s.generate("hi", n=2)
-    assert [x.tokens for x in res.samples] == [3, 10] and s.tokens_estimated
-    assert s.backend_label.endswith("(tokens estimated)")
+    res = gen(openai_engine(multi), n=2)
+    assert [x.tokens for x in res.samples] == [3, 10]
+    assert [x.tokens_estimated for x in res.samples] == [False, True] and res.samples[0].logprobs == [-0.1] * 3
 
 
-def test_openai_sampler_errors():
+def test_openai_engine_errors_never_show_the_key(monkeypatch):
     import httpx
 
+    monkeypatch.setenv("EDGEKIT_CLOUD_API_KEY", "sk-secret-123")
+
     def refuse(request):
-        raise httpx.ConnectError("connection refused", request=request)
+        assert request.headers["authorization"] == "Bearer sk-secret-123"
+        raise httpx.ConnectError("connection refused sk-secret-123", request=request)
 
     with pytest.raises(FetchError, match="cannot connect") as e:
-        openai_sampler(refuse).generate("hi")
-    assert e.value.fix and "\n" not in e.value.one_line()
-    with pytest.raises(FetchError, match="HTTP 404"):
-        openai_sampler(lambda r: httpx.Response(404, text="model not found")).generate("hi")
+        gen(openai_engine(refuse))
+    assert e.value.fix and "\n" not in e.value.one_line() and "sk-secret-123" not in e.value.one_line()
+    with pytest.raises(FetchError, match="HTTP 404") as e:
+        gen(openai_engine(lambda r: httpx.Response(404, text="no model for key sk-secret-123")))
+    assert "sk-secret-123" not in e.value.one_line()
+    assert "sk-secret-123" not in repr(openai_engine(refuse))
 
     def no_logprobs(request):
         if json.loads(request.content).get("logprobs"):
             return httpx.Response(400, json={"error": "logprobs unsupported"})
         return httpx.Response(200, json={"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
 
-    s = openai_sampler(no_logprobs)
-    assert s.generate("hi").samples[0].text == "ok" and s.generate("hi").samples[0].tokens == 1
+    e = openai_engine(no_logprobs)
+    assert gen(e).samples[0].text == "ok" and gen(e).samples[0].tokens == 1
+
+
+def test_openai_engine_refuses_what_it_cannot_enforce():
+    import httpx
+
+    from edgekit.errors import UsageError
+
+    e = openai_engine(lambda r: httpx.Response(500))
+    with pytest.raises(UsageError, match="cannot enforce a GBNF grammar"):
+        gen(e, grammar='root ::= "a"')

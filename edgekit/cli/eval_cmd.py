@@ -26,9 +26,8 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(None, help="first N problems (of the split)"),
         split: Optional[str] = typer.Option(None, help="problem range a:b"),
         output: Optional[str] = typer.Option(None, "--output", "-o", help="accuracy table JSON"),
-        backend: str = typer.Option("llama.cpp", help="llama.cpp | openai"),
+        backend: str = typer.Option("llama.cpp", "--backend", "--engine", help="engine: llama.cpp | openai | a plugin's name"),
         base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"),
-        api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY"),
         threads: Optional[int] = typer.Option(None),
         no_resume: bool = typer.Option(False, "--no-resume", help="start over instead of continuing a killed run"),
         json_out: bool = typer.Option(False, "--json"),
@@ -47,7 +46,7 @@ def register(app: typer.Typer) -> None:
             bar.update(state["tid"], completed=done, total=total)
 
         try:
-            table = evaluate(task, model, backend=backend, base_url=base_url, api_key=api_key, out_path=output,
+            table = evaluate(task, model, backend=backend, base_url=base_url, out_path=output,
                              n_samples=n, temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens,
                              limit=limit, split=split, template=template, threads=threads, resume=not no_resume,
                              progress=progress)

@@ -46,20 +46,35 @@ ERROR_TABLE: list[tuple[type, str]] = [
 ]
 
 
+def _usage_line(e: BaseException, argv: list[str]) -> str:
+    """Typer/Click usage errors (bad --seed abc, a missing option, an unknown command) as one line."""
+    msg = " ".join(str(getattr(e, "format_message", lambda: str(e))()).split()) or "bad command line"
+    words = [a for a in argv if not a.startswith("-")][:2]
+    cmd = f"edgekit {words[0]}" if words and words[0] in {c.name for c in app.registered_commands} | {"models"} else "edgekit"
+    if cmd == "edgekit models" and len(words) > 1:
+        cmd += f" {words[1]}"
+    return f"error: {msg} (fix: see `{cmd} --help`)"
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = bool(os.environ.get("EDGEKIT_DEBUG"))
     _register()
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, standalone_mode=True)
+        rv = app(args=args, standalone_mode=False)
     except EdgekitError as e:
         if debug:
             raise
         print(f"error: {e.one_line()}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        rv = 130
     except Exception as e:  # noqa: BLE001
+        if hasattr(e, "exit_code") and hasattr(e, "format_message"):  # click/typer usage errors
+            if type(e).__name__ == "NoArgsIsHelpError":  # the help was printed
+                sys.exit(0)
+            print(_usage_line(e, args), file=sys.stderr)
+            sys.exit(2)
         if debug:
             raise
         for kind, template in ERROR_TABLE:
@@ -68,6 +83,10 @@ def main(argv: list[str] | None = None) -> None:
                 sys.exit(2)
         print(f"internal error: {type(e).__name__}: {_one_line(e)} (set EDGEKIT_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         sys.exit(1)
+    if rv == 130:  # typer turns Ctrl-C (KeyboardInterrupt / Abort) into 130 without a word
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

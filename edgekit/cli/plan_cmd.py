@@ -24,13 +24,14 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json"),
     ):
         """Enumerate model x quantization x budget x n x aggregation; keep what fits; pick the most accurate."""
+        from edgekit.plan.export import to_plan_file
         from edgekit.plan.make import make_plan, parse_duration
         from edgekit.plan.render import render_frontier
 
         res, written = make_plan(profile, accuracy, parse_duration(latency_target), percentile=percentile,
                                  energy_cap_j=energy_cap, memory_cap_gb=memory_cap, output=output, plot=plot,
                                  sequences_leave=sequences_leave)
-        pf = res.to_plan_file()
+        pf = to_plan_file(res)
         if json_out:
             return print_json(pf)
         console.print(render_frontier(res))

@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         """Measure load, prefill, decode (context depth x parallel samples), memory, energy, drift."""
         import socket
 
-        from edgekit.profile.schema import load_profile
+        from edgekit.schemas.profile import load_profile
         from edgekit.profile.sweep import SweepConfig, profile_model
 
         cfg = SweepConfig.quick() if quick else SweepConfig()

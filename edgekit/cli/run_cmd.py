@@ -2,41 +2,73 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import json
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
-from edgekit.cli.output import PullProgress, console, print_json
+from edgekit.cli.output import PullProgress, console, err_console, print_json
+from edgekit.errors import UsageError
 from edgekit.models.catalog import DEFAULT_MODEL
+from edgekit.schemas.options import SamplingOptions
+
+_D = SamplingOptions.model_fields
+
+
+def _json_arg(value: str, what: str) -> Any:
+    """Inline JSON or a path to a JSON file."""
+    p = Path(value)
+    try:
+        text = p.read_text(encoding="utf-8") if not value.lstrip().startswith("{") and p.exists() else value
+        return json.loads(text)
+    except (ValueError, OSError) as e:
+        raise UsageError(f"cannot read {what} {value[:60]!r}: {e}", fix=f"pass {what} as inline JSON or a path to a JSON file") from None
 
 
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
         prompt: str = typer.Argument(..., help="the question / instruction"),
-        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="catalogue id, .gguf path or hf:<owner>/<repo>/<file>"),
-        n: int = typer.Option(1, "--n", "-n", help="parallel samples, decoded in one batch"),
-        max_tokens: int = typer.Option(256, "--max-tokens", "-b", help="token budget per sample"),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help=f"catalogue id, .gguf path or hf:<owner>/<repo>/<file> [default: the plan's, else {DEFAULT_MODEL}]"),
+        n: Optional[int] = typer.Option(None, "--n", "-n", help=f"parallel samples, decoded in one batch [default: {_D['n'].default}]"),
+        max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-b", help=f"token budget per sample [default: {_D['max_tokens'].default}]"),
         temperature: Optional[float] = typer.Option(None, help="default: 0 (greedy) for n=1, 0.8 for n>1"),
-        top_p: float = typer.Option(0.95, "--top-p"),
+        top_p: Optional[float] = typer.Option(None, "--top-p", help=f"[default: {_D['top_p'].default}]"),
         seed: Optional[int] = typer.Option(None, help="makes sampling reproducible"),
-        aggregate: str = typer.Option("majority", help="majority | none"),
-        extractor: str = typer.Option("number", help="number | choice | yesno | code | text | regex:<pattern>"),
-        stop: list[str] = typer.Option([], "--stop", help="stop sequence (repeatable)"),
+        aggregate: Optional[str] = typer.Option(None, help="majority | none [default: majority]"),
+        extractor: Optional[str] = typer.Option(None, help="number | choice | yesno | code | text | json | regex:<pattern> [default: number]"),
+        stop: Optional[list[str]] = typer.Option(None, "--stop", help="stop sequence (repeatable)"),
         system: Optional[str] = typer.Option(None, help="system message"),
+        deadline: Optional[float] = typer.Option(None, "--deadline", help="seconds; unfinished samples are cancelled after it"),
+        json_schema: Optional[str] = typer.Option(None, "--json-schema", help="constrain every sample to this JSON schema (inline or a file)"),
+        grammar: Optional[str] = typer.Option(None, "--grammar", help="constrain every sample to this GBNF grammar (a file)"),
+        engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | openai | a plugin's name"),
+        base_url: Optional[str] = typer.Option(None, "--base-url", help="openai engine: the server, e.g. http://127.0.0.1:8080/v1 (key: EDGEKIT_CLOUD_API_KEY)"),
         threads: Optional[int] = typer.Option(None, help="CPU threads (default: physical cores)"),
         ctx: int = typer.Option(8192, "--ctx", help="context size in tokens, shared by prompt and all samples"),
-        plan: Optional[str] = typer.Option(None, "--plan", help="plan file from `edgekit plan` (sets model, n, budget...)"),
+        plan: Optional[str] = typer.Option(None, "--plan", help="plan file from `edgekit plan` (sets model, prompt, n, budget...)"),
         json_out: bool = typer.Option(False, "--json", help="print the whole Result as JSON"),
     ):
         """Answer PROMPT on this device; prints the answer, agreement and timings."""
-        from edgekit.runtime.run import RunOptions, run_query
+        from edgekit.plan.apply import Query, run_query
 
-        opts = RunOptions(model=model, n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                          aggregate=aggregate, extractor=extractor, stop=list(stop), system=system, threads=threads,
-                          n_ctx=ctx, plan=plan)
+        given = {"n": n, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+                 "aggregate": aggregate, "extractor": extractor, "stop": list(stop) if stop else None, "system": system,
+                 "deadline_s": deadline}
+        if json_schema is not None:
+            given["json_schema"] = _json_arg(json_schema, "--json-schema")
+            given["extractor"] = given["extractor"] or "json"
+        if grammar is not None:
+            try:
+                given["grammar"] = Path(grammar).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise UsageError(f"cannot read grammar file {grammar}: {e}", fix="pass --grammar PATH to a GBNF file") from None
+        explicit = {k: v for k, v in given.items() if v is not None}
+        SamplingOptions.build(**explicit)  # bad values fail here, before any model loads
         with PullProgress() as p:
-            res = run_query(prompt, opts, progress=p)
+            res = run_query(Query(prompt=prompt, model=model, options=explicit, plan=plan, engine=engine, threads=threads,
+                                  n_ctx=ctx, engine_options={"base_url": base_url} if base_url else {}), progress=p)
         if json_out:
             return print_json(res)
         render_result(res)
@@ -45,9 +77,9 @@ def register(app: typer.Typer) -> None:
 def render_result(res) -> None:
     c, t = res.confidence, res.timings
     ans = res.answer if res.answer is not None else "(no answer extracted)"
-    console.print(f"[bold]{ans}[/bold]")
+    console.print(f"[bold]{ans}[/bold]", markup=True, highlight=False)
     if res.text and res.text.strip() != str(res.answer).strip():
-        console.print(f"[dim]{res.text.strip()}[/dim]")
+        console.print(f"[dim]{res.text.strip()}[/dim]", highlight=False)
     agree = f"agreement {c.votes}/{c.n}"
     if c.tied:
         agree += f" (tie between {', '.join(c.tied)}, broken at random)"
@@ -61,6 +93,9 @@ def render_result(res) -> None:
     )
     pred = res.extra.get("predicted_latency_s")
     if pred is not None:
-        console.print(f"plan: predicted {pred:.2f} s ({res.extra.get('prediction_method', 'estimated')}), measured {t.total_s:.2f} s")
+        console.print(f"plan: predicted p{res.extra.get('prediction_percentile', 50)} {pred:.2f} s "
+                      f"({res.extra.get('prediction_method', 'estimated')}), measured {t.total_s:.2f} s")
+    for note in res.extra.get("notes", []):
+        err_console.print(f"note: {note}", highlight=False)
     for f in res.flags:
         console.print(f"[yellow]flag: {f}[/yellow]")

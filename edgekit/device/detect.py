@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgekit.device import sysinfo
 from edgekit.power import JetsonMeter, NullMeter, RaplMeter, detect_meters, is_jetson
 from edgekit.power.nvml import nvml_gpus
-from edgekit.profile.schema import DeviceInfo, GPUInfo
+from edgekit.schemas.profile import DeviceInfo, GPUInfo
 
 
 class SensorStatus(BaseModel):

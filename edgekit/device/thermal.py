@@ -1,7 +1,7 @@
 """Background sampling of CPU frequency, temperatures and GPU throttle reasons.
 
 The profiler runs a :class:`ThermalSampler` around a measurement and flags drift from
-:meth:`ThermalSampler.summary` (fields match :class:`edgekit.profile.schema.DriftReport`).
+:meth:`ThermalSampler.summary` (fields match :class:`edgekit.schemas.profile.DriftReport`).
 
 Sources: CPU frequency from ``psutil.cpu_freq()`` on the real root (``scaling_cur_freq`` files
 under any other root); temperatures from ``psutil.sensors_temperatures()`` (real root only) and

@@ -22,7 +22,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from edgekit.errors import UsageError
-from edgekit.evaluate.table import AccuracyRow, ProblemRecord, SampleRecord
+from edgekit.schemas.table import AccuracyRow, ProblemRecord, SampleRecord
 
 AGGREGATIONS = ("greedy", "majority", "pass@k", "first_verified")
 

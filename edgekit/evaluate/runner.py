@@ -10,15 +10,12 @@ Resumable: every finished problem is appended to ``<out>.partial.jsonl`` (first 
 run settings). A rerun with the same settings skips those problems; with different settings
 it refuses. At the end the table is saved atomically and the partial file removed.
 
-The sampler is duck-typed: ``edgekit.runtime.Runtime`` or
-:class:`edgekit.evaluate.openai_backend.OpenAIChatSampler` -- anything whose
-``generate(messages, max_tokens=, n=, temperature=, top_p=, seed=, stop=)`` returns an object
-with ``.samples`` (``.text``, ``.tokens``, ``.finish_reason``) and ``.timings.prompt_tokens``.
+Any engine works: the runner calls ``Runtime.generate(messages, SamplingOptions(...))`` and
+reads ``Result.samples`` (text, tokens, finish reason, whether tokens were estimated).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import zlib
@@ -28,8 +25,12 @@ from typing import Callable, Optional, Union
 
 from edgekit.errors import BackendError, SchemaError, UsageError
 from edgekit.evaluate.estimators import accuracy_rows, default_aggregations, default_budgets
-from edgekit.evaluate.table import AccuracyTable, ProblemRecord, SampleRecord
 from edgekit.evaluate.tasks import Problem, Task, load_task
+from edgekit.runtime import Runtime
+from edgekit.runtime.aggregate import get_extractor as default_get_extractor
+from edgekit.schemas import __version__
+from edgekit.schemas.options import SamplingOptions
+from edgekit.schemas.table import AccuracyTable, ProblemRecord, SampleRecord
 
 PARTIAL_FORMAT = 1
 Progress = Callable[[int, int, str], None]  # (problems done, problems total, problem id)
@@ -43,14 +44,6 @@ def partial_path(out_path: Union[str, Path]) -> Path:
 def problem_seed(seed: int, problem_id: str) -> int:
     """Per-problem sampling seed: stable across splits, resumes and machines."""
     return (seed * 1_000_003 + zlib.crc32(problem_id.encode())) % 2**31
-
-
-def _default_extractors():
-    try:
-        from edgekit.runtime.aggregate import get_extractor
-    except ImportError as e:
-        raise BackendError("answer extractors are unavailable (edgekit.runtime.aggregate)", fix="reinstall edgekit") from e
-    return get_extractor
 
 
 def _read_partial(path: Path, settings: dict) -> tuple[dict[str, ProblemRecord], bool]:
@@ -115,7 +108,7 @@ def _records(task: Task, problem: Problem, res, max_tokens: int, extract, pool: 
 
 def run_eval(
     task: Union[str, Task],
-    sampler,
+    rt: Runtime,
     *,
     model_id: str,
     out_path: Union[str, Path],
@@ -136,11 +129,10 @@ def run_eval(
     progress: Optional[Progress] = None,
     get_extractor=None,
 ) -> AccuracyTable:
-    """Evaluate ``sampler`` on ``task`` and save the accuracy table to ``out_path``."""
-    if n_samples < 1 or max_tokens < 1:
-        raise UsageError(f"n_samples and max_tokens must be >= 1 (got {n_samples}, {max_tokens})")
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise UsageError(f"need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
+    """Evaluate the runtime's engine on ``task`` and save the accuracy table to ``out_path``."""
+    opts = SamplingOptions.build(n=n_samples, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                 aggregate="none", extractor=None)
+    greedy_opts = opts.replace(n=1, temperature=0.0, top_p=1.0)
     if isinstance(task, str):
         task = load_task(task, template=template, split=split, limit=limit)
     else:
@@ -151,8 +143,8 @@ def run_eval(
     budgets = sorted(set(budgets or default_budgets(max_tokens)))
     if budgets[0] < 1 or budgets[-1] > max_tokens:
         raise UsageError(f"budgets must lie in 1..max_tokens={max_tokens} (got {budgets})")
-    backend = backend or getattr(sampler, "backend", None) or "llama.cpp"
-    extract = get_extractor or _default_extractors()
+    backend = backend or rt.engine.name
+    extract = get_extractor or default_get_extractor
     settings = {
         "task": task.name, "split": task.split, "prompt_template": task.prompt_template, "model_id": model_id,
         "model_sha256": sha256, "quant": quant, "backend": backend, "temperature": temperature, "top_p": top_p,
@@ -167,12 +159,6 @@ def run_eval(
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         _rewrite(part, [json.dumps({"format": PARTIAL_FORMAT, "settings": settings})])
-    extra = {}
-    try:
-        if "aggregate" in inspect.signature(sampler.generate).parameters:
-            extra["aggregate"] = "none"
-    except (TypeError, ValueError):
-        pass
     total = len(task.problems)
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) if task.has_verifier else None
     try:
@@ -180,19 +166,17 @@ def run_eval(
             if problem.id in done:
                 continue
             ps = problem_seed(seed, problem.id)
-            res = sampler.generate(problem.messages(), max_tokens=max_tokens, n=n_samples, temperature=temperature,
-                                   top_p=top_p, seed=ps, stop=None, **extra)
+            res = rt.generate(problem.messages(), opts.replace(seed=ps))
             if len(res.samples) != n_samples:
                 raise BackendError(f"asked for {n_samples} samples, the backend returned {len(res.samples)}")
             samples = _records(task, problem, res, max_tokens, extract, pool)
-            g = None
+            g = gres = None
             if greedy:
-                gres = sampler.generate(problem.messages(), max_tokens=max_tokens, n=1, temperature=0.0, top_p=1.0,
-                                        seed=ps, stop=None, **extra)
+                gres = rt.generate(problem.messages(), greedy_opts.replace(seed=ps))
                 g = _records(task, problem, gres, max_tokens, extract, None)[0]
             rec = ProblemRecord(id=problem.id, target=problem.target, prompt_tokens=int(res.timings.prompt_tokens),
                                 samples=samples, greedy=g)
-            est = bool(getattr(sampler, "tokens_estimated", False))
+            est = any(smp.tokens_estimated for r in (res, gres) if r is not None for smp in r.samples)
             _append(part, {"problem": rec.model_dump(exclude_none=True), "tokens_estimated": est})
             done[rec.id] = rec
             estimated = estimated or est
@@ -202,8 +186,6 @@ def run_eval(
         if pool:
             pool.shutdown()
     records = [done[p.id] for p in task.problems]
-    from edgekit import __version__
-
     table = AccuracyTable(
         edgekit_version=__version__, task=task.name, split=task.split, model_id=model_id, model_sha256=sha256,
         quant=quant, backend=backend + (" (tokens estimated)" if estimated else ""),

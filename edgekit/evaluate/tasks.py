@@ -175,6 +175,16 @@ def render(template: str, kind: str, question: str, choices: Optional[list[str]]
     return TEMPLATES[template][kind].format(question=question.strip(), options=("Options:\n" + options) if options else "")
 
 
+def query_template(template: str, kind: Optional[str]) -> str:
+    """The prompt a plan applies to a new query: the table's template for the task kind, with
+    ``{question}`` as the only placeholder (a query carries its own options, if any)."""
+    if kind == "code":
+        return CODE_TEMPLATE.replace("{prompt}", "{question}")
+    if template in TEMPLATES and kind in TEMPLATES[template]:
+        return TEMPLATES[template][kind].replace("{options}", "")
+    return "{question}"
+
+
 def _bigbench(sub: str, template: str) -> Task:
     path = resources.files("edgekit").joinpath("data").joinpath("bigbench").joinpath(sub).joinpath("task.json")
     data = json.loads(path.read_text(encoding="utf-8"))

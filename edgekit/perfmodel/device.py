@@ -23,9 +23,10 @@ import numpy as np
 
 from edgekit.errors import SchemaError
 from edgekit.perfmodel.fit import DEFAULT_OVERHEAD_FRAC, fit, kv_bytes
+from edgekit.perfmodel import published as pub
 from edgekit.perfmodel.model import PerfModel
 from edgekit.perfmodel.nnls import nnls
-from edgekit.profile.schema import DeviceProfile, ModelInfo
+from edgekit.schemas.profile import DeviceProfile, ModelInfo
 
 CROSS_MODEL_UNC = 0.25
 _REF_I, _REF_S = 256, 256  # reference configuration for leave-one-out errors and power
@@ -123,7 +124,6 @@ def _avg_powers(pm: PerfModel) -> Optional[tuple[float, float]]:
     if pm.energy_mode == "per_token":
         return (pm.e_prefill_tok_j * _REF_I / float(r["prefill_s"][0]),
                 pm.e_decode_tok_j * _REF_S / float(r["decode_s"][0]))
-    from edgekit.perfmodel import published as pub
 
     return float(pub.prefill_power_w(pm.published_model, _REF_I)), float(pub.decode_power_w(pm.published_model, _REF_S))
 

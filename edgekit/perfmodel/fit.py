@@ -23,9 +23,10 @@ import numpy as np
 
 from edgekit.errors import SchemaError
 from edgekit.figures import Figure
+from edgekit.perfmodel import published as pub
 from edgekit.perfmodel.model import PerfModel
 from edgekit.perfmodel.nnls import nnls
-from edgekit.profile.schema import ModelInfo, ModelProfile
+from edgekit.schemas.profile import ModelInfo, ModelProfile
 
 INTERVAL_K = 2.0
 MIN_REL_UNC = 0.01
@@ -174,8 +175,6 @@ def fit(model_profile: ModelProfile, source: str | None = None) -> PerfModel:
 
 
 def _from_published(mp: ModelProfile, source: str | None) -> PerfModel:
-    from edgekit.perfmodel import published as pub
-
     d = mp.published_model or {}
     cite = d.get("citation", "published")
     pl, dl = d.get("prefill_latency", {}), d.get("decode_latency", {})

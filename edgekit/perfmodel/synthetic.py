@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgekit.figures import measured
-from edgekit.profile.schema import (DecodePoint, DeviceInfo, DeviceProfile, EnergyInfo, ModelInfo, ModelProfile,
+from edgekit.schemas.profile import (DecodePoint, DeviceInfo, DeviceProfile, EnergyInfo, ModelInfo, ModelProfile,
                                     PrefillPoint)
 
 PROMPTS = (16, 64, 128, 256, 512, 1024, 2048)

@@ -1,26 +1,91 @@
-"""Apply a plan file to a query (used by `edgekit run --plan` and, later, the daemon)."""
+"""Run one query, optionally under a plan file: what `edgekit run` calls (and, next, the daemon).
+
+A plan file carries everything it needs: the model (and its sha256), the rendered prompt
+template, and the :class:`SamplingOptions` to run with. Options given explicitly next to a plan
+are applied over it and reported in ``Result.extra["plan_overrides"]``; the plan's latency
+prediction is then withheld (it was made for another configuration), never shown as if it held.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
-from edgekit.plan.schema import load_plan
+from edgekit.errors import SchemaError, UsageError
+from edgekit.models.catalog import DEFAULT_MODEL
+from edgekit.models.store import Progress, resolve
+from edgekit.runtime import Runtime
+from edgekit.schemas.options import SamplingOptions
+from edgekit.schemas.plan import PlanFile, load_plan
+from edgekit.schemas.result import Result
 
 
-def apply_plan(path, opts):
-    """Return (options with the plan's configuration, predicted latency s, method, template)."""
-    from edgekit.evaluate.tasks import TEMPLATES, CODE_TEMPLATE
+@dataclass
+class Query:
+    prompt: str
+    model: Optional[str] = None  # None: the plan's model, else the default model
+    options: dict[str, Any] = field(default_factory=dict)  # only the options the caller set explicitly
+    plan: Optional[str] = None
+    engine: str = "llama.cpp"
+    threads: Optional[int] = None
+    n_ctx: int = 8192
+    engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. base_url for the openai engine
 
-    p = load_plan(path)
-    c = p.chosen
-    kind = c.extractor or "number"
-    template = None
-    if kind == "code":
-        template = CODE_TEMPLATE.replace("{prompt}", "{question}")
-    elif c.prompt_template in TEMPLATES and kind in TEMPLATES[c.prompt_template]:
-        template = TEMPLATES[c.prompt_template][kind].replace("{options}", "")
-    aggregate = "majority" if c.aggregation in ("majority", "greedy") else "none"
-    temperature = 0.0 if c.aggregation == "greedy" else c.temperature
-    new = dataclasses.replace(opts, model=c.model_id, n=c.n, max_tokens=c.budget, temperature=temperature,
-                              top_p=c.top_p, aggregate=aggregate, extractor=kind)
-    return new, p.predicted.latency_s.value, p.predicted.method, template
+
+def check_plan_model(p: PlanFile, model: str) -> Optional[str]:
+    """Refuse a plan whose model file is not the one it was made for; return a note if unverifiable."""
+    want = p.chosen.model_sha256
+    have = resolve(model).sha256
+    if want and have and want != have:
+        raise SchemaError(f"plan was made for {p.chosen.model_id} with sha256 {want[:12]}…, but {model} resolves to a file "
+                          f"with sha256 {have[:12]}…", fix=f"re-plan with `edgekit plan` for this model, or `edgekit models pull "
+                                                           f"{p.chosen.model_id}` to restore the planned file")
+    if not want or not have:
+        return "the plan's model checksum could not be checked (no sha256 recorded)"
+    return None
+
+
+def plan_options(p: PlanFile, explicit: dict[str, Any], model: Optional[str]) -> tuple[SamplingOptions, list[str]]:
+    """The plan's options with the explicit ones applied over them, and what was overridden."""
+    base = p.chosen.options
+    overrides = [f"{k}={v!r} (plan: {getattr(base, k)!r})" for k, v in explicit.items() if getattr(base, k) != v]
+    if model is not None and model != p.chosen.model_id:
+        overrides.insert(0, f"model={model} (plan: {p.chosen.model_id})")
+    return base.replace(**explicit) if explicit else base, overrides
+
+
+def run_query(q: Query, progress: Optional[Progress] = None) -> Result:
+    notes: list[str] = []
+    overrides: list[str] = []
+    text = q.prompt
+    p = None
+    if q.plan:
+        p = load_plan(q.plan)
+        opts, overrides = plan_options(p, q.options, q.model)
+        model = q.model or p.chosen.model_id
+        if model == p.chosen.model_id:
+            note = check_plan_model(p, model)
+            if note:
+                notes.append(note)
+        text = p.chosen.prompt.replace("{question}", q.prompt)
+    else:
+        opts = SamplingOptions.build(**q.options)
+        model = q.model or DEFAULT_MODEL
+    if opts.aggregate == "first_verified":
+        raise UsageError("this configuration aggregates with first_verified, which needs a verifier for every query",
+                         fix="use the library: Runtime.generate(..., options=load_plan(P).chosen.options, verifier=...)")
+    with Runtime(model, engine=q.engine, threads=q.threads, n_ctx=q.n_ctx, max_n=opts.n, progress=progress,
+                 **q.engine_options) as rt:
+        res = rt.generate(text, opts)
+    if p is not None:
+        res.extra["plan"] = q.plan
+        if overrides:
+            res.extra["plan_overrides"] = overrides
+            notes.append("the plan's latency prediction does not apply: options differ from the plan's (" + "; ".join(overrides) + ")")
+        else:
+            res.extra["predicted_latency_s"] = p.predicted.latency_at_percentile_s
+            res.extra["prediction_percentile"] = p.percentile
+            res.extra["prediction_method"] = p.predicted.method
+    if notes:
+        res.extra["notes"] = notes
+    return res

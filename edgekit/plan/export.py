@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import math
 
-import edgekit
+from edgekit.evaluate.tasks import query_template
 from edgekit.plan.planner import PlanResult
-from edgekit.plan.schema import Caps, ChosenConfig, FrontierPoint, PlanFile, Predicted, ProfileRef
+from edgekit.schemas import __version__
+from edgekit.schemas.options import SamplingOptions
+from edgekit.schemas.plan import Caps, ChosenConfig, FrontierPoint, PlanFile, Predicted, ProfileRef
+
+# accuracy-table aggregation -> how the runtime aggregates (pass@k needs the verifier pass@k assumes)
+RUNTIME_AGGREGATE = {"greedy": "majority", "majority": "majority", "first_verified": "first_verified",
+                     "pass@k": "first_verified"}
+
+
+def chosen_options(c: dict) -> SamplingOptions:
+    return SamplingOptions.build(n=c["n"], max_tokens=c["budget"], temperature=c["temperature"], top_p=c["top_p"],
+                                 aggregate=RUNTIME_AGGREGATE[c["aggregation"]], extractor=c["extractor"])
 
 
 def _opt(x: float, scale: float = 1.0):
@@ -53,12 +64,13 @@ def to_plan_file(res: PlanResult) -> PlanFile:
     pr = res.prediction(i)
     tpath = c.pop("table_path")
     return PlanFile(
-        edgekit_version=edgekit.__version__, target_s=res.target_s, percentile=res.percentile,
+        edgekit_version=__version__, target_s=res.target_s, percentile=res.percentile,
         caps=Caps(energy_j=res.energy_cap_j, memory_gb=res.memory_cap_gb),
         profile=ProfileRef(path=res.profile_path, device=res.profile.device.name, kind=res.profile.kind,
                            source=res.profile.source),
         tables=[t for t in res.table_paths if t],
-        chosen=ChosenConfig(**c, table_path=tpath),
+        chosen=ChosenConfig(**c, table_path=tpath, prompt=query_template(c["prompt_template"], c["extractor"]),
+                            options=chosen_options(c)),
         predicted=Predicted(
             latency_s=pr.latency_figure(), latency_lo_s=pr.latency_lo_s, latency_hi_s=pr.latency_hi_s,
             latency_at_percentile_s=float(res.latency[i]), interval_how=pr.interval_how, prefill_s=pr.prefill_s,

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from edgekit.errors import SchemaError, UsageError
-from edgekit.evaluate.table import load_table
+from edgekit.schemas.table import load_table
+from edgekit.plan.export import to_plan_file
 from edgekit.plan.planner import PlanResult, plan
-from edgekit.profile.schema import ModelInfo, load_profile
+from edgekit.schemas.profile import ModelInfo, load_profile
 
 
 def _model_infos(tables, profiled: set | None = None) -> dict[str, ModelInfo]:
@@ -52,7 +53,7 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
                sequences_leave=sequences_leave)
     written = None
     if output:
-        pf = res.to_plan_file()
+        pf = to_plan_file(res)
         written = pf.save(output)
     if plot:
         from edgekit.plan.render import plot_pareto

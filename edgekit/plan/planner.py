@@ -16,9 +16,9 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from edgekit.errors import EdgekitError, SchemaError, UsageError
-from edgekit.evaluate.table import AccuracyTable
+from edgekit.schemas.table import AccuracyTable
 from edgekit.perfmodel import DeviceModel, PerfModel, Prediction, fit, fit_device
-from edgekit.profile.schema import DeviceProfile, ModelInfo
+from edgekit.schemas.profile import DeviceProfile, ModelInfo
 
 TIE_EPS = 1e-9
 VERIFIER_AGGS = ("pass@k", "first_verified")
@@ -97,11 +97,6 @@ class PlanResult:
 
     def method(self, i: int) -> str:
         return self.perf_models[int(self.table[i])].method_for(float(self.n[i]))
-
-    def to_plan_file(self):
-        from edgekit.plan.export import to_plan_file
-
-        return to_plan_file(self)
 
 
 def _fmt_caps(e, m) -> str:

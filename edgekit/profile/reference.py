@@ -26,10 +26,10 @@ import json
 import sys
 from pathlib import Path
 
-import edgekit
+from edgekit.schemas import __version__
 from edgekit.figures import published, unavailable
 from edgekit.perfmodel import published as pub
-from edgekit.profile.schema import DecodePoint, DeviceInfo, DeviceProfile, EnergyInfo, ModelInfo, ModelProfile, PrefillPoint
+from edgekit.schemas.profile import DecodePoint, DeviceInfo, DeviceProfile, EnergyInfo, ModelInfo, ModelProfile, PrefillPoint
 
 CITATION = "EdgeReasoning, arXiv 2511.01866"
 SOURCE = ("EdgeReasoning: characterizing reasoning LLM deployment on edge GPUs, arXiv 2511.01866; "
@@ -130,7 +130,7 @@ def _model_profile(row) -> ModelProfile:
 
 def build_orin_reference(created: str = REFERENCE_CREATED) -> DeviceProfile:
     return DeviceProfile(
-        kind="published", created=created, edgekit_version=edgekit.__version__,
+        kind="published", created=created, edgekit_version=__version__,
         device=DeviceInfo(name="Jetson AGX Orin 64GB", jetson_model="Jetson AGX Orin 64GB", nvpmodel_mode="MAXN",
                           gpu_offload=True),
         models=[_model_profile(r) for r in _MODELS], source=SOURCE,

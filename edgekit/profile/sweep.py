@@ -16,10 +16,10 @@ from typing import Callable, Optional
 
 import psutil
 
-from edgekit import __version__
+from edgekit.schemas import __version__
 from edgekit.errors import EdgekitError, SchemaError, UsageError
 from edgekit.figures import Figure, measured, unavailable
-from edgekit.profile.schema import DecodePoint, DeviceProfile, DriftReport, EnergyInfo, ModelProfile, PrefillPoint
+from edgekit.schemas.profile import DecodePoint, DeviceProfile, DriftReport, EnergyInfo, ModelProfile, PrefillPoint
 
 FILLER = (
     "The robot moved the red block onto the blue tray, then checked the camera feed, logged the "
@@ -102,7 +102,7 @@ class _Sweep:
 
     def tokens(self, n: int) -> list[int]:
         if not self._filler:  # tokenised once; same vocabulary for every Runtime reload of the model
-            self._filler = self.rt.backend.tokenize(FILLER * 4, add_special=False)
+            self._filler = self.rt.engine.tokenize(FILLER * 4, add_special=False)
         base = self._filler
         out = []
         while len(out) < n:
@@ -129,9 +129,9 @@ class _Sweep:
             self.rt = Runtime(self.model, threads=cfg.threads, n_ctx=cfg.n_ctx, max_n=max(cfg.ns))
             loads.append(time.perf_counter() - t0)
         mp.load_s = measured(loads, "s", source="Runtime() wall clock (first load may be from disk, later from page cache)")
-        mp.threads = self.rt.backend.info.threads
+        mp.threads = self.rt.engine.info.threads
         mp.kv_layout = "unified"  # the runtime's batched path: one KV buffer shared by the n sequences
-        mp.n_ctx = self.rt.backend.info.n_ctx
+        mp.n_ctx = self.rt.engine.info.n_ctx
         mp.model = self.rt.model_info
         # idle baseline
         self.progress("idle baseline", 0, 1)
@@ -262,7 +262,7 @@ def profile_model(model: str, cfg: Optional[SweepConfig] = None, *, output: Opti
     from edgekit.models.gguf import check_gguf
     from edgekit.models.store import resolve
     from edgekit.power import best_meter
-    from edgekit.profile.schema import ModelInfo
+    from edgekit.schemas.profile import ModelInfo
 
     cfg = cfg or SweepConfig()
     out = Path(output) if output else None

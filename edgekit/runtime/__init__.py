@@ -1,11 +1,9 @@
-"""The runtime: load a model once, draw n samples in one batch, aggregate, report timings."""
+"""The runtime: any engine, n samples per query, aggregation, confidence, deadlines, timings."""
 
 from edgekit.runtime.aggregate import get_extractor, majority_vote
-from edgekit.runtime.backend import Backend, BackendInfo, Event, GenerationRequest
-from edgekit.runtime.core import Runtime
-from edgekit.runtime.result import Confidence, Result, Sample, Timings
+from edgekit.runtime.core import DEFAULT_MODEL, Runtime
+from edgekit.schemas.options import CancelToken, SamplingOptions
+from edgekit.schemas.result import Confidence, Result, Sample, Timings
 
-__all__ = [
-    "Backend", "BackendInfo", "Event", "GenerationRequest", "Runtime", "Result", "Sample", "Timings",
-    "Confidence", "get_extractor", "majority_vote",
-]
+__all__ = ["Runtime", "DEFAULT_MODEL", "SamplingOptions", "CancelToken", "Result", "Sample", "Timings", "Confidence",
+           "get_extractor", "majority_vote"]

@@ -11,6 +11,7 @@ unless no sample has one.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections import Counter
@@ -148,7 +149,42 @@ def regex_extractor(pattern: str) -> Extractor:
     return ex
 
 
+_FENCE = re.compile(r"^\s*```(?:json)?\s*\n?(.*?)\n?```\s*$", re.S)
+
+
+def extract_json(text: str) -> Optional[str]:
+    """The sample's JSON value in canonical form (sorted keys, no spaces), so that majority vote
+    compares parsed values, not strings. None when the text is not one JSON value."""
+    t = text.strip()
+    m = _FENCE.match(t)
+    if m:
+        t = m.group(1).strip()
+    try:
+        value = json.loads(t)
+    except (ValueError, RecursionError):
+        return None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def json_answer(text: str, schema: Optional[dict]) -> tuple[Optional[str], Optional[str]]:
+    """(canonical JSON answer or None, why not): parses, then validates against ``schema``."""
+    ans = extract_json(text)
+    if ans is None:
+        return None, "not valid JSON"
+    if schema is not None:
+        import jsonschema  # noqa: PLC0415 - only for constrained outputs
+
+        try:
+            jsonschema.validate(json.loads(ans), schema)
+        except jsonschema.ValidationError as e:
+            return None, f"does not match the schema: {e.message[:120]}"
+        except jsonschema.SchemaError as e:
+            raise UsageError(f"invalid JSON schema: {e.message[:160]}", fix="pass a valid JSON schema") from None
+    return ans, None
+
+
 EXTRACTORS: dict[str, Extractor] = {
+    "json": extract_json,
     "number": extract_number,
     "choice": extract_choice,
     "yesno": extract_yesno,

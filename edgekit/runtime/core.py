@@ -1,23 +1,32 @@
-"""Runtime: a loaded model that answers many generate() calls (a daemon may hold one for days)."""
+"""Runtime: one engine, many generate() calls (a daemon may hold one for days).
+
+The runtime is engine-independent: it validates :class:`SamplingOptions` against the engine's
+declared capabilities, serialises calls on one lock (reporting the wait as ``queue_s``; every
+other timing starts when the lock is held), enforces deadlines and cancel tokens, and turns the
+engine's events into a :class:`Result` with an aggregated answer and a confidence score.
+
+Lifetime: ``close()`` cancels a generate in flight at its next decode step, waits for it, then
+frees the engine; any call afterwards raises ``EdgekitError("runtime is closed")``.
+"""
 
 from __future__ import annotations
 
 import statistics
 import threading
 import time
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
+from edgekit import engines
+from edgekit.engines.base import Engine, TokenPrompt
 from edgekit.errors import UsageError
-from edgekit.models.gguf import arch_is_known, check_gguf
-from edgekit.models.store import Progress, resolve
-from edgekit.runtime.aggregate import AGGREGATES, Extractor, get_extractor, majority_vote
-from edgekit.runtime.backend import Backend, GenerationRequest
-from edgekit.runtime.result import Confidence, Result, Sample, Timings
-from edgekit.profile.schema import ModelInfo
+from edgekit.runtime.aggregate import Extractor, get_extractor, json_answer, majority_vote
+from edgekit.schemas.options import CancelToken, SamplingOptions
+from edgekit.schemas.profile import ModelInfo
+from edgekit.schemas.result import Confidence, Result, Sample, Timings
 
 Messages = Union[str, Sequence[dict]]
 Verifier = Callable[[Sample], bool]
-MAX_N_CAP = 64
+from edgekit.models.catalog import DEFAULT_MODEL
 
 
 def _quantile(xs: list[float], q: float) -> Optional[float]:
@@ -30,217 +39,257 @@ def _quantile(xs: list[float], q: float) -> Optional[float]:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def validate_sampling(max_tokens: int, n: int, temperature: float, top_p: float, max_n: int):
-    if not isinstance(max_tokens, int) or max_tokens <= 0:
-        raise UsageError(f"token budget must be a positive integer, got {max_tokens!r}", fix="pass --max-tokens 1 or more")
-    if not isinstance(n, int) or n <= 0:
-        raise UsageError(f"n (samples) must be a positive integer, got {n!r}", fix="pass --n 1 or more")
-    if n > max_n:
-        raise UsageError(f"n={n} is above the cap of {max_n} parallel samples", fix=f"pass --n {max_n} or less (or raise max_n when creating the Runtime)")
-    if temperature < 0:
-        raise UsageError(f"temperature must be >= 0, got {temperature}", fix="pass --temperature 0 (greedy) or more")
-    if not 0 < top_p <= 1:
-        raise UsageError(f"top_p must be in (0, 1], got {top_p}", fix="pass --top-p between 0 and 1")
+def as_messages(prompt: Messages) -> list[dict]:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise UsageError("empty prompt", fix="pass a non-empty prompt")
+        return [{"role": "user", "content": prompt}]
+    messages = [dict(m) for m in prompt]
+    if not messages or any("role" not in m or "content" not in m for m in messages):
+        raise UsageError("chat messages need 'role' and 'content'", fix='pass [{"role": "user", "content": "..."}]')
+    return messages
 
 
 class Runtime:
     """Load once, generate many times.
 
-    >>> rt = Runtime("qwen2.5-coder-0.5b-instruct")
+    >>> rt = Runtime("qwen2.5-coder-0.5b-instruct")            # or Runtime(engine_instance)
     >>> r = rt.generate("How many legs do 3 spiders have?", n=8, max_tokens=128, seed=0)
     >>> r.answer, r.confidence.agreement, r.timings.total_s
     """
 
-    def __init__(self, model: str = "qwen2.5-coder-0.5b-instruct", *, threads: Optional[int] = None, n_ctx: int = 8192,
-                 max_n: int = 16, gpu_layers: int = 0, flash_attn: Optional[bool] = None, backend: Optional[Backend] = None,
-                 progress: Optional[Progress] = None):
-        if not 1 <= max_n <= MAX_N_CAP:
-            raise UsageError(f"max_n must be in 1..{MAX_N_CAP}, got {max_n}", fix=f"pass max_n between 1 and {MAX_N_CAP}")
-        self._lock = threading.Lock()  # one generate at a time on one context
-        if backend is not None:
-            self.backend = backend
-            self.model_info = ModelInfo(id=model)
-            self.model_id = model
-            self.path = None
+    def __init__(self, model: Union[str, Engine] = DEFAULT_MODEL, *, engine: str = "llama.cpp", **engine_options: Any):
+        """``model``: a model id / path for ``engine`` (a registered engine name), or an Engine
+        instance. ``engine_options`` go to the engine (llama.cpp: threads, n_ctx, max_n,
+        gpu_layers, flash_attn, progress; openai: base_url, api_key_env, ...)."""
+        self._lock = threading.Lock()
+        self._closing = False
+        self._closed = False
+        if isinstance(model, Engine):
+            if engine_options:
+                raise UsageError(f"options {', '.join(engine_options)} apply when Runtime loads the engine",
+                                 fix="pass them to the engine's constructor instead")
+            self.engine = model
         else:
-            resolved = resolve(model, progress=progress)
-            info = check_gguf(resolved.path)
-            self.path = resolved.path
-            self.model_id = resolved.id
-            self.gguf = info
-            self.model_info = ModelInfo(
-                id=resolved.id, sha256=resolved.sha256, arch=info.arch, quant=info.quant,
-                n_params=resolved.entry.n_params if resolved.entry else None, size_bytes=info.tensor_bytes,
-                n_layer=info.n_layer, n_embd=info.n_embd, n_head_kv=info.n_head_kv, n_embd_head=info.head_dim,
-                kv_bytes_per_token=info.kv_bytes_per_token(), n_ctx_train=info.arch_key("context_length"),
-            )
-            from edgekit.runtime.llamacpp import LlamaCppBackend
-            from edgekit.errors import GGUFError
-
-            try:
-                self.backend = LlamaCppBackend(str(resolved.path), n_ctx=n_ctx, threads=threads, max_n=max_n, gpu_layers=gpu_layers,
-                                              flash_attn=flash_attn)
-            except GGUFError as e:
-                if not arch_is_known(info.arch):
-                    raise GGUFError(
-                        f"{resolved.path}: architecture {info.arch!r} is not supported by this llama.cpp build",
-                        fix="use a supported model (`edgekit models list`) or upgrade llama-cpp-python within the tested range",
-                    ) from e
-                raise
-        self.load_s = self.backend.load_s
-        self.max_n = self.backend.info.max_n
+            self.engine = engines.create(engine, model, **{k: v for k, v in engine_options.items() if v is not None})
         self.calls = 0
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def model_info(self) -> ModelInfo:
+        return self.engine.model_info
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model_info.id
+
+    @property
+    def load_s(self) -> float:
+        return self.engine.load_s
+
+    @property
+    def max_n(self) -> int:
+        return self.engine.capabilities.max_n
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed or self._closing:
+            raise UsageError("runtime is closed", fix="create a new Runtime; do not use one after close() or its with-block")
 
     # -- prompt ------------------------------------------------------------------------------
     def prompt_tokens(self, prompt: Messages, chat: bool = True, system: Optional[str] = None) -> list[int]:
-        if isinstance(prompt, str):
-            if not prompt.strip():
-                raise UsageError("empty prompt", fix="pass a non-empty prompt")
-            messages = [{"role": "user", "content": prompt}]
-        else:
-            messages = [dict(m) for m in prompt]
-            if not messages or any("role" not in m or "content" not in m for m in messages):
-                raise UsageError("chat messages need 'role' and 'content'", fix='pass [{"role": "user", "content": "..."}]')
-        if system:
-            messages.insert(0, {"role": "system", "content": system})
-        if not chat:
-            text = "\n".join(str(m["content"]) for m in messages)
-            return self.backend.tokenize(text, add_special=True)
-        text, has_special = self.backend.render_chat(messages)
-        return self.backend.tokenize(text, add_special=not has_special)
+        """Token ids of the rendered prompt (engines with token counting)."""
+        self._check_open()
+        opts = SamplingOptions.build(chat=chat, system=system)
+        if not self.engine.capabilities.token_input:
+            raise UsageError(f"engine {self.engine.name} does not expose token ids", fix="use the llama.cpp engine")
+        with self._lock:
+            self._check_open()
+            return self.engine.prompt_ids(as_messages(prompt), opts)  # type: ignore[attr-defined]
 
     def count_tokens(self, prompt: Messages, chat: bool = True) -> int:
-        return len(self.prompt_tokens(prompt, chat=chat))
+        self._check_open()
+        with self._lock:
+            self._check_open()
+            return self.engine.count_tokens(as_messages(prompt), SamplingOptions.build(chat=chat))
 
     # -- generate ----------------------------------------------------------------------------
-    def generate(self, prompt: Messages, *, max_tokens: int = 256, n: int = 1, temperature: float = 0.8,
-                 top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05, seed: Optional[int] = None,
-                 stop: Optional[Sequence[str]] = None, aggregate: str = "majority",
-                 extractor: Union[str, Extractor, None] = "number", verifier: Optional[Verifier] = None,
-                 chat: bool = True, system: Optional[str] = None, logprobs: bool = True,
-                 prompt_tokens: Optional[list[int]] = None, deadline_s: Optional[float] = None,
-                 ignore_eos: bool = False) -> Result:
+    def generate(self, prompt: Optional[Messages] = None, options: Optional[SamplingOptions] = None, *,
+                 cancel: Optional[CancelToken] = None, verifier: Optional[Verifier] = None,
+                 extractor: Union[str, Extractor, None, object] = ..., prompt_tokens: Optional[list[int]] = None,
+                 **overrides: Any) -> Result:
         """Draw n samples in one batch and aggregate them.
 
-        aggregate: "majority" (vote over extracted answers), "first_verified" (the first sample
-        to finish that ``verifier`` accepts; the rest of the batch is cancelled), "none".
-        deadline_s: wall-clock seconds from the call's start after which the batch is cancelled
-        (finished samples are kept; the result is flagged "deadline").
+        ``options`` (or keyword overrides of its fields: ``n=8, max_tokens=128, seed=0, ...``)
+        say how; see :class:`SamplingOptions`. aggregate: "majority" (vote over extracted
+        answers), "first_verified" (the first sample to finish that ``verifier`` accepts; the rest
+        of the batch is cancelled), "none". ``deadline_s``: seconds from this call after which
+        unfinished samples are cancelled (flag "deadline"). ``cancel``: a :class:`CancelToken`.
         """
-        t_start = time.perf_counter()
-        validate_sampling(max_tokens, n, temperature, top_p, self.max_n)
-        if aggregate not in AGGREGATES:
-            raise UsageError(f"unknown aggregate {aggregate!r}", fix=f"use one of {', '.join(AGGREGATES)}")
-        if aggregate == "first_verified" and verifier is None:
+        t_call = time.perf_counter()
+        self._check_open()
+        custom_extract = None
+        if extractor is not ...:
+            if callable(extractor):
+                custom_extract = extractor
+            else:
+                overrides["extractor"] = extractor
+        opts = options if options is not None else SamplingOptions()
+        if overrides:
+            opts = opts.replace(**overrides)
+        if opts.aggregate == "first_verified" and verifier is None:
             raise UsageError("aggregate='first_verified' needs a verifier", fix="pass verifier=callable(sample) -> bool")
-        extract = get_extractor(extractor)
-        stops = [s for s in (stop or []) if s]
+        self.engine.check(opts)
+        if prompt_tokens is not None:
+            if not self.engine.capabilities.token_input:
+                raise UsageError(f"engine {self.engine.name} does not take token ids", fix="pass a text prompt")
+            src: Any = TokenPrompt(tuple(prompt_tokens))
+        elif prompt is None:
+            raise UsageError("no prompt", fix="pass a prompt")
+        else:
+            src = as_messages(prompt)
+        if opts.json_schema is not None:
+            extract: Extractor = lambda text: json_answer(text, opts.json_schema)[0]  # noqa: E731
+        else:
+            extract = custom_extract or get_extractor(opts.extractor)
         with self._lock:
-            toks = prompt_tokens if prompt_tokens is not None else self.prompt_tokens(prompt, chat=chat, system=system)
-            self.backend.check_fits(len(toks), n, max_tokens)
-            state = {"verified": None, "deadline": False}
-
-            def cancel() -> bool:
-                if state["verified"] is not None:
-                    return True
-                if deadline_s is not None and time.perf_counter() - t_start > deadline_s:
-                    state["deadline"] = True
-                    return True
-                return False
-
-            req = GenerationRequest(prompt_tokens=list(toks), n=n, max_tokens=max_tokens, temperature=temperature,
-                                    top_p=top_p, top_k=top_k, min_p=min_p, seed=seed, stop=stops, logprobs=logprobs,
-                                    cancel=cancel, ignore_eos=ignore_eos)
-            ids: list[list[int]] = [[] for _ in range(n)]
-            lps: list[list[float]] = [[] for _ in range(n)]
-            samples: list[Optional[Sample]] = [None] * n
-            t_prefill_done = t_first = None
-            for ev in self.backend.stream(req):
-                if ev.kind == "token":
-                    if t_first is None:
-                        t_first = time.perf_counter()
-                    ids[ev.seq].append(ev.token)
-                    if ev.logprob is not None:
-                        lps[ev.seq].append(ev.logprob)
-                elif ev.kind == "finish":
-                    if t_first is None:
-                        t_first = time.perf_counter()
-                    s = Sample(index=ev.seq, text=ev.text, tokens=ev.tokens, finish_reason=ev.reason,
-                               token_ids=ids[ev.seq], logprobs=lps[ev.seq])
-                    if ev.reason == "stop":  # truncated samples carry no answer (same rule as the accuracy tables)
-                        s.answer = extract(s.text) if aggregate != "none" or extractor else None
-                    if ev.reason != "cancelled":
-                        if aggregate == "first_verified" and state["verified"] is None:
-                            s.verified = bool(verifier(s))
-                            if s.verified:
-                                state["verified"] = ev.seq
-                    samples[ev.seq] = s
-                elif ev.kind == "prefill":
-                    t_prefill_done = time.perf_counter()
-            t_end = time.perf_counter()
+            t_start = time.perf_counter()
+            self._check_open()
+            res = self._generate(src, opts, t_call, t_start, cancel, verifier, extract, custom_extract is not None)
             self.calls += 1
-        done = [s for s in samples if s is not None]
-        steps = max((s.tokens for s in done), default=0)
-        gen = sum(s.tokens for s in done)
-        t_first = t_first or t_end
-        timings = Timings(
-            load_s=self.load_s, prefill_s=t_first - t_start, decode_s=t_end - t_first, total_s=t_end - t_start,
-            prompt_tokens=len(toks), generated_tokens=gen, steps=steps,
-            prefill_tok_s=len(toks) / (t_prefill_done - t_start) if t_prefill_done and t_prefill_done > t_start else None,
-            decode_tok_s=(gen - len(done)) / (t_end - t_first) if t_end > t_first and gen > len(done) else None,
-        )
-        res = self._aggregate(done, aggregate, seed)
-        res.timings = timings
-        res.n, res.max_tokens, res.temperature, res.seed = n, max_tokens, temperature, seed
-        if state["deadline"]:
-            res.flags.append("deadline")
         return res
 
-    def _aggregate(self, samples: list[Sample], aggregate: str, seed: Optional[int]) -> Result:
+    def _generate(self, src: Any, opts: SamplingOptions, t_call: float, t_start: float, token: Optional[CancelToken],
+                  verifier: Optional[Verifier], extract: Extractor, custom: bool) -> Result:
+        n = opts.n
+        state: dict[str, Any] = {"verified": None, "deadline": False}
+
+        def cancel() -> bool:
+            if state["verified"] is not None or self._closing:
+                return True
+            if token is not None and token.cancelled:
+                return True
+            if opts.deadline_s is not None and time.perf_counter() - t_call > opts.deadline_s:
+                state["deadline"] = True
+                return True
+            return False
+
+        run_opts = opts
+        if opts.deadline_s is not None:  # what is left of the deadline after the queue
+            run_opts = opts.model_copy(update={"deadline_s": max(1e-3, opts.deadline_s - (t_start - t_call))})
+        ids: list[list[int]] = [[] for _ in range(n)]
+        lps: list[list[float]] = [[] for _ in range(n)]
+        samples: list[Optional[Sample]] = [None] * n
+        t_prefill_done = t_first = None
+        n_prompt = len(src.ids) if isinstance(src, TokenPrompt) else None
+        answering = opts.aggregate != "none" or custom or opts.extractor is not None or opts.json_schema is not None
+        for ev in self.engine.generate(src, run_opts, cancel):
+            if ev.kind == "token":
+                if t_first is None:
+                    t_first = time.perf_counter()
+                ids[ev.seq].append(ev.token)
+                if ev.logprob is not None:
+                    lps[ev.seq].append(ev.logprob)
+            elif ev.kind == "finish":
+                if t_first is None:
+                    t_first = time.perf_counter()
+                s = Sample(index=ev.seq, text=ev.text, tokens=ev.tokens, finish_reason=ev.reason,
+                           token_ids=ev.token_ids if ev.token_ids is not None else ids[ev.seq],
+                           logprobs=ev.logprobs if ev.logprobs is not None else lps[ev.seq],
+                           tokens_estimated=ev.tokens_estimated)
+                if ev.reason == "stop" and answering:  # truncated samples carry no answer (same rule as the tables)
+                    s.answer = extract(s.text)
+                if ev.reason != "cancelled" and opts.aggregate == "first_verified" and state["verified"] is None:
+                    s.verified = bool(verifier(s))  # type: ignore[misc]
+                    if s.verified:
+                        state["verified"] = ev.seq
+                samples[ev.seq] = s
+            elif ev.kind == "prefill":
+                t_prefill_done = time.perf_counter()
+                if ev.prompt_tokens is not None:
+                    n_prompt = ev.prompt_tokens
+        t_end = time.perf_counter()
+        done = [s for s in samples if s is not None]
+        gen = sum(s.tokens for s in done)
+        t_first = t_first or t_end
+        n_prompt = n_prompt or 0
+        timings = Timings(
+            load_s=self.load_s, queue_s=t_start - t_call, prefill_s=t_first - t_start, decode_s=t_end - t_first,
+            total_s=t_end - t_start, prompt_tokens=n_prompt, generated_tokens=gen,
+            steps=max((s.tokens for s in done), default=0),
+            prefill_tok_s=n_prompt / (t_prefill_done - t_start) if t_prefill_done and t_prefill_done > t_start and n_prompt else None,
+            decode_tok_s=(gen - len(done)) / (t_end - t_first) if t_end > t_first and gen > len(done) else None,
+        )
+        res = self._aggregate(done, opts)
+        res.timings = timings
+        res.engine = self.engine.name
+        if state["deadline"]:
+            res.flags.append("deadline")
+        if token is not None and token.cancelled:
+            res.flags.append(f"cancelled: {token.reason}")
+        if self._closing:
+            res.flags.append("closed: the runtime was closed during this call")
+        if opts.json_schema is not None:
+            bad = sum(1 for s in done if s.finish_reason == "stop" and s.answer is None)
+            if bad:
+                res.flags.append(f"schema: {bad}/{len(done)} finished sample(s) did not validate (no answer taken from them)")
+        return res
+
+    def _aggregate(self, samples: list[Sample], opts: SamplingOptions) -> Result:
         n = len(samples)
         conf = Confidence(n=n)
-        answer = text = None
+        answer = None
         chosen: list[Sample] = []
-        if aggregate == "majority":
-            winner, votes, tied = majority_vote([s.answer for s in samples if s.finish_reason != "cancelled"], seed)
+        if opts.aggregate == "majority":
+            winner, votes, tied = majority_vote([s.answer for s in samples if s.finish_reason != "cancelled"], opts.seed)
             answer = winner
             conf.votes = votes
             conf.tied = tied if len(tied) > 1 else []
             chosen = [s for s in samples if winner is not None and s.answer == winner]
-        elif aggregate == "first_verified":
+        elif opts.aggregate == "first_verified":
             ok = [s for s in samples if s.verified]
             conf.verified = bool(ok)
             if ok:
                 chosen = [ok[0]]
                 answer = ok[0].answer if ok[0].answer is not None else ok[0].text
                 conf.votes = 1
-        else:  # none: the first sample
-            if samples:
-                chosen = [min(samples, key=lambda s: s.index)]
-                answer = chosen[0].answer if chosen[0].answer is not None else chosen[0].text
-                conf.votes = sum(1 for s in samples if s.answer is not None and s.answer == chosen[0].answer) if chosen[0].answer else 1
-        if chosen:
-            text = chosen[0].text
-            toks = [lp for s in chosen for lp in s.logprobs]
-            if toks:
-                conf.mean_logprob = statistics.fmean(toks)
-                conf.low_logprob = _quantile(toks, 0.10)
+        elif samples:  # none: the first sample
+            chosen = [min(samples, key=lambda s: s.index)]
+            answer = chosen[0].answer if chosen[0].answer is not None else chosen[0].text
+            conf.votes = sum(1 for s in samples if s.answer is not None and s.answer == chosen[0].answer) if chosen[0].answer else 1
+        text = chosen[0].text if chosen else None
+        toks = [lp for s in chosen for lp in s.logprobs]
+        if toks:
+            conf.mean_logprob = statistics.fmean(toks)
+            conf.low_logprob = _quantile(toks, 0.10)
         conf.vote_share = conf.votes / n if n else None
         flags = []
-        if samples and any(s.finish_reason == "budget" for s in samples):
+        if any(s.finish_reason == "budget" for s in samples):
             k = sum(s.finish_reason == "budget" for s in samples)
             flags.append(f"budget: {k}/{n} sample(s) hit max_tokens before finishing (no answer taken from them)")
-        if aggregate == "first_verified" and not conf.verified:
+        if opts.aggregate == "first_verified" and not conf.verified:
             flags.append("unverified")
-        return Result(model=self.model_id, answer=answer, text=text, aggregate=aggregate,
-                      samples=sorted(samples, key=lambda s: s.index), confidence=conf, timings=Timings(),
-                      n=n, max_tokens=0, temperature=0.0, flags=flags)
+        return Result(model=self.model_id, answer=answer, text=text, aggregate=opts.aggregate,
+                      samples=sorted(samples, key=lambda s: s.index), confidence=conf, timings=Timings(), n=opts.n,
+                      max_tokens=opts.max_tokens, temperature=opts.effective_temperature, seed=opts.seed, flags=flags,
+                      options=opts)
 
-    def close(self):
-        self.backend.close()
+    # -- lifetime ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Cancel a generate in flight (at its next step), wait for it, free the engine. Idempotent."""
+        if self._closed:
+            return
+        self._closing = True
+        with self._lock:
+            if not self._closed:
+                self.engine.close()
+                self._closed = True
 
-    def __enter__(self):
+    def __enter__(self) -> "Runtime":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()

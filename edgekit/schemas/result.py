@@ -6,6 +6,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgekit.schemas.options import SamplingOptions
+
 FinishReason = Literal["stop", "budget", "cancelled"]
 
 
@@ -22,6 +24,7 @@ class Sample(_M):
     logprobs: list[float] = Field(default_factory=list)  # chosen-token log-probabilities (model distribution)
     answer: Optional[str] = None  # extracted answer
     verified: Optional[bool] = None  # first_verified: the verifier's verdict, if it was asked
+    tokens_estimated: bool = False  # the engine could not count tokens (len(text)/4)
 
 
 class Confidence(_M):
@@ -42,9 +45,10 @@ class Timings(_M):
     """Measured wall-clock times of one generate() call (seconds; time.perf_counter)."""
 
     load_s: float = 0.0  # model load (once per Runtime; repeated here for reference)
+    queue_s: float = 0.0  # waiting for the runtime's lock (another call was running); not in total_s
     prefill_s: float = 0.0  # prompt evaluation + first token = time to first token
     decode_s: float = 0.0  # after the first token, until the last sequence finished
-    total_s: float = 0.0  # whole call, incl. templating and tokenising
+    total_s: float = 0.0  # from holding the lock to the last token, incl. templating and tokenising
     prompt_tokens: int = 0
     generated_tokens: int = 0  # over all samples
     steps: int = 0  # batched decode steps
@@ -54,6 +58,7 @@ class Timings(_M):
 
 class Result(_M):
     model: str
+    engine: str = "llama.cpp"
     answer: Optional[str]  # aggregated answer (extracted), or the text for aggregate="none" with n=1
     text: Optional[str] = None  # full text of the sample the answer came from
     aggregate: str
@@ -66,3 +71,4 @@ class Result(_M):
     seed: Optional[int] = None
     flags: list[str] = Field(default_factory=list)  # e.g. "offloaded", "deadline", "unverified"
     extra: dict = Field(default_factory=dict)
+    options: Optional[SamplingOptions] = None  # the options this result was drawn with

@@ -12,10 +12,11 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit.jsonio import load_versioned, save_atomic
-from edgekit.evaluate.table import Aggregation
+from edgekit.schemas.table import Aggregation
 from edgekit.figures import Figure
+from edgekit.schemas.options import SamplingOptions
 
-PLAN_SCHEMA_VERSION = 1
+PLAN_SCHEMA_VERSION = 2  # 2: chosen.prompt and chosen.options (the plan carries its own prompt and sampling)
 
 ExtractorKind = Literal["number", "choice", "yesno", "code"]
 
@@ -50,6 +51,8 @@ class ChosenConfig(_M):
     extractor: Optional[ExtractorKind] = None
     backend: str = "llama.cpp"
     table_path: Optional[str] = None
+    prompt: str = "{question}"  # the rendered prompt template; {question} is the user's query
+    options: SamplingOptions  # exactly how `edgekit run --plan` samples and aggregates
 
 
 class Predicted(_M):

@@ -1,0 +1,215 @@
+"""The llama.cpp engine (llama-cpp-python's low-level API).
+
+Private to this engine: chat templating (the GGUF's Jinja template), tokenisation, and the
+performance core -- the prompt is evaluated once (sequence 0), its KV cells are shared with
+sequences 1..n-1 (``llama_memory_seq_cp`` on a unified KV cache), then one ``llama_decode`` per
+step decodes a token for every live sequence. Each sequence samples with its own native chain
+(grammar, top-k, top-p, min-p, temperature, seeded dist); finished sequences leave the batch.
+The chosen token's logprob is read from the raw logits (one vectorised log-sum-exp per step).
+
+Every native handle (model, context, batch) is owned by one ``contextlib.ExitStack``
+(cf. ``llama_cpp.Llama._stack``). llama.cpp's log goes to the ``edgekit.llama_cpp`` logger at
+DEBUG. Ctrl-C during load aborts the load through llama.cpp's progress callback and surfaces as
+``KeyboardInterrupt`` (never swallowed inside a C callback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import time
+from typing import Iterator, Optional
+
+from edgekit.engines import llamacpp_core as core
+from edgekit.engines.base import Cancel, Capabilities, Engine, EngineInfo, Event, Prompt, TokenPrompt
+from edgekit.engines.grammar import grammar_for
+from edgekit.errors import BackendError, ContextOverflow, GGUFError, UsageError
+from edgekit.models.gguf import arch_is_known, check_gguf
+from edgekit.models.store import Progress, resolve
+from edgekit.schemas.options import MAX_N_CAP, SamplingOptions
+from edgekit.schemas.profile import ModelInfo
+
+_ll = core.ll
+log = logging.getLogger("edgekit.llama_cpp")
+_LEVELS = {1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO, 4: logging.DEBUG, 5: logging.DEBUG}
+_state = {"ready": False, "interrupted": False}
+
+
+@_ll.llama_log_callback
+def _log_to_logging(level, text, user_data):  # noqa: ARG001 - ctypes callback
+    try:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s", text.decode("utf-8", errors="replace").rstrip("\n"))
+    except KeyboardInterrupt:  # raised by the SIGINT handler while inside C: remember, never swallow
+        _state["interrupted"] = True
+    except Exception:  # noqa: BLE001 - a logging failure must not break inference
+        pass
+
+
+@ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_float, ctypes.c_void_p)
+def _load_progress(progress, user_data):  # noqa: ARG001 - ctypes callback; False aborts the load
+    try:
+        return not _state["interrupted"]
+    except KeyboardInterrupt:
+        _state["interrupted"] = True
+        return False
+
+
+def _raise_if_interrupted() -> None:
+    if _state["interrupted"]:
+        _state["interrupted"] = False
+        raise KeyboardInterrupt
+
+
+def _init_backend() -> None:
+    if not _state["ready"]:
+        _ll.llama_log_set(_log_to_logging, ctypes.c_void_p(0))
+        _ll.llama_backend_init()
+        _state["ready"] = True
+    if os.environ.get("EDGEKIT_DEBUG") and not log.handlers and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.DEBUG)
+
+
+def default_threads() -> int:
+    try:
+        import psutil
+
+        return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except Exception:  # noqa: BLE001
+        return max(1, os.cpu_count() or 1)
+
+
+class LlamaCppEngine(Engine):
+    """A GGUF model in llama.cpp: n samples per request decoded in one batch."""
+
+    name = "llama.cpp"
+
+    def __init__(self, model: str = "qwen2.5-coder-0.5b-instruct", *, threads: Optional[int] = None, n_ctx: int = 8192,
+                 max_n: int = 16, gpu_layers: int = 0, flash_attn: Optional[bool] = None, n_batch: int = 512,
+                 progress: Optional[Progress] = None):
+        if not isinstance(max_n, int) or not 1 <= max_n <= MAX_N_CAP:
+            raise UsageError(f"max_n must be in 1..{MAX_N_CAP}, got {max_n!r}", fix=f"pass max_n between 1 and {MAX_N_CAP}")
+        if not isinstance(n_ctx, int) or n_ctx < 16:
+            raise UsageError(f"context size must be an integer >= 16, got {n_ctx!r}", fix="pass --ctx 2048 or more")
+        self._stack = contextlib.ExitStack()
+        self._closed = False
+        resolved = resolve(model, progress=progress)
+        info = check_gguf(resolved.path)
+        self.path = resolved.path
+        self.gguf = info
+        self.model_info = ModelInfo(
+            id=resolved.id, sha256=resolved.sha256, arch=info.arch, quant=info.quant,
+            n_params=resolved.entry.n_params if resolved.entry else None, size_bytes=info.tensor_bytes,
+            n_layer=info.n_layer, n_embd=info.n_embd, n_head_kv=info.n_head_kv, n_embd_head=info.head_dim,
+            kv_bytes_per_token=info.kv_bytes_per_token(), n_ctx_train=info.arch_key("context_length"),
+        )
+        _init_backend()
+        threads = threads or default_threads()
+        t0 = time.perf_counter()
+        try:
+            self._load(str(resolved.path), n_ctx, threads, max_n, n_batch, gpu_layers, flash_attn)
+        except GGUFError as e:
+            self.close()
+            if not arch_is_known(info.arch):
+                raise GGUFError(f"{resolved.path}: architecture {info.arch!r} is not supported by this llama.cpp build",
+                                fix="use a supported model (`edgekit models list`) or upgrade llama-cpp-python "
+                                    "within the tested range") from e
+            raise
+        except BaseException:
+            self.close()
+            raise
+        self.load_s = time.perf_counter() - t0
+        self.info = EngineInfo(name=self.name, model=resolved.id, version=getattr(_ll, "__version__", "?"),
+                               build=core.build_kind(), threads=threads, gpu_layers=gpu_layers, n_ctx=self._core.n_ctx)
+        self.capabilities = Capabilities(max_n=max_n, batched_n=True, token_count=True, token_input=True, logprobs=True,
+                                         json_schema=True, grammar=True, seed=True, n_ctx=self._core.n_ctx)
+
+    def _load(self, path: str, n_ctx: int, threads: int, max_n: int, n_batch: int, gpu_layers: int,
+              flash_attn: Optional[bool]) -> None:
+        mp = _ll.llama_model_default_params()
+        mp.n_gpu_layers = gpu_layers
+        mp.progress_callback = _load_progress
+        model = _ll.llama_model_load_from_file(path.encode(), mp)
+        _raise_if_interrupted()
+        if not model:
+            raise GGUFError(f"llama.cpp could not load {path} (unsupported architecture or corrupt tensors)",
+                            fix="use a model llama.cpp supports (`edgekit models list`); EDGEKIT_DEBUG=1 shows llama.cpp's log")
+        self._stack.callback(_ll.llama_model_free, model)
+        cp = _ll.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, max_n
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.kv_unified = True  # the prompt's KV cells are shared by all n sequences
+        if flash_attn is None:  # measured on a 2-core x86 CPU: FA off decodes 10-25 % faster there
+            flash_attn = None if _ll.llama_supports_gpu_offload() and gpu_layers else False
+        if flash_attn is not None:
+            cp.flash_attn_type = 1 if flash_attn else 0
+        ctx = _ll.llama_init_from_model(model, cp)
+        _raise_if_interrupted()
+        if not ctx:
+            raise BackendError(f"llama.cpp could not create a context of {n_ctx} tokens", fix="lower --ctx or free memory")
+        self._stack.callback(_ll.llama_free, ctx)
+        self._core = core.BatchDecoder(model, ctx, max_n=max_n, n_batch=n_batch, interrupted=_raise_if_interrupted)
+        self._stack.callback(self._core.free)
+
+    # -- text (private abilities of this engine; profiling uses tokenize) ----------------------
+    def _live(self) -> core.BatchDecoder:
+        if self._closed:
+            raise UsageError("engine is closed", fix="create a new Runtime/engine; do not use one after close()")
+        return self._core
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self._live().tokenize(text, add_special)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self._live().detokenize(tokens)
+
+    def chat_template(self) -> Optional[str]:
+        return self._live().meta("tokenizer.chat_template")
+
+    def render_chat(self, messages: list[dict]) -> tuple[str, bool]:
+        return self._live().render_chat(messages)
+
+    def prompt_ids(self, prompt: Prompt, options: SamplingOptions) -> list[int]:
+        if isinstance(prompt, TokenPrompt):
+            return list(prompt.ids)
+        messages = [dict(m) for m in prompt]
+        if options.system:
+            messages.insert(0, {"role": "system", "content": options.system})
+        if not options.chat:
+            return self.tokenize("\n".join(str(m["content"]) for m in messages), add_special=True)
+        text, has_special = self.render_chat(messages)
+        return self.tokenize(text, add_special=not has_special)
+
+    def count_tokens(self, prompt: Prompt, options: SamplingOptions) -> int:
+        return len(self.prompt_ids(prompt, options))
+
+    def check_fits(self, n_prompt: int, n: int, max_tokens: int) -> None:
+        need, n_ctx = n_prompt + n * max_tokens, self._live().n_ctx
+        if need > n_ctx:
+            raise ContextOverflow(
+                f"prompt ({n_prompt} tokens) + {n} samples x {max_tokens}-token budget = {need} tokens exceeds the context of {n_ctx}",
+                fix=f"lower --max-tokens or --n, shorten the prompt, or raise the context (ctx >= {need})")
+
+    # -- generation ------------------------------------------------------------------------
+    def generate(self, prompt: Prompt, options: SamplingOptions, cancel: Optional[Cancel] = None) -> Iterator[Event]:
+        dec = self._live()
+        self.check(options)
+        ids = self.prompt_ids(prompt, options)
+        if not ids:
+            raise UsageError("empty prompt", fix="pass a non-empty prompt")
+        self.check_fits(len(ids), options.n, options.max_tokens)
+        grammar = grammar_for(options)  # fails closed: a schema without a grammar is refused here
+        return dec.stream(ids, options, grammar, cancel)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._stack.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass

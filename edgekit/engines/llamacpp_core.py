@@ -1,0 +1,248 @@
+"""The token-level batched decoder behind :class:`edgekit.engines.llamacpp.LlamaCppEngine`.
+
+Private to the llama.cpp engine: nothing outside ``edgekit.engines.llamacpp`` imports it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from edgekit.engines.base import Cancel, Event
+from edgekit.errors import BackendError, UsageError
+from edgekit.schemas.options import SamplingOptions
+
+try:
+    import llama_cpp as ll
+except ImportError as e:  # pragma: no cover - install problem
+    raise BackendError("llama-cpp-python is not installed", fix='pip install "llama-cpp-python>=0.3.36,<0.4"') from e
+
+_REQUIRED = [
+    "llama_memory_clear", "llama_memory_seq_cp", "llama_get_memory", "llama_batch_init", "llama_decode",
+    "llama_sampler_chain_init", "llama_sampler_sample", "llama_model_load_from_file", "llama_init_from_model",
+    "llama_model_get_vocab", "llama_vocab_is_eog", "llama_get_logits_ith", "llama_sampler_init_grammar",
+]
+_missing = [f for f in _REQUIRED if not hasattr(ll, f)]
+if _missing:  # the KV-cache API was renamed twice; fail clearly rather than mid-decode
+    raise BackendError(f"llama-cpp-python {getattr(ll, '__version__', '?')} lacks {', '.join(_missing)}",
+                       fix='install a tested version: pip install "llama-cpp-python>=0.3.36,<0.4"')
+
+
+def build_kind() -> str:
+    info = ll.llama_print_system_info().decode(errors="replace").upper()
+    for k in ("CUDA", "METAL", "VULKAN", "HIP", "SYCL"):
+        if f"{k} :" in info or f"{k} =" in info or k in info.split(" | ")[0]:
+            return k.lower()
+    return "gpu" if ll.llama_supports_gpu_offload() else "cpu"
+
+
+def sample_seeds(seed: Optional[int], n: int) -> list[int]:
+    """Independent 32-bit seeds for n samples: numpy SeedSequence spawn, so seed s and s+1 share
+    no sample stream (``seed + i`` would shift n-1 streams by one)."""
+    if seed is None:
+        return [ll.LLAMA_DEFAULT_SEED] * n  # llama.cpp draws a random seed per sampler
+    return [int(c.generate_state(1, np.uint32)[0]) for c in np.random.SeedSequence(seed).spawn(n)]
+
+
+class BatchDecoder:
+    def __init__(self, model, ctx, *, max_n: int, n_batch: int, interrupted: Callable[[], None]):
+        self._model, self._ctx = model, ctx
+        self._interrupted = interrupted
+        self._vocab = ll.llama_model_get_vocab(model)
+        self._n_vocab = ll.llama_vocab_n_tokens(self._vocab)
+        self._mem = ll.llama_get_memory(ctx)
+        self.n_ctx = ll.llama_n_ctx(ctx)
+        self.n_batch = n_batch
+        self.max_n = max_n
+        self._cap = max(n_batch, max_n)
+        self._batch = ll.llama_batch_init(self._cap, 0, 1)
+        b = self._batch
+        self._tok = np.ctypeslib.as_array(b.token, shape=(self._cap,))
+        self._pos = np.ctypeslib.as_array(b.pos, shape=(self._cap,))
+        self._nseq = np.ctypeslib.as_array(b.n_seq_id, shape=(self._cap,))
+        self._want = np.ctypeslib.as_array(b.logits, shape=(self._cap,))
+        self._nseq[:] = 1
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    def free(self) -> None:
+        if self._batch is not None:
+            ll.llama_batch_free(self._batch)
+            self._batch = None
+
+    # -- text ------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (ll.llama_token * cap)()
+        n = ll.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+        if n < 0:
+            cap = -n
+            buf = (ll.llama_token * cap)()
+            n = ll.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        n = ll.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = ll.llama_token_to_piece(self._vocab, token, big, -n, 0, False)
+            return big.raw[:n]
+        return self._piece_buf.raw[:n]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def meta(self, key: str) -> Optional[str]:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def _token_text(self, tok: int) -> str:
+        return "" if tok < 0 else ll.llama_vocab_get_text(self._vocab, tok).decode("utf-8", errors="replace")
+
+    def render_chat(self, messages: list[dict]) -> tuple[str, bool]:
+        """(prompt text, whether it already holds the BOS/special prefix)."""
+        tmpl = self.meta("tokenizer.chat_template")
+        if not tmpl:  # base model: no template in the GGUF, the messages are the raw prompt
+            if len(messages) == 1 and messages[0].get("role") == "user":
+                return str(messages[0]["content"]), False
+            return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:", False
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415 - jinja2 only when templating
+
+        fmt = Jinja2ChatFormatter(template=tmpl, eos_token=self._token_text(ll.llama_vocab_eos(self._vocab)),
+                                  bos_token=self._token_text(ll.llama_vocab_bos(self._vocab)))
+        r = fmt(messages=messages)
+        return r.prompt, bool(getattr(r, "added_special", False))
+
+    # -- generation ------------------------------------------------------------------------
+    def _sampler(self, o: SamplingOptions, seed: int, grammar: Optional[str]):
+        params = ll.llama_sampler_chain_default_params()
+        params.no_perf = True
+        chain = ll.llama_sampler_chain_init(params)
+        add = lambda s: ll.llama_sampler_chain_add(chain, s)  # noqa: E731
+        if grammar is not None:
+            g = ll.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+            if not g:
+                ll.llama_sampler_free(chain)
+                raise UsageError("llama.cpp rejected the grammar (it does not parse)",
+                                 fix="check the GBNF grammar / JSON schema; EDGEKIT_DEBUG=1 shows llama.cpp's reason")
+            add(g)
+        t = o.effective_temperature
+        if t <= 0:
+            add(ll.llama_sampler_init_greedy())
+            return chain
+        if o.top_k > 0:
+            add(ll.llama_sampler_init_top_k(o.top_k))
+        if o.top_p < 1.0:
+            add(ll.llama_sampler_init_top_p(o.top_p, 1))
+        if o.min_p > 0:
+            add(ll.llama_sampler_init_min_p(o.min_p, 1))
+        add(ll.llama_sampler_init_temp(t))
+        add(ll.llama_sampler_init_dist(seed))
+        return chain
+
+    def _decode(self, k: int) -> None:
+        self._batch.n_tokens = k
+        rc = ll.llama_decode(self._ctx, self._batch)
+        self._interrupted()
+        if rc != 0:
+            raise BackendError(f"llama_decode failed (code {rc}) on a batch of {k} tokens", fix="lower n or --max-tokens, or raise --ctx")
+
+    def stream(self, prompt: list[int], o: SamplingOptions, grammar: Optional[str], cancel: Optional[Cancel]) -> Iterator[Event]:
+        n, P = o.n, len(prompt)
+        mem, vocab, seq_id = self._mem, self._vocab, self._batch.seq_id
+        ll.llama_memory_clear(mem, True)
+        samplers: list = []
+        try:
+            for seed in sample_seeds(o.seed, n):
+                samplers.append(self._sampler(o, seed, grammar))
+            # 1. prompt, once, on sequence 0; logits for its last token only
+            for start in range(0, P, self.n_batch):
+                chunk = prompt[start: start + self.n_batch]
+                k = len(chunk)
+                self._tok[:k] = chunk
+                self._pos[:k] = np.arange(start, start + k)
+                self._want[:k] = 0
+                for i in range(k):
+                    seq_id[i][0] = 0
+                if start + k == P:
+                    self._want[k - 1] = 1
+                self._decode(k)
+            for s in range(1, n):  # share the prompt's cells (unified KV: no copy of data)
+                ll.llama_memory_seq_cp(mem, 0, s, -1, -1)
+            yield Event("prefill", prompt_tokens=P)
+            yield from self._steps(P, n, o, samplers, cancel, vocab, seq_id)
+        finally:
+            for smp in samplers:
+                ll.llama_sampler_free(smp)
+            ll.llama_memory_clear(mem, True)
+
+    def _steps(self, P, n, o: SamplingOptions, samplers, cancel, vocab, seq_id) -> Iterator[Event]:
+        live = list(range(n))
+        idx = {s: -1 for s in live}  # logits row per sequence: first the prompt's last (only) output row
+        decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(n)]
+        texts, counts = [""] * n, [0] * n
+        max_stop = max((len(s) for s in o.stop), default=0)
+        while live:
+            # 2. sample one token for every live sequence from the last decode's logits
+            toks = {s: ll.llama_sampler_sample(samplers[s], self._ctx, idx[s]) for s in live}
+            lps = self._logprobs(live, idx, toks) if o.logprobs else {}
+            still = []
+            for s in live:
+                t = toks[s]
+                if not o.ignore_eos and ll.llama_vocab_is_eog(vocab, t):
+                    texts[s] += decoders[s].decode(b"", final=True)
+                    yield Event("finish", seq=s, text=texts[s], reason="stop", tokens=counts[s])
+                    continue
+                counts[s] += 1
+                piece = decoders[s].decode(self.piece(t))
+                texts[s] += piece
+                yield Event("token", seq=s, token=t, text=piece, logprob=lps.get(s))
+                if max_stop:
+                    hit = [x for x in o.stop if x in texts[s][-(max_stop + len(piece) + 1):]]
+                    if hit:
+                        cut = min(texts[s].rfind(x) for x in hit)
+                        yield Event("finish", seq=s, text=texts[s][:cut], reason="stop", tokens=counts[s])
+                        continue
+                if counts[s] >= o.max_tokens:
+                    texts[s] += decoders[s].decode(b"", final=True)
+                    yield Event("finish", seq=s, text=texts[s], reason="budget", tokens=counts[s])
+                    continue
+                still.append(s)
+            live = still
+            if not live:
+                break
+            if cancel is not None and cancel():
+                for s in live:
+                    yield Event("finish", seq=s, text=texts[s], reason="cancelled", tokens=counts[s])
+                break
+            # 3. one decode for all live sequences
+            for j, s in enumerate(live):
+                self._tok[j] = toks[s]
+                self._pos[j] = P + counts[s] - 1
+                seq_id[j][0] = s
+                self._want[j] = 1
+            self._decode(len(live))
+            idx = {s: j for j, s in enumerate(live)}  # batch row j holds live sequence j's logits
+
+    def _logprobs(self, live, idx, toks) -> dict:
+        """Chosen-token log-probabilities under the raw (unconstrained) model distribution."""
+        nv = self._n_vocab
+        if len(set(idx.values())) == 1:  # first step: every sequence reads the prompt's last row
+            row = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, next(iter(idx.values()))), shape=(nv,))
+            m = row.max()
+            lse = m + np.log(np.exp(row - m).sum())
+            return {s: float(row[toks[s]] - lse) for s in live}
+        k = len(live)
+        block = np.ctypeslib.as_array(ll.llama_get_logits(self._ctx), shape=(k, nv))
+        m = block.max(axis=1, keepdims=True)
+        lse = (m + np.log(np.exp(block - m).sum(axis=1, keepdims=True)))[:, 0]
+        return {s: float(block[idx[s], toks[s]] - lse[idx[s]]) for s in live}
