@@ -193,17 +193,18 @@ class Check:
 
     def fix(self) -> str:
         if self.entry is not None:
-            return f"run `edgekit models pull {self.entry.id}` (re-fetches it)"
+            return f"run `edgekit models pull {self.entry.id}`"
         if self.spec and self.spec.startswith("hf:"):
             return (f"download it again (`huggingface-cli download … --force-download`); if it changed on purpose, "
                     f"record it with `edgekit models verify {self.spec} --record`")
         return (f"re-copy the file; if you changed it on purpose, record it with "
                 f"`edgekit models verify {self.path} --record`")
 
-    def error(self) -> ModelCorrupt:
+    def error(self, on_load: bool = True) -> ModelCorrupt:
         what = "cached model" if self.entry is not None else "model file"
         name = f" ({self.entry.id})" if self.entry is not None else ""
-        return ModelCorrupt(f"{what} {self.path}{name} is corrupt: {self.reason}", fix=self.fix() + "; it was not loaded")
+        verdict = "is corrupt, not loaded" if on_load else "is corrupt"
+        return ModelCorrupt(f"{what} {self.path}{name} {verdict}: {self.reason}", fix=self.fix())
 
 
 def cheap_check(path: Path, entry: Optional[CatalogEntry] = None, spec: Optional[str] = None) -> Check:
@@ -324,4 +325,4 @@ def explain_header_error(path: str | Path, err: GGUFError) -> Optional[ModelCorr
         return None
     reason = " ".join(err.message.split()).replace(str(p), "the file").removeprefix("the file ")
     c.reason = f"{c.reason} (its GGUF header: {reason})"
-    return c.error()
+    return c.error(on_load=False)

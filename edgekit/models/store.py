@@ -105,7 +105,7 @@ class PullResult:
             return f"already cached; sha256 re-hashed just now ({self.hash_s:.2f} s) and matches the catalogue, not downloaded again"
         if self.action == "repaired":
             why = self.previous.reason if self.previous else "sha256 mismatch"
-            return f"was corrupt ({why}), re-fetched; sha256 verified"
+            return f"was corrupt: {why}; re-fetched, sha256 verified"
         if self.action == "forced":
             return "re-fetched (--force); sha256 verified"
         return "downloaded; sha256 verified"
