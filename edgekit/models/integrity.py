@@ -323,6 +323,5 @@ def explain_header_error(path: str | Path, err: GGUFError) -> Optional[ModelCorr
     c = full_check(p, entry, None, by="header-check")
     if c.status != CORRUPT:
         return None
-    reason = " ".join(err.message.split()).replace(str(p), "the file").removeprefix("the file ")
-    c.reason = f"{c.reason} (its GGUF header: {reason})"
+    c.reason = f"{c.reason}; its GGUF header no longer parses"
     return c.error(on_load=False)
