@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.errors import ChecksumMismatch, GGUFError, UsageError
-from edgekit.models import catalog, gguf, integrity, store
+from edgekit.models import catalog, gguf, store
 
 SMOL = "smollm2-135m-instruct"
 ENTRY = catalog.CATALOG[SMOL]

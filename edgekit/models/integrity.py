@@ -195,8 +195,10 @@ class Check:
         if self.entry is not None:
             return f"run `edgekit models pull {self.entry.id}`"
         if self.spec and self.spec.startswith("hf:"):
-            return (f"download it again (`huggingface-cli download … --force-download`); if it changed on purpose, "
-                    f"record it with `edgekit models verify {self.spec} --record`")
+            bits = self.spec[3:].split("/")
+            repo, fname = "/".join(bits[:2]), "/".join(bits[2:])
+            return (f"download it again (`huggingface-cli download {repo} {fname} --force-download`); if it changed "
+                    f"on purpose, record it with `edgekit models verify {self.spec} --record`")
         return (f"re-copy the file; if you changed it on purpose, record it with "
                 f"`edgekit models verify {self.path} --record`")
 

@@ -33,9 +33,9 @@ from typing import Callable, Optional
 from edgekit.errors import ChecksumMismatch, FetchError, ModelNotFound, UsageError
 from edgekit.models.catalog import CATALOG, CatalogEntry
 from edgekit.models.gguf import check_gguf
-from edgekit.models.integrity import (
-    CORRUPT, MISSING, UNVERIFIED, VERIFIED, Check, ModelCorrupt, cache_root, cached_path, cheap_check, check_on_load,
-    full_check, manifest_path_for, models_dir, read_manifest, record, verify_mode,
+from edgekit.models.integrity import (  # noqa: F401  (cache_root, models_dir, ModelCorrupt: re-exported)
+    MISSING, UNVERIFIED, VERIFIED, Check, ModelCorrupt, cache_root, cached_path, cheap_check, check_on_load, full_check,
+    models_dir, read_manifest, record, verify_mode,
 )
 from edgekit.models.integrity import sha256_file as _sha256_file
 
@@ -140,7 +140,6 @@ def _download(entry: CatalogEntry, dest: Path, progress: Optional[Progress]) -> 
     h = hashlib.sha256()
     written = 0
     report = progress or (lambda *a: None)
-    t0 = 0.0
     try:
         with tempfile.TemporaryDirectory(prefix="edgekit-pull-", dir=cache_root()) as td, open(partial, "wb") as out:
             for i, part in enumerate(entry.parts, 1):
