@@ -382,3 +382,37 @@ def test_local_file_hash_recorded_on_first_verify(edgekit_home, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert store.resolve(str(local)).status == "verified"
     assert "published" in one_error_line(edgekit("models", "verify", SMOL, "--record"))
+
+
+def test_hf_file_recorded_on_first_verify(edgekit_home, tmp_path, monkeypatch):
+    import importlib
+
+    import huggingface_hub.constants as hfc
+
+    repo = tmp_path / "hf" / "hub" / "models--someone--tiny-GGUF"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    snap = repo / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    f = snap / "m.gguf"
+    f.write_bytes(tiny_gguf())
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    importlib.reload(hfc)
+    try:
+        spec = "hf:someone/tiny-GGUF/m.gguf"
+        assert store.resolve(spec).status == "unverified"
+        v = edgekit("models", "verify", spec)
+        assert v.returncode == 0 and v.stdout.startswith("recorded"), v.stdout + v.stderr
+        assert store.resolve(spec).check == "cheap"
+        data = bytearray(f.read_bytes())
+        data[-1] ^= 1
+        settle()
+        f.write_bytes(bytes(data))
+        with pytest.raises(ChecksumMismatch) as ei:
+            store.resolve(spec)
+        assert "huggingface-cli download someone/tiny-GGUF m.gguf --force-download" in ei.value.fix
+        assert "CORRUPT" in edgekit("models", "verify", spec).stdout
+    finally:
+        monkeypatch.undo()
+        importlib.reload(hfc)
