@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     n_ctx = 512 + max(ns) * a.budget
     rt = Runtime(path, threads=threads, n_ctx=n_ctx, max_n=max(max(ns), 2))
     prompt_tokens = rt.prompt_tokens(PROMPT)
-    prompt_text, _ = rt.backend.render_chat([{"role": "user", "content": PROMPT}])
+    prompt_text, _ = rt.engine.render_chat([{"role": "user", "content": PROMPT}])
     raw = RawLoop(path, threads, n_ctx, max(max(ns), 2))
     llm = ll.Llama(model_path=path, n_ctx=512 + a.budget, n_threads=threads, verbose=False)
     # warm-up

@@ -50,7 +50,7 @@ def log(msg: str) -> None:
 
 def filler_tokens(rt, n: int) -> list[int]:
     """Exactly n prompt tokens of the profile sweep's filler text (as the sweep's tokens())."""
-    base = rt.backend.tokenize(FILLER * 4, add_special=False)
+    base = rt.engine.tokenize(FILLER * 4, add_special=False)
     out: list[int] = []
     while len(out) < n:
         out.extend(base)

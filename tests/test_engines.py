@@ -340,3 +340,22 @@ def test_no_import_cycles_between_modules():
                 if not m.startswith(other + ".") and not other.startswith(m + "."):
                     cycles.append((m, other))
     assert not cycles, cycles[:10]
+
+
+# ----------------------------------------------------------------------------- answer formats (eval --constrain)
+def test_eval_constrain_gives_every_finished_sample_an_answer(smol_rt, tmp_path):
+    from edgekit.evaluate.api import evaluate
+    from edgekit.schemas.formats import answer_grammar
+
+    t = evaluate("bigbench:object_counting", SMOL, out_path=tmp_path / "c.json", n_samples=3, max_tokens=16, limit=3,
+                 template="terse", seed=1, runtime=smol_rt, answer_format="answer")
+    assert t.answer_format == "answer"
+    samples = [s for p in t.problems for s in p.samples + [p.greedy]]
+    assert all(s.answer is not None and s.answer.lstrip("-").isdigit() for s in samples if s.finished)
+    assert sum(s.finished for s in samples) >= len(samples) // 2
+    g = answer_grammar("number", "reason:200")
+    assert g.startswith("root ::= reason") and "{0,200}" in g
+    with pytest.raises(UsageError, match="unknown answer format"):
+        answer_grammar("number", "essay")
+    with pytest.raises(UsageError, match="number, choice and yes/no"):
+        evaluate("humaneval", SMOL, runtime=smol_rt, answer_format="answer", limit=1, out_path=tmp_path / "x.json")

@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option("llama.cpp", "--backend", "--engine", help="engine: llama.cpp | openai | a plugin's name"),
         base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"),
         threads: Optional[int] = typer.Option(None),
+        constrain: Optional[str] = typer.Option(None, "--constrain", help="grammar-constrained answers: 'answer' (just the answer) or 'reason:<chars>' (bounded reasoning, then the answer)"),
         no_resume: bool = typer.Option(False, "--no-resume", help="start over instead of continuing a killed run"),
         json_out: bool = typer.Option(False, "--json"),
     ):
@@ -49,7 +50,7 @@ def register(app: typer.Typer) -> None:
             table = evaluate(task, model, backend=backend, base_url=base_url, out_path=output,
                              n_samples=n, temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens,
                              limit=limit, split=split, template=template, threads=threads, resume=not no_resume,
-                             progress=progress)
+                             progress=progress, answer_format=constrain)
         finally:
             bar.stop()
         if json_out:
@@ -59,7 +60,7 @@ def register(app: typer.Typer) -> None:
 
 def render_table(t) -> None:
     rows = [r for r in t.rows if r.budget == t.max_tokens]
-    tab = Table(title=f"{t.task} · {t.model_id} · {t.prompt_template} · T={t.temperature} · {t.n_problems} problems "
+    tab = Table(title=f"{t.task} · {t.model_id} · {t.prompt_template}{' + ' + t.answer_format if t.answer_format else ''} · T={t.temperature} · {t.n_problems} problems "
                       f"(measured on this eval set; budget {t.max_tokens})")
     for c in ("aggregation", "k", "accuracy", "E[steps]", "method"):
         tab.add_column(c)

@@ -88,14 +88,16 @@ class LlamaCppEngine(Engine):
 
     def __init__(self, model: str = "qwen2.5-coder-0.5b-instruct", *, threads: Optional[int] = None, n_ctx: int = 8192,
                  max_n: int = 16, gpu_layers: int = 0, flash_attn: Optional[bool] = None, n_batch: int = 512,
-                 progress: Optional[Progress] = None):
+                 progress: Optional[Progress] = None, verify: Optional[str] = None):
+        """``model``: catalogue id, .gguf path or hf:owner/repo/file. ``verify``: "auto" (a cheap
+        size/mtime/manifest check on every load, a full sha256 when it trips) or "full"."""
         if not isinstance(max_n, int) or not 1 <= max_n <= MAX_N_CAP:
             raise UsageError(f"max_n must be in 1..{MAX_N_CAP}, got {max_n!r}", fix=f"pass max_n between 1 and {MAX_N_CAP}")
         if not isinstance(n_ctx, int) or n_ctx < 16:
             raise UsageError(f"context size must be an integer >= 16, got {n_ctx!r}", fix="pass --ctx 2048 or more")
         self._stack = contextlib.ExitStack()
         self._closed = False
-        resolved = resolve(model, progress=progress)
+        resolved = resolve(model, progress=progress, verify=verify)
         info = check_gguf(resolved.path)
         self.path = resolved.path
         self.gguf = info

@@ -10,12 +10,13 @@ from edgekit import engines
 from edgekit.evaluate.runner import Progress, run_eval
 from edgekit.evaluate.tasks import load_task
 from edgekit.runtime import Runtime
+from edgekit.schemas.formats import check_format
 from edgekit.schemas.table import AccuracyTable
 
 
-def default_output(task: str, model: str, template: Optional[str], temperature: float) -> Path:
+def default_output(task: str, model: str, template: Optional[str], temperature: float, answer_format: Optional[str] = None) -> Path:
     safe = lambda s: "".join(c if c.isalnum() or c in ".-_" else "_" for c in s)  # noqa: E731
-    return Path("tables") / f"{safe(task)}--{safe(Path(model).stem if model.endswith('.gguf') else model)}--{template or 'default'}--t{temperature:g}.json"
+    return Path("tables") / f"{safe(task)}--{safe(Path(model).stem if model.endswith('.gguf') else model)}--{template or 'default'}{'+' + safe(answer_format) if answer_format else ''}--t{temperature:g}.json"
 
 
 def evaluate(task: str, model: str, *, backend: str = "llama.cpp", base_url: Optional[str] = None,
@@ -23,10 +24,12 @@ def evaluate(task: str, model: str, *, backend: str = "llama.cpp", base_url: Opt
              temperature: float = 0.8, top_p: float = 0.95, seed: int = 0, max_tokens: int = 256,
              limit: Optional[int] = None, split: Optional[str] = None, template: Optional[str] = None,
              threads: Optional[int] = None, resume: bool = True, progress: Optional[Progress] = None,
-             runtime: Optional[Runtime] = None) -> AccuracyTable:
+             runtime: Optional[Runtime] = None, answer_format: Optional[str] = None) -> AccuracyTable:
     """``backend``: a registered engine name (``llama.cpp``, ``openai``, or a plugin's)."""
     t = load_task(task, template=template, split=split, limit=limit)  # bad task -> clear error before loading a model
-    out = Path(out_path) if out_path else default_output(task, model, template, temperature)
+    if answer_format:
+        check_format(answer_format, t.kind)
+    out = Path(out_path) if out_path else default_output(task, model, template, temperature, answer_format)
     name = engines.canonical(backend)
     own = runtime is None
     if runtime is None:
@@ -39,7 +42,8 @@ def evaluate(task: str, model: str, *, backend: str = "llama.cpp", base_url: Opt
     try:
         return run_eval(t, rt, model_id=rt.model_id, out_path=out, n_samples=n_samples, temperature=temperature,
                         top_p=top_p, seed=seed, max_tokens=max_tokens, sha256=rt.model_info.sha256,
-                        quant=rt.model_info.quant, backend=label, resume=resume, progress=progress)
+                        quant=rt.model_info.quant, backend=label, resume=resume, progress=progress,
+                        answer_format=answer_format)
     finally:
         if own:
             rt.close()

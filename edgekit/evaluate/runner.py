@@ -29,6 +29,7 @@ from edgekit.evaluate.tasks import Problem, Task, load_task
 from edgekit.runtime import Runtime
 from edgekit.runtime.aggregate import get_extractor as default_get_extractor
 from edgekit.schemas import __version__
+from edgekit.schemas.formats import answer_grammar
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.table import AccuracyTable, ProblemRecord, SampleRecord
 
@@ -124,15 +125,13 @@ def run_eval(
     quant: Optional[str] = None,
     backend: Optional[str] = None,
     greedy: bool = True,
+    answer_format: Optional[str] = None,
     budgets: Optional[list[int]] = None,
     resume: bool = True,
     progress: Optional[Progress] = None,
     get_extractor=None,
 ) -> AccuracyTable:
     """Evaluate the runtime's engine on ``task`` and save the accuracy table to ``out_path``."""
-    opts = SamplingOptions.build(n=n_samples, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                 aggregate="none", extractor=None)
-    greedy_opts = opts.replace(n=1, temperature=0.0, top_p=1.0)
     if isinstance(task, str):
         task = load_task(task, template=template, split=split, limit=limit)
     else:
@@ -140,13 +139,17 @@ def run_eval(
             raise UsageError(f"task was loaded with template {task.prompt_template!r}, not {template!r}")
         if split is not None or limit is not None:
             task = task.select(split, limit)
+    grammar = answer_grammar(task.kind, answer_format) if answer_format else None  # fails closed on a bad format
+    opts = SamplingOptions.build(n=n_samples, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                 aggregate="none", extractor=None, grammar=grammar)
+    greedy_opts = opts.replace(n=1, temperature=0.0, top_p=1.0)
     budgets = sorted(set(budgets or default_budgets(max_tokens)))
     if budgets[0] < 1 or budgets[-1] > max_tokens:
         raise UsageError(f"budgets must lie in 1..max_tokens={max_tokens} (got {budgets})")
     backend = backend or rt.engine.name
     extract = get_extractor or default_get_extractor
     settings = {
-        "task": task.name, "split": task.split, "prompt_template": task.prompt_template, "model_id": model_id,
+        "task": task.name, "split": task.split, "prompt_template": task.prompt_template, "answer_format": answer_format, "model_id": model_id,
         "model_sha256": sha256, "quant": quant, "backend": backend, "temperature": temperature, "top_p": top_p,
         "n_samples": n_samples, "seed": seed, "max_tokens": max_tokens, "greedy": greedy,
     }
@@ -189,7 +192,7 @@ def run_eval(
     table = AccuracyTable(
         edgekit_version=__version__, task=task.name, split=task.split, model_id=model_id, model_sha256=sha256,
         quant=quant, backend=backend + (" (tokens estimated)" if estimated else ""),
-        prompt_template=task.prompt_template, temperature=temperature, top_p=top_p, n_samples=n_samples, seed=seed,
+        prompt_template=task.prompt_template, answer_format=answer_format, temperature=temperature, top_p=top_p, n_samples=n_samples, seed=seed,
         max_tokens=max_tokens, n_problems=len(records),
         prompt_tokens_mean=sum(r.prompt_tokens for r in records) / len(records), has_verifier=task.has_verifier,
         rows=accuracy_rows(records, budgets, None, default_aggregations(task.has_verifier, greedy)),

@@ -7,6 +7,7 @@ import math
 from edgekit.evaluate.tasks import query_template
 from edgekit.plan.planner import PlanResult
 from edgekit.schemas import __version__
+from edgekit.schemas.formats import answer_grammar
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import Caps, ChosenConfig, FrontierPoint, PlanFile, Predicted, ProfileRef
 
@@ -16,8 +17,9 @@ RUNTIME_AGGREGATE = {"greedy": "majority", "majority": "majority", "first_verifi
 
 
 def chosen_options(c: dict) -> SamplingOptions:
+    grammar = answer_grammar(c["extractor"], c["answer_format"]) if c.get("answer_format") else None
     return SamplingOptions.build(n=c["n"], max_tokens=c["budget"], temperature=c["temperature"], top_p=c["top_p"],
-                                 aggregate=RUNTIME_AGGREGATE[c["aggregation"]], extractor=c["extractor"])
+                                 aggregate=RUNTIME_AGGREGATE[c["aggregation"]], extractor=c["extractor"], grammar=grammar)
 
 
 def _opt(x: float, scale: float = 1.0):
@@ -30,7 +32,8 @@ def frontier_points(res: PlanResult) -> list[FrontierPoint]:
         i = int(i)
         c = res.config(i)
         pts.append(FrontierPoint(
-            model_id=c["model_id"], quant=c["quant"], prompt_template=c["prompt_template"], temperature=c["temperature"],
+            model_id=c["model_id"], quant=c["quant"], prompt_template=c["prompt_template"] + (f"+{c['answer_format']}" if c.get("answer_format") else ""),
+            temperature=c["temperature"],
             budget=c["budget"], n=c["n"], aggregation=c["aggregation"], accuracy=float(res.accuracy[i]),
             latency_s=float(res.latency[i]), latency_p50_s=float(res.pred["total_s"][i]),
             energy_j=_opt(res.pred["energy_j"][i]), memory_gb=_opt(res.pred["memory_bytes"][i], 1e9),

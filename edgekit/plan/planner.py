@@ -80,7 +80,7 @@ class PlanResult:
         r = t.rows[int(self.row[i])]
         greedy = r.aggregation == "greedy"
         return {"model_id": t.model_id, "model_sha256": t.model_sha256 or self.perf_models[int(self.table[i])].sha256,
-                "quant": t.quant, "task": t.task, "prompt_template": t.prompt_template,
+                "quant": t.quant, "task": t.task, "prompt_template": t.prompt_template, "answer_format": t.answer_format,
                 "temperature": 0.0 if greedy else t.temperature, "top_p": t.top_p, "budget": r.budget,
                 "n": int(self.n[i]), "aggregation": r.aggregation,
                 "extractor": extractor_for(t.task, self.extractor_overrides), "backend": t.backend,

@@ -43,6 +43,7 @@ class ChosenConfig(_M):
     quant: Optional[str] = None
     task: str
     prompt_template: str
+    answer_format: Optional[str] = None  # grammar-constrained answers (schemas.formats); None: free text
     temperature: float
     top_p: float = 1.0
     budget: int  # max_tokens per sample

@@ -63,6 +63,7 @@ class AccuracyTable(_M):
     quant: Optional[str] = None
     backend: str = "llama.cpp"  # or "openai:<base_url>"
     prompt_template: str
+    answer_format: Optional[str] = None  # None: free text; "answer" / "reason:<chars>": grammar-constrained (schemas.formats)
     temperature: float
     top_p: float = 1.0
     n_samples: int  # N drawn per problem
