@@ -10,7 +10,13 @@ import pytest
 from edgekit.errors import SchemaError, UsageError
 from edgekit.schemas.table import AccuracyRow, AccuracyTable
 from edgekit.perfmodel import synthetic as sy
-from edgekit.plan import InfeasibleTarget, load_plan, plan, plot_pareto, render_frontier, to_plan_file
+import functools
+
+from edgekit.plan import InfeasibleTarget, load_plan, plot_pareto, render_frontier, to_plan_file
+from edgekit.plan import plan as plan_any
+
+# these tests check the optimiser itself: the most accurate feasible configuration
+plan = functools.partial(plan_any, prefer="most-accurate")
 from edgekit.schemas.profile import ModelInfo, load_profile
 
 ORIN = Path(__file__).resolve().parents[1] / "profiles" / "jetson-agx-orin-64gb-published.json"
@@ -239,3 +245,21 @@ def test_render_and_plot(prof, tmp_path):
     pytest.importorskip("matplotlib")
     out = plot_pareto(r, tmp_path / "pareto.png")
     assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_differences_inside_the_noise_go_to_the_cheaper_configuration(prof):
+    from edgekit.plan.planner import wilson
+
+    rows = [row(64, 1, "greedy", 0.433, 40), row(64, 3, "majority", 0.504, 55)]
+    t30 = table(rows=rows).model_copy(update={"n_problems": 30})
+    r = plan_any(prof, [t30], 100.0)
+    assert r.accuracy[r.most_accurate] == pytest.approx(0.504) and r.accuracy[r.chosen] == pytest.approx(0.433)
+    assert any("intervals" in n and "cheaper" in n for n in r.notes)
+    lo, hi = wilson(np.array([0.433, 0.504]), np.array([30, 30]))
+    assert hi[0] >= lo[1] and r.acc_lo[r.chosen] == pytest.approx(lo[0])
+    pf = to_plan_file(r)
+    assert pf.predicted.accuracy_lo == pytest.approx(lo[0]) and pf.predicted.accuracy_hi == pytest.approx(hi[0])
+    # with 3,000 problems the same gap is real: the more accurate one is chosen
+    t3000 = table(rows=rows).model_copy(update={"n_problems": 3000})
+    r = plan_any(prof, [t3000], 100.0)
+    assert r.chosen == r.most_accurate and r.accuracy[r.chosen] == pytest.approx(0.504)

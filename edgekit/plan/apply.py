@@ -14,7 +14,9 @@ from typing import Any, Optional
 from edgekit.errors import SchemaError, UsageError
 from edgekit.models.catalog import DEFAULT_MODEL
 from edgekit.models.store import Progress, resolve
+from edgekit.engines.openai import OpenAIEngine
 from edgekit.runtime import Runtime
+from edgekit.runtime.offload import Offload
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import PlanFile, load_plan
 from edgekit.schemas.result import Result
@@ -30,6 +32,11 @@ class Query:
     threads: Optional[int] = None
     n_ctx: int = 8192
     engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. base_url for the openai engine
+    cloud_url: Optional[str] = None  # offload low-confidence queries to this OpenAI-compatible server
+    cloud_model: Optional[str] = None
+    offload: Optional[str] = None  # never | auto | always (default: auto with a cloud)
+    score: Optional[str] = None
+    threshold: Optional[float] = None
 
 
 def check_plan_model(p: PlanFile, model: str) -> Optional[str]:
@@ -54,6 +61,25 @@ def plan_options(p: PlanFile, explicit: dict[str, Any], model: Optional[str]) ->
     return base.replace(**explicit) if explicit else base, overrides
 
 
+def _offload(q: Query, p: Optional[PlanFile], opts: SamplingOptions) -> Optional[Offload]:
+    cloud = p.cloud if p is not None else None
+    url = q.cloud_url or (cloud.base_url if cloud else None)
+    if url is None:
+        if q.offload not in (None, "never"):
+            raise UsageError(f"--offload {q.offload} needs a cloud endpoint", fix="pass --cloud-url http://host:port/v1 (and --cloud-model)")
+        return None
+    if q.offload == "never":
+        return None
+    model = q.cloud_model or (cloud.model if cloud else None)
+    if not model:
+        raise UsageError("offload needs the cloud's model name", fix="pass --cloud-model NAME (as the server knows it)")
+    cal = p.offload if p is not None else None
+    engine = OpenAIEngine(model, base_url=url, latency_prior_s=cloud.latency_s if cloud else None)
+    local_s = p.predicted.latency_at_percentile_s if p is not None and cal is not None else None
+    return Offload(cloud=engine, mode=q.offload or "auto", calibration=cal, score=q.score, threshold=q.threshold,  # type: ignore[arg-type]
+                   local_predicted_s=local_s)
+
+
 def run_query(q: Query, progress: Optional[Progress] = None) -> Result:
     notes: list[str] = []
     overrides: list[str] = []
@@ -74,8 +100,9 @@ def run_query(q: Query, progress: Optional[Progress] = None) -> Result:
     if opts.aggregate == "first_verified":
         raise UsageError("this configuration aggregates with first_verified, which needs a verifier for every query",
                          fix="use the library: Runtime.generate(..., options=load_plan(P).chosen.options, verifier=...)")
+    off = _offload(q, p, opts)
     with Runtime(model, engine=q.engine, threads=q.threads, n_ctx=q.n_ctx, max_n=opts.n, progress=progress,
-                 **q.engine_options) as rt:
+                 offload=off, **q.engine_options) as rt:
         res = rt.generate(text, opts)
     if p is not None:
         res.extra["plan"] = q.plan

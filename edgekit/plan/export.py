@@ -35,6 +35,8 @@ def frontier_points(res: PlanResult) -> list[FrontierPoint]:
             model_id=c["model_id"], quant=c["quant"], prompt_template=c["prompt_template"] + (f"+{c['answer_format']}" if c.get("answer_format") else ""),
             temperature=c["temperature"],
             budget=c["budget"], n=c["n"], aggregation=c["aggregation"], accuracy=float(res.accuracy[i]),
+            accuracy_lo=_opt(res.acc_lo[i]) if res.acc_lo is not None else None,
+            accuracy_hi=_opt(res.acc_hi[i]) if res.acc_hi is not None else None,
             latency_s=float(res.latency[i]), latency_p50_s=float(res.pred["total_s"][i]),
             energy_j=_opt(res.pred["energy_j"][i]), memory_gb=_opt(res.pred["memory_bytes"][i], 1e9),
             meets_target=bool(res.feasible[i]), chosen=res.chosen == i, method=res.method(i)))
@@ -79,6 +81,9 @@ def to_plan_file(res: PlanResult) -> PlanFile:
             latency_at_percentile_s=float(res.latency[i]), interval_how=pr.interval_how, prefill_s=pr.prefill_s,
             decode_s=pr.decode_s, energy_j=pr.energy_figure(), memory_gb=pr.memory_figure(),
             accuracy=float(res.accuracy[i]),
+            accuracy_lo=float(res.acc_lo[i]) if res.acc_lo is not None else None,
+            accuracy_hi=float(res.acc_hi[i]) if res.acc_hi is not None else None,
+            accuracy_interval_how=res.interval_how,
             accuracy_source=f"accuracy table {tpath or c['task']} row B={c['budget']} k={c['n']} {c['aggregation']}",
             method=pr.method),
         frontier=frontier_points(res), based_on=based_on(res))

@@ -31,6 +31,8 @@ class SampleRecord(_M):
     correct: bool
     tokens: int  # generated tokens
     finished: bool  # stopped by itself (EOS/stop) within max_tokens
+    mean_logprob: Optional[float] = None  # mean chosen-token logprob (confidence input for offload planning)
+    low_logprob: Optional[float] = None  # 10 % quantile of the sample's token logprobs
 
 
 class ProblemRecord(_M):
