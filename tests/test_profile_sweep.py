@@ -102,17 +102,21 @@ def test_energy_from_a_sensor_and_a_vanishing_sensor(tmp_path):
 
 
 def test_interrupted_sweep_still_saves_what_was_measured(tmp_path):
+    from edgekit.profile.sweep import ProfileInterrupted
+
     out = tmp_path / "partial.json"
 
     def progress(stage, done, total):
         if stage.startswith("decode"):
             raise KeyboardInterrupt
 
-    with pytest.raises(EdgekitError, match="saved"):
+    with pytest.raises(ProfileInterrupted, match="saved to") as ei:  # still a KeyboardInterrupt (CLI: exit 130)
         profile_model(GEMMA, tiny(), output=out, progress=progress)
+    assert isinstance(ei.value, KeyboardInterrupt) and ei.value.saved_to == out  # no file was there: saved in place
     mp = load_profile(out).models[0]
-    assert len(mp.prefill) == 2 and mp.decode == []
-    assert any("stopped early" in g for g in mp.gaps)
+    assert mp.partial is True and len(mp.prefill) == 2 and mp.decode == []
+    assert mp.gaps[0].startswith("sweep stopped early at decode ctx=32 n=1 (rep 1/2): interrupted")
+    assert "decode ctx=96 n=1: 0 of 2 reps" in mp.gaps
 
 
 def test_bad_sweeps_fail_before_measuring(tmp_path):
