@@ -178,6 +178,17 @@ def test_interrupted_before_anything_was_measured_writes_nothing(tmp_path, base)
         profile_model(SMOL, tiny(), output=p, existing=load_profile(p), progress=stop_at(1, "load"))
     assert ei.value.saved_to is None and "nothing was measured" in ei.value.message
     assert p.read_bytes() == base and sorted(x.name for x in tmp_path.iterdir()) == ["p.json"]
+    # stopped during the 2nd load: the 1st load time is measured data, saved
+    cfg = tiny()
+    cfg.load_reps = 2
+    with pytest.raises(ProfileInterrupted) as ei:
+        profile_model(SMOL, cfg, output=p, existing=load_profile(p), progress=stop_at(2, "load"))
+    assert ei.value.saved_to == p and models_block(base.decode()) in p.read_text()
+    part = load_profile(p).partial_models()[0]
+    assert part.load_s.reps == 1 and part.model.arch == "llama" and part.prefill == [] and part.peak_rss_mb.value > 0
+    assert part.gaps[:3] == ["sweep stopped early at load: interrupted (Ctrl-C)", "load: 1 of 2 reps",
+                             "prefill 16 tok: 0 of 2 reps"]
+    assert "drift: not measured" in part.gaps
 
 
 def test_a_complete_append_supersedes_the_model_entries_and_keeps_the_others(tmp_path, base):

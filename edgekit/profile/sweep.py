@@ -131,7 +131,7 @@ class _Sweep:
         self.skipped_windows = 0  # energy windows left out for sensor gaps
         self._filler: list[int] = []
         self.idle_fig: Optional[Figure] = None
-        self.loaded = False
+        self.loads: list[float] = []  # Runtime() wall times
         self.drift_first: Optional[float] = None
         self.drift_last: Optional[float] = None
 
@@ -159,24 +159,19 @@ class _Sweep:
 
         cfg = self.cfg
         self.mp = mp
-        loads = []
-        try:
-            for i in range(cfg.load_reps):
-                self.progress("load", i, cfg.load_reps)
-                if self.rt is not None:
-                    self.rt.close()
-                    self.rt = None
-                t0 = time.perf_counter()
-                self.rt = Runtime(self.model, threads=cfg.threads, n_ctx=cfg.n_ctx, max_n=max(cfg.ns))
-                loads.append(time.perf_counter() - t0)
-                mp.threads = self.rt.backend.info.threads
-                mp.kv_layout = "unified"  # the runtime's batched path: one KV buffer shared by the n sequences
-                mp.n_ctx = self.rt.backend.info.n_ctx
-                mp.model = self.rt.model_info
-        finally:
-            if loads:
-                self.loaded = True
-                mp.load_s = measured(loads, "s", source="Runtime() wall clock (first load may be from disk, later from page cache)")
+        loads = self.loads  # kept on the sweep: a stop during a later load still saves the earlier ones
+        for i in range(cfg.load_reps):
+            self.progress("load", i, cfg.load_reps)
+            if self.rt is not None:
+                self.rt.close()
+            t0 = time.perf_counter()
+            self.rt = Runtime(self.model, threads=cfg.threads, n_ctx=cfg.n_ctx, max_n=max(cfg.ns))
+            loads.append(time.perf_counter() - t0)
+        mp.load_s = measured(loads, "s", source="Runtime() wall clock (first load may be from disk, later from page cache)")
+        mp.threads = self.rt.backend.info.threads
+        mp.kv_layout = "unified"  # the runtime's batched path: one KV buffer shared by the n sequences
+        mp.n_ctx = self.rt.backend.info.n_ctx
+        mp.model = self.rt.model_info
         # idle baseline
         self.progress("idle baseline", 0, 1)
         with self.meter.window() as w:
@@ -383,9 +378,12 @@ def _why(e: BaseException) -> str:
 def _label_partial(mp: ModelProfile, sweep: "_Sweep", failure: BaseException) -> None:
     """Mark ``mp`` partial; keep what was measured; name every missing point and repetition."""
     cfg = sweep.cfg
+    if mp.load_s is None and sweep.loads:  # stopped during a later load repetition
+        mp.load_s = measured(sweep.loads, "s", source="Runtime() wall clock (first load may be from disk, later from page cache)")
+        mp.model = sweep.rt.model_info
     if mp.energy is None and sweep.idle_fig is not None:
         mp.energy = sweep.energy_info(sweep.idle_fig)  # from the windows measured so far
-    if mp.peak_rss_mb is None and sweep.loaded:
+    if mp.peak_rss_mb is None and sweep.loads:
         mp.peak_rss_mb = measured([_peak_rss_mb()], "MB", source="getrusage ru_maxrss of the profiling process (up to the stop)")
     gaps = [f"sweep stopped early at {sweep.stage}: {_why(failure)}"]
     n_load = (mp.load_s.reps or 0) if mp.load_s else 0
@@ -414,7 +412,7 @@ def _stopped(failure: BaseException, profile: DeviceProfile, mp: ModelProfile, s
     """Save the partial entry where it removes nothing; return the exception to raise."""
     mid = mp.model.id
     had_complete = any(m.model.id == mid for m in profile.complete_models())
-    anything = bool(sweep.loaded or mp.prefill or mp.decode)
+    anything = bool(sweep.loads or mp.prefill or mp.decode)
     target: Optional[Path] = None
     save_error: Optional[str] = None
     if anything:
