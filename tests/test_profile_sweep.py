@@ -1,6 +1,7 @@
 """A real, tiny profile of gemma-3-270m; failure paths keep what was measured."""
 
 import json
+import statistics
 
 import pytest
 
@@ -51,12 +52,15 @@ def test_real_tiny_profile_is_consistent(gemma_profile):
     assert [p.prompt_tokens for p in mp.prefill] == [16, 64]
     for p in mp.prefill:
         assert p.prefill_s.method == "measured" and p.prefill_s.reps == 2 and len(p.prefill_s.samples) == 2
-        assert p.prefill_s.value > 0 and p.prefill_tok_s.value == pytest.approx(p.prompt_tokens / p.prefill_s.value, rel=0.5)
+        # tok/s is the median of per-repetition rates (with 2 reps not L / median time: a stall in one
+        # repetition on a shared machine pulls those apart)
+        rates = [p.prompt_tokens / x for x in p.prefill_s.samples]
+        assert p.prefill_s.value > 0 and p.prefill_tok_s.value == pytest.approx(statistics.median(rates))
     pts = {(d.context_tokens, d.n) for d in mp.decode}
     assert pts == {(32, 1), (96, 1), (32, 2)}
     for d in mp.decode:
         assert d.step_s.value > 0 and d.step_s.reps == 2
-        assert d.decode_tok_s.value == pytest.approx(d.n / d.step_s.value, rel=0.5)
+        assert d.decode_tok_s.value == pytest.approx(statistics.median([d.n / x for x in d.step_s.samples]))
     assert mp.load_s.value > 0 and mp.peak_rss_mb.value > 100
     e = mp.energy
     for fig in (e.idle_power_mw, e.prefill_energy_per_token_mj, e.decode_energy_per_token_mj):
