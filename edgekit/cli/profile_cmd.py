@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
     @app.command("profile")
     def profile(
         model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
-        output: Optional[str] = typer.Option(None, "--output", "-o", help="profile JSON (default: profiles/<host>-<model>.json)"),
+        output: Optional[str] = typer.Option(None, "--output", "-o", help="profile JSON (default: profiles/<host>-<model id>.json); a run that stops early never overwrites it"),
         quick: bool = typer.Option(False, "--quick", help="small sweep (about 1-2 min for a 0.5B model on 2 cores)"),
         prompt_lengths: Optional[str] = typer.Option(None, help="e.g. 32,128,512,2048"),
         contexts: Optional[str] = typer.Option(None, help="decode context depths, e.g. 0,512,2048,4096"),
@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None),
         ctx: Optional[int] = typer.Option(None, "--ctx", help="context size in tokens (default: what the sweep needs)"),
         device_name: Optional[str] = typer.Option(None, help="name of this device in the profile"),
-        append: bool = typer.Option(False, help="add the model to an existing profile at --output"),
+        append: bool = typer.Option(False, help="add the model to an existing profile at --output (a run that stops early adds a partial entry and keeps the complete one)"),
         json_out: bool = typer.Option(False, "--json"),
         csv_out: bool = typer.Option(False, "--csv", help="print the points as CSV"),
     ):
