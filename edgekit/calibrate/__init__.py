@@ -12,6 +12,7 @@
 Depends on numpy and :mod:`math` only.
 """
 
+from edgekit.calibrate.calibration import METHODS, Calibration
 from edgekit.calibrate.pvalues import (
     binomial_cdf_table,
     binomial_pvalue,
@@ -22,6 +23,8 @@ from edgekit.calibrate.pvalues import (
 )
 
 __all__ = [
+    "METHODS",
+    "Calibration",
     "binomial_cdf_table",
     "binomial_pvalue",
     "hb_pvalue",
