@@ -21,6 +21,7 @@ from edgekit.calibrate.pvalues import (
     log_binomial_pvalue,
     min_calibration_size,
 )
+from edgekit.calibrate.risk import fixed_sequence, loss_curve, ltt_pvalues, ltt_threshold, uncalibrated
 
 __all__ = [
     "METHODS",
@@ -31,4 +32,9 @@ __all__ = [
     "hb_pvalues",
     "log_binomial_pvalue",
     "min_calibration_size",
+    "fixed_sequence",
+    "loss_curve",
+    "ltt_pvalues",
+    "ltt_threshold",
+    "uncalibrated",
 ]
