@@ -13,6 +13,7 @@ Depends on numpy and :mod:`math` only.
 """
 
 from edgekit.calibrate.calibration import METHODS, Calibration
+from edgekit.calibrate.conformal import conformal_index, conformal_offload_threshold
 from edgekit.calibrate.pvalues import (
     binomial_cdf_table,
     binomial_pvalue,
@@ -26,6 +27,8 @@ from edgekit.calibrate.risk import fixed_sequence, loss_curve, ltt_pvalues, ltt_
 __all__ = [
     "METHODS",
     "Calibration",
+    "conformal_index",
+    "conformal_offload_threshold",
     "binomial_cdf_table",
     "binomial_pvalue",
     "hb_pvalue",
