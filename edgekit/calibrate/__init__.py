@@ -13,6 +13,7 @@ Depends on numpy and :mod:`math` only.
 """
 
 from edgekit.calibrate.calibration import METHODS, Calibration
+from edgekit.calibrate.combine import FEATURES, ScoreChoice, auroc, choose_score, combined_score, selection_split
 from edgekit.calibrate.conformal import conformal_index, conformal_offload_threshold
 from edgekit.calibrate.pvalues import (
     binomial_cdf_table,
@@ -25,19 +26,8 @@ from edgekit.calibrate.pvalues import (
 from edgekit.calibrate.risk import fixed_sequence, loss_curve, ltt_pvalues, ltt_threshold, uncalibrated
 
 __all__ = [
-    "METHODS",
-    "Calibration",
-    "conformal_index",
-    "conformal_offload_threshold",
-    "binomial_cdf_table",
-    "binomial_pvalue",
-    "hb_pvalue",
-    "hb_pvalues",
-    "log_binomial_pvalue",
-    "min_calibration_size",
-    "fixed_sequence",
-    "loss_curve",
-    "ltt_pvalues",
-    "ltt_threshold",
-    "uncalibrated",
+    "METHODS", "Calibration", "FEATURES", "ScoreChoice", "auroc", "choose_score", "combined_score",
+    "selection_split", "conformal_index", "conformal_offload_threshold", "binomial_cdf_table", "binomial_pvalue",
+    "hb_pvalue", "hb_pvalues", "log_binomial_pvalue", "min_calibration_size", "fixed_sequence", "loss_curve",
+    "ltt_pvalues", "ltt_threshold", "uncalibrated",
 ]
