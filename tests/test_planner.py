@@ -263,3 +263,13 @@ def test_differences_inside_the_noise_go_to_the_cheaper_configuration(prof):
     t3000 = table(rows=rows).model_copy(update={"n_problems": 3000})
     r = plan_any(prof, [t3000], 100.0)
     assert r.chosen == r.most_accurate and r.accuracy[r.chosen] == pytest.approx(0.504)
+
+
+def test_a_partial_profile_entry_is_never_planned_on(prof):
+    part = prof.models[0].model_copy(update={"partial": True, "gaps": ["sweep stopped early at decode ctx=32 n=1"]})
+    only_partial = prof.model_copy(update={"models": [part]})
+    with pytest.raises(SchemaError, match="only a partial entry") as e:
+        plan(only_partial, [table(rows=HAND_ROWS)], 2.0, profile_path="p.json")
+    assert "--append" in e.value.fix
+    both = prof.model_copy(update={"models": [part, prof.models[0]]})
+    assert plan(both, [table(rows=HAND_ROWS)], 2.0).chosen == plan(prof, [table(rows=HAND_ROWS)], 2.0).chosen

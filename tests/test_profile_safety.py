@@ -7,7 +7,6 @@ subprocess once it has the model loaded.
 """
 
 import csv
-import importlib
 import io
 import json
 import os
@@ -23,11 +22,7 @@ import pytest
 from edgekit.errors import EdgekitError, SchemaError, UsageError
 from edgekit.profile.sweep import ProfileInterrupted, SweepConfig, partial_path, profile_model
 
-from edgekit.profile.sweep import DeviceProfile
-
-# load_profile from the module the sweep takes its schema from (the schema module is moving from
-# edgekit/profile/schema.py to edgekit/schemas/profile.py; this line needs no change when it does)
-load_profile = importlib.import_module(DeviceProfile.__module__).load_profile
+from edgekit.schemas.profile import DeviceProfile, load_profile  # noqa: F401
 
 SMOL = "smollm2-135m-instruct"
 REPO = Path(__file__).resolve().parents[1]

@@ -49,7 +49,7 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
     tables = [load_table(p) for p in table_paths]
     res = plan(profile, tables, latency_target_s, percentile=percentile, energy_cap_j=energy_cap_j,
                memory_cap_gb=memory_cap_gb, profile_path=str(profile_path), table_paths=[str(p) for p in table_paths],
-               model_infos=_model_infos(tables, {m.model.id for m in profile.models}),
+               model_infos=_model_infos(tables, {m.model.id for m in profile.complete_models()}),
                sequences_leave=sequences_leave)
     written = None
     if output:

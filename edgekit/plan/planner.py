@@ -164,10 +164,16 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
     def resolve(t: AccuracyTable, tpath: str | None) -> PerfModel:
         mapped = model_map is not None and t.model_id in model_map
         pid = model_map[t.model_id] if mapped else t.model_id
-        mp = next((m for m in profile.models if m.model.id == pid), None)
+        complete = profile.complete_models()  # a partial entry (interrupted sweep) is never used as if complete
+        mp = next((m for m in complete if m.model.id == pid), None)
         if mp is None and t.model_sha256:
-            mp = next((m for m in profile.models if m.model.sha256 == t.model_sha256), None)
-        ids = ", ".join(m.model.id for m in profile.models) or "none"
+            mp = next((m for m in complete if m.model.sha256 == t.model_sha256), None)
+        part = next((m for m in profile.partial_models() if m.model.id == pid), None)
+        if mp is None and part is not None:
+            raise SchemaError(f"profile {ppath} has only a partial entry for {pid} (the sweep stopped early: "
+                              f"{'; '.join((part.gaps or [])[:2])})",
+                              fix=f"complete it: `edgekit profile --model {pid} --append --output {ppath}`")
+        ids = ", ".join(m.model.id for m in complete) or "none"
         tname = tpath or f"for task {t.task}"
         if mp is not None:
             if t.quant and mp.model.quant and t.quant.lower() != mp.model.quant.lower() and not mapped:
@@ -177,7 +183,7 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
             if mp.model.id not in cache:
                 cache[mp.model.id] = fit(mp, profile_path)
             return cache[mp.model.id]
-        if len(profile.models) >= 2:
+        if len(complete) >= 2:
             info = (model_infos or {}).get(t.model_id)
             if info is None:
                 raise SchemaError(f"accuracy table {tname} is for model {t.model_id!r}, which profile {ppath} lacks "

@@ -15,7 +15,7 @@ NO_GUARANTEE = "no guarantee holds: the threshold is a default, not calibrated (
 
 
 class _M(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=True)
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=True, ser_json_inf_nan="strings")
 
 
 class OffloadCalibration(_M):
