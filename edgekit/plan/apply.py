@@ -74,6 +74,10 @@ def _offload(q: Query, p: Optional[PlanFile], opts: SamplingOptions) -> Optional
     if not model:
         raise UsageError("offload needs the cloud's model name", fix="pass --cloud-model NAME (as the server knows it)")
     cal = p.offload if p is not None else None
+    if cal is not None and cal.model_sha256 and p.chosen.model_sha256 and cal.model_sha256 != p.chosen.model_sha256:
+        raise SchemaError(f"the plan's offload threshold was calibrated for another model file (sha256 {cal.model_sha256[:12]}…, "
+                          f"the plan runs {p.chosen.model_sha256[:12]}…)",
+                          fix=f"re-run `edgekit calibrate --plan {q.plan} ...` for this model")
     engine = OpenAIEngine(model, base_url=url, latency_prior_s=cloud.latency_s if cloud else None)
     local_s = p.predicted.latency_at_percentile_s if p is not None and cal is not None else None
     return Offload(cloud=engine, mode=q.offload or "auto", calibration=cal, score=q.score, threshold=q.threshold,  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from edgekit.calibrate import risk
+from edgekit import calibrate as risk
 from edgekit.engines.openai import OpenAIEngine
 from edgekit.errors import FetchError, UsageError
 from edgekit.evaluate.tasks import load_task
@@ -158,7 +158,10 @@ def calibrate(c: CalibrationRun, progress: Optional[Progress] = None) -> tuple[O
                 cloud_rt.close()
     records = [done[p.id] for p in task.problems]
     cal = choose(records, c)
-    cal_model = OffloadCalibration(**cal.to_dict(), model_sha256=plan.chosen.model_sha256)
+    d = cal.to_dict()
+    step = max(1, len(d["curve"]) // 200)  # a plan keeps at most ~200 curve points
+    d["curve"] = [pt for i, pt in enumerate(d["curve"]) if i % step == 0 or pt["threshold"] == d["threshold"]]
+    cal_model = OffloadCalibration(**d, model_sha256=plan.chosen.model_sha256)
     new = plan.model_copy(update={"offload": cal_model, "cloud": CloudRef(
         base_url=cloud.base_url if cloud else (plan.cloud.base_url if plan.cloud else None),
         model=cloud.model if cloud else (plan.cloud.model if plan.cloud else None),
@@ -176,7 +179,10 @@ def choose(records: list[dict], c: CalibrationRun):
     names = [c.score] if c.score else [s for s in SCORES[:3] if all(r.get(s) is not None or r["answer"] is None for r in records)]
 
     def scores(name):
-        return [float("-inf") if r.get(name) is None else float(r[name]) for r in records]
+        # no answer -> below every real score (the runtime always offloads those: only less risk)
+        vals = [float(r[name]) for r in records if r.get(name) is not None]
+        floor = (min(vals) if vals else 0.0) - 1.0
+        return [floor if r.get(name) is None else float(r[name]) for r in records]
 
     best = None
     for name in names:
