@@ -178,7 +178,8 @@ def _prctl(option, arg):
         return False
 
 
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 36, 38
+CAP_SETPCAP = 8
 
 
 def _set_limits(limits):
@@ -192,6 +193,34 @@ def _set_limits(limits):
             resource.setrlimit(lim, (v, hard))
         except (ValueError, OSError):
             pass
+
+
+def _drop_capabilities():
+    """Root without a throwaway uid: empty every capability set (bounding too, so exec cannot regain
+    them) and set no_new_privs. Root without CAP_SYS_PTRACE cannot ptrace the non-dumpable judge
+    or open its /proc entries."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+    except (OSError, ValueError):
+        last = 63
+    for cap in [c for c in range(last + 1) if c != CAP_SETPCAP] + [CAP_SETPCAP]:
+        libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    if libc.capset(ctypes.byref(Header(0x20080522, 0)), (Data * 2)()) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+    with open("/proc/self/status") as f:
+        if any(ln.startswith(("CapEff:", "CapPrm:", "CapBnd:")) and int(ln.split()[1], 16) for ln in f):
+            raise OSError("capabilities are still held")
 
 
 def _close_fds_except(keep):
@@ -223,6 +252,14 @@ def worker(cfg, req_r, resp_w):
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
+    elif os.geteuid() == 0:
+        try:
+            _drop_capabilities()
+        except Exception as e:  # fail closed: a capable root program could take over the judge
+            send(resp_w, {"exc": {"type": "OSError", "message": sanitize(f"cannot drop root capabilities: {e}"),
+                                  "exit": True}})
+            os._exit(1)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if cfg.get("nproc"):
         _set_limits([("RLIMIT_NPROC", cfg["nproc"])])

@@ -27,8 +27,9 @@ Who says "passed"
       protocol, a timeout, or a line without this run's token is a failure.
 
     A forged pass needs control of the judge: in the sandbox it runs under another uid (no signals,
-    no ptrace); without one it is protected by PR_SET_DUMPABLE=0, which root (CAP_SYS_PTRACE)
-    ignores, so run rlimits-only checks as an unprivileged user.
+    no ptrace); without one it is protected by PR_SET_DUMPABLE=0, and a worker running as root
+    first empties all its capability sets (bounding set included) and sets no_new_privs, so it has
+    no CAP_SYS_PTRACE either. Killing the judge only makes the check fail.
 
 What comes back
     ``(passed, reason)``; reason is "passed", "timed out after <t>s" or "failed: <one line>": the
@@ -179,8 +180,8 @@ def _sandbox_text() -> str:
 
 
 def _rlimits_text(problem: str) -> str:
-    root = (", the process limit (root ignores RLIMIT_NPROC) and the judge (root may ptrace it)"
-            if os.geteuid() == 0 else "")
+    root = (", the process limit (root ignores RLIMIT_NPROC), other root processes and root-owned files (the program"
+            " runs as root without capabilities)" if os.geteuid() == 0 else "")
     return (f"rlimits only ({problem}): NOT contained: file reads and writes anywhere this user can, network from "
             "subprocesses (e.g. python -c) and from code that gets past Python audit hooks, processes that leave the "
             f"session and clear their environment{root}; contained: wall-clock timeout, memory/CPU/file-size limits, "
