@@ -51,6 +51,9 @@ Timeouts
     process it started (orphans stay descendants: the judge is a subreaper; in the sandbox the PID
     namespace dies with its init) plus, without sandbox, every process in its session or process
     group or carrying this run's environment marker. Reaping is bounded too.
+
+Layout: this module (API, verdict), ``sandbox.py`` (bubblewrap command line and probe, killing the
+process tree), ``exec_harness.py`` (judge and worker, run as ``python -I -B -c <its source>``).
 """
 
 from __future__ import annotations
@@ -60,7 +63,6 @@ import os
 import secrets
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -71,21 +73,17 @@ from typing import Optional
 
 from edgekit.errors import UsageError
 from edgekit.evaluate.exec_harness import sanitize
+from edgekit.evaluate.sandbox import INNER_PROGDIR, RUN_MARKER, bwrap_argv, bwrap_problem, kill_tree, user_tasks
 
 MEMORY_LIMIT_BYTES = 2 * 1024**3
 FILE_SIZE_LIMIT_BYTES = 16 * 1024**2
-TMPFS_BYTES = 64 * 1024**2
 SANDBOX_NPROC = 64  # tasks (processes and threads) of the throwaway uid
 EXTRA_NPROC = 64  # without a throwaway uid: the user's current tasks + this
-INNER_PROGDIR = "/tmp/program"
-RUN_MARKER = "EDGEKIT_EXEC_RUN"
 
 FIX = ("install bubblewrap (apt-get install bubblewrap) or pass --allow-code-execution to run model-written code "
        "with rlimits only")
 _HARNESS = Path(__file__).with_name("exec_harness.py")
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "SYSTEMROOT", "TMPDIR")
-_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/alternatives")
 
 _status_lock = threading.Lock()
 _status: Optional[tuple[bool, str]] = None
@@ -114,7 +112,7 @@ def check_program(program: str, test: str, entry_point: str, timeout_s: float = 
             for p in (progdir, os.path.join(progdir, "program.py")):
                 os.chown(p, cfg["uid"], cfg["uid"])
         elif not privileged:
-            cfg["nproc"] = _user_tasks() + EXTRA_NPROC
+            cfg["nproc"] = user_tasks() + EXTRA_NPROC
         fds: dict[str, Optional[int]] = {}
         try:
             fds["ctl_r"], fds["ctl_w"] = os.pipe()
@@ -125,7 +123,7 @@ def check_program(program: str, test: str, entry_point: str, timeout_s: float = 
                 fds["err_r"], fds["err_w"] = os.pipe()  # bubblewrap's own errors (the judge silences fd 2 first)
                 cfg["progdir"] = INNER_PROGDIR
                 python[-1] = json.dumps(cfg)
-                argv = _bwrap_argv(shutil.which("bwrap") or "bwrap", progdir, privileged, run_id) + python
+                argv = bwrap_argv(shutil.which("bwrap") or "bwrap", progdir, privileged, run_id) + python
                 env, cwd = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, "/"
             else:
                 argv, cwd = python, progdir
@@ -141,7 +139,7 @@ def check_program(program: str, test: str, entry_point: str, timeout_s: float = 
             try:
                 line, timed_out, err = _exchange(fds, payload, time.monotonic() + timeout_s)
             finally:
-                _kill_tree(proc, run_id, sweep=not use_sandbox)
+                kill_tree(proc, run_id, sweep=not use_sandbox)
         finally:
             for k in list(fds):
                 _close(fds, k)
@@ -166,7 +164,7 @@ def sandbox_status() -> tuple[bool, str]:
     global _status
     with _status_lock:
         if _status is None:
-            problem = _bwrap_problem()
+            problem = bwrap_problem()
             _status = (True, _sandbox_text()) if problem is None else (False, _rlimits_text(problem))
         return _status
 
@@ -212,93 +210,6 @@ def _harness() -> str:
     return _harness_src
 
 
-# ---------------------------------------------------------------- bubblewrap
-
-def _python_dirs() -> list[str]:
-    cands = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
-    cands.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
-    cands.add(os.path.dirname(os.path.abspath(sys.executable)))
-    covered = [d for d in _SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d)]
-    out: list[str] = []
-    for d in sorted(cands, key=len):
-        if d != "/" and os.path.isdir(d) and not any(d == c or d.startswith(c.rstrip("/") + "/")
-                                                     for c in covered + out):
-            out.append(d)
-    return out
-
-
-_features: dict[str, str] = {}
-
-
-def _bwrap_argv(bwrap: str, progdir: str, privileged: bool, run_id: str) -> list[str]:
-    if bwrap not in _features:
-        try:
-            _features[bwrap] = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
-        except (OSError, subprocess.SubprocessError):
-            _features[bwrap] = ""
-    help_text = _features[bwrap]
-    a = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
-         "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
-    if not privileged:
-        a.append("--unshare-user")
-    a += ["--cap-drop", "ALL"]
-    if privileged:  # the judge keeps these to move the worker to the throwaway uid; the worker has none
-        a += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    for d in _SYSTEM_DIRS:
-        if os.path.islink(d):
-            a += ["--symlink", os.readlink(d), d]
-        elif os.path.isdir(d):
-            a += ["--ro-bind", d, d]
-    for f in _ETC:
-        if os.path.exists(f):
-            a += ["--ro-bind", f, f]
-    a += ["--proc", "/proc", "--dev", "/dev"]
-    if "--perms" in help_text:
-        a += ["--perms", "1777"]
-    if "--size" in help_text:
-        a += ["--size", str(TMPFS_BYTES)]
-    a += ["--tmpfs", "/tmp"]
-    made: set[str] = set()
-    for d in _python_dirs():
-        parents = [str(q) for q in reversed(Path(d).parents) if str(q) != "/" and str(q) not in made]
-        for q in parents:  # bubblewrap would create them 0700: the worker's uid could not reach the stdlib
-            if q != "/tmp" and not any(q == s or q.startswith(s + "/") for s in _SYSTEM_DIRS):
-                a += ["--dir", q]
-                made.add(q)
-        a += ["--ro-bind", d, d]
-    a += ["--bind", progdir, INNER_PROGDIR, "--chdir", "/", "--clearenv"]
-    for k, v in (("PATH", "/usr/local/bin:/usr/bin:/bin"), ("LANG", "C.UTF-8"), ("HOME", "/tmp"), ("TMPDIR", "/tmp"),
-                 ("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONHASHSEED", "0"), (RUN_MARKER, run_id)):
-        a += ["--setenv", k, v]
-    return a + ["--"]
-
-
-def _bwrap_problem() -> Optional[str]:
-    """None when a real sandbox starts here, else why not."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return "bubblewrap is not installed"
-    privileged = os.geteuid() == 0
-    probe = "import os, socket\n"
-    if privileged:
-        probe += "u = 1_000_000_000\nos.setgroups([]); os.setresgid(u, u, u); os.setresuid(u, u, u)\n"
-    probe += "open('/tmp/program/x', 'w') if os.access('/tmp/program', os.W_OK) else None\n"
-    with tempfile.TemporaryDirectory(prefix="edgekit-probe-", ignore_cleanup_errors=True) as tmp:
-        if privileged:
-            os.chown(tmp, 1_000_000_000, 1_000_000_000)
-        argv = _bwrap_argv(bwrap, tmp, privileged, "probe") + [sys.executable, "-I", "-B", "-c", probe]
-        try:
-            r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               timeout=30, cwd="/")
-        except (OSError, subprocess.SubprocessError) as e:
-            return f"bubblewrap does not start: {sanitize(str(e))}"
-        if r.returncode != 0 or not os.path.exists(os.path.join(tmp, "x")):
-            return f"bubblewrap does not work here: {sanitize(r.stderr.decode('utf-8', 'replace')) or r.returncode}"
-    return None
-
-
-# ---------------------------------------------------------------- parent side of a run
-
 def _close(fds: dict, key: str) -> None:
     fd = fds.get(key)
     if fd is not None:
@@ -339,71 +250,3 @@ def _exchange(fds: dict, payload: bytes, deadline: float) -> tuple[Optional[byte
                 err = (err + chunk)[:4096]
             else:
                 _close(fds, "err_r")
-
-
-def _user_tasks() -> int:
-    try:
-        import psutil
-
-        uid, n = os.getuid(), 0
-        for p in psutil.process_iter(["uids", "num_threads"]):
-            if p.info["uids"] is not None and p.info["uids"].real == uid:
-                n += p.info["num_threads"] or 1
-        return n
-    except Exception:
-        return 4096
-
-
-def _kill_tree(proc: subprocess.Popen, run_id: str, sweep: bool) -> None:
-    """Stop, then kill, every process of this run; reap the one we started (bounded)."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        stopped: set = set()
-        for _ in range(50):  # stopped processes cannot fork; rescan until nothing new turns up
-            new = _members(psutil, proc.pid, run_id, sweep) - stopped
-            if not new:
-                break
-            for p in new:
-                try:
-                    p.send_signal(signal.SIGSTOP)
-                except psutil.Error:
-                    pass
-            stopped |= new
-        for p in stopped:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.Error:
-                pass
-    for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
-        try:
-            kill()
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
-        proc.wait(timeout=2)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def _members(psutil, pid: int, run_id: str, sweep: bool) -> set:
-    out: set = set()
-    try:
-        root = psutil.Process(pid)
-        out.add(root)
-        out.update(root.children(recursive=True))
-    except psutil.Error:
-        pass
-    if sweep:  # without a PID namespace: also the session, the process group and the environment marker
-        me = os.getpid()
-        for p in psutil.process_iter():
-            if p.pid == me or p in out:
-                continue
-            try:
-                if os.getsid(p.pid) == pid or os.getpgid(p.pid) == pid or p.environ().get(RUN_MARKER) == run_id:
-                    out.add(p)
-            except (psutil.Error, OSError):
-                pass
-    return out
