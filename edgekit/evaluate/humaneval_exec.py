@@ -144,9 +144,9 @@ def check_program(program: str, test: str, entry_point: str, timeout_s: float = 
             for k in list(fds):
                 _close(fds, k)
     if line is not None:
-        text = line.decode("ascii", "replace")
-        if secrets.compare_digest(text, f"PASS {token}"):
+        if secrets.compare_digest(line, f"PASS {token}".encode("ascii")):
             return True, "passed"
+        text = line.decode("ascii", "replace")
         if text.startswith(f"FAIL {token} "):
             return False, "failed: " + sanitize(text[len(f"FAIL {token} "):])
     if timed_out:
