@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -104,41 +105,40 @@ def bwrap_problem() -> Optional[str]:
 
 
 def user_tasks() -> int:
-    try:
-        import psutil
-
-        uid, n = os.getuid(), 0
-        for p in psutil.process_iter(["uids", "num_threads"]):
-            if p.info["uids"] is not None and p.info["uids"].real == uid:
-                n += p.info["num_threads"] or 1
-        return n
-    except Exception:
-        return 4096
+    """Tasks (processes and threads) whose real uid is ours: what RLIMIT_NPROC counts."""
+    uid, n = os.getuid(), 0
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                fields = dict(ln.split(":", 1) for ln in f if ":" in ln)
+            if int(fields["Uid"].split()[0]) == uid:
+                n += int(fields.get("Threads", "1"))
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+    return n
 
 
 def kill_tree(proc: subprocess.Popen, run_id: str, sweep: bool) -> None:
-    """Stop, then kill, every process of this run; reap the one we started (bounded)."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        stopped: set = set()
-        for _ in range(50):  # stopped processes cannot fork; rescan until nothing new turns up
-            new = members(psutil, proc.pid, run_id, sweep) - stopped
-            if not new:
-                break
-            for p in new:
-                try:
-                    p.send_signal(signal.SIGSTOP)
-                except psutil.Error:
-                    pass
-            stopped |= new
-        for p in stopped:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.Error:
-                pass
+    """Stop, then kill, every process of this run; reap the one we started (bounded).
+
+    Members: the started process and all its descendants (the judge is a child subreaper, so the
+    program's orphans stay descendants; in the sandbox everything lives in one PID namespace under
+    it) and, with ``sweep`` (no PID namespace), every process in its session or process group or
+    carrying this run's environment marker. Stopped processes cannot fork, so the scan repeats until
+    it finds nothing new; a pid is signalled only while its start time still matches the scan."""
+    stopped: dict[int, int] = {}
+    for _ in range(50):
+        new = {pid: start for pid, start in members(proc.pid, run_id, sweep).items() if pid not in stopped}
+        if not new:
+            break
+        for pid, start in new.items():
+            _signal(pid, start, signal.SIGSTOP)
+        stopped.update(new)
+    for pid, start in stopped.items():
+        _signal(pid, start, signal.SIGKILL)
+    deadline = time.monotonic() + 1.0  # SIGKILL is asynchronous: return once they are dead (bounded)
+    while time.monotonic() < deadline and any(_alive(pid, start) for pid, start in stopped.items()):
+        time.sleep(0.01)
     for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
         try:
             kill()
@@ -150,22 +150,71 @@ def kill_tree(proc: subprocess.Popen, run_id: str, sweep: bool) -> None:
         pass
 
 
-def members(psutil, pid: int, run_id: str, sweep: bool) -> set:
-    out: set = set()
+def members(root: int, run_id: str, sweep: bool) -> dict[int, int]:
+    """{pid: start time} of the processes of this run (see kill_tree)."""
+    procs = {}
+    for pid in _pids():
+        st = _stat(pid)
+        if st is not None:
+            procs[pid] = st
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    out: set[int] = set()
+    stack = [root] if root in procs else []
+    while stack:
+        pid = stack.pop()
+        if pid not in out:
+            out.add(pid)
+            stack.extend(children.get(pid, ()))
+    if sweep:
+        marker, me = f"{RUN_MARKER}={run_id}".encode(), os.getpid()
+        for pid, (_, pgrp, sid, _) in procs.items():
+            if pid not in out and pid != me and (pgrp == root or sid == root or _has_marker(pid, marker)):
+                out.add(pid)
+    return {pid: procs[pid][3] for pid in out}
+
+
+def _pids() -> list[int]:
     try:
-        root = psutil.Process(pid)
-        out.add(root)
-        out.update(root.children(recursive=True))
-    except psutil.Error:
-        pass
-    if sweep:  # without a PID namespace: also the session, the process group and the environment marker
-        me = os.getpid()
-        for p in psutil.process_iter():
-            if p.pid == me or p in out:
-                continue
-            try:
-                if os.getsid(p.pid) == pid or os.getpgid(p.pid) == pid or p.environ().get(RUN_MARKER) == run_id:
-                    out.add(p)
-            except (psutil.Error, OSError):
-                pass
-    return out
+        return [int(x) for x in os.listdir("/proc") if x.isdigit()]
+    except OSError:
+        return []
+
+
+def _stat(pid: int) -> Optional[tuple[int, int, int, int]]:
+    """(ppid, process group, session, start time) from /proc/<pid>/stat, None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        rest = data[data.rindex(b")") + 2:].split()  # the command name may contain spaces and parentheses
+        return int(rest[1]), int(rest[2]), int(rest[3]), int(rest[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: int) -> bool:
+    """The process still exists and is not a zombie (dead, waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            rest = f.read().rsplit(b")", 1)[1].split()
+        return int(rest[19]) == start and rest[0] not in (b"Z", b"X")
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _has_marker(pid: int, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _signal(pid: int, start: int, sig: int) -> None:
+    st = _stat(pid)
+    if st is not None and st[3] == start:  # still the same process, not a reused pid
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
