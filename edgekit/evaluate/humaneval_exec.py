@@ -39,8 +39,9 @@ What comes back
 Containment
     bubblewrap (``sandbox_status()`` says whether it works here): own network, PID, IPC and UTS
     namespaces, no capabilities, read-only system and Python directories only (no $HOME, /root,
-    /home, /etc/passwd, repository or host /tmp), private /tmp (tmpfs), the program directory the only
-    writable place, ``--die-with-parent``, ``--new-session``. As root the program runs under a random
+    /home, /etc/passwd, repository or host /tmp), writes only to a private 64 MiB tmpfs at /tmp where
+    the program runs (nothing it writes reaches the host's disk), ``--die-with-parent``,
+    ``--new-session``. As root the program runs under a random
     uid with RLIMIT_NPROC (a fork bomb stops at 64 tasks). Without bubblewrap, running model code
     needs ``allow_unsandboxed=True`` (the CLI's ``--allow-code-execution``) and is rlimits only; the
     status text lists what that does not contain.
@@ -173,8 +174,8 @@ def _sandbox_text() -> str:
     who = ("a throwaway uid without capabilities, at most 64 processes" if os.geteuid() == 0 else
            "your uid in a user namespace without capabilities, process limit counted with your own processes")
     return ("bubblewrap: no network, read-only root (system and Python directories only: no $HOME, /root, /home, "
-            "/etc/passwd or host files), private /tmp, PID namespace (every process killed at the end), program "
-            f"directory the only writable place, {who}; verdict from a separate judge process")
+            "/etc/passwd or host files), writes only to a private size-limited /tmp (where the program runs), PID "
+            f"namespace (every process killed at the end), {who}; verdict from a separate judge process")
 
 
 def _rlimits_text(problem: str) -> str:
@@ -195,11 +196,12 @@ def _choose(sandbox: Optional[bool], allow_unsandboxed: bool) -> bool:
     ok, desc = sandbox_status()
     if ok:
         return True
+    why = desc.split(": NOT contained", 1)[0]  # "rlimits only (<why bubblewrap does not work>)"; full text: sandbox_status()
     if sandbox is True:
-        raise UsageError(f"no working sandbox for model-written code: {desc}",
+        raise UsageError(f"no working sandbox for model-written code: {why}",
                          fix="install bubblewrap (apt-get install bubblewrap)")
     if not allow_unsandboxed:
-        raise UsageError(f"refusing to run model-written code without a sandbox: {desc}", fix=FIX)
+        raise UsageError(f"refusing to run model-written code without a sandbox: here it would be {why}", fix=FIX)
     return False
 
 

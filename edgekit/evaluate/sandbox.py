@@ -73,7 +73,13 @@ def bwrap_argv(bwrap: str, progdir: str, privileged: bool, run_id: str) -> list[
                 a += ["--dir", q]
                 made.add(q)
         a += ["--ro-bind", d, d]
-    a += ["--bind", progdir, INNER_PROGDIR, "--chdir", "/", "--clearenv"]
+    if "--perms" in help_text and "--size" in help_text:
+        # The program runs in the size-limited private tmpfs: nothing it writes reaches the host's disk.
+        a += ["--perms", "1777", "--dir", INNER_PROGDIR,
+              "--ro-bind", os.path.join(progdir, "program.py"), os.path.join(INNER_PROGDIR, "program.py")]
+    else:  # older bubblewrap: the host program directory, writable
+        a += ["--bind", progdir, INNER_PROGDIR]
+    a += ["--chdir", "/", "--clearenv"]
     for k, v in (("PATH", "/usr/local/bin:/usr/bin:/bin"), ("LANG", "C.UTF-8"), ("HOME", "/tmp"), ("TMPDIR", "/tmp"),
                  ("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONHASHSEED", "0"), (RUN_MARKER, run_id)):
         a += ["--setenv", k, v]
@@ -81,26 +87,32 @@ def bwrap_argv(bwrap: str, progdir: str, privileged: bool, run_id: str) -> list[
 
 
 def bwrap_problem() -> Optional[str]:
-    """None when a real sandbox starts here, else why not."""
+    """None when a real sandbox starts here (as check_program starts it), else why not."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return "bubblewrap is not installed"
-    privileged = os.geteuid() == 0
+    privileged, uid = os.geteuid() == 0, 1_000_000_000
     probe = "import os, socket\n"
     if privileged:
-        probe += "u = 1_000_000_000\nos.setgroups([]); os.setresgid(u, u, u); os.setresuid(u, u, u)\n"
-    probe += "open('/tmp/program/x', 'w') if os.access('/tmp/program', os.W_OK) else None\n"
+        probe += f"os.setgroups([]); os.setresgid({uid}, {uid}, {uid}); os.setresuid({uid}, {uid}, {uid})\n"
+    probe += (f"os.chdir({INNER_PROGDIR!r})\n"
+              "assert open('program.py').read() == 'probe'\n"
+              "open('scratch', 'w').write('x')\n")
     with tempfile.TemporaryDirectory(prefix="edgekit-probe-", ignore_cleanup_errors=True) as tmp:
+        Path(tmp, "program.py").write_text("probe")
         if privileged:
-            os.chown(tmp, 1_000_000_000, 1_000_000_000)
+            for path in (tmp, os.path.join(tmp, "program.py")):
+                os.chown(path, uid, uid)
         argv = bwrap_argv(bwrap, tmp, privileged, "probe") + [sys.executable, "-I", "-B", "-c", probe]
         try:
             r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                timeout=30, cwd="/")
         except (OSError, subprocess.SubprocessError) as e:
             return f"bubblewrap does not start: {sanitize(str(e))}"
-        if r.returncode != 0 or not os.path.exists(os.path.join(tmp, "x")):
-            return f"bubblewrap does not work here: {sanitize(r.stderr.decode('utf-8', 'replace')) or r.returncode}"
+        if r.returncode != 0:
+            lines = r.stderr.decode("utf-8", "replace").strip().splitlines()
+            why = sanitize(lines[-1]) if lines else f"exit status {r.returncode}"
+            return f"bubblewrap does not work here: {why}"
     return None
 
 
