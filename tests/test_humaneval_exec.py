@@ -255,6 +255,12 @@ def test_values_cross_the_boundary_faithfully(mode):
     assert ok, reason
 
 
+def test_large_test_source_and_large_values(mode):
+    # The test travels over a pipe larger than its buffer; values of several MB cross back.
+    test = "# " + "x" * 300_000 + "\ndef check(candidate):\n    assert len(candidate()) == 10**6\n"
+    assert run(mode, "def f():\n    return [0] * 10**6\n", test) == (True, "passed")
+
+
 def test_program_exceptions_keep_their_type(mode):
     program = "def f():\n    raise ValueError('bad input')\n"
     test = "def check(candidate):\n    try:\n        candidate()\n    except ValueError:\n        return\n    assert False\n"

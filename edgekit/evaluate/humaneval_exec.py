@@ -41,13 +41,13 @@ Containment
     namespaces, no capabilities, read-only system and Python directories only (no $HOME, /root,
     /home, /etc/passwd, repository or host /tmp), writes only to a private 64 MiB tmpfs at /tmp where
     the program runs (nothing it writes reaches the host's disk), ``--die-with-parent``,
-    ``--new-session``. As root the program runs under a random
-    uid with RLIMIT_NPROC (a fork bomb stops at 64 tasks). Without bubblewrap, running model code
-    needs ``allow_unsandboxed=True`` (the CLI's ``--allow-code-execution``) and is rlimits only; the
-    status text lists what that does not contain.
+    ``--new-session``. As root the program runs under a random uid with RLIMIT_NPROC (a fork bomb
+    stops at 64 tasks). Without bubblewrap, running model code needs ``allow_unsandboxed=True`` (the
+    CLI's ``--allow-code-execution``) and is rlimits only; the status text lists what that does not
+    contain.
 
 Timeouts
-    The parent never blocks without a deadline: it waits on the result pipe with ``select`` until
+    The parent never blocks without a deadline: it waits on the result pipe with ``poll`` until
     ``timeout_s``, then stops (SIGSTOP) and kills (SIGKILL) the whole tree: every descendant of the
     process it started (orphans stay descendants: the judge is a subreaper; in the sandbox the PID
     namespace dies with its init) plus, without sandbox, every process in its session or process
@@ -223,32 +223,36 @@ def _close(fds: dict, key: str) -> None:
 
 
 def _exchange(fds: dict, payload: bytes, deadline: float) -> tuple[Optional[bytes], bool, bytes]:
-    """Send the control payload, read the judge's line. (line or None, timed out, bubblewrap stderr)."""
+    """Send the control payload, read the judge's line. (line or None, timed out, bubblewrap stderr).
+    poll, not select: descriptor numbers above 1024 are fine."""
     os.set_blocking(fds["ctl_w"], False)
     buf, err, sent = b"", b"", 0
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             return None, True, err
-        readers = [fd for fd in (fds["res_r"], fds.get("err_r")) if fd is not None]
-        writers = [fds["ctl_w"]] if fds.get("ctl_w") is not None else []
-        r, w, _ = select.select(readers, writers, [], left)
-        if w:
-            try:
-                sent += os.write(fds["ctl_w"], payload[sent:sent + 65536])
-            except BlockingIOError:
-                pass
-            except OSError:  # the judge is gone; its end of things shows on the result pipe
-                sent = len(payload)
-            if sent >= len(payload):
-                _close(fds, "ctl_w")
-        for fd in r:
-            chunk = os.read(fd, 65536)
-            if fd == fds["res_r"]:
+        poller = select.poll()
+        for key, events in (("res_r", select.POLLIN), ("err_r", select.POLLIN), ("ctl_w", select.POLLOUT)):
+            if fds.get(key) is not None:
+                poller.register(fds[key], events)
+        for fd, _ in poller.poll(max(1, int(left * 1000))):
+            if fd == fds.get("ctl_w"):
+                try:
+                    sent += os.write(fd, payload[sent:sent + 65536])
+                except BlockingIOError:
+                    pass
+                except OSError:  # the judge is gone; how it ended shows on the result pipe
+                    sent = len(payload)
+                if sent >= len(payload):
+                    _close(fds, "ctl_w")
+            elif fd == fds["res_r"]:
+                chunk = os.read(fd, 65536)
                 buf += chunk
                 if not chunk or b"\n" in buf or len(buf) > 4096:
                     return (buf.split(b"\n")[0] if buf else None), False, err
-            elif chunk:
-                err = (err + chunk)[:4096]
             else:
-                _close(fds, "err_r")
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    err = (err + chunk)[:4096]
+                else:
+                    _close(fds, "err_r")
