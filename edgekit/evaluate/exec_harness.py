@@ -69,6 +69,8 @@ def encode(v, depth=0):
         return {"c": [v.real, v.imag]}
     if isinstance(v, range):
         return {"r": [v.start, v.stop, v.step]}
+    if getattr(v, "shape", None) == () and callable(getattr(v, "item", None)):  # a numpy scalar (np.bool_, ...)
+        return encode(v.item(), d)
     if hasattr(type(v), "__next__") and hasattr(type(v), "__iter__"):  # generator, map, filter, zip
         items = []
         for x in v:
