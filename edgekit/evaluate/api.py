@@ -4,9 +4,10 @@ server, or any registered engine) behind a Runtime and run the resumable evaluat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from edgekit import engines
+from edgekit.evaluate.humaneval_exec import FIX, sandbox_status
 from edgekit.evaluate.runner import Progress, run_eval
 from edgekit.evaluate.tasks import load_task
 from edgekit.runtime import Runtime
@@ -24,11 +25,19 @@ def evaluate(task: str, model: str, *, backend: str = "llama.cpp", base_url: Opt
              temperature: float = 0.8, top_p: float = 0.95, seed: int = 0, max_tokens: int = 256,
              limit: Optional[int] = None, split: Optional[str] = None, template: Optional[str] = None,
              threads: Optional[int] = None, resume: bool = True, progress: Optional[Progress] = None,
-             runtime: Optional[Runtime] = None, answer_format: Optional[str] = None) -> AccuracyTable:
+             runtime: Optional[Runtime] = None, answer_format: Optional[str] = None,
+             allow_code_execution: bool = False, notice: Optional[Callable[[str], None]] = None) -> AccuracyTable:
     """``backend``: a registered engine name (``llama.cpp``, ``openai``, or a plugin's)."""
     t = load_task(task, template=template, split=split, limit=limit)  # bad task -> clear error before loading a model
     if answer_format:
         check_format(answer_format, t.kind)
+    if t.has_verifier:  # model-written code runs: in a sandbox, or only when the user says so
+        ok, desc = sandbox_status()
+        if notice:
+            notice(f"code execution: {desc}")
+        if not ok and not allow_code_execution:
+            raise UsageError("refusing to run model-written code without a sandbox", fix=FIX)
+        t.allow_unsandboxed = allow_code_execution
     out = Path(out_path) if out_path else default_output(task, model, template, temperature, answer_format)
     name = engines.canonical(backend)
     own = runtime is None
