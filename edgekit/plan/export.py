@@ -9,7 +9,7 @@ from edgekit.plan.planner import PlanResult
 from edgekit.schemas import __version__
 from edgekit.schemas.formats import answer_grammar
 from edgekit.schemas.options import SamplingOptions
-from edgekit.schemas.plan import Caps, ChosenConfig, FrontierPoint, PlanFile, Predicted, ProfileRef
+from edgekit.schemas.plan import Caps, ChosenConfig, CloudRef, FrontierPoint, PlanFile, Predicted, ProfileRef
 
 # accuracy-table aggregation -> how the runtime aggregates (pass@k needs the verifier pass@k assumes)
 RUNTIME_AGGREGATE = {"greedy": "majority", "majority": "majority", "first_verified": "first_verified",
@@ -61,6 +61,14 @@ def based_on(res: PlanResult) -> list[str]:
     return out
 
 
+def _mixture(res: PlanResult) -> dict:
+    j = res.joint
+    if j is None:
+        return {}
+    return {"system_accuracy": j.system_accuracy, "system_accuracy_lo": j.accuracy_lo, "system_accuracy_hi": j.accuracy_hi,
+            "offload_rate": j.offload_rate, "expected_latency_s": j.expected_s, "mixture_p95_s": j.p95_s}
+
+
 def to_plan_file(res: PlanResult) -> PlanFile:
     if res.chosen is None:
         raise ValueError("plan has no chosen configuration")
@@ -85,5 +93,12 @@ def to_plan_file(res: PlanResult) -> PlanFile:
             accuracy_hi=float(res.acc_hi[i]) if res.acc_hi is not None else None,
             accuracy_interval_how=res.interval_how,
             accuracy_source=f"accuracy table {tpath or c['task']} row B={c['budget']} k={c['n']} {c['aggregation']}",
-            method=pr.method),
-        frontier=frontier_points(res), based_on=based_on(res))
+            method=pr.method, **_mixture(res)),
+        frontier=frontier_points(res), based_on=based_on(res), **_offload(res))
+
+
+def _offload(res: PlanResult) -> dict:
+    j = res.joint
+    if j is None:
+        return {}
+    return {"offload": j.calibration(res.config(j.candidate)["model_sha256"]), "cloud": CloudRef(**res.cloud)}

@@ -80,6 +80,8 @@ class PlanResult:
     acc_hi: Optional[np.ndarray] = None
     most_accurate: Optional[int] = None  # the most accurate feasible candidate (may differ from chosen)
     prefer: str = "cheaper"
+    joint: object = None  # plan.joint.JointChoice when offload was planned jointly
+    cloud: Optional[dict] = None  # base_url, model, latency_s, accuracy_table
 
     @property
     def interval_how(self) -> str:

@@ -65,7 +65,7 @@ class Offload:
         """(score, threshold, calibrated?, guarantee sentence)."""
         cal = self.calibration
         if cal is not None and self.threshold is None and (self.score is None or self.score == cal.score):
-            return cal.score, cal.threshold, True, cal.guarantee
+            return cal.score, cal.threshold, cal.method.startswith(("ltt", "conformal")), cal.guarantee
         score = self.score or (cal.score if cal else ("vote_share" if n > 1 else "mean_logprob"))
         if self.threshold is not None:
             return score, self.threshold, False, "no guarantee holds: the threshold was set by hand, not calibrated"

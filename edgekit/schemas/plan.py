@@ -73,6 +73,13 @@ class Predicted(_M):
     accuracy_interval_how: Optional[str] = None
     accuracy_source: str
     method: str  # how latency was predicted: "fitted from measured profile ...", "published (...)", ...
+    # with offload planned jointly (local + cloud mixture), on the tables' problems
+    system_accuracy: Optional[float] = None
+    system_accuracy_lo: Optional[float] = None
+    system_accuracy_hi: Optional[float] = None
+    offload_rate: Optional[float] = None
+    expected_latency_s: Optional[float] = None  # local + offload rate x cloud latency
+    mixture_p95_s: Optional[float] = None
 
 
 class FrontierPoint(_M):
