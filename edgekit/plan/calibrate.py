@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -19,7 +18,7 @@ from edgekit import calibrate as risk
 from edgekit.engines.openai import OpenAIEngine
 from edgekit.errors import FetchError, UsageError
 from edgekit.evaluate.tasks import load_task
-from edgekit.jsonio import save_atomic
+from edgekit.jsonio import append_jsonl, save_atomic
 from edgekit.plan.apply import check_plan_model
 from edgekit.runtime import Runtime
 from edgekit.runtime.offload import score_of
@@ -90,13 +89,6 @@ def _load_partial(path: Path, settings: dict) -> dict[str, dict]:
     return done
 
 
-def _append(path: Path, obj: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _cloud(c: CalibrationRun, plan) -> Optional[OpenAIEngine]:
     url = c.cloud_url or (plan.cloud.base_url if plan.cloud else None)
     if not url:
@@ -149,7 +141,7 @@ def calibrate(c: CalibrationRun, progress: Optional[Progress] = None) -> tuple[O
                 if cloud_rt is not None:
                     cr = cloud_rt.generate(p.messages(), opts.replace(n=1, temperature=0.0))
                     rec["cloud_correct"] = task.is_correct(p, cr.answer)
-                _append(part, rec)
+                append_jsonl(part, rec)
                 done[p.id] = rec
                 if progress:
                     progress(len(done), n)
