@@ -403,3 +403,16 @@ def test_run_plan_for_another_model_file_is_refused(tmp_path):
     r = cli("run", "hi", "--plan", str(p))
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "plan was made for" in r.stderr and "edgekit models pull" in r.stderr
+
+
+def test_llama_cpp_log_goes_to_the_edgekit_logger(smol_path, caplog):
+    import logging
+
+    from edgekit.engines.llamacpp import LlamaCppEngine
+
+    caplog.set_level(logging.DEBUG, logger="edgekit.llama_cpp")
+    with LlamaCppEngine(str(smol_path), n_ctx=256, max_n=1, threads=1):
+        pass
+    msgs = [r.getMessage() for r in caplog.records if r.name == "edgekit.llama_cpp"]
+    assert any("llama" in m.lower() for m in msgs), msgs[:5]
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "edgekit.llama_cpp")
