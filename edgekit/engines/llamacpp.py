@@ -205,6 +205,20 @@ class LlamaCppEngine(Engine):
         grammar = grammar_for(options)  # fails closed: a schema without a grammar is refused here
         return dec.stream(ids, options, grammar, cancel)
 
+    def score(self, prompt_ids: list[int], continuation_ids: list[int]) -> list[float]:
+        """Log-probabilities (raw model distribution, as token events carry) of each token of
+        ``continuation_ids`` after ``prompt_ids``, teacher-forced on one sequence, one decode per
+        token -- the n=1 path. A batch row's logprobs replayed here agree within float noise."""
+        return self.score_detail(prompt_ids, continuation_ids).logprobs
+
+    def score_detail(self, prompt_ids: list[int], continuation_ids: list[int]) -> core.Scored:
+        """:meth:`score` plus, per position, the argmax token and the top-1 minus top-2 logit gap."""
+        dec = self._live()
+        if not prompt_ids or not continuation_ids:
+            raise UsageError("score needs a non-empty prompt and continuation", fix="pass token ids for both")
+        self.check_fits(len(prompt_ids), 1, len(continuation_ids))
+        return dec.score(list(prompt_ids), list(continuation_ids))
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
