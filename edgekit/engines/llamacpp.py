@@ -143,7 +143,10 @@ class LlamaCppEngine(Engine):
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, max_n
         cp.n_threads = cp.n_threads_batch = threads
         cp.kv_unified = True  # the prompt's KV cells are shared by all n sequences
-        if flash_attn is None:  # measured on a 2-core x86 CPU: FA off decodes 10-25 % faster there
+        # Measured on a 2-core x86 CPU: FA off decodes 10-25 % faster there. FA on makes each row of
+        # an n>1 batch bit-identical to the same sample decoded alone; FA off leaves rows equal to
+        # n=1 within the quantised model's rounding noise (tests/test_runtime_claims.py).
+        if flash_attn is None:
             flash_attn = None if _ll.llama_supports_gpu_offload() and gpu_layers else False
         if flash_attn is not None:
             cp.flash_attn_type = 1 if flash_attn else 0

@@ -166,6 +166,25 @@ class BatchDecoder:
         if rc != 0:
             raise BackendError(f"llama_decode failed (code {rc}) on a batch of {k} tokens", fix="lower n or --max-tokens, or raise --ctx")
 
+    def _prefill(self, prompt: list[int], cancel: Optional[Cancel]) -> bool:
+        """Decode ``prompt`` on sequence 0 in n_batch chunks, logits for its last token only.
+        ``cancel`` (a deadline) is polled between chunks; False when it ended the prefill."""
+        P, seq_id = len(prompt), self._batch.seq_id
+        for start in range(0, P, self.n_batch):
+            if start and cancel is not None and cancel():
+                return False
+            chunk = prompt[start: start + self.n_batch]
+            k = len(chunk)
+            self._tok[:k] = chunk
+            self._pos[:k] = np.arange(start, start + k)
+            self._want[:k] = 0
+            for i in range(k):
+                seq_id[i][0] = 0
+            if start + k == P:
+                self._want[k - 1] = 1
+            self._decode(k)
+        return True
+
     def stream(self, prompt: list[int], o: SamplingOptions, grammar: Optional[str], cancel: Optional[Cancel]) -> Iterator[Event]:
         n, P = o.n, len(prompt)
         mem, vocab, seq_id = self._mem, self._vocab, self._batch.seq_id
@@ -175,17 +194,10 @@ class BatchDecoder:
             for seed in sample_seeds(o.seed, n):
                 samplers.append(self._sampler(o, seed, grammar))
             # 1. prompt, once, on sequence 0; logits for its last token only
-            for start in range(0, P, self.n_batch):
-                chunk = prompt[start: start + self.n_batch]
-                k = len(chunk)
-                self._tok[:k] = chunk
-                self._pos[:k] = np.arange(start, start + k)
-                self._want[:k] = 0
-                for i in range(k):
-                    seq_id[i][0] = 0
-                if start + k == P:
-                    self._want[k - 1] = 1
-                self._decode(k)
+            if not self._prefill(prompt, cancel):
+                for s in range(n):
+                    yield Event("finish", seq=s, text="", reason="cancelled", tokens=0)
+                return
             for s in range(1, n):  # share the prompt's cells (unified KV: no copy of data)
                 ll.llama_memory_seq_cp(mem, 0, s, -1, -1)
             yield Event("prefill", prompt_tokens=P)
@@ -265,17 +277,7 @@ class BatchDecoder:
 
         ll.llama_memory_clear(mem, True)
         try:
-            for start in range(0, P, self.n_batch):
-                chunk = prompt[start: start + self.n_batch]
-                k = len(chunk)
-                self._tok[:k] = chunk
-                self._pos[:k] = np.arange(start, start + k)
-                self._want[:k] = 0
-                for i in range(k):
-                    seq_id[i][0] = 0
-                if start + k == P:
-                    self._want[k - 1] = 1
-                self._decode(k)
+            self._prefill(prompt, None)
             for j, tok in enumerate(continuation):
                 record(read(), tok)
                 if j + 1 == len(continuation):
