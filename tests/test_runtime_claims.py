@@ -197,6 +197,30 @@ def test_table_validity_at_every_budget_equals_the_runtime_at_that_max_tokens():
     assert boundary > 0  # the case the rule is about: exactly B tokens, then end-of-sequence
 
 
+def test_first_verified_at_runtime_equals_the_tables_at_every_budget():
+    """The tables score first_verified as pass@k over samples valid at B (a perfect verifier):
+    at runtime a truncated sample is never verified either, even when its text would pass."""
+    M, n = 40, 8
+    prompts = [f"problem {i}: how many?" for i in range(6)]
+    verifier = lambda s: "Answer: 4" in s.text  # noqa: E731 - a truncated text can hold it too
+    with Runtime(FakeEngine()) as rt:
+        pool = {q: rt.generate(q, n=n, max_tokens=M, seed=5, aggregate="none") for q in prompts}
+        problems = [ProblemRecord(id=q, target="4", prompt_tokens=3, samples=[
+            SampleRecord(answer=None, correct=verifier(s), tokens=s.tokens, finished=s.finish_reason == "stop")
+            for s in pool[q].samples]) for q in prompts]
+        truncated_but_passing = 0
+        for B in range(1, M + 1):
+            row = accuracy_rows(problems, [B], [n], ["first_verified"])[0]
+            got = 0
+            for q in prompts:
+                r = rt.generate(q, n=n, max_tokens=B, seed=5, aggregate="first_verified", verifier=verifier)
+                got += bool(r.confidence.verified)
+                truncated_but_passing += any(s.finish_reason == "budget" and verifier(s) for s in r.samples)
+                assert all(s.verified is None for s in r.samples if s.finish_reason != "stop")
+            assert row.accuracy == pytest.approx(got / len(prompts)), B
+    assert truncated_but_passing > 0  # the case the rule is about
+
+
 def test_budget_rule_on_the_real_engine(smol_rt):
     """A sample of L tokens + EOS: at max_tokens=L the engine stops it as "budget" (no EOS sampled)."""
     kw = dict(n=1, temperature=0.0, aggregate="none", extractor="number")
