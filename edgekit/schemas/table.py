@@ -63,7 +63,7 @@ class SampleRecord(_M):
     answer: Optional[str] = None  # extracted answer (None: nothing extracted)
     correct: bool
     tokens: int  # generated tokens
-    finished: bool  # stopped by itself (EOS) within max_tokens; at a budget B see within_budget()
+    finished: bool  # stopped by itself (EOS/stop) within max_tokens
 
 
 class ProblemRecord(_M):
