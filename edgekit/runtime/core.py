@@ -131,8 +131,8 @@ class Runtime:
 
         ``options`` (or keyword overrides of its fields: ``n=8, max_tokens=128, seed=0, ...``)
         say how; see :class:`SamplingOptions`. aggregate: "majority" (vote over extracted
-        answers), "first_verified" (the first sample to finish that ``verifier`` accepts; the rest
-        of the batch is cancelled), "none". ``deadline_s``: seconds from this call after which
+        answers), "first_verified" (the first sample to finish within max_tokens that ``verifier``
+        accepts -- a truncated sample is never verified; the rest of the batch is cancelled), "none". ``deadline_s``: seconds from this call after which
         unfinished samples are cancelled (flag "deadline"). ``cancel``: a :class:`CancelToken`.
         """
         t_call = time.perf_counter()
@@ -211,9 +211,11 @@ class Runtime:
                            token_ids=ev.token_ids if ev.token_ids is not None else ids[ev.seq],
                            logprobs=ev.logprobs if ev.logprobs is not None else lps[ev.seq],
                            tokens_estimated=ev.tokens_estimated)
-                if ev.reason == "stop" and answering:  # truncated samples carry no answer (same rule as the tables)
+                # Only a sample that finished within max_tokens counts: a truncated one carries no
+                # answer and is never verified (the tables' rule, edgekit.schemas.table.within_budget).
+                if ev.reason == "stop" and answering:
                     s.answer = extract(s.text)
-                if ev.reason != "cancelled" and opts.aggregate == "first_verified" and state["verified"] is None:
+                if ev.reason == "stop" and opts.aggregate == "first_verified" and state["verified"] is None:
                     s.verified = bool(verifier(s))  # type: ignore[misc]
                     if s.verified:
                         state["verified"] = ev.seq
