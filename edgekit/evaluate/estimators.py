@@ -211,8 +211,3 @@ def accuracy_rows(
                                 expected_steps=steps[k] / P, mean_tokens=mean_tok / P)
                 )
     return rows
-
-
-def valid_at(s: SampleRecord, budget: int) -> bool:
-    """The budget rule, shared with the runtime: does this sample carry an answer at budget B?"""
-    return _valid(s, budget)
