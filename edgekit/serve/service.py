@@ -181,6 +181,8 @@ class Service:
         tmpl = self.plan.chosen.prompt  # type: ignore[union-attr]
         if tmpl == "{question}":
             return prompt
+        if isinstance(prompt, str):
+            return tmpl.replace("{question}", prompt)
         msgs = [dict(m) for m in prompt]
         last = max(i for i, m in enumerate(msgs) if m["role"] == "user")
         msgs[last]["content"] = tmpl.replace("{question}", msgs[last]["content"])
@@ -190,12 +192,14 @@ class Service:
     def work(self, job: Job) -> Result:
         try:
             with self.tap.listening(job):
-                return self.rt.generate(job.prompt, job.options, cancel=job.token)
+                res = self.rt.generate(job.prompt, job.options, cancel=job.token)
+            self._record(job, res)
+            return res
         finally:
             self._release(job)
 
-    def observe(self, job: Job, res: Result) -> dict:
-        """Record metrics for a finished generation; return the ``edgekit`` response object."""
+    def _record(self, job: Job, res: Result) -> None:
+        """Metrics of every generation, including those whose client has gone."""
         m, t = self.metrics, res.timings
         m.queue_wait.observe(t.queue_s)
         m.generation.observe(t.total_s)
@@ -207,6 +211,10 @@ class Service:
         if job.token.cancelled:
             m.cancelled.labels("client_disconnected").inc()
         self._ewma_s = t.total_s if self._ewma_s is None else 0.8 * self._ewma_s + 0.2 * t.total_s
+
+    def observe(self, job: Job, res: Result) -> dict:
+        """The ``edgekit`` response object (and the plan's measured/predicted ratio)."""
+        m, t = self.metrics, res.timings
         predicted = note = None
         if self.plan is not None:
             if job.overrides:
