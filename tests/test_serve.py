@@ -310,6 +310,19 @@ def test_client_disconnect_frees_the_server(server):
     assert metric(server.metrics(), "edgekit_cancelled_total", reason="client_disconnected") >= before + 2
 
 
+def test_deadline_and_logprobs(server, client):
+    t0 = time.perf_counter()
+    r = server.post("/chat/completions", chat_body("Count to one hundred.", max_tokens=256, edgekit={"deadline_s": 0.3, "ignore_eos": True}))
+    ek = r.json()["edgekit"]
+    assert r.status_code == 200 and ek["deadline_s"] == 0.3 and "deadline" in ek["flags"]
+    assert ek["finish_reasons"] == ["cancelled"] and r.json()["choices"][0]["finish_reason"] == "length"
+    assert ek["timings"]["generated_tokens"] < 256 and time.perf_counter() - t0 < 20
+    lp = client.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=5, logprobs=True)
+    content = lp.choices[0].logprobs.content
+    assert content and all(t.logprob <= 0 for t in content)
+    assert "".join(t.token for t in content) == lp.choices[0].message.content
+
+
 def test_openai_client_example_runs(server):
     r = subprocess.run([sys.executable, "examples/openai_client.py", "--base-url", server.base, "--model", SMOL,
                         "--max-tokens", "6", "--n", "2"], capture_output=True, text=True, timeout=240, cwd=ROOT,
@@ -499,3 +512,24 @@ def test_sse_holdback_never_streams_a_stop_sequence():
     out += ch.finish(res, {"source": "local"}, None, False, False)
     deltas = [json.loads(x[6:])["choices"][0]["delta"]["content"] for x in out if x and x.startswith("data: {")]
     assert "".join(deltas) == "Hello " and out[-1] == "data: [DONE]\n\n"
+
+
+def test_offload_source_threshold_and_buffered_stream():
+    from fastapi.testclient import TestClient
+    from fake_engine import FakeEngine
+
+    from edgekit.runtime import Runtime
+    from edgekit.serve.app import build_app
+    from edgekit.serve.service import Service
+
+    svc = Service(Runtime(FakeEngine(), cloud=FakeEngine("cloud-model"), offload="always"))
+    c = TestClient(build_app(svc))  # no API key configured: open (loopback use)
+    body = {"model": "fake-0", "messages": [{"role": "user", "content": "2+2"}], "n": 3}
+    r = c.post("/v1/chat/completions", json=body)
+    ek = r.json()["edgekit"]
+    assert r.status_code == 200 and ek["source"] == "cloud" and ek["threshold"] is not None and ek["offload_reason"]
+    s = c.post("/v1/chat/completions", json={**body, "stream": True})
+    assert s.status_code == 200 and s.text.endswith("data: [DONE]\n\n") and '"source":"cloud"' in s.text
+    doc = c.get("/healthz").json()
+    assert doc["cloud"]["configured"] and doc["cloud"]["mode"] == "always"
+    assert metric(svc.metrics.render().decode(), "edgekit_results_total", source="cloud") == 2

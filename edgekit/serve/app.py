@@ -244,9 +244,13 @@ def build_app(svc: Service, *, api_key: Optional[str] = None) -> Any:
                 elif item[0] == "done":
                     try:
                         res = _result(item[1], job)
-                    except ApiError as e:
+                    except Exception as e:  # noqa: BLE001 - headers are sent: the error goes in the stream
+                        if not isinstance(e, ApiError):
+                            log.error("generation failed mid-stream: %s", type(e).__name__, exc_info=e)
+                        err = e if isinstance(e, ApiError) else ApiError(500, f"internal error: {type(e).__name__}",
+                                                                         type="server_error", code="internal_error")
                         finished = True
-                        for part in Chunker.error(e.body()):
+                        for part in Chunker.error(err.body()):
                             yield part
                         return
                     ek = svc.observe(job, res)

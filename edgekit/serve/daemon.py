@@ -189,8 +189,8 @@ def run(cfg: ServeConfig, sock: socket.socket, svc: Service) -> int:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        svc.rt.close()  # a request still running (drain timeout) is cancelled at its next decode step
         svc.close()
-        svc.rt.close()
     print("edgekit serve: stopped", file=sys.stderr, flush=True)
     return 0
 

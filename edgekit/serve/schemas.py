@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgekit.errors import ContextOverflow, EdgekitError
+from edgekit.errors import ContextOverflow, EdgekitError, UsageError
 from edgekit.schemas.options import SamplingOptions, options_error
 
 JSON_OBJECT_SCHEMA: dict = {"type": "object"}  # response_format json_object: any JSON object
@@ -278,11 +278,14 @@ def build_options(base: SamplingOptions, changes: dict[str, Any], params: dict[s
 
 
 def runtime_error(e: EdgekitError, chat: bool, opts: Optional[SamplingOptions]) -> ApiError:
-    """A UsageError/ContextOverflow from the runtime or engine, as a 400 naming the likely field."""
+    """A UsageError/ContextOverflow from the runtime or engine, as a 400 naming the likely field; any
+    other EdgekitError (the backend failed) is the server's problem: 500."""
     msg = e.one_line()
     prompt_param = "messages" if chat else "prompt"
     if isinstance(e, ContextOverflow) or getattr(e, "prompt_too_long", False):
         return ApiError(400, msg, param=prompt_param, code="context_length_exceeded")
+    if not isinstance(e, UsageError):
+        return ApiError(500, f"the model failed: {msg[:300]}", type="server_error", code=type(e).__name__)
     low = msg.lower()
     param = None
     if "json schema" in low or "grammar" in low:
