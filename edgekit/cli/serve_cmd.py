@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         for name, v, lo in (("--max-n", max_n, 1), ("--max-tokens-cap", max_tokens_cap, 1), ("--max-prompt-tokens", max_prompt_tokens, 1),
                             ("--max-body-bytes", max_body_bytes, 64), ("--max-queue", max_queue, 0), ("--port", port, 0)):
             if v < lo:
-                raise UsageError(f"{name} must be >= {lo}, got {v}", fix=f"pass {name} {max(lo, 1)} or more")
+                raise UsageError(f"{name} must be >= {lo}, got {v}", fix=f"pass {name} {lo} or more")
         if port > 65535:
             raise UsageError(f"--port must be <= 65535, got {port}", fix="pass --port 8080")
         if deadline is not None and not deadline > 0:
