@@ -215,8 +215,8 @@ def build_app(svc: Service, *, api_key: Optional[str] = None) -> Any:
                                                   tokens=job.tokens, want_logprobs=job.want_logprobs))
             ch = Chunker(chat=job.chat, model=svc.model_id, rid=rid, stop=job.options.stop)
             parts = ch.finish(res, ek, job.tokens, job.want_logprobs, _usage_wanted(req))
-            return _sse(_iter(parts), svc)
-        return _sse(_stream(queue, job, req, watcher), svc)
+            return _sse(_iter(parts))
+        return _sse(_stream(queue, job, req, watcher))
 
     def _result(fut: Any, job: Job) -> Any:
         try:
@@ -284,5 +284,5 @@ async def _iter(parts: list[str]) -> AsyncIterator[str]:
         yield p
 
 
-def _sse(gen: AsyncIterator[str], svc: Service) -> StreamingResponse:
+def _sse(gen: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
