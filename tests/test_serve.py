@@ -342,7 +342,7 @@ def small_queue(server, tmp_path_factory):
 
 
 def test_bounded_queue_503_with_retry_after(small_queue):
-    body = chat_body("Count to fifty.", max_tokens=24, edgekit={"ignore_eos": True})
+    body = chat_body("Count to fifty.", max_tokens=16, edgekit={"ignore_eos": True})
     out: list = []
 
     def go():
@@ -362,7 +362,7 @@ def test_bounded_queue_503_with_retry_after(small_queue):
 
 
 def test_sigterm_drains_in_flight_then_exits_0(small_queue):
-    long = chat_body("Count to one hundred.", max_tokens=48, edgekit={"ignore_eos": True})
+    long = chat_body("Count to one hundred.", max_tokens=96, edgekit={"ignore_eos": True})
     box: dict = {}
     t = threading.Thread(target=lambda: box.update(r=small_queue.post("/chat/completions", long, timeout=120)))
     t.start()
