@@ -25,10 +25,12 @@ app = typer.Typer(
 
 def _register():
     from edgekit.cli import calibrate_cmd, device_cmd, eval_cmd, models_cmd, plan_cmd, profile_cmd, run_cmd
+    from edgekit.cli import serve_cmd
 
     app.add_typer(models_cmd.app, name="models")
     for mod in (run_cmd, device_cmd, profile_cmd, plan_cmd, eval_cmd, calibrate_cmd):
         mod.register(app)
+    serve_cmd.register(app)
 
 
 def _one_line(exc: BaseException) -> str:
