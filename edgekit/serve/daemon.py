@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from edgekit import engines
 from edgekit.errors import UsageError
-from edgekit.plan.apply import Query, _offload, check_plan_model
+from edgekit.plan.apply import Query, build_offload, check_plan_model
 from edgekit.runtime import Runtime
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import load_plan
@@ -111,7 +111,7 @@ def load(cfg: ServeConfig, progress: Any = None) -> Service:
         from edgekit.models.catalog import DEFAULT_MODEL  # noqa: PLC0415
 
         model = DEFAULT_MODEL
-    off = _offload(Query(prompt="", model=model, plan=cfg.plan, cloud_url=cfg.cloud_url, cloud_model=cfg.cloud_model,
+    off = build_offload(Query(prompt="", model=model, plan=cfg.plan, cloud_url=cfg.cloud_url, cloud_model=cfg.cloud_model,
                          offload=cfg.offload), plan, base)
     opts = {"threads": cfg.threads, "n_ctx": cfg.n_ctx, "max_n": lim.max_n, "progress": progress, **cfg.engine_options}
     engine = engines.create(cfg.engine, model, **{k: v for k, v in opts.items() if v is not None})
