@@ -8,13 +8,16 @@ prediction is then withheld (it was made for another configuration), never shown
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from edgekit.errors import SchemaError, UsageError
+from edgekit import engines
+from edgekit.errors import EdgekitError, SchemaError, UsageError
 from edgekit.models.catalog import DEFAULT_MODEL
 from edgekit.models.store import Progress, resolve
 from edgekit.runtime import Runtime
+from edgekit.schemas.checks import check_base_url, check_ctx, check_text, check_threads
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import PlanFile, load_plan
 from edgekit.schemas.result import Result
@@ -30,6 +33,52 @@ class Query:
     threads: Optional[int] = None
     n_ctx: int = 8192
     engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. base_url for the openai engine
+
+
+log = logging.getLogger("edgekit")
+
+
+def check_query(q: Query) -> None:
+    """Everything about a query that can be checked without loading a model: the prompt's text,
+    threads, context size, the engine's name and whether --base-url applies to it."""
+    check_text(q.prompt, "the prompt")
+    check_threads(q.threads)
+    check_ctx(q.n_ctx)
+    engines.get(q.engine)  # unknown engine -> the registered ones
+    if "base_url" in q.engine_options:
+        check_base_url(q.engine_options["base_url"])
+        if engines.canonical(q.engine) == "llama.cpp":
+            raise UsageError("--base-url applies to a server engine (--engine openai), not to llama.cpp, which runs the "
+                             "model in this process", fix="add --engine openai, or drop --base-url")
+
+
+def context_warning(rt: Runtime, text: str, opts: SamplingOptions, n_ctx: int) -> Optional[str]:
+    """A warning when the context asked for is larger than the model was trained on (None otherwise).
+
+    Warned, not refused: the n samples share one context, so a context larger than the trained one
+    is often needed (8 samples x 2048 tokens) while each sample stays within the trained length.
+    The warning says which case applies: a sample that can pass the trained length decodes at
+    positions the model never saw (quality degrades); otherwise the extra context only costs memory.
+    """
+    n_train = rt.model_info.n_ctx_train
+    if not n_train or n_ctx <= n_train:
+        return None
+    try:
+        n_prompt = len(rt.prompt_tokens(text, chat=opts.chat, system=opts.system))
+    except EdgekitError:
+        n_prompt = None
+    head = f"--ctx {n_ctx} is above the trained context of {rt.model_id} ({n_train} tokens)"
+    if n_prompt is None:
+        return (f"{head}: a sample longer than {n_train} tokens decodes at positions the model was not trained on "
+                f"(fix: keep the prompt + --max-tokens within {n_train} tokens)")
+    span, need = n_prompt + opts.max_tokens, n_prompt + opts.n * opts.max_tokens
+    if span > n_train:
+        return (f"{head}, and a sample can reach {span} tokens (prompt {n_prompt} + budget {opts.max_tokens}): tokens past "
+                f"{n_train} sit at positions the model was not trained on, so quality degrades "
+                f"(fix: keep the prompt + --max-tokens within {n_train} tokens, or use a model trained on a longer context)")
+    return (f"{head}; each sample stays within it here (prompt {n_prompt} + budget {opts.max_tokens} = {span} tokens), "
+            f"so the extra context only costs memory (fix: --ctx {max(need, n_train)} is enough for the prompt + "
+            f"{opts.n} x {opts.max_tokens} tokens)")
 
 
 def check_plan_model(p: PlanFile, model: str) -> Optional[str]:
@@ -54,8 +103,12 @@ def plan_options(p: PlanFile, explicit: dict[str, Any], model: Optional[str]) ->
     return base.replace(**explicit) if explicit else base, overrides
 
 
-def run_query(q: Query, progress: Optional[Progress] = None) -> Result:
+def run_query(q: Query, progress: Optional[Progress] = None, warn: Optional[Callable[[str], None]] = None) -> Result:
+    """Run one query. ``warn`` gets one-line warnings as they arise (default: the ``edgekit``
+    logger); they are also kept in ``Result.extra["warnings"]``."""
+    check_query(q)
     notes: list[str] = []
+    warnings: list[str] = []
     overrides: list[str] = []
     text = q.prompt
     p = None
@@ -63,7 +116,7 @@ def run_query(q: Query, progress: Optional[Progress] = None) -> Result:
         p = load_plan(q.plan)
         opts, overrides = plan_options(p, q.options, q.model)
         model = q.model or p.chosen.model_id
-        if model == p.chosen.model_id:
+        if model == p.chosen.model_id and engines.canonical(q.engine) == "llama.cpp":  # a server's file is not ours to hash
             note = check_plan_model(p, model)
             if note:
                 notes.append(note)
@@ -76,7 +129,13 @@ def run_query(q: Query, progress: Optional[Progress] = None) -> Result:
                          fix="use the library: Runtime.generate(..., options=load_plan(P).chosen.options, verifier=...)")
     with Runtime(model, engine=q.engine, threads=q.threads, n_ctx=q.n_ctx, max_n=opts.n, progress=progress,
                  **q.engine_options) as rt:
+        w = context_warning(rt, text, opts, q.n_ctx)
+        if w:
+            warnings.append(w)
+            (warn or log.warning)(w)
         res = rt.generate(text, opts)
+    if warnings:
+        res.extra["warnings"] = warnings
     if p is not None:
         res.extra["plan"] = q.plan
         if overrides:
