@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -9,6 +10,7 @@ from edgekit.errors import SchemaError, UsageError
 from edgekit.schemas.table import load_table
 from edgekit.plan.export import to_plan_file
 from edgekit.plan.planner import PlanResult, plan
+from edgekit.schemas.checks import check_output_path, check_positive
 from edgekit.schemas.profile import ModelInfo, load_profile
 
 
@@ -43,8 +45,19 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
               sequences_leave: bool = False) -> tuple[PlanResult, Optional[Path]]:
     if not table_paths:
         raise UsageError("no accuracy table given", fix="pass --accuracy TABLE.json (build one with `edgekit eval`)")
-    if latency_target_s is None or latency_target_s <= 0:
-        raise UsageError(f"latency target must be > 0 s, got {latency_target_s}", fix="pass e.g. --latency-target 2s")
+    if latency_target_s is None or not math.isfinite(latency_target_s) or latency_target_s <= 0:
+        raise UsageError(f"latency target must be a finite number > 0 s, got {latency_target_s}",
+                         fix="pass e.g. --latency-target 2s")
+    if percentile not in (50, 95):
+        raise UsageError(f"percentile must be 50 or 95, got {percentile}", fix="pass --percentile 50 or 95")
+    check_positive(energy_cap_j, "--energy-cap", "joules per query", "5")
+    check_positive(memory_cap_gb, "--memory-cap", "GB", "4")
+    # the files we will write are checked before any work
+    if output:
+        check_output_path(output, "--output", "plan.json")
+    if plot:
+        check_output_path(plot, "--plot", "pareto.png")
+    table_paths = _unique(table_paths)
     profile = load_profile(profile_path)
     tables = [load_table(p) for p in table_paths]
     res = plan(profile, tables, latency_target_s, percentile=percentile, energy_cap_j=energy_cap_j,
@@ -62,14 +75,32 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
     return res, written
 
 
-def parse_duration(s: str) -> float:
-    """'2s', '500ms', '1.5' -> seconds."""
+def parse_duration(s: str, flag: str = "--latency-target") -> float:
+    """'2s', '500ms', '1.5' -> seconds; a finite number > 0 (inf, nan, 0 and negatives are refused)."""
     t = str(s).strip().lower()
+    fix = f"write it like {flag} 2s, 1.5s or 500ms"
     try:
         if t.endswith("ms"):
-            return float(t[:-2]) / 1e3
-        if t.endswith("s"):
-            return float(t[:-1])
-        return float(t)
+            v = float(t[:-2]) / 1e3
+        elif t.endswith("s"):
+            v = float(t[:-1])
+        else:
+            v = float(t)
     except ValueError:
-        raise UsageError(f"cannot read duration {s!r}", fix="write it like 2s, 1.5s or 500ms") from None
+        raise UsageError(f"cannot read duration {s!r} ({flag})", fix=fix) from None
+    if not math.isfinite(v):
+        raise UsageError(f"{flag} {s!r} is not a finite duration", fix=fix)
+    if v <= 0:
+        raise UsageError(f"{flag} must be > 0 s, got {s!r}", fix=fix)
+    return v
+
+
+def _unique(paths: Sequence[str | Path]) -> list[str | Path]:
+    """The table paths in order, each file once (``-a t.json t.json`` or a glob plus a name)."""
+    seen, out = set(), []
+    for p in paths:
+        key = Path(p).resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out

@@ -37,7 +37,7 @@ def check_ctx(n_ctx: int, flag: str = "--ctx") -> int:
     return n_ctx
 
 
-def check_positive(value: Optional[float], flag: str, what: str, example: str) -> Optional[float]:
+def check_positive(value: Optional[float], flag: str, unit: str, example: str) -> Optional[float]:
     """None, or a finite number > 0 (NaN, infinity, 0 and negatives are refused)."""
     if value is None:
         return None
@@ -46,8 +46,7 @@ def check_positive(value: Optional[float], flag: str, what: str, example: str) -
     except (TypeError, ValueError):
         v = math.nan
     if not math.isfinite(v) or v <= 0:
-        shown = "a non-finite number" if isinstance(value, float) and not math.isfinite(value) else "not > 0"
-        raise UsageError(f"invalid {flag}: {what} must be a finite number > 0, got {value!r} ({shown})",
+        raise UsageError(f"invalid {flag}: must be a finite number > 0 ({unit}), got {value!r}",
                          fix=f"pass e.g. {flag} {example}, or omit it")
     return v
 
@@ -68,14 +67,14 @@ def check_text(value: Optional[str], what: str) -> Optional[str]:
     return value
 
 
-def check_output_path(path: str | os.PathLike, flag: str = "--output") -> Path:
+def check_output_path(path: str | os.PathLike, flag: str = "--output", example: str = "out.json") -> Path:
     """An output file we can create: not a directory, and its folder exists or can be made, and is
     writable (probed with a temporary file, so it also holds for root and read-only mounts)."""
     p = Path(path)
     if str(path).strip() == "":
         raise UsageError(f"{flag} is empty", fix=f"pass {flag} PATH.json")
     if p.is_dir():
-        raise UsageError(f"{flag} {p} is a directory, not a file", fix=f"pass a file path, e.g. {flag} {p / 'out.json'}")
+        raise UsageError(f"{flag} {p} is a directory, not a file", fix=f"pass a file path, e.g. {flag} {p / example}")
     anc = p.parent if str(p.parent) else Path(".")
     while not anc.exists():
         if anc.parent == anc:
