@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Optional
 
 from edgekit import engines
-from edgekit.evaluate.runner import Progress, run_eval
+from edgekit.errors import UsageError
+from edgekit.evaluate.runner import Progress, check_resume, run_eval, task_settings
 from edgekit.evaluate.tasks import load_task
 from edgekit.runtime import Runtime
+from edgekit.schemas.checks import check_base_url, check_output_path, check_threads
 from edgekit.schemas.formats import check_format
+from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.table import AccuracyTable
 
 
@@ -25,16 +28,30 @@ def evaluate(task: str, model: str, *, backend: str = "llama.cpp", base_url: Opt
              limit: Optional[int] = None, split: Optional[str] = None, template: Optional[str] = None,
              threads: Optional[int] = None, resume: bool = True, progress: Optional[Progress] = None,
              runtime: Optional[Runtime] = None, answer_format: Optional[str] = None) -> AccuracyTable:
-    """``backend``: a registered engine name (``llama.cpp``, ``openai``, or a plugin's)."""
+    """``backend``: a registered engine name (``llama.cpp``, ``openai``, or a plugin's).
+
+    Every argument is checked before a model loads or any problem runs: sampling values, threads,
+    the task, the answer format, the output path, the engine and its URL, and whether a partial
+    run of ``out_path`` can be continued (same settings, same problems)."""
+    SamplingOptions.build(n=n_samples, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    check_threads(threads)
     t = load_task(task, template=template, split=split, limit=limit)  # bad task -> clear error before loading a model
     if answer_format:
         check_format(answer_format, t.kind)
-    out = Path(out_path) if out_path else default_output(task, model, template, temperature, answer_format)
+    out = check_output_path(out_path if out_path else default_output(task, model, template, temperature, answer_format))
     name = engines.canonical(backend)
+    if resume:
+        check_resume(out, task_settings(t, answer_format=answer_format, temperature=temperature, top_p=top_p,
+                                        n_samples=n_samples, seed=seed, max_tokens=max_tokens, greedy=True))
     own = runtime is None
     if runtime is None:
-        kw = {"base_url": base_url, "api_key": api_key} if name == "openai" else {}
         engines.get(name)  # unknown engine -> the list of registered ones, before anything loads
+        if base_url is not None:
+            check_base_url(base_url)
+            if name == "llama.cpp":
+                raise UsageError("--base-url applies to a server engine (--engine openai), not to llama.cpp, which runs "
+                                 "the model in this process", fix="add --engine openai, or drop --base-url")
+        kw = {"base_url": base_url, "api_key": api_key} if name == "openai" else {}
         runtime = Runtime(model, engine=name, threads=threads, n_ctx=max(4096, 1024 + n_samples * max_tokens),
                           max_n=max(n_samples, 1), **kw)
     rt = runtime
