@@ -44,6 +44,7 @@ ERROR_TABLE: list[tuple[type, str]] = [
     (PermissionError, "permission denied: {e} (fix: choose a writable path or run with the needed rights)"),
     (FileNotFoundError, "file not found: {e} (fix: check the path)"),
     (IsADirectoryError, "expected a file, got a directory: {e} (fix: pass a file path)"),
+    (NotADirectoryError, "expected a folder, got a file: {e} (fix: check the path, and that EDGEKIT_HOME names a folder)"),
     (UnicodeError, "text is not valid UTF-8: {e} (fix: save or pass it as UTF-8, e.g. `iconv -f latin1 -t utf-8`)"),
     (OSError, "system error: {e} (fix: check disk space, paths and permissions)"),
 ]
