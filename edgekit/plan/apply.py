@@ -42,6 +42,8 @@ def check_query(q: Query) -> None:
     """Everything about a query that can be checked without loading a model: the prompt's text,
     threads, context size, the engine's name and whether --base-url applies to it."""
     check_text(q.prompt, "the prompt")
+    if not q.prompt.strip():
+        raise UsageError("empty prompt", fix="pass a non-empty prompt")
     check_threads(q.threads)
     check_ctx(q.n_ctx)
     engines.get(q.engine)  # unknown engine -> the registered ones
