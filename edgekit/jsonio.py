@@ -4,6 +4,8 @@ errors name the file and the first wrong field."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,14 +19,29 @@ M = TypeVar("M", bound=BaseModel)
 def save_atomic(doc: BaseModel, path: str | Path, what: str, indent: int = 2, exclude_none: bool = False) -> Path:
     """Write ``doc`` as JSON to ``path`` through a temp file and a rename (never a half-written file)."""
     p = Path(path)
+    tmp = None
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(doc.model_dump_json(indent=indent, exclude_none=exclude_none))
+        with tempfile.NamedTemporaryFile("w", dir=p.parent, prefix=p.name + ".", suffix=".tmp", delete=False,
+                                         encoding="utf-8") as f:  # unique: two writers never share a temp file
+            tmp = Path(f.name)
+            f.write(doc.model_dump_json(indent=indent, exclude_none=exclude_none))
+            f.flush()
+            os.fsync(f.fileno())
         tmp.replace(p)
     except OSError as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise SchemaError(f"cannot write {what} {p}: {e.strerror or e}", fix="choose a writable --output path") from e
     return p
+
+
+def append_jsonl(path: str | Path, obj: dict) -> None:
+    """Append one JSON line and fsync it (resumable runs: a kill loses at most the torn last line)."""
+    with Path(path).open("a", encoding="utf-8") as f:
+        f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_versioned(path: str | Path, cls: type[M], what: str, version: int, remake: str, missing_fix: str) -> M:

@@ -359,3 +359,60 @@ def test_eval_constrain_gives_every_finished_sample_an_answer(smol_rt, tmp_path)
         answer_grammar("number", "essay")
     with pytest.raises(UsageError, match="number, choice and yes/no"):
         evaluate("humaneval", SMOL, runtime=smol_rt, answer_format="answer", limit=1, out_path=tmp_path / "x.json")
+
+
+# ----------------------------------------------------------------------------- run --plan
+def _smol_plan(tmp_path, **chosen):
+    from edgekit.models.catalog import CATALOG
+
+    d = json.loads((ROOT / "tests" / "fixtures" / "plan-v2.json").read_text())
+    c = d["chosen"]
+    c.update({"model_id": SMOL, "model_sha256": CATALOG[SMOL].sha256, "prompt_template": "terse", "budget": 8, "n": 2, **chosen})
+    c["options"].update(n=2, max_tokens=8, temperature=0.8, seed=1)
+    c["prompt"] = "{question}\nAnswer with a single number."
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps(d))
+    return p
+
+
+def test_run_plan_applies_its_prompt_and_options(tmp_path):
+    p = _smol_plan(tmp_path)
+    r = cli("run", "How many legs do 2 cats have?", "--plan", str(p), "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["model"] == SMOL and res["n"] == 2 and res["max_tokens"] == 8 and res["options"]["seed"] == 1
+    assert res["extra"]["predicted_latency_s"] > 0 and "plan_overrides" not in res["extra"]
+    assert res["timings"]["prompt_tokens"] > 10  # the plan's template was applied around the question
+
+
+def test_run_plan_with_explicit_flags_applies_them_and_says_so(tmp_path):
+    p = _smol_plan(tmp_path)
+    r = cli("run", "How many legs do 2 cats have?", "--plan", str(p), "--n", "3", "--max-tokens", "6", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["n"] == 3 and res["max_tokens"] == 6
+    assert res["extra"]["plan_overrides"] == ["n=3 (plan: 2)", "max_tokens=6 (plan: 8)"]
+    assert "predicted_latency_s" not in res["extra"]
+    assert any("does not apply" in n for n in res["extra"]["notes"])
+    human = cli("run", "How many legs do 2 cats have?", "--plan", str(p), "--n", "3")
+    assert human.returncode == 0 and "note: the plan's latency prediction does not apply" in human.stderr
+
+
+def test_run_plan_for_another_model_file_is_refused(tmp_path):
+    p = _smol_plan(tmp_path, model_sha256="f" * 64)
+    r = cli("run", "hi", "--plan", str(p))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "plan was made for" in r.stderr and "edgekit models pull" in r.stderr
+
+
+def test_llama_cpp_log_goes_to_the_edgekit_logger(smol_path, caplog):
+    import logging
+
+    from edgekit.engines.llamacpp import LlamaCppEngine
+
+    caplog.set_level(logging.DEBUG, logger="edgekit.llama_cpp")
+    with LlamaCppEngine(str(smol_path), n_ctx=256, max_n=1, threads=1):
+        pass
+    msgs = [r.getMessage() for r in caplog.records if r.name == "edgekit.llama_cpp"]
+    assert any("llama" in m.lower() for m in msgs), msgs[:5]
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "edgekit.llama_cpp")

@@ -178,21 +178,23 @@ def brute_rows(problems, budgets):
         for k in range(1, n + 1):
             acc_m = acc_p = steps = mean = 0.0
             for p in problems:
-                valid = [s.finished and s.tokens <= b for s in p.samples]
+                valid = [s.finished and s.tokens < b for s in p.samples]  # EOS needs a budget step
                 answers = [s.answer if v else None for s, v in zip(p.samples, valid)]
                 ok = {s.answer: s.correct for s, v in zip(p.samples, valid) if v and s.answer is not None}
                 acc_m += brute_majority(answers, ok, k)
                 acc_p += brute_pass([v and s.correct for s, v in zip(p.samples, valid)], k)
-                steps += brute_max([min(s.tokens, b) for s in p.samples], k)
-                mean += sum(min(s.tokens, b) for s in p.samples) / n
+                used = [min(s.tokens + 1, b) if s.finished else min(s.tokens, b) for s in p.samples]  # EOS step
+                steps += brute_max(used, k)
+                mean += sum(used) / n
             P = len(problems)
             out[("majority", b, k)] = (acc_m / P, steps / P, mean / P)
             out[("pass@k", b, k)] = (acc_p / P, steps / P, mean / P)
         g = [p.greedy for p in problems]
+        used = [min(s.tokens + 1, b) if s.finished else min(s.tokens, b) for s in g]
         out[("greedy", b, 1)] = (
-            sum(s.finished and s.tokens <= b and s.correct for s in g) / len(g),
-            sum(min(s.tokens, b) for s in g) / len(g),
-            sum(min(s.tokens, b) for s in g) / len(g),
+            sum(s.finished and s.tokens < b and s.correct for s in g) / len(g),
+            sum(used) / len(g),
+            sum(used) / len(g),
         )
     return out
 
@@ -218,15 +220,18 @@ def test_accuracy_rows_match_brute_force():
 
 
 def test_truncation_invalidates_long_and_unfinished_samples():
-    s = [SampleRecord(answer="x", correct=True, tokens=30, finished=True),
+    s = [SampleRecord(answer="x", correct=True, tokens=29, finished=True),
          SampleRecord(answer="x", correct=True, tokens=5, finished=False)]
     p = ProblemRecord(id="p", target="x", prompt_tokens=1, samples=s)
-    rows = {(r.aggregation, r.budget, r.k): r for r in accuracy_rows([p], [10, 30], None, ["majority", "pass@k"])}
-    assert rows[("pass@k", 10, 2)].accuracy == 0.0  # 30 > 10, the other never finished
+    rows = {(r.aggregation, r.budget, r.k): r for r in accuracy_rows([p], [10, 29, 30], None, ["majority", "pass@k"])}
+    assert rows[("pass@k", 10, 2)].accuracy == 0.0  # 29 > 10, the other never finished
     assert rows[("pass@k", 30, 1)].accuracy == pytest.approx(0.5)
     assert rows[("majority", 30, 2)].accuracy == 1.0
+    # 29 tokens + EOS need 30 sampled tokens: at max_tokens=29 the runtime stops it as "budget"
+    assert rows[("pass@k", 29, 2)].accuracy == 0.0
     assert rows[("majority", 10, 2)].expected_steps == 10.0
-    assert rows[("majority", 30, 1)].mean_tokens == pytest.approx(17.5)
+    assert rows[("majority", 30, 2)].expected_steps == 30.0  # 29 tokens + the EOS step
+    assert rows[("majority", 30, 1)].mean_tokens == pytest.approx((30 + 5) / 2)
 
 
 def test_accuracy_rows_skip_greedy_without_greedy_samples_and_check_inputs():

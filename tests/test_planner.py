@@ -10,7 +10,13 @@ import pytest
 from edgekit.errors import SchemaError, UsageError
 from edgekit.schemas.table import AccuracyRow, AccuracyTable
 from edgekit.perfmodel import synthetic as sy
-from edgekit.plan import InfeasibleTarget, load_plan, plan, plot_pareto, render_frontier, to_plan_file
+import functools
+
+from edgekit.plan import InfeasibleTarget, load_plan, plot_pareto, render_frontier, to_plan_file
+from edgekit.plan import plan as plan_any
+
+# these tests check the optimiser itself: the most accurate feasible configuration
+plan = functools.partial(plan_any, prefer="most-accurate")
 from edgekit.schemas.profile import ModelInfo, load_profile
 
 ORIN = Path(__file__).resolve().parents[1] / "profiles" / "jetson-agx-orin-64gb-published.json"
@@ -239,3 +245,83 @@ def test_render_and_plot(prof, tmp_path):
     pytest.importorskip("matplotlib")
     out = plot_pareto(r, tmp_path / "pareto.png")
     assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_differences_inside_the_noise_go_to_the_cheaper_configuration(prof):
+    from edgekit.plan.planner import wilson
+
+    rows = [row(64, 1, "greedy", 0.433, 40), row(64, 3, "majority", 0.504, 55)]
+    t30 = table(rows=rows).model_copy(update={"n_problems": 30})
+    r = plan_any(prof, [t30], 100.0)
+    assert r.accuracy[r.most_accurate] == pytest.approx(0.504) and r.accuracy[r.chosen] == pytest.approx(0.433)
+    assert any("intervals" in n and "cheaper" in n for n in r.notes)
+    lo, hi = wilson(np.array([0.433, 0.504]), np.array([30, 30]))
+    assert hi[0] >= lo[1] and r.acc_lo[r.chosen] == pytest.approx(lo[0])
+    pf = to_plan_file(r)
+    assert pf.predicted.accuracy_lo == pytest.approx(lo[0]) and pf.predicted.accuracy_hi == pytest.approx(hi[0])
+    # with 3,000 problems the same gap is real: the more accurate one is chosen
+    t3000 = table(rows=rows).model_copy(update={"n_problems": 3000})
+    r = plan_any(prof, [t3000], 100.0)
+    assert r.chosen == r.most_accurate and r.accuracy[r.chosen] == pytest.approx(0.504)
+
+
+def test_a_partial_profile_entry_is_never_planned_on(prof):
+    part = prof.models[0].model_copy(update={"partial": True, "gaps": ["sweep stopped early at decode ctx=32 n=1"]})
+    only_partial = prof.model_copy(update={"models": [part]})
+    with pytest.raises(SchemaError, match="only a partial entry") as e:
+        plan(only_partial, [table(rows=HAND_ROWS)], 2.0, profile_path="p.json")
+    assert "--append" in e.value.fix
+    both = prof.model_copy(update={"models": [part, prof.models[0]]})
+    assert plan(both, [table(rows=HAND_ROWS)], 2.0).chosen == plan(prof, [table(rows=HAND_ROWS)], 2.0).chosen
+
+
+def _pool_table(model_id, accs, n_problems=40, k_samples=4, seed=1):
+    """A table with a sample pool whose confidence (vote share) predicts correctness."""
+    import random as _r
+
+    from edgekit.evaluate.estimators import accuracy_rows
+    from edgekit.schemas.table import ProblemRecord, SampleRecord
+
+    rng = _r.Random(seed)
+    probs = []
+    for i in range(n_problems):
+        hard = rng.random() < 0.5
+        samples = []
+        for _ in range(k_samples):
+            right = rng.random() < (0.25 if hard else 0.9)
+            samples.append(SampleRecord(answer="7" if right else str(rng.choice([3, 4, 5, 6, 8])), correct=right,
+                                        tokens=30, finished=True, mean_logprob=-0.2 if right else -1.5))
+        probs.append(ProblemRecord(id=f"q{i}", target="7", prompt_tokens=50, samples=samples, greedy=samples[0]))
+    t = AccuracyTable(task="object_counting", model_id=model_id, quant="Q4_K_M", prompt_template="cot", temperature=0.8,
+                      n_samples=k_samples, seed=0, max_tokens=64, n_problems=n_problems, prompt_tokens_mean=50.0,
+                      problems=probs, rows=[])
+    t.rows = accuracy_rows(probs, [64], None, ["greedy", "majority"])
+    return t
+
+
+def test_joint_offload_planning_picks_config_and_threshold(prof, tmp_path):
+    from edgekit.plan.joint import joint_plan
+
+    local = _pool_table("m", None)
+    cloud = _pool_table("cloud", None, seed=2)
+    for p in cloud.problems:  # a strong cloud: right on every problem
+        for s in p.samples:
+            s.correct, s.answer = True, "7"
+    r = plan_any(prof, [local], 4.0)
+    j = joint_plan(r, cloud, cloud_latency_s=0.5, offload_budget=0.6)
+    local_acc = r.accuracy[j.candidate]
+    assert j.system_accuracy > local_acc and 0 < j.offload_rate <= 0.6
+    assert j.accuracy_lo <= j.system_accuracy <= j.accuracy_hi
+    assert j.expected_s == pytest.approx(r.pred["total_s"][j.candidate] + j.offload_rate * 0.5)
+    # no offload allowed: the system is the local configuration
+    j0 = joint_plan(r, cloud, cloud_latency_s=0.5, offload_budget=0.0)
+    assert j0.offload_rate == 0.0 and j0.system_accuracy <= j.system_accuracy
+    pf_res = plan_any(prof, [local], 4.0)
+    pf_res.joint, pf_res.chosen, pf_res.cloud = j, j.candidate, {"latency_s": 0.5, "accuracy_table": "c.json"}
+    pf = to_plan_file(pf_res)
+    assert pf.offload.threshold == j.threshold and "no guarantee" in pf.offload.guarantee
+    assert pf.predicted.system_accuracy == j.system_accuracy and pf.cloud.latency_s == 0.5
+    with pytest.raises(SchemaError, match="lacks"):
+        joint_plan(r, cloud.model_copy(update={"problems": cloud.problems[:5]}), cloud_latency_s=0.5)
+    with pytest.raises(UsageError, match="cloud's measured latency"):
+        joint_plan(r, cloud, cloud_latency_s=0)

@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
         base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"),
         threads: Optional[int] = typer.Option(None),
         constrain: Optional[str] = typer.Option(None, "--constrain", help="grammar-constrained answers: 'answer' (just the answer) or 'reason:<chars>' (bounded reasoning, then the answer)"),
+        allow_code_execution: bool = typer.Option(False, "--allow-code-execution", help="code tasks without a sandbox (bubblewrap): run model-written code with rlimits only"),
         no_resume: bool = typer.Option(False, "--no-resume", help="start over instead of continuing a killed run"),
         json_out: bool = typer.Option(False, "--json"),
     ):
@@ -51,7 +52,9 @@ def register(app: typer.Typer) -> None:
             table = evaluate(task, model, backend=backend, base_url=base_url, out_path=output,
                              n_samples=n, temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens,
                              limit=limit, split=split, template=template, threads=threads, resume=not no_resume,
-                             progress=progress, answer_format=constrain)
+                             progress=progress, answer_format=constrain,
+                             allow_code_execution=allow_code_execution,
+                             notice=lambda m: err_console.print(m, highlight=False, soft_wrap=True))
             failed = False
         finally:
             if "tid" in state:  # never started: stopping would print a blank line above the error

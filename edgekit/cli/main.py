@@ -26,10 +26,10 @@ app = typer.Typer(
 
 
 def _register():
-    from edgekit.cli import device_cmd, eval_cmd, models_cmd, plan_cmd, profile_cmd, run_cmd
+    from edgekit.cli import calibrate_cmd, device_cmd, eval_cmd, models_cmd, plan_cmd, profile_cmd, run_cmd
 
     app.add_typer(models_cmd.app, name="models")
-    for mod in (run_cmd, device_cmd, profile_cmd, plan_cmd, eval_cmd):
+    for mod in (run_cmd, device_cmd, profile_cmd, plan_cmd, eval_cmd, calibrate_cmd):
         mod.register(app)
 
 

@@ -40,6 +40,12 @@ def register(app: typer.Typer) -> None:
         output: str = typer.Option("plan.json", "--output", "-o", help="plan file for `edgekit run --plan`"),
         plot: Optional[str] = typer.Option(None, "--plot", help="write a Pareto plot (PNG)"),
         sequences_leave: bool = typer.Option(False, help="model finished samples leaving the batch (less conservative)"),
+        prefer: str = typer.Option("cheaper", "--prefer", help="cheaper: the fastest among configurations whose accuracy intervals overlap the best's | most-accurate"),
+        cloud_table: Optional[str] = typer.Option(None, "--cloud-table", help="the cloud's accuracy table on the same problems (edgekit eval --engine openai): plan offload jointly"),
+        cloud_latency: Optional[str] = typer.Option(None, "--cloud-latency", help="the cloud's measured latency, e.g. 1.2s"),
+        offload_budget: Optional[float] = typer.Option(None, "--offload-budget", help="at most this share of queries offloaded"),
+        cloud_url: Optional[str] = typer.Option(None, "--cloud-url", help="recorded in the plan for `edgekit run`"),
+        cloud_model: Optional[str] = typer.Option(None, "--cloud-model"),
         json_out: bool = typer.Option(False, "--json"),
     ):
         """Enumerate model x quantization x budget x n x aggregation; keep what fits; pick the most accurate."""
@@ -49,7 +55,9 @@ def register(app: typer.Typer) -> None:
 
         res, written = make_plan(profile, table_args(accuracy, tables), parse_duration(latency_target), percentile=percentile,
                                  energy_cap_j=energy_cap, memory_cap_gb=memory_cap, output=output, plot=plot,
-                                 sequences_leave=sequences_leave)
+                                 sequences_leave=sequences_leave, prefer=prefer, cloud_table=cloud_table,
+                                 cloud_latency_s=parse_duration(cloud_latency, "--cloud-latency") if cloud_latency is not None else None,
+                                 offload_budget=offload_budget, cloud_url=cloud_url, cloud_model=cloud_model)
         pf = to_plan_file(res)
         if json_out:
             return print_json(pf)
@@ -61,8 +69,14 @@ def register(app: typer.Typer) -> None:
         )
         console.print(
             f"predicted: latency {p.latency_s.value:.2f} s [{p.latency_lo_s:.2f}, {p.latency_hi_s:.2f}] ({p.method}); "
-            f"accuracy {100 * p.accuracy:.1f} % ({p.accuracy_source}); energy {p.energy_j.fmt()}; memory {p.memory_gb.fmt()}"
+            f"accuracy {100 * p.accuracy:.1f} % [{100 * (p.accuracy_lo or 0):.1f}, {100 * (p.accuracy_hi or 0):.1f}] "
+            f"({p.accuracy_source}); energy {p.energy_j.fmt()}; memory {p.memory_gb.fmt()}"
         )
+        if p.system_accuracy is not None and pf.offload is not None:
+            console.print(f"with offload: system accuracy {100 * p.system_accuracy:.1f} % [{100 * p.system_accuracy_lo:.1f}, "
+                          f"{100 * p.system_accuracy_hi:.1f}], offload {100 * p.offload_rate:.0f} % (keep local iff "
+                          f"{pf.offload.score} >= {pf.offload.threshold:.4g}), expected {p.expected_latency_s:.2f} s, "
+                          f"p95 {p.mixture_p95_s:.2f} s; {pf.offload.guarantee}", highlight=False)
         for b in pf.based_on:
             console.print(f"[dim]· {b}[/dim]")
         console.print(f"plan written to {written}" + (f"; plot {plot}" if plot else ""))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -26,11 +28,23 @@ def _ints(s: Optional[str]) -> Optional[list[int]]:
         raise UsageError(f"expected comma-separated integers, got {s!r}", fix="e.g. --ns 1,2,4,8")
 
 
+def default_output(model: str, host: str) -> Path:
+    """profiles/<host>-<model>.json: a .gguf path gives its stem, any other spec its whole id
+    (``qwen2.5-coder-0.5b-instruct`` keeps its dots), with unsafe characters replaced by ``-``."""
+    p = Path(model)
+    name = p.stem if p.suffix == ".gguf" else (p.name if os.sep in model else model)
+
+    def safe(x: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", x).strip("-.") or "unknown"
+
+    return Path("profiles") / f"{safe(host)}-{safe(name)}.json"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("profile")
     def profile(
         model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
-        output: Optional[str] = typer.Option(None, "--output", "-o", help="profile JSON (default: profiles/<host>-<model>.json)"),
+        output: Optional[str] = typer.Option(None, "--output", "-o", help="profile JSON (default: profiles/<host>-<model id>.json); a run that stops early never overwrites it"),
         quick: bool = typer.Option(False, "--quick", help="small sweep (about 1-2 min for a 0.5B model on 2 cores)"),
         prompt_lengths: Optional[str] = typer.Option(None, help="e.g. 32,128,512,2048"),
         contexts: Optional[str] = typer.Option(None, help="decode context depths, e.g. 0,512,2048,4096"),
@@ -39,8 +53,9 @@ def register(app: typer.Typer) -> None:
         reps: Optional[int] = typer.Option(None, help="repetitions per point (median, IQR)"),
         cooldown: float = typer.Option(0.0, help="seconds to rest between repetitions"),
         threads: Optional[int] = typer.Option(None),
+        ctx: Optional[int] = typer.Option(None, "--ctx", help="context size in tokens (default: what the sweep needs)"),
         device_name: Optional[str] = typer.Option(None, help="name of this device in the profile"),
-        append: bool = typer.Option(False, help="add the model to an existing profile at --output"),
+        append: bool = typer.Option(False, help="add the model to an existing profile at --output (a run that stops early adds a partial entry and keeps the complete one)"),
         json_out: bool = typer.Option(False, "--json"),
         csv_out: bool = typer.Option(False, "--csv", help="print the points as CSV"),
     ):
@@ -56,29 +71,47 @@ def register(app: typer.Typer) -> None:
         cfg.ns = _ints(ns) or cfg.ns
         cfg.decode_steps = steps or cfg.decode_steps
         cfg.reps = reps or cfg.reps
-        cfg.cooldown_s, cfg.threads = cooldown, threads
-        out = Path(output) if output else Path("profiles") / f"{socket.gethostname()}-{Path(model).stem}.json"
-        existing = load_profile(out) if append and out.exists() else None
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err_console) as bar:
-            task = bar.add_task("profiling", total=None)
+        cfg.cooldown_s, cfg.threads, cfg.n_ctx = cooldown, threads, ctx
+        out = Path(output) if output else default_output(model, socket.gethostname())
+        saved = None
+        try:
+            existing = load_profile(out) if append and out.exists() else None
+            # The bar leaves nothing behind (transient; none at all when stderr is not a terminal), so
+            # an interruption or error ends in exactly one line on stderr.
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+                task = bar.add_task("profiling", total=None)
 
-            def progress(stage, done, total):
-                bar.update(task, description=stage, completed=done, total=total)
+                def progress(stage, done, total):
+                    bar.update(task, description=stage, completed=done, total=total)
 
-            prof = profile_model(model, cfg, output=out, progress=progress, device_name=device_name, existing=existing)
-        mp = prof.models[-1]
-        if json_out:
-            return print_json(prof)
-        if csv_out:
-            w = csv.writer(sys.stdout)
-            w.writerow(["kind", "prompt_tokens", "context_tokens", "n", "median_s", "iqr_s", "tok_s", "reps"])
-            for p in mp.prefill:
-                w.writerow(["prefill", p.prompt_tokens, "", 1, p.prefill_s.value, p.prefill_s.iqr, p.prefill_tok_s.value, p.prefill_s.reps])
-            for d in mp.decode:
-                w.writerow(["decode_step", "", d.context_tokens, d.n, d.step_s.value, d.step_s.iqr, d.decode_tok_s.value, d.step_s.reps])
-            return
-        render_profile(prof, mp, out)
+                def warn(msg):
+                    bar.console.print(f"warning: {msg}", soft_wrap=True, markup=False, highlight=False)
+
+                prof = profile_model(model, cfg, output=out, progress=progress, device_name=device_name,
+                                     existing=existing, warn=warn)
+            saved = out
+            mp = prof.complete_models()[-1]  # this run's entry: a complete sweep's entry is the last complete one
+            if json_out:
+                return print_json(prof)
+            if csv_out:
+                w = csv.writer(sys.stdout)
+                w.writerow(["kind", "prompt_tokens", "context_tokens", "n", "median_s", "iqr_s", "tok_s", "reps"])
+                for p in mp.prefill:
+                    w.writerow(["prefill", p.prompt_tokens, "", 1, p.prefill_s.value, p.prefill_s.iqr, p.prefill_tok_s.value, p.prefill_s.reps])
+                for d in mp.decode:
+                    w.writerow(["decode_step", "", d.context_tokens, d.n, d.step_s.value, d.step_s.iqr, d.decode_tok_s.value, d.step_s.reps])
+                return
+            render_profile(prof, mp, out)
+            render_entries(prof, mp, out)
+        except KeyboardInterrupt as e:  # Ctrl-C: one line, exit 130; ProfileInterrupted says where the partial data went
+            if saved is not None:
+                what = f"the complete profile was already saved to {saved}"
+            else:
+                what = getattr(e, "message", None) or ("stopped before anything was measured; nothing saved"
+                                                       + (f", {out} unchanged" if out.exists() else ""))
+            print(f"interrupted: {' '.join(what.split())}", file=sys.stderr)
+            raise typer.Exit(130)
 
 
 def render_profile(prof, mp, out) -> None:
@@ -106,4 +139,19 @@ def render_profile(prof, mp, out) -> None:
         console.print(f"decode drift {mp.drift.decode_drift_pct:+.1f} % (first vs last reference run): stable")
     for g in mp.gaps:
         console.print(f"[yellow]gap: {g}[/yellow]")
-    console.print(f"saved {out}")
+
+
+def render_entries(prof, mp, out) -> None:
+    """Which entries of the saved file are complete and which partial (only complete ones are measured
+    profiles; a partial one lists its gaps and is kept only so nothing measured is lost)."""
+    console.print(f"saved {out} ({len(prof.models)} entr{'y' if len(prof.models) == 1 else 'ies'}):", markup=False,
+                  highlight=False, soft_wrap=True)
+    for m in prof.models:
+        if m is mp:
+            state = "complete (this run)"
+        elif m.is_partial:
+            missing = sum(1 for g in m.gaps if g.startswith(("prefill ", "decode ")) and " reps" in g)
+            state = f"partial: {m.gaps[0] if m.gaps else 'stopped early'}; {missing} point(s) short of reps"
+        else:
+            state = "complete"
+        console.print(f"  {m.model.id}: {state}", markup=False, highlight=False, soft_wrap=True)

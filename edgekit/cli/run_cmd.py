@@ -61,6 +61,11 @@ def register(app: typer.Typer) -> None:
         grammar: Optional[str] = typer.Option(None, "--grammar", help="constrain every sample to this GBNF grammar (a file)"),
         engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | openai | a plugin's name"),
         base_url: Optional[str] = typer.Option(None, "--base-url", help="openai engine: the server, e.g. http://127.0.0.1:8080/v1 (key: EDGEKIT_CLOUD_API_KEY)"),
+        cloud_url: Optional[str] = typer.Option(None, "--cloud-url", help="offload low-confidence queries to this OpenAI-compatible server (key: EDGEKIT_CLOUD_API_KEY)"),
+        cloud_model: Optional[str] = typer.Option(None, "--cloud-model", help="the cloud's model name"),
+        offload: Optional[str] = typer.Option(None, "--offload", help="never | auto | always [default: auto with a cloud]"),
+        score: Optional[str] = typer.Option(None, "--score", help="offload score: vote_share | mean_logprob | low_logprob | combined"),
+        threshold: Optional[float] = typer.Option(None, "--threshold", help="keep local iff score >= threshold (default: the plan's calibrated one; else a default with no guarantee)"),
         threads: Optional[int] = typer.Option(None, help="CPU threads (default: physical cores)"),
         ctx: int = typer.Option(8192, "--ctx", help="context size in tokens, shared by prompt and all samples"),
         plan: Optional[str] = typer.Option(None, "--plan", help="plan file from `edgekit plan` (sets model, prompt, n, budget...)"),
@@ -90,8 +95,9 @@ def register(app: typer.Typer) -> None:
         explicit = {k: v for k, v in given.items() if v is not None}
         SamplingOptions.build(**explicit)  # bad values fail here, before any model loads
         q = Query(prompt=prompt, model=model, options=explicit, plan=plan, engine=engine, threads=threads, n_ctx=ctx,
-                  engine_options={"base_url": base_url} if base_url is not None else {})
-        check_query(q)  # threads, context, engine, --base-url: before any model loads
+                  engine_options={"base_url": base_url} if base_url is not None else {}, cloud_url=cloud_url,
+                  cloud_model=cloud_model, offload=offload, score=score, threshold=threshold)
+        check_query(q)  # threads, context, engine, --base-url, cloud options: before any model loads
         with PullProgress() as p:
             res = run_query(q, progress=p, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True))
         if json_out:
@@ -120,6 +126,10 @@ def render_result(res) -> None:
     if pred is not None:
         console.print(f"plan: predicted p{res.extra.get('prediction_percentile', 50)} {pred:.2f} s "
                       f"({res.extra.get('prediction_method', 'estimated')}), measured {t.total_s:.2f} s")
+    if res.offload is not None:
+        o = res.offload
+        cloud = f" · cloud {o.cloud_s:.2f} s" if o.cloud_s is not None else ""
+        console.print(f"source: {res.source} ({o.reason}){cloud}", highlight=False)
     for note in res.extra.get("notes", []):
         err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
     for f in res.flags:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -45,6 +46,15 @@ def sample_seeds(seed: Optional[int], n: int) -> list[int]:
     if seed is None:
         return [ll.LLAMA_DEFAULT_SEED] * n  # llama.cpp draws a random seed per sampler
     return [int(c.generate_state(1, np.uint32)[0]) for c in np.random.SeedSequence(seed).spawn(n)]
+
+
+@dataclass
+class Scored:
+    """Per continuation token: logprob (raw logits), argmax token id, top-1 minus top-2 logit."""
+
+    logprobs: list[float]
+    argmax: list[int]
+    gaps: list[float]
 
 
 class BatchDecoder:
@@ -156,6 +166,25 @@ class BatchDecoder:
         if rc != 0:
             raise BackendError(f"llama_decode failed (code {rc}) on a batch of {k} tokens", fix="lower n or --max-tokens, or raise --ctx")
 
+    def _prefill(self, prompt: list[int], cancel: Optional[Cancel]) -> bool:
+        """Decode ``prompt`` on sequence 0 in n_batch chunks, logits for its last token only.
+        ``cancel`` (a deadline) is polled between chunks; False when it ended the prefill."""
+        P, seq_id = len(prompt), self._batch.seq_id
+        for start in range(0, P, self.n_batch):
+            if start and cancel is not None and cancel():
+                return False
+            chunk = prompt[start: start + self.n_batch]
+            k = len(chunk)
+            self._tok[:k] = chunk
+            self._pos[:k] = np.arange(start, start + k)
+            self._want[:k] = 0
+            for i in range(k):
+                seq_id[i][0] = 0
+            if start + k == P:
+                self._want[k - 1] = 1
+            self._decode(k)
+        return True
+
     def stream(self, prompt: list[int], o: SamplingOptions, grammar: Optional[str], cancel: Optional[Cancel]) -> Iterator[Event]:
         n, P = o.n, len(prompt)
         mem, vocab, seq_id = self._mem, self._vocab, self._batch.seq_id
@@ -165,17 +194,10 @@ class BatchDecoder:
             for seed in sample_seeds(o.seed, n):
                 samplers.append(self._sampler(o, seed, grammar))
             # 1. prompt, once, on sequence 0; logits for its last token only
-            for start in range(0, P, self.n_batch):
-                chunk = prompt[start: start + self.n_batch]
-                k = len(chunk)
-                self._tok[:k] = chunk
-                self._pos[:k] = np.arange(start, start + k)
-                self._want[:k] = 0
-                for i in range(k):
-                    seq_id[i][0] = 0
-                if start + k == P:
-                    self._want[k - 1] = 1
-                self._decode(k)
+            if not self._prefill(prompt, cancel):
+                for s in range(n):
+                    yield Event("finish", seq=s, text="", reason="cancelled", tokens=0)
+                return
             for s in range(1, n):  # share the prompt's cells (unified KV: no copy of data)
                 ll.llama_memory_seq_cp(mem, 0, s, -1, -1)
             yield Event("prefill", prompt_tokens=P)
@@ -232,6 +254,40 @@ class BatchDecoder:
                 self._want[j] = 1
             self._decode(len(live))
             idx = {s: j for j, s in enumerate(live)}  # batch row j holds live sequence j's logits
+
+    # -- teacher-forced scoring (one sequence) ----------------------------------------------
+    def score(self, prompt: list[int], continuation: list[int]) -> "Scored":
+        """Replay ``continuation`` after ``prompt`` on one sequence, one token per decode (the
+        n=1 generation path, forced instead of sampled): per continuation token, its logprob
+        under the raw logits, the argmax token and the top-1 minus top-2 logit gap there."""
+        mem, seq_id = self._mem, self._batch.seq_id
+        P, nv = len(prompt), self._n_vocab
+        out = Scored([], [], [])
+
+        def read() -> np.ndarray:
+            return np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, -1), shape=(nv,))
+
+        def record(row: np.ndarray, tok: int) -> None:
+            m = row.max()
+            lse = m + np.log(np.exp(row - m).sum())
+            top2 = np.partition(row, nv - 2)[nv - 2:]
+            out.logprobs.append(float(row[tok] - lse))
+            out.argmax.append(int(row.argmax()))
+            out.gaps.append(float(top2.max() - top2.min()))
+
+        ll.llama_memory_clear(mem, True)
+        try:
+            self._prefill(prompt, None)
+            for j, tok in enumerate(continuation):
+                record(read(), tok)
+                if j + 1 == len(continuation):
+                    break
+                self._tok[0], self._pos[0], self._want[0] = tok, P + j, 1
+                seq_id[0][0] = 0
+                self._decode(1)
+        finally:
+            ll.llama_memory_clear(mem, True)
+        return out
 
     def _logprobs(self, live, idx, toks) -> dict:
         """Chosen-token log-probabilities under the raw (unconstrained) model distribution."""

@@ -1,5 +1,11 @@
 """An OpenAI-compatible chat endpoint as an engine (llama.cpp server, vLLM, TGI, SGLang, hosted APIs).
 
+Failing well (a robot waits on it): connect/read timeouts, bounded retries with jittered
+exponential backoff (tenacity) on 429 (honouring Retry-After), 5xx and connection errors only, never
+past the caller's deadline; a circuit breaker that fails fast after consecutive failures and
+probes again after a cool-down; a moving p50/p95 of successful call latencies
+(``engine.latency``) that the runtime uses to decide whether the cloud can still answer in time.
+
 The API key comes from an environment variable (``EDGEKIT_CLOUD_API_KEY``, else
 ``OPENAI_API_KEY``) or the ``api_key`` argument. It is sent only in the Authorization header and
 never appears in a repr, a log line, an error message or a Result.
@@ -13,18 +19,47 @@ generation (a sample that does not validate carries no answer).
 
 from __future__ import annotations
 
+import email.utils
 import os
+import random
 import time
 from typing import Any, Iterator, Optional
 
 import httpx
+import tenacity
 
 from edgekit.engines.base import Cancel, Capabilities, Engine, EngineInfo, Event, Prompt, TokenPrompt
+from edgekit.engines.resilience import CircuitBreaker, LatencyTracker
 from edgekit.errors import BackendError, FetchError, UsageError
 from edgekit.schemas.options import MAX_N_CAP, SamplingOptions
 from edgekit.schemas.profile import ModelInfo
 
 API_KEY_ENVS = ("EDGEKIT_CLOUD_API_KEY", "OPENAI_API_KEY")
+
+
+class TransientError(FetchError):
+    """429, 5xx or a connection failure: worth a retry (after ``retry_after_s`` when the server said)."""
+
+    def __init__(self, message: str, fix: Optional[str] = None, retry_after_s: Optional[float] = None):
+        super().__init__(message, fix)
+        self.retry_after_s = retry_after_s
+
+
+class CircuitOpen(FetchError):
+    pass
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
 
 
 def _estimate_tokens(text: str) -> int:
@@ -40,7 +75,8 @@ class OpenAIEngine(Engine):
 
     def __init__(self, model: str, *, base_url: Optional[str] = None, api_key: Optional[str] = None,
                  api_key_env: Optional[str] = None, connect_timeout_s: float = 5.0, read_timeout_s: float = 600.0,
-                 transport: Optional[httpx.BaseTransport] = None, max_n: Optional[int] = None,
+                 transport: Optional[httpx.BaseTransport] = None, max_retries: int = 2, failures_to_open: int = 3,
+                 cooldown_s: float = 30.0, latency_prior_s: Optional[float] = None, max_n: Optional[int] = None,
                  progress: Any = None, threads: Optional[int] = None, n_ctx: Optional[int] = None):
         # max_n, progress, threads, n_ctx: local-engine options, accepted so front doors can pass them uniformly
         if not base_url:
@@ -57,6 +93,9 @@ class OpenAIEngine(Engine):
         self._timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
         self._client = httpx.Client(timeout=self._timeout, headers=headers, transport=transport)
         self._logprobs = True  # per-choice token counts; dropped if the server rejects it
+        self.max_retries = max_retries
+        self.breaker = CircuitBreaker(failures_to_open, cooldown_s)
+        self.latency = LatencyTracker(prior_s=latency_prior_s)
         self.info = EngineInfo(name=self.name, model=model, version="openai-compatible", build="remote",
                                extra={"base_url": self.base_url})
         self.capabilities = Capabilities(max_n=MAX_N_CAP, batched_n=False, token_count=False, token_input=False,
@@ -76,11 +115,18 @@ class OpenAIEngine(Engine):
         try:
             r = self._client.post(self.url, json=body, timeout=timeout)
         except httpx.ConnectError as e:
-            raise FetchError(f"cannot connect to {self.url}: {_scrub(str(e), self._key)}", fix="start the server or check --base-url") from None
+            raise TransientError(f"cannot connect to {self.url}: {_scrub(str(e), self._key)}", fix="start the server or check --base-url") from None
         except httpx.TimeoutException:
             raise FetchError(f"{self.url} did not answer in time", fix="raise the timeout or lower --max-tokens") from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:  # dropped / half-closed connection
+            raise TransientError(f"connection to {self.url} broke: {_scrub(str(e), self._key) or type(e).__name__}",
+                                 fix="check the server and the network") from None
         except httpx.HTTPError as e:
             raise FetchError(f"request to {self.url} failed: {_scrub(str(e), self._key)}", fix="check --base-url and the server log") from None
+        if r.status_code == 429 or r.status_code >= 500 and "response_format" not in r.text:
+            raise TransientError(f"{self.url} answered HTTP {r.status_code}: {_scrub(' '.join(r.text.split())[:120], self._key)}",
+                                 fix="retry later; the server is overloaded or failing",
+                                 retry_after_s=_retry_after(r.headers.get("retry-after")))
         if r.status_code in (400, 422) and body.get("logprobs"):  # server rejects logprobs: ask without
             self._logprobs = False
             return self._post({k: v for k, v in body.items() if k != "logprobs"}, timeout_s)
@@ -95,7 +141,7 @@ class OpenAIEngine(Engine):
             raise FetchError(f"{self.url} answered HTTP {r.status_code}: {detail}", fix=fix)
         try:
             data = r.json()
-            data["choices"][0]
+            data["choices"][0]["message"]
         except (ValueError, KeyError, IndexError, TypeError):
             raise BackendError(f"{self.url} returned no completion choices", fix="point --base-url at an OpenAI-compatible server") from None
         return data
@@ -141,13 +187,47 @@ class OpenAIEngine(Engine):
                                        "json_schema": {"name": "edgekit", "schema": options.json_schema, "strict": True}}
         return self._run(body, options, cancel)
 
+    def _call(self, body: dict, left) -> dict:
+        """One logical request: breaker check, retries with jittered backoff, latency recorded."""
+        if not self.breaker.allow():
+            raise CircuitOpen(f"{self.url} is failing ({self.breaker.failures} consecutive failures): circuit open",
+                              fix=f"wait {self.breaker.retry_in_s():.0f} s for the next probe, or check the server")
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            after = getattr(exc, "retry_after_s", None)
+            backoff = random.uniform(0, min(2.0, 0.2 * 2 ** state.attempt_number))  # full jitter
+            w = min(after, 10.0) if after is not None else backoff
+            remaining = left()
+            return w if remaining is None else max(0.0, min(w, remaining - 0.05))
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            remaining = left()
+            return state.attempt_number > self.max_retries or (remaining is not None and remaining <= 0.1)
+
+        t0 = time.perf_counter()
+        try:
+            for attempt in tenacity.Retrying(stop=stop, wait=wait, reraise=True,
+                                             retry=tenacity.retry_if_exception_type(TransientError)):
+                with attempt:
+                    remaining = left()
+                    if remaining is not None and remaining <= 0:
+                        raise FetchError(f"{self.url}: no time left before the deadline", fix="raise the deadline")
+                    data = self._post(body, remaining)
+        except (FetchError, BackendError):
+            self.breaker.record_failure()
+            raise
+        self.breaker.record_success()
+        self.latency.add(time.perf_counter() - t0)
+        return data
+
     def _run(self, body: dict, options: SamplingOptions, cancel: Optional[Cancel]) -> Iterator[Event]:
         t0 = time.perf_counter()
 
         def left() -> Optional[float]:
             return None if options.deadline_s is None else options.deadline_s - (time.perf_counter() - t0)
 
-        data = self._post(body, left())
+        data = self._call(body, left)
         usage = data.get("usage") or {}
         pt = usage.get("prompt_tokens")
         yield Event("prefill", prompt_tokens=pt if isinstance(pt, int) else None)
@@ -163,7 +243,7 @@ class OpenAIEngine(Engine):
             one["n"] = 1
             if options.seed is not None:
                 one["seed"] = (options.seed + 7919 * seq) % (2**31)
-            ev = self._events(self._post(one, left()), seq)[:1]
+            ev = self._events(self._call(one, left), seq)[:1]
             yield from ev
             seq += 1
 

@@ -4,10 +4,11 @@ server, or any registered engine) behind a Runtime and run the resumable evaluat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from edgekit import engines
 from edgekit.errors import UsageError
+from edgekit.evaluate.humaneval_exec import FIX, sandbox_status
 from edgekit.evaluate.runner import Progress, check_resume, run_eval, task_settings
 from edgekit.evaluate.tasks import load_task
 from edgekit.runtime import Runtime
@@ -27,12 +28,14 @@ def evaluate(task: str, model: str, *, backend: str = "llama.cpp", base_url: Opt
              temperature: float = 0.8, top_p: float = 0.95, seed: int = 0, max_tokens: int = 256,
              limit: Optional[int] = None, split: Optional[str] = None, template: Optional[str] = None,
              threads: Optional[int] = None, resume: bool = True, progress: Optional[Progress] = None,
-             runtime: Optional[Runtime] = None, answer_format: Optional[str] = None) -> AccuracyTable:
+             runtime: Optional[Runtime] = None, answer_format: Optional[str] = None,
+             allow_code_execution: bool = False, notice: Optional[Callable[[str], None]] = None) -> AccuracyTable:
     """``backend``: a registered engine name (``llama.cpp``, ``openai``, or a plugin's).
 
     Every argument is checked before a model loads or any problem runs: sampling values, threads,
-    the task, the answer format, the output path, the engine and its URL, and whether a partial
-    run of ``out_path`` can be continued (same settings, same problems)."""
+    the task, the answer format, the output path, whether a partial run of ``out_path`` can be
+    continued (same settings, same problems), the engine and its URL, and (code tasks) the sandbox.
+    ``notice`` gets one line about how model-written code runs, once all of that passed."""
     SamplingOptions.build(n=n_samples, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     check_threads(threads)
     t = load_task(task, template=template, split=split, limit=limit)  # bad task -> clear error before loading a model
@@ -51,9 +54,17 @@ def evaluate(task: str, model: str, *, backend: str = "llama.cpp", base_url: Opt
             if name == "llama.cpp":
                 raise UsageError("--base-url applies to a server engine (--engine openai), not to llama.cpp, which runs "
                                  "the model in this process", fix="add --engine openai, or drop --base-url")
+    if t.has_verifier:  # model-written code runs: in a sandbox, or only when the user says so
+        ok, desc = sandbox_status()
+        if not ok and not allow_code_execution:
+            raise UsageError("refusing to run model-written code without a sandbox", fix=FIX)
+        t.allow_unsandboxed = allow_code_execution
+    if runtime is None:
         kw = {"base_url": base_url, "api_key": api_key} if name == "openai" else {}
         runtime = Runtime(model, engine=name, threads=threads, n_ctx=max(4096, 1024 + n_samples * max_tokens),
                           max_n=max(n_samples, 1), **kw)
+    if t.has_verifier and notice:  # once the model loaded: a bad argument's error stays the only line on stderr
+        notice(f"code execution: {sandbox_status()[1]}")
     rt = runtime
     label = getattr(rt.engine, "label", rt.engine.name)
     try:

@@ -3,15 +3,19 @@
 Per problem we hold N samples drawn at ``max_tokens``. Everything the planner needs for
 k <= N samples and budget B <= max_tokens follows from that pool:
 
-* validity at B: a sample counts at budget B iff it ``finished`` and ``tokens <= B``;
-  an invalid sample has no answer (None) and is incorrect.
+* validity at B: :func:`edgekit.schemas.table.within_budget` -- the runtime's rule: a sample
+  counts at budget B iff it ``finished`` and ``tokens < B`` (its end-of-sequence is a sampled
+  token too: with max_tokens=B a sample of exactly B tokens ends "budget", no answer).
+  An invalid sample has no answer (None) and is incorrect.
 * ``pass@k`` (coverage, "oracle verifier"): unbiased 1 - C(N-c, k)/C(N, k).
 * ``majority``: expected accuracy of a majority vote over a uniformly random k-subset.
   Tie rule (the runtime uses the same): ties are broken uniformly at random, so a subset
   whose vote ties t answers, one of them correct, scores 1/t. None (nothing extracted)
   never takes part in the vote; a subset of only None answers is incorrect.
-* ``expected_steps``: E[max over a random k-subset of min(tokens, B)] -- the decode steps
-  the batch of k runs; exact via order statistics.
+* ``expected_steps``: E[max over a random k-subset of :func:`~edgekit.schemas.table.budget_steps`]
+  -- the sampling steps the batch of k runs, each finishing sample's EOS step included
+  (``tokens + 1`` when within B, else B); exact via order statistics. ``mean_tokens`` is the
+  mean of the same per-sample count.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from edgekit.errors import UsageError
-from edgekit.schemas.table import AccuracyRow, ProblemRecord, SampleRecord
+from edgekit.schemas.table import AccuracyRow, ProblemRecord, SampleRecord, budget_steps, within_budget
 
 AGGREGATIONS = ("greedy", "majority", "pass@k", "first_verified")
 
@@ -140,7 +144,11 @@ def default_aggregations(has_verifier: bool, has_greedy: bool = True) -> list[st
 
 
 def _valid(s: SampleRecord, budget: int) -> bool:
-    return s.finished and s.tokens <= budget
+    return within_budget(s.tokens, s.finished, budget)
+
+
+def _steps(s: SampleRecord, budget: int) -> int:
+    return budget_steps(s.tokens, s.finished, budget)
 
 
 def accuracy_rows(
@@ -175,7 +183,7 @@ def accuracy_rows(
                 continue
             for b in budgets:
                 acc = sum(_valid(p.greedy, b) and p.greedy.correct for p in problems) / P
-                mt = sum(min(p.greedy.tokens, b) for p in problems) / P
+                mt = sum(_steps(p.greedy, b) for p in problems) / P
                 rows.append(AccuracyRow(budget=b, k=1, aggregation="greedy", accuracy=acc, expected_steps=mt, mean_tokens=mt))
             continue
         for b in budgets:
@@ -183,7 +191,7 @@ def accuracy_rows(
             steps = {k: 0.0 for k in ks}
             mean_tok = 0.0
             for p in problems:
-                capped = [min(s.tokens, b) for s in p.samples]
+                capped = [_steps(s, b) for s in p.samples]
                 mean_tok += sum(capped) / n
                 for k, v in expected_max(capped, ks).items():
                     steps[k] += v

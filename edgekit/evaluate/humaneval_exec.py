@@ -1,110 +1,258 @@
-"""Run a generated program against its unit tests, out of process.
+"""Run a generated program against its unit tests, out of process, in a sandbox when there is one.
 
-Each check runs ``python -I`` on a file in a fresh temporary directory, in its own process
-group, with rlimits (address space, CPU seconds, file size, core dumps), a scrubbed
-environment (no proxies, no user site) and a prelude that disables sockets. On timeout the
-whole process group is killed. This is containment for model-written code, not a sandbox
-against a determined attacker: run untrusted evaluations in a VM or container.
+Who says "passed"
+    Code running in the same interpreter as the test can do anything the checking code does: exit
+    early with status 0, patch builtins, redefine ``check``, trace the test's frames, read the
+    checker's memory and descriptors. So no sentinel written from that process can be trusted, and
+    the test never shares a process with the program here (see ``exec_harness.py``):
+
+    * the parent starts a trusted *judge* (stdlib only) with two inherited pipes, control
+      (parent -> judge) and result (judge -> parent), stdout/stderr going nowhere;
+    * the judge makes itself non-dumpable (no ptrace, no ``/proc/<judge>/{mem,fd}`` for same-uid
+      processes) and a child subreaper, sets rlimits and forks the *worker*; the worker closes every
+      descriptor but its two RPC pipes, drops to a throwaway uid (sandbox as root), installs an audit
+      hook (no sockets, no ctypes) and executes the program as module ``program`` (so an
+      ``if __name__ == "__main__": ...; exit()`` block does not run, as in HumanEval's own harness);
+    * only after the fork does the judge read the per-run token (``secrets.token_hex(16)``) and the
+      test source from the control pipe: the worker's memory never held them and it holds no
+      descriptor of either pipe, so it can neither read the token nor write to the result pipe;
+    * the judge executes the test and calls ``check(candidate)`` with a proxy: each call sends plain
+      data (JSON, tagged for tuples, sets, bytes, ...) to the worker and decodes the answer strictly
+      into fresh built-in values. Objects whose ``__eq__`` always says True, patched builtins or
+      modules, a redefined ``check``, trace hooks, a program that reads the test: none of it reaches
+      the judge. Helpers the test takes from the program (``poly``, ``encode_cyclic``) are proxied
+      the same way; names of builtins are never taken from the program;
+    * when ``check`` returns, the judge writes ``PASS <token>``; any exception, the worker ending by
+      any means (``sys.exit``, ``os._exit``, ``SystemExit``, a signal, closing its pipe), a broken
+      protocol, a timeout, or a line without this run's token is a failure.
+
+    A forged pass needs control of the judge: in the sandbox it runs under another uid (no signals,
+    no ptrace); without one it is protected by PR_SET_DUMPABLE=0, and a worker running as root
+    first empties all its capability sets (bounding set included) and sets no_new_privs, so it has
+    no CAP_SYS_PTRACE either. Killing the judge only makes the check fail.
+
+What comes back
+    ``(passed, reason)``; reason is "passed", "timed out after <t>s" or "failed: <one line>": the
+    exception type and message (first line, printable ASCII, <= 120 characters) or what ended the
+    program. The program's stdout and stderr are discarded, never echoed.
+
+Containment
+    bubblewrap (``sandbox_status()`` says whether it works here): own network, PID, IPC and UTS
+    namespaces, no capabilities, read-only system and Python directories only (no $HOME, /root,
+    /home, /etc/passwd, repository or host /tmp), writes only to a private 64 MiB tmpfs at /tmp where
+    the program runs (nothing it writes reaches the host's disk), ``--die-with-parent``,
+    ``--new-session``. As root the program runs under a random uid with RLIMIT_NPROC (a fork bomb
+    stops at 64 tasks). Without bubblewrap, running model code needs ``allow_unsandboxed=True`` (the
+    CLI's ``--allow-code-execution``) and is rlimits only; the status text lists what that does not
+    contain.
+
+Timeouts
+    The parent never blocks without a deadline: it waits on the result pipe with ``poll`` until
+    ``timeout_s``, then stops (SIGSTOP) and kills (SIGKILL) the whole tree: every descendant of the
+    process it started (orphans stay descendants: the judge is a subreaper; in the sandbox the PID
+    namespace dies with its init) plus, without sandbox, every process in its session or process
+    group or carrying this run's environment marker. Reaping is bounded too.
+
+Layout: this module (API, verdict), ``sandbox.py`` (bubblewrap command line and probe, killing the
+process tree), ``exec_harness.py`` (judge and worker, run as ``python -I -B -c <its source>``).
 """
 
 from __future__ import annotations
 
+import json
 import os
-import signal
+import secrets
+import select
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Optional
+
+from edgekit.errors import UsageError
+from edgekit.evaluate.exec_harness import sanitize
+from edgekit.evaluate.sandbox import INNER_PROGDIR, RUN_MARKER, bwrap_argv, bwrap_problem, kill_tree, user_tasks
 
 MEMORY_LIMIT_BYTES = 2 * 1024**3
 FILE_SIZE_LIMIT_BYTES = 16 * 1024**2
+SANDBOX_NPROC = 64  # tasks (processes and threads) of the throwaway uid
+EXTRA_NPROC = 64  # without a throwaway uid: the user's current tasks + this
 
-# Runs before the program: no network.
-_PRELUDE = '''\
-import socket as _edgekit_socket, _socket as _edgekit__socket
-def _edgekit_no_network(*args, **kwargs):
-    raise OSError("network access is disabled during evaluation")
-class _EdgekitNoSocket:
-    def __init__(self, *args, **kwargs):
-        _edgekit_no_network()
-for _m in (_edgekit_socket, _edgekit__socket):
-    _m.socket = _EdgekitNoSocket
-    for _name in ("create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo", "gethostbyname"):
-        if hasattr(_m, _name):
-            setattr(_m, _name, _edgekit_no_network)
-del _m, _name
-'''
-
+FIX = ("install bubblewrap (apt-get install bubblewrap) or pass --allow-code-execution to run model-written code "
+       "with rlimits only")
+_HARNESS = Path(__file__).with_name("exec_harness.py")
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "SYSTEMROOT", "TMPDIR")
 
-
-def _limits(cpu_seconds: int):
-    def apply():  # runs in the child between fork and exec
-        import resource
-
-        for lim, value in (
-            (resource.RLIMIT_AS, MEMORY_LIMIT_BYTES),
-            (resource.RLIMIT_CPU, cpu_seconds),
-            (resource.RLIMIT_FSIZE, FILE_SIZE_LIMIT_BYTES),
-            (resource.RLIMIT_CORE, 0),
-        ):
-            try:
-                soft, hard = resource.getrlimit(lim)
-                v = value if hard == resource.RLIM_INFINITY else min(value, hard)
-                resource.setrlimit(lim, (v, hard))
-            except (ValueError, OSError):
-                pass
-
-    return apply
+_status_lock = threading.Lock()
+_status: Optional[tuple[bool, str]] = None
+_harness_src: Optional[str] = None
 
 
-def build_program(program: str, test: str, entry_point: str) -> str:
-    return f"{_PRELUDE}\n{program}\n\n{test}\n\ncheck({entry_point})\n"
+def check_program(program: str, test: str, entry_point: str, timeout_s: float = 5.0, *,
+                  allow_unsandboxed: bool = False, sandbox: Optional[bool] = None) -> tuple[bool, str]:
+    """Run ``check(<entry_point>)`` of ``test`` against ``program``; return (passed, reason).
 
-
-def check_program(program: str, test: str, entry_point: str, timeout_s: float = 5.0) -> tuple[bool, str]:
-    """Run ``program`` + ``test`` + ``check(entry_point)``; return (passed, reason).
-
-    reason is "passed", "timed out after <t>s", or "failed: <last line of stderr>"."""
-    env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
-    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0", no_proxy="*", NO_PROXY="*")
-    with tempfile.TemporaryDirectory(prefix="edgekit-exec-") as tmp:
-        script = Path(tmp) / "program.py"
-        script.write_text(build_program(program, test, entry_point))
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-B", str(script)],
-            cwd=tmp,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # own process group: a timeout kills its children too
-            preexec_fn=_limits(max(1, int(timeout_s) + 1)),
-        )
+    sandbox: None = bubblewrap when it works here, else rlimits only if ``allow_unsandboxed``
+    (UsageError otherwise); True = bubblewrap or UsageError; False = rlimits only (needs
+    ``allow_unsandboxed``)."""
+    use_sandbox = _choose(sandbox, allow_unsandboxed)
+    token, run_id = secrets.token_hex(16), secrets.token_hex(8)
+    privileged = os.geteuid() == 0
+    with tempfile.TemporaryDirectory(prefix="edgekit-exec-", ignore_cleanup_errors=True) as tmp:
+        progdir = os.path.join(tmp, "program")
+        os.mkdir(progdir, 0o700)
+        Path(progdir, "program.py").write_text(program, encoding="utf-8")
+        cfg = {"entry_point": entry_point, "progdir": progdir, "uid": None, "nproc": None,
+               "limits": [["RLIMIT_AS", MEMORY_LIMIT_BYTES], ["RLIMIT_CPU", max(1, int(timeout_s) + 1)],
+                          ["RLIMIT_FSIZE", FILE_SIZE_LIMIT_BYTES], ["RLIMIT_CORE", 0]]}
+        if use_sandbox and privileged:
+            cfg["uid"], cfg["nproc"] = 1_000_000_000 + secrets.randbelow(1_000_000_000), SANDBOX_NPROC
+            for p in (progdir, os.path.join(progdir, "program.py")):
+                os.chown(p, cfg["uid"], cfg["uid"])
+        elif not privileged:
+            cfg["nproc"] = user_tasks() + EXTRA_NPROC
+        fds: dict[str, Optional[int]] = {}
         try:
-            _, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            proc.communicate()
-            return False, f"timed out after {timeout_s:g}s"
+            fds["ctl_r"], fds["ctl_w"] = os.pipe()
+            fds["res_r"], fds["res_w"] = os.pipe()
+            cfg["ctl_fd"], cfg["result_fd"] = fds["ctl_r"], fds["res_w"]
+            python = [sys.executable, "-I", "-B", "-c", _harness(), json.dumps(cfg)]
+            if use_sandbox:
+                fds["err_r"], fds["err_w"] = os.pipe()  # bubblewrap's own errors (the judge silences fd 2 first)
+                cfg["progdir"] = INNER_PROGDIR
+                python[-1] = json.dumps(cfg)
+                argv = bwrap_argv(shutil.which("bwrap") or "bwrap", progdir, privileged, run_id) + python
+                env, cwd = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, "/"
+            else:
+                argv, cwd = python, progdir
+                env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
+                env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0", no_proxy="*", NO_PROXY="*",
+                           **{RUN_MARKER: run_id})
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=fds.get("err_w") or subprocess.DEVNULL,
+                                    pass_fds=(fds["ctl_r"], fds["res_w"]), start_new_session=True)
+            for k in ("ctl_r", "res_w", "err_w"):
+                _close(fds, k)
+            payload = json.dumps({"token": token, "test": test}).encode("utf-8")
+            try:
+                line, timed_out, err = _exchange(fds, payload, time.monotonic() + timeout_s)
+            finally:
+                kill_tree(proc, run_id, sweep=not use_sandbox)
         finally:
-            if proc.poll() is None:
-                _kill_group(proc)
-        _kill_group(proc)  # leftover grandchildren, if any
-    if proc.returncode == 0:
-        return True, "passed"
-    lines = [ln for ln in err.decode("utf-8", "replace").strip().splitlines() if ln.strip()]
-    if lines:
-        return False, "failed: " + lines[-1].strip()[:300]
-    if proc.returncode < 0:
-        return False, f"failed: killed by signal {signal.Signals(-proc.returncode).name}"
-    return False, f"failed: exit code {proc.returncode}"
+            for k in list(fds):
+                _close(fds, k)
+    if line is not None:
+        if secrets.compare_digest(line, f"PASS {token}".encode("ascii")):
+            return True, "passed"
+        text = line.decode("ascii", "replace")
+        if text.startswith(f"FAIL {token} "):
+            return False, "failed: " + sanitize(text[len(f"FAIL {token} "):])
+    if timed_out:
+        return False, f"timed out after {timeout_s:g}s"
+    if line is not None:
+        return False, "failed: the checker's report does not belong to this run"
+    if use_sandbox and err.strip():
+        return False, "failed: the sandbox did not start: " + sanitize(err.decode("utf-8", "replace"))
+    return False, f"failed: the checker stopped without a verdict (exit status {proc.returncode})"
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    if proc.poll() is None:
-        proc.wait()
+def sandbox_status() -> tuple[bool, str]:
+    """(available, description): whether model-written code runs in bubblewrap here, and what is and
+    is not contained. Probed once (a real sandbox start), then cached."""
+    global _status
+    with _status_lock:
+        if _status is None:
+            problem = bwrap_problem()
+            _status = (True, _sandbox_text()) if problem is None else (False, _rlimits_text(problem))
+        return _status
+
+
+def _sandbox_text() -> str:
+    who = ("a throwaway uid without capabilities, at most 64 processes" if os.geteuid() == 0 else
+           "your uid in a user namespace without capabilities, process limit counted with your own processes")
+    return ("bubblewrap: no network, read-only root (system and Python directories only: no $HOME, /root, /home, "
+            "/etc/passwd or host files), writes only to a private size-limited /tmp (where the program runs), PID "
+            f"namespace (every process killed at the end), {who}; verdict from a separate judge process")
+
+
+def _rlimits_text(problem: str) -> str:
+    root = (", the process limit (root ignores RLIMIT_NPROC), other root processes and root-owned files (the program"
+            " runs as root without capabilities)" if os.geteuid() == 0 else "")
+    return (f"rlimits only ({problem}): NOT contained: file reads and writes anywhere this user can, network from "
+            "subprocesses (e.g. python -c) and from code that gets past Python audit hooks, processes that leave the "
+            f"session and clear their environment{root}; contained: wall-clock timeout, memory/CPU/file-size limits, "
+            "sockets and ctypes in the program's own interpreter (audit hook); verdict from a separate judge process")
+
+
+def _choose(sandbox: Optional[bool], allow_unsandboxed: bool) -> bool:
+    if sandbox is False:
+        if not allow_unsandboxed:
+            raise UsageError("sandbox=False runs model-written code without a sandbox",
+                             fix="pass allow_unsandboxed=True as well (the CLI's --allow-code-execution)")
+        return False
+    ok, desc = sandbox_status()
+    if ok:
+        return True
+    why = desc.split(": NOT contained", 1)[0]  # "rlimits only (<why bubblewrap does not work>)"; full text: sandbox_status()
+    if sandbox is True:
+        raise UsageError(f"no working sandbox for model-written code: {why}",
+                         fix="install bubblewrap (apt-get install bubblewrap)")
+    if not allow_unsandboxed:
+        raise UsageError(f"refusing to run model-written code without a sandbox: here it would be {why}", fix=FIX)
+    return False
+
+
+def _harness() -> str:
+    global _harness_src
+    if _harness_src is None:
+        _harness_src = _HARNESS.read_text(encoding="utf-8")
+    return _harness_src
+
+
+def _close(fds: dict, key: str) -> None:
+    fd = fds.get(key)
+    if fd is not None:
+        fds[key] = None
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _exchange(fds: dict, payload: bytes, deadline: float) -> tuple[Optional[bytes], bool, bytes]:
+    """Send the control payload, read the judge's line. (line or None, timed out, bubblewrap stderr).
+    poll, not select: descriptor numbers above 1024 are fine."""
+    os.set_blocking(fds["ctl_w"], False)
+    buf, err, sent = b"", b"", 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None, True, err
+        poller = select.poll()
+        for key, events in (("res_r", select.POLLIN), ("err_r", select.POLLIN), ("ctl_w", select.POLLOUT)):
+            if fds.get(key) is not None:
+                poller.register(fds[key], events)
+        for fd, _ in poller.poll(max(1, int(left * 1000))):
+            if fd == fds.get("ctl_w"):
+                try:
+                    sent += os.write(fd, payload[sent:sent + 65536])
+                except BlockingIOError:
+                    pass
+                except OSError:  # the judge is gone; how it ended shows on the result pipe
+                    sent = len(payload)
+                if sent >= len(payload):
+                    _close(fds, "ctl_w")
+            elif fd == fds["res_r"]:
+                chunk = os.read(fd, 65536)
+                buf += chunk
+                if not chunk or b"\n" in buf or len(buf) > 4096:
+                    return (buf.split(b"\n")[0] if buf else None), False, err
+            else:
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    err = (err + chunk)[:4096]
+                else:
+                    _close(fds, "err_r")

@@ -32,6 +32,7 @@ from edgekit.evaluate.estimators import accuracy_rows, default_aggregations, def
 from edgekit.evaluate.tasks import Problem, Task, load_task
 from edgekit.runtime import Runtime
 from edgekit.runtime.aggregate import get_extractor as default_get_extractor
+from edgekit.runtime.aggregate import quantile
 from edgekit.schemas import __version__
 from edgekit.schemas.checks import check_output_path
 from edgekit.schemas.formats import answer_grammar
@@ -134,14 +135,17 @@ def _records(task: Task, problem: Problem, res, max_tokens: int, extract, pool: 
     for s in res.samples:
         answer = task.extract(s.text, problem, extract)
         finished = s.finish_reason == "stop" and s.tokens <= max_tokens
-        items.append((answer, int(s.tokens), finished))
+        lp = s.logprobs
+        feats = (round(sum(lp) / len(lp), 4), round(quantile(lp, 0.10), 4)) if lp else (None, None)
+        items.append((answer, int(s.tokens), finished, feats))
 
     def judge(item) -> bool:
-        answer, _, finished = item
+        answer, _, finished, _ = item
         return finished and answer is not None and task.is_correct(problem, answer)
 
     verdicts = list(pool.map(judge, items)) if pool else [judge(it) for it in items]
-    return [SampleRecord(answer=a, correct=c, tokens=t, finished=f) for (a, t, f), c in zip(items, verdicts)]
+    return [SampleRecord(answer=a, correct=c, tokens=t, finished=f, mean_logprob=m, low_logprob=lo)
+            for (a, t, f, (m, lo)), c in zip(items, verdicts)]
 
 
 def run_eval(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from edgekit.errors import UsageError
+from edgekit.evaluate.humaneval_exec import check_program
 
 KNOWN_TASKS = ("bigbench:object_counting", "bigbench:date_understanding", "bigbench:strategyqa", "humaneval", "jsonl:<path>")
 _BIGBENCH_KIND = {"object_counting": "number", "date_understanding": "choice", "strategyqa": "yesno"}
@@ -69,6 +70,7 @@ class Task:
     split: Optional[str] = None  # "a:b" positions in the full task, None = all of it
     offset: int = 0  # position of problems[0] in the full task
     total: int = field(default=0)  # size of the full task
+    allow_unsandboxed: bool = False  # code tasks: run model-written code with rlimits only (no bubblewrap)
 
     @property
     def has_verifier(self) -> bool:
@@ -109,9 +111,8 @@ class Task:
         if problem.kind != "code" or problem.test is None or problem.entry_point is None:
             raise UsageError(f"task {self.name} has no verifier (not a code task)",
                              fix="use a verifier aggregation (pass@k, first_verified) only with code tasks such as humaneval")
-        from edgekit.evaluate.humaneval_exec import check_program
-
-        return lambda program: check_program(program, problem.test, problem.entry_point, timeout_s)[0]
+        return lambda program: check_program(program, problem.test, problem.entry_point, timeout_s,
+                                             allow_unsandboxed=self.allow_unsandboxed)[0]
 
     def select(self, split: Optional[str] = None, limit: Optional[int] = None) -> "Task":
         """Problems ``split`` ("a:b", Python slice semantics) then the first ``limit`` of them."""

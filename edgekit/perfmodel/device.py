@@ -147,7 +147,7 @@ def _coefs(infos: list[ModelInfo], pms: list[PerfModel], use_dims: bool) -> dict
 def fit_device(profile: DeviceProfile, source: str | None = None) -> DeviceModel:
     """Fit the cross-model device model from every profiled model with size, params and KV bytes."""
     infos, pms = [], []
-    for mp in profile.models:
+    for mp in profile.complete_models():
         i = mp.model
         if i.size_bytes and i.n_params and kv_bytes(i)[0]:
             infos.append(i)

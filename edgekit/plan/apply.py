@@ -9,6 +9,7 @@ prediction is then withheld (it was made for another configuration), never shown
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -16,8 +17,11 @@ from edgekit import engines
 from edgekit.errors import EdgekitError, SchemaError, UsageError
 from edgekit.models.catalog import DEFAULT_MODEL
 from edgekit.models.store import Progress, resolve
+from edgekit.engines.openai import OpenAIEngine
 from edgekit.runtime import Runtime
+from edgekit.runtime.offload import Offload
 from edgekit.schemas.checks import check_base_url, check_ctx, check_text, check_threads
+from edgekit.schemas.offload import SCORES
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import PlanFile, load_plan
 from edgekit.schemas.result import Result
@@ -33,6 +37,11 @@ class Query:
     threads: Optional[int] = None
     n_ctx: int = 8192
     engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. base_url for the openai engine
+    cloud_url: Optional[str] = None  # offload low-confidence queries to this OpenAI-compatible server
+    cloud_model: Optional[str] = None
+    offload: Optional[str] = None  # never | auto | always (default: auto with a cloud)
+    score: Optional[str] = None
+    threshold: Optional[float] = None
 
 
 log = logging.getLogger("edgekit")
@@ -40,7 +49,8 @@ log = logging.getLogger("edgekit")
 
 def check_query(q: Query) -> None:
     """Everything about a query that can be checked without loading a model: the prompt's text,
-    threads, context size, the engine's name and whether --base-url applies to it."""
+    threads, context size, the engine's name, whether --base-url applies to it, and the offload
+    options (cloud URL, mode, score, threshold)."""
     check_text(q.prompt, "the prompt")
     if not q.prompt.strip():
         raise UsageError("empty prompt", fix="pass a non-empty prompt")
@@ -52,6 +62,14 @@ def check_query(q: Query) -> None:
         if engines.canonical(q.engine) == "llama.cpp":
             raise UsageError("--base-url applies to a server engine (--engine openai), not to llama.cpp, which runs the "
                              "model in this process", fix="add --engine openai, or drop --base-url")
+    check_base_url(q.cloud_url, "--cloud-url")
+    if q.offload is not None and q.offload not in ("never", "auto", "always"):
+        raise UsageError(f"unknown --offload {q.offload!r}", fix="pass --offload never, auto or always")
+    if q.score is not None and q.score not in SCORES:
+        raise UsageError(f"unknown --score {q.score!r}", fix=f"pass --score {' | '.join(SCORES)}")
+    if q.threshold is not None and not math.isfinite(q.threshold):
+        raise UsageError(f"invalid --threshold: must be a finite number, got {q.threshold!r}",
+                         fix="pass the score a local answer must reach, e.g. --threshold 0.6, or omit it for the plan's")
 
 
 def context_warning(rt: Runtime, text: str, opts: SamplingOptions, n_ctx: int) -> Optional[str]:
@@ -105,6 +123,29 @@ def plan_options(p: PlanFile, explicit: dict[str, Any], model: Optional[str]) ->
     return base.replace(**explicit) if explicit else base, overrides
 
 
+def _offload(q: Query, p: Optional[PlanFile], opts: SamplingOptions) -> Optional[Offload]:
+    cloud = p.cloud if p is not None else None
+    url = q.cloud_url or (cloud.base_url if cloud else None)
+    if url is None:
+        if q.offload not in (None, "never"):
+            raise UsageError(f"--offload {q.offload} needs a cloud endpoint", fix="pass --cloud-url http://host:port/v1 (and --cloud-model)")
+        return None
+    if q.offload == "never":
+        return None
+    model = q.cloud_model or (cloud.model if cloud else None)
+    if not model:
+        raise UsageError("offload needs the cloud's model name", fix="pass --cloud-model NAME (as the server knows it)")
+    cal = p.offload if p is not None else None
+    if cal is not None and cal.model_sha256 and p.chosen.model_sha256 and cal.model_sha256 != p.chosen.model_sha256:
+        raise SchemaError(f"the plan's offload threshold was calibrated for another model file (sha256 {cal.model_sha256[:12]}…, "
+                          f"the plan runs {p.chosen.model_sha256[:12]}…)",
+                          fix=f"re-run `edgekit calibrate --plan {q.plan} ...` for this model")
+    engine = OpenAIEngine(model, base_url=url, latency_prior_s=cloud.latency_s if cloud else None)
+    local_s = p.predicted.latency_at_percentile_s if p is not None and cal is not None else None
+    return Offload(cloud=engine, mode=q.offload or "auto", calibration=cal, score=q.score, threshold=q.threshold,  # type: ignore[arg-type]
+                   local_predicted_s=local_s)
+
+
 def run_query(q: Query, progress: Optional[Progress] = None, warn: Optional[Callable[[str], None]] = None) -> Result:
     """Run one query. ``warn`` gets one-line warnings as they arise (default: the ``edgekit``
     logger); they are also kept in ``Result.extra["warnings"]``."""
@@ -129,8 +170,9 @@ def run_query(q: Query, progress: Optional[Progress] = None, warn: Optional[Call
     if opts.aggregate == "first_verified":
         raise UsageError("this configuration aggregates with first_verified, which needs a verifier for every query",
                          fix="use the library: Runtime.generate(..., options=load_plan(P).chosen.options, verifier=...)")
+    off = _offload(q, p, opts)
     with Runtime(model, engine=q.engine, threads=q.threads, n_ctx=q.n_ctx, max_n=opts.n, progress=progress,
-                 **q.engine_options) as rt:
+                 offload=off, **q.engine_options) as rt:
         w = context_warning(rt, text, opts, q.n_ctx)
         if w:
             warnings.append(w)

@@ -9,7 +9,7 @@ from edgekit.plan.planner import PlanResult
 from edgekit.schemas import __version__
 from edgekit.schemas.formats import answer_grammar
 from edgekit.schemas.options import SamplingOptions
-from edgekit.schemas.plan import Caps, ChosenConfig, FrontierPoint, PlanFile, Predicted, ProfileRef
+from edgekit.schemas.plan import Caps, ChosenConfig, CloudRef, FrontierPoint, PlanFile, Predicted, ProfileRef
 
 # accuracy-table aggregation -> how the runtime aggregates (pass@k needs the verifier pass@k assumes)
 RUNTIME_AGGREGATE = {"greedy": "majority", "majority": "majority", "first_verified": "first_verified",
@@ -35,6 +35,8 @@ def frontier_points(res: PlanResult) -> list[FrontierPoint]:
             model_id=c["model_id"], quant=c["quant"], prompt_template=c["prompt_template"] + (f"+{c['answer_format']}" if c.get("answer_format") else ""),
             temperature=c["temperature"],
             budget=c["budget"], n=c["n"], aggregation=c["aggregation"], accuracy=float(res.accuracy[i]),
+            accuracy_lo=_opt(res.acc_lo[i]) if res.acc_lo is not None else None,
+            accuracy_hi=_opt(res.acc_hi[i]) if res.acc_hi is not None else None,
             latency_s=float(res.latency[i]), latency_p50_s=float(res.pred["total_s"][i]),
             energy_j=_opt(res.pred["energy_j"][i]), memory_gb=_opt(res.pred["memory_bytes"][i], 1e9),
             meets_target=bool(res.feasible[i]), chosen=res.chosen == i, method=res.method(i)))
@@ -59,6 +61,14 @@ def based_on(res: PlanResult) -> list[str]:
     return out
 
 
+def _mixture(res: PlanResult) -> dict:
+    j = res.joint
+    if j is None:
+        return {}
+    return {"system_accuracy": j.system_accuracy, "system_accuracy_lo": j.accuracy_lo, "system_accuracy_hi": j.accuracy_hi,
+            "offload_rate": j.offload_rate, "expected_latency_s": j.expected_s, "mixture_p95_s": j.p95_s}
+
+
 def to_plan_file(res: PlanResult) -> PlanFile:
     if res.chosen is None:
         raise ValueError("plan has no chosen configuration")
@@ -79,6 +89,16 @@ def to_plan_file(res: PlanResult) -> PlanFile:
             latency_at_percentile_s=float(res.latency[i]), interval_how=pr.interval_how, prefill_s=pr.prefill_s,
             decode_s=pr.decode_s, energy_j=pr.energy_figure(), memory_gb=pr.memory_figure(),
             accuracy=float(res.accuracy[i]),
+            accuracy_lo=float(res.acc_lo[i]) if res.acc_lo is not None else None,
+            accuracy_hi=float(res.acc_hi[i]) if res.acc_hi is not None else None,
+            accuracy_interval_how=res.interval_how,
             accuracy_source=f"accuracy table {tpath or c['task']} row B={c['budget']} k={c['n']} {c['aggregation']}",
-            method=pr.method),
-        frontier=frontier_points(res), based_on=based_on(res))
+            method=pr.method, **_mixture(res)),
+        frontier=frontier_points(res), based_on=based_on(res), **_offload(res))
+
+
+def _offload(res: PlanResult) -> dict:
+    j = res.joint
+    if j is None:
+        return {}
+    return {"offload": j.calibration(res.config(j.candidate)["model_sha256"]), "cloud": CloudRef(**res.cloud)}

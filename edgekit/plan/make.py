@@ -9,8 +9,9 @@ from typing import Optional, Sequence
 from edgekit.errors import SchemaError, UsageError
 from edgekit.schemas.table import load_table
 from edgekit.plan.export import to_plan_file
+from edgekit.plan.joint import joint_plan
 from edgekit.plan.planner import PlanResult, plan
-from edgekit.schemas.checks import check_output_path, check_positive
+from edgekit.schemas.checks import check_base_url, check_output_path, check_positive
 from edgekit.schemas.profile import ModelInfo, load_profile
 
 
@@ -42,7 +43,9 @@ def _model_infos(tables, profiled: set | None = None) -> dict[str, ModelInfo]:
 def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], latency_target_s: float, *,
               percentile: int = 50, energy_cap_j: Optional[float] = None, memory_cap_gb: Optional[float] = None,
               output: Optional[str | Path] = None, plot: Optional[str | Path] = None,
-              sequences_leave: bool = False) -> tuple[PlanResult, Optional[Path]]:
+              sequences_leave: bool = False, prefer: str = "cheaper", cloud_table: Optional[str | Path] = None,
+              cloud_latency_s: Optional[float] = None, offload_budget: Optional[float] = None,
+              cloud_url: Optional[str] = None, cloud_model: Optional[str] = None) -> tuple[PlanResult, Optional[Path]]:
     if not table_paths:
         raise UsageError("no accuracy table given", fix="pass --accuracy TABLE.json (build one with `edgekit eval`)")
     if latency_target_s is None or not math.isfinite(latency_target_s) or latency_target_s <= 0:
@@ -52,6 +55,11 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
         raise UsageError(f"percentile must be 50 or 95, got {percentile}", fix="pass --percentile 50 or 95")
     check_positive(energy_cap_j, "--energy-cap", "joules per query", "5")
     check_positive(memory_cap_gb, "--memory-cap", "GB", "4")
+    if cloud_table is None and (offload_budget is not None or cloud_latency_s is not None):
+        raise UsageError("--offload-budget / --cloud-latency need --cloud-table", fix="pass --cloud-table CLOUD_TABLE.json")
+    if offload_budget is not None and not (math.isfinite(offload_budget) and 0 <= offload_budget <= 1):
+        raise UsageError(f"offload budget must be in [0, 1], got {offload_budget}", fix="pass e.g. --offload-budget 0.2")
+    check_base_url(cloud_url, "--cloud-url")
     # the files we will write are checked before any work
     if output:
         check_output_path(output, "--output", "plan.json")
@@ -62,8 +70,13 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
     tables = [load_table(p) for p in table_paths]
     res = plan(profile, tables, latency_target_s, percentile=percentile, energy_cap_j=energy_cap_j,
                memory_cap_gb=memory_cap_gb, profile_path=str(profile_path), table_paths=[str(p) for p in table_paths],
-               model_infos=_model_infos(tables, {m.model.id for m in profile.models}),
-               sequences_leave=sequences_leave)
+               model_infos=_model_infos(tables, {m.model.id for m in profile.complete_models()}),
+               sequences_leave=sequences_leave, prefer=prefer)
+    if cloud_table is not None:
+        res.joint = joint_plan(res, load_table(cloud_table), cloud_latency_s, offload_budget)
+        res.chosen = res.joint.candidate
+        res.notes.extend(res.joint.notes)
+        res.cloud = {"base_url": cloud_url, "model": cloud_model, "latency_s": cloud_latency_s, "accuracy_table": str(cloud_table)}
     written = None
     if output:
         pf = to_plan_file(res)

@@ -6,6 +6,11 @@ p50 uses the point prediction, p95 the upper end of the interval. Assumptions (a
 the plan's ``based_on``): the prompt length is the table's mean; the batch decodes the row's
 ``expected_steps`` steps with all n sequences live throughout (``sequences_leave=True`` instead
 lets finished sequences leave, using ``mean_tokens``).
+
+Accuracy is measured on a finite eval set, so every candidate carries a 95 % Wilson interval
+over the table's problems. By default (``prefer="cheaper"``) the planner does not treat a
+difference inside that noise as real: among feasible configurations whose interval overlaps the
+most accurate one's, it takes the fastest (then the least energy) and says so in the notes.
 """
 
 from __future__ import annotations
@@ -72,6 +77,16 @@ class PlanResult:
     sequences_leave: bool = False
     extractor_overrides: object = None
     notes: list[str] = field(default_factory=list)
+    acc_lo: Optional[np.ndarray] = None  # 95 % Wilson interval over the table's problems
+    acc_hi: Optional[np.ndarray] = None
+    most_accurate: Optional[int] = None  # the most accurate feasible candidate (may differ from chosen)
+    prefer: str = "cheaper"
+    joint: object = None  # plan.joint.JointChoice when offload was planned jointly
+    cloud: Optional[dict] = None  # base_url, model, latency_s, accuracy_table
+
+    @property
+    def interval_how(self) -> str:
+        return "95 % Wilson interval over the accuracy table's problems (sampling noise of the eval set only)"
 
     def __len__(self) -> int:
         return len(self.accuracy)
@@ -100,6 +115,16 @@ class PlanResult:
         return self.perf_models[int(self.table[i])].method_for(float(self.n[i]))
 
 
+def wilson(p: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """95 % Wilson score interval of a proportion p measured on n problems (vectorised)."""
+    p = np.clip(np.asarray(p, float), 0.0, 1.0)
+    n = np.maximum(np.asarray(n, float), 1.0)
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+
+
 def _fmt_caps(e, m) -> str:
     parts = ([f"energy <= {e:g} J"] if e is not None else []) + ([f"memory <= {m:g} GB"] if m is not None else [])
     return ", ".join(parts)
@@ -120,10 +145,12 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
          energy_cap_j: float | None = None, memory_cap_gb: float | None = None,
          model_map: Mapping[str, str] | None = None, *, profile_path: str | None = None,
          table_paths: Sequence[str | None] | None = None, model_infos: Mapping[str, ModelInfo] | None = None,
-         sequences_leave: bool = False, extractor_kinds=None) -> PlanResult:
+         sequences_leave: bool = False, extractor_kinds=None, prefer: str = "cheaper") -> PlanResult:
     """Pick the most accurate configuration meeting ``latency_target_s`` at ``percentile`` (50 or 95)."""
     if not latency_target_s or not math.isfinite(latency_target_s) or latency_target_s <= 0:
         raise UsageError(f"latency target must be a finite number > 0 s, got {latency_target_s}", fix="pass e.g. --latency-target 2s")
+    if prefer not in ("cheaper", "most-accurate"):
+        raise UsageError(f"prefer must be 'cheaper' or 'most-accurate', got {prefer!r}", fix="pass --prefer cheaper")
     if percentile not in (50, 95):
         raise UsageError(f"percentile must be 50 or 95, got {percentile}", fix="pass --percentile 50 or 95")
     for name, cap in (("energy cap", energy_cap_j), ("memory cap", memory_cap_gb)):
@@ -140,10 +167,16 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
     def resolve(t: AccuracyTable, tpath: str | None) -> PerfModel:
         mapped = model_map is not None and t.model_id in model_map
         pid = model_map[t.model_id] if mapped else t.model_id
-        mp = next((m for m in profile.models if m.model.id == pid), None)
+        complete = profile.complete_models()  # a partial entry (interrupted sweep) is never used as if complete
+        mp = next((m for m in complete if m.model.id == pid), None)
         if mp is None and t.model_sha256:
-            mp = next((m for m in profile.models if m.model.sha256 == t.model_sha256), None)
-        ids = ", ".join(m.model.id for m in profile.models) or "none"
+            mp = next((m for m in complete if m.model.sha256 == t.model_sha256), None)
+        part = next((m for m in profile.partial_models() if m.model.id == pid), None)
+        if mp is None and part is not None:
+            raise SchemaError(f"profile {ppath} has only a partial entry for {pid} (the sweep stopped early: "
+                              f"{'; '.join((part.gaps or [])[:2])})",
+                              fix=f"complete it: `edgekit profile --model {pid} --append --output {ppath}`")
+        ids = ", ".join(m.model.id for m in complete) or "none"
         tname = tpath or f"for task {t.task}"
         if mp is not None:
             if t.quant and mp.model.quant and t.quant.lower() != mp.model.quant.lower() and not mapped:
@@ -153,7 +186,7 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
             if mp.model.id not in cache:
                 cache[mp.model.id] = fit(mp, profile_path)
             return cache[mp.model.id]
-        if len(profile.models) >= 2:
+        if len(complete) >= 2:
             info = (model_infos or {}).get(t.model_id)
             if info is None:
                 raise SchemaError(f"accuracy table {tname} is for model {t.model_id!r}, which profile {ppath} lacks "
@@ -171,7 +204,7 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
                               f"--model-map {t.model_id}=<profile model id>")
 
     pms = [resolve(t, p) for t, p in zip(tables, tpaths)]
-    cols: dict[str, list] = {k: [] for k in ("table", "row", "budget", "n", "steps", "mean", "acc", "I")}
+    cols: dict[str, list] = {k: [] for k in ("table", "row", "budget", "n", "steps", "mean", "acc", "I", "P")}
     skipped = 0
     for ti, t in enumerate(tables):
         for ri, r in enumerate(t.rows):
@@ -179,7 +212,8 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
                 skipped += 1
                 continue
             n = 1 if r.aggregation == "greedy" else r.k
-            for k, v in zip(cols, (ti, ri, r.budget, n, r.expected_steps, r.mean_tokens, r.accuracy, t.prompt_tokens_mean)):
+            for k, v in zip(cols, (ti, ri, r.budget, n, r.expected_steps, r.mean_tokens, r.accuracy, t.prompt_tokens_mean,
+                                   t.n_problems)):
                 cols[k].append(v)
     if skipped:
         notes.append(f"{skipped} pass@k/first_verified row(s) skipped: their tables have no verifier")
@@ -210,7 +244,8 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
                      row=A["row"], budget=A["budget"], n=A["n"], steps=A["steps"], mean_tokens=A["mean"],
                      accuracy=A["acc"], prompt_tokens=A["I"], pred=pred, latency=lat, caps_ok=caps_ok,
                      feasible=feasible, frontier=frontier, profile_path=profile_path, table_paths=tpaths,
-                     sequences_leave=sequences_leave, extractor_overrides=extractor_kinds, notes=notes)
+                     sequences_leave=sequences_leave, extractor_overrides=extractor_kinds, notes=notes, prefer=prefer)
+    res.acc_lo, res.acc_hi = wilson(A["acc"], A["P"])
     if not caps_ok.any():
         raise InfeasibleTarget(f"no configuration meets the caps ({_fmt_caps(energy_cap_j, memory_cap_gb)})",
                                fix="raise the caps, or evaluate smaller models / budgets / n", result=res)
@@ -223,7 +258,19 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
             f"the fastest is {res.label(f)} at {lat[f]:.3g} s",
             fix=f"raise the target to at least {lat[f]:.3g} s, or evaluate a smaller model or shorter budgets", result=res)
     idx = np.nonzero(feasible)[0]
-    tied = idx[A["acc"][idx] >= A["acc"][idx].max() - TIE_EPS]
-    e = np.nan_to_num(pred["energy_j"][tied], nan=np.inf)
-    res.chosen = int(tied[np.lexsort((e, lat[tied]))[0]])
+    res.most_accurate = best = _cheapest(idx[A["acc"][idx] >= A["acc"][idx].max() - TIE_EPS], lat, pred["energy_j"])
+    res.chosen = best
+    if prefer == "cheaper":
+        res.chosen = _cheapest(idx[res.acc_hi[idx] >= res.acc_lo[best] - TIE_EPS], lat, pred["energy_j"])
+        if res.chosen != best:
+            c, b = res.chosen, best
+            notes.append(f"chose {res.label(c)} (accuracy {A['acc'][c]:.3f} [{res.acc_lo[c]:.3f}, {res.acc_hi[c]:.3f}], "
+                         f"{lat[c]:.3g} s) over the most accurate {res.label(b)} ({A['acc'][b]:.3f} [{res.acc_lo[b]:.3f}, "
+                         f"{res.acc_hi[b]:.3f}], {lat[b]:.3g} s): their 95 % intervals over the tables' problems overlap, "
+                         "so the difference may be noise and the cheaper one is taken (--prefer most-accurate to override)")
     return res
+
+
+def _cheapest(cands: np.ndarray, lat: np.ndarray, energy: np.ndarray) -> int:
+    e = np.nan_to_num(energy[cands], nan=np.inf)
+    return int(cands[np.lexsort((e, lat[cands]))[0]])

@@ -26,11 +26,17 @@ def _short(method: str) -> str:
     return kind
 
 
+def _acc(res: PlanResult, i: int) -> str:
+    if res.acc_lo is None or res.acc_hi is None:
+        return f"{res.accuracy[i]:.3f}"
+    return f"{res.accuracy[i]:.3f} [{res.acc_lo[i]:.2f}, {res.acc_hi[i]:.2f}]"
+
+
 def render_frontier(res: PlanResult) -> Table:
     p = f"p{res.percentile}"
     title = f"Accuracy vs latency frontier on {res.profile.device.name} ({res.profile.kind} profile), target {res.target_s:g} s at {p}"
     tab = Table(title=title)
-    for col in ("", "model", "quant", "B", "n", "aggregation", "accuracy", f"latency {p}", "p50 (interval)",
+    for col in ("", "model", "quant", "B", "n", "aggregation", "accuracy [95 % CI]", f"latency {p}", "p50 (interval)",
                 "energy", "memory", "method"):
         tab.add_column(col, justify="right" if col in ("B", "n", "accuracy") else "left")
     for i in res.frontier:
@@ -39,7 +45,7 @@ def render_frontier(res: PlanResult) -> Table:
         mark = "*" if res.chosen == i else ("ok" if res.feasible[i] else "")
         pred = res.pred
         tab.add_row(mark, c["model_id"], c["quant"] or "", str(c["budget"]), str(c["n"]), c["aggregation"],
-                    f"{res.accuracy[i]:.3f}", _fmt(res.latency[i], "s"),
+                    _acc(res, i), _fmt(res.latency[i], "s"),
                     f"{pred['total_s'][i]:.3g} ({pred['lo_s'][i]:.3g}-{pred['hi_s'][i]:.3g})",
                     _fmt(pred["energy_j"][i], "J"), _fmt(pred["memory_bytes"][i] / 1e9, "GB"), _short(res.method(i)))
     return tab
@@ -64,6 +70,9 @@ def plot_pareto(res: PlanResult, path: str | Path) -> Path:
     if fr.size:
         ax.step(res.latency[fr], res.accuracy[fr], where="post", color="tab:blue", lw=1.5)
         ax.scatter(res.latency[fr], res.accuracy[fr], s=18, color="tab:blue", label="Pareto frontier")
+        if res.acc_lo is not None and res.acc_hi is not None:
+            ax.errorbar(res.latency[fr], res.accuracy[fr], yerr=[res.accuracy[fr] - res.acc_lo[fr], res.acc_hi[fr] - res.accuracy[fr]],
+                        fmt="none", ecolor="tab:blue", alpha=0.5, capsize=2, lw=0.8, label="95 % interval (eval set)")
     if res.chosen is not None:
         ax.scatter([res.latency[res.chosen]], [res.accuracy[res.chosen]], s=120, marker="*", color="tab:orange",
                    zorder=5, label=f"chosen: {res.label(res.chosen)}")

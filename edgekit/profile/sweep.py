@@ -2,7 +2,11 @@
 energy (idle baseline subtracted) and thermal/clock drift, for one model on this device.
 
 Every figure is ``measured`` (repetitions, median, IQR, CV) or ``unavailable`` with the reason.
-Whatever was measured before a failure is still saved, with the failure as a labelled gap.
+
+An interrupted or failed sweep never removes measured data: what it measured is saved as an entry
+labelled ``partial`` (``gaps`` names the missing points and repetitions) beside any complete entry
+of the model, and an existing output file that is not being appended to is left unchanged (the
+partial result goes to ``<out>.partial.json``). Writes are atomic (temp file + rename).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -45,6 +50,19 @@ class SweepConfig:
         return cls(prompt_lengths=[32, 128, 512], contexts=[0, 1024], ns=[1, 2, 4, 8], decode_steps=16, reps=3,
                    load_reps=2, idle_s=1.0)
 
+    def decode_points(self) -> list[tuple[int, int]]:
+        """(context depth, n) of each decode point: depth over n=1, then n at a shallow context."""
+        pts = [(max(c, 32), 1) for c in self.contexts] + [(32, n) for n in self.ns if n != 1]
+        return list(dict.fromkeys(pts))
+
+    def ctx_warning(self, model_ctx_train: Optional[int]) -> Optional[str]:
+        """One line when the requested context exceeds what the model was trained for."""
+        if self.n_ctx and model_ctx_train and self.n_ctx > model_ctx_train:
+            return (f"--ctx {self.n_ctx} is above the {model_ctx_train} tokens this model was trained for; the KV "
+                    f"buffer and memory figures are sized for {self.n_ctx} and points deeper than {model_ctx_train} "
+                    f"time a context the model cannot use well (fix: pass --ctx {model_ctx_train} or less)")
+        return None
+
     def needed_ctx(self) -> int:
         return max(
             max(self.prompt_lengths) + 1,
@@ -53,6 +71,8 @@ class SweepConfig:
         )
 
     def validate(self, model_ctx_train: Optional[int]) -> int:
+        if self.n_ctx is not None and self.n_ctx < 1:
+            raise UsageError(f"--ctx must be >= 1, got {self.n_ctx}", fix="pass --ctx 1 or more, or leave it out")
         if self.reps < 1 or self.decode_steps < 2:
             raise UsageError("reps must be >= 1 and decode steps >= 2", fix="pass --reps 1 or more and --steps 2 or more")
         if any(x <= 0 for x in self.prompt_lengths) or any(x < 0 for x in self.contexts) or any(x <= 0 for x in self.ns):
@@ -68,6 +88,16 @@ class SweepConfig:
 
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+class ProfileInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a KeyboardInterrupt) stopped the sweep. Still a KeyboardInterrupt; carries a
+    one-line ``message`` saying where the partial data went, ``saved_to`` (None if nothing was
+    saved) and ``profile`` (the profile with the partial entry, saved or not)."""
+
+    def __init__(self, message: str, saved_to: Optional[Path] = None, profile: Optional[DeviceProfile] = None):
+        super().__init__(message)
+        self.message, self.saved_to, self.profile = message, saved_to, profile
 
 
 def _rss_mb() -> float:
@@ -92,13 +122,22 @@ def check_writable(path: Path) -> None:
 class _Sweep:
     def __init__(self, model: str, cfg: SweepConfig, meter, thermal, progress: Optional[Progress]):
         self.model, self.cfg, self.meter, self.thermal = model, cfg, meter, thermal
-        self.progress = progress or (lambda *a: None)
+        self._user_progress = progress or (lambda *a: None)
+        self.stage = "start"  # the stage being measured (named in the message when the sweep stops)
         self.rt = None
         self.mp: Optional[ModelProfile] = None
         self.idle_mw: Optional[float] = None
         self.energy = {"prefill": [], "decode": []}  # (energy above idle mJ, tokens)
         self.skipped_windows = 0  # energy windows left out for sensor gaps
         self._filler: list[int] = []
+        self.idle_fig: Optional[Figure] = None
+        self.loads: list[float] = []  # Runtime() wall times
+        self.drift_first: Optional[float] = None
+        self.drift_last: Optional[float] = None
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        self.stage = stage
+        self._user_progress(stage, done, total)
 
     def tokens(self, n: int) -> list[int]:
         if not self._filler:  # tokenised once; same vocabulary for every Runtime reload of the model
@@ -120,7 +159,7 @@ class _Sweep:
 
         cfg = self.cfg
         self.mp = mp
-        loads = []
+        loads = self.loads  # kept on the sweep: a stop during a later load still saves the earlier ones
         for i in range(cfg.load_reps):
             self.progress("load", i, cfg.load_reps)
             if self.rt is not None:
@@ -138,8 +177,9 @@ class _Sweep:
         with self.meter.window() as w:
             time.sleep(cfg.idle_s)
         self.idle_mw = w.mean_power_mw
-        idle_fig = w.power_figure()
+        idle_fig = self.idle_fig = w.power_figure()
         # warm-up + drift reference (n=1, shallow context)
+        self.progress("warm-up and drift reference", 0, 1)
         ref_prompt = self.tokens(32)
         self.rt.generate(None, prompt_tokens=ref_prompt, max_tokens=4, temperature=0.0, aggregate="none", extractor=None)
         self.drift_first = self.ref_decode(ref_prompt)
@@ -163,7 +203,7 @@ class _Sweep:
                         ttft_s=measured(secs, "s", source="wall clock"),
                         prefill_tok_s=measured([L / x for x in secs], "tok/s", source="prompt tokens / prefill_s")))
         # decode over context depth (n=1) and over n (shallow context)
-        points = [(max(c, 32), 1) for c in cfg.contexts] + [(32, n) for n in cfg.ns if n != 1]
+        points = cfg.decode_points()
         dec: dict[tuple[int, int], list[float]] = {pt: [] for pt in points}
         total = cfg.reps * len(points)
         energy_ctx = max(min(cfg.contexts or [0]), 32)
@@ -184,6 +224,7 @@ class _Sweep:
                         context_tokens=ctx, n=n, steps=cfg.decode_steps,
                         step_s=measured(steps, "s", source="decode wall time / (steps - 1)"),
                         decode_tok_s=measured([n / x for x in steps], "tok/s", source="n / step_s")))
+        self.progress("drift reference", 0, 1)
         self.drift_last = self.ref_decode(ref_prompt)
         mp.peak_rss_mb = measured([_peak_rss_mb()], "MB", source="getrusage ru_maxrss of the profiling process")
         mp.energy = self.energy_info(idle_fig)
@@ -252,10 +293,17 @@ class _Sweep:
 
 def profile_model(model: str, cfg: Optional[SweepConfig] = None, *, output: Optional[str | Path] = None,
                   sysfs_root: str = "/", nvml=None, meter=None, progress: Optional[Progress] = None,
-                  device_name: Optional[str] = None, existing: Optional[DeviceProfile] = None) -> DeviceProfile:
+                  device_name: Optional[str] = None, existing: Optional[DeviceProfile] = None,
+                  warn: Optional[Callable[[str], None]] = None) -> DeviceProfile:
     """Measure one model on this device; return (and save, if ``output``) the device profile.
 
-    If ``existing`` is given, the model's entry is replaced or added to it.
+    ``existing`` (the profile at ``output``, for --append): a complete sweep replaces the model's
+    entries in it; a sweep that stops early adds its entry labelled ``partial`` and keeps every
+    other entry, the model's complete one included. Without ``existing`` a complete sweep writes a
+    new profile to ``output``; one that stops early writes there only if no file exists, else to a
+    free ``<output stem>.partial.json`` (nothing is overwritten). Ctrl-C raises
+    :class:`ProfileInterrupted` (a KeyboardInterrupt), a failure an :class:`EdgekitError`; both say
+    where the partial data went. ``warn`` gets one-line warnings (default :func:`warnings.warn`).
     """
     from edgekit.device.detect import detect_device
     from edgekit.device.thermal import ThermalSampler
@@ -270,7 +318,11 @@ def profile_model(model: str, cfg: Optional[SweepConfig] = None, *, output: Opti
         check_writable(out)
     resolved = resolve(model)  # unknown model -> clear error before anything runs
     info = check_gguf(resolved.path)
-    cfg.n_ctx = cfg.validate(info.arch_key("context_length"))
+    ctx_train = info.arch_key("context_length")
+    ctx_warning = cfg.ctx_warning(ctx_train)
+    cfg.n_ctx = cfg.validate(ctx_train)
+    if ctx_warning:
+        (warn or (lambda m: warnings.warn(m, stacklevel=3)))(ctx_warning)
     report = detect_device(sysfs_root=sysfs_root, nvml=nvml)
     profile = existing or DeviceProfile(device=report.to_device_info(), edgekit_version=__version__)
     if device_name:
@@ -282,24 +334,119 @@ def profile_model(model: str, cfg: Optional[SweepConfig] = None, *, output: Opti
     failure: Optional[BaseException] = None
     try:
         sweep.run(mp)
-    except (EdgekitError, OSError, RuntimeError, KeyboardInterrupt) as e:
+    except BaseException as e:  # noqa: BLE001 -- whatever stops the sweep, what it measured is saved below
         failure = e
-        mp.gaps.append(f"sweep stopped early: {type(e).__name__}: {e}")
     finally:
         thermal.stop()
         if sweep.rt is not None:
             sweep.rt.close()
     mp.drift = sweep.drift()
+    if failure is not None:
+        _label_partial(mp, sweep, failure)
     if not meter.available:
         mp.gaps.append(f"energy: {meter.why_unavailable}" + (f" (fix: {meter.fix})" if getattr(meter, "fix", None) else ""))
     mp.peak_vram_mb = mp.peak_vram_mb or unavailable("MB", "CPU build: no GPU memory used")
-    profile.models = [m for m in profile.models if m.model.id != mp.model.id] + [mp]
-    if out is not None:
-        profile.save(out)
-    if failure is not None:
-        where = f"; what was measured is saved in {out}" if out else ""
-        if isinstance(failure, EdgekitError):
-            failure.message += where
-            raise failure
-        raise EdgekitError(f"profiling stopped: {failure}{where}", fix="see the labelled gap in the profile; rerun to complete it") from failure
-    return profile
+    if failure is None:
+        # A complete sweep supersedes every earlier entry of the model, complete or partial.
+        profile.models = [m for m in profile.models if m.model.id != mp.model.id] + [mp]
+        profile.models.sort(key=lambda m: m.is_partial)  # complete entries first (stable)
+        if out is not None:
+            profile.save(out)
+        return profile
+    stop = _stopped(failure, profile, mp, sweep, out, appending=existing is not None)
+    if stop is failure:
+        raise failure
+    raise stop from failure
+
+
+def partial_path(out: Path) -> Path:
+    """A free name beside ``out`` for a partial result: ``<stem>.partial.json``, then ``-2``, ``-3``..."""
+    for i in range(1, 10_000):
+        p = out.with_name(f"{out.stem}.partial{'' if i == 1 else f'-{i}'}.json")
+        if not p.exists():
+            return p
+    raise SchemaError(f"too many partial profiles beside {out}", fix="remove or merge the old *.partial*.json files")
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    msg = e.message if isinstance(e, EdgekitError) else str(e)
+    return f"{type(e).__name__}: {' '.join(msg.split())}" if msg else type(e).__name__
+
+
+def _label_partial(mp: ModelProfile, sweep: "_Sweep", failure: BaseException) -> None:
+    """Mark ``mp`` partial; keep what was measured; name every missing point and repetition."""
+    cfg = sweep.cfg
+    if mp.load_s is None and sweep.loads:  # stopped during a later load repetition
+        mp.load_s = measured(sweep.loads, "s", source="Runtime() wall clock (first load may be from disk, later from page cache)")
+        mp.model = sweep.rt.model_info
+    if mp.energy is None and sweep.idle_fig is not None:
+        mp.energy = sweep.energy_info(sweep.idle_fig)  # from the windows measured so far
+    if mp.peak_rss_mb is None and sweep.loads:
+        mp.peak_rss_mb = measured([_peak_rss_mb()], "MB", source="getrusage ru_maxrss of the profiling process (up to the stop)")
+    gaps = [f"sweep stopped early at {sweep.stage}: {_why(failure)}"]
+    n_load = (mp.load_s.reps or 0) if mp.load_s else 0
+    if n_load < cfg.load_reps:
+        gaps.append(f"load: {n_load} of {cfg.load_reps} reps")
+    got = {p.prompt_tokens: p.prefill_s.reps or 0 for p in mp.prefill}
+    for L in dict.fromkeys(cfg.prompt_lengths):
+        if got.get(L, 0) < cfg.reps:
+            gaps.append(f"prefill {L} tok: {got.get(L, 0)} of {cfg.reps} reps")
+    got = {(d.context_tokens, d.n): d.step_s.reps or 0 for d in mp.decode}
+    for ctx, n in cfg.decode_points():
+        if got.get((ctx, n), 0) < cfg.reps:
+            gaps.append(f"decode ctx={ctx} n={n}: {got.get((ctx, n), 0)} of {cfg.reps} reps")
+    if sweep.drift_last is None:
+        gaps.append("drift: " + ("last reference run not measured" if sweep.drift_first else "not measured"))
+    if mp.peak_rss_mb is None:
+        gaps.append("peak RSS: not measured (no model loaded)")
+    if mp.energy is None:
+        gaps.append("energy: not measured (stopped before the idle baseline)")
+    mp.gaps[:0] = gaps
+    mp.partial = True
+
+
+def _stopped(failure: BaseException, profile: DeviceProfile, mp: ModelProfile, sweep: "_Sweep", out: Optional[Path],
+             appending: bool) -> BaseException:
+    """Save the partial entry where it removes nothing; return the exception to raise."""
+    mid = mp.model.id
+    had_complete = any(m.model.id == mid for m in profile.complete_models())
+    anything = bool(sweep.loads or mp.prefill or mp.decode)
+    target: Optional[Path] = None
+    save_error: Optional[str] = None
+    if anything:
+        profile.models = profile.models + [mp]  # added beside, never in place of, earlier entries
+        profile.models.sort(key=lambda m: m.is_partial)
+        if out is not None:
+            target = out if appending or not out.exists() else partial_path(out)
+            try:
+                profile.save(target)
+            except EdgekitError as e:
+                save_error, target = e.message, None
+    head, extra = f"profiling {mid} stopped at {sweep.stage}", ""
+    if target is not None:
+        where = f"partial data saved to {target}, labelled partial"
+        if target != out:
+            extra = f"; {out} is left unchanged"
+        elif had_complete:
+            extra = "; its complete entry is kept"
+            where = f"partial data saved beside it in {target}, labelled partial"
+    elif save_error:
+        where = f"the partial data could not be saved: {save_error}"
+    elif anything:
+        where = "partial data not saved: no output path"
+    else:
+        where = "nothing was measured, nothing saved" + (f"; {out} unchanged" if out is not None and out.exists() else "")
+    if isinstance(failure, KeyboardInterrupt):
+        return ProfileInterrupted(f"{head}{extra} ({where})", target, profile)
+    if isinstance(failure, EdgekitError):
+        failure.message = f"{failure.message}; {head}{extra}; {where}"
+        failure.saved_to, failure.profile = target, profile
+        return failure
+    if isinstance(failure, Exception):
+        err = EdgekitError(f"{head}: {_why(failure)}{extra}; {where}",
+                           fix="see the gaps in the partial entry and rerun to complete it; EDGEKIT_DEBUG=1 shows the traceback")
+        err.saved_to, err.profile = target, profile
+        return err
+    return failure  # SystemExit and the like: saved, then passed on unchanged

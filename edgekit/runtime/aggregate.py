@@ -205,6 +205,17 @@ def get_extractor(kind: Union[str, Extractor, None]) -> Extractor:
     raise UsageError(f"unknown extractor {kind!r}", fix=f"use one of {', '.join(EXTRACTORS)}, regex:<pattern>, or a callable")
 
 
+def quantile(xs: Sequence[float], q: float) -> Optional[float]:
+    """Linear-interpolated quantile (the confidence scores' "low logprob" is quantile(token logprobs, 0.1))."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
 def majority_vote(answers: Sequence[Optional[str]], seed: Optional[int] = None) -> tuple[Optional[str], int, list[str]]:
     """Return (winner, votes for it, tied answers). Ties: uniform random, seeded."""
     counts = Counter(a for a in answers if a is not None)

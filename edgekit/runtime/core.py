@@ -19,7 +19,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 from edgekit import engines
 from edgekit.engines.base import Engine, TokenPrompt
 from edgekit.errors import UsageError
-from edgekit.runtime.aggregate import Extractor, get_extractor, json_answer, majority_vote
+from edgekit.runtime.aggregate import Extractor, get_extractor, json_answer, majority_vote, quantile
+from edgekit.runtime.offload import Offload, route
 from edgekit.schemas.options import CancelToken, SamplingOptions
 from edgekit.schemas.profile import ModelInfo
 from edgekit.schemas.result import Confidence, Result, Sample, Timings
@@ -27,16 +28,6 @@ from edgekit.schemas.result import Confidence, Result, Sample, Timings
 Messages = Union[str, Sequence[dict]]
 Verifier = Callable[[Sample], bool]
 from edgekit.models.catalog import DEFAULT_MODEL
-
-
-def _quantile(xs: list[float], q: float) -> Optional[float]:
-    if not xs:
-        return None
-    s = sorted(xs)
-    pos = q * (len(s) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def as_messages(prompt: Messages) -> list[dict]:
@@ -58,10 +49,15 @@ class Runtime:
     >>> r.answer, r.confidence.agreement, r.timings.total_s
     """
 
-    def __init__(self, model: Union[str, Engine] = DEFAULT_MODEL, *, engine: str = "llama.cpp", **engine_options: Any):
+    def __init__(self, model: Union[str, Engine] = DEFAULT_MODEL, *, engine: str = "llama.cpp",
+                 cloud: Optional[Engine] = None, offload: Union[Offload, str, None] = None, **engine_options: Any):
         """``model``: a model id / path for ``engine`` (a registered engine name), or an Engine
         instance. ``engine_options`` go to the engine (llama.cpp: threads, n_ctx, max_n,
-        gpu_layers, flash_attn, progress; openai: base_url, api_key_env, ...)."""
+        gpu_layers, flash_attn, progress; openai: base_url, api_key_env, ...).
+
+        ``cloud``: an engine to offload low-confidence queries to; ``offload``: "auto" (default
+        with a cloud), "always", "never", or an :class:`Offload` (calibrated threshold, score).
+        The runtime owns both engines and closes them."""
         self._lock = threading.Lock()
         self._closing = False
         self._closed = False
@@ -73,6 +69,16 @@ class Runtime:
         else:
             self.engine = engines.create(engine, model, **{k: v for k, v in engine_options.items() if v is not None})
         self.calls = 0
+        self.offload: Optional[Offload] = None
+        self._cloud_rt: Optional[Runtime] = None
+        if isinstance(offload, Offload):
+            self.offload = offload
+        elif cloud is not None:
+            self.offload = Offload(cloud=cloud, mode=offload or "auto")  # type: ignore[arg-type]
+        elif offload not in (None, "never"):
+            raise UsageError(f"offload={offload!r} needs a cloud engine", fix="pass cloud=OpenAIEngine(...) or offload='never'")
+        if self.offload is not None:
+            self._cloud_rt = Runtime(self.offload.cloud)
 
     # -- facts -------------------------------------------------------------------------------
     @property
@@ -125,8 +131,8 @@ class Runtime:
 
         ``options`` (or keyword overrides of its fields: ``n=8, max_tokens=128, seed=0, ...``)
         say how; see :class:`SamplingOptions`. aggregate: "majority" (vote over extracted
-        answers), "first_verified" (the first sample to finish that ``verifier`` accepts; the rest
-        of the batch is cancelled), "none". ``deadline_s``: seconds from this call after which
+        answers), "first_verified" (the first sample to finish within max_tokens that ``verifier``
+        accepts -- a truncated sample is never verified; the rest of the batch is cancelled), "none". ``deadline_s``: seconds from this call after which
         unfinished samples are cancelled (flag "deadline"). ``cancel``: a :class:`CancelToken`.
         """
         t_call = time.perf_counter()
@@ -155,12 +161,17 @@ class Runtime:
             extract: Extractor = lambda text: json_answer(text, opts.json_schema)[0]  # noqa: E731
         else:
             extract = custom_extract or get_extractor(opts.extractor)
-        with self._lock:
-            t_start = time.perf_counter()
-            self._check_open()
-            res = self._generate(src, opts, t_call, t_start, cancel, verifier, extract, custom_extract is not None)
-            self.calls += 1
-        return res
+        def run_local(o: SamplingOptions, t0: float = t_call) -> Result:
+            with self._lock:
+                t_start = time.perf_counter()
+                self._check_open()
+                res = self._generate(src, o, t0, t_start, cancel, verifier, extract, custom_extract is not None)
+                self.calls += 1
+            return res
+
+        if self.offload is not None and self._cloud_rt is not None and not isinstance(src, TokenPrompt):
+            return route(self, src, opts, lambda o: run_local(o, time.perf_counter()), self._cloud_rt)
+        return run_local(opts)
 
     def _generate(self, src: Any, opts: SamplingOptions, t_call: float, t_start: float, token: Optional[CancelToken],
                   verifier: Optional[Verifier], extract: Extractor, custom: bool) -> Result:
@@ -200,9 +211,11 @@ class Runtime:
                            token_ids=ev.token_ids if ev.token_ids is not None else ids[ev.seq],
                            logprobs=ev.logprobs if ev.logprobs is not None else lps[ev.seq],
                            tokens_estimated=ev.tokens_estimated)
-                if ev.reason == "stop" and answering:  # truncated samples carry no answer (same rule as the tables)
+                # Only a sample that finished within max_tokens counts: a truncated one carries no
+                # answer and is never verified (the tables' rule, edgekit.schemas.table.within_budget).
+                if ev.reason == "stop" and answering:
                     s.answer = extract(s.text)
-                if ev.reason != "cancelled" and opts.aggregate == "first_verified" and state["verified"] is None:
+                if ev.reason == "stop" and opts.aggregate == "first_verified" and state["verified"] is None:
                     s.verified = bool(verifier(s))  # type: ignore[misc]
                     if s.verified:
                         state["verified"] = ev.seq
@@ -264,7 +277,7 @@ class Runtime:
         toks = [lp for s in chosen for lp in s.logprobs]
         if toks:
             conf.mean_logprob = statistics.fmean(toks)
-            conf.low_logprob = _quantile(toks, 0.10)
+            conf.low_logprob = quantile(toks, 0.10)
         conf.vote_share = conf.votes / n if n else None
         flags = []
         if any(s.finish_reason == "budget" for s in samples):
@@ -287,6 +300,8 @@ class Runtime:
             if not self._closed:
                 self.engine.close()
                 self._closed = True
+        if self._cloud_rt is not None:
+            self._cloud_rt.close()
 
     def __enter__(self) -> "Runtime":
         return self

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgekit.jsonio import load_versioned, save_atomic
 from edgekit.schemas.table import Aggregation
 from edgekit.figures import Figure
+from edgekit.schemas.offload import OffloadCalibration
 from edgekit.schemas.options import SamplingOptions
 
 PLAN_SCHEMA_VERSION = 2  # 2: chosen.prompt and chosen.options (the plan carries its own prompt and sampling)
@@ -67,8 +68,18 @@ class Predicted(_M):
     energy_j: Figure
     memory_gb: Figure
     accuracy: float  # from the accuracy table row (eval set)
+    accuracy_lo: Optional[float] = None  # 95 % interval (accuracy_interval_how)
+    accuracy_hi: Optional[float] = None
+    accuracy_interval_how: Optional[str] = None
     accuracy_source: str
     method: str  # how latency was predicted: "fitted from measured profile ...", "published (...)", ...
+    # with offload planned jointly (local + cloud mixture), on the tables' problems
+    system_accuracy: Optional[float] = None
+    system_accuracy_lo: Optional[float] = None
+    system_accuracy_hi: Optional[float] = None
+    offload_rate: Optional[float] = None
+    expected_latency_s: Optional[float] = None  # local + offload rate x cloud latency
+    mixture_p95_s: Optional[float] = None
 
 
 class FrontierPoint(_M):
@@ -80,6 +91,8 @@ class FrontierPoint(_M):
     n: int
     aggregation: Aggregation
     accuracy: float
+    accuracy_lo: Optional[float] = None
+    accuracy_hi: Optional[float] = None
     latency_s: float  # at the plan's percentile
     latency_p50_s: float
     energy_j: Optional[float] = None
@@ -87,6 +100,13 @@ class FrontierPoint(_M):
     meets_target: bool
     chosen: bool = False
     method: str
+
+
+class CloudRef(_M):
+    base_url: Optional[str] = None
+    model: Optional[str] = None
+    latency_s: Optional[float] = None  # measured p95 of the cloud endpoint (planning and deadline decisions)
+    accuracy_table: Optional[str] = None
 
 
 class PlanFile(_M):
@@ -102,6 +122,8 @@ class PlanFile(_M):
     predicted: Predicted
     frontier: list[FrontierPoint] = Field(default_factory=list)
     based_on: list[str] = Field(default_factory=list)  # "published data ...", assumptions, cross-model estimates
+    cloud: Optional[CloudRef] = None  # where low-confidence queries go
+    offload: Optional[OffloadCalibration] = None  # the calibrated threshold (edgekit calibrate)
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file, then rename). Nulls are kept (Figure.value may be null)."""

@@ -116,6 +116,14 @@ class ModelProfile(_M):
     # (edgekit's llama.cpp runtime); None/"per-sequence": each attends over its own cells only.
     kv_layout: Optional[str] = None
     gaps: list[str] = Field(default_factory=list)  # labelled gaps: what could not be measured and why
+    # True: the sweep stopped early (interrupted or failed); ``gaps`` names the missing points and
+    # repetitions. Absent (None) means complete, so complete entries serialise as before.
+    # A partial entry is kept beside the complete entry of the same model, never in its place.
+    partial: Optional[bool] = None
+
+    @property
+    def is_partial(self) -> bool:
+        return bool(self.partial)
 
 
 class DeviceProfile(_M):
@@ -128,10 +136,30 @@ class DeviceProfile(_M):
     source: Optional[str] = None  # citation for published profiles
     notes: list[str] = Field(default_factory=list)
 
-    def model(self, model_id: str) -> ModelProfile:
-        for m in self.models:
-            if m.model.id == model_id:
-                return m
+    def complete_models(self) -> list[ModelProfile]:
+        """The entries from sweeps that ran to the end (the ones a planner may use as measured)."""
+        return [m for m in self.models if not m.is_partial]
+
+    def partial_models(self) -> list[ModelProfile]:
+        """Entries from sweeps that stopped early (``gaps`` names what is missing)."""
+        return [m for m in self.models if m.is_partial]
+
+    def model(self, model_id: str, allow_partial: bool = False) -> ModelProfile:
+        """The complete entry of ``model_id`` (the latest if several). A partial entry is returned
+        only with ``allow_partial`` and only when no complete one exists; otherwise a model that
+        has only a partial entry is an error naming its gaps."""
+        found = [m for m in self.models if m.model.id == model_id]
+        complete = [m for m in found if not m.is_partial]
+        if complete:
+            return complete[-1]
+        if found and allow_partial:
+            return found[-1]
+        if found:
+            gaps = "; ".join(found[-1].gaps[:3]) + (" ..." if len(found[-1].gaps) > 3 else "")
+            raise SchemaError(
+                f"profile has only a partial entry for model {model_id!r} (the sweep stopped early: {gaps})",
+                fix=f"complete it with `edgekit profile --model {model_id} --append --output <this profile>`",
+            )
         raise SchemaError(
             f"profile has no model {model_id!r} (has: {', '.join(m.model.id for m in self.models) or 'none'})",
             fix=f"run `edgekit profile --model {model_id}` on this device",
@@ -143,5 +171,9 @@ class DeviceProfile(_M):
 
 
 def load_profile(path: str | Path) -> DeviceProfile:
-    return load_versioned(path, DeviceProfile, "profile", PROFILE_SCHEMA_VERSION, "edgekit profile",
+    """Load a profile; complete entries come first (stable), so a reader that takes the first entry
+    of a model gets the complete one. Partial entries stay in ``models``: check ``is_partial``."""
+    prof = load_versioned(path, DeviceProfile, "profile", PROFILE_SCHEMA_VERSION, "edgekit profile",
                           "pass a path from `ls profiles/` or run `edgekit profile`")
+    prof.models.sort(key=lambda m: m.is_partial)
+    return prof

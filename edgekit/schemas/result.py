@@ -6,6 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgekit.schemas.offload import OffloadInfo, Source
 from edgekit.schemas.options import SamplingOptions
 
 FinishReason = Literal["stop", "budget", "cancelled"]
@@ -59,6 +60,7 @@ class Timings(_M):
 class Result(_M):
     model: str
     engine: str = "llama.cpp"
+    source: Source = "local"  # local | cloud | local-fallback (the cloud failed or ran out of time)
     answer: Optional[str]  # aggregated answer (extracted), or the text for aggregate="none" with n=1
     text: Optional[str] = None  # full text of the sample the answer came from
     aggregate: str
@@ -72,3 +74,4 @@ class Result(_M):
     flags: list[str] = Field(default_factory=list)  # e.g. "offloaded", "deadline", "unverified"
     extra: dict = Field(default_factory=dict)
     options: Optional[SamplingOptions] = None  # the options this result was drawn with
+    offload: Optional[OffloadInfo] = None  # routing decision, when a cloud engine is configured

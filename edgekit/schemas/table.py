@@ -22,6 +22,39 @@ ACCURACY_SCHEMA_VERSION = 1
 Aggregation = Literal["greedy", "majority", "pass@k", "first_verified"]
 
 
+def within_budget(tokens: int, finished: bool, budget: int) -> bool:
+    """THE budget rule, shared by the accuracy tables and the runtime: does a sample that
+    generated ``tokens`` tokens and then ``finished`` by itself (end-of-sequence) count at
+    max_tokens = ``budget``?
+
+    ``tokens`` never counts the end-of-sequence token, but the EOS is *sampled* and so needs a
+    step of the budget: at runtime a sample with max_tokens=B stops after its B-th token as
+    "budget" without sampling anything further (OpenAI's max_tokens semantics). So a sample of
+    exactly B tokens followed by EOS is *not* within budget B -- it finished only because it
+    was drawn with a larger budget. Hence ``finished and tokens < budget``.
+
+    (A stop *string* completed by the B-th token does finish within B at runtime; samples in
+    the tables never use stop strings -- ``edgekit eval`` draws with EOS only.)
+    """
+    return finished and tokens < budget
+
+
+def budget_steps(tokens: int, finished: bool, budget: int) -> int:
+    """Tokens a sample *samples* at max_tokens = ``budget``, its EOS included: ``tokens + 1``
+    when it finishes within the budget, else ``budget`` (truncated after its B-th token); an
+    unfinished record (truncated at the larger budget it was drawn with) counts
+    ``min(tokens, budget)``. In one expression: ``min(tokens + finished, budget)``.
+
+    This is the sequence's count of sampling steps in the batch: one per generated token plus
+    the step that samples the EOS (the first from the prompt's logits, each later one after a
+    batched decode). The accuracy table's ``expected_steps`` (max over k samples) and
+    ``mean_tokens`` (mean per sample) are computed from it, matching the perf model, which
+    counts the first generated token as a decode step. (``Result.timings.steps`` reports
+    generated tokens, without the EOS step: it is at most 1 lower.)
+    """
+    return min(tokens + (1 if finished else 0), budget)
+
+
 class _M(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -31,6 +64,8 @@ class SampleRecord(_M):
     correct: bool
     tokens: int  # generated tokens
     finished: bool  # stopped by itself (EOS/stop) within max_tokens
+    mean_logprob: Optional[float] = None  # mean chosen-token logprob (confidence input for offload planning)
+    low_logprob: Optional[float] = None  # 10 % quantile of the sample's token logprobs
 
 
 class ProblemRecord(_M):
@@ -46,9 +81,9 @@ class AccuracyRow(_M):
     k: int  # samples drawn (parallel n)
     aggregation: Aggregation
     accuracy: float  # 0..1
-    # Decode steps the batch runs: E[max over the k samples of min(tokens, B)].
+    # Sampling steps the batch runs, EOS step included: E[max over the k samples of budget_steps()].
     expected_steps: float
-    mean_tokens: float  # E[min(tokens, B)] per sample
+    mean_tokens: float  # E[budget_steps()] per sample: tokens it samples at B, its EOS included
     method: str = "exact"  # "exact" or "resampled:<R>"
 
 

@@ -1,0 +1,191 @@
+"""`edgekit calibrate`: run the local configuration on a labelled calibration set, record each
+query's confidence scores and correctness, and choose the offload threshold (Learn-then-Test for
+a risk guarantee; the conformal quantile for an offload budget alone). Saved into the plan.
+
+Resumable: each finished query is appended to ``<plan>.calibration.partial.jsonl`` (first line:
+the settings, including a hash of the calibration problems); a rerun continues it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from edgekit import calibrate as risk
+from edgekit.engines.openai import OpenAIEngine
+from edgekit.errors import FetchError, UsageError
+from edgekit.evaluate.tasks import load_task
+from edgekit.jsonio import append_jsonl, save_atomic
+from edgekit.plan.apply import check_plan_model
+from edgekit.runtime import Runtime
+from edgekit.runtime.offload import score_of
+from edgekit.schemas.offload import SCORES, OffloadCalibration
+from edgekit.schemas.options import SamplingOptions
+from edgekit.schemas.plan import CloudRef, load_plan
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class CalibrationRun:
+    plan_path: str
+    task: str
+    alpha: Optional[float] = None
+    delta: Optional[float] = None
+    offload_budget: Optional[float] = None
+    score: Optional[str] = None  # None: the best of SCORES on the calibration set
+    split: Optional[str] = None
+    limit: Optional[int] = None
+    cloud_url: Optional[str] = None
+    cloud_model: Optional[str] = None
+    output: Optional[str] = None  # default: the plan file itself (written atomically)
+    threads: Optional[int] = None
+    seed: int = 0
+    records: list[dict] = field(default_factory=list)
+
+
+def _check_settings(c: CalibrationRun) -> None:
+    if c.alpha is None and c.offload_budget is None:
+        raise UsageError("nothing to calibrate for", fix="pass --alpha A --delta D (risk guarantee) and/or --offload-budget B")
+    if (c.alpha is None) != (c.delta is None):
+        raise UsageError("--alpha and --delta go together", fix="pass both, e.g. --alpha 0.1 --delta 0.05")
+    for name, v in (("alpha", c.alpha), ("delta", c.delta)):
+        if v is not None and not 0 < v < 1:
+            raise UsageError(f"--{name} must be in (0, 1), got {v}", fix=f"pass e.g. --{name} 0.1")
+    if c.offload_budget is not None and not 0 <= c.offload_budget <= 1:
+        raise UsageError(f"--offload-budget must be in [0, 1], got {c.offload_budget}", fix="pass e.g. --offload-budget 0.2")
+    if c.score is not None and c.score not in SCORES:
+        raise UsageError(f"unknown score {c.score!r}", fix=f"use one of {', '.join(SCORES)}")
+
+
+def _problems_hash(problems) -> str:
+    h = hashlib.sha256()
+    for p in problems:
+        h.update(json.dumps([p.id, p.prompt, p.target]).encode())
+    return h.hexdigest()
+
+
+def _load_partial(path: Path, settings: dict) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        head = json.loads(lines[0])
+    except (ValueError, IndexError):
+        head = None
+    if not isinstance(head, dict) or head.get("settings") != settings:
+        raise UsageError(f"{path} holds a calibration run with other settings or problems",
+                         fix=f"delete {path} to start over, or rerun with the same plan, task and split")
+    done = {}
+    for ln in lines[1:]:
+        try:
+            rec = json.loads(ln)
+            done[rec["id"]] = rec
+        except (ValueError, KeyError):
+            break  # a torn last line after a kill
+    return done
+
+
+def _cloud(c: CalibrationRun, plan) -> Optional[OpenAIEngine]:
+    url = c.cloud_url or (plan.cloud.base_url if plan.cloud else None)
+    if not url:
+        return None
+    model = c.cloud_model or (plan.cloud.model if plan.cloud else None)
+    if not model:
+        raise UsageError("the cloud needs a model name", fix="pass --cloud-model NAME")
+    eng = OpenAIEngine(model, base_url=url, max_retries=1)
+    try:  # reachable now? (one token) -- fail before hours of local work, not after
+        list(eng.generate([{"role": "user", "content": "hi"}], SamplingOptions(max_tokens=1)))
+    except FetchError as e:
+        eng.close()
+        raise UsageError(f"the cloud is unreachable at calibration time: {e.message}",
+                         fix="start the server / check --cloud-url, or calibrate without --cloud-url") from None
+    return eng
+
+
+def calibrate(c: CalibrationRun, progress: Optional[Progress] = None) -> tuple[OffloadCalibration, Path]:
+    _check_settings(c)
+    plan = load_plan(c.plan_path)
+    # the problems rendered with the plan's template: the same prompts its accuracy table measured
+    task = load_task(c.task, template=plan.chosen.prompt_template, split=c.split, limit=c.limit)
+    n = len(task.problems)
+    if c.alpha is not None:
+        need = risk.min_calibration_size(c.alpha, c.delta)
+        if n < need:
+            raise UsageError(f"the calibration set has {n} labelled problems; alpha={c.alpha}, delta={c.delta} need at least {need}",
+                             fix=f"use more problems (--split/--limit) or a larger alpha/delta")
+    model = plan.chosen.model_id
+    check_plan_model(plan, model)
+    cloud = _cloud(c, plan)
+    opts = plan.chosen.options.replace(seed=c.seed)
+    settings = {"plan_model": model, "model_sha256": plan.chosen.model_sha256, "options": opts.model_dump(mode="json"),
+                "task": task.name, "split": task.split, "problems_sha256": _problems_hash(task.problems),
+                "cloud": cloud.label if cloud else None}
+    out = Path(c.output or c.plan_path)
+    part = out.with_name(out.name + ".calibration.partial.jsonl")
+    done = _load_partial(part, settings)
+    if not part.exists():
+        part.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
+    with Runtime(model, threads=c.threads, max_n=opts.n, n_ctx=max(2048, 1024 + opts.n * opts.max_tokens)) as rt:
+        cloud_rt = Runtime(cloud) if cloud else None
+        try:
+            for i, p in enumerate(task.problems):
+                if p.id in done:
+                    continue
+                r = rt.generate(p.messages(), opts)
+                rec: dict[str, Any] = {"id": p.id, "answer": r.answer, "correct": task.is_correct(p, r.answer),
+                                       **{s: score_of(r, s) for s in SCORES[:3]}}
+                if cloud_rt is not None:
+                    cr = cloud_rt.generate(p.messages(), opts.replace(n=1, temperature=0.0))
+                    rec["cloud_correct"] = task.is_correct(p, cr.answer)
+                append_jsonl(part, rec)
+                done[p.id] = rec
+                if progress:
+                    progress(len(done), n)
+        finally:
+            if cloud_rt is not None:
+                cloud_rt.close()
+    records = [done[p.id] for p in task.problems]
+    cal = choose(records, c)
+    d = cal.to_dict()
+    step = max(1, len(d["curve"]) // 200)  # a plan keeps at most ~200 curve points
+    d["curve"] = [pt for i, pt in enumerate(d["curve"]) if i % step == 0 or pt["threshold"] == d["threshold"]]
+    cal_model = OffloadCalibration(**d, model_sha256=plan.chosen.model_sha256)
+    new = plan.model_copy(update={"offload": cal_model, "cloud": CloudRef(
+        base_url=cloud.base_url if cloud else (plan.cloud.base_url if plan.cloud else None),
+        model=cloud.model if cloud else (plan.cloud.model if plan.cloud else None),
+        latency_s=(cloud.latency.p95() if cloud and cloud.latency.count else (plan.cloud.latency_s if plan.cloud else None)))})
+    path = save_atomic(new, out, "plan")
+    part.unlink(missing_ok=True)
+    c.records = records
+    return cal_model, path
+
+
+def choose(records: list[dict], c: CalibrationRun):
+    """Pick the score (given, or the best on this set) and the threshold."""
+    correct = [bool(r["correct"]) for r in records]
+    cloud = [bool(r["cloud_correct"]) for r in records] if records and "cloud_correct" in records[0] else None
+    names = [c.score] if c.score else [s for s in SCORES[:3] if all(r.get(s) is not None or r["answer"] is None for r in records)]
+
+    def scores(name):
+        # no answer -> below every real score (the runtime always offloads those: only less risk)
+        vals = [float(r[name]) for r in records if r.get(name) is not None]
+        floor = (min(vals) if vals else 0.0) - 1.0
+        return [floor if r.get(name) is None else float(r[name]) for r in records]
+
+    best = None
+    for name in names:
+        if c.alpha is not None:
+            cal = risk.ltt_threshold(scores(name), correct, c.alpha, c.delta, score_name=name, cloud_correct=cloud,
+                                     max_offload=c.offload_budget)
+        else:
+            cal = risk.conformal_offload_threshold(scores(name), c.offload_budget, score_name=name, cloud_correct=cloud,
+                                                   correct=correct)
+        key = (-cal.offload_rate, -cal.local_wrong_rate) if c.alpha is not None else (-cal.local_wrong_rate,)
+        if best is None or key > best[0]:
+            best = (key, cal)
+    assert best is not None
+    return best[1]

@@ -1,0 +1,53 @@
+"""Offload vocabulary: the calibrated threshold a plan carries, and what a Result says about routing."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Mode = Literal["never", "auto", "always"]
+Source = Literal["local", "cloud", "local-fallback"]
+SCORES = ("vote_share", "mean_logprob", "low_logprob", "combined")
+# used when no calibration exists: a default, said to be one, with no guarantee
+DEFAULT_THRESHOLDS = {"vote_share": 0.6, "mean_logprob": -0.5, "low_logprob": -2.5}
+NO_GUARANTEE = "no guarantee holds: the threshold is a default, not calibrated (run `edgekit calibrate`)"
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=True, ser_json_inf_nan="strings")
+
+
+class OffloadCalibration(_M):
+    """A threshold chosen on labelled data (edgekit calibrate), saved into the plan."""
+
+    method: str  # ltt-binomial | ltt-hb | conformal-offload-budget | default-uncalibrated
+    score: str
+    threshold: float  # keep local iff score >= threshold
+    alpha: Optional[float] = None
+    delta: Optional[float] = None
+    n_calibration: int = 0
+    offload_rate: Optional[float] = None
+    local_wrong_rate: Optional[float] = None
+    p_value: Optional[float] = None
+    guarantee: str
+    weights: Optional[list[float]] = None  # combined score: logistic weights over SCORES[:3] + bias
+    model_sha256: Optional[str] = None  # the local model it was calibrated for
+    curve: list[dict] = Field(default_factory=list)
+
+
+class OffloadInfo(_M):
+    """Why a query was answered where it was."""
+
+    mode: Mode
+    score: Optional[str] = None
+    score_value: Optional[float] = None
+    threshold: Optional[float] = None
+    calibrated: bool = False
+    guarantee: Optional[str] = None
+    reason: str
+    local_s: Optional[float] = None  # local generation wall time
+    cloud_s: Optional[float] = None  # cloud call wall time (incl. retries)
+    cloud_expected_s: Optional[float] = None  # the cloud latency estimate used for the deadline decision
+    local_answer: Optional[str] = None
+    cloud_error: Optional[str] = None  # one line, never the API key
