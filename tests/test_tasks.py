@@ -231,6 +231,94 @@ def test_runner_refuses_resume_with_other_settings(num_task, tmp_path):
     assert fresh.engine.calls == 10
 
 
+def test_runner_refuses_resume_after_the_task_changed(num_task, tmp_path):
+    """Resume is keyed to the task's content, not only to the settings: ids default to line numbers,
+    so an edited answer would otherwise mix stale records into the table."""
+    from edgekit.schemas.table import load_table
+
+    path = Path(num_task[len("jsonl:"):])
+    original = path.read_text()
+    out = tmp_path / "chg.json"
+    with pytest.raises(KeyboardInterrupt):
+        run(num_task, FakeSampler(fail_after_calls=5), out)  # 2 of 5 problems done
+    header = json.loads(out.with_name("chg.json.partial.jsonl").read_text().splitlines()[0])["settings"]
+    assert header["task_sha256"] == load_task(num_task).sha256
+    path.write_text(original.replace('"answer": "4"}', '"answer": "5"}', 1))  # problem 1's answer changes
+    with pytest.raises(UsageError, match="task's problems changed") as e:
+        run(num_task, FakeSampler(), out)
+    assert "--no-resume" in e.value.fix and "restore the task file" in e.value.fix
+    path.write_text(original)  # restored: the run continues where it stopped
+    again = FakeSampler()
+    t = run(num_task, again, out)
+    assert again.engine.calls == 3 * 2 and t.task_sha256 == load_task(num_task).sha256
+    assert load_table(out).task_sha256 == t.task_sha256
+    path.write_text(original.replace('"answer": "4"}', '"answer": "5"}', 1))
+    fresh = FakeSampler()
+    assert run(num_task, fresh, out, resume=False).task_sha256 != t.task_sha256 and fresh.engine.calls == 10
+
+
+def test_task_sha256_covers_ids_prompts_targets_in_order(tmp_path):
+    rows = [{"prompt": "a?", "answer": "1"}, {"prompt": "b?", "answer": "2"}]
+    base = load_task(write_jsonl(tmp_path / "a.jsonl", rows)).sha256
+    assert load_task(write_jsonl(tmp_path / "b.jsonl", rows)).sha256 == base  # the path is not content
+    for changed in ([rows[1], rows[0]], [rows[0], {"prompt": "b?", "answer": "3"}], [rows[0], {"prompt": "c?", "answer": "2"}],
+                    [{**rows[0], "id": "x"}, rows[1]]):
+        assert load_task(write_jsonl(tmp_path / "c.jsonl", changed)).sha256 != base
+    assert load_task("strategyqa", split="0:5").sha256 != load_task("strategyqa", split="1:6").sha256
+
+
+def test_runner_refuses_a_partial_that_records_no_task_hash(num_task, tmp_path):
+    out = tmp_path / "old.json"
+    with pytest.raises(KeyboardInterrupt):
+        run(num_task, FakeSampler(fail_after_calls=3), out)
+    part = out.with_name("old.json.partial.jsonl")
+    lines = part.read_text().splitlines()
+    head = json.loads(lines[0])
+    del head["settings"]["task_sha256"]  # as written before task hashing
+    part.write_text("\n".join([json.dumps(head)] + lines[1:]) + "\n")
+    with pytest.raises(UsageError, match="records no hash") as e:
+        run(num_task, FakeSampler(), out)
+    assert "--no-resume" in e.value.fix
+
+
+def test_a_failed_zero_work_run_leaves_nothing_that_blocks_the_next(num_task, tmp_path):
+    from edgekit.errors import BackendError
+    from edgekit.runtime import Runtime
+
+    class Broken(FakeEngine):
+        def _events(self, text, o):
+            raise BackendError("the engine failed", fix="restart it")
+
+    out = tmp_path / "z.json"
+    part = out.with_name("z.json.partial.jsonl")
+    with pytest.raises(BackendError):
+        run(num_task, Runtime(Broken()), out)
+    assert not part.exists()
+    with pytest.raises(KeyboardInterrupt):
+        run(num_task, FakeSampler(fail_after_calls=0), out)  # Ctrl-C before the first problem finished
+    assert not part.exists()
+    # a partial holding no finished problem, made with other settings, is replaced, not refused
+    part.write_text(json.dumps({"format": 1, "settings": {"temperature": 0.1, "backend": "other"}}) + "\n")
+    fresh = FakeSampler()
+    t = run(num_task, fresh, out, temperature=0.7)
+    assert fresh.engine.calls == 10 and t.n_problems == 5 and not part.exists()
+
+
+def test_evaluate_refuses_a_changed_task_before_loading_a_model(num_task, tmp_path):
+    """The resume check that needs no model runs before the model loads (here: before an unknown
+    model id would even be looked up)."""
+    from edgekit.evaluate.api import evaluate
+
+    path = Path(num_task[len("jsonl:"):])
+    out = tmp_path / "pre.json"
+    kw = dict(out_path=out, n_samples=4, temperature=0.8, top_p=0.95, seed=1, max_tokens=32)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(num_task, "fake-0", runtime=FakeSampler(fail_after_calls=3), **kw)
+    path.write_text(path.read_text().replace("Q1", "Q one"))
+    with pytest.raises(UsageError, match="task's problems changed"):
+        evaluate(num_task, "no-such-model-anywhere", **kw)
+
+
 def test_runner_rejects_short_sample_lists(num_task, tmp_path):
     from edgekit.errors import BackendError
     from edgekit.runtime import Runtime

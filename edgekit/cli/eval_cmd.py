@@ -8,7 +8,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edgekit.cli.output import console, err_console, print_json
+from edgekit.cli.output import console, err_console, print_json, stop_progress
 from edgekit.models.catalog import DEFAULT_MODEL
 
 
@@ -47,15 +47,18 @@ def register(app: typer.Typer) -> None:
                 state["tid"] = bar.add_task(f"eval {task}", total=total)
             bar.update(state["tid"], completed=done, total=total)
 
+        failed = True
         try:
             table = evaluate(task, model, backend=backend, base_url=base_url, out_path=output,
                              n_samples=n, temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens,
                              limit=limit, split=split, template=template, threads=threads, resume=not no_resume,
                              progress=progress, answer_format=constrain,
                              allow_code_execution=allow_code_execution,
-                             notice=lambda m: err_console.print(m, highlight=False))
+                             notice=lambda m: err_console.print(m, highlight=False, soft_wrap=True))
+            failed = False
         finally:
-            bar.stop()
+            if "tid" in state:  # never started: stopping would print a blank line above the error
+                stop_progress(bar, failed)
         if json_out:
             return print_json({k: v for k, v in table.model_dump(mode="json").items() if k != "problems"})
         render_table(table)

@@ -1,8 +1,10 @@
 """Entry point and the one error->message table.
 
 Every :class:`~edgekit.errors.EdgekitError` becomes ``error: <message> (fix: <fix>)`` on stderr
-and exit code 2. Anything else is a bug: a one-line message and exit 1. ``EDGEKIT_DEBUG=1``
-re-raises so the traceback shows.
+and exit code 2; Ctrl-C becomes one ``error: interrupted ...`` line and exit code 130. Errors from
+libraries that a user can cause (files, permissions, encodings) are mapped by ``ERROR_TABLE``.
+Anything else is a bug: a one-line message and exit 1. ``EDGEKIT_DEBUG=1`` re-raises so the
+traceback shows.
 """
 
 from __future__ import annotations
@@ -44,18 +46,41 @@ ERROR_TABLE: list[tuple[type, str]] = [
     (PermissionError, "permission denied: {e} (fix: choose a writable path or run with the needed rights)"),
     (FileNotFoundError, "file not found: {e} (fix: check the path)"),
     (IsADirectoryError, "expected a file, got a directory: {e} (fix: pass a file path)"),
+    (NotADirectoryError, "expected a folder, got a file: {e} (fix: check the path, and that EDGEKIT_HOME names a folder)"),
+    (UnicodeError, "text is not valid UTF-8: {e} (fix: save or pass it as UTF-8, e.g. `iconv -f latin1 -t utf-8`)"),
     (OSError, "system error: {e} (fix: check disk space, paths and permissions)"),
 ]
+
+
+def _command(argv: list[str]) -> str:
+    """The (sub)command a command line names: "edgekit run", "edgekit models pull", or "edgekit"."""
+    words = [a for a in argv if not a.startswith("-")][:2]
+    if not words or words[0] not in {c.name for c in app.registered_commands} | {"models"}:
+        return "edgekit"
+    cmd = f"edgekit {words[0]}"
+    if words[0] == "models" and len(words) > 1:
+        from edgekit.cli import models_cmd
+
+        if words[1] in {c.name for c in models_cmd.app.registered_commands}:
+            cmd += f" {words[1]}"
+    return cmd
 
 
 def _usage_line(e: BaseException, argv: list[str]) -> str:
     """Typer/Click usage errors (bad --seed abc, a missing option, an unknown command) as one line."""
     msg = " ".join(str(getattr(e, "format_message", lambda: str(e))()).split()) or "bad command line"
-    words = [a for a in argv if not a.startswith("-")][:2]
-    cmd = f"edgekit {words[0]}" if words and words[0] in {c.name for c in app.registered_commands} | {"models"} else "edgekit"
-    if cmd == "edgekit models" and len(words) > 1:
-        cmd += f" {words[1]}"
-    return f"error: {msg} (fix: see `{cmd} --help`)"
+    return f"error: {msg} (fix: see `{_command(argv)} --help`)"
+
+
+def _error_line(e: EdgekitError, argv: list[str]) -> str:
+    """``error: <what> (fix: <how>)``; an error raised without a fix still names where to look."""
+    if e.fix:
+        return f"error: {e.one_line()}"
+    return f"error: {e.one_line()} (fix: see `{_command(argv)} --help`; EDGEKIT_DEBUG=1 shows where it was raised)"
+
+
+INTERRUPTED = ("error: interrupted (Ctrl-C) (fix: run the command again; "
+               "`edgekit eval` continues from the problems it finished)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     except EdgekitError as e:
         if debug:
             raise
-        print(f"error: {e.one_line()}", file=sys.stderr)
+        print(_error_line(e, args), file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         rv = 130
@@ -86,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"internal error: {type(e).__name__}: {_one_line(e)} (set EDGEKIT_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         sys.exit(1)
     if rv == 130:  # typer turns Ctrl-C (KeyboardInterrupt / Abort) into 130 without a word
-        print("interrupted (Ctrl-C)", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)
     sys.exit(rv if isinstance(rv, int) else 0)
 

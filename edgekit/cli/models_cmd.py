@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -10,6 +11,8 @@ from rich.table import Table
 from edgekit import models
 from edgekit.cli.output import PullProgress, console, print_json
 from edgekit.errors import ChecksumMismatch
+from edgekit.models.catalog import CATALOG
+from edgekit.models.gguf import check_gguf
 
 app = typer.Typer(help="List, fetch, verify, locate and remove models.", no_args_is_help=True)
 
@@ -60,6 +63,8 @@ def verify_cmd(
     record_new: bool = typer.Option(False, "--record", help="hf:/local file: record its current sha256 as the good one"),
 ):
     """Re-hash cached models (sha256) against the catalogue / recorded hash. Exit 2 if any is corrupt."""
+    if model and not model.startswith("hf:") and model not in CATALOG and Path(model).exists():
+        check_gguf(Path(model))  # a directory or a file that is not a GGUF model is refused, never reported "ok"
     checks = models.verify_models(model, record_new=record_new)
     bad = [c for c in checks if c.status == models.CORRUPT]
     if json_out:

@@ -19,6 +19,17 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def stop_progress(bar, failed: bool) -> None:
+    """Stop a rich progress bar. On success it stays (its last state); on an error or Ctrl-C it is
+    removed, so that the one-line error is all that stderr shows. ``Progress.stop()`` is avoided on
+    failure: on a non-terminal stderr it prints a blank line."""
+    if failed:
+        bar.live.transient = True
+        bar.live.stop()
+    else:
+        bar.stop()
+
+
 class PullProgress:
     """A rich progress bar fed by edgekit.models.store's progress callback; shown only once a
     download actually starts (a cached model prints nothing)."""
@@ -41,6 +52,6 @@ class PullProgress:
             self.task = self.bar.add_task(desc, total=total)
         self.bar.update(self.task, description=desc, advance=advance, total=total)
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         if self.bar is not None:
-            self.bar.__exit__(*exc)
+            stop_progress(self.bar, failed=exc_type is not None)

@@ -7,13 +7,32 @@ from typing import Optional
 import typer
 
 from edgekit.cli.output import console, print_json
+from edgekit.errors import UsageError
+
+
+def table_args(accuracy: Optional[list[str]], extra: Optional[list[str]]) -> list[str]:
+    """The -a values, then the positional ones (the rest of `-a a.json b.json`); those must be .json
+    files, so a stray word is named instead of being read as a table."""
+    for x in extra or []:
+        if not x.lower().endswith(".json"):
+            raise UsageError(f"unexpected argument {x!r}: only accuracy tables (*.json) may follow --accuracy",
+                             fix="pass tables as -a A.json B.json (or repeat -a), and every other value after its option")
+    paths = list(accuracy or []) + list(extra or [])
+    if not paths:
+        raise UsageError("missing option --accuracy / -a", fix="pass --accuracy TABLE.json (build one with `edgekit eval`)")
+    return paths
 
 
 def register(app: typer.Typer) -> None:
     @app.command("plan")
     def plan_cmd(
+        tables: Optional[list[str]] = typer.Argument(None, metavar="[TABLE.json]...", show_default=False,
+                                                     help="more accuracy tables, so that `-a a.json b.json` and "
+                                                          "`-a tables/*.json` work as typed"),
         profile: str = typer.Option(..., "--profile", "-p", help="device profile JSON (edgekit profile, or profiles/*.json)"),
-        accuracy: list[str] = typer.Option(..., "--accuracy", "-a", help="accuracy table(s) from edgekit eval (repeatable)"),
+        accuracy: Optional[list[str]] = typer.Option(None, "--accuracy", "-a", show_default=False,
+                                                     help="accuracy table(s) from edgekit eval: repeat -a, or list "
+                                                          "several after one -a"),
         latency_target: str = typer.Option(..., "--latency-target", "-t", help="e.g. 2s or 500ms"),
         percentile: int = typer.Option(50, help="50 or 95: which end of the prediction interval must meet the target"),
         energy_cap: Optional[float] = typer.Option(None, "--energy-cap", help="joules per query"),
@@ -34,10 +53,10 @@ def register(app: typer.Typer) -> None:
         from edgekit.plan.make import make_plan, parse_duration
         from edgekit.plan.render import render_frontier
 
-        res, written = make_plan(profile, accuracy, parse_duration(latency_target), percentile=percentile,
+        res, written = make_plan(profile, table_args(accuracy, tables), parse_duration(latency_target), percentile=percentile,
                                  energy_cap_j=energy_cap, memory_cap_gb=memory_cap, output=output, plot=plot,
                                  sequences_leave=sequences_leave, prefer=prefer, cloud_table=cloud_table,
-                                 cloud_latency_s=parse_duration(cloud_latency) if cloud_latency else None,
+                                 cloud_latency_s=parse_duration(cloud_latency, "--cloud-latency") if cloud_latency is not None else None,
                                  offload_budget=offload_budget, cloud_url=cloud_url, cloud_model=cloud_model)
         pf = to_plan_file(res)
         if json_out:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,6 +12,7 @@ import typer
 from edgekit.cli.output import PullProgress, console, err_console, print_json
 from edgekit.errors import UsageError
 from edgekit.models.catalog import DEFAULT_MODEL
+from edgekit.schemas.checks import check_text
 from edgekit.schemas.options import SamplingOptions
 
 _D = SamplingOptions.model_fields
@@ -18,12 +20,26 @@ _D = SamplingOptions.model_fields
 
 def _json_arg(value: str, what: str) -> Any:
     """Inline JSON or a path to a JSON file."""
+    fix = f"pass {what} as inline JSON or a path to a JSON file"
+    shown = repr(value[:60])
     p = Path(value)
+    inline = value.lstrip().startswith(("{", "["))
+    if not inline and p.is_dir():
+        raise UsageError(f"{what} {shown} is a directory", fix=fix)
+    if not inline and p.is_file():
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read {what} file {shown}: {e}", fix=fix) from None
+        where = f"file {shown}"
+    else:
+        text, where = check_text(value, what), shown
     try:
-        text = p.read_text(encoding="utf-8") if not value.lstrip().startswith("{") and p.exists() else value
         return json.loads(text)
-    except (ValueError, OSError) as e:
-        raise UsageError(f"cannot read {what} {value[:60]!r}: {e}", fix=f"pass {what} as inline JSON or a path to a JSON file") from None
+    except ValueError as e:
+        if not inline and not p.exists():
+            raise UsageError(f"{what} {shown} is neither inline JSON nor an existing file", fix=fix) from None
+        raise UsageError(f"{what} {where} is not valid JSON ({e})", fix=fix) from None
 
 
 def register(app: typer.Typer) -> None:
@@ -56,14 +72,21 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="print the whole Result as JSON"),
     ):
         """Answer PROMPT on this device; prints the answer, agreement and timings."""
-        from edgekit.plan.apply import Query, run_query
+        from edgekit.plan.apply import Query, check_query, run_query
 
+        check_text(prompt, "the prompt")
+        check_text(system, "--system")
+        for one in stop or []:
+            check_text(one, "--stop")
         given = {"n": n, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
                  "aggregate": aggregate, "extractor": extractor, "stop": list(stop) if stop else None, "system": system,
                  "deadline_s": deadline}
         if json_schema is not None:
             given["json_schema"] = _json_arg(json_schema, "--json-schema")
-            given["extractor"] = given["extractor"] or "json"
+            if given["extractor"] not in (None, "json"):
+                raise UsageError(f"--extractor {extractor} does not apply with --json-schema: the answer is the sample's "
+                                 "parsed JSON", fix="drop --extractor (or pass --extractor json)")
+            given["extractor"] = "json"
         if grammar is not None:
             try:
                 given["grammar"] = Path(grammar).read_text(encoding="utf-8")
@@ -71,10 +94,12 @@ def register(app: typer.Typer) -> None:
                 raise UsageError(f"cannot read grammar file {grammar}: {e}", fix="pass --grammar PATH to a GBNF file") from None
         explicit = {k: v for k, v in given.items() if v is not None}
         SamplingOptions.build(**explicit)  # bad values fail here, before any model loads
+        q = Query(prompt=prompt, model=model, options=explicit, plan=plan, engine=engine, threads=threads, n_ctx=ctx,
+                  engine_options={"base_url": base_url} if base_url is not None else {}, cloud_url=cloud_url,
+                  cloud_model=cloud_model, offload=offload, score=score, threshold=threshold)
+        check_query(q)  # threads, context, engine, --base-url, cloud options: before any model loads
         with PullProgress() as p:
-            res = run_query(Query(prompt=prompt, model=model, options=explicit, plan=plan, engine=engine, threads=threads,
-                                  n_ctx=ctx, engine_options={"base_url": base_url} if base_url else {}, cloud_url=cloud_url,
-                                  cloud_model=cloud_model, offload=offload, score=score, threshold=threshold), progress=p)
+            res = run_query(q, progress=p, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True))
         if json_out:
             return print_json(res)
         render_result(res)
@@ -106,6 +131,6 @@ def render_result(res) -> None:
         cloud = f" · cloud {o.cloud_s:.2f} s" if o.cloud_s is not None else ""
         console.print(f"source: {res.source} ({o.reason}){cloud}", highlight=False)
     for note in res.extra.get("notes", []):
-        err_console.print(f"note: {note}", highlight=False)
+        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
     for f in res.flags:
         console.print(f"[yellow]flag: {f}[/yellow]")

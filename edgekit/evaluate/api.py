@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from edgekit import engines
+from edgekit.errors import UsageError
 from edgekit.evaluate.humaneval_exec import FIX, sandbox_status
-from edgekit.evaluate.runner import Progress, run_eval
+from edgekit.evaluate.runner import Progress, check_resume, run_eval, task_settings
 from edgekit.evaluate.tasks import load_task
 from edgekit.runtime import Runtime
+from edgekit.schemas.checks import check_base_url, check_output_path, check_threads
 from edgekit.schemas.formats import check_format
+from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.table import AccuracyTable
 
 
@@ -27,25 +30,41 @@ def evaluate(task: str, model: str, *, backend: str = "llama.cpp", base_url: Opt
              threads: Optional[int] = None, resume: bool = True, progress: Optional[Progress] = None,
              runtime: Optional[Runtime] = None, answer_format: Optional[str] = None,
              allow_code_execution: bool = False, notice: Optional[Callable[[str], None]] = None) -> AccuracyTable:
-    """``backend``: a registered engine name (``llama.cpp``, ``openai``, or a plugin's)."""
+    """``backend``: a registered engine name (``llama.cpp``, ``openai``, or a plugin's).
+
+    Every argument is checked before a model loads or any problem runs: sampling values, threads,
+    the task, the answer format, the output path, whether a partial run of ``out_path`` can be
+    continued (same settings, same problems), the engine and its URL, and (code tasks) the sandbox.
+    ``notice`` gets one line about how model-written code runs, once all of that passed."""
+    SamplingOptions.build(n=n_samples, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    check_threads(threads)
     t = load_task(task, template=template, split=split, limit=limit)  # bad task -> clear error before loading a model
     if answer_format:
         check_format(answer_format, t.kind)
+    out = check_output_path(out_path if out_path else default_output(task, model, template, temperature, answer_format))
+    name = engines.canonical(backend)
+    if resume:
+        check_resume(out, task_settings(t, answer_format=answer_format, temperature=temperature, top_p=top_p,
+                                        n_samples=n_samples, seed=seed, max_tokens=max_tokens, greedy=True))
+    own = runtime is None
+    if runtime is None:
+        engines.get(name)  # unknown engine -> the list of registered ones, before anything loads
+        if base_url is not None:
+            check_base_url(base_url)
+            if name == "llama.cpp":
+                raise UsageError("--base-url applies to a server engine (--engine openai), not to llama.cpp, which runs "
+                                 "the model in this process", fix="add --engine openai, or drop --base-url")
     if t.has_verifier:  # model-written code runs: in a sandbox, or only when the user says so
         ok, desc = sandbox_status()
-        if notice:
-            notice(f"code execution: {desc}")
         if not ok and not allow_code_execution:
             raise UsageError("refusing to run model-written code without a sandbox", fix=FIX)
         t.allow_unsandboxed = allow_code_execution
-    out = Path(out_path) if out_path else default_output(task, model, template, temperature, answer_format)
-    name = engines.canonical(backend)
-    own = runtime is None
     if runtime is None:
         kw = {"base_url": base_url, "api_key": api_key} if name == "openai" else {}
-        engines.get(name)  # unknown engine -> the list of registered ones, before anything loads
         runtime = Runtime(model, engine=name, threads=threads, n_ctx=max(4096, 1024 + n_samples * max_tokens),
                           max_n=max(n_samples, 1), **kw)
+    if t.has_verifier and notice:  # once the model loaded: a bad argument's error stays the only line on stderr
+        notice(f"code execution: {sandbox_status()[1]}")
     rt = runtime
     label = getattr(rt.engine, "label", rt.engine.name)
     try:

@@ -7,8 +7,12 @@ rows for every (budget, k, aggregation) follow exactly from that pool
 (:mod:`edgekit.evaluate.estimators`).
 
 Resumable: every finished problem is appended to ``<out>.partial.jsonl`` (first line: the
-run settings). A rerun with the same settings skips those problems; with different settings
-it refuses. At the end the table is saved atomically and the partial file removed.
+run settings, including ``task_sha256``, a hash over every selected problem's id, prompt and
+target). A rerun with the same settings and the same problems skips those problems; with
+different settings, or after the task's problems changed, it refuses (fix: ``--no-resume``).
+A run that fails or is stopped before its first problem finishes removes its partial file, and
+one that holds no finished problem never blocks a rerun. At the end the table is saved
+atomically and the partial file removed.
 
 Any engine works: the runner calls ``Runtime.generate(messages, SamplingOptions(...))`` and
 reads ``Result.samples`` (text, tokens, finish reason, whether tokens were estimated).
@@ -30,6 +34,7 @@ from edgekit.runtime import Runtime
 from edgekit.runtime.aggregate import get_extractor as default_get_extractor
 from edgekit.runtime.aggregate import quantile
 from edgekit.schemas import __version__
+from edgekit.schemas.checks import check_output_path
 from edgekit.schemas.formats import answer_grammar
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.table import AccuracyTable, ProblemRecord, SampleRecord
@@ -48,19 +53,17 @@ def problem_seed(seed: int, problem_id: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(problem_id.encode())) % 2**31
 
 
-def _read_partial(path: Path, settings: dict) -> tuple[dict[str, ProblemRecord], bool]:
-    """Records already done and whether any used estimated token counts; refuses a settings mismatch."""
+def _read_partial(path: Path, settings: dict) -> Optional[tuple[dict[str, ProblemRecord], bool]]:
+    """Records already done and whether any used estimated token counts; refuses a partial run made
+    for other settings or another task content. None: it holds no finished problem (a run that
+    failed or was stopped before its first problem), so there is nothing to keep and it may be
+    replaced whatever its settings."""
     lines = path.read_text(encoding="utf-8").split("\n")
     fix = f"rerun with the same settings to continue it, or start over with --no-resume (deletes {path.name})"
     try:
         header = json.loads(lines[0]).get("settings")
     except (json.JSONDecodeError, AttributeError):
         header = None
-    if not isinstance(header, dict):
-        raise SchemaError(f"partial run {path} has no settings header", fix=f"delete {path} or use --no-resume")
-    diff = [f"{k} {header.get(k)!r} (now {v!r})" for k, v in settings.items() if header.get(k) != v]
-    if diff:
-        raise UsageError(f"partial run {path} was made with different settings: {', '.join(diff)}", fix=fix)
     done: dict[str, ProblemRecord] = {}
     estimated = False
     body = [ln for ln in lines[1:]]
@@ -77,7 +80,41 @@ def _read_partial(path: Path, settings: dict) -> tuple[dict[str, ProblemRecord],
             raise SchemaError(f"partial run {path} line {i + 2} is damaged ({e})", fix=f"delete {path} or use --no-resume") from e
         done[rec.id] = rec
         estimated = estimated or bool(d.get("tokens_estimated"))
+    if not done:
+        return None
+    if not isinstance(header, dict):
+        raise SchemaError(f"partial run {path} has no settings header", fix=f"delete {path} or use --no-resume")
+    if "task_sha256" in settings:
+        had, now = header.get("task_sha256"), settings["task_sha256"]
+        if had is None:
+            raise UsageError(f"partial run {path} ({len(done)} problems done) records no hash of the task's problems, so "
+                             "they cannot be checked against the task as it is now",
+                             fix=f"start over with --no-resume (deletes {path.name})")
+        if had != now:
+            raise UsageError(f"the task's problems changed since partial run {path} started ({len(done)} problems done; "
+                             f"task_sha256 {had[:12]}…, now {now[:12]}…): its records would be mixed with other problems",
+                             fix=f"restore the task file as it was to continue, or start over with --no-resume (deletes {path.name})")
+    diff = [f"{k} {header.get(k)!r} (now {v!r})" for k, v in settings.items() if header.get(k) != v]
+    if diff:
+        raise UsageError(f"partial run {path} was made with different settings: {', '.join(diff)}", fix=fix)
     return done, estimated
+
+
+def task_settings(task: Task, *, answer_format: Optional[str], temperature: float, top_p: float, n_samples: int,
+                  seed: int, max_tokens: int, greedy: bool) -> dict:
+    """The resume settings known before a model loads: the task (with a hash of its problems) and
+    the sampling. ``run_eval`` adds the model's and the backend's."""
+    return {"task": task.name, "split": task.split, "prompt_template": task.prompt_template, "answer_format": answer_format,
+            "temperature": temperature, "top_p": top_p, "n_samples": n_samples, "seed": seed, "max_tokens": max_tokens,
+            "greedy": greedy, "task_sha256": task.sha256}
+
+
+def check_resume(out_path: Union[str, Path], settings: dict) -> None:
+    """Refuse, before any model loads, a partial run of ``out_path`` that cannot be continued with
+    ``settings`` (a subset of the run's; see :func:`task_settings`)."""
+    part = partial_path(out_path)
+    if part.is_file():
+        _read_partial(part, settings)
 
 
 def _rewrite(path: Path, lines: list[str]) -> None:
@@ -140,7 +177,8 @@ def run_eval(
         task = load_task(task, template=template, split=split, limit=limit)
     else:
         if template is not None and template != task.prompt_template:
-            raise UsageError(f"task was loaded with template {task.prompt_template!r}, not {template!r}")
+            raise UsageError(f"task was loaded with template {task.prompt_template!r}, not {template!r}",
+                             fix="load the task with that template (load_task(name, template=...)), or drop template=")
         if split is not None or limit is not None:
             task = task.select(split, limit)
     grammar = answer_grammar(task.kind, answer_format) if answer_format else None  # fails closed on a bad format
@@ -149,20 +187,20 @@ def run_eval(
     greedy_opts = opts.replace(n=1, temperature=0.0, top_p=1.0)
     budgets = sorted(set(budgets or default_budgets(max_tokens)))
     if budgets[0] < 1 or budgets[-1] > max_tokens:
-        raise UsageError(f"budgets must lie in 1..max_tokens={max_tokens} (got {budgets})")
+        raise UsageError(f"budgets must lie in 1..max_tokens={max_tokens} (got {budgets})",
+                         fix=f"pass budgets between 1 and {max_tokens}, or raise max_tokens")
     backend = backend or rt.engine.name
     extract = get_extractor or default_get_extractor
-    settings = {
-        "task": task.name, "split": task.split, "prompt_template": task.prompt_template, "answer_format": answer_format, "model_id": model_id,
-        "model_sha256": sha256, "quant": quant, "backend": backend, "temperature": temperature, "top_p": top_p,
-        "n_samples": n_samples, "seed": seed, "max_tokens": max_tokens, "greedy": greedy,
-    }
-    out = Path(out_path)
+    settings = task_settings(task, answer_format=answer_format, temperature=temperature, top_p=top_p,
+                             n_samples=n_samples, seed=seed, max_tokens=max_tokens, greedy=greedy)
+    settings.update({"model_id": model_id, "model_sha256": sha256, "quant": quant, "backend": backend})
+    out = check_output_path(out_path)
     part = partial_path(out)
     done: dict[str, ProblemRecord] = {}
     estimated = False
-    if part.exists() and resume:
-        done, estimated = _read_partial(part, settings)
+    resumed = _read_partial(part, settings) if part.exists() and resume else None
+    if resumed is not None:
+        done, estimated = resumed
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         _rewrite(part, [json.dumps({"format": PARTIAL_FORMAT, "settings": settings})])
@@ -175,7 +213,9 @@ def run_eval(
             ps = problem_seed(seed, problem.id)
             res = rt.generate(problem.messages(), opts.replace(seed=ps))
             if len(res.samples) != n_samples:
-                raise BackendError(f"asked for {n_samples} samples, the backend returned {len(res.samples)}")
+                raise BackendError(f"asked for {n_samples} samples, the backend returned {len(res.samples)}",
+                                   fix="use an engine that returns every sample it is asked for (an OpenAI-compatible "
+                                       "server must honour n or answer one request per sample)")
             samples = _records(task, problem, res, max_tokens, extract, pool)
             g = gres = None
             if greedy:
@@ -189,6 +229,10 @@ def run_eval(
             estimated = estimated or est
             if progress:
                 progress(len(done), total, problem.id)
+    except BaseException:
+        if not done:  # nothing finished: a partial file would only block the next run (other settings, a fixed URL)
+            part.unlink(missing_ok=True)
+        raise
     finally:
         if pool:
             pool.shutdown()
@@ -196,7 +240,8 @@ def run_eval(
     table = AccuracyTable(
         edgekit_version=__version__, task=task.name, split=task.split, model_id=model_id, model_sha256=sha256,
         quant=quant, backend=backend + (" (tokens estimated)" if estimated else ""),
-        prompt_template=task.prompt_template, answer_format=answer_format, temperature=temperature, top_p=top_p, n_samples=n_samples, seed=seed,
+        prompt_template=task.prompt_template, answer_format=answer_format, task_sha256=settings["task_sha256"],
+        temperature=temperature, top_p=top_p, n_samples=n_samples, seed=seed,
         max_tokens=max_tokens, n_problems=len(records),
         prompt_tokens_mean=sum(r.prompt_tokens for r in records) / len(records), has_verifier=task.has_verifier,
         rows=accuracy_rows(records, budgets, None, default_aggregations(task.has_verifier, greedy)),

@@ -8,6 +8,7 @@ extractor per task kind) so that evaluation and serving judge text the same way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -75,6 +76,16 @@ class Task:
     def has_verifier(self) -> bool:
         return self.kind == "code"
 
+    @property
+    def sha256(self) -> str:
+        """A hash over every selected problem's id, prompt and target, in order: a resumed eval
+        compares it, so records made for other problems (an edited task file) are never mixed in."""
+        h = hashlib.sha256()
+        for p in self.problems:
+            h.update(json.dumps([p.id, p.prompt, p.target], ensure_ascii=True).encode("ascii"))
+            h.update(b"\n")
+        return h.hexdigest()
+
     def extract(self, text: str, problem: Problem, get_extractor: Callable[[str], Callable[[str], Optional[str]]]) -> Optional[str]:
         """The answer in a sample's text, using the runtime's extractor for the task kind
         (``edgekit.runtime.aggregate.get_extractor``); code gets the prompt prepended when needed."""
@@ -98,7 +109,8 @@ class Task:
 
     def verifier(self, problem: Problem, timeout_s: float = 5.0) -> Callable[[str], bool]:
         if problem.kind != "code" or problem.test is None or problem.entry_point is None:
-            raise UsageError(f"task {self.name} has no verifier (not a code task)")
+            raise UsageError(f"task {self.name} has no verifier (not a code task)",
+                             fix="use a verifier aggregation (pass@k, first_verified) only with code tasks such as humaneval")
         return lambda program: check_program(program, problem.test, problem.entry_point, timeout_s,
                                              allow_unsandboxed=self.allow_unsandboxed)[0]
 
@@ -114,10 +126,13 @@ class Task:
             stop = max(start, stop)
         if limit is not None:
             if limit < 1:
-                raise UsageError(f"limit must be >= 1 (got {limit})")
+                raise UsageError(f"--limit must be >= 1, got {limit}", fix="pass --limit N with N >= 1, or omit it for every problem")
             stop = min(stop, start + limit)
         if stop <= start:
-            raise UsageError(f"split {split!r} / limit {limit} selects no problems of {self.name} ({n} problems)")
+            given = " with ".join(x for x in (f"--split {split}" if split is not None else "",
+                                              f"--limit {limit}" if limit is not None else "") if x)
+            raise UsageError(f"{given} selects no problems of {self.name} ({n} problems)",
+                             fix=f"pick a non-empty range a:b within 0:{n}")
         a, b = self.offset + start, self.offset + stop
         sub = None if (a, b) == (0, self.total) else f"{a}:{b}"
         return replace(self, problems=self.problems[start:stop], split=sub, offset=a)
@@ -224,10 +239,12 @@ def _humaneval(template: Optional[str]) -> Task:
 
 def _jsonl(path_s: str, template: str) -> Task:
     path = Path(path_s).expanduser()
+    if path.is_dir():
+        raise UsageError(f"task file {path} is a directory", fix="pass jsonl:<path to a .jsonl file>")
     if not path.is_file():
         raise UsageError(f"task file {path} does not exist", fix="pass jsonl:<path to a .jsonl file>")
     rows: list[tuple[int, dict]] = []
-    for ln, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for ln, line in enumerate(_utf8_text(path).splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path} line {ln}"
@@ -235,20 +252,28 @@ def _jsonl(path_s: str, template: str) -> Task:
             d = json.loads(line)
         except json.JSONDecodeError as e:
             raise UsageError(f"{where} is not valid JSON ({e.msg})", fix="one JSON object per line") from e
+        if isinstance(d, dict):
+            _check_strings(d, where)
         if not isinstance(d, dict) or not isinstance(d.get("prompt"), str) or not d["prompt"].strip():
             raise UsageError(f"{where} needs a non-empty string field 'prompt'", fix='e.g. {"prompt": "...", "answer": "..."}')
         ans = d.get("answer")
+        if isinstance(ans, float) and not math.isfinite(ans):
+            raise UsageError(f"{where}: answer {ans} is not a finite number", fix='e.g. {"prompt": "...", "answer": "42"}')
         if isinstance(ans, bool) or not isinstance(ans, (str, int, float)) or not str(ans).strip():
             raise UsageError(f"{where} needs a field 'answer' (string or number)", fix='e.g. {"prompt": "...", "answer": "42"}')
         ch = d.get("choices")
         if ch is not None and (not isinstance(ch, list) or not 2 <= len(ch) <= 26 or not all(isinstance(c, str) for c in ch)):
-            raise UsageError(f"{where}: 'choices' must be a list of 2 to 26 strings")
+            raise UsageError(f"{where}: 'choices' must be a list of 2 to 26 strings", fix='e.g. "choices": ["red", "blue"]')
+        pid = d.get("id")
+        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip()):
+            raise UsageError(f"{where}: 'id' must be a non-empty string or an integer, got {pid!r}",
+                             fix="give each problem a unique id, or drop 'id' (the line number is used)")
         unknown = set(d) - {"prompt", "answer", "choices", "id"}
         if unknown:
             raise UsageError(f"{where} has unknown fields {sorted(unknown)}", fix="use prompt, answer, optional choices and id")
         rows.append((ln, d))
     if not rows:
-        raise UsageError(f"task file {path} has no problems")
+        raise UsageError(f"task file {path} has no problems", fix='one JSON object per line, e.g. {"prompt": "...", "answer": "42"}')
     with_choices = [ln for ln, d in rows if d.get("choices") is not None]
     if with_choices and len(with_choices) != len(rows):
         bad = next(ln for ln, d in rows if d.get("choices") is None)
@@ -266,17 +291,42 @@ def _jsonl(path_s: str, template: str) -> Task:
     for (ln, d), ans in zip(rows, answers):
         pid = str(d.get("id", ln))
         if pid in seen:
-            raise UsageError(f"{path} line {ln}: duplicate id {pid!r}")
+            raise UsageError(f"{path} line {ln}: duplicate id {pid!r}", fix="give every problem a unique id")
         seen.add(pid)
         target, choices = ans, d.get("choices")
         if kind == "choice":
             target = choice_letter(ans, choices)
             if target is None:
-                raise UsageError(f"{path} line {ln}: answer {ans!r} is neither an option letter nor one of the choices")
+                raise UsageError(f"{path} line {ln}: answer {ans!r} is neither an option letter nor one of the choices",
+                                 fix="make 'answer' an option letter (A, B, ...) or the exact text of one choice")
         elif kind == "yesno":
             target = normalize_text(ans)
         problems.append(Problem(pid, render(template, kind, d["prompt"], choices), target, choices, kind))
     return Task(f"jsonl:{path_s}", problems, kind, template, TEMPLATES[template][kind], total=len(problems))
+
+
+def _utf8_text(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are refused with the line they are on (a leading
+    byte-order mark is allowed)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UsageError(f"task file {path} line {line} is not valid UTF-8 (byte 0x{data[e.start]:02x})",
+                         fix="save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`") from None
+
+
+def _check_strings(d: dict, where: str) -> None:
+    """Refuse a lone surrogate (a "\\udce9" escape): it is not text a model can be given."""
+    for k, v in d.items():
+        for x in (v if isinstance(v, list) else [v]):
+            if isinstance(x, str):
+                try:
+                    x.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UsageError(f"{where}: field {k!r} holds an invalid \\u escape (a lone surrogate)",
+                                     fix="write the text as UTF-8, or escape whole characters") from None
 
 
 def load_task(name: str, template: Optional[str] = None, split: Optional[str] = None, limit: Optional[int] = None) -> Task:

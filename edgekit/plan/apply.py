@@ -8,15 +8,20 @@ prediction is then withheld (it was made for another configuration), never shown
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from edgekit.errors import SchemaError, UsageError
+from edgekit import engines
+from edgekit.errors import EdgekitError, SchemaError, UsageError
 from edgekit.models.catalog import DEFAULT_MODEL
 from edgekit.models.store import Progress, resolve
 from edgekit.engines.openai import OpenAIEngine
 from edgekit.runtime import Runtime
 from edgekit.runtime.offload import Offload
+from edgekit.schemas.checks import check_base_url, check_ctx, check_text, check_threads
+from edgekit.schemas.offload import SCORES
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import PlanFile, load_plan
 from edgekit.schemas.result import Result
@@ -37,6 +42,63 @@ class Query:
     offload: Optional[str] = None  # never | auto | always (default: auto with a cloud)
     score: Optional[str] = None
     threshold: Optional[float] = None
+
+
+log = logging.getLogger("edgekit")
+
+
+def check_query(q: Query) -> None:
+    """Everything about a query that can be checked without loading a model: the prompt's text,
+    threads, context size, the engine's name, whether --base-url applies to it, and the offload
+    options (cloud URL, mode, score, threshold)."""
+    check_text(q.prompt, "the prompt")
+    if not q.prompt.strip():
+        raise UsageError("empty prompt", fix="pass a non-empty prompt")
+    check_threads(q.threads)
+    check_ctx(q.n_ctx)
+    engines.get(q.engine)  # unknown engine -> the registered ones
+    if "base_url" in q.engine_options:
+        check_base_url(q.engine_options["base_url"])
+        if engines.canonical(q.engine) == "llama.cpp":
+            raise UsageError("--base-url applies to a server engine (--engine openai), not to llama.cpp, which runs the "
+                             "model in this process", fix="add --engine openai, or drop --base-url")
+    check_base_url(q.cloud_url, "--cloud-url")
+    if q.offload is not None and q.offload not in ("never", "auto", "always"):
+        raise UsageError(f"unknown --offload {q.offload!r}", fix="pass --offload never, auto or always")
+    if q.score is not None and q.score not in SCORES:
+        raise UsageError(f"unknown --score {q.score!r}", fix=f"pass --score {' | '.join(SCORES)}")
+    if q.threshold is not None and not math.isfinite(q.threshold):
+        raise UsageError(f"invalid --threshold: must be a finite number, got {q.threshold!r}",
+                         fix="pass the score a local answer must reach, e.g. --threshold 0.6, or omit it for the plan's")
+
+
+def context_warning(rt: Runtime, text: str, opts: SamplingOptions, n_ctx: int) -> Optional[str]:
+    """A warning when the context asked for is larger than the model was trained on (None otherwise).
+
+    Warned, not refused: the n samples share one context, so a context larger than the trained one
+    is often needed (8 samples x 2048 tokens) while each sample stays within the trained length.
+    The warning says which case applies: a sample that can pass the trained length decodes at
+    positions the model never saw (quality degrades); otherwise the extra context only costs memory.
+    """
+    n_train = rt.model_info.n_ctx_train
+    if not n_train or n_ctx <= n_train:
+        return None
+    try:
+        n_prompt = len(rt.prompt_tokens(text, chat=opts.chat, system=opts.system))
+    except EdgekitError:
+        n_prompt = None
+    head = f"--ctx {n_ctx} is above the trained context of {rt.model_id} ({n_train} tokens)"
+    if n_prompt is None:
+        return (f"{head}: a sample longer than {n_train} tokens decodes at positions the model was not trained on "
+                f"(fix: keep the prompt + --max-tokens within {n_train} tokens)")
+    span, need = n_prompt + opts.max_tokens, n_prompt + opts.n * opts.max_tokens
+    if span > n_train:
+        return (f"{head}, and a sample can reach {span} tokens (prompt {n_prompt} + budget {opts.max_tokens}): tokens past "
+                f"{n_train} sit at positions the model was not trained on, so quality degrades "
+                f"(fix: keep the prompt + --max-tokens within {n_train} tokens, or use a model trained on a longer context)")
+    return (f"{head}; each sample stays within it here (prompt {n_prompt} + budget {opts.max_tokens} = {span} tokens), "
+            f"so the extra context only costs memory (fix: --ctx {max(need, n_train)} is enough for the prompt + "
+            f"{opts.n} x {opts.max_tokens} tokens)")
 
 
 def check_plan_model(p: PlanFile, model: str) -> Optional[str]:
@@ -85,8 +147,12 @@ def build_offload(q: Query, p: Optional[PlanFile], opts: SamplingOptions) -> Opt
                    local_predicted_s=local_s)
 
 
-def run_query(q: Query, progress: Optional[Progress] = None) -> Result:
+def run_query(q: Query, progress: Optional[Progress] = None, warn: Optional[Callable[[str], None]] = None) -> Result:
+    """Run one query. ``warn`` gets one-line warnings as they arise (default: the ``edgekit``
+    logger); they are also kept in ``Result.extra["warnings"]``."""
+    check_query(q)
     notes: list[str] = []
+    warnings: list[str] = []
     overrides: list[str] = []
     text = q.prompt
     p = None
@@ -94,7 +160,7 @@ def run_query(q: Query, progress: Optional[Progress] = None) -> Result:
         p = load_plan(q.plan)
         opts, overrides = plan_options(p, q.options, q.model)
         model = q.model or p.chosen.model_id
-        if model == p.chosen.model_id:
+        if model == p.chosen.model_id and engines.canonical(q.engine) == "llama.cpp":  # a server's file is not ours to hash
             note = check_plan_model(p, model)
             if note:
                 notes.append(note)
@@ -108,7 +174,13 @@ def run_query(q: Query, progress: Optional[Progress] = None) -> Result:
     off = build_offload(q, p, opts)
     with Runtime(model, engine=q.engine, threads=q.threads, n_ctx=q.n_ctx, max_n=opts.n, progress=progress,
                  offload=off, **q.engine_options) as rt:
+        w = context_warning(rt, text, opts, q.n_ctx)
+        if w:
+            warnings.append(w)
+            (warn or log.warning)(w)
         res = rt.generate(text, opts)
+    if warnings:
+        res.extra["warnings"] = warnings
     if p is not None:
         res.extra["plan"] = q.plan
         if overrides:

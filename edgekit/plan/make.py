@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -10,6 +11,7 @@ from edgekit.schemas.table import load_table
 from edgekit.plan.export import to_plan_file
 from edgekit.plan.joint import joint_plan
 from edgekit.plan.planner import PlanResult, plan
+from edgekit.schemas.checks import check_base_url, check_output_path, check_positive
 from edgekit.schemas.profile import ModelInfo, load_profile
 
 
@@ -46,8 +48,24 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
               cloud_url: Optional[str] = None, cloud_model: Optional[str] = None) -> tuple[PlanResult, Optional[Path]]:
     if not table_paths:
         raise UsageError("no accuracy table given", fix="pass --accuracy TABLE.json (build one with `edgekit eval`)")
-    if latency_target_s is None or latency_target_s <= 0:
-        raise UsageError(f"latency target must be > 0 s, got {latency_target_s}", fix="pass e.g. --latency-target 2s")
+    if latency_target_s is None or not math.isfinite(latency_target_s) or latency_target_s <= 0:
+        raise UsageError(f"latency target must be a finite number > 0 s, got {latency_target_s}",
+                         fix="pass e.g. --latency-target 2s")
+    if percentile not in (50, 95):
+        raise UsageError(f"percentile must be 50 or 95, got {percentile}", fix="pass --percentile 50 or 95")
+    check_positive(energy_cap_j, "--energy-cap", "joules per query", "5")
+    check_positive(memory_cap_gb, "--memory-cap", "GB", "4")
+    if cloud_table is None and (offload_budget is not None or cloud_latency_s is not None):
+        raise UsageError("--offload-budget / --cloud-latency need --cloud-table", fix="pass --cloud-table CLOUD_TABLE.json")
+    if offload_budget is not None and not (math.isfinite(offload_budget) and 0 <= offload_budget <= 1):
+        raise UsageError(f"offload budget must be in [0, 1], got {offload_budget}", fix="pass e.g. --offload-budget 0.2")
+    check_base_url(cloud_url, "--cloud-url")
+    # the files we will write are checked before any work
+    if output:
+        check_output_path(output, "--output", "plan.json")
+    if plot:
+        check_output_path(plot, "--plot", "pareto.png")
+    table_paths = _unique(table_paths)
     profile = load_profile(profile_path)
     tables = [load_table(p) for p in table_paths]
     res = plan(profile, tables, latency_target_s, percentile=percentile, energy_cap_j=energy_cap_j,
@@ -59,8 +77,6 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
         res.chosen = res.joint.candidate
         res.notes.extend(res.joint.notes)
         res.cloud = {"base_url": cloud_url, "model": cloud_model, "latency_s": cloud_latency_s, "accuracy_table": str(cloud_table)}
-    elif offload_budget is not None or cloud_latency_s is not None:
-        raise UsageError("--offload-budget / --cloud-latency need --cloud-table", fix="pass --cloud-table CLOUD_TABLE.json")
     written = None
     if output:
         pf = to_plan_file(res)
@@ -72,14 +88,32 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
     return res, written
 
 
-def parse_duration(s: str) -> float:
-    """'2s', '500ms', '1.5' -> seconds."""
+def parse_duration(s: str, flag: str = "--latency-target") -> float:
+    """'2s', '500ms', '1.5' -> seconds; a finite number > 0 (inf, nan, 0 and negatives are refused)."""
     t = str(s).strip().lower()
+    fix = f"write it like {flag} 2s, 1.5s or 500ms"
     try:
         if t.endswith("ms"):
-            return float(t[:-2]) / 1e3
-        if t.endswith("s"):
-            return float(t[:-1])
-        return float(t)
+            v = float(t[:-2]) / 1e3
+        elif t.endswith("s"):
+            v = float(t[:-1])
+        else:
+            v = float(t)
     except ValueError:
-        raise UsageError(f"cannot read duration {s!r}", fix="write it like 2s, 1.5s or 500ms") from None
+        raise UsageError(f"cannot read duration {s!r} ({flag})", fix=fix) from None
+    if not math.isfinite(v):
+        raise UsageError(f"{flag} {s!r} is not a finite duration", fix=fix)
+    if v <= 0:
+        raise UsageError(f"{flag} must be > 0 s, got {s!r}", fix=fix)
+    return v
+
+
+def _unique(paths: Sequence[str | Path]) -> list[str | Path]:
+    """The table paths in order, each file once (``-a t.json t.json`` or a glob plus a name)."""
+    seen, out = set(), []
+    for p in paths:
+        key = Path(p).resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out

@@ -15,6 +15,7 @@ most accurate one's, it takes the fastest (then the least energy) and says so in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -146,15 +147,15 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
          table_paths: Sequence[str | None] | None = None, model_infos: Mapping[str, ModelInfo] | None = None,
          sequences_leave: bool = False, extractor_kinds=None, prefer: str = "cheaper") -> PlanResult:
     """Pick the most accurate configuration meeting ``latency_target_s`` at ``percentile`` (50 or 95)."""
-    if not latency_target_s or latency_target_s <= 0:
-        raise UsageError(f"latency target must be > 0 s, got {latency_target_s}", fix="pass e.g. --target 2.5")
+    if not latency_target_s or not math.isfinite(latency_target_s) or latency_target_s <= 0:
+        raise UsageError(f"latency target must be a finite number > 0 s, got {latency_target_s}", fix="pass e.g. --latency-target 2s")
     if prefer not in ("cheaper", "most-accurate"):
         raise UsageError(f"prefer must be 'cheaper' or 'most-accurate', got {prefer!r}", fix="pass --prefer cheaper")
     if percentile not in (50, 95):
         raise UsageError(f"percentile must be 50 or 95, got {percentile}", fix="pass --percentile 50 or 95")
     for name, cap in (("energy cap", energy_cap_j), ("memory cap", memory_cap_gb)):
-        if cap is not None and cap <= 0:
-            raise UsageError(f"{name} must be > 0, got {cap}", fix=f"omit the {name} or pass a positive value")
+        if cap is not None and (not math.isfinite(cap) or cap <= 0):
+            raise UsageError(f"{name} must be a finite number > 0, got {cap}", fix=f"omit the {name} or pass a positive value")
     if not tables:
         raise UsageError("no accuracy tables given", fix="pass at least one table built by `edgekit eval`")
     tpaths = list(table_paths) if table_paths else [None] * len(tables)

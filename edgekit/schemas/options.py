@@ -45,6 +45,8 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "json_schema": ("--json-schema", "a JSON schema object"),
     "grammar": ("--grammar", "a GBNF grammar with a root rule"),
 }
+_SCHEMA_AND_GRAMMAR = "json_schema and grammar: pass one, not both"
+_CONFLICT_FIX = {_SCHEMA_AND_GRAMMAR: "pass --json-schema or --grammar, not both"}
 
 
 class SamplingOptions(BaseModel):
@@ -100,7 +102,7 @@ class SamplingOptions(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "SamplingOptions":
         if self.json_schema is not None and self.grammar is not None:
-            raise ValueError("json_schema and grammar: pass one, not both")
+            raise ValueError(_SCHEMA_AND_GRAMMAR)
         return self
 
     # -- derived -----------------------------------------------------------------------------
@@ -132,7 +134,10 @@ class SamplingOptions(BaseModel):
 def options_error(e: ValidationError, flags: Optional[dict[str, str]] = None) -> UsageError:
     """One line for the first error of a pydantic ValidationError on SamplingOptions."""
     err = e.errors()[0]
-    field = str(err["loc"][0]) if err.get("loc") else "options"
+    if not err.get("loc"):  # a model-level rule: two options that cannot go together
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        return UsageError(f"conflicting options: {msg}", fix=_CONFLICT_FIX.get(msg, "drop one of the conflicting options"))
+    field = str(err["loc"][0])
     flag, hint = _FLAGS.get(field, (f"--{field.replace('_', '-')}", "a valid value"))
     if flags and field in flags:
         flag = flags[field]

@@ -99,6 +99,7 @@ class AccuracyTable(_M):
     backend: str = "llama.cpp"  # or "openai:<base_url>"
     prompt_template: str
     answer_format: Optional[str] = None  # None: free text; "answer" / "reason:<chars>": grammar-constrained (schemas.formats)
+    task_sha256: Optional[str] = None  # hash over the evaluated problems' ids, prompts and targets (evaluate.tasks.Task.sha256)
     temperature: float
     top_p: float = 1.0
     n_samples: int  # N drawn per problem
