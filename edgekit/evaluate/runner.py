@@ -137,7 +137,7 @@ def _records(task: Task, problem: Problem, res, max_tokens: int, extract, pool: 
     items = []
     for s in res.samples:
         answer = task.extract(s.text, problem, extract)
-        finished = s.finish_reason == "stop" and s.tokens <= max_tokens
+        finished = s.finish_reason == "stop"  # stopped by itself; the budget rule (within_budget) does the rest
         lp = s.logprobs
         feats = (round(sum(lp) / len(lp), 4), round(quantile(lp, 0.10), 4)) if lp else (None, None)
         items.append((answer, int(s.tokens), finished, feats))
