@@ -19,7 +19,7 @@ import llama_cpp as ll
 
 from edgekit.models import resolve
 from edgekit.runtime import Runtime
-from edgekit.runtime.llamacpp import default_threads
+from edgekit.engines.llamacpp import default_threads
 
 PROMPT = ("Write a complete Python module implementing a red-black tree with insert, delete, search and in-order "
           "traversal. Include type hints and a docstring for every method.")  # long answers: samples rarely stop early
