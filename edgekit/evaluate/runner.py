@@ -43,6 +43,15 @@ PARTIAL_FORMAT = 1
 Progress = Callable[[int, int, str], None]  # (problems done, problems total, problem id)
 
 
+class EvalInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the eval. Still a KeyboardInterrupt; ``message`` says what was kept,
+    ``kept`` how many problems are in the partial file ``partial`` (None: nothing was kept)."""
+
+    def __init__(self, message: str, kept: int, partial: Optional[Path]):
+        super().__init__(message)
+        self.message, self.kept, self.partial = message, kept, partial
+
+
 def partial_path(out_path: Union[str, Path]) -> Path:
     p = Path(out_path)
     return p.with_name(p.name + ".partial.jsonl")
@@ -229,9 +238,15 @@ def run_eval(
             estimated = estimated or est
             if progress:
                 progress(len(done), total, problem.id)
-    except BaseException:
+    except BaseException as e:
         if not done:  # nothing finished: a partial file would only block the next run (other settings, a fixed URL)
             part.unlink(missing_ok=True)
+        if isinstance(e, KeyboardInterrupt):
+            if not done:
+                raise EvalInterrupted(f"eval of {task.name} stopped before its first problem finished; nothing was saved",
+                                      0, None) from e
+            raise EvalInterrupted(f"eval of {task.name} stopped after {len(done)} of {total} problems; they are kept in {part}",
+                                  len(done), part) from e
         raise
     finally:
         if pool:
