@@ -7,6 +7,8 @@ and in the names of the fields that hold figures (``decode_tok_s``, ``energy_mj`
 from __future__ import annotations
 
 import statistics
+
+import numpy as np
 from typing import Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict
@@ -86,3 +88,13 @@ def published(value: float, unit: str, source: str, note: str | None = None) -> 
 
 def unavailable(unit: str, why: str) -> Figure:
     return Figure(value=None, unit=unit, method="unavailable", note=why)
+
+
+def wilson(p: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """95 % Wilson score interval of a proportion p measured on n problems (vectorised)."""
+    p = np.clip(np.asarray(p, float), 0.0, 1.0)
+    n = np.maximum(np.asarray(n, float), 1.0)
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)

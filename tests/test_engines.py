@@ -76,6 +76,8 @@ def test_plugin_engine_runs_through_edgekit_run_and_eval(plugin_path, tmp_path):
     assert r.returncode == 0, r.stderr
     table = json.loads(out.read_text())
     assert table["backend"] == "fake" and table["n_problems"] == 3 and table["model_id"] == "fake-0"
+    printed = json.loads(r.stdout)  # eval --json: the table without its raw sample pool
+    assert "problems" not in printed and printed["rows"] == table["rows"] and printed["task_sha256"] == table["task_sha256"]
 
 
 def test_unknown_and_broken_engines_are_one_line_errors(plugin_path):

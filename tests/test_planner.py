@@ -248,7 +248,7 @@ def test_render_and_plot(prof, tmp_path):
 
 
 def test_differences_inside_the_noise_go_to_the_cheaper_configuration(prof):
-    from edgekit.plan.planner import wilson
+    from edgekit.figures import wilson
 
     rows = [row(64, 1, "greedy", 0.433, 40), row(64, 3, "majority", 0.504, 55)]
     t30 = table(rows=rows).model_copy(update={"n_problems": 30})

@@ -412,3 +412,19 @@ def test_openai_engine_refuses_what_it_cannot_enforce():
     e = openai_engine(lambda r: httpx.Response(500))
     with pytest.raises(UsageError, match="cannot enforce a GBNF grammar"):
         gen(e, grammar='root ::= "a"')
+
+
+def test_target_width_stops_when_intervals_are_narrow_or_separate(tmp_path):
+    from edgekit.evaluate.estimators import default_budgets
+    from edgekit.evaluate.runner import _precise_enough
+    from edgekit.runtime import Runtime
+
+    big = write_jsonl(tmp_path / "big.jsonl", [{"prompt": f"Q{i}: what is {i} + {4 - i}?", "answer": "4"} for i in range(200)])
+    rt = Runtime(FakeEngine())
+    t = run(big, rt, tmp_path / "w.json", target_width=0.3, batch=10)
+    assert t.n_problems < 200 and t.n_problems % 10 == 0 and t.split == f"0:{t.n_problems}"
+    b = default_budgets(32)
+    assert _precise_enough(t.problems, b, True, False, 0.3)  # stopped at the first batch that was precise enough
+    assert not _precise_enough(t.problems[: t.n_problems - 10], b, True, False, 0.3)
+    with pytest.raises(UsageError, match="target width"):
+        run(big, rt, tmp_path / "x.json", target_width=2.0)

@@ -9,8 +9,22 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from edgekit.errors import UsageError
 from edgekit.cli.output import console, err_console, print_json, stop_progress
 from edgekit.models.catalog import DEFAULT_MODEL
+
+
+def _width(text: Optional[str]) -> Optional[float]:
+    """'10pts', '10%' or '0.1' -> 0.10."""
+    if text is None:
+        return None
+    t = text.strip().lower()
+    try:
+        if t.endswith(("pts", "pt", "%")):
+            return float(t.rstrip("pts%").strip()) / 100
+        return float(t)
+    except ValueError:
+        raise UsageError(f"cannot read --target-width {text!r}", fix="write it like 10pts, 10% or 0.1") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -31,6 +45,8 @@ def register(app: typer.Typer) -> None:
         base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"),
         threads: Optional[int] = typer.Option(None),
         constrain: Optional[str] = typer.Option(None, "--constrain", help="grammar-constrained answers: 'answer' (just the answer) or 'reason:<chars>' (bounded reasoning, then the answer)"),
+        target_width: Optional[str] = typer.Option(None, "--target-width", help="add problems in batches until the 95 % intervals of the configurations near the best are this narrow (e.g. 10pts) or separate"),
+        batch: int = typer.Option(10, "--batch", help="with --target-width: problems added between checks"),
         allow_code_execution: bool = typer.Option(False, "--allow-code-execution", help="code tasks without a sandbox (bubblewrap): run model-written code with rlimits only"),
         no_resume: bool = typer.Option(False, "--no-resume", help="start over instead of continuing a killed run"),
         json_out: bool = typer.Option(False, "--json"),
@@ -53,7 +69,7 @@ def register(app: typer.Typer) -> None:
             table = evaluate(task, model, backend=backend, base_url=base_url, out_path=output,
                              n_samples=n, temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens,
                              limit=limit, split=split, template=template, threads=threads, resume=not no_resume,
-                             progress=progress, answer_format=constrain,
+                             progress=progress, answer_format=constrain, target_width=_width(target_width), batch=batch,
                              allow_code_execution=allow_code_execution,
                              notice=lambda m: err_console.print(m, highlight=False, soft_wrap=True))
             failed = False

@@ -53,10 +53,12 @@ def _reports_interrupts(callback):
 
 def _register():
     from edgekit.cli import calibrate_cmd, device_cmd, eval_cmd, models_cmd, plan_cmd, profile_cmd, run_cmd
+    from edgekit.cli import serve_cmd
 
     app.add_typer(models_cmd.app, name="models")
     for mod in (run_cmd, device_cmd, profile_cmd, plan_cmd, eval_cmd, calibrate_cmd):
         mod.register(app)
+    serve_cmd.register(app)
     for info in [*app.registered_commands, *models_cmd.app.registered_commands]:
         if info.callback is not None and not getattr(info.callback, "_edgekit_interrupts", False):
             info.callback = _reports_interrupts(info.callback)

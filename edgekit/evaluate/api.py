@@ -29,7 +29,8 @@ def evaluate(task: str, model: str, *, backend: str = "llama.cpp", base_url: Opt
              limit: Optional[int] = None, split: Optional[str] = None, template: Optional[str] = None,
              threads: Optional[int] = None, resume: bool = True, progress: Optional[Progress] = None,
              runtime: Optional[Runtime] = None, answer_format: Optional[str] = None,
-             allow_code_execution: bool = False, notice: Optional[Callable[[str], None]] = None) -> AccuracyTable:
+             allow_code_execution: bool = False, notice: Optional[Callable[[str], None]] = None,
+             target_width: Optional[float] = None, batch: int = 10) -> AccuracyTable:
     """``backend``: a registered engine name (``llama.cpp``, ``openai``, or a plugin's).
 
     Every argument is checked before a model loads or any problem runs: sampling values, threads,
@@ -71,7 +72,7 @@ def evaluate(task: str, model: str, *, backend: str = "llama.cpp", base_url: Opt
         return run_eval(t, rt, model_id=rt.model_id, out_path=out, n_samples=n_samples, temperature=temperature,
                         top_p=top_p, seed=seed, max_tokens=max_tokens, sha256=rt.model_info.sha256,
                         quant=rt.model_info.quant, backend=label, resume=resume, progress=progress,
-                        answer_format=answer_format)
+                        answer_format=answer_format, target_width=target_width, batch=batch)
     finally:
         if own:
             rt.close()

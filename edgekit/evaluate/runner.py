@@ -27,7 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+import numpy as np
+
 from edgekit.errors import BackendError, SchemaError, UsageError
+from edgekit.figures import wilson
 from edgekit.evaluate.estimators import accuracy_rows, default_aggregations, default_budgets
 from edgekit.evaluate.tasks import Problem, Task, load_task
 from edgekit.runtime import Runtime
@@ -143,7 +146,7 @@ def _records(task: Task, problem: Problem, res, max_tokens: int, extract, pool: 
     items = []
     for s in res.samples:
         answer = task.extract(s.text, problem, extract)
-        finished = s.finish_reason == "stop" and s.tokens <= max_tokens
+        finished = s.finish_reason == "stop"  # stopped by itself; the budget rule (within_budget) does the rest
         lp = s.logprobs
         feats = (round(sum(lp) / len(lp), 4), round(quantile(lp, 0.10), 4)) if lp else (None, None)
         items.append((answer, int(s.tokens), finished, feats))
@@ -155,6 +158,15 @@ def _records(task: Task, problem: Problem, res, max_tokens: int, extract, pool: 
     verdicts = list(pool.map(judge, items)) if pool else [judge(it) for it in items]
     return [SampleRecord(answer=a, correct=c, tokens=t, finished=f, mean_logprob=m, low_logprob=lo)
             for (a, t, f, (m, lo)), c in zip(items, verdicts)]
+
+
+def _precise_enough(records: list[ProblemRecord], budgets: list[int], greedy: bool, verifier: bool, width: float) -> bool:
+    rows = accuracy_rows(records, budgets, None, default_aggregations(verifier, greedy))
+    acc = np.array([r.accuracy for r in rows])
+    lo, hi = wilson(acc, np.full(len(acc), len(records)))
+    best = int(np.argmax(acc))
+    near = hi >= lo[best]
+    return bool(near.sum() == 1 or (hi[near] - lo[near]).max() <= width)
 
 
 def run_eval(
@@ -180,8 +192,17 @@ def run_eval(
     resume: bool = True,
     progress: Optional[Progress] = None,
     get_extractor=None,
+    target_width: Optional[float] = None,
+    batch: int = 10,
 ) -> AccuracyTable:
-    """Evaluate the runtime's engine on ``task`` and save the accuracy table to ``out_path``."""
+    """Evaluate the runtime's engine on ``task`` and save the accuracy table to ``out_path``.
+
+    ``target_width`` (e.g. 0.10): add problems in batches of ``batch`` (in task order) until the
+    95 % Wilson intervals of the configurations near the best (rows whose interval overlaps the
+    most accurate row's) are all at most that wide, or the best separates from every other row;
+    the table then covers the problems evaluated so far."""
+    if target_width is not None and not 0 < target_width < 1:
+        raise UsageError(f"target width must be in (0, 1), got {target_width}", fix="pass e.g. --target-width 10pts")
     if isinstance(task, str):
         task = load_task(task, template=template, split=split, limit=limit)
     else:
@@ -238,6 +259,9 @@ def run_eval(
             estimated = estimated or est
             if progress:
                 progress(len(done), total, problem.id)
+            if target_width is not None and len(done) % batch == 0 and _precise_enough(
+                    [done[p.id] for p in task.problems if p.id in done], budgets, greedy, task.has_verifier, target_width):
+                break
     except BaseException as e:
         if not done:  # nothing finished: a partial file would only block the next run (other settings, a fixed URL)
             part.unlink(missing_ok=True)
@@ -251,6 +275,9 @@ def run_eval(
     finally:
         if pool:
             pool.shutdown()
+    if len(done) < len(task.problems):  # stopped early (--target-width): the table covers the prefix evaluated
+        task = task.select(None, sum(1 for p in task.problems if p.id in done))
+        settings["task_sha256"] = task.sha256
     records = [done[p.id] for p in task.problems]
     table = AccuracyTable(
         edgekit_version=__version__, task=task.name, split=task.split, model_id=model_id, model_sha256=sha256,

@@ -123,7 +123,8 @@ def plan_options(p: PlanFile, explicit: dict[str, Any], model: Optional[str]) ->
     return base.replace(**explicit) if explicit else base, overrides
 
 
-def _offload(q: Query, p: Optional[PlanFile], opts: SamplingOptions) -> Optional[Offload]:
+def build_offload(q: Query, p: Optional[PlanFile], opts: SamplingOptions) -> Optional[Offload]:
+    """The Offload a query runs under: from the flags, else the plan's cloud and calibration; None: local only."""
     cloud = p.cloud if p is not None else None
     url = q.cloud_url or (cloud.base_url if cloud else None)
     if url is None:
@@ -170,7 +171,7 @@ def run_query(q: Query, progress: Optional[Progress] = None, warn: Optional[Call
     if opts.aggregate == "first_verified":
         raise UsageError("this configuration aggregates with first_verified, which needs a verifier for every query",
                          fix="use the library: Runtime.generate(..., options=load_plan(P).chosen.options, verifier=...)")
-    off = _offload(q, p, opts)
+    off = build_offload(q, p, opts)
     with Runtime(model, engine=q.engine, threads=q.threads, n_ctx=q.n_ctx, max_n=opts.n, progress=progress,
                  offload=off, **q.engine_options) as rt:
         w = context_warning(rt, text, opts, q.n_ctx)

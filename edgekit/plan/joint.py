@@ -23,7 +23,8 @@ from typing import Optional
 import numpy as np
 
 from edgekit.errors import SchemaError, UsageError
-from edgekit.plan.planner import PlanResult, wilson
+from edgekit.figures import wilson
+from edgekit.plan.planner import PlanResult
 from edgekit.schemas.offload import OffloadCalibration
 from edgekit.schemas.table import AccuracyTable, ProblemRecord, SampleRecord, within_budget
 

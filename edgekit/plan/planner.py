@@ -22,6 +22,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from edgekit.errors import EdgekitError, SchemaError, UsageError
+from edgekit.figures import wilson
 from edgekit.schemas.table import AccuracyTable
 from edgekit.perfmodel import DeviceModel, PerfModel, Prediction, fit, fit_device
 from edgekit.schemas.profile import DeviceProfile, ModelInfo
@@ -113,16 +114,6 @@ class PlanResult:
 
     def method(self, i: int) -> str:
         return self.perf_models[int(self.table[i])].method_for(float(self.n[i]))
-
-
-def wilson(p: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
-    """95 % Wilson score interval of a proportion p measured on n problems (vectorised)."""
-    p = np.clip(np.asarray(p, float), 0.0, 1.0)
-    n = np.maximum(np.asarray(n, float), 1.0)
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
 
 
 def _fmt_caps(e, m) -> str:

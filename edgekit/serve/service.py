@@ -1,0 +1,250 @@
+"""The daemon's state: one warm Runtime, a bounded queue in front of it, and the request -> job mapping.
+
+Admission is a counter: at most ``max_queue`` requests wait behind the one being generated; one
+more gets 503 with Retry-After (never dropped silently). Requests are served one batch at a time
+through the Runtime's lock (continuous batching of *different* requests into one llama_decode is a
+later engine change). A slot is released when the worker thread finishes, not when the client
+leaves, so the count always matches the work the model still has to do.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from edgekit.engines.base import Event
+from edgekit.runtime import Runtime
+from edgekit.schemas.options import MAX_N_CAP, CancelToken, SamplingOptions
+from edgekit.schemas.plan import PlanFile
+from edgekit.schemas.result import Result
+from edgekit.serve.metrics import Metrics
+from edgekit.serve.schemas import ApiError, ChatRequest, CompletionRequest, build_options, explicit_options
+from edgekit.serve.tap import TapEngine
+
+
+@dataclass
+class Limits:
+    max_queue: int = 16  # requests waiting behind the one being generated
+    max_body_bytes: int = 1 << 20
+    max_prompt_tokens: Optional[int] = 2048
+    max_tokens_cap: int = 1024
+    max_n: int = 8
+    deadline_s: Optional[float] = None  # default per-request deadline (else the plan's latency target)
+
+
+@dataclass
+class Job:
+    """One admitted request on its way through the model."""
+
+    prompt: Any  # chat messages
+    options: SamplingOptions
+    chat: bool
+    stream: bool = False
+    want_logprobs: bool = False
+    ignored: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    token: CancelToken = field(default_factory=CancelToken)
+    max_prompt_tokens: Optional[int] = None
+    push: Optional[Callable[[tuple], None]] = None  # streaming: events to the event loop
+    started: bool = False
+    announced: bool = False
+    tokens: dict[int, list[tuple[str, Optional[float]]]] = field(default_factory=dict)  # per sample: (piece, logprob)
+    _svc: Optional["Service"] = None
+
+    # -- Listener (called in the worker thread, under the runtime's lock) -------------------
+    def on_start(self) -> None:
+        if not self.started:
+            self.started = True
+            if self._svc is not None:
+                self._svc._started()
+
+    def cancelled(self) -> bool:
+        return self.token.cancelled
+
+    def on_event(self, ev: Event) -> None:
+        if not self.announced and self.push is not None:  # setup errors (context, grammar) came before this
+            self.announced = True
+            self.push(("start",))
+        if ev.kind == "token":
+            if self.want_logprobs:
+                self.tokens.setdefault(ev.seq, []).append((ev.text, ev.logprob))
+            if self.push is not None and ev.text:
+                self.push(("token", ev.seq, ev.text))
+
+
+class Service:
+    """A warm Runtime behind a bounded queue. ``runtime``'s engine is wrapped in a :class:`TapEngine`."""
+
+    def __init__(self, runtime: Runtime, *, limits: Optional[Limits] = None, plan: Optional[PlanFile] = None,
+                 plan_path: Optional[str] = None, base_options: Optional[SamplingOptions] = None,
+                 metrics: Optional[Metrics] = None, log_prompts: bool = False):
+        self.rt = runtime
+        if not isinstance(runtime.engine, TapEngine):
+            runtime.engine = TapEngine(runtime.engine)
+        self.tap: TapEngine = runtime.engine  # type: ignore[assignment]
+        self.limits = limits or Limits()
+        self.limits.max_n = min(self.limits.max_n, runtime.max_n, MAX_N_CAP)
+        self.plan, self.plan_path = plan, plan_path
+        self.base = base_options or (plan.chosen.options if plan is not None else SamplingOptions())
+        self.model_id = runtime.model_id
+        self.aliases = {self.model_id, runtime.engine.info.model}
+        if plan is not None:
+            self.aliases.add(plan.chosen.model_id)
+        self.metrics = metrics or Metrics()
+        self.log_prompts = log_prompts
+        self.started_at = time.time()
+        self.draining = False
+        self._lock = threading.Lock()
+        self.admitted = 0  # waiting + running
+        self.waiting = 0
+        self._ewma_s: Optional[float] = None
+        self.executor = ThreadPoolExecutor(max_workers=self.limits.max_queue + 2, thread_name_prefix="edgekit-serve")
+        self.metrics.bind(self)
+
+    # -- admission ----------------------------------------------------------------------------
+    def retry_after_s(self) -> int:
+        per = self._ewma_s or 1.0
+        return max(1, math.ceil(per * (self.waiting + 1)))
+
+    def admit(self, job: Job) -> None:
+        if self.draining:
+            self.metrics.rejected.labels("draining").inc()
+            raise ApiError(503, "the server is shutting down (draining in-flight requests)", type="server_error",
+                           code="draining", headers={"Retry-After": "5", "Connection": "close"})
+        with self._lock:
+            if self.admitted >= self.limits.max_queue + 1:
+                full = True
+            else:
+                full = False
+                self.admitted += 1
+                self.waiting += 1
+        if full:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise ApiError(503, f"the queue is full ({self.limits.max_queue} request(s) waiting for the model); retry later",
+                           type="server_error", code="queue_full", headers={"Retry-After": str(self.retry_after_s())})
+        job._svc = self
+
+    def _started(self) -> None:
+        with self._lock:
+            self.waiting -= 1
+
+    def _release(self, job: Job) -> None:
+        with self._lock:
+            self.admitted -= 1
+            if not job.started:
+                self.waiting -= 1
+
+    @property
+    def idle(self) -> bool:
+        return self.admitted == 0
+
+    # -- requests -> jobs ---------------------------------------------------------------------
+    def check_model(self, model: str) -> None:
+        if model not in self.aliases:
+            raise ApiError(404, f"the model {model[:80]!r} does not exist on this server; it serves {self.model_id!r}",
+                           param="model", code="model_not_found")
+
+    def job(self, req: Any, prompt: Any, chat: bool) -> Job:
+        lim = self.limits
+        explicit, params = explicit_options(req, max_n=lim.max_n, max_tokens_cap=lim.max_tokens_cap)
+        deadline = explicit.pop("deadline_s", None)
+        overrides: list[str] = []
+        if self.plan is not None:
+            base = self.plan.chosen.options
+            overrides = [f"{k}={v!r} (plan: {getattr(base, k)!r})" for k, v in explicit.items() if getattr(base, k) != v]
+        if deadline is None:
+            deadline = lim.deadline_s if lim.deadline_s is not None else (self.plan.target_s if self.plan else None)
+        if deadline is not None:
+            explicit["deadline_s"] = deadline
+        if not chat:
+            explicit["chat"] = False
+        opts = build_options(self.base, explicit, params)
+        if opts.aggregate == "first_verified":
+            raise ApiError(400, "aggregate first_verified needs a verifier, which an HTTP request cannot carry",
+                           param="edgekit.aggregate", code="unsupported_value")
+        if opts.max_tokens > lim.max_tokens_cap:  # the base (plan) may exceed a lowered cap
+            raise ApiError(400, f"max_tokens={opts.max_tokens} exceeds this server's cap of {lim.max_tokens_cap}",
+                           param=params["max_tokens"], code="over_cap")
+        if opts.n > lim.max_n:
+            raise ApiError(400, f"n={opts.n} exceeds this server's cap of {lim.max_n}", param="n", code="over_cap")
+        if self.plan is not None:
+            prompt = self._apply_template(prompt)
+        logprobs = bool(req.logprobs) if isinstance(req, ChatRequest) else (isinstance(req, CompletionRequest) and req.logprobs == 0)
+        return Job(prompt=prompt, options=opts, chat=chat, stream=bool(req.stream), want_logprobs=logprobs,
+                   ignored=sorted(req.model_extra or {}), overrides=overrides, max_prompt_tokens=lim.max_prompt_tokens)
+
+    def _apply_template(self, prompt: Any) -> Any:
+        tmpl = self.plan.chosen.prompt  # type: ignore[union-attr]
+        if tmpl == "{question}":
+            return prompt
+        if isinstance(prompt, str):
+            return tmpl.replace("{question}", prompt)
+        msgs = [dict(m) for m in prompt]
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "user")
+        msgs[last]["content"] = tmpl.replace("{question}", msgs[last]["content"])
+        return msgs
+
+    # -- work (in a worker thread) --------------------------------------------------------------
+    def work(self, job: Job) -> Result:
+        try:
+            with self.tap.listening(job):
+                res = self.rt.generate(job.prompt, job.options, cancel=job.token)
+            self._record(job, res)
+            return res
+        finally:
+            self._release(job)
+
+    def _record(self, job: Job, res: Result) -> None:
+        """Metrics of every generation, including those whose client has gone."""
+        m, t = self.metrics, res.timings
+        m.queue_wait.observe(t.queue_s)
+        m.generation.observe(t.total_s)
+        m.prompt_tokens.inc(t.prompt_tokens)
+        m.completion_tokens.inc(t.generated_tokens)
+        m.results.labels(res.source).inc()
+        if "deadline" in res.flags:
+            m.cancelled.labels("deadline").inc()
+        if job.token.cancelled:
+            m.cancelled.labels("client_disconnected").inc()
+        self._ewma_s = t.total_s if self._ewma_s is None else 0.8 * self._ewma_s + 0.2 * t.total_s
+
+    def observe(self, job: Job, res: Result) -> dict:
+        """The ``edgekit`` response object (and the plan's measured/predicted ratio)."""
+        m, t = self.metrics, res.timings
+        predicted = note = None
+        if self.plan is not None:
+            if job.overrides:
+                note = "the plan's latency prediction does not apply: options differ from the plan's (" + "; ".join(job.overrides) + ")"
+            elif res.source != "local":
+                note = "the plan's latency prediction is for local generation"
+            else:
+                predicted = self.plan.predicted.latency_at_percentile_s
+                if predicted > 0 and t.total_s > 0:
+                    m.latency_ratio.observe(t.total_s / predicted)
+        off = res.offload
+        c = res.confidence
+        return {
+            "source": res.source,
+            "answer": res.answer,
+            "confidence": {"votes": c.votes, "n": c.n, "vote_share": c.vote_share, "mean_logprob": c.mean_logprob,
+                           "low_logprob": c.low_logprob, "tied": c.tied},
+            "score": off.score if off else None,
+            "score_value": off.score_value if off else None,
+            "threshold": off.threshold if off else None,
+            "offload_reason": off.reason if off else None,
+            "timings": t.model_dump(),
+            "latency": {"measured_s": t.total_s, "queue_s": t.queue_s, "predicted_s": predicted,
+                        "percentile": self.plan.percentile if predicted is not None else None, "note": note},
+            "deadline_s": job.options.deadline_s,
+            "finish_reasons": [s.finish_reason for s in res.samples],
+            "flags": res.flags,
+            "plan": self.plan_path,
+            "ignored_fields": job.ignored,
+        }
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=False)
