@@ -1,6 +1,7 @@
 """Bad input, as a user meets it: every case is a real `python -m edgekit.cli.main ...` subprocess
-that must exit 2 (130 when interrupted) with exactly one stderr line, ``error: <what> (fix: <how>)``,
-no traceback, and a case-specific phrase.
+that must exit 2 with exactly one stderr line, ``error: <what> (fix: <how>)``, no traceback, and a
+case-specific phrase. Ctrl-C cases must exit 130 with one line ``interrupted... (fix: ...)`` (the
+project's convention for an interruption, shared with `edgekit profile`).
 
 Nearly every case fails before a model loads (that is the point): they run with an empty
 EDGEKIT_HOME, and with pip and the Hugging Face Hub offline, so a case that wrongly reached a
@@ -96,7 +97,7 @@ CASES: list[Case] = [
     C("run hi --plan v99.json", "schema_version 99"),
     C("run hi --plan plan-badn.json", "chosen.options.n"),
     C("run hi --plan plan-badsha.json", "re-plan", real=True, id="run --plan whose model_sha256 does not match"),
-    C("run hi --engine openai -m served --base-url http://127.0.0.1:{port}/v1", "interrupted", interrupt=True,
+    C("run hi --engine openai -m served --base-url http://127.0.0.1:{port}/v1", "interrupted (Ctrl-C)", interrupt=True,
       id="run Ctrl-C while the server thinks"),
     # ---------------------------------------------------------------- eval
     *numeric(EV, "--n", {"-1": "must be >= 1"}),
@@ -120,8 +121,8 @@ CASES: list[Case] = [
       id="eval unreachable --base-url"),
     C(f"{EV} -o adir", "--output adir is a directory"),
     C(f"{EV} -o /proc/edgekit/t.json", "cannot write in /proc"),
-    C("eval jsonl:ok.jsonl -o ev/int.json --engine openai -m served --base-url http://127.0.0.1:{port}/v1", "interrupted",
-      interrupt=True, id="eval Ctrl-C while the server thinks"),
+    C("eval jsonl:ok.jsonl -o ev/int.json --engine openai -m served --base-url http://127.0.0.1:{port}/v1",
+      "stopped before its first problem finished; nothing was saved", interrupt=True, id="eval Ctrl-C while the server thinks"),
     # ---------------------------------------------------------------- plan
     *numeric(PLAN, "-t", {"-1s": "must be > 0", "nan": "not a finite duration", "inf": "not a finite duration",
                           "abc": "cannot read duration"}),
@@ -141,6 +142,7 @@ CASES: list[Case] = [
     C("plan -p prof.json -a tab.json -t 60s -o adir", "--output adir is a directory"),
     C("plan -p prof.json -a tab.json -t 60s -o ok-plan.json --plot adir", "--plot adir is a directory"),
     # ---------------------------------------------------------------- profile (flags checked by profile_cmd today)
+    C("profile -m nosuch-model", "unknown model"),
     C("profile --ns abc", "comma-separated integers"),
     C("profile --append -o garbage.json", "not valid JSON"),
     C("profile --append -o v99.json", "schema_version 99"),
@@ -154,13 +156,15 @@ CASES: list[Case] = [
     C("nosuch", "No such command"),
 ]
 
-# Cases the profile command still gets wrong (a progress bar above the error; --ns 0, --reps 0,
-# --cooldown nan, -o DIR are checked only after the model loads): edgekit/cli/profile_cmd.py is
-# another engineer's. Not strict: they pass once it is fixed.
-PROFILE_TODO: list[Case] = [
-    C("profile -m nosuch-model", "unknown model"),
+# Cases other engineers' commands still get wrong (not strict: they pass once fixed):
+# edgekit/cli/profile_cmd.py checks --ns/--reps/--cooldown/--threads/--ctx and -o DIR only after the
+# model loads; edgekit/cli/calibrate_cmd.py prints a blank line above every error (rich's
+# Progress.stop() on a bar that never started, as eval did).
+OTHERS_TODO: list[Case] = [
     C("profile -m garbage.json --ns 0", "--ns"),
     C("profile -m garbage.json -o adir", "directory"),
+    C("calibrate --task bigbench:object_counting --plan plan-v2.json --offload-budget inf", "--offload-budget"),
+    C("calibrate --task bigbench:object_counting --plan nosuch.json --alpha 0.1 --delta 0.1", "nosuch.json"),
 ]
 
 
@@ -282,7 +286,7 @@ def table_run(tmp_path_factory):
     server = HangingServer()
     lock = threading.Lock()
     real_ok = _cached(SMOL) and _cached(QWEN)
-    todo = [c for c in CASES + PROFILE_TODO if real_ok or not c.real]
+    todo = [c for c in CASES + OTHERS_TODO if real_ok or not c.real]
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = dict(zip((c.id for c in todo), pool.map(lambda c: run_case(c, d, server, lock), todo)))
@@ -293,12 +297,12 @@ def table_run(tmp_path_factory):
 
 
 def check_one_line(case: Case, rc: int, out: str, err: str) -> None:
-    want = 130 if case.interrupt else 2
+    want, head = (130, "interrupted") if case.interrupt else (2, "error: ")  # Ctrl-C: the project's "interrupted" line
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == want, f"exit {rc} (want {want}); stderr: {err!r}"
     assert "Traceback" not in err + out, err
     assert len(lines) == 1, f"stderr has {len(lines)} non-empty lines: {err!r}"
-    assert err.startswith("error: ") and lines[0].startswith("error: "), err
+    assert err.startswith(head) and lines[0].startswith(head), err
     assert "(fix: " in lines[0], lines[0]
     assert case.needle in lines[0], f"{case.needle!r} not in {lines[0]!r}"
 
@@ -307,7 +311,7 @@ def test_the_table_is_large_and_covers_every_command():
     assert len(CASES) >= 60
     cmds = {str(c.args[0]) for c in CASES}
     assert {"run", "plan", "eval", "profile", "models", "device"} <= cmds
-    assert len({c.id for c in CASES + PROFILE_TODO}) == len(CASES + PROFILE_TODO), "case ids must be unique"
+    assert len({c.id for c in CASES + OTHERS_TODO}) == len(CASES + OTHERS_TODO), "case ids must be unique"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -317,10 +321,9 @@ def test_bad_input(table_run, case):
     check_one_line(case, *table_run["results"][case.id])
 
 
-@pytest.mark.xfail(reason="edgekit/cli/profile_cmd.py (another engineer's): bar above the error, flags checked late",
-                   strict=False)
-@pytest.mark.parametrize("case", PROFILE_TODO, ids=[c.id for c in PROFILE_TODO])
-def test_profile_bad_input_todo(table_run, case):
+@pytest.mark.xfail(reason="profile_cmd.py / calibrate_cmd.py (other engineers'): see OTHERS_TODO", strict=False)
+@pytest.mark.parametrize("case", OTHERS_TODO, ids=[c.id for c in OTHERS_TODO])
+def test_other_commands_bad_input_todo(table_run, case):
     check_one_line(case, *table_run["results"][case.id])
 
 
@@ -408,6 +411,58 @@ def test_failed_zero_work_eval_does_not_block_the_next_run(tmp_path):
                     "http://127.0.0.1:10/v1")
     assert again.returncode == 2 and "cannot connect" in again.stderr and "settings" not in again.stderr, again.stderr
     assert not (tmp_path / "t.json.partial.jsonl").exists()
+
+
+def test_eval_ctrl_c_after_a_problem_keeps_it_and_says_where(tmp_path):
+    """A server answers the first problem (n=1 sample + the greedy one) and then hangs: Ctrl-C keeps
+    the finished problem, says where, and the same command continues from it."""
+    import http.server
+
+    calls, hung = [], threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            calls.append(1)
+            if len(calls) > 2 and not hung.is_set():
+                hung.set()
+                time.sleep(20)
+                return
+            body = json.dumps({"choices": [{"message": {"content": "Answer: 4"}, "finish_reason": "stop"}],
+                               "usage": {"prompt_tokens": 3, "completion_tokens": 3}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    (tmp_path / "t.jsonl").write_text('{"prompt": "2 + 2?", "answer": "4"}\n{"prompt": "1 + 3?", "answer": "4"}\n')
+    args = [sys.executable, "-m", "edgekit.cli.main", "eval", "jsonl:t.jsonl", "--n", "1", "-o", "t.json", "--engine",
+            "openai", "-m", "m", "--base-url", f"http://127.0.0.1:{srv.server_address[1]}/v1", "--json"]
+    try:
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                             env=_env(tmp_path, False))
+        assert hung.wait(60)
+        time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 130 and out == "", err
+        (line,) = [ln for ln in err.splitlines() if ln.strip()]
+        assert line.startswith("interrupted: eval of jsonl:t.jsonl stopped after 1 of 2 problems; they are kept in ")
+        assert "t.json.partial.jsonl" in line and "--no-resume" in line
+        assert len((tmp_path / "t.json.partial.jsonl").read_text().splitlines()) == 2  # header + the finished problem
+        again = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=_env(tmp_path, False), timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert len(calls) == 3 + 2  # only problem 2 ran again (its sample + greedy)
+        assert json.loads(again.stdout)["n_problems"] == 2 and not (tmp_path / "t.json.partial.jsonl").exists()
+    finally:
+        srv.shutdown()
 
 
 def test_run_warns_when_ctx_exceeds_the_trained_context(tmp_path):

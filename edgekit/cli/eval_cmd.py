@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import typer
@@ -72,6 +73,16 @@ def register(app: typer.Typer) -> None:
                              allow_code_execution=allow_code_execution,
                              notice=lambda m: err_console.print(m, highlight=False, soft_wrap=True))
             failed = False
+        except KeyboardInterrupt as e:  # Ctrl-C: one line saying what was kept, exit 130
+            if "tid" in state:
+                stop_progress(bar, failed=True)
+                state.pop("tid")
+            kept = getattr(e, "kept", 0)
+            what = getattr(e, "message", None) or "eval stopped before a problem finished; nothing new was saved"
+            fix = ("run the same command again to continue from there, or add --no-resume to start over" if kept
+                   else "run the command again")
+            print(f"interrupted: {' '.join(what.split())} (fix: {fix})", file=sys.stderr)
+            raise typer.Exit(130) from None
         finally:
             if "tid" in state:  # never started: stopping would print a blank line above the error
                 stop_progress(bar, failed)

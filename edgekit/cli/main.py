@@ -1,7 +1,8 @@
 """Entry point and the one error->message table.
 
 Every :class:`~edgekit.errors.EdgekitError` becomes ``error: <message> (fix: <fix>)`` on stderr
-and exit code 2; Ctrl-C becomes one ``error: interrupted ...`` line and exit code 130. Errors from
+and exit code 2; Ctrl-C becomes exit code 130 and one line starting ``interrupted`` (commands that
+keep partial work, profile and eval, say where it went). Errors from
 libraries that a user can cause (files, permissions, encodings) are mapped by ``ERROR_TABLE``.
 Anything else is a bug: a one-line message and exit 1. ``EDGEKIT_DEBUG=1`` re-raises so the
 traceback shows.
@@ -9,6 +10,7 @@ traceback shows.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -25,6 +27,30 @@ app = typer.Typer(
 )
 
 
+# Ctrl-C: exit 130 and exactly one stderr line starting "interrupted". A command that says what it
+# kept (profile, eval) prints its own line and raises typer.Exit(130); any other gets this one.
+INTERRUPTED = "interrupted (Ctrl-C) (fix: run the command again)"
+_interrupt = {"reported": False}
+
+
+def _reports_interrupts(callback):
+    @functools.wraps(callback)  # typer reads the parameters through __wrapped__
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003
+        try:
+            return callback(*args, **kwargs)
+        except KeyboardInterrupt:
+            print(INTERRUPTED, file=sys.stderr)
+            _interrupt["reported"] = True
+            raise typer.Exit(130) from None
+        except typer.Exit as e:
+            if e.exit_code == 130:  # the command reported it
+                _interrupt["reported"] = True
+            raise
+
+    wrapper._edgekit_interrupts = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 def _register():
     from edgekit.cli import calibrate_cmd, device_cmd, eval_cmd, models_cmd, plan_cmd, profile_cmd, run_cmd
     from edgekit.cli import serve_cmd
@@ -33,6 +59,9 @@ def _register():
     for mod in (run_cmd, device_cmd, profile_cmd, plan_cmd, eval_cmd, calibrate_cmd):
         mod.register(app)
     serve_cmd.register(app)
+    for info in [*app.registered_commands, *models_cmd.app.registered_commands]:
+        if info.callback is not None and not getattr(info.callback, "_edgekit_interrupts", False):
+            info.callback = _reports_interrupts(info.callback)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -79,10 +108,6 @@ def _error_line(e: EdgekitError, argv: list[str]) -> str:
     return f"error: {e.one_line()} (fix: see `{_command(argv)} --help`; EDGEKIT_DEBUG=1 shows where it was raised)"
 
 
-INTERRUPTED = ("error: interrupted (Ctrl-C) (fix: run the command again; "
-               "`edgekit eval` continues from the problems it finished)")
-
-
 def main(argv: list[str] | None = None) -> None:
     debug = bool(os.environ.get("EDGEKIT_DEBUG"))
     _register()
@@ -94,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(_error_line(e, args), file=sys.stderr)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside a command (while parsing, importing)
         rv = 130
     except Exception as e:  # noqa: BLE001
         if hasattr(e, "exit_code") and hasattr(e, "format_message"):  # click/typer usage errors
@@ -111,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"internal error: {type(e).__name__}: {_one_line(e)} (set EDGEKIT_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         sys.exit(1)
     if rv == 130:  # typer turns Ctrl-C (KeyboardInterrupt / Abort) into 130 without a word
-        print(INTERRUPTED, file=sys.stderr)
+        if not _interrupt["reported"]:
+            print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)
     sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -46,6 +46,15 @@ PARTIAL_FORMAT = 1
 Progress = Callable[[int, int, str], None]  # (problems done, problems total, problem id)
 
 
+class EvalInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the eval. Still a KeyboardInterrupt; ``message`` says what was kept,
+    ``kept`` how many problems are in the partial file ``partial`` (None: nothing was kept)."""
+
+    def __init__(self, message: str, kept: int, partial: Optional[Path]):
+        super().__init__(message)
+        self.message, self.kept, self.partial = message, kept, partial
+
+
 def partial_path(out_path: Union[str, Path]) -> Path:
     p = Path(out_path)
     return p.with_name(p.name + ".partial.jsonl")
@@ -253,9 +262,15 @@ def run_eval(
             if target_width is not None and len(done) % batch == 0 and _precise_enough(
                     [done[p.id] for p in task.problems if p.id in done], budgets, greedy, task.has_verifier, target_width):
                 break
-    except BaseException:
+    except BaseException as e:
         if not done:  # nothing finished: a partial file would only block the next run (other settings, a fixed URL)
             part.unlink(missing_ok=True)
+        if isinstance(e, KeyboardInterrupt):
+            if not done:
+                raise EvalInterrupted(f"eval of {task.name} stopped before its first problem finished; nothing was saved",
+                                      0, None) from e
+            raise EvalInterrupted(f"eval of {task.name} stopped after {len(done)} of {total} problems; they are kept in {part}",
+                                  len(done), part) from e
         raise
     finally:
         if pool:
