@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
         try:
             cal, path = calibrate(run, progress=progress)
         finally:
-            bar.stop()
+            if "t" in state:  # a bar never started must not print its (blank) last frame above an error
+                bar.stop()
         if plot:
             _plot(cal, plot)
         if json_out:

@@ -62,6 +62,7 @@ def register(app: typer.Typer) -> None:
         """Measure load, prefill, decode (context depth x parallel samples), memory, energy, drift."""
         import socket
 
+        from edgekit.schemas.checks import check_output_path
         from edgekit.schemas.profile import load_profile
         from edgekit.profile.sweep import SweepConfig, profile_model
 
@@ -73,6 +74,8 @@ def register(app: typer.Typer) -> None:
         cfg.reps = reps or cfg.reps
         cfg.cooldown_s, cfg.threads, cfg.n_ctx = cooldown, threads, ctx
         out = Path(output) if output else default_output(model, socket.gethostname())
+        cfg.validate(None)  # bad sweep values and a bad --output fail before the model is touched
+        check_output_path(out)
         saved = None
         try:
             existing = load_profile(out) if append and out.exists() else None

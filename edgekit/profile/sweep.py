@@ -76,7 +76,8 @@ class SweepConfig:
         if self.reps < 1 or self.decode_steps < 2:
             raise UsageError("reps must be >= 1 and decode steps >= 2", fix="pass --reps 1 or more and --steps 2 or more")
         if any(x <= 0 for x in self.prompt_lengths) or any(x < 0 for x in self.contexts) or any(x <= 0 for x in self.ns):
-            raise UsageError("sweep values must be positive", fix="pass positive prompt lengths, contexts and n")
+            raise UsageError("sweep values must be positive: --prompt-lengths and --ns > 0, --contexts >= 0",
+                             fix="e.g. --prompt-lengths 64,256 --contexts 0,512 --ns 1,2,4")
         need = self.needed_ctx()
         limit = self.n_ctx or model_ctx_train
         if limit and need > limit:
