@@ -181,7 +181,8 @@ def test_cancel_token_preempts_a_running_query(smol_rt):
 
     tok = CancelToken()
     threading.Timer(0.3, tok.cancel, kwargs={"reason": "preempted by action server"}).start()
-    r = smol_rt.generate("Count from 1 to 500.", n=2, max_tokens=400, temperature=0.7, seed=0, cancel=tok)
+    # ignore_eos: no sample may end by itself before the cancel (a short answer would make this pass vacuously)
+    r = smol_rt.generate("Count from 1 to 500.", n=2, max_tokens=400, temperature=0.7, seed=0, cancel=tok, ignore_eos=True)
     assert all(s.finish_reason == "cancelled" for s in r.samples) and "cancelled: preempted by action server" in r.flags
     assert r.timings.steps < 400
 
