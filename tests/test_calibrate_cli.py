@@ -53,6 +53,12 @@ def test_calibrate_saves_threshold_guarantee_and_curve(smol_plan, server, tmp_pa
     res = json.loads(r.stdout)
     assert res["offload"]["calibrated"] and res["offload"]["threshold"] == pytest.approx(cal.threshold)
     assert res["offload"]["guarantee"] == cal.guarantee and res["source"] in ("local", "cloud", "local-fallback")
+    # overriding the calibrated configuration withdraws the guarantee (never a stale one shown as good)
+    r = cli("run", "How many legs do 2 cats have?", "--plan", str(out), "--n", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert not res["offload"]["calibrated"] and "no guarantee holds" in res["offload"]["guarantee"]
+    assert "n=2 (plan: 3)" in res["offload"]["guarantee"]
 
 
 @pytest.mark.parametrize("kw,needle", [

@@ -123,8 +123,11 @@ def plan_options(p: PlanFile, explicit: dict[str, Any], model: Optional[str]) ->
     return base.replace(**explicit) if explicit else base, overrides
 
 
-def build_offload(q: Query, p: Optional[PlanFile], opts: SamplingOptions) -> Optional[Offload]:
-    """The Offload a query runs under: from the flags, else the plan's cloud and calibration; None: local only."""
+def build_offload(q: Query, p: Optional[PlanFile], opts: SamplingOptions, overrides: Optional[list[str]] = None) -> Optional[Offload]:
+    """The Offload a query runs under: from the flags, else the plan's cloud and calibration; None: local only.
+
+    A calibration holds only for the configuration it was made on: with options or the model
+    overridden, its threshold is kept but its guarantee is withdrawn (said in the Result)."""
     cloud = p.cloud if p is not None else None
     url = q.cloud_url or (cloud.base_url if cloud else None)
     if url is None:
@@ -141,6 +144,10 @@ def build_offload(q: Query, p: Optional[PlanFile], opts: SamplingOptions) -> Opt
         raise SchemaError(f"the plan's offload threshold was calibrated for another model file (sha256 {cal.model_sha256[:12]}…, "
                           f"the plan runs {p.chosen.model_sha256[:12]}…)",
                           fix=f"re-run `edgekit calibrate --plan {q.plan} ...` for this model")
+    if cal is not None and overrides:
+        cal = cal.model_copy(update={"method": "calibrated-for-other-options", "guarantee": (
+            "no guarantee holds: the threshold was calibrated for the plan's configuration, and this query overrides "
+            + "; ".join(overrides))})
     engine = OpenAIEngine(model, base_url=url, latency_prior_s=cloud.latency_s if cloud else None)
     local_s = p.predicted.latency_at_percentile_s if p is not None and cal is not None else None
     return Offload(cloud=engine, mode=q.offload or "auto", calibration=cal, score=q.score, threshold=q.threshold,  # type: ignore[arg-type]
@@ -171,7 +178,7 @@ def run_query(q: Query, progress: Optional[Progress] = None, warn: Optional[Call
     if opts.aggregate == "first_verified":
         raise UsageError("this configuration aggregates with first_verified, which needs a verifier for every query",
                          fix="use the library: Runtime.generate(..., options=load_plan(P).chosen.options, verifier=...)")
-    off = build_offload(q, p, opts)
+    off = build_offload(q, p, opts, overrides)
     with Runtime(model, engine=q.engine, threads=q.threads, n_ctx=q.n_ctx, max_n=opts.n, progress=progress,
                  offload=off, **q.engine_options) as rt:
         w = context_warning(rt, text, opts, q.n_ctx)
