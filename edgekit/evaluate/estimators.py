@@ -143,7 +143,8 @@ def default_aggregations(has_verifier: bool, has_greedy: bool = True) -> list[st
     return aggs
 
 
-def _valid(s: SampleRecord, budget: int) -> bool:
+def valid_at(s: SampleRecord, budget: int) -> bool:
+    """Does this sample carry an answer at budget B? (the shared rule: schemas.table.within_budget)"""
     return within_budget(s.tokens, s.finished, budget)
 
 
@@ -182,7 +183,7 @@ def accuracy_rows(
             if any(p.greedy is None for p in problems):
                 continue
             for b in budgets:
-                acc = sum(_valid(p.greedy, b) and p.greedy.correct for p in problems) / P
+                acc = sum(valid_at(p.greedy, b) and p.greedy.correct for p in problems) / P
                 mt = sum(_steps(p.greedy, b) for p in problems) / P
                 rows.append(AccuracyRow(budget=b, k=1, aggregation="greedy", accuracy=acc, expected_steps=mt, mean_tokens=mt))
             continue
@@ -195,7 +196,7 @@ def accuracy_rows(
                 mean_tok += sum(capped) / n
                 for k, v in expected_max(capped, ks).items():
                     steps[k] += v
-                valid = [_valid(s, b) for s in p.samples]
+                valid = [valid_at(s, b) for s in p.samples]
                 if agg == "majority":
                     answers = [s.answer if v else None for s, v in zip(p.samples, valid)]
                     corr = [v and s.correct for s, v in zip(p.samples, valid)]

@@ -31,6 +31,7 @@ import numpy as np
 
 from edgekit.errors import BackendError, SchemaError, UsageError
 from edgekit.figures import wilson
+from edgekit.jsonio import append_jsonl
 from edgekit.evaluate.estimators import accuracy_rows, default_aggregations, default_budgets
 from edgekit.evaluate.tasks import Problem, Task, load_task
 from edgekit.runtime import Runtime
@@ -133,13 +134,6 @@ def _rewrite(path: Path, lines: list[str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(ln + "\n" for ln in lines if ln.strip()), encoding="utf-8")
     tmp.replace(path)
-
-
-def _append(path: Path, obj: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _records(task: Task, problem: Problem, res, max_tokens: int, extract, pool: Optional[ThreadPoolExecutor]) -> list[SampleRecord]:
@@ -254,7 +248,7 @@ def run_eval(
             rec = ProblemRecord(id=problem.id, target=problem.target, prompt_tokens=int(res.timings.prompt_tokens),
                                 samples=samples, greedy=g)
             est = any(smp.tokens_estimated for r in (res, gres) if r is not None for smp in r.samples)
-            _append(part, {"problem": rec.model_dump(exclude_none=True), "tokens_estimated": est})
+            append_jsonl(part, {"problem": rec.model_dump(exclude_none=True), "tokens_estimated": est})
             done[rec.id] = rec
             estimated = estimated or est
             if progress:

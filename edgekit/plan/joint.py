@@ -23,10 +23,11 @@ from typing import Optional
 import numpy as np
 
 from edgekit.errors import SchemaError, UsageError
+from edgekit.evaluate.estimators import valid_at
 from edgekit.figures import wilson
 from edgekit.plan.planner import PlanResult
 from edgekit.schemas.offload import OffloadCalibration
-from edgekit.schemas.table import AccuracyTable, ProblemRecord, SampleRecord, within_budget
+from edgekit.schemas.table import AccuracyTable, ProblemRecord
 
 P95_OFFLOAD = 0.05  # above this offload rate the mixture's p95 includes a cloud call
 
@@ -61,10 +62,6 @@ def cloud_correctness(table: AccuracyTable) -> dict[str, bool]:
         s = p.greedy if p.greedy is not None else (p.samples[0] if p.samples else None)
         out[p.id] = bool(s is not None and s.correct and s.finished)
     return out
-
-
-def valid_at(s: SampleRecord, budget: int) -> bool:
-    return within_budget(s.tokens, s.finished, budget)
 
 
 def _pool(p: ProblemRecord, budget: int, k: int, greedy: bool, rng: random.Random, subsets: int):
