@@ -12,6 +12,13 @@ per model). Predicted = PerfModel.predict(I, B, n, expected_steps=B).latency_s, 
 profiled models and fit_device(profile).predict_model(ModelInfo from the GGUF header, as the
 planner builds it) for --unprofiled. Error = (predicted - measured) / measured; MAPE = mean |error|.
 Goal: MAPE <= 10 %.  --smoke: the first 2 configurations per profiled model, 1 for --unprofiled, 1 rep.
+
+    python benchmarks/perfmodel_validation.py --profile PROFILE.json --leave-one-out [--json]
+
+--leave-one-out takes no new measurement: each profiled model is predicted across models from the
+others (exactly as --unprofiled and quantized variants are) and compared with its recorded sweep
+points (measured) and, for the configurations below, with its own profile fit (a reference).
+Goal (cross-model): interval coverage >= 90 %, MAPE <= 15 %. See edgekit/perfmodel/loo.py.
 """
 
 from __future__ import annotations
@@ -128,6 +135,8 @@ def main(argv=None) -> int:
                     help="a catalogue model NOT in the profile (cross-model estimate; needs >= 2 profiled models)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--leave-one-out", action="store_true",
+                    help="no new timing: predict each profiled model from the others, compare with its recorded points")
     ap.add_argument("--smoke", action="store_true", help="tiny run: 2 configurations per profiled model, 1 unprofiled, 1 rep")
     a = ap.parse_args(argv)
     try:
@@ -137,7 +146,35 @@ def main(argv=None) -> int:
         return e.exit_code
 
 
+def run_leave_one_out(a) -> int:
+    from edgekit.perfmodel.loo import leave_one_out
+
+    out = leave_one_out(load_profile(a.profile), CONFIGS + UNPROFILED_CONFIGS, a.profile)
+    out["goal"] = {"coverage": 0.90, "mape_pct": 15.0}
+    out["meets_goal"] = all(out[k]["coverage"] >= 0.90 and out[k]["mape_pct"] <= 15.0 for k in ("points", "configs"))
+    if a.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"{'held-out model':<30} {'kind':<7} {'config':<22} {'predicted_s':>11} {'measured_s':>10} {'error %':>8} in")
+    for r in out["rows"]:
+        print(f"{r['model']:<30} {r['kind']:<7} {r['config']:<22} {r['predicted_s']:>11.4f} {r['measured_s']:>10.4f} "
+              f"{r['error_pct']:>+8.1f} {'y' if r['covered'] else 'N'}")
+    for k, what in (("points", "recorded sweep points (measured)"), ("configs", "configurations vs the model's own fit")):
+        s = out[k]
+        print(f"{what}: MAPE {s['mape_pct']:.1f} %, interval coverage {100 * s['coverage']:.0f} % over {s['n']} "
+              f"(max |error| {s['max_abs_error_pct']:.1f} %)")
+    for m, v in out["per_model"].items():
+        print(f"  {m} from {', '.join(v['from'])}: points MAPE {v['points']['mape_pct']:.1f} % cov "
+              f"{100 * v['points']['coverage']:.0f} %; configs MAPE {v['configs']['mape_pct']:.1f} % cov "
+              f"{100 * v['configs']['coverage']:.0f} %")
+    print(f"goal: coverage >= 90 %, MAPE <= 15 %: {'met' if out['meets_goal'] else 'NOT met'}")
+    print(f"method: {out['method']}")
+    return 0
+
+
 def run(a) -> int:
+    if a.leave_one_out:
+        return run_leave_one_out(a)
     if a.reps < 1:
         raise UsageError(f"--reps must be >= 1 (got {a.reps})")
     profile = load_profile(a.profile)
