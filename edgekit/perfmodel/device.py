@@ -42,6 +42,7 @@ CROSS_MODEL_UNC = 0.25  # kept for callers; see TWO_MODEL_UNC
 TWO_MODEL_UNC = {"prefill": 0.35, "decode": 0.20}
 LOO_FLOOR = 0.10
 UNSEEN_TYPE_UNC = 0.15
+VARIANT_TYPE_UNC = 0.10
 _REF_I, _REF_S = 256, 256  # reference configuration for power
 
 
@@ -134,8 +135,11 @@ class DeviceModel:
                    f"{' in ' + self.source if self.source else ''})",
             figure_method="estimated", rel_unc_prefill=r_p, rel_unc_decode=r_d,
             rel_unc_batch=0.0, max_n_measured=10**9, interval_how=how,
-            weights_bytes=size, kv_bytes_per_token=kv, overhead_bytes=DEFAULT_OVERHEAD_FRAC * size,
-            memory_how=f"estimated: weights + KV ({kv_how}) x (I + n*B) + {DEFAULT_OVERHEAD_FRAC:.0%} of weights",
+            weights_bytes=size, kv_bytes_per_token=kv,
+            overhead_bytes=cf["overhead"][0] * size + cf["overhead"][1] if "overhead" in cf else DEFAULT_OVERHEAD_FRAC * size,
+            memory_how=(f"estimated: weights + KV ({kv_how}) x (I + n*B) + runtime overhead affine in file size, fitted to "
+                        f"the measured peak memory of {', '.join(self.models)}" if "overhead" in cf else
+                        f"estimated: weights + KV ({kv_how}) x (I + n*B) + {DEFAULT_OVERHEAD_FRAC:.0%} of weights"),
             source=self.source, notes=notes,
         )
         if self.batch_shape:  # step base cost per measured n, affine in the bytes read
@@ -199,6 +203,8 @@ def _device(profile: DeviceProfile, mps: list[ModelProfile], source: Optional[st
     if all(x is not None for x in pw):
         cf["p_prefill"] = _lin(size, np.array([x[0] for x in pw]), True)[::-1]
         cf["p_decode"] = _lin(size, np.array([x[1] for x in pw]), True)[::-1]
+    if all(m.peak_rss_mb is not None and m.peak_rss_mb.method == "measured" for m in mps):
+        cf["overhead"] = _lin(size, g("overhead_bytes"), True)  # measured peak minus weights and KV, per model
     use_dims = all(i.n_layer and i.n_embd for i in infos)
     dm = DeviceModel(device=profile.device.name, models=[i.id for i in infos], coef=cf, use_dims=use_dims,
                      rel_unc=dict(TWO_MODEL_UNC), interval_how="", source=source,
@@ -253,6 +259,48 @@ def fit_device(profile: DeviceProfile, source: str | None = None) -> DeviceModel
         dm.interval_how = (f"assumed prefill +-{TWO_MODEL_UNC['prefill']:.0%}, decode +-{TWO_MODEL_UNC['decode']:.0%} "
                            "(2 models: no residual; widths from leave-one-out on the recorded CI profile)")
     return dm
+
+
+def same_architecture(a: ModelInfo, b: ModelInfo) -> bool:
+    """Same block structure and KV layout (a quantized variant of the same model): n_layer, n_embd, KV bytes."""
+    return bool(a.n_layer and a.n_embd and a.n_layer == b.n_layer and a.n_embd == b.n_embd
+                and kv_bytes(a)[0] == kv_bytes(b)[0])
+
+
+def predict_variant(dm: DeviceModel, info: ModelInfo, anchor_info: ModelInfo, anchor: PerfModel) -> PerfModel:
+    """A variant of a profiled model (same architecture, another file): the anchor's measured model,
+    with the decode step shifted by the device's per-byte step cost (k_n, fitted across models) times
+    the difference in file size, prefill unchanged (same FLOPs per token). Each part's interval is the
+    anchor's plus ``VARIANT_TYPE_UNC`` when the quant type differs (dequantization cost is not fitted),
+    plus ``UNSEEN_TYPE_UNC`` when no profiled model shares the type's family."""
+    import copy
+
+    dS = float(info.size_bytes) - float(anchor_info.size_bytes)
+    pm = copy.deepcopy(anchor)
+    extra = VARIANT_TYPE_UNC if (info.quant or "").upper() != (anchor_info.quant or "").upper() else 0.0
+    fam = quant_family(info.quant)
+    if fam not in dm.families:
+        extra += UNSEEN_TYPE_UNC
+    if dm.batch_shape and pm.n_knots:
+        knots, kc = dm.batch_shape
+        slope = dict(zip(knots, (k for k, _ in kc)))
+        ks = [slope.get(n, kc[-1][0] if n > knots[-1] else kc[0][0]) for n in pm.n_knots]
+        pm.base_knots = [max(b + k * dS, 1e-9) for b, k in zip(pm.base_knots, ks)]
+    pm.alpha = max(pm.alpha + dm.coef["alpha"][0] * dS, 1e-9)
+    pm.model_id, pm.quant, pm.sha256 = info.id, info.quant, info.sha256
+    shift = dm.rel_unc["decode"] * abs(dS) / float(anchor_info.size_bytes)  # the fitted per-byte cost is uncertain too
+    pm.rel_unc_prefill += extra
+    pm.rel_unc_decode += extra + shift
+    pm.method = (f"estimated (cross-model: {anchor_info.id} {anchor_info.quant} measured in {dm.source or 'the profile'}, "
+                 f"decode step shifted by {dS / 1e6:+.0f} MB x the per-byte step cost fitted across {', '.join(dm.models)})")
+    pm.figure_method = "estimated"
+    pm.interval_how = (f"{anchor.interval_how}; +{extra:.0%} for type {info.quant} vs {anchor_info.quant}; decode "
+                       f"+{shift:.1%} = cross-model decode +-{dm.rel_unc['decode']:.0%} x |size change| / anchor size"
+                       f"{' (family ' + fam + ' not profiled)' if fam not in dm.families else ''}")
+    pm.weights_bytes = float(info.size_bytes)
+    pm.memory_how = f"{anchor.memory_how} (weights = the variant's file size)"
+    pm.notes = list(anchor.notes) + [f"variant of {anchor_info.id}: prefill as measured for it (same FLOPs per token)"]
+    return pm
 
 
 def predict_model(device_model: DeviceModel, info: ModelInfo) -> PerfModel:
