@@ -10,7 +10,13 @@ width E, KV bytes per token.
                                                    across the profiled models (NNLS, relative errors)
     gamma      = kv_bytes_per_token / BW_kv         KV read per attended token
     alpha      = S / BW_weights + alpha0            (only used when finished sequences leave)
+    beta       = b1 * S + b0                        per-sequence slope beyond the largest measured n
+    overhead   = o1 * S + o0                        runtime memory, from measured peak memory
     power      = p0 + p1 * S                        (W, prefill and decode separately)
+
+A quantized variant of a profiled model (same n_layer, n_embd, KV bytes) is predicted by
+:func:`predict_variant` instead: the base model's own measured fit, decode step shifted by k_n x
+(S_variant - S_base), prefill unchanged.
 
 Why: on the recorded 2-core profile, prefill per token does not follow n_params (gemma-3-270m has
 168 M embedding parameters that cost nothing in prefill), and the old per-sequence term

@@ -74,8 +74,10 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
         check_output_path(plot, "--plot", "pareto.png")
     table_paths = _unique(table_paths)
     tables = [load_table(p) for p in table_paths]
-    cards = [] if variants is None else list_variant_cards(None if str(variants) == "auto" else variants)
-    confirmed: list[str] = []
+    auto = variants is not None and str(variants) == "auto"
+    skipped: list[str] = []
+    cards = [] if variants is None else list_variant_cards(None if auto else variants, skipped if auto else None)
+    confirmed: list[str] = [f"variant card skipped: {s}" for s in skipped]
     for _ in range(3):
         profile = load_profile(profile_path)
         infos = _model_infos(tables, {m.model.id for m in profile.complete_models()})

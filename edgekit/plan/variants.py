@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from edgekit.errors import UsageError
+from edgekit.errors import EdgekitError, UsageError
 from edgekit.schemas.profile import ModelInfo
 from edgekit.schemas.quant import VariantCard, load_card
 from edgekit.schemas.table import AccuracyTable
@@ -73,16 +73,22 @@ def default_variants_dir() -> Path:
     return models_dir() / "variants"
 
 
-def list_variant_cards(directory: str | Path | None = None) -> list[LoadedCard]:
+def list_variant_cards(directory: str | Path | None = None, skipped: Optional[list] = None) -> list[LoadedCard]:
     """Every ``*.card.json`` under ``directory`` (default: the quantize cache), sorted by path.
-    The one place where the planner learns which variants exist."""
+    The one place where the planner learns which variants exist. With ``skipped`` (a list), an
+    unreadable card is recorded there ("path: why") instead of raising."""
     d = Path(directory) if directory is not None else default_variants_dir()
     if directory is not None and not d.is_dir():
         raise UsageError(f"--variants {d} is not a folder", fix="pass the folder edgekit quantize wrote (with *.card.json)")
     out = []
     for p in sorted(d.rglob("*.card.json")) if d.is_dir() else []:
-        raw = p.read_bytes()
-        out.append(LoadedCard(card=load_card(p), path=p, sha256=hashlib.sha256(raw).hexdigest()))
+        try:
+            raw = p.read_bytes()
+            out.append(LoadedCard(card=load_card(p), path=p, sha256=hashlib.sha256(raw).hexdigest()))
+        except (EdgekitError, OSError) as e:
+            if skipped is None:
+                raise
+            skipped.append(f"{p}: {e}")
     return out
 
 
