@@ -12,6 +12,13 @@ per model). Predicted = PerfModel.predict(I, B, n, expected_steps=B).latency_s, 
 profiled models and fit_device(profile).predict_model(ModelInfo from the GGUF header, as the
 planner builds it) for --unprofiled. Error = (predicted - measured) / measured; MAPE = mean |error|.
 Goal: MAPE <= 10 %.  --smoke: the first 2 configurations per profiled model, 1 for --unprofiled, 1 rep.
+
+    python benchmarks/perfmodel_validation.py --profile PROFILE.json --leave-one-out [--json]
+
+--leave-one-out takes no new measurement: each profiled model is predicted across models from the
+others (exactly as --unprofiled and quantized variants are) and compared with its recorded sweep
+points (measured) and, for the configurations below, with its own profile fit (a reference).
+Goal (cross-model): interval coverage >= 90 %, MAPE <= 15 %. See edgekit/perfmodel/loo.py.
 """
 
 from __future__ import annotations
@@ -105,14 +112,42 @@ def validate_model(model_id: str, pm, configs, reps: int, threads, mp) -> list[d
     with Runtime(model_id, threads=threads, n_ctx=n_ctx, max_n=max_n) as rt:
         measure(rt, 64, 8, max_n, 1)  # warm-up (page cache, buffers), not timed
         for I, B, n in configs:
-            pred = pm.predict(I, B, n, expected_steps=B).latency_s
+            pr = pm.predict(I, B, n, expected_steps=B)
+            pred = pr.latency_s
             meas, secs = measure(rt, I, B, n, reps)
             err = 100.0 * (pred - meas) / meas
             rows.append({"config": f"I={I} B={B} n={n}", "predicted_s": pred, "measured_s": meas, "error_pct": err,
+                         "lo_s": pr.latency_lo_s, "hi_s": pr.latency_hi_s,
+                         "covered": pr.latency_lo_s <= meas <= pr.latency_hi_s,
                          "model": model_id, "profiled": mp is not None, "off_sweep": off_sweep(mp, I, B, n),
                          "prompt_tokens": I, "budget": B, "n": n, "samples_s": secs})
             log(f"  {rows[-1]['config']:<22} predicted {pred:7.3f} s  measured {meas:7.3f} s  error {err:+6.1f} %")
     return rows
+
+
+def variant_models(profile, profile_path: str, folder: str):
+    """(variant file, PerfModel) for every card in ``folder`` whose file exists, predicted as `edgekit plan` does:
+    anchored on the profiled base model when its architecture matches, else across models from its GGUF facts."""
+    from pathlib import Path
+
+    from edgekit.perfmodel.device import predict_variant, same_architecture
+    from edgekit.plan.variants import list_variant_cards, variant_info
+
+    dm = fit_device(profile, profile_path)
+    complete = {m.model.id: m for m in profile.complete_models()}
+    out = []
+    for lc in list_variant_cards(folder):
+        c = lc.card
+        p = Path(c.path) if Path(c.path).is_absolute() else lc.path.parent / c.path
+        if not p.is_file() or any(m.model.sha256 == c.sha256 for m in complete.values()):
+            continue  # no file to run, or profiled (its own entry is validated with --models)
+        base = complete.get(c.base_model)
+        info = variant_info(lc, base.model if base else None)
+        if base is not None and same_architecture(info, base.model):
+            out.append((str(p), predict_variant(dm, info, base.model, fit(base, profile_path))))
+        else:
+            out.append((str(p), dm.predict_model(info)))
+    return out
 
 
 def mape(rows: list[dict]):
@@ -128,6 +163,11 @@ def main(argv=None) -> int:
                     help="a catalogue model NOT in the profile (cross-model estimate; needs >= 2 profiled models)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--variants", default=None,
+                    help="folder of variant cards (edgekit quantize): each variant with a file is run and compared "
+                         "with its prediction (anchored on its profiled base, else cross-model)")
+    ap.add_argument("--leave-one-out", action="store_true",
+                    help="no new timing: predict each profiled model from the others, compare with its recorded points")
     ap.add_argument("--smoke", action="store_true", help="tiny run: 2 configurations per profiled model, 1 unprofiled, 1 rep")
     a = ap.parse_args(argv)
     try:
@@ -137,7 +177,35 @@ def main(argv=None) -> int:
         return e.exit_code
 
 
+def run_leave_one_out(a) -> int:
+    from edgekit.perfmodel.loo import leave_one_out
+
+    out = leave_one_out(load_profile(a.profile), CONFIGS + UNPROFILED_CONFIGS, a.profile)
+    out["goal"] = {"coverage": 0.90, "mape_pct": 15.0}
+    out["meets_goal"] = all(out[k]["coverage"] >= 0.90 and out[k]["mape_pct"] <= 15.0 for k in ("points", "configs"))
+    if a.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"{'held-out model':<30} {'kind':<7} {'config':<22} {'predicted_s':>11} {'measured_s':>10} {'error %':>8} in")
+    for r in out["rows"]:
+        print(f"{r['model']:<30} {r['kind']:<7} {r['config']:<22} {r['predicted_s']:>11.4f} {r['measured_s']:>10.4f} "
+              f"{r['error_pct']:>+8.1f} {'y' if r['covered'] else 'N'}")
+    for k, what in (("points", "recorded sweep points (measured)"), ("configs", "configurations vs the model's own fit")):
+        s = out[k]
+        print(f"{what}: MAPE {s['mape_pct']:.1f} %, interval coverage {100 * s['coverage']:.0f} % over {s['n']} "
+              f"(max |error| {s['max_abs_error_pct']:.1f} %)")
+    for m, v in out["per_model"].items():
+        print(f"  {m} from {', '.join(v['from'])}: points MAPE {v['points']['mape_pct']:.1f} % cov "
+              f"{100 * v['points']['coverage']:.0f} %; configs MAPE {v['configs']['mape_pct']:.1f} % cov "
+              f"{100 * v['configs']['coverage']:.0f} %")
+    print(f"goal: coverage >= 90 %, MAPE <= 15 %: {'met' if out['meets_goal'] else 'NOT met'}")
+    print(f"method: {out['method']}")
+    return 0
+
+
 def run(a) -> int:
+    if a.leave_one_out:
+        return run_leave_one_out(a)
     if a.reps < 1:
         raise UsageError(f"--reps must be >= 1 (got {a.reps})")
     profile = load_profile(a.profile)
@@ -154,7 +222,7 @@ def run(a) -> int:
         if missing:
             raise UsageError(f"profile {a.profile} has no model {', '.join(missing)} (has: {', '.join(in_profile)})",
                              fix="pick --models from the profile, or profile them with `edgekit profile`")
-    if not models and not a.unprofiled:
+    if not models and not a.unprofiled and not a.variants:
         raise UsageError(f"nothing to validate: profile {a.profile} has no catalogue model and no --unprofiled was given")
     if a.unprofiled and a.unprofiled in in_profile:
         raise UsageError(f"--unprofiled {a.unprofiled} is in the profile", fix="pick a catalogue model the profile lacks")
@@ -164,15 +232,21 @@ def run(a) -> int:
     for mid in models:
         mp = profile.model(mid)
         rows += validate_model(mid, fit(mp, a.profile), configs, reps, mp.threads, mp)
+    threads = next((m.threads for m in profile.models if m.threads), None)
+    ucfg = UNPROFILED_CONFIGS[:1] if a.smoke else UNPROFILED_CONFIGS
     if a.unprofiled:
         dm = fit_device(profile, a.profile)  # raises a clear error with < 2 usable models
         pm = dm.predict_model(gguf_model_info(a.unprofiled))
         log(f"{a.unprofiled}: {pm.method}")
-        threads = next((m.threads for m in profile.models if m.threads), None)
-        rows += validate_model(a.unprofiled, pm, UNPROFILED_CONFIGS[:1] if a.smoke else UNPROFILED_CONFIGS, reps, threads, None)
+        rows += validate_model(a.unprofiled, pm, ucfg, reps, threads, None)
+    if a.variants:
+        for path, pm in variant_models(profile, a.profile, a.variants):
+            log(f"{path}: {pm.method}")
+            rows += validate_model(path, pm, ucfg, reps, threads, None)
     prof = [r for r in rows if r["profiled"]]
     unprof = [r for r in rows if not r["profiled"]]
     out = {"mape": mape(rows), "mape_profiled": mape(prof), "mape_unprofiled": mape(unprof), "rows": rows,
+           "coverage_unprofiled": (sum(r["covered"] for r in unprof) / len(unprof)) if unprof else None,
            "profile": a.profile, "reps": reps, "smoke": a.smoke, "method": METHOD.format(reps=reps)}
     if a.json:
         print(json.dumps(out, indent=1))
@@ -184,6 +258,9 @@ def run(a) -> int:
     fmt = lambda x: "n/a" if x is None else f"{x:.1f} %"  # noqa: E731
     print(f"MAPE {fmt(out['mape'])} over {len(rows)} configurations (profiled {fmt(out['mape_profiled'])} over {len(prof)}, "
           f"unprofiled {fmt(out['mape_unprofiled'])} over {len(unprof)}); goal: <= 10 %")
+    if unprof:
+        print(f"cross-model interval coverage {100 * out['coverage_unprofiled']:.0f} % over {len(unprof)} (goal: >= 90 %, "
+              "cross-model MAPE <= 15 %)")
     print(f"method: {out['method']}")
     return 0
 

@@ -145,4 +145,5 @@ def test_cross_model_needs_two_models_and_leave_one_out():
     with pytest.raises(SchemaError, match="needs 2"):
         fit_device(sy.device_profile([ms[0][0]]))
     dm = fit_device(sy.device_profile([m for m, _ in ms]))
-    assert dm.rel_unc >= 0.25 and "leave-one-out" in dm.interval_how
+    # exact synthetic structure: the leave-one-out residual is ~0, so the floor applies
+    assert dm.rel_unc["prefill"] >= 0.10 and dm.rel_unc["decode"] >= 0.10 and "leave-one-model-out" in dm.interval_how

@@ -46,6 +46,10 @@ def register(app: typer.Typer) -> None:
         offload_budget: Optional[float] = typer.Option(None, "--offload-budget", help="at most this share of queries offloaded"),
         cloud_url: Optional[str] = typer.Option(None, "--cloud-url", help="recorded in the plan for `edgekit run`"),
         cloud_model: Optional[str] = typer.Option(None, "--cloud-model"),
+        variants: str = typer.Option("auto", "--variants", help="folder of quantized-variant cards (*.card.json) to plan "
+                                     "as candidates; auto: the edgekit quantize cache; none: no variants"),
+        confirm: bool = typer.Option(False, "--confirm", help="if the chosen model's latency is a cross-model estimate, "
+                                     "quick-profile it here (appended to --profile) and plan again"),
         json_out: bool = typer.Option(False, "--json"),
     ):
         """Enumerate model x quantization x budget x n x aggregation; keep what fits; pick the most accurate."""
@@ -57,14 +61,15 @@ def register(app: typer.Typer) -> None:
                                  energy_cap_j=energy_cap, memory_cap_gb=memory_cap, output=output, plot=plot,
                                  sequences_leave=sequences_leave, prefer=prefer, cloud_table=cloud_table,
                                  cloud_latency_s=parse_duration(cloud_latency, "--cloud-latency") if cloud_latency is not None else None,
-                                 offload_budget=offload_budget, cloud_url=cloud_url, cloud_model=cloud_model)
+                                 offload_budget=offload_budget, cloud_url=cloud_url, cloud_model=cloud_model,
+                                 variants=None if variants.lower() == "none" else variants, confirm=confirm)
         pf = to_plan_file(res)
         if json_out:
             return print_json(pf)
         console.print(render_frontier(res))
         c, p = pf.chosen, pf.predicted
         console.print(
-            f"[bold]chosen:[/bold] {c.model_id} ({c.quant}) · {c.prompt_template} · budget {c.budget} · n={c.n} · "
+            f"[bold]chosen:[/bold] {c.model_id} (quant {c.quant}) · {c.prompt_template} · budget {c.budget} · n={c.n} · "
             f"{c.aggregation} · T={c.temperature}"
         )
         console.print(
@@ -77,6 +82,11 @@ def register(app: typer.Typer) -> None:
                           f"{100 * p.system_accuracy_hi:.1f}], offload {100 * p.offload_rate:.0f} % (keep local iff "
                           f"{pf.offload.score} >= {pf.offload.threshold:.4g}), expected {p.expected_latency_s:.2f} s, "
                           f"p95 {p.mixture_p95_s:.2f} s; {pf.offload.guarantee}", highlight=False)
+        for why in p.rests_on:
+            what = "a cross-model estimate" if why.startswith("latency") else "an accuracy prior (heuristic)"
+            hint = (f"; `--confirm` quick-profiles {c.model_path or c.model_id} here and re-plans" if why.startswith("latency")
+                    else "; evaluate the variant (`edgekit eval -m ...`) for a measured table")
+            console.print(f"[yellow]note:[/yellow] the chosen {why.split(':')[0]} rests on {what}{hint}", highlight=False)
         for b in pf.based_on:
             console.print(f"[dim]· {b}[/dim]")
         console.print(f"plan written to {written}" + (f"; plot {plot}" if plot else ""))

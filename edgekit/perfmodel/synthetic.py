@@ -72,7 +72,10 @@ def device_profile(models: list[ModelProfile], name: str = "synthetic device") -
 
 
 def device_truth(size_bytes: float, n_params: float, kv: float, n_layer: int, n_embd: int, *, bw=50e9, alpha0=0.002,
-                 k_beta=2e-13, bw_kv=20e9, flops=2e12, k_a=2e-13, c0=0.01, c1=2e-12) -> dict:
-    """Coefficients of a model on a device that follows the cross-model structure exactly."""
-    return {"alpha": size_bytes / bw + alpha0, "beta": k_beta * n_params, "gamma": kv / bw_kv,
-            "b": 2 * n_params / flops, "a": k_a * n_layer * n_embd, "c": c0 + c1 * size_bytes}
+                 k_beta=2e-13, bw_kv=20e9, flops=2e12, k_a=8e-18, k_c=1e-11) -> dict:
+    """Coefficients of a model on a device that follows the cross-model structure of
+    :mod:`edgekit.perfmodel.device` exactly: prefill a, b, c proportional to the block parameters
+    F = 12*L*E^2 (b: 2 FLOPs per parameter per token at ``flops``), step cost affine in file size."""
+    F = 12.0 * n_layer * n_embd**2
+    return {"alpha": size_bytes / bw + alpha0, "beta": k_beta * size_bytes, "gamma": kv / bw_kv,
+            "b": 2 * F / flops, "a": k_a * F, "c": k_c * F}

@@ -166,8 +166,9 @@ def run_query(q: Query, progress: Optional[Progress] = None, warn: Optional[Call
     if q.plan:
         p = load_plan(q.plan)
         opts, overrides = plan_options(p, q.options, q.model)
-        model = q.model or p.chosen.model_id
-        if model == p.chosen.model_id and engines.canonical(q.engine) == "llama.cpp":  # a server's file is not ours to hash
+        planned = p.chosen.model_path or p.chosen.model_id  # a quantized variant runs from its file
+        model = q.model or planned
+        if model == planned and engines.canonical(q.engine) == "llama.cpp":  # a server's file is not ours to hash
             note = check_plan_model(p, model)
             if note:
                 notes.append(note)

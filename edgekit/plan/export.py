@@ -37,6 +37,7 @@ def frontier_points(res: PlanResult) -> list[FrontierPoint]:
             budget=c["budget"], n=c["n"], aggregation=c["aggregation"], accuracy=float(res.accuracy[i]),
             accuracy_lo=_opt(res.acc_lo[i]) if res.acc_lo is not None else None,
             accuracy_hi=_opt(res.acc_hi[i]) if res.acc_hi is not None else None,
+            accuracy_method="estimated" if "accuracy: prior" in res.rests_on(i) else "measured",
             latency_s=float(res.latency[i]), latency_p50_s=float(res.pred["total_s"][i]),
             energy_j=_opt(res.pred["energy_j"][i]), memory_gb=_opt(res.pred["memory_bytes"][i], 1e9),
             meets_target=bool(res.feasible[i]), chosen=res.chosen == i, method=res.method(i)))
@@ -91,9 +92,11 @@ def to_plan_file(res: PlanResult) -> PlanFile:
             accuracy=float(res.accuracy[i]),
             accuracy_lo=float(res.acc_lo[i]) if res.acc_lo is not None else None,
             accuracy_hi=float(res.acc_hi[i]) if res.acc_hi is not None else None,
-            accuracy_interval_how=res.interval_how,
-            accuracy_source=f"accuracy table {tpath or c['task']} row B={c['budget']} k={c['n']} {c['aggregation']}",
-            method=pr.method, **_mixture(res)),
+            accuracy_interval_how=res.interval_how + (
+                f"; scaled by the prior's factor {res.variant(i).prior.factor:.3f} and widened by "
+                f"+-{float(res.variant(i).prior.widen(res.accuracy[i] / res.variant(i).prior.factor)):.3f}" if "accuracy: prior" in res.rests_on(i) else ""),
+            accuracy_source=res.accuracy_source(i),
+            method=pr.method, rests_on=res.rests_on(i), **_mixture(res)),
         frontier=frontier_points(res), based_on=based_on(res), **_offload(res))
 
 

@@ -11,6 +11,7 @@ from edgekit.schemas.table import load_table
 from edgekit.plan.export import to_plan_file
 from edgekit.plan.joint import joint_plan
 from edgekit.plan.planner import PlanResult, plan
+from edgekit.plan.variants import list_variant_cards, variant_candidates
 from edgekit.schemas.checks import check_base_url, check_output_path, check_positive
 from edgekit.schemas.profile import ModelInfo, load_profile
 
@@ -45,7 +46,13 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
               output: Optional[str | Path] = None, plot: Optional[str | Path] = None,
               sequences_leave: bool = False, prefer: str = "cheaper", cloud_table: Optional[str | Path] = None,
               cloud_latency_s: Optional[float] = None, offload_budget: Optional[float] = None,
-              cloud_url: Optional[str] = None, cloud_model: Optional[str] = None) -> tuple[PlanResult, Optional[Path]]:
+              cloud_url: Optional[str] = None, cloud_model: Optional[str] = None,
+              variants: Optional[str | Path] = None, confirm: bool = False,
+              profile_fn=None) -> tuple[PlanResult, Optional[Path]]:
+    """``variants``: a folder of variant cards, "auto" for the quantize cache, None for none.
+    ``confirm``: when the chosen configuration's latency rests on a cross-model estimate, quick-profile
+    that model into ``profile_path`` (appended) and plan again (at most twice); ``profile_fn`` replaces
+    :func:`edgekit.profile.sweep.profile_model` (tests)."""
     if not table_paths:
         raise UsageError("no accuracy table given", fix="pass --accuracy TABLE.json (build one with `edgekit eval`)")
     if latency_target_s is None or not math.isfinite(latency_target_s) or latency_target_s <= 0:
@@ -66,12 +73,30 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
     if plot:
         check_output_path(plot, "--plot", "pareto.png")
     table_paths = _unique(table_paths)
-    profile = load_profile(profile_path)
     tables = [load_table(p) for p in table_paths]
-    res = plan(profile, tables, latency_target_s, percentile=percentile, energy_cap_j=energy_cap_j,
-               memory_cap_gb=memory_cap_gb, profile_path=str(profile_path), table_paths=[str(p) for p in table_paths],
-               model_infos=_model_infos(tables, {m.model.id for m in profile.complete_models()}),
-               sequences_leave=sequences_leave, prefer=prefer)
+    auto = variants is not None and str(variants) == "auto"
+    skipped: list[str] = []
+    cards = [] if variants is None else list_variant_cards(None if auto else variants, skipped if auto else None)
+    confirmed: list[str] = [f"variant card skipped: {s}" for s in skipped]
+    for _ in range(3):
+        profile = load_profile(profile_path)
+        infos = _model_infos(tables, {m.model.id for m in profile.complete_models()})
+        base_infos = {**infos, **{m.model.id: m.model for m in profile.complete_models()}}
+        vs = variant_candidates(cards, tables, [str(p) for p in table_paths], base_infos) if cards else []
+        res = plan(profile, tables, latency_target_s, percentile=percentile, energy_cap_j=energy_cap_j,
+                   memory_cap_gb=memory_cap_gb, profile_path=str(profile_path), table_paths=[str(p) for p in table_paths],
+                   model_infos=infos, sequences_leave=sequences_leave, prefer=prefer, variants=vs)
+        if cards:
+            res.notes.append(f"{len(cards)} variant card(s) read; {sum(v.prior is not None for v in vs)} candidate table(s) "
+                             "use an accuracy prior")
+        res.notes.extend(confirmed)
+        if not confirm or "latency: cross-model estimate" not in res.rests_on(res.chosen) or len(confirmed) >= 2:
+            break
+        c = res.config(res.chosen)
+        spec = c["model_path"] or c["model_id"]
+        _confirm_profile(spec, profile_path, profile, profile_fn)
+        confirmed.append(f"--confirm: quick-profiled {spec} into {profile_path} (its latency was a cross-model estimate) "
+                         "and planned again")
     if cloud_table is not None:
         res.joint = joint_plan(res, load_table(cloud_table), cloud_latency_s, offload_budget)
         res.chosen = res.joint.candidate
@@ -86,6 +111,20 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
 
         plot_pareto(res, plot)
     return res, written
+
+
+def _confirm_profile(spec: str, profile_path, profile, profile_fn) -> None:
+    """Quick-profile ``spec`` on this device, appended to the plan's profile (what --confirm runs)."""
+    if profile.kind != "measured":
+        raise UsageError(f"--confirm measures this machine, but {profile_path} is a {profile.kind} profile",
+                         fix="plan with a profile measured here, or drop --confirm")
+    if profile_fn is None:
+        from edgekit.profile.sweep import SweepConfig, profile_model
+
+        profile_fn = profile_model
+        profile_fn(spec, SweepConfig.quick(), output=profile_path, existing=profile)
+    else:
+        profile_fn(spec, output=profile_path, existing=profile)
 
 
 def parse_duration(s: str, flag: str = "--latency-target") -> float:

@@ -25,6 +25,7 @@ from edgekit.errors import EdgekitError, SchemaError, UsageError
 from edgekit.figures import wilson
 from edgekit.schemas.table import AccuracyTable
 from edgekit.perfmodel import DeviceModel, PerfModel, Prediction, fit, fit_device
+from edgekit.perfmodel.device import predict_variant, same_architecture
 from edgekit.schemas.profile import DeviceProfile, ModelInfo
 
 TIE_EPS = 1e-9
@@ -84,6 +85,8 @@ class PlanResult:
     prefer: str = "cheaper"
     joint: object = None  # plan.joint.JointChoice when offload was planned jointly
     cloud: Optional[dict] = None  # base_url, model, latency_s, accuracy_table
+    variants: list = field(default_factory=list)  # per table: plan.variants.Variant or None
+    acc_hi_tie: Optional[np.ndarray] = None  # upper end without a prior's widening (ties never favour a prior)
 
     @property
     def interval_how(self) -> str:
@@ -92,16 +95,42 @@ class PlanResult:
     def __len__(self) -> int:
         return len(self.accuracy)
 
+    def variant(self, i: int):
+        return self.variants[int(self.table[i])] if self.variants else None
+
+    def accuracy_source(self, i: int) -> str:
+        """How candidate i's accuracy was obtained: the table row, or a labelled prior."""
+        v = self.variant(i)
+        c = self.config(i)
+        row = f"row B={c['budget']} k={c['n']} {c['aggregation']}"
+        if v is not None and v.prior is not None:
+            return f"estimated ({v.prior.how}), {row}"
+        return f"accuracy table {c['table_path'] or c['task']} {row}"
+
+    def rests_on(self, i: int) -> list[str]:
+        """What the candidate's figures rest on besides measurements: cross-model latency, an accuracy prior."""
+        out = []
+        if "cross-model" in self.method(i):
+            out.append("latency: cross-model estimate")
+        v = self.variant(i)
+        if v is not None and v.prior is not None:
+            out.append("accuracy: prior")
+        return out
+
     def config(self, i: int) -> dict:
         t = self.tables[int(self.table[i])]
         r = t.rows[int(self.row[i])]
         greedy = r.aggregation == "greedy"
+        v = self.variant(i)
         return {"model_id": t.model_id, "model_sha256": t.model_sha256 or self.perf_models[int(self.table[i])].sha256,
                 "quant": t.quant, "task": t.task, "prompt_template": t.prompt_template, "answer_format": t.answer_format,
                 "temperature": 0.0 if greedy else t.temperature, "top_p": t.top_p, "budget": r.budget,
                 "n": int(self.n[i]), "aggregation": r.aggregation,
                 "extractor": extractor_for(t.task, self.extractor_overrides), "backend": t.backend,
-                "table_path": self.table_paths[int(self.table[i])] if self.table_paths else None}
+                "table_path": self.table_paths[int(self.table[i])] if self.table_paths else None,
+                "variant_id": v.card.card.variant_id if v else None,
+                "variant_card_sha256": v.card.sha256 if v else None,
+                "model_path": str(v.card.card.path) if v else None}
 
     def label(self, i: int) -> str:
         c = self.config(i)
@@ -136,7 +165,8 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
          energy_cap_j: float | None = None, memory_cap_gb: float | None = None,
          model_map: Mapping[str, str] | None = None, *, profile_path: str | None = None,
          table_paths: Sequence[str | None] | None = None, model_infos: Mapping[str, ModelInfo] | None = None,
-         sequences_leave: bool = False, extractor_kinds=None, prefer: str = "cheaper") -> PlanResult:
+         sequences_leave: bool = False, extractor_kinds=None, prefer: str = "cheaper",
+         variants: Sequence = ()) -> PlanResult:
     """Pick the most accurate configuration meeting ``latency_target_s`` at ``percentile`` (50 or 95)."""
     if not latency_target_s or not math.isfinite(latency_target_s) or latency_target_s <= 0:
         raise UsageError(f"latency target must be a finite number > 0 s, got {latency_target_s}", fix="pass e.g. --latency-target 2s")
@@ -150,6 +180,20 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
     if not tables:
         raise UsageError("no accuracy tables given", fix="pass at least one table built by `edgekit eval`")
     tpaths = list(table_paths) if table_paths else [None] * len(tables)
+    tables = list(tables)
+    # quantized variants (plan.variants): their own tables, or base tables renamed with an accuracy prior
+    var_of: list = [None] * len(tables)
+    model_infos = dict(model_infos or {})
+    bases = {v.table.model_id: v.card.card.base_model for v in variants}
+    for v in variants:
+        model_infos.setdefault(v.table.model_id, v.info)
+        if v.table_index is not None:
+            var_of[v.table_index] = v
+        else:
+            tables.append(v.table)
+            tpaths.append(v.table_path)
+            var_of.append(v)
+    factor = np.array([v.prior.factor if v is not None and v.prior else 1.0 for v in var_of])
     ppath = profile_path or "(profile)"
     notes: list[str] = []
     cache: dict[str, PerfModel] = {}
@@ -178,7 +222,7 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
                 cache[mp.model.id] = fit(mp, profile_path)
             return cache[mp.model.id]
         if len(complete) >= 2:
-            info = (model_infos or {}).get(t.model_id)
+            info = model_infos.get(t.model_id)
             if info is None:
                 raise SchemaError(f"accuracy table {tname} is for model {t.model_id!r}, which profile {ppath} lacks "
                                   f"(has: {ids}); a cross-model estimate needs its size and parameter count",
@@ -186,9 +230,14 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
             if not device:
                 device.append(fit_device(profile, profile_path))
             key = "cross:" + t.model_id
+            base = next((m for m in complete if m.model.id == bases.get(t.model_id)), None)
+            if key not in cache and base is not None and same_architecture(info, base.model) and base.model.size_bytes:
+                if base.model.id not in cache:
+                    cache[base.model.id] = fit(base, profile_path)
+                cache[key] = predict_variant(device[0], info, base.model, cache[base.model.id])
             if key not in cache:
                 cache[key] = device[0].predict_model(info)
-                notes.append(f"{t.model_id}: {cache[key].method}")
+                notes.append(f"{t.model_id}: {cache[key].method}; interval {cache[key].interval_how}")
             return cache[key]
         raise SchemaError(f"accuracy table {tname} is for model {t.model_id!r} but profile {ppath} has only {ids}",
                           fix=f"run `edgekit profile --model {t.model_id}` on this device, or map it with "
@@ -211,6 +260,8 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
     if not cols["acc"]:
         raise UsageError("no plannable rows in the accuracy tables", fix="evaluate majority/greedy rows, or a task with a verifier")
     A = {k: np.asarray(v, dtype=int if k in ("table", "row") else float) for k, v in cols.items()}
+    base_acc = A["acc"]
+    A["acc"] = base_acc * factor[A["table"]]
     pred = {k: np.empty(len(A["acc"])) for k in ("prefill_s", "decode_s", "total_s", "lo_s", "hi_s", "energy_j", "memory_bytes")}
     for ti, pm in enumerate(pms):
         sel = np.nonzero(A["table"] == ti)[0]
@@ -235,8 +286,17 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
                      row=A["row"], budget=A["budget"], n=A["n"], steps=A["steps"], mean_tokens=A["mean"],
                      accuracy=A["acc"], prompt_tokens=A["I"], pred=pred, latency=lat, caps_ok=caps_ok,
                      feasible=feasible, frontier=frontier, profile_path=profile_path, table_paths=tpaths,
-                     sequences_leave=sequences_leave, extractor_overrides=extractor_kinds, notes=notes, prefer=prefer)
-    res.acc_lo, res.acc_hi = wilson(A["acc"], A["P"])
+                     sequences_leave=sequences_leave, extractor_overrides=extractor_kinds, notes=notes, prefer=prefer,
+                     variants=var_of)
+    lo, hi = wilson(base_acc, A["P"])
+    f, w = factor[A["table"]], np.zeros(len(base_acc))
+    is_prior = np.array([var_of[t] is not None and var_of[t].prior is not None for t in A["table"]], bool)
+    for ti, v in enumerate(var_of):
+        if v is not None and v.prior is not None:
+            sel = A["table"] == ti
+            w[sel] = v.prior.widen(base_acc[sel])
+    res.acc_lo, res.acc_hi = np.clip(lo * f - w, 0, 1), np.clip(hi * f + w, 0, 1)
+    res.acc_hi_tie = np.where(is_prior, A["acc"], res.acc_hi)  # a prior never wins a tie on its widened upper end
     if not caps_ok.any():
         raise InfeasibleTarget(f"no configuration meets the caps ({_fmt_caps(energy_cap_j, memory_cap_gb)})",
                                fix="raise the caps, or evaluate smaller models / budgets / n", result=res)
@@ -252,7 +312,7 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
     res.most_accurate = best = _cheapest(idx[A["acc"][idx] >= A["acc"][idx].max() - TIE_EPS], lat, pred["energy_j"])
     res.chosen = best
     if prefer == "cheaper":
-        res.chosen = _cheapest(idx[res.acc_hi[idx] >= res.acc_lo[best] - TIE_EPS], lat, pred["energy_j"])
+        res.chosen = _cheapest(idx[res.acc_hi_tie[idx] >= res.acc_lo[best] - TIE_EPS], lat, pred["energy_j"])
         if res.chosen != best:
             c, b = res.chosen, best
             notes.append(f"chose {res.label(c)} (accuracy {A['acc'][c]:.3f} [{res.acc_lo[c]:.3f}, {res.acc_hi[c]:.3f}], "

@@ -36,8 +36,8 @@ def render_frontier(res: PlanResult) -> Table:
     p = f"p{res.percentile}"
     title = f"Accuracy vs latency frontier on {res.profile.device.name} ({res.profile.kind} profile), target {res.target_s:g} s at {p}"
     tab = Table(title=title)
-    for col in ("", "model", "quant", "B", "n", "aggregation", "accuracy [95 % CI]", f"latency {p}", "p50 (interval)",
-                "energy", "memory", "method"):
+    for col in ("", "model", "quant", "B", "n", "aggregation", "accuracy [95 % CI]", "acc. from", f"latency {p}",
+                "p50 (interval)", "energy", "memory", "method"):
         tab.add_column(col, justify="right" if col in ("B", "n", "accuracy") else "left")
     for i in res.frontier:
         i = int(i)
@@ -45,7 +45,7 @@ def render_frontier(res: PlanResult) -> Table:
         mark = "*" if res.chosen == i else ("ok" if res.feasible[i] else "")
         pred = res.pred
         tab.add_row(mark, c["model_id"], c["quant"] or "", str(c["budget"]), str(c["n"]), c["aggregation"],
-                    _acc(res, i), _fmt(res.latency[i], "s"),
+                    _acc(res, i), "prior" if "accuracy: prior" in res.rests_on(i) else "table", _fmt(res.latency[i], "s"),
                     f"{pred['total_s'][i]:.3g} ({pred['lo_s'][i]:.3g}-{pred['hi_s'][i]:.3g})",
                     _fmt(pred["energy_j"][i], "J"), _fmt(pred["memory_bytes"][i] / 1e9, "GB"), _short(res.method(i)))
     return tab

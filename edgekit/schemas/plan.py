@@ -54,6 +54,10 @@ class ChosenConfig(_M):
     backend: str = "llama.cpp"
     table_path: Optional[str] = None
     prompt: str = "{question}"  # the rendered prompt template; {question} is the user's query
+    # a quantized variant (edgekit quantize): its id, the sha256 of its card file, and the file to run
+    variant_id: Optional[str] = None
+    variant_card_sha256: Optional[str] = None
+    model_path: Optional[str] = None
     options: SamplingOptions  # exactly how `edgekit run --plan` samples and aggregates
 
 
@@ -73,6 +77,8 @@ class Predicted(_M):
     accuracy_interval_how: Optional[str] = None
     accuracy_source: str
     method: str  # how latency was predicted: "fitted from measured profile ...", "published (...)", ...
+    # what the choice rests on besides measurements: "latency: cross-model estimate", "accuracy: prior"
+    rests_on: list[str] = Field(default_factory=list)
     # with offload planned jointly (local + cloud mixture), on the tables' problems
     system_accuracy: Optional[float] = None
     system_accuracy_lo: Optional[float] = None
@@ -93,6 +99,7 @@ class FrontierPoint(_M):
     accuracy: float
     accuracy_lo: Optional[float] = None
     accuracy_hi: Optional[float] = None
+    accuracy_method: Literal["measured", "estimated"] = "measured"  # estimated: a variant's prior
     latency_s: float  # at the plan's percentile
     latency_p50_s: float
     energy_j: Optional[float] = None
