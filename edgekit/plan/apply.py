@@ -47,6 +47,11 @@ class Query:
 log = logging.getLogger("edgekit")
 
 
+
+def planned_model(plan) -> str:
+    """The model a plan runs: a quantized variant runs from its file, a catalogue model by its id."""
+    return plan.chosen.model_path or plan.chosen.model_id
+
 def check_query(q: Query) -> None:
     """Everything about a query that can be checked without loading a model: the prompt's text,
     threads, context size, the engine's name, whether --base-url applies to it, and the offload
@@ -118,7 +123,7 @@ def plan_options(p: PlanFile, explicit: dict[str, Any], model: Optional[str]) ->
     """The plan's options with the explicit ones applied over them, and what was overridden."""
     base = p.chosen.options
     overrides = [f"{k}={v!r} (plan: {getattr(base, k)!r})" for k, v in explicit.items() if getattr(base, k) != v]
-    if model is not None and model != p.chosen.model_id:
+    if model is not None and model not in (p.chosen.model_id, planned_model(p)):
         overrides.insert(0, f"model={model} (plan: {p.chosen.model_id})")
     return base.replace(**explicit) if explicit else base, overrides
 
@@ -166,7 +171,7 @@ def run_query(q: Query, progress: Optional[Progress] = None, warn: Optional[Call
     if q.plan:
         p = load_plan(q.plan)
         opts, overrides = plan_options(p, q.options, q.model)
-        planned = p.chosen.model_path or p.chosen.model_id  # a quantized variant runs from its file
+        planned = planned_model(p)
         model = q.model or planned
         if model == planned and engines.canonical(q.engine) == "llama.cpp":  # a server's file is not ours to hash
             note = check_plan_model(p, model)

@@ -19,7 +19,7 @@ from edgekit.engines.openai import OpenAIEngine
 from edgekit.errors import FetchError, UsageError
 from edgekit.evaluate.tasks import load_task
 from edgekit.jsonio import append_jsonl, save_atomic
-from edgekit.plan.apply import check_plan_model
+from edgekit.plan.apply import check_plan_model, planned_model
 from edgekit.runtime import Runtime
 from edgekit.runtime.offload import score_of
 from edgekit.schemas.offload import SCORES, OffloadCalibration
@@ -117,7 +117,7 @@ def calibrate(c: CalibrationRun, progress: Optional[Progress] = None) -> tuple[O
         if n < need:
             raise UsageError(f"the calibration set has {n} labelled problems; alpha={c.alpha}, delta={c.delta} need at least {need}",
                              fix=f"use more problems (--split/--limit) or a larger alpha/delta")
-    model = plan.chosen.model_id
+    model = planned_model(plan)
     check_plan_model(plan, model)
     cloud = _cloud(c, plan)
     opts = plan.chosen.options.replace(seed=c.seed)

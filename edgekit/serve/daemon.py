@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from edgekit import engines
 from edgekit.errors import UsageError
-from edgekit.plan.apply import Query, build_offload, check_plan_model
+from edgekit.plan.apply import Query, build_offload, check_plan_model, planned_model
 from edgekit.runtime import Runtime
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import load_plan
@@ -92,10 +92,10 @@ def load(cfg: ServeConfig, progress: Any = None) -> Service:
     base = SamplingOptions()
     model = cfg.model
     if plan is not None:
-        if model is not None and model != plan.chosen.model_id:
+        if model is not None and model not in (plan.chosen.model_id, planned_model(plan)):
             raise UsageError(f"--plan runs {plan.chosen.model_id}, but -m names {model}",
                              fix="drop -m (the plan names its model) or re-plan for that model")
-        model = plan.chosen.model_id
+        model = planned_model(plan)
         note = check_plan_model(plan, model)
         if note:
             log.warning("%s", note)
