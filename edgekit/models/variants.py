@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -94,16 +95,18 @@ def check_variant(card: VariantCard, verify: Optional[str] = None, raise_corrupt
         return c
     if mode == "auto" and c.status == VERIFIED and c.sha256 == card.sha256:
         return c
+    t0 = time.perf_counter()
     digest = sha256_file(path)
+    dt = time.perf_counter() - t0
     if digest != card.sha256:
         c = Check(path, CORRUPT, f"sha256 {digest[:12]}… does not match its card's {card.sha256[:12]}…",
-                  None, card.variant_id, sha256=digest, expected_sha256=card.sha256, hashed=True)
+                  None, card.variant_id, sha256=digest, expected_sha256=card.sha256, hashed=True, hash_s=dt)
         if raise_corrupt:
             raise _corrupt(card, c.reason)
         return c
-    rec = record(path, digest, spec=card.variant_id, by="load")
-    return Check(path, VERIFIED, "sha256 re-hashed and matches its card", None, card.variant_id, rec, digest,
-                 card.sha256, True)
+    rec = record(path, digest, spec=card.variant_id, by="load", hash_s=dt)
+    return Check(path, VERIFIED, f"sha256 re-hashed in {dt:.2f} s and matches its card", None, card.variant_id, rec,
+                 digest, card.sha256, True, dt)
 
 
 def variant_status(card: VariantCard, verify: bool = False) -> Check:

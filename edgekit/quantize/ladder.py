@@ -121,7 +121,8 @@ def quantize(source: str, to: str | Sequence[str], *, threads: int = 0, allow_re
     return [results[t] for t in targets]
 
 
-def _existing(dest: Path, src: Source, type_name: str, force: bool) -> tuple[Optional[VariantCard], str]:
+def _existing(dest: Path, src: Source, type_name: str, force: bool,
+              imatrix_sha: Optional[str] = None) -> tuple[Optional[VariantCard], str]:
     """(card to reuse, action): ("exists" with the card when it matches this source and its file; else
     the action the new output reports). Refuses to replace a variant made from another source."""
     cp = card_path_for(dest)
@@ -138,6 +139,12 @@ def _existing(dest: Path, src: Source, type_name: str, force: bool) -> tuple[Opt
     if card.source.sha256 != src.sha256 or card.type != type_name:
         raise UsageError(f"{card.variant_id} already exists, made from {card.source.model_id or card.source.path} "
                          f"(sha256 {str(card.source.sha256)[:12]}…), not from {src.spec}",
+                         fix="pass --force to replace it, or `edgekit models rm " + card.variant_id + "` first")
+    had = (card.params.get("imatrix") or {}).get("sha256") if isinstance(card.params.get("imatrix"), dict) else None
+    if had != imatrix_sha:
+        made = f"with importance matrix {had[:12]}…" if had else "without an importance matrix"
+        now = "another importance matrix" if imatrix_sha else "no importance matrix"
+        raise UsageError(f"{card.variant_id} already exists, made {made}; this run asks for {now}",
                          fix="pass --force to replace it, or `edgekit models rm " + card.variant_id + "` first")
     return card, "exists"
 
@@ -164,10 +171,11 @@ def _gguf_ladder(src: Source, types: list[str], opts: QuantizeOptions) -> list[Q
                     f"{variant_id(src.base_model, 'F16')}), or pass --allow-requantize")
         warnings.append(f"requantizing a {what} model: every output's quality is capped by the {what} source")
         (opts.warn or log.warning)(warnings[-1])
+    imatrix_sha = sha256_file(opts.imatrix) if opts.imatrix is not None and opts.imatrix.is_file() else None
     todo = []
     for t in types:
         dest = variant_file(src.base_model, t)
-        card, action = _existing(dest, src, t, opts.force)
+        card, action = _existing(dest, src, t, opts.force, imatrix_sha)
         todo.append((t, dest, card, action))
     sweep_partials(variant_file(src.base_model, "x").parent)
     need = sum(estimate_bytes(src.info, t) for t, _, card, _ in todo if card is None)
