@@ -326,3 +326,16 @@ def test_imatrix_is_passed_to_llama_cpp(home, ref, tmp_path):
     bad.write_bytes(b"\x05\0\0\0xx")
     with pytest.raises(UsageError, match="not an importance matrix"):
         quantize(ref.variant_id, "IQ4_NL", imatrix=bad)
+
+
+def test_other_formats_dispatch_through_the_registry(home, monkeypatch):
+    """The dispatch point for e.g. onnx-int8: a registered name is a valid --to target and gets the call."""
+    import edgekit.quantize.ladder as lad
+    from edgekit.quantize import parse_targets, quantize, register_format
+
+    monkeypatch.setattr(lad, "OUTPUT_FORMATS", {})
+    with pytest.raises(UsageError, match="unknown quant type 'fake-int8'"):
+        parse_targets("fake-int8")
+    calls = []
+    register_format("fake-int8", lambda src, target, opts: calls.append((src, target, opts.threads)) or "result")
+    assert quantize(SMOL, "FAKE-INT8", threads=3) == ["result"] and calls == [(SMOL, "fake-int8", 3)]

@@ -38,6 +38,9 @@ FTYPES.update(sorted(((k[len(_PREFIX):], int(getattr(ll, k))) for k in dir(ll) i
 NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K_S"})
 
 
+_LOG_HOOK: dict = {}
+
+
 def version() -> str:
     return str(getattr(ll, "__version__", "?"))
 
@@ -117,8 +120,10 @@ def quantize_gguf(src: str | Path, dst: str | Path, type_name: str, *, threads: 
             result["exc"] = e
         if cancelled.is_set():  # the caller gave up: remove what the C call wrote
             out.unlink(missing_ok=True)
+            _restore_log()
         _ = (lines, keep)  # the callback and the imatrix buffers live as long as the C call
 
+    _LOG_HOOK["cb"] = lines.cb  # referenced while llama.cpp holds it (a freed callback would crash it)
     ll.llama_log_set(lines.cb, ctypes.c_void_p(0))
     t = threading.Thread(target=work, name="edgekit-quantize", daemon=True)
     t.start()
@@ -143,5 +148,6 @@ def _restore_log() -> None:
         from edgekit.engines import llamacpp
 
         ll.llama_log_set(llamacpp._log_to_logging, ctypes.c_void_p(0))
+        _LOG_HOOK["cb"] = llamacpp._log_to_logging
     except Exception:  # noqa: BLE001 - the engine's log hook is a nicety here
         pass

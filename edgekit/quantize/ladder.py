@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -58,14 +58,26 @@ class QuantizeResult:
     warnings: list[str] = field(default_factory=list)
 
 
-# name (lower case) -> handler(source_spec, target, options) -> QuantizeResult
+# The dispatch point for formats other than GGUF: name (lower case) -> handler(source_spec, target,
+# options) -> QuantizeResult, or "module:function" imported on first use (so a built-in format such as
+# "onnx-int8": "edgekit.quantize.onnx_int8:quantize_onnx_int8" costs nothing until asked for).
 FormatHandler = Callable[[str, str, QuantizeOptions], QuantizeResult]
-OUTPUT_FORMATS: dict[str, FormatHandler] = {}
+OUTPUT_FORMATS: dict[str, Union[str, FormatHandler]] = {}
 
 
-def register_format(name: str, handler: FormatHandler) -> None:
+def register_format(name: str, handler: Union[str, FormatHandler]) -> None:
     """Add an output format reachable as ``--to NAME`` (e.g. ``onnx-int8``)."""
     OUTPUT_FORMATS[name.lower()] = handler
+
+
+def _handler(name: str) -> FormatHandler:
+    h = OUTPUT_FORMATS[name.lower()]
+    if isinstance(h, str):
+        import importlib
+
+        mod, _, attr = h.partition(":")
+        h = OUTPUT_FORMATS[name.lower()] = getattr(importlib.import_module(mod), attr)
+    return h
 
 
 def gguf_types() -> list[str]:
@@ -110,6 +122,8 @@ def quantize(source: str, to: str | Sequence[str], *, threads: int = 0, allow_re
                            imatrix=Path(imatrix).expanduser() if imatrix else None, force=force, free_bytes=free_bytes, warn=warn)
     if threads < 0:
         raise UsageError(f"--threads must be >= 0, got {threads}", fix="pass --threads 4 (0: all cores)")
+    if opts.imatrix is not None and not opts.imatrix.is_file():
+        raise UsageError(f"importance matrix {opts.imatrix} does not exist", fix="check the --imatrix path")
     gguf = [t for t in targets if t.lower() not in OUTPUT_FORMATS]
     results: dict[str, QuantizeResult] = {}
     if gguf:
@@ -117,7 +131,7 @@ def quantize(source: str, to: str | Sequence[str], *, threads: int = 0, allow_re
             results[r.type] = r
     for t in targets:
         if t.lower() in OUTPUT_FORMATS:
-            results[t] = OUTPUT_FORMATS[t.lower()](source, t, opts)
+            results[t] = _handler(t)(source, t, opts)
     return [results[t] for t in targets]
 
 
