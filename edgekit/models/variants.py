@@ -20,7 +20,7 @@ from typing import Optional
 
 from edgekit.errors import EdgekitError
 from edgekit.models.integrity import (
-    CORRUPT, MISSING, UNVERIFIED, VERIFIED, Check, ModelCorrupt, cheap_check, manifest_path_for, models_dir, record,
+    CORRUPT, MISSING, VERIFIED, Check, ModelCorrupt, cheap_check, manifest_path_for, models_dir, record,
     sha256_file, verify_mode,
 )
 from edgekit.schemas.quant import VariantCard, card_path_for, load_card
@@ -151,5 +151,5 @@ def remove_variant(card: VariantCard) -> None:
 
 __all__ = [
     "variants_dir", "variant_id", "variant_file", "list_variants", "find_variant", "register", "check_variant",
-    "variant_status", "variant_rows", "remove_variant", "UNVERIFIED",
+    "variant_status", "variant_rows", "remove_variant",
 ]
