@@ -53,10 +53,10 @@ def _reports_interrupts(callback):
 
 def _register():
     from edgekit.cli import calibrate_cmd, device_cmd, eval_cmd, models_cmd, plan_cmd, profile_cmd, run_cmd
-    from edgekit.cli import serve_cmd
+    from edgekit.cli import quantize_cmd, serve_cmd
 
     app.add_typer(models_cmd.app, name="models")
-    for mod in (run_cmd, device_cmd, profile_cmd, plan_cmd, eval_cmd, calibrate_cmd):
+    for mod in (run_cmd, device_cmd, profile_cmd, plan_cmd, eval_cmd, calibrate_cmd, quantize_cmd):
         mod.register(app)
     serve_cmd.register(app)
     for info in [*app.registered_commands, *models_cmd.app.registered_commands]:

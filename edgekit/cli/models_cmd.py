@@ -26,8 +26,10 @@ def list_cmd(
 ):
     """The catalogue and each model's cache status: verified, unverified, corrupt or missing."""
     rows = models.list_models(verify=verify)
+    variants = models.variant_rows(verify=verify)
     if json_out:
-        return print_json({"cache": str(models.cache_root()), "checked": "sha256" if verify else "manifest", "models": rows})
+        return print_json({"cache": str(models.cache_root()), "checked": "sha256" if verify else "manifest", "models": rows,
+                           "variants": variants})
     t = Table(title=f"models (cache: {models.cache_root()})")
     for c in ("id", "arch", "quant", "size", "status", "license"):
         t.add_column(c)
@@ -43,6 +45,20 @@ def list_cmd(
         if r["status"] == "corrupt":
             console.print(f"[bold red]{r['id']} is corrupt[/]: {r['status_reason']} (fix: `edgekit models pull {r['id']}`)",
                           soft_wrap=True, markup=True, highlight=False)
+    if variants:
+        v = Table(title=f"variants (edgekit quantize; {models.variants_dir()})")
+        for c in ("id", "base model", "type", "size", "status", "made from"):
+            v.add_column(c)
+        for r in variants:
+            st = r["status"]
+            src = r["source"] + (f" (dequantized {r['dequantized_from']})" if r["dequantized_from"] else "")
+            v.add_row(r["id"], r["base_model"], r["type"], f"{r['size_bytes'] / 1e6:.0f} MB",
+                      f"[{_STYLE[st]}]{st.upper() if st == 'corrupt' else st}[/]", src)
+        console.print(v)
+        for r in variants:
+            if r["status"] in ("corrupt", "missing"):
+                console.print(f"[bold red]variant {r['id']} is {r['status']}[/]: {r['status_reason']} (fix: "
+                              f"`edgekit quantize {r['source']} --to {r['type']} --force`)", soft_wrap=True, highlight=False)
     console.print("Also: any local .gguf path, or hf:<owner>/<repo>/<file.gguf> (Hugging Face Hub).")
 
 
@@ -109,6 +125,6 @@ def path_cmd(model_id: str):
 
 @app.command("rm")
 def rm_cmd(model_id: str):
-    """Remove a model (and its manifest) from the cache."""
+    """Remove a model or a quantized variant (and its manifest, and card) from the cache."""
     removed = models.remove(model_id)
     console.print(f"{model_id}: {'removed' if removed else 'was not cached'}")

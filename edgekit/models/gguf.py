@@ -237,10 +237,17 @@ def _read_gguf(path: str | Path) -> GGUFInfo:
         data_start = (r.pos + align - 1) // align * align
     data_end = data_start if tensors else header_end
     total = 0
+    n_elements = 0
+    types: dict[int, int] = {}
+    matrix_elements = 0
     for dims, ttype, offset in tensors:
         n_el = 1
         for d in dims:
             n_el *= d
+        n_elements += n_el
+        if len(dims) >= 2 and n_el > 1:
+            matrix_elements += n_el
+        types[ttype] = types.get(ttype, 0) + 1
         bs = GGML_TYPE_SIZE.get(ttype)
         nbytes = (n_el // bs[1]) * bs[0] if bs else 0
         total += nbytes
@@ -251,7 +258,11 @@ def _read_gguf(path: str | Path) -> GGUFInfo:
             fix="the file is incomplete; re-copy or re-download it",
         )
     arch = str(meta.get("general.architecture", ""))
-    return GGUFInfo(p, version, n_tensors, meta, size, data_end, total, arch=arch)
+    # tensor_types: ggml type id -> tensor count; n_elements: parameters (embeddings included);
+    # matrix_elements: those in 2-D+ tensors (the ones a quantizer converts); header_bytes: up to the data
+    extra = {"tensor_types": types, "n_elements": n_elements, "matrix_elements": matrix_elements,
+             "header_bytes": data_start}
+    return GGUFInfo(p, version, n_tensors, meta, size, data_end, total, arch=arch, extra=extra)
 
 
 def check_gguf(path: str | Path) -> GGUFInfo:

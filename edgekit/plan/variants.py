@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from edgekit.models.variants import variants_dir
 from edgekit.errors import EdgekitError, UsageError
 from edgekit.schemas.profile import ModelInfo
 from edgekit.schemas.quant import VariantCard, load_card
@@ -68,9 +69,8 @@ class Variant:
 
 
 def default_variants_dir() -> Path:
-    from edgekit.models.integrity import models_dir
-
-    return models_dir() / "variants"
+    """Where ``edgekit quantize`` writes variants (one definition: :func:`edgekit.models.variants.variants_dir`)."""
+    return variants_dir()
 
 
 def list_variant_cards(directory: str | Path | None = None, skipped: Optional[list] = None) -> list[LoadedCard]:
