@@ -72,6 +72,8 @@ class Text:
 def load_text(path: Optional[str | Path] = None) -> Text:
     """The shipped text (default) or a UTF-8 file; sha256 of its bytes."""
     p = Path(path) if path is not None else DEFAULT_TEXT
+    if p.is_dir():
+        raise UsageError(f"--text {p} is a directory", fix="pass a UTF-8 text file")
     if not p.is_file():
         raise UsageError(f"text file {p} does not exist", fix="pass --text FILE (UTF-8), or leave it out for the shipped text")
     data = p.read_bytes()
@@ -88,6 +90,12 @@ def load_text(path: Optional[str | Path] = None) -> Text:
 
 def _n_batch(n_ctx: int) -> int:
     return min(n_ctx, MAX_N_BATCH)
+
+
+def check_n_ctx(n_ctx: object) -> int:
+    if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or not 16 <= n_ctx <= 32768:
+        raise UsageError(f"--n-ctx must be an integer in 16..32768, got {n_ctx!r}", fix="pass --n-ctx 512")
+    return n_ctx
 
 
 def _open(model: str, n_ctx: int, n_batch: int, threads: Optional[int]):
@@ -151,6 +159,9 @@ def reference_topk(model: str, out_path: str | Path, *, text: Optional[str | Pat
     first N tokens of the text (quick runs and tests)."""
     if not isinstance(top_k, int) or not 1 <= top_k <= 4096:
         raise UsageError(f"--top-k must be in 1..4096, got {top_k!r}", fix="pass --top-k 64")
+    check_n_ctx(n_ctx)
+    if Path(out_path).is_dir():
+        raise UsageError(f"--output {out_path} is a directory", fix="pass a file name such as ref.npz")
     t = load_text(text)
     n_batch = _n_batch(n_ctx)
     eng = _open(model, n_ctx, n_batch, threads)
@@ -315,6 +326,7 @@ def measure_quality(variant_model: str, reference: str | Path, *, text: Optional
 def perplexity(model: str, *, text: Optional[str | Path] = None, n_ctx: int = DEFAULT_N_CTX,
                limit_tokens: Optional[int] = None, threads: Optional[int] = None) -> QualityReport:
     """Perplexity of ``model`` alone (no reference)."""
+    check_n_ctx(n_ctx)
     t = load_text(text)
     eng = _open(model, n_ctx, _n_batch(n_ctx), threads)
     try:
