@@ -50,6 +50,7 @@ import numpy as np
 from edgekit import engines
 from edgekit.errors import SchemaError, UsageError
 from edgekit.figures import Figure
+from edgekit.models.variants import find_variant
 from edgekit.schemas.quant import QualityReport, card_path_for, load_card
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "texts"
@@ -312,13 +313,14 @@ def measure_quality(variant_model: str, reference: str | Path, *, text: Optional
     ref_ppl = math.exp(-float(ref.logprob.astype(np.float64).mean()))
     return QualityReport(
         text_name=t.name, text_sha256=t.sha256, n_tokens=n, n_ctx=n_ctx,
-        reference=reference_name or f"{m['model']} ({m.get('quant')}, {Path(m['model_path']).name})",
+        reference=reference_name or m["model"],  # the reference's id (a variant id when it is one: the planner looks it up)
         ppl=_ppl_figure(r.logprob, src),
         kl_mean=Figure(value=float(kl.mean()), unit="nats", method="measured", reps=1, source=src, note=approx),
         kl_p99=Figure(value=float(np.quantile(kl, 0.99)), unit="nats", method="measured", reps=1, source=src, note=approx),
         top1_agree=Figure(value=agree, unit="fraction", method="measured", reps=1, source=src,
                           note="share of scored tokens whose argmax equals the reference's"),
-        note=f"reference ppl {ref_ppl:.4f}; variant {mi.id} ({mi.quant}, sha256 {sha[:12]}); "
+        note=f"reference {m['model']} ({m.get('quant')}, {Path(m['model_path']).name}, sha256 "
+             f"{str(m['model_sha256'])[:12]}) ppl {ref_ppl:.4f}; variant {mi.id} ({mi.quant}, sha256 {sha[:12]}); "
              f"reference file {ref.path.name}",
     )
 
@@ -340,17 +342,44 @@ def perplexity(model: str, *, text: Optional[str | Path] = None, n_ctx: int = DE
                          note=f"{mi.id} ({mi.quant}, sha256 {sha[:12]})")
 
 
-def evaluate_variants(reference: str | Path, variant_paths: Sequence[str | Path], *, text: Optional[str | Path] = None,
+def _card_path(spec: str | Path) -> tuple[str, Optional[Path]]:
+    """(what to load, the card to update or None) for a variant id or a file path."""
+    card = find_variant(str(spec))
+    if card is not None:
+        return card.variant_id, card_path_for(card.path)
+    cp = card_path_for(spec)
+    return str(spec), (cp if cp.is_file() else None)
+
+
+def evaluate_variants(reference: str | Path, variants: Sequence[str | Path], *, text: Optional[str | Path] = None,
                       threads: Optional[int] = None, write_cards: bool = True) -> dict[str, QualityReport]:
-    """``edgekit quantize --eval``: measure every variant against one reference file; where a
-    variant has a card (``<file>.card.json``), store the report in it (``card.quality``)."""
+    """``edgekit quantize --eval``: measure every variant (id or path) against one reference file;
+    where a variant has a card (``<file>.card.json``), store the report in it (``card.quality``)."""
     out: dict[str, QualityReport] = {}
-    for vp in variant_paths:
-        card_p = card_path_for(vp)
-        card = load_card(card_p) if card_p.exists() else None
-        rep = measure_quality(str(vp), reference, text=text, threads=threads)
-        out[str(vp)] = rep
+    for spec in variants:
+        model, card_p = _card_path(spec)
+        card = load_card(card_p) if card_p is not None else None
+        rep = measure_quality(model, reference, text=text, threads=threads)
+        out[str(spec)] = rep
         if write_cards and card is not None:
             card.quality = rep
             card.save(card_p)
     return out
+
+
+def evaluate_quantized(source: str, variants: Sequence[str | Path], out_dir: str | Path, *,
+                       limit_tokens: Optional[int] = None, threads: Optional[int] = None,
+                       ) -> tuple[Path, QualityReport, dict[str, QualityReport]]:
+    """Make a reference from ``source`` (saved in ``out_dir`` as ``<source>.quality-ref.npz``, reusable with
+    ``edgekit eval --perplexity VARIANT --reference``), record its own perplexity in its card when it
+    is a variant (e.g. the F16 reference), then measure and record every variant against it."""
+    model, src_card = _card_path(source)
+    stem = Path(model).name.removesuffix(".gguf")
+    ref_path, ref_rep = reference_topk(model, Path(out_dir) / f"{stem}.quality-ref.npz", limit_tokens=limit_tokens,
+                                       threads=threads)
+    if src_card is not None:
+        card = load_card(src_card)
+        card.quality = ref_rep
+        card.save(src_card)
+    others = [v for v in variants if str(v) != str(source)]
+    return ref_path, ref_rep, evaluate_variants(ref_path, others, threads=threads)
