@@ -67,7 +67,7 @@ def test_model_against_its_own_reference_has_zero_kl(ref):
     assert q.kl_mean.value < 1e-3 and q.kl_p99.value < 1e-3
     assert q.top1_agree.value == 1.0
     assert q.ppl.value == pytest.approx(rep.ppl.value, rel=1e-6)
-    assert q.n_tokens == rep.n_tokens and q.reference.startswith(SMOL)
+    assert q.n_tokens == rep.n_tokens and q.reference == SMOL
 
 
 def test_requantized_variant_diverges_and_its_card_records_it(ref, q4_0_variant):
@@ -151,7 +151,40 @@ def test_kl_on_topk_plus_tail_is_a_lower_bound_of_the_full_kl():
     (["bigbench:object_counting", "--perplexity", SMOL], "either a task"),
     (["--perplexity", SMOL, "--make-reference", "--reference", "x.npz"], "exclude each other"),
     ([], "missing the task"),
+    (["--quantize", SMOL, "--to", "Q4_0", "--eval", "--eval-tokens", "100"], "at least one window"),
+    (["--quantize", SMOL, "--to", "Q4_0", "--eval-tokens", "600"], "--eval-tokens needs --eval"),
 ])
 def test_perplexity_cli_usage_errors(args, needle):
-    r = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "eval", *args], capture_output=True, text=True, timeout=120)
+    cmd = args[1:] if args[:1] == ["--quantize"] else args
+    verb = "quantize" if args[:1] == ["--quantize"] else "eval"
+    r = subprocess.run([sys.executable, "-m", "edgekit.cli.main", verb, *cmd], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_quantize_eval_stores_quality_in_the_cards(tmp_path):
+    """`edgekit quantize SRC --to Q4_0 --eval`: a reference from the source beside the variants, the
+    variant's report (KL > 0 against its source) in its card, where the planner reads it."""
+    import json
+    import os
+    import shutil
+
+    from edgekit.models import resolve
+
+    src = resolve(SMOL).path
+    home = tmp_path / "home"
+    (home / "models" / SMOL).mkdir(parents=True)
+    shutil.copy2(src, home / "models" / SMOL / src.name)
+    env = {**os.environ, "EDGEKIT_HOME": str(home)}
+    env.pop("EDGEKIT_DEBUG", None)
+    r = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "quantize", SMOL, "--to", "Q4_0", "--allow-requantize",
+                        "--eval", "--eval-tokens", "512", "--threads", "2", "--json"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (v,) = json.loads(r.stdout)["variants"]
+    q = v["card"]["quality"]
+    assert q["reference"] == SMOL and q["n_tokens"] == 255 and q["kl_mean"]["value"] > 0.01
+    assert q["kl_mean"]["method"] == "measured" and 0 < q["top1_agree"]["value"] < 1
+    on_disk = load_card(v["card_path"]).quality
+    assert on_disk is not None and on_disk.kl_mean.value == q["kl_mean"]["value"]
+    refs = list((home / "models").rglob("*.quality-ref.npz"))
+    assert len(refs) == 1 and quality.load_reference(refs[0]).meta["model"] == SMOL
