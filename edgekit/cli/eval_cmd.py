@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -30,7 +31,7 @@ def _width(text: Optional[str]) -> Optional[float]:
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
-        task: str = typer.Argument(..., help="bigbench:object_counting | bigbench:date_understanding | bigbench:strategyqa | humaneval | jsonl:PATH"),
+        task: Optional[str] = typer.Argument(None, help="bigbench:object_counting | bigbench:date_understanding | bigbench:strategyqa | humaneval | jsonl:PATH (or --perplexity MODEL)"),
         model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="model id/path, or the server's model name with --backend openai"),
         n: int = typer.Option(8, "--n", help="samples drawn per problem (one batch)"),
         max_tokens: int = typer.Option(256, "--max-tokens", help="largest token budget (smaller ones come from the same pool)"),
@@ -38,7 +39,7 @@ def register(app: typer.Typer) -> None:
         top_p: float = typer.Option(0.95, "--top-p"),
         seed: int = typer.Option(0),
         template: Optional[str] = typer.Option(None, help="prompt template: cot | terse (default: the task's)"),
-        limit: Optional[int] = typer.Option(None, help="first N problems (of the split)"),
+        limit: Optional[int] = typer.Option(None, help="first N problems (of the split); with --perplexity: first N tokens of the text"),
         split: Optional[str] = typer.Option(None, help="problem range a:b"),
         output: Optional[str] = typer.Option(None, "--output", "-o", help="accuracy table JSON"),
         backend: str = typer.Option("llama.cpp", "--backend", "--engine", help="engine: llama.cpp | openai | a plugin's name"),
@@ -50,8 +51,21 @@ def register(app: typer.Typer) -> None:
         allow_code_execution: bool = typer.Option(False, "--allow-code-execution", help="code tasks without a sandbox (bubblewrap): run model-written code with rlimits only"),
         no_resume: bool = typer.Option(False, "--no-resume", help="start over instead of continuing a killed run"),
         json_out: bool = typer.Option(False, "--json"),
+        perplexity: Optional[str] = typer.Option(None, "--perplexity", help="instead of a task: perplexity of this model (id/path) on a fixed text, and KL divergence to --reference"),
+        text: Optional[str] = typer.Option(None, "--text", help="with --perplexity: UTF-8 text file (default: the shipped public-domain text)"),
+        reference: Optional[str] = typer.Option(None, "--reference", help="with --perplexity: reference .npz (from --make-reference) to measure KL divergence and top-1 agreement against"),
+        make_reference: bool = typer.Option(False, "--make-reference", help="with --perplexity: save this model's top-k distributions as a reference (-o REF.npz)"),
+        n_ctx: int = typer.Option(512, "--n-ctx", help="with --perplexity: window length in tokens (the second half of each window is scored)"),
+        top_k: int = typer.Option(64, "--top-k", help="with --make-reference: tokens kept per position"),
     ):
-        """Draw N samples per problem once; derive accuracy for every budget and every k <= N."""
+        """Draw N samples per problem once; derive accuracy for every budget and every k <= N.
+        With --perplexity MODEL: perplexity on a fixed text, and KL divergence to a reference."""
+        if perplexity is not None:
+            if task is not None:
+                raise UsageError(f"pass either a task ({task!r}) or --perplexity, not both", fix="drop one of them")
+            return _perplexity(perplexity, text, reference, make_reference, n_ctx, top_k, limit, output, threads, json_out)
+        if task is None:
+            raise UsageError("missing the task", fix="pass a task such as bigbench:object_counting, or --perplexity MODEL")
         from edgekit.evaluate.api import evaluate
 
         bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -89,6 +103,36 @@ def register(app: typer.Typer) -> None:
         if json_out:
             return print_json({k: v for k, v in table.model_dump(mode="json").items() if k != "problems"})
         render_table(table)
+
+
+def _perplexity(model, text, reference, make_reference, n_ctx, top_k, limit, output, threads, json_out) -> None:
+    from edgekit.quantize import quality
+
+    if make_reference and reference:
+        raise UsageError("--make-reference and --reference exclude each other", fix="make the reference first, then measure against it")
+    saved = None
+    if make_reference:
+        out = output or f"{Path(model).stem if model.endswith('.gguf') else model}.quality-ref.npz"
+        saved, rep = quality.reference_topk(model, out, text=text, n_ctx=n_ctx, top_k=top_k, limit_tokens=limit, threads=threads)
+    elif reference:
+        if limit is not None or n_ctx != 512:
+            raise UsageError("--limit and --n-ctx come from the reference file", fix="drop them, or make a new reference")
+        rep = quality.measure_quality(model, reference, text=text, threads=threads)
+    else:
+        rep = quality.perplexity(model, text=text, n_ctx=n_ctx, limit_tokens=limit, threads=threads)
+    if json_out:
+        return print_json({**rep.model_dump(mode="json"), **({"reference_file": str(saved)} if saved else {})})
+    console.print(f"{model} on {rep.text_name}: {rep.n_tokens} tokens scored, windows of {rep.n_ctx} "
+                  f"(measured, llama.cpp logits)", highlight=False)
+    console.print(f"  perplexity  {rep.ppl.value:.4f}  ({rep.ppl.note})", highlight=False)
+    if rep.kl_mean is not None:
+        console.print(f"  KL(ref||model) mean {rep.kl_mean.value:.5f} nats, p99 {rep.kl_p99.value:.5f} nats "
+                      f"({rep.kl_mean.note})", highlight=False)
+        console.print(f"  top-1 agreement {100 * rep.top1_agree.value:.2f} %   reference: {rep.reference}", highlight=False)
+    if rep.note:
+        console.print(f"  {rep.note}", highlight=False)
+    if saved:
+        console.print(f"reference saved to {saved}", highlight=False)
 
 
 def render_table(t) -> None:

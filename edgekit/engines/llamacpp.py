@@ -222,6 +222,16 @@ class LlamaCppEngine(Engine):
         self.check_fits(len(prompt_ids), 1, len(continuation_ids))
         return dec.score(list(prompt_ids), list(continuation_ids))
 
+    def token_logprobs(self, tokens: list[int], *, n_ctx: int, top_k: int = 0, at_ids=None):
+        """Log-probabilities of a text's tokens in llama-perplexity windows of ``n_ctx`` (second half
+        of each window scored), with the top-k of each distribution and, optionally, the
+        log-probabilities of given ids: :func:`edgekit.engines.llamacpp_logits.window_logprobs`."""
+        from edgekit.engines.llamacpp_logits import window_logprobs  # noqa: PLC0415 - only quality measurement
+
+        dec = self._live()
+        return window_logprobs(dec._ctx, dec._vocab, tokens, n_ctx=n_ctx, top_k=top_k, at_ids=at_ids,
+                               interrupted=_raise_if_interrupted)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

@@ -7,7 +7,8 @@
 
 Every output is a file under ``<cache>/models/variants/`` with a card (:class:`VariantCard`) and
 a sha256 manifest; its id works wherever a catalogue id does. Other output formats register with
-:func:`register_format` (``--to <name>``).
+:func:`register_format` (``--to <name>``). Quality against a reference (perplexity, KL divergence,
+top-1 agreement, stored in the cards): :mod:`edgekit.quantize.quality`.
 """
 
 from edgekit.models.variants import find_variant, list_variants
