@@ -44,7 +44,7 @@ class QualityReport(_M):
 
     text_name: str  # e.g. "edgekit/data/texts/<name>.txt"
     text_sha256: str
-    n_tokens: int  # tokens scored (after the first of each window)
+    n_tokens: int  # tokens scored (the second half of each n_ctx window, as llama-perplexity does)
     n_ctx: int  # window length used
     reference: Optional[str] = None  # variant id / path of the reference; None when this is the reference
     ppl: Figure  # perplexity (unit "ppl")
