@@ -3,7 +3,7 @@ in-process with the fake engine for fuzzing (>= 1,000 hostile bodies) and plan b
 
 Order matters (never two llama.cpp processes of ours at once): the robot example runs first, then
 server A (module fixture) for the SDK/limits/auth/metrics tests, then A is stopped and server B
-(--max-queue 1 --max-seqs 2, under W^X via PR_SET_MDWE) serves the queue and SIGTERM-drain tests.
+(--max-queue 1 --max-seqs 2 --max-n 2, under W^X via PR_SET_MDWE) serves the queue and SIGTERM-drain tests.
 Both batch concurrent requests (continuous batching: A with the default --max-seqs 8).
 """
 
@@ -395,10 +395,11 @@ def test_openai_client_example_runs(server):
 # ------------------------------------------------------------------------------ server B
 @pytest.fixture(scope="module")
 def small_queue(server, tmp_path_factory):
-    """A second server with --max-queue 1 --max-seqs 2 (admits 1 + 2), started after A stops; under W^X
+    """A second server with --max-queue 1 --max-seqs 2 --max-n 2 (admits 1 + 2), started after A stops; under W^X
     (PR_SET_MDWE) where the kernel has it."""
     assert server.stop() == 0
-    s = Server(tmp_path_factory.mktemp("serve-b"), "--max-queue", "1", "--max-seqs", "2", wx=mdwe_supported())
+    s = Server(tmp_path_factory.mktemp("serve-b"), "--max-queue", "1", "--max-seqs", "2", "--max-n", "2",
+               wx=mdwe_supported())
     yield s
     s.stop()
 
