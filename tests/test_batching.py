@@ -176,3 +176,27 @@ def test_a_request_that_does_not_fit_the_free_kv_waits():
         st = e.batching_stats()
         assert st["shared_steps"] <= 1 and st["free_kv"] == e.capabilities.n_ctx, st
         rt.close()
+
+
+def test_close_cancels_every_request_in_flight_and_frees_the_engine():
+    e = LlamaCppEngine(SMOL, n_ctx=1024, max_n=2, threads=2, max_seqs=4)
+    rt = Runtime(e)
+    out: dict = {}
+
+    def go(i: int) -> None:
+        out[i] = rt.generate(f"Count to {100 + i}.", max_tokens=400, ignore_eos=True, n=1 + i % 2, temperature=0.5, seed=i)
+
+    ts = [threading.Thread(target=go, args=(i,)) for i in range(3)]
+    for t in ts:
+        t.start()
+    while e.batching_stats()["row_tokens"] < 6:
+        time.sleep(0.005)
+    rt.close()
+    for t in ts:
+        t.join(60)
+    assert sorted(out) == [0, 1, 2]
+    for r in out.values():
+        assert all(s.finish_reason == "cancelled" and s.tokens < 400 for s in r.samples)
+        assert any(f.startswith("closed") for f in r.flags), r.flags
+    with pytest.raises(Exception, match="closed"):
+        rt.generate("Say hi.", max_tokens=2)

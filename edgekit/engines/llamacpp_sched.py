@@ -304,7 +304,7 @@ class Scheduler:
 
     def _end_unstarted(self, req: _Req) -> None:
         """A request cancelled before its rows decoded: every sample ends ``cancelled``, empty."""
-        q = None if req.t_admit is None else req.t_admit - req.t_submit
+        q = (req.t_admit or time.perf_counter()) - req.t_submit  # cancelled while waiting: all of it was a wait
         evs = [Event("finish", seq=i, text="", reason="cancelled", tokens=0, queue_s=q) for i in range(req.o.n)]
         req.q.put(evs)
         if req.seqs:
