@@ -3,7 +3,8 @@ in-process with the fake engine for fuzzing (>= 1,000 hostile bodies) and plan b
 
 Order matters (never two llama.cpp processes of ours at once): the robot example runs first, then
 server A (module fixture) for the SDK/limits/auth/metrics tests, then A is stopped and server B
-(--max-queue 1, under W^X via PR_SET_MDWE) serves the queue and SIGTERM-drain tests.
+(--max-queue 1 --max-seqs 2 --max-n 2, under W^X via PR_SET_MDWE) serves the queue and SIGTERM-drain tests.
+Both batch concurrent requests (continuous batching: A with the default --max-seqs 8).
 """
 
 from __future__ import annotations
@@ -298,14 +299,23 @@ def test_client_disconnect_frees_the_server(server):
         got = [next(lines) for _ in range(5)]  # a few chunks of the stream, then hang up
         assert any(x.startswith("data: {") for x in got)
     t0 = time.perf_counter()
+
+    def gone(what: str) -> None:  # the abandoned 200-token generation ends at its next step and frees its slot
+        for _ in range(300):
+            if httpx.get(server.url + "/healthz", headers=AUTH, timeout=10).json()["in_flight"] == 0:
+                return
+            time.sleep(0.05)
+        pytest.fail(f"the abandoned {what} kept the model")
+
+    gone("stream")
     r = server.post("/chat/completions", chat_body(max_tokens=2))
     assert r.status_code == 200
-    assert r.json()["edgekit"]["timings"]["queue_s"] < 2.0, "the abandoned 200-token stream kept the model"
     # the same for a non-streaming request whose client times out
     with pytest.raises(httpx.ReadTimeout):
         server.post("/chat/completions", {**long, "stream": False}, timeout=1.0)
+    gone("non-streaming request")
     r = server.post("/chat/completions", chat_body(max_tokens=2))
-    assert r.status_code == 200 and r.json()["edgekit"]["timings"]["queue_s"] < 2.0
+    assert r.status_code == 200
     assert time.perf_counter() - t0 < 30
     assert metric(server.metrics(), "edgekit_cancelled_total", reason="client_disconnected") >= before + 2
 
@@ -323,6 +333,57 @@ def test_deadline_and_logprobs(server, client):
     assert "".join(t.token for t in content) == lp.choices[0].message.content
 
 
+def test_eight_concurrent_clients_share_decode_steps(server):
+    """Eight clients at once, different options (greedy, sampled n=2, stop, logprobs, JSON schema,
+    streaming): every one answered in full, in shared llama_decode steps, and the server is idle after."""
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
+    bodies = [
+        chat_body("Count to ten.", max_tokens=12, edgekit={"ignore_eos": True}),
+        chat_body("Name a fruit.", max_tokens=10, n=2, temperature=0.9, seed=4),
+        chat_body("List three animals.", max_tokens=12, stop=["\n"]),
+        chat_body("Say hi.", max_tokens=8, logprobs=True),
+        chat_body("Is water wet? Answer in JSON.", max_tokens=16,
+                  response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": schema}}),
+        chat_body("Describe the moon.", max_tokens=12, stream=True),
+        {"model": SMOL, "prompt": "Once upon a time", "max_tokens": 12, "edgekit": {"ignore_eos": True}},
+        chat_body("What is 3 + 4?", max_tokens=10, temperature=0.5, seed=1),
+    ]
+    before = server.metrics()
+    out: dict = {}
+    barrier = threading.Barrier(len(bodies))
+
+    def go(i: int) -> None:
+        path = "/completions" if "prompt" in bodies[i] else "/chat/completions"
+        barrier.wait()
+        out[i] = server.post(path, bodies[i], timeout=180)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(200)
+    assert sorted(out) == list(range(8)) and all(r.status_code == 200 for r in out.values()), \
+        {i: (r.status_code, r.text[:200]) for i, r in out.items()}
+    assert out[5].text.endswith("data: [DONE]\n\n")
+    docs = {i: r.json() for i, r in out.items() if i != 5}
+    assert docs[0]["usage"]["completion_tokens"] == 12 and docs[6]["usage"]["completion_tokens"] == 12
+    assert len(docs[1]["choices"]) == 2
+    assert "\n" not in docs[2]["choices"][0]["message"]["content"]
+    assert docs[3]["choices"][0]["logprobs"]["content"]
+    if docs[4]["choices"][0]["finish_reason"] == "stop":
+        jsonschema.validate(json.loads(docs[4]["choices"][0]["message"]["content"]), schema)
+    after = server.metrics()
+    shared = metric(after, "edgekit_engine_shared_steps") - metric(before, "edgekit_engine_shared_steps")
+    steps = metric(after, "edgekit_engine_steps") - metric(before, "edgekit_engine_steps")
+    assert shared >= 5 and metric(after, "edgekit_engine_max_rows_in_step") >= 4, (shared, steps)
+    assert steps < 12 + 10 + 12 + 8 + 16 + 12 + 12 + 10, steps  # fewer decodes than one request at a time
+    h = httpx.get(server.url + "/healthz", headers=AUTH, timeout=10).json()
+    assert h["in_flight"] == 0 and h["queue_depth"] == 0 and h["slots"] == 8
+    assert h["batching"]["running"] == 0 and h["batching"]["free_rows"] == 8
+
+
 def test_openai_client_example_runs(server):
     r = subprocess.run([sys.executable, "examples/openai_client.py", "--base-url", server.base, "--model", SMOL,
                         "--max-tokens", "6", "--n", "2"], capture_output=True, text=True, timeout=240, cwd=ROOT,
@@ -334,9 +395,11 @@ def test_openai_client_example_runs(server):
 # ------------------------------------------------------------------------------ server B
 @pytest.fixture(scope="module")
 def small_queue(server, tmp_path_factory):
-    """A second server with --max-queue 1, started after A stops; under W^X (PR_SET_MDWE) where the kernel has it."""
+    """A second server with --max-queue 1 --max-seqs 2 --max-n 2 (admits 1 + 2), started after A stops; under W^X
+    (PR_SET_MDWE) where the kernel has it."""
     assert server.stop() == 0
-    s = Server(tmp_path_factory.mktemp("serve-b"), "--max-queue", "1", wx=mdwe_supported())
+    s = Server(tmp_path_factory.mktemp("serve-b"), "--max-queue", "1", "--max-seqs", "2", "--max-n", "2",
+               wx=mdwe_supported())
     yield s
     s.stop()
 
@@ -348,13 +411,13 @@ def test_bounded_queue_503_with_retry_after(small_queue):
     def go():
         out.append(small_queue.post("/chat/completions", body, timeout=120))
 
-    threads = [threading.Thread(target=go) for _ in range(4)]
+    threads = [threading.Thread(target=go) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     codes = sorted(r.status_code for r in out)
-    assert set(codes) <= {200, 503} and codes.count(200) >= 2 and codes.count(503) >= 1, codes
+    assert set(codes) <= {200, 503} and codes.count(200) >= 3 and codes.count(503) >= 1, codes
     for r in out:
         if r.status_code == 503:
             assert int(r.headers["retry-after"]) >= 1 and r.json()["error"]["code"] == "queue_full"

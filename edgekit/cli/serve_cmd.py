@@ -23,11 +23,14 @@ def register(app: typer.Typer) -> None:
                                               help="require 'Authorization: Bearer <key>' on every request (prefer the env var)"),
         max_queue: int = typer.Option(16, "--max-queue", help="requests that may wait behind the one being generated; more get 503 + Retry-After"),
         max_n: int = typer.Option(8, "--max-n", help="most samples per request (decoded in one batch)"),
+        max_seqs: int = typer.Option(8, "--max-seqs", help="llama.cpp: rows decoded together across concurrent requests "
+                                     "(continuous batching; a request takes n rows, at least --max-n in all); 1: one request at a time"),
         max_tokens_cap: int = typer.Option(1024, "--max-tokens-cap", help="largest max_tokens a request may ask for"),
         max_prompt_tokens: int = typer.Option(2048, "--max-prompt-tokens", help="longest prompt, in tokens"),
         max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", help="largest request body (413 above)"),
         deadline: Optional[float] = typer.Option(None, "--deadline", help="default per-request deadline in seconds [default: the plan's latency target, else none]"),
-        ctx: int = typer.Option(4096, "--ctx", help="context size in tokens, shared by the prompt and all samples of a request"),
+        ctx: int = typer.Option(4096, "--ctx", help="context size in tokens (KV cells), shared by every request in flight: "
+                                "a request waits until its prompt + n x max_tokens fit"),
         threads: Optional[int] = typer.Option(None, help="CPU threads (default: physical cores)"),
         engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | openai | a plugin's name"),
         base_url: Optional[str] = typer.Option(None, "--base-url", help="openai engine: the upstream server"),
@@ -44,7 +47,7 @@ def register(app: typer.Typer) -> None:
         check_serve_deps()
         from edgekit.serve.service import Limits  # noqa: PLC0415
 
-        for name, v, lo in (("--max-n", max_n, 1), ("--max-tokens-cap", max_tokens_cap, 1), ("--max-prompt-tokens", max_prompt_tokens, 1),
+        for name, v, lo in (("--max-n", max_n, 1), ("--max-seqs", max_seqs, 1), ("--max-tokens-cap", max_tokens_cap, 1), ("--max-prompt-tokens", max_prompt_tokens, 1),
                             ("--max-body-bytes", max_body_bytes, 64), ("--max-queue", max_queue, 0), ("--port", port, 0)):
             if v < lo:
                 raise UsageError(f"{name} must be >= {lo}, got {v}", fix=f"pass {name} {lo} or more")
@@ -58,7 +61,7 @@ def register(app: typer.Typer) -> None:
                         max_tokens_cap=max_tokens_cap, max_n=max_n, deadline_s=deadline)
         cfg = ServeConfig(model=model, plan=plan, engine=engine, engine_options={"base_url": base_url} if base_url else {},
                           host=host, port=port, api_key=api_key or None, log_prompts=log_prompts, limits=limits,
-                          threads=threads, n_ctx=ctx, cloud_url=cloud_url, cloud_model=cloud_model, offload=offload,
+                          threads=threads, n_ctx=ctx, max_seqs=max_seqs, cloud_url=cloud_url, cloud_model=cloud_model, offload=offload,
                           drain_timeout_s=drain_timeout)
         with PullProgress() as p:
             sock, svc = prepare(cfg, progress=p)

@@ -46,6 +46,10 @@ class Capabilities:
     grammar: bool = False  # options.grammar (GBNF) is enforced
     seed: bool = True  # options.seed makes sampling reproducible
     n_ctx: Optional[int] = None  # context window, when the engine knows it
+    # Rows decoded together across requests (continuous batching; a request takes n rows). Above 1,
+    # generate() is thread-safe and the runtime stops serialising calls: concurrent requests share
+    # decode steps, and the engine reports each request's wait for a free slot as Event.queue_s.
+    concurrent: int = 1
 
 
 @dataclass
@@ -67,7 +71,8 @@ class Event:
     kind: ``"prefill"`` (prompt evaluated; ``prompt_tokens`` set), ``"token"`` (``seq``,
     ``token``, ``text`` piece, ``logprob``), ``"finish"`` (``seq``, whole ``text``, ``reason``
     stop | budget | cancelled, ``tokens``; engines that do not stream tokens may put the whole
-    ``token_ids`` / ``logprobs`` lists here).
+    ``token_ids`` / ``logprobs`` lists here). An engine with ``Capabilities.concurrent > 1`` puts
+    the time the request waited for a free slot in ``queue_s`` of its first event.
     """
 
     kind: str
@@ -81,6 +86,7 @@ class Event:
     token_ids: Optional[list[int]] = None
     logprobs: Optional[list[float]] = None
     tokens_estimated: bool = False
+    queue_s: Optional[float] = None  # concurrent engines, on "prefill" (or an early "finish"): wait before admission
 
 
 class Engine(ABC):

@@ -23,6 +23,7 @@ import time
 from typing import Iterator, Optional
 
 from edgekit.engines import llamacpp_core as core
+from edgekit.engines import llamacpp_sched as sched
 from edgekit.engines.base import Cancel, Capabilities, Engine, EngineInfo, Event, Prompt, TokenPrompt
 from edgekit.engines.grammar import grammar_for
 from edgekit.errors import BackendError, ContextOverflow, GGUFError, UsageError
@@ -88,13 +89,24 @@ class LlamaCppEngine(Engine):
 
     def __init__(self, model: str = "qwen2.5-coder-0.5b-instruct", *, threads: Optional[int] = None, n_ctx: int = 8192,
                  max_n: int = 16, gpu_layers: int = 0, flash_attn: Optional[bool] = None, n_batch: int = 512,
-                 progress: Optional[Progress] = None, verify: Optional[str] = None):
+                 progress: Optional[Progress] = None, verify: Optional[str] = None, max_seqs: Optional[int] = None,
+                 prefill_chunk: int = 128):
         """``model``: catalogue id, .gguf path or hf:owner/repo/file. ``verify``: "auto" (a cheap
-        size/mtime/manifest check on every load, a full sha256 when it trips) or "full"."""
+        size/mtime/manifest check on every load, a full sha256 when it trips) or "full".
+
+        ``max_seqs`` > 1 turns on continuous batching (the daemon's mode): ``generate()`` becomes
+        thread-safe, and concurrent requests share one ``llama_decode`` per step, max(max_seqs,
+        max_n) rows in all (a request takes n), the context's KV cells shared by all of them;
+        ``prefill_chunk`` caps the prompt tokens prefilled per step beside the running rows.
+        Unset (the library and CLI default), one request holds the whole context at a time."""
         if not isinstance(max_n, int) or not 1 <= max_n <= MAX_N_CAP:
             raise UsageError(f"max_n must be in 1..{MAX_N_CAP}, got {max_n!r}", fix=f"pass max_n between 1 and {MAX_N_CAP}")
         if not isinstance(n_ctx, int) or n_ctx < 16:
             raise UsageError(f"context size must be an integer >= 16, got {n_ctx!r}", fix="pass --ctx 2048 or more")
+        if max_seqs is not None and (not isinstance(max_seqs, int) or not 1 <= max_seqs <= 256):
+            raise UsageError(f"max_seqs must be in 1..256, got {max_seqs!r}", fix="pass --max-seqs 8")
+        rows = max(max_seqs, max_n) if max_seqs is not None and max_seqs > 1 else 0
+        self._sched: Optional[sched.Scheduler] = None
         self._stack = contextlib.ExitStack()
         self._closed = False
         resolved = resolve(model, progress=progress, verify=verify)
@@ -111,7 +123,10 @@ class LlamaCppEngine(Engine):
         threads = threads or default_threads()
         t0 = time.perf_counter()
         try:
-            self._load(str(resolved.path), n_ctx, threads, max_n, n_batch, gpu_layers, flash_attn)
+            self._load(str(resolved.path), n_ctx, threads, max(max_n, rows), n_batch, gpu_layers, flash_attn)
+            if rows:
+                self._sched = sched.Scheduler(self._core, rows=rows, prefill_chunk=prefill_chunk)
+                self._stack.callback(self._sched.close)  # runs first: the worker stops before the context is freed
         except GGUFError as e:
             self.close()
             if not arch_is_known(info.arch):
@@ -126,7 +141,8 @@ class LlamaCppEngine(Engine):
         self.info = EngineInfo(name=self.name, model=resolved.id, version=getattr(_ll, "__version__", "?"),
                                build=core.build_kind(), threads=threads, gpu_layers=gpu_layers, n_ctx=self._core.n_ctx)
         self.capabilities = Capabilities(max_n=max_n, batched_n=True, token_count=True, token_input=True, logprobs=True,
-                                         json_schema=True, grammar=True, seed=True, n_ctx=self._core.n_ctx)
+                                         json_schema=True, grammar=True, seed=True, n_ctx=self._core.n_ctx,
+                                         concurrent=rows or 1)
 
     def _load(self, path: str, n_ctx: int, threads: int, max_n: int, n_batch: int, gpu_layers: int,
               flash_attn: Optional[bool]) -> None:
@@ -206,7 +222,21 @@ class LlamaCppEngine(Engine):
             raise UsageError("empty prompt", fix="pass a non-empty prompt")
         self.check_fits(len(ids), options.n, options.max_tokens)
         grammar = grammar_for(options)  # fails closed: a schema without a grammar is refused here
-        return dec.stream(ids, options, grammar, cancel)
+        if self._sched is None:
+            return dec.stream(ids, options, grammar, cancel)
+        samplers: list = []
+        try:  # built here, in the caller's thread: a grammar llama.cpp rejects fails this call only
+            for seed in core.sample_seeds(options.seed, options.n):
+                samplers.append(dec._sampler(options, seed, grammar))
+        except BaseException:
+            for smp in samplers:
+                _ll.llama_sampler_free(smp)
+            raise
+        return self._sched.submit(ids, options, samplers, cancel)
+
+    def batching_stats(self) -> Optional[dict]:
+        """Continuous batching counters (steps, shared steps, rows, waiting, ...); None when off."""
+        return None if self._sched is None else self._sched.snapshot()
 
     def score(self, prompt_ids: list[int], continuation_ids: list[int]) -> list[float]:
         """Log-probabilities (raw model distribution, as token events carry) of each token of
@@ -220,6 +250,8 @@ class LlamaCppEngine(Engine):
         if not prompt_ids or not continuation_ids:
             raise UsageError("score needs a non-empty prompt and continuation", fix="pass token ids for both")
         self.check_fits(len(prompt_ids), 1, len(continuation_ids))
+        if self._sched is not None:  # the context is the scheduler's: score between requests, on its thread
+            return self._sched.exclusive(lambda: dec.score(list(prompt_ids), list(continuation_ids)))
         return dec.score(list(prompt_ids), list(continuation_ids))
 
     def token_logprobs(self, tokens: list[int], *, n_ctx: int, top_k: int = 0, at_ids=None):

@@ -57,6 +57,50 @@ class Scored:
     gaps: list[float]
 
 
+class Row:
+    """One sample's text state while it decodes: UTF-8 pieces, stop strings, budget, last token.
+
+    Shared by :class:`BatchDecoder` (one request) and the continuous-batching scheduler (rows of
+    many requests in one batch): ``index`` is the sample's number in its request, ``seq`` its
+    llama.cpp sequence id."""
+
+    __slots__ = ("index", "seq", "o", "dec", "text", "count", "last", "max_stop", "bidx")
+
+    def __init__(self, index: int, seq: int, o: SamplingOptions):
+        self.index, self.seq, self.o = index, seq, o
+        self.dec = codecs.getincrementaldecoder("utf-8")("replace")
+        self.text, self.count, self.last = "", 0, -1
+        self.bidx = -1  # batch index of this row's logits in the last decode
+        self.max_stop = max((len(x) for x in o.stop), default=0)
+
+    def accept(self, t: int, logprob: Optional[float], d: "BatchDecoder", out: list) -> bool:
+        """Take sampled token ``t``: append its events to ``out``; False when the sample finished."""
+        o = self.o
+        if not o.ignore_eos and ll.llama_vocab_is_eog(d._vocab, t):
+            self.text += self.dec.decode(b"", final=True)
+            out.append(Event("finish", seq=self.index, text=self.text, reason="stop", tokens=self.count))
+            return False
+        self.count += 1
+        self.last = t
+        piece = self.dec.decode(d.piece(t))
+        self.text += piece
+        out.append(Event("token", seq=self.index, token=t, text=piece, logprob=logprob))
+        if self.max_stop:
+            hit = [x for x in o.stop if x in self.text[-(self.max_stop + len(piece) + 1):]]
+            if hit:
+                cut = min(self.text.rfind(x) for x in hit)
+                out.append(Event("finish", seq=self.index, text=self.text[:cut], reason="stop", tokens=self.count))
+                return False
+        if self.count >= o.max_tokens:
+            self.text += self.dec.decode(b"", final=True)
+            out.append(Event("finish", seq=self.index, text=self.text, reason="budget", tokens=self.count))
+            return False
+        return True
+
+    def cancelled(self, **kw) -> Event:
+        return Event("finish", seq=self.index, text=self.text, reason="cancelled", tokens=self.count, **kw)
+
+
 class BatchDecoder:
     def __init__(self, model, ctx, *, max_n: int, n_batch: int, interrupted: Callable[[], None]):
         self._model, self._ctx = model, ctx
@@ -208,52 +252,32 @@ class BatchDecoder:
             ll.llama_memory_clear(mem, True)
 
     def _steps(self, P, n, o: SamplingOptions, samplers, cancel, vocab, seq_id) -> Iterator[Event]:
-        live = list(range(n))
-        idx = {s: -1 for s in live}  # logits row per sequence: first the prompt's last (only) output row
-        decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(n)]
-        texts, counts = [""] * n, [0] * n
-        max_stop = max((len(s) for s in o.stop), default=0)
+        rows = [Row(s, s, o) for s in range(n)]
+        live = rows
+        idx = {s: -1 for s in range(n)}  # logits row per sequence: first the prompt's last (only) output row
+        out: list[Event] = []
         while live:
             # 2. sample one token for every live sequence from the last decode's logits
-            toks = {s: ll.llama_sampler_sample(samplers[s], self._ctx, idx[s]) for s in live}
-            lps = self._logprobs(live, idx, toks) if o.logprobs else {}
-            still = []
-            for s in live:
-                t = toks[s]
-                if not o.ignore_eos and ll.llama_vocab_is_eog(vocab, t):
-                    texts[s] += decoders[s].decode(b"", final=True)
-                    yield Event("finish", seq=s, text=texts[s], reason="stop", tokens=counts[s])
-                    continue
-                counts[s] += 1
-                piece = decoders[s].decode(self.piece(t))
-                texts[s] += piece
-                yield Event("token", seq=s, token=t, text=piece, logprob=lps.get(s))
-                if max_stop:
-                    hit = [x for x in o.stop if x in texts[s][-(max_stop + len(piece) + 1):]]
-                    if hit:
-                        cut = min(texts[s].rfind(x) for x in hit)
-                        yield Event("finish", seq=s, text=texts[s][:cut], reason="stop", tokens=counts[s])
-                        continue
-                if counts[s] >= o.max_tokens:
-                    texts[s] += decoders[s].decode(b"", final=True)
-                    yield Event("finish", seq=s, text=texts[s], reason="budget", tokens=counts[s])
-                    continue
-                still.append(s)
+            toks = {r.index: ll.llama_sampler_sample(samplers[r.index], self._ctx, idx[r.index]) for r in live}
+            lps = self._logprobs([r.index for r in live], idx, toks) if o.logprobs else {}
+            still = [r for r in live if r.accept(toks[r.index], lps.get(r.index), self, out)]
+            yield from out
+            out.clear()
             live = still
             if not live:
                 break
             if cancel is not None and cancel():
-                for s in live:
-                    yield Event("finish", seq=s, text=texts[s], reason="cancelled", tokens=counts[s])
+                for r in live:
+                    yield r.cancelled()
                 break
             # 3. one decode for all live sequences
-            for j, s in enumerate(live):
-                self._tok[j] = toks[s]
-                self._pos[j] = P + counts[s] - 1
-                seq_id[j][0] = s
+            for j, r in enumerate(live):
+                self._tok[j] = r.last
+                self._pos[j] = P + r.count - 1
+                seq_id[j][0] = r.seq
                 self._want[j] = 1
             self._decode(len(live))
-            idx = {s: j for j, s in enumerate(live)}  # batch row j holds live sequence j's logits
+            idx = {r.index: j for j, r in enumerate(live)}  # batch row j holds live sequence j's logits
 
     # -- teacher-forced scoring (one sequence) ----------------------------------------------
     def score(self, prompt: list[int], continuation: list[int]) -> "Scored":

@@ -5,8 +5,12 @@ declared capabilities, serialises calls on one lock (reporting the wait as ``que
 other timing starts when the lock is held), enforces deadlines and cancel tokens, and turns the
 engine's events into a :class:`Result` with an aggregated answer and a confidence score.
 
-Lifetime: ``close()`` cancels a generate in flight at its next decode step, waits for it, then
-frees the engine; any call afterwards raises ``EdgekitError("runtime is closed")``.
+An engine that declares ``Capabilities.concurrent > 1`` (llama.cpp with ``max_seqs``: continuous
+batching) is not serialised: calls from many threads go to the engine at once and share its
+decode steps; ``queue_s`` is then the wait the engine reports (no free row / KV space yet).
+
+Lifetime: ``close()`` cancels every generate in flight at its next decode step, waits for them,
+then frees the engine; any call afterwards raises ``EdgekitError("runtime is closed")``.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ class Runtime:
         with a cloud), "always", "never", or an :class:`Offload` (calibrated threshold, score).
         The runtime owns both engines and closes them."""
         self._lock = threading.Lock()
+        self._idle = threading.Condition()  # concurrent engines: calls in flight, for close()
+        self._in_flight = 0
         self._closing = False
         self._closed = False
         if isinstance(model, Engine):
@@ -162,6 +168,18 @@ class Runtime:
         else:
             extract = custom_extract or get_extractor(opts.extractor)
         def run_local(o: SamplingOptions, t0: float = t_call) -> Result:
+            if self.engine.capabilities.concurrent > 1:  # the engine batches concurrent calls itself
+                with self._idle:
+                    self._check_open()
+                    self._in_flight += 1
+                try:
+                    res = self._generate(src, o, t0, time.perf_counter(), cancel, verifier, extract, custom_extract is not None)
+                finally:
+                    with self._idle:
+                        self._in_flight -= 1
+                        self.calls += 1
+                        self._idle.notify_all()
+                return res
             with self._lock:
                 t_start = time.perf_counter()
                 self._check_open()
@@ -198,6 +216,8 @@ class Runtime:
         n_prompt = len(src.ids) if isinstance(src, TokenPrompt) else None
         answering = opts.aggregate != "none" or custom or opts.extractor is not None or opts.json_schema is not None
         for ev in self.engine.generate(src, run_opts, cancel):
+            if ev.queue_s is not None and t_prefill_done is None and t_first is None:  # waited inside the engine
+                t_start += ev.queue_s
             if ev.kind == "token":
                 if t_first is None:
                     t_first = time.perf_counter()
@@ -296,6 +316,9 @@ class Runtime:
         if self._closed:
             return
         self._closing = True
+        with self._idle:  # concurrent engines: every call in flight ends at its next step
+            while self._in_flight:
+                self._idle.wait()
         with self._lock:
             if not self._closed:
                 self.engine.close()

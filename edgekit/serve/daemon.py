@@ -40,6 +40,7 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     threads: Optional[int] = None
     n_ctx: int = 4096
+    max_seqs: int = 8  # llama.cpp: rows decoded together across requests (continuous batching); 1 = one request at a time
     cloud_url: Optional[str] = None
     cloud_model: Optional[str] = None
     offload: Optional[str] = None
@@ -114,6 +115,8 @@ def load(cfg: ServeConfig, progress: Any = None) -> Service:
     off = build_offload(Query(prompt="", model=model, plan=cfg.plan, cloud_url=cfg.cloud_url, cloud_model=cfg.cloud_model,
                          offload=cfg.offload), plan, base)
     opts = {"threads": cfg.threads, "n_ctx": cfg.n_ctx, "max_n": lim.max_n, "progress": progress, **cfg.engine_options}
+    if engines.canonical(cfg.engine) == "llama.cpp":
+        opts["max_seqs"] = cfg.max_seqs
     engine = engines.create(cfg.engine, model, **{k: v for k, v in opts.items() if v is not None})
     rt = Runtime(engine, offload=off)
     return Service(rt, limits=lim, plan=plan, plan_path=cfg.plan, base_options=base, log_prompts=cfg.log_prompts)
@@ -185,6 +188,7 @@ def run(cfg: ServeConfig, sock: socket.socket, svc: Service) -> int:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"edgekit serve: {svc.model_id} on http://{shown}:{port}/v1 (queue {cfg.limits.max_queue}, "
+              f"{'batching ' + str(svc.slots) + ' rows' if svc.slots > 1 else 'one request at a time'}, "
               f"auth {'on' if cfg.api_key else 'off'}, load {svc.rt.load_s:.2f} s)", file=sys.stderr, flush=True)
         server.run(sockets=[sock])
     finally:

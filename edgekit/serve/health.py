@@ -54,6 +54,8 @@ def health(svc: Any) -> dict:
         "queue_depth": svc.waiting,
         "in_flight": svc.admitted,
         "max_queue": svc.limits.max_queue,
+        "slots": svc.slots,
+        "batching": svc.tap.batching_stats(),
         "uptime_s": round(time.time() - svc.started_at, 1),
         "plan": svc.plan_path,
         "cloud": cloud or {"configured": False},

@@ -37,6 +37,11 @@ class Metrics:
         self.plan_predicted = Gauge("edgekit_plan_predicted_latency_seconds", "the plan's predicted latency at its "
                                     "percentile (0: no plan)", registry=r)
         self.draining = Gauge("edgekit_draining", "1 while shutting down", registry=r)
+        self.steps = Gauge("edgekit_engine_steps", "continuous batching: llama_decode calls (0 when off)", registry=r)
+        self.shared_steps = Gauge("edgekit_engine_shared_steps", "continuous batching: decode steps that held two or more "
+                                  "requests", registry=r)
+        self.step_rows = Gauge("edgekit_engine_max_rows_in_step", "continuous batching: most rows (samples) decoded "
+                               "in one step", registry=r)
 
     def bind(self, svc: Any) -> None:
         """Gauges read the service's live state at scrape time."""
@@ -44,6 +49,13 @@ class Metrics:
         self.in_flight.set_function(lambda: svc.admitted)
         self.batches.set_function(lambda: svc.tap.batches)
         self.draining.set_function(lambda: 1 if svc.draining else 0)
+
+        def stat(key: str):
+            return lambda: (svc.tap.batching_stats() or {}).get(key, 0)
+
+        self.steps.set_function(stat("steps"))
+        self.shared_steps.set_function(stat("shared_steps"))
+        self.step_rows.set_function(stat("max_rows_in_step"))
         if svc.plan is not None:
             self.plan_predicted.set(svc.plan.predicted.latency_at_percentile_s)
 

@@ -1,10 +1,14 @@
 """The daemon's state: one warm Runtime, a bounded queue in front of it, and the request -> job mapping.
 
-Admission is a counter: at most ``max_queue`` requests wait behind the one being generated; one
-more gets 503 with Retry-After (never dropped silently). Requests are served one batch at a time
-through the Runtime's lock (continuous batching of *different* requests into one llama_decode is a
-later engine change). A slot is released when the worker thread finishes, not when the client
-leaves, so the count always matches the work the model still has to do.
+Admission is a counter: at most ``max_queue`` requests wait beside the ``slots`` being generated
+(``slots`` = the engine's ``Capabilities.concurrent``: the llama.cpp engine's rows under
+``--max-seqs``, else 1); one more gets 503 with Retry-After (never dropped silently). With a
+continuous-batching engine, concurrent requests share the engine's decode steps (one
+``llama_decode`` for the rows of every request in flight; a request joins at the next step and
+leaves when done); a request waits (``queue_s``) while no rows or KV space are free for it. With a
+serialised engine, requests go one batch at a time through the Runtime's lock. A slot is released
+when the worker thread finishes, not when the client leaves, so the count always matches the work
+the model still has to do.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from edgekit.serve.tap import TapEngine
 
 @dataclass
 class Limits:
-    max_queue: int = 16  # requests waiting behind the one being generated
+    max_queue: int = 16  # requests waiting beside the ones being generated
     max_body_bytes: int = 1 << 20
     max_prompt_tokens: Optional[int] = 2048
     max_tokens_cap: int = 1024
@@ -102,13 +106,14 @@ class Service:
         self.admitted = 0  # waiting + running
         self.waiting = 0
         self._ewma_s: Optional[float] = None
-        self.executor = ThreadPoolExecutor(max_workers=self.limits.max_queue + 2, thread_name_prefix="edgekit-serve")
+        self.slots = max(1, runtime.engine.capabilities.concurrent)  # requests the engine decodes at once
+        self.executor = ThreadPoolExecutor(max_workers=self.limits.max_queue + self.slots + 2, thread_name_prefix="edgekit-serve")
         self.metrics.bind(self)
 
     # -- admission ----------------------------------------------------------------------------
     def retry_after_s(self) -> int:
         per = self._ewma_s or 1.0
-        return max(1, math.ceil(per * (self.waiting + 1)))
+        return max(1, math.ceil(per * (self.waiting + 1) / self.slots))
 
     def admit(self, job: Job) -> None:
         if self.draining:
@@ -116,7 +121,7 @@ class Service:
             raise ApiError(503, "the server is shutting down (draining in-flight requests)", type="server_error",
                            code="draining", headers={"Retry-After": "5", "Connection": "close"})
         with self._lock:
-            if self.admitted >= self.limits.max_queue + 1:
+            if self.admitted >= self.limits.max_queue + self.slots:
                 full = True
             else:
                 full = False
@@ -124,7 +129,8 @@ class Service:
                 self.waiting += 1
         if full:
             self.metrics.rejected.labels("queue_full").inc()
-            raise ApiError(503, f"the queue is full ({self.limits.max_queue} request(s) waiting for the model); retry later",
+            raise ApiError(503, f"the queue is full ({self.limits.max_queue} request(s) waiting for the model, {self.slots} "
+                                f"in generation); retry later",
                            type="server_error", code="queue_full", headers={"Retry-After": str(self.retry_after_s())})
         job._svc = self
 

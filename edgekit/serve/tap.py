@@ -1,9 +1,10 @@
 """A transparent engine wrapper that lets the daemon watch one call's events (token streaming).
 
-``Runtime.generate`` runs the engine in the calling thread while it holds the runtime's lock and
-keeps the engine's events to itself. The daemon calls ``generate`` from a worker thread per
+``Runtime.generate`` runs the engine in the calling thread (holding the runtime's lock, unless
+the engine batches concurrent calls itself) and keeps the engine's events to itself. The daemon calls ``generate`` from a worker thread per
 request, so a *thread-local* listener set around that call sees exactly that call's events: the
-moment it holds the model (queue wait over), every token as it is decoded (SSE streaming without
+moment it holds the model (queue wait over: the call reaching a serialised engine, or a
+continuous-batching engine's first event), every token as it is decoded (SSE streaming without
 engine or runtime changes), and a place to refuse an over-long prompt under the lock. A
 ``Runtime.generate(on_event=...)`` hook would make this wrapper unnecessary.
 """
@@ -41,6 +42,7 @@ class TapEngine(Engine):
         self.name = inner.name  # type: ignore[misc]
         self._local = threading.local()
         self.batches = 0  # generate calls that reached the engine (one batch of n samples each)
+        self._count = threading.Lock()
 
     # facts, delegated
     @property
@@ -82,7 +84,9 @@ class TapEngine(Engine):
         lis: Optional[Listener] = getattr(self._local, "listener", None)
         if lis is None:
             return self.inner.generate(prompt, options, cancel)
-        lis.on_start()
+        concurrent = self.inner.capabilities.concurrent > 1
+        if not concurrent:  # serialised: reaching the engine means holding the model
+            lis.on_start()
         if lis.cancelled():  # the client left while this request waited for the model: no work at all
             return iter([Event("finish", seq=i, reason="cancelled") for i in range(options.n)])
         cap = lis.max_prompt_tokens
@@ -94,14 +98,22 @@ class TapEngine(Engine):
                     raise PromptTooLong(f"the prompt has {k} tokens, above this server's cap of {cap}",
                                         fix="shorten the prompt (or start the server with a larger --max-prompt-tokens)")
         events = self.inner.generate(prompt, options, cancel)
-        self.batches += 1
-        return self._tap(events, lis)
+        with self._count:
+            self.batches += 1
+        return self._tap(events, lis, concurrent)
 
     @staticmethod
-    def _tap(events: Iterator[Event], lis: Listener) -> Iterator[Event]:
+    def _tap(events: Iterator[Event], lis: Listener, concurrent: bool) -> Iterator[Event]:
         for ev in events:
+            if concurrent:  # admitted by the engine's scheduler: no longer waiting
+                concurrent = False
+                lis.on_start()
             lis.on_event(ev)
             yield ev
+
+    def batching_stats(self) -> Optional[dict]:
+        fn = getattr(self.inner, "batching_stats", None)
+        return fn() if fn is not None else None
 
     def close(self) -> None:
         self.inner.close()

@@ -1,0 +1,351 @@
+"""Continuous batching for the llama.cpp engine: many requests, one ``llama_decode`` per step.
+
+Private to the llama.cpp engine. One worker thread owns the llama context. Requests are
+submitted from any thread (:meth:`Scheduler.submit`) and read their events from their own queue.
+Each step the worker
+
+1. samples one token for every live row (a row = one sample of one request, on its own llama.cpp
+   sequence id, with its own native sampler chain: grammar, temperature, seed, ...) from the last
+   decode's logits, emits the request's events, retires finished rows (``llama_memory_seq_rm``,
+   the sequence id goes back to the free list) and cancelled requests (client gone, deadline);
+2. admits waiting requests, first come first served, while a request's n sequence ids are free and
+   its worst case (prompt + n x max_tokens cells) fits the KV space not yet promised to others;
+3. builds one batch: one token per live row, then up to ``prefill_chunk`` prompt tokens of
+   admitted requests (a long prompt is prefilled over several steps, so running rows never stall
+   for a whole prompt), and calls ``llama_decode`` once. A request whose prompt is complete copies
+   the prompt's KV cells to its other n-1 sequences (``llama_memory_seq_cp``, unified KV: shared,
+   not copied) and its rows join at the next step.
+
+Work that needs the whole context (teacher-forced scoring) runs on the worker via
+:meth:`Scheduler.exclusive` when no request is in flight.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from queue import SimpleQueue
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+from edgekit.engines.base import Cancel, Event
+from edgekit.engines.llamacpp_core import BatchDecoder, Row, ll
+from edgekit.errors import BackendError, UsageError
+from edgekit.schemas.options import SamplingOptions
+
+_END = None  # queue sentinel: the request is over
+
+
+@dataclass
+class SchedulerStats:
+    """Counters since load (read them from any thread; a snapshot is :meth:`Scheduler.snapshot`)."""
+
+    steps: int = 0  # llama_decode calls made by the scheduler
+    row_tokens: int = 0  # tokens decoded for live rows (one per row per step)
+    prefill_tokens: int = 0
+    shared_steps: int = 0  # steps whose batch held rows (or prompt) of two or more requests
+    max_requests_in_step: int = 0
+    max_rows_in_step: int = 0
+    admitted: int = 0
+    finished: int = 0
+    cancelled: int = 0
+
+
+class _Req:
+    __slots__ = ("ids", "o", "samplers", "cancel", "q", "t_submit", "t_admit", "need", "seqs", "rows", "live", "pos",
+                 "last_bidx", "abandoned", "over", "id")
+
+    def __init__(self, rid: int, ids: list[int], o: SamplingOptions, samplers: list, cancel: Optional[Cancel]):
+        self.id, self.ids, self.o, self.samplers, self.cancel = rid, ids, o, samplers, cancel
+        self.q: SimpleQueue = SimpleQueue()
+        self.t_submit = time.perf_counter()
+        self.t_admit: Optional[float] = None
+        self.need = len(ids) + o.n * o.max_tokens  # KV cells this request may occupy at most
+        self.seqs: list[int] = []
+        self.rows: list[Row] = []
+        self.live: list[Row] = []
+        self.pos = 0  # prompt tokens decoded so far
+        self.last_bidx = -1  # batch index of the prompt's last token, in the step that completed it
+        self.abandoned = False  # the consumer stopped reading
+        self.over = False
+
+    def stop_asked(self) -> bool:
+        return self.abandoned or (self.cancel is not None and bool(self.cancel()))
+
+
+class Scheduler:
+    def __init__(self, dec: BatchDecoder, *, rows: int, prefill_chunk: int = 128):
+        self._dec = dec
+        self.rows = rows
+        self.prefill_chunk = max(1, min(prefill_chunk, dec._cap - rows))
+        self.stats = SchedulerStats()
+        self._cv = threading.Condition()
+        self._waiting: collections.deque[_Req] = collections.deque()
+        self._tasks: collections.deque[tuple[Callable[[], Any], Future]] = collections.deque()
+        self._prefilling: list[_Req] = []
+        self._running: list[_Req] = []
+        self._free = list(range(rows - 1, -1, -1))  # pop() gives the lowest id
+        self._kv_free = dec.n_ctx
+        self._ids = 0
+        self._stop = False
+        self._mem = ll.llama_get_memory(dec._ctx)
+        ll.llama_memory_clear(self._mem, True)
+        self._thread = threading.Thread(target=self._loop, name="edgekit-llama-batch", daemon=True)
+        self._thread.start()
+
+    # -- any thread ---------------------------------------------------------------------------
+    def submit(self, ids: list[int], o: SamplingOptions, samplers: list, cancel: Optional[Cancel]) -> Iterator[Event]:
+        with self._cv:
+            if self._stop:
+                for s in samplers:
+                    ll.llama_sampler_free(s)
+                raise UsageError("engine is closed", fix="create a new Runtime/engine; do not use one after close()")
+            self._ids += 1
+            req = _Req(self._ids, ids, o, samplers, cancel)
+            self._waiting.append(req)
+            self._cv.notify()
+        return self._events(req)
+
+    @staticmethod
+    def _events(req: _Req) -> Iterator[Event]:
+        try:
+            while True:
+                item = req.q.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield from item
+        finally:
+            req.abandoned = True  # a consumer that stops early cancels its rows at the next step
+
+    def exclusive(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the worker while no request is in flight; its result or exception."""
+        fut: Future = Future()
+        with self._cv:
+            if self._stop:
+                raise UsageError("engine is closed", fix="create a new Runtime/engine; do not use one after close()")
+            self._tasks.append((fn, fut))
+            self._cv.notify()
+        return fut.result()
+
+    def snapshot(self) -> dict:
+        with self._cv:
+            d = dict(vars(self.stats))
+            d.update(waiting=len(self._waiting), running=len(self._running) + len(self._prefilling),
+                     free_rows=len(self._free), free_kv=self._kv_free, rows=self.rows)
+        return d
+
+    def close(self) -> None:
+        """Cancel every request (their unfinished samples end ``cancelled``) and stop the worker."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    # -- the worker ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._stop or self._waiting or self._running or self._prefilling or self._tasks):
+                    self._cv.wait()
+                if self._stop:
+                    break
+                task = self._tasks.popleft() if self._tasks and not (self._running or self._prefilling) else None
+            if task is not None:
+                fn, fut = task
+                try:
+                    fut.set_result(fn())
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    fut.set_exception(e)
+                ll.llama_memory_clear(self._mem, True)
+                continue
+            try:
+                self._step()
+            except BaseException as e:  # noqa: BLE001 - a failed decode fails the requests in it, not the worker
+                self._fail_all(e)
+        self._shutdown()
+
+    def _step(self) -> None:
+        out: list[Event] = []
+        # 1. sample every live row; retire finished rows and cancelled requests
+        for req in list(self._running):
+            lse: Optional[dict] = {} if req.o.logprobs else None
+            still = []
+            for r in req.live:
+                tok = ll.llama_sampler_sample(req.samplers[r.index], self._dec._ctx, r.bidx)
+                lp = self._logprob(r.bidx, tok, lse) if lse is not None else None
+                if r.accept(tok, lp, self._dec, out):
+                    still.append(r)
+                else:
+                    self._free_row(req, r)
+            req.live = still
+            if still and req.stop_asked():
+                out.extend(r.cancelled() for r in still)
+                for r in still:
+                    self._free_row(req, r)
+                req.live = []
+                self.stats.cancelled += 1
+            if out:
+                req.q.put(out)
+                out = []
+            if not req.live:
+                self._running.remove(req)
+                self._retire(req)
+        for req in list(self._prefilling):
+            if req.stop_asked():
+                self._prefilling.remove(req)
+                self.stats.cancelled += 1
+                self._end_unstarted(req)
+        # 2. admit waiting requests (FIFO: a request that does not fit yet holds the ones behind it)
+        with self._cv:
+            for req in list(self._waiting):
+                if req.stop_asked():
+                    self._waiting.remove(req)
+                    self.stats.cancelled += 1
+                    self._end_unstarted(req)
+            while self._waiting and not self._tasks:
+                req = self._waiting[0]
+                if len(self._free) < req.o.n or req.need > self._kv_free:
+                    break
+                self._waiting.popleft()
+                req.seqs = [self._free.pop() for _ in range(req.o.n)]
+                req.rows = [Row(i, s, req.o) for i, s in enumerate(req.seqs)]
+                self._kv_free -= req.need
+                req.t_admit = time.perf_counter()
+                self._prefilling.append(req)
+                self.stats.admitted += 1
+        # 3. one batch: a token per live row, then prompt chunks
+        d = self._dec
+        seq_id = d._batch.seq_id
+        j = 0
+        for req in self._running:
+            P = len(req.ids)
+            for r in req.live:
+                d._tok[j], d._pos[j], d._want[j] = r.last, P + r.count - 1, 1
+                seq_id[j][0] = r.seq
+                r.bidx = j
+                j += 1
+        n_rows = j
+        budget = min(self.prefill_chunk, d._cap - j)
+        done: list[_Req] = []
+        users = sum(1 for req in self._running if req.live)
+        for req in self._prefilling:
+            if budget <= 0:
+                break
+            P = len(req.ids)
+            k = min(budget, P - req.pos)
+            d._tok[j: j + k] = req.ids[req.pos: req.pos + k]
+            d._pos[j: j + k] = np.arange(req.pos, req.pos + k)
+            d._want[j: j + k] = 0
+            s0 = req.seqs[0]
+            for i in range(j, j + k):
+                seq_id[i][0] = s0
+            req.pos += k
+            j += k
+            budget -= k
+            users += 1
+            if req.pos == P:
+                d._want[j - 1] = 1
+                req.last_bidx = j - 1
+                done.append(req)
+        if j == 0:
+            with self._cv:
+                stuck = self._waiting.popleft() if self._waiting and not self._prefilling and not self._running else None
+            if stuck is not None:  # cannot happen when the engine checked n and the context fit; never spin
+                stuck.q.put(BackendError(f"request needs {stuck.o.n} rows and {stuck.need} KV cells; the scheduler "
+                                         f"has {self.rows} rows and {self._dec.n_ctx} cells",
+                                         fix="lower n or max_tokens, or raise --ctx / --max-seqs"))
+                self._close_req(stuck)
+            return
+        d._decode(j)
+        st = self.stats
+        st.steps += 1
+        st.row_tokens += n_rows
+        st.prefill_tokens += j - n_rows
+        st.shared_steps += users > 1
+        st.max_requests_in_step = max(st.max_requests_in_step, users)
+        st.max_rows_in_step = max(st.max_rows_in_step, n_rows)
+        for req in done:  # prompt complete: share its cells with the other n-1 sequences; rows join
+            self._prefilling.remove(req)
+            for s in req.seqs[1:]:
+                ll.llama_memory_seq_cp(self._mem, req.seqs[0], s, -1, -1)
+            for r in req.rows:
+                r.bidx = req.last_bidx
+            req.live = list(req.rows)
+            self._running.append(req)
+            req.q.put([Event("prefill", prompt_tokens=len(req.ids), queue_s=req.t_admit - req.t_submit)])  # type: ignore[operator]
+
+    def _logprob(self, b: int, tok: int, cache: dict) -> float:
+        """The chosen token's log-probability under the raw (unconstrained) logits of batch row
+        ``b``; the log-sum-exp is computed once per logits row (n samples share the prompt's)."""
+        row = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._dec._ctx, b), shape=(self._dec._n_vocab,))
+        if b not in cache:
+            m = row.max()
+            cache[b] = m + np.log(np.exp(row - m).sum())
+        return float(row[tok] - cache[b])
+
+    def _free_row(self, req: _Req, r: Row) -> None:
+        ll.llama_memory_seq_rm(self._mem, r.seq, -1, -1)
+        with self._cv:
+            self._free.append(r.seq)
+            self._kv_free += req.o.max_tokens
+
+    def _retire(self, req: _Req) -> None:
+        with self._cv:
+            self._kv_free += len(req.ids)
+        self._close_req(req)
+        self.stats.finished += 1
+
+    def _end_unstarted(self, req: _Req) -> None:
+        """A request cancelled before its rows decoded: every sample ends ``cancelled``, empty."""
+        q = (req.t_admit or time.perf_counter()) - req.t_submit  # cancelled while waiting: all of it was a wait
+        evs = [Event("finish", seq=i, text="", reason="cancelled", tokens=0, queue_s=q) for i in range(req.o.n)]
+        req.q.put(evs)
+        if req.seqs:
+            for s in req.seqs:
+                ll.llama_memory_seq_rm(self._mem, s, -1, -1)
+            with self._cv:
+                self._free.extend(req.seqs)
+                self._kv_free += req.need
+        self._close_req(req)
+
+    def _close_req(self, req: _Req) -> None:
+        if not req.over:
+            req.over = True
+            for s in req.samplers:
+                ll.llama_sampler_free(s)
+            req.samplers = []
+            req.q.put(_END)
+
+    def _fail_all(self, e: BaseException) -> None:
+        with self._cv:
+            reqs = self._running + self._prefilling
+            self._running, self._prefilling = [], []
+            self._free = list(range(self.rows - 1, -1, -1))
+            self._kv_free = self._dec.n_ctx
+        ll.llama_memory_clear(self._mem, True)
+        for req in reqs:
+            req.q.put(e)
+            self._close_req(req)
+
+    def _shutdown(self) -> None:
+        with self._cv:
+            reqs = list(self._waiting)
+            self._waiting.clear()
+            tasks = list(self._tasks)
+            self._tasks.clear()
+        for req in self._running:
+            req.q.put([r.cancelled() for r in req.live])
+            self._close_req(req)
+        for req in self._prefilling + reqs:
+            self._end_unstarted(req)
+        self._running, self._prefilling = [], []
+        for _, fut in tasks:
+            fut.set_exception(UsageError("engine is closed", fix="create a new Runtime/engine"))
+        ll.llama_memory_clear(self._mem, True)
