@@ -1,0 +1,1 @@
+"""edgekit quantize: model variants (GGUF types, ONNX int8) with cards."""
