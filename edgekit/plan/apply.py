@@ -167,6 +167,8 @@ def run_query(q: Query, progress: Optional[Progress] = None, warn: Optional[Call
         p = load_plan(q.plan)
         opts, overrides = plan_options(p, q.options, q.model)
         model = q.model or p.chosen.model_id
+        if model == p.chosen.model_id and (p.chosen.quant or "").startswith("onnx") and engines.canonical(q.engine) == "llama.cpp":
+            q.engine = "onnx"  # the planner chose an ONNX variant (edgekit quantize --to onnx-int8): its engine runs it
         if model == p.chosen.model_id and engines.canonical(q.engine) == "llama.cpp":  # a server's file is not ours to hash
             note = check_plan_model(p, model)
             if note:
