@@ -19,7 +19,6 @@ Needs the ``onnx`` extra (``pip install 'edgekit[onnx]'``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -30,7 +29,8 @@ import numpy as np
 
 from edgekit.engines.base import Cancel, Capabilities, Engine, EngineInfo, Event, Prompt, TokenPrompt
 from edgekit.errors import BackendError, ChecksumMismatch, ContextOverflow, ModelNotFound, UsageError
-from edgekit.models.integrity import models_dir, sha256_file
+from edgekit.models.folder_hash import folder_sha256, onnx_files
+from edgekit.models.integrity import models_dir
 from edgekit.schemas.options import MAX_N_CAP, SamplingOptions
 from edgekit.schemas.profile import ModelInfo
 from edgekit.schemas.quant import card_path_for, load_card
@@ -38,17 +38,6 @@ from edgekit.schemas.quant import card_path_for, load_card
 INSTALL = "pip install 'edgekit[onnx]' --extra-index-url https://download.pytorch.org/whl/cpu"
 PREFILL_CHUNK = 256  # prompt tokens per forward
 END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "</s>")
-
-
-def onnx_files(folder: Path) -> list[Path]:
-    """The graph and weight files of an exported folder (what its card's sha256 covers)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix == ".onnx" or p.name.endswith(".onnx_data")))
-
-
-def folder_sha256(folder: Path) -> str:
-    """sha256 over the sorted ``<name> <sha256>`` lines of the folder's onnx files."""
-    lines = "".join(f"{p.name} {sha256_file(p)}\n" for p in onnx_files(folder))
-    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def find_folder(model: str) -> Path:

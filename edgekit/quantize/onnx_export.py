@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from edgekit import engines
-from edgekit.engines.onnx import folder_sha256, onnx_files
 from edgekit.errors import BackendError, EdgekitError, UsageError
+from edgekit.models.folder_hash import folder_sha256, onnx_files
 from edgekit.models.gguf import read_gguf
 from edgekit.models.integrity import models_dir, sha256_file
 from edgekit.models.store import resolve
@@ -117,6 +117,7 @@ def _quiet():
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        logging.getLogger("optimum").setLevel(logging.ERROR)
     except ImportError:
         pass
     with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
