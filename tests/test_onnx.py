@@ -53,6 +53,17 @@ def test_unknown_folder_is_one_line(tmp_path, monkeypatch):
     assert "edgekit quantize no-such-model --to onnx-int8" in e.value.one_line() and "\n" not in e.value.one_line()
 
 
+def test_folder_hash_covers_external_data(tmp_path):
+    from edgekit.models.folder_hash import onnx_files
+
+    for name in ("model.onnx", "model.onnx.data", "model.onnx_data", "tokenizer.json", "config.json"):
+        (tmp_path / name).write_bytes(name.encode())
+    assert [p.name for p in onnx_files(tmp_path)] == ["model.onnx", "model.onnx.data", "model.onnx_data"]
+    before = folder_sha256(tmp_path)
+    (tmp_path / "model.onnx.data").write_bytes(b"changed")
+    assert folder_sha256(tmp_path) != before
+
+
 # -- the real path --------------------------------------------------------------------------------
 def _need_extra():
     for mod in ("onnxruntime", "optimum.exporters.onnx", "transformers", "torch", "gguf"):
@@ -149,6 +160,18 @@ def test_n4_batched_samples(onnx_rt):
     assert c.samples[0].finish_reason == "stop" and "6" not in c.samples[0].text and c.samples[0].text.strip()
     b = onnx_rt.generate("Count: 1, 2, 3,", chat=False, max_tokens=3, aggregate="none", extractor=None)
     assert b.samples[0].finish_reason == "budget" and b.samples[0].tokens == 3
+
+
+@pytest.mark.slow
+def test_fixed_batch_graph_decodes_samples_one_after_another(onnx_rt, monkeypatch):
+    """A graph whose batch axis is fixed at 1 (not what optimum exports): the n samples share the
+    prompt's KV and decode sequentially; the capability says so."""
+    eng = onnx_rt.engine
+    monkeypatch.setattr(eng, "batched", False)
+    r = onnx_rt.generate(Q, n=3, max_tokens=16, seed=1)
+    assert len(r.samples) == 3 and all(s.tokens >= 1 and len(s.logprobs) == s.tokens for s in r.samples)
+    again = onnx_rt.generate(Q, n=3, max_tokens=16, seed=1)
+    assert [s.token_ids for s in again.samples] == [s.token_ids for s in r.samples]
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ from typing import Any, Optional
 
 from edgekit import engines
 from edgekit.errors import BackendError, EdgekitError, UsageError
-from edgekit.models.folder_hash import folder_sha256, onnx_files
+from edgekit.models.folder_hash import EXTERNAL_DATA, folder_sha256, onnx_files
 from edgekit.models.gguf import read_gguf
 from edgekit.models.integrity import models_dir, sha256_file
 from edgekit.models.store import resolve
@@ -206,7 +206,7 @@ def export_onnx_int8(source: str, out_dir: Optional[str | Path] = None, *, token
         kept = _quantize(tmp / "fp32", tmp, per_channel, tuple(keep_float))
         quant_s = time.perf_counter() - t1
         for name in os.listdir(tmp / "fp32"):  # config, generation config, tokenizer files
-            if not (name.endswith(".onnx") or name.endswith(".onnx_data")):
+            if not name.endswith((".onnx",) + EXTERNAL_DATA):
                 shutil.move(str(tmp / "fp32" / name), tmp / name)
         tok.save_pretrained(str(tmp))  # again: the checked tokenizer (its add_bos / eos fixes) wins
         if keep_fp32:
@@ -291,7 +291,7 @@ def _quantize(src_dir: Path, dest_dir: Path, per_channel: bool, keep_float: tupl
     model = src_dir / "model.onnx"
     graph = onnx.load(str(model), load_external_data=False).graph
     kept = [n.name for n in graph.node if n.op_type == "MatMul" and any(k in n.name for k in keep_float)]
-    big = any(p.name.endswith(".onnx_data") for p in src_dir.iterdir())
+    big = any(p.name.endswith(EXTERNAL_DATA) for p in src_dir.iterdir())
     with _quiet():
         quantize_dynamic(str(model), str(dest_dir / "model.onnx"), weight_type=QuantType.QInt8, per_channel=per_channel,
                          op_types_to_quantize=["MatMul"], nodes_to_exclude=kept, use_external_data_format=big)
