@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(None, help="first N problems (of the split); with --perplexity: first N tokens of the text"),
         split: Optional[str] = typer.Option(None, help="problem range a:b"),
         output: Optional[str] = typer.Option(None, "--output", "-o", help="accuracy table JSON"),
-        backend: str = typer.Option("llama.cpp", "--backend", "--engine", help="engine: llama.cpp | openai | a plugin's name"),
+        backend: str = typer.Option("llama.cpp", "--backend", "--engine", help="engine: llama.cpp | openai | onnx | a plugin's name"),
         base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"),
         threads: Optional[int] = typer.Option(None),
         constrain: Optional[str] = typer.Option(None, "--constrain", help="grammar-constrained answers: 'answer' (just the answer) or 'reason:<chars>' (bounded reasoning, then the answer)"),

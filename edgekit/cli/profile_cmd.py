@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
         reps: Optional[int] = typer.Option(None, help="repetitions per point (median, IQR)"),
         cooldown: float = typer.Option(0.0, help="seconds to rest between repetitions"),
         threads: Optional[int] = typer.Option(None),
+        engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | onnx (an exported folder or variant id as --model)"),
         ctx: Optional[int] = typer.Option(None, "--ctx", help="context size in tokens (default: what the sweep needs)"),
         device_name: Optional[str] = typer.Option(None, help="name of this device in the profile"),
         append: bool = typer.Option(False, help="add the model to an existing profile at --output (a run that stops early adds a partial entry and keeps the complete one)"),
@@ -72,7 +73,7 @@ def register(app: typer.Typer) -> None:
         cfg.ns = _ints(ns) or cfg.ns
         cfg.decode_steps = steps or cfg.decode_steps
         cfg.reps = reps or cfg.reps
-        cfg.cooldown_s, cfg.threads, cfg.n_ctx = cooldown, threads, ctx
+        cfg.cooldown_s, cfg.threads, cfg.n_ctx, cfg.engine = cooldown, threads, ctx, engine
         out = Path(output) if output else default_output(model, socket.gethostname())
         cfg.validate(None)  # bad sweep values and a bad --output fail before the model is touched
         check_output_path(out)

@@ -26,6 +26,7 @@ Factory = Callable[..., Engine]
 _BUILTIN: dict[str, str] = {
     "llama.cpp": "edgekit.engines.llamacpp:LlamaCppEngine",
     "openai": "edgekit.engines.openai:OpenAIEngine",
+    "onnx": "edgekit.engines.onnx:OnnxEngine",
 }
 ALIASES = {"llamacpp": "llama.cpp", "local": "llama.cpp", "cloud": "openai"}
 

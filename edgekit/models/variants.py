@@ -20,7 +20,7 @@ from typing import Optional
 
 from edgekit.errors import EdgekitError
 from edgekit.models.integrity import (
-    CORRUPT, MISSING, VERIFIED, Check, ModelCorrupt, cheap_check, manifest_path_for, models_dir, record,
+    CORRUPT, MISSING, UNVERIFIED, VERIFIED, Check, ModelCorrupt, cheap_check, manifest_path_for, models_dir, record,
     sha256_file, verify_mode,
 )
 from edgekit.schemas.quant import VariantCard, card_path_for, load_card
@@ -88,6 +88,8 @@ def check_variant(card: VariantCard, verify: Optional[str] = None, raise_corrupt
     match (``raise_corrupt``), else returns the Check."""
     path = Path(card.path)
     mode = verify_mode(verify)
+    if card.format == "onnx":
+        return _check_folder(card, full=mode == "full", raise_corrupt=raise_corrupt)
     c = cheap_check(path, None, card.variant_id)
     if c.status == MISSING:
         if raise_corrupt:
@@ -109,11 +111,40 @@ def check_variant(card: VariantCard, verify: Optional[str] = None, raise_corrupt
                  digest, card.sha256, True, dt)
 
 
+def _check_folder(card: VariantCard, full: bool, raise_corrupt: bool) -> Check:
+    """An exported folder (ONNX): its graph and weight files' total size against the card on every check
+    (cheap), the sha256 over them (``folder_sha256``) when ``full``."""
+    from edgekit.models.folder_hash import folder_sha256, onnx_files
+
+    path = Path(card.path)
+    files = onnx_files(path) if path.is_dir() else []
+    if not files:
+        if raise_corrupt:
+            raise _corrupt(card, "the folder or its .onnx files are missing (its card is still there)")
+        return Check(path, MISSING, "the folder or its .onnx files are missing", None, card.variant_id)
+    if not full:
+        return Check(path, UNVERIFIED, "folder: not re-hashed (models verify re-hashes it)", None, card.variant_id,
+                     expected_sha256=card.sha256)
+    t0 = time.perf_counter()
+    digest = folder_sha256(path)
+    dt = time.perf_counter() - t0
+    if digest != card.sha256:
+        c = Check(path, CORRUPT, f"sha256 {digest[:12]}… does not match its card's {card.sha256[:12]}…", None,
+                  card.variant_id, sha256=digest, expected_sha256=card.sha256, hashed=True, hash_s=dt)
+        if raise_corrupt:
+            raise _corrupt(card, c.reason)
+        return c
+    return Check(path, VERIFIED, f"sha256 re-hashed in {dt:.2f} s and matches its card", None, card.variant_id,
+                 sha256=digest, expected_sha256=card.sha256, hashed=True, hash_s=dt)
+
+
 def variant_status(card: VariantCard, verify: bool = False) -> Check:
     """verified / unverified / corrupt / missing, without raising (``verify``: re-hash now)."""
     path = Path(card.path)
     if verify:
         return check_variant(card, "full", raise_corrupt=False)
+    if card.format == "onnx":
+        return _check_folder(card, full=False, raise_corrupt=False)
     c = cheap_check(path, None, card.variant_id)
     if c.status == VERIFIED and c.sha256 != card.sha256:
         return Check(path, CORRUPT, "its manifest's sha256 differs from its card's", None, card.variant_id,

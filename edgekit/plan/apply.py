@@ -173,6 +173,8 @@ def run_query(q: Query, progress: Optional[Progress] = None, warn: Optional[Call
         opts, overrides = plan_options(p, q.options, q.model)
         planned = planned_model(p)
         model = q.model or planned
+        if model == planned and (p.chosen.quant or "").startswith("onnx") and engines.canonical(q.engine) == "llama.cpp":
+            q.engine = "onnx"  # the planner chose an ONNX variant (edgekit quantize --to onnx-int8): its engine runs it
         if model == planned and engines.canonical(q.engine) == "llama.cpp":  # a server's file is not ours to hash
             note = check_plan_model(p, model)
             if note:

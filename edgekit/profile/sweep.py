@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 import psutil
 
+from edgekit import engines
 from edgekit.schemas import __version__
 from edgekit.errors import EdgekitError, SchemaError, UsageError
 from edgekit.figures import Figure, measured, unavailable
@@ -44,6 +45,7 @@ class SweepConfig:
     cooldown_s: float = 0.0
     threads: Optional[int] = None
     n_ctx: Optional[int] = None
+    engine: str = "llama.cpp"  # any registered engine that takes token prompts and has tokenize() (llama.cpp, onnx)
 
     @classmethod
     def quick(cls) -> "SweepConfig":
@@ -166,11 +168,13 @@ class _Sweep:
             if self.rt is not None:
                 self.rt.close()
             t0 = time.perf_counter()
-            self.rt = Runtime(self.model, threads=cfg.threads, n_ctx=cfg.n_ctx, max_n=max(cfg.ns))
+            self.rt = Runtime(self.model, engine=cfg.engine, threads=cfg.threads, n_ctx=cfg.n_ctx, max_n=max(cfg.ns))
             loads.append(time.perf_counter() - t0)
         mp.load_s = measured(loads, "s", source="Runtime() wall clock (first load may be from disk, later from page cache)")
         mp.threads = self.rt.engine.info.threads
-        mp.kv_layout = "unified"  # the runtime's batched path: one KV buffer shared by the n sequences
+        # llama.cpp's batched path: one KV buffer shared by the n sequences; onnx: the prompt's KV
+        # tiled to n rows, each row attending over its own cells
+        mp.kv_layout = "unified" if engines.canonical(cfg.engine) == "llama.cpp" else "per-sequence"
         mp.n_ctx = self.rt.engine.info.n_ctx
         mp.model = self.rt.model_info
         # idle baseline
@@ -317,9 +321,13 @@ def profile_model(model: str, cfg: Optional[SweepConfig] = None, *, output: Opti
     out = Path(output) if output else None
     if out is not None:
         check_writable(out)
-    resolved = resolve(model)  # unknown model -> clear error before anything runs
-    info = check_gguf(resolved.path)
-    ctx_train = info.arch_key("context_length")
+    if engines.canonical(cfg.engine) == "llama.cpp":
+        resolved = resolve(model)  # unknown model -> clear error before anything runs
+        ctx_train = check_gguf(resolved.path).arch_key("context_length")
+        model_id, model_sha = resolved.id, resolved.sha256
+    else:  # another engine finds its own model (an unknown one fails at the first load, in one line)
+        engines.get(cfg.engine)  # unknown engine -> the registered ones
+        ctx_train, model_id, model_sha = None, model, None
     ctx_warning = cfg.ctx_warning(ctx_train)
     cfg.n_ctx = cfg.validate(ctx_train)
     if ctx_warning:
@@ -330,7 +338,7 @@ def profile_model(model: str, cfg: Optional[SweepConfig] = None, *, output: Opti
         profile.device.name = device_name
     meter = meter or best_meter(sysfs_root=sysfs_root, nvml=nvml)
     thermal = ThermalSampler(sysfs_root=sysfs_root, nvml=nvml).start()
-    mp = ModelProfile(model=ModelInfo(id=resolved.id, sha256=resolved.sha256))
+    mp = ModelProfile(model=ModelInfo(id=model_id, sha256=model_sha))
     sweep = _Sweep(model, cfg, meter, thermal, progress)
     failure: Optional[BaseException] = None
     try:

@@ -62,7 +62,9 @@ class QuantizeResult:
 # options) -> QuantizeResult, or "module:function" imported on first use (so a built-in format such as
 # "onnx-int8": "edgekit.quantize.onnx_int8:quantize_onnx_int8" costs nothing until asked for).
 FormatHandler = Callable[[str, str, QuantizeOptions], QuantizeResult]
-OUTPUT_FORMATS: dict[str, Union[str, FormatHandler]] = {}
+OUTPUT_FORMATS: dict[str, Union[str, FormatHandler]] = {
+    "onnx-int8": "edgekit.quantize.onnx_export:quantize_onnx_int8",  # needs the [onnx] extra
+}
 
 
 def register_format(name: str, handler: Union[str, FormatHandler]) -> None:
