@@ -98,7 +98,7 @@ def _too_large(svc: Service) -> ApiError:
                     code="request_too_large")
 
 
-KNOWN = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/metrics")
+KNOWN = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/metrics", "/admin/replan", "/admin/live")
 
 
 def _endpoint(path: str) -> str:
@@ -159,6 +159,17 @@ def build_app(svc: Service, *, api_key: Optional[str] = None) -> Any:
 
     def model_card() -> dict:
         return {"id": svc.model_id, "object": "model", "created": int(svc.started_at), "owned_by": "edgekit"}
+
+    @app.post("/admin/replan")
+    async def admin_replan() -> JSONResponse:  # behind the API key like every route
+        out = await asyncio.get_running_loop().run_in_executor(None, svc.live.replan, "admin")
+        if out["outcome"] in ("failed", "busy"):
+            raise ApiError(409, out["message"], code="replan_" + out["outcome"])
+        return JSONResponse(out)
+
+    @app.get("/admin/live")
+    async def admin_live() -> JSONResponse:
+        return JSONResponse(svc.live.status())
 
     @app.get("/v1/models")
     async def models() -> dict:
