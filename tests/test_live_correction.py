@@ -39,7 +39,7 @@ def test_bounded_and_one_outlier_moves_it_at_most_clamp_to_the_alpha():
     assert c.factor("decode") == pytest.approx(4.0 ** 0.2)
     feed(c, 1e6, 50)
     assert 3.99 < c.factor("decode") <= 4.0  # never beyond the clamp
-    feed(c, 1e-9, 80)
+    feed(c, 0.01, 80)  # far faster than predicted: clamped to 0.25
     assert 0.25 <= c.factor("prefill") < 0.251
 
 
