@@ -248,18 +248,20 @@ class LiveLatency:
         self._k_at_replan = k
         outcome, msg = r.outcome, r.message
         new = r.plan.chosen.options
-        if r.config != self.config():
-            if new.n > svc.limits.max_n:
-                outcome, msg = "failed", f"{msg}; not applied: n={new.n} exceeds this server's --max-n {svc.limits.max_n}"
-            else:
-                svc.limits.max_tokens_cap = max(svc.limits.max_tokens_cap, new.max_tokens)
-                svc.plan, svc.base = r.plan, new  # requests admitted from now on use it
-                m.plan_predicted.set(r.plan.predicted.latency_at_percentile_s)
+        swap = r.config != self.config()
+        if swap and new.n > svc.limits.max_n:
+            swap, outcome = False, "failed"
+            msg = f"{msg}; not applied: n={new.n} exceeds this server's --max-n {svc.limits.max_n}"
         m.replans.labels(trigger, outcome).inc()
         log.warning("live %s", msg)
-        self.last_replan = {"trigger": trigger, "outcome": outcome, "message": msg, "config": self.config(),
-                            "previous": r.previous, "other_model": r.other_model, "meets_target": r.meets_target,
+        self.last_replan = {"trigger": trigger, "outcome": outcome, "message": msg,
+                            "config": r.config if swap else self.config(), "previous": r.previous,
+                            "other_model": r.other_model, "meets_target": r.meets_target,
                             "factors": {"prefill": k[0], "decode": k[1]}}
+        if swap:
+            svc.limits.max_tokens_cap = max(svc.limits.max_tokens_cap, new.max_tokens)
+            m.plan_predicted.set(r.plan.predicted.latency_at_percentile_s)
+            svc.plan, svc.base = r.plan, new  # requests admitted from now on use it
         return self.last_replan
 
     def status(self) -> dict:
