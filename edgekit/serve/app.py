@@ -115,9 +115,17 @@ async def read_json(request: Request, svc: Service) -> Any:
         chunks.append(chunk)
     raw = b"".join(chunks)
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, RecursionError) as e:
         raise ApiError(400, f"the request body is not valid JSON ({type(e).__name__})", code="invalid_json") from None
+    try:  # a lone UTF-16 surrogate escape ("\ud800") is valid JSON but not text: it would fail in the tokenizer
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "the request body contains a lone UTF-16 surrogate (e.g. \\ud800), which is not text",
+                       code="invalid_value") from None
+    except (ValueError, RecursionError) as e:
+        raise ApiError(400, f"the request body is not valid JSON ({type(e).__name__})", code="invalid_json") from None
+    return body
 
 
 async def _watch_disconnect(request: Request, job: Job) -> None:
