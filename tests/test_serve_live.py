@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -246,6 +247,14 @@ def test_real_daemon_slowed_device_replans_by_itself(tmp_path):
         ek = httpx.post(url + "/v1/chat/completions", json={**body, "max_tokens": 2}, headers=AUTH, timeout=120).json()["edgekit"]
         assert ek["plan_config"] == replanned["config"]
         assert "live re-plan (auto" in (tmp_path / "serve.log").read_text()
+        proc.send_signal(signal.SIGHUP)  # on demand: re-plans at the same correction, keeps serving
+        t1 = time.time()
+        while metric(httpx.get(url + "/metrics", headers=AUTH, timeout=10).text, "edgekit_replans_total", trigger="sighup",
+                     outcome="unchanged") + metric(httpx.get(url + "/metrics", headers=AUTH, timeout=10).text,
+                                                   "edgekit_replans_total", trigger="sighup", outcome="changed") < 1:
+            assert time.time() - t1 < 30 and proc.poll() is None, (tmp_path / "serve.log").read_text()[-1500:]
+            time.sleep(0.2)
+        assert httpx.get(url + "/healthz", headers=AUTH, timeout=10).status_code == 200
     finally:
         proc.terminate()
         try:
@@ -253,3 +262,11 @@ def test_real_daemon_slowed_device_replans_by_itself(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def test_replan_flag_needs_a_plan():
+    r = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "serve", "--replan", "--port", str(free_port())],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "--replan needs a plan" in lines[0] and "(fix: " in lines[0], r.stderr
