@@ -58,7 +58,7 @@ def make_plan_file(tmp: Path) -> tuple[Path, str]:
 class SlowFake(FakeEngine):
     """The fake engine on a device slower than the CI profile: it sleeps through prefill and each step."""
 
-    def __init__(self, *a, prefill_s: float = 0.15, step_s: float = 0.03, **kw):
+    def __init__(self, *a, prefill_s: float = 0.45, step_s: float = 0.03, **kw):  # >= 2x the profile (prompts <= 60 tokens)
         super().__init__(*a, **kw)
         self.pre, self.step = prefill_s, step_s
 
