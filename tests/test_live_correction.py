@@ -32,6 +32,13 @@ def test_inactive_until_min_samples_then_converges():
     assert c.corrected_s(0.5, 2.0) == pytest.approx(1.3 * 2.5, rel=1e-3)
 
 
+def test_a_slow_first_request_does_not_set_the_factor():
+    c = LiveCorrection(alpha=0.2, min_samples=3)
+    feed(c, 50.0)  # cold page cache after loading the model
+    feed(c, 1.1, 2)
+    assert c.factor("decode") == pytest.approx(1.1)  # the median of the warm-up, not the first sample
+
+
 def test_bounded_and_one_outlier_moves_it_at_most_clamp_to_the_alpha():
     c = LiveCorrection(alpha=0.2, lo=0.25, hi=4.0, min_samples=1)
     feed(c, 1.0, 10)

@@ -6,18 +6,21 @@ prefill (per prompt token: the whole prefill curve is scaled) and one per decode
 exponentially weighted moving average of measured / predicted over recent requests:
 
     r      = clamp(measured / predicted, lo, hi)             one request, one part
-    log k <- (1 - alpha) * log k + alpha * log r             (the first sample sets k = r)
+    log k  = median(log r) of the first ``min_samples`` requests (warm-up)
+    log k <- (1 - alpha) * log k + alpha * log r             every request after that
 
 The average is taken in log space (a geometric mean: a 2x slowdown and a 2x speed-up weigh the
 same), and every ratio is clamped to [lo, hi] before it enters, so one outlier (a page fault, a
 request that waited on swap) moves k by at most a factor (hi)**alpha, and k itself never leaves
 [lo, hi]. Until ``min_samples`` requests have been seen a factor is not applied (k = 1: the plan's
-model as is). Thread-safe; ``snapshot()`` is a plain dict and ``restore()`` reads it back.
+model as is); the median over those first requests starts the average, so one slow first request
+(page cache still cold after loading the model) does not set it. Thread-safe; ``snapshot()`` is a plain dict and ``restore()`` reads it back.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import threading
 from dataclasses import replace
 from typing import Any, Optional
@@ -46,6 +49,7 @@ class LiveCorrection:
         self._log = {p: 0.0 for p in PARTS}
         self._n = {p: 0 for p in PARTS}
         self._last = {p: None for p in PARTS}  # last raw (unclamped) ratio
+        self._warm: dict[str, list[float]] = {p: [] for p in PARTS}  # log ratios before min_samples
         self.requests = 0
 
     # -- updates ---------------------------------------------------------------------------------
@@ -61,7 +65,11 @@ class LiveCorrection:
                     continue
                 r = m / pr
                 lr = math.log(min(self.hi, max(self.lo, r)))
-                self._log[p] = lr if self._n[p] == 0 else (1 - self.alpha) * self._log[p] + self.alpha * lr
+                if self._n[p] < self.min_samples:
+                    self._warm[p].append(lr)
+                    self._log[p] = statistics.median(self._warm[p])
+                else:
+                    self._log[p] = (1 - self.alpha) * self._log[p] + self.alpha * lr
                 self._n[p] += 1
                 self._last[p] = r
                 used[p] = r
@@ -114,7 +122,7 @@ class LiveCorrection:
                     "requests": self.requests,
                     **{p: {"factor": math.exp(self._log[p]) if self._n[p] >= self.min_samples else 1.0,
                            "ewma": math.exp(self._log[p]), "samples": self._n[p], "active": self._n[p] >= self.min_samples,
-                           "last_ratio": self._last[p]} for p in PARTS}}
+                           "last_ratio": self._last[p], "warmup_log_ratios": list(self._warm[p])} for p in PARTS}}
 
     @classmethod
     def restore(cls, snap: dict) -> "LiveCorrection":
@@ -124,6 +132,7 @@ class LiveCorrection:
             c._log[p] = math.log(min(c.hi, max(c.lo, float(s["ewma"]))))
             c._n[p] = int(s["samples"])
             c._last[p] = s.get("last_ratio")
+            c._warm[p] = [float(x) for x in s.get("warmup_log_ratios", [])]
         c.requests = int(snap.get("requests", 0))
         return c
 
