@@ -6,7 +6,6 @@ the real daemon with SmolLM2, slowed by the EDGEKIT_TEST_SLOWDOWN hook, re-plann
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -242,6 +241,10 @@ def test_real_daemon_slowed_device_replans_by_itself(tmp_path):
         assert replanned["config"] != label and replanned["last_replan"]["previous"] == label
         text = httpx.get(url + "/metrics", headers=AUTH, timeout=10).text
         assert metric(text, "edgekit_live_correction_factor", part="decode") > 1.5
+        from edgekit.schemas.plan import load_plan
+
+        planned = load_plan(path).predicted.latency_at_percentile_s  # the new configuration is cheaper
+        assert 0 < metric(text, "edgekit_plan_predicted_latency_seconds") < planned
         assert metric(text, "edgekit_live_measured_over_predicted_count", part="decode") >= 3
         assert sum(metric(text, "edgekit_replans_total", trigger="auto", outcome=o) for o in ("changed", "infeasible")) == 1
         ek = httpx.post(url + "/v1/chat/completions", json={**body, "max_tokens": 2}, headers=AUTH, timeout=120).json()["edgekit"]
