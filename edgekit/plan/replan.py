@@ -102,7 +102,7 @@ def replan(p: PlanFile, plan_path: Optional[str], model_id: str, scale: tuple[fl
     new = to_plan_file(res)
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     stamp = f"{when}: {why}; device scaled prefill x{scale[0]:.3g}, decode x{scale[1]:.3g}"
-    new.planner = ins.model_copy(update={"replanned": stamp})
+    new.planner = ins.model_copy(update={"replanned": stamp, "perf_scale": [float(scale[0]), float(scale[1])]})
     new.based_on.append(f"re-planned live by edgekit serve ({stamp}) from {plan_path or 'the plan'}")
     if p.offload is not None or p.cloud is not None:  # the mixture is not re-planned; the threshold is kept as is
         new.offload, new.cloud = p.offload, p.cloud

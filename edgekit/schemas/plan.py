@@ -122,6 +122,7 @@ class PlannerInputs(_M):
     prefer: Literal["cheaper", "most-accurate"] = "cheaper"
     sequences_leave: bool = False
     replanned: Optional[str] = None  # set by a live re-plan: when, why and the correction factors used
+    perf_scale: Optional[list[float]] = None  # [prefill, decode]: the predictions assume a device this much slower
 
 
 class PlanFile(_M):

@@ -137,7 +137,9 @@ class LiveLatency:
         return config_label(self.svc.plan) if self.svc.plan is not None else None
 
     def corrected_config_s(self, plan: Optional[PlanFile] = None) -> Optional[float]:
-        """A plan's predicted latency at its percentile x the live correction (the interval is scaled with it)."""
+        """A plan's predicted latency at its percentile x the live correction (the interval is scaled with it).
+        A re-planned plan's predictions already assume a slowed device (``planner.perf_scale``): that scale
+        is divided out first, so the correction is applied once."""
         p = plan or self.svc.plan
         if p is None:
             return None
@@ -145,7 +147,8 @@ class LiveLatency:
         point = pr.prefill_s + pr.decode_s
         if point <= 0:
             return pr.latency_at_percentile_s
-        return pr.latency_at_percentile_s * self.corr.corrected_s(pr.prefill_s, pr.decode_s) / point
+        s0 = p.planner.perf_scale if p.planner is not None and p.planner.perf_scale else (1.0, 1.0)
+        return pr.latency_at_percentile_s * self.corr.corrected_s(pr.prefill_s / s0[0], pr.decode_s / s0[1]) / point
 
     # -- admission ------------------------------------------------------------------------------------
     def admit(self, opts: SamplingOptions, prompt: Any, explicit_max_tokens: bool, param: str) -> tuple[SamplingOptions, Optional[str]]:
