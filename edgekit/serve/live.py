@@ -96,6 +96,7 @@ class LiveLatency:
         self._over = self._under = 0
         self._k_at_replan: Optional[tuple[float, float]] = None
         self._busy = threading.Lock()
+        self._count_lock = threading.Lock()  # requests finish in several worker threads (continuous batching)
         self.last_replan: Optional[dict] = None
         m = svc.metrics
         for p in ("prefill", "decode"):
@@ -212,17 +213,18 @@ class LiveLatency:
             return
         target = p.target_s
         cur = self.corrected_config_s() or 0.0
-        self._over = self._over + 1 if cur > target * (1 + self.s.margin) else 0
         back = self.original is not None and p is not self.original and \
             (self.corrected_config_s(self.original) or math.inf) < target * (1 - self.s.margin)
-        self._under = self._under + 1 if back else 0
-        if max(self._over, self._under) < self.s.after:
-            return
         k = self.corr.factors()
-        if self._k_at_replan is not None and max(abs(math.log(a / b)) for a, b in zip(k, self._k_at_replan)) <= \
-                math.log(1 + self.s.margin):
-            return  # hysteresis: the device has not changed enough since the last re-plan
-        self._over = self._under = 0
+        with self._count_lock:
+            self._over = self._over + 1 if cur > target * (1 + self.s.margin) else 0
+            self._under = self._under + 1 if back else 0
+            if max(self._over, self._under) < self.s.after:
+                return
+            if self._k_at_replan is not None and max(abs(math.log(a / b)) for a, b in zip(k, self._k_at_replan)) <= \
+                    math.log(1 + self.s.margin):
+                return  # hysteresis: the device has not changed enough since the last re-plan
+            self._over = self._under = 0
         threading.Thread(target=self.replan, args=("auto",), name="edgekit-replan", daemon=True).start()
 
     # -- re-planning -----------------------------------------------------------------------------------------
