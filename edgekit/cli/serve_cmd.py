@@ -39,12 +39,17 @@ def register(app: typer.Typer) -> None:
         offload: Optional[str] = typer.Option(None, "--offload", help="never | auto | always [default: auto with a cloud]"),
         log_prompts: bool = typer.Option(False, "--log-prompts", help="log prompts and answers (off: only sizes, timings, sources)"),
         drain_timeout: float = typer.Option(120.0, "--drain-timeout", help="seconds SIGTERM waits for requests in flight"),
+        replan: bool = typer.Option(False, "--replan", help="with --plan: re-plan automatically when the live-corrected latency of the configuration in force exceeds the target (SIGHUP and POST /admin/replan re-plan on demand)"),
+        replan_margin: float = typer.Option(0.2, "--replan-margin", help="--replan acts when the corrected latency is above target x (1 + margin)"),
+        replan_after: int = typer.Option(5, "--replan-after", help="... for this many consecutive requests"),
+        live_alpha: float = typer.Option(0.2, "--live-alpha", help="weight of the newest request in the live correction (EWMA)"),
     ):
         """Serve the model over an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models, /healthz, /metrics."""
         from edgekit.errors import UsageError  # noqa: PLC0415
         from edgekit.serve.daemon import ServeConfig, check_serve_deps, prepare, run  # noqa: PLC0415
 
         check_serve_deps()
+        from edgekit.serve.live import LiveSettings  # noqa: PLC0415
         from edgekit.serve.service import Limits  # noqa: PLC0415
 
         for name, v, lo in (("--max-n", max_n, 1), ("--max-seqs", max_seqs, 1), ("--max-tokens-cap", max_tokens_cap, 1), ("--max-prompt-tokens", max_prompt_tokens, 1),
@@ -53,6 +58,14 @@ def register(app: typer.Typer) -> None:
                 raise UsageError(f"{name} must be >= {lo}, got {v}", fix=f"pass {name} {lo} or more")
         if port > 65535:
             raise UsageError(f"--port must be <= 65535, got {port}", fix="pass --port 8080")
+        if replan and not plan:
+            raise UsageError("--replan needs a plan (it re-runs the planner on the plan's profile and tables)",
+                             fix="pass --plan plan.json")
+        if not (0 < live_alpha <= 1):
+            raise UsageError(f"--live-alpha must be in (0, 1], got {live_alpha}", fix="pass --live-alpha 0.2")
+        if not (0 < replan_margin < 1) or replan_after < 1:
+            raise UsageError(f"--replan-margin must be in (0, 1) and --replan-after >= 1, got {replan_margin}, {replan_after}",
+                             fix="pass --replan-margin 0.2 --replan-after 5")
         if deadline is not None and not deadline > 0:
             raise UsageError(f"--deadline must be > 0 seconds, got {deadline}", fix="pass --deadline 2")
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -62,7 +75,8 @@ def register(app: typer.Typer) -> None:
         cfg = ServeConfig(model=model, plan=plan, engine=engine, engine_options={"base_url": base_url} if base_url else {},
                           host=host, port=port, api_key=api_key or None, log_prompts=log_prompts, limits=limits,
                           threads=threads, n_ctx=ctx, max_seqs=max_seqs, cloud_url=cloud_url, cloud_model=cloud_model, offload=offload,
-                          drain_timeout_s=drain_timeout)
+                          drain_timeout_s=drain_timeout,
+                          live=LiveSettings.from_env(alpha=live_alpha, auto_replan=replan, margin=replan_margin, after=replan_after))
         with PullProgress() as p:
             sock, svc = prepare(cfg, progress=p)
         return run(cfg, sock, svc)

@@ -9,7 +9,8 @@ from edgekit.plan.planner import PlanResult
 from edgekit.schemas import __version__
 from edgekit.schemas.formats import answer_grammar
 from edgekit.schemas.options import SamplingOptions
-from edgekit.schemas.plan import Caps, ChosenConfig, CloudRef, FrontierPoint, PlanFile, Predicted, ProfileRef
+from edgekit.schemas.plan import Caps, ChosenConfig, CloudRef, FrontierPoint, PlanFile, PlannerInputs, Predicted, \
+    ProfileRef
 
 # accuracy-table aggregation -> how the runtime aggregates (pass@k needs the verifier pass@k assumes)
 RUNTIME_AGGREGATE = {"greedy": "majority", "majority": "majority", "first_verified": "first_verified",
@@ -97,7 +98,8 @@ def to_plan_file(res: PlanResult) -> PlanFile:
                 f"+-{float(res.variant(i).prior.widen(res.accuracy[i] / res.variant(i).prior.factor)):.3f}" if "accuracy: prior" in res.rests_on(i) else ""),
             accuracy_source=res.accuracy_source(i),
             method=pr.method, rests_on=res.rests_on(i), **_mixture(res)),
-        frontier=frontier_points(res), based_on=based_on(res), **_offload(res))
+        frontier=frontier_points(res), based_on=based_on(res),
+        planner=PlannerInputs(prefer=res.prefer, sequences_leave=res.sequences_leave), **_offload(res))
 
 
 def _offload(res: PlanResult) -> dict:

@@ -26,6 +26,7 @@ from edgekit.figures import wilson
 from edgekit.schemas.table import AccuracyTable
 from edgekit.perfmodel import DeviceModel, PerfModel, Prediction, fit, fit_device
 from edgekit.perfmodel.device import predict_variant, same_architecture
+from edgekit.perfmodel.live import scale_model
 from edgekit.schemas.profile import DeviceProfile, ModelInfo
 
 TIE_EPS = 1e-9
@@ -166,8 +167,9 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
          model_map: Mapping[str, str] | None = None, *, profile_path: str | None = None,
          table_paths: Sequence[str | None] | None = None, model_infos: Mapping[str, ModelInfo] | None = None,
          sequences_leave: bool = False, extractor_kinds=None, prefer: str = "cheaper",
-         variants: Sequence = ()) -> PlanResult:
-    """Pick the most accurate configuration meeting ``latency_target_s`` at ``percentile`` (50 or 95)."""
+         variants: Sequence = (), perf_scale: tuple[float, float] | None = None) -> PlanResult:
+    """Pick the most accurate configuration meeting ``latency_target_s`` at ``percentile`` (50 or 95).
+    ``perf_scale`` = (prefill, decode): the device runs that much slower than profiled (live correction)."""
     if not latency_target_s or not math.isfinite(latency_target_s) or latency_target_s <= 0:
         raise UsageError(f"latency target must be a finite number > 0 s, got {latency_target_s}", fix="pass e.g. --latency-target 2s")
     if prefer not in ("cheaper", "most-accurate"):
@@ -244,6 +246,10 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
                               f"--model-map {t.model_id}=<profile model id>")
 
     pms = [resolve(t, p) for t, p in zip(tables, tpaths)]
+    if perf_scale is not None:
+        pms = [scale_model(pm, *perf_scale) for pm in pms]
+        notes.append(f"device speed scaled by a live correction: prefill x{perf_scale[0]:.3g}, decode x{perf_scale[1]:.3g} "
+                     "(measured on the served model, assumed to hold for every model)")
     cols: dict[str, list] = {k: [] for k in ("table", "row", "budget", "n", "steps", "mean", "acc", "I", "P")}
     skipped = 0
     for ti, t in enumerate(tables):

@@ -116,6 +116,15 @@ class CloudRef(_M):
     accuracy_table: Optional[str] = None
 
 
+class PlannerInputs(_M):
+    """What `edgekit serve --replan` needs, beyond profile / tables / target / caps, to re-run the planner."""
+
+    prefer: Literal["cheaper", "most-accurate"] = "cheaper"
+    sequences_leave: bool = False
+    replanned: Optional[str] = None  # set by a live re-plan: when, why and the correction factors used
+    perf_scale: Optional[list[float]] = None  # [prefill, decode]: the predictions assume a device this much slower
+
+
 class PlanFile(_M):
     schema_version: int = PLAN_SCHEMA_VERSION
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -131,6 +140,7 @@ class PlanFile(_M):
     based_on: list[str] = Field(default_factory=list)  # "published data ...", assumptions, cross-model estimates
     cloud: Optional[CloudRef] = None  # where low-confidence queries go
     offload: Optional[OffloadCalibration] = None  # the calibrated threshold (edgekit calibrate)
+    planner: Optional[PlannerInputs] = None  # absent in plans written before live re-planning
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file, then rename). Nulls are kept (Figure.value may be null)."""

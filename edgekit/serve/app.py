@@ -98,7 +98,7 @@ def _too_large(svc: Service) -> ApiError:
                     code="request_too_large")
 
 
-KNOWN = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/metrics")
+KNOWN = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/metrics", "/admin/replan", "/admin/live")
 
 
 def _endpoint(path: str) -> str:
@@ -115,9 +115,17 @@ async def read_json(request: Request, svc: Service) -> Any:
         chunks.append(chunk)
     raw = b"".join(chunks)
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, RecursionError) as e:
         raise ApiError(400, f"the request body is not valid JSON ({type(e).__name__})", code="invalid_json") from None
+    try:  # a lone UTF-16 surrogate escape ("\ud800") is valid JSON but not text: it would fail in the tokenizer
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "the request body contains a lone UTF-16 surrogate (e.g. \\ud800), which is not text",
+                       code="invalid_value") from None
+    except (ValueError, RecursionError) as e:
+        raise ApiError(400, f"the request body is not valid JSON ({type(e).__name__})", code="invalid_json") from None
+    return body
 
 
 async def _watch_disconnect(request: Request, job: Job) -> None:
@@ -159,6 +167,17 @@ def build_app(svc: Service, *, api_key: Optional[str] = None) -> Any:
 
     def model_card() -> dict:
         return {"id": svc.model_id, "object": "model", "created": int(svc.started_at), "owned_by": "edgekit"}
+
+    @app.post("/admin/replan")
+    async def admin_replan() -> JSONResponse:  # behind the API key like every route
+        out = await asyncio.get_running_loop().run_in_executor(None, svc.live.replan, "admin")
+        if out["outcome"] in ("failed", "busy"):
+            raise ApiError(409, out["message"], code="replan_" + out["outcome"])
+        return JSONResponse(out)
+
+    @app.get("/admin/live")
+    async def admin_live() -> JSONResponse:
+        return JSONResponse(svc.live.status())
 
     @app.get("/v1/models")
     async def models() -> dict:

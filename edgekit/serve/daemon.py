@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -22,6 +24,7 @@ from edgekit.plan.apply import Query, build_offload, check_plan_model, planned_m
 from edgekit.runtime import Runtime
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import load_plan
+from edgekit.serve.live import LiveSettings
 from edgekit.serve.service import Limits, Service
 
 log = logging.getLogger("edgekit.serve")
@@ -45,6 +48,7 @@ class ServeConfig:
     cloud_model: Optional[str] = None
     offload: Optional[str] = None
     drain_timeout_s: float = 120.0
+    live: LiveSettings = field(default_factory=LiveSettings.from_env)  # live latency model, --replan
 
 
 def is_loopback(host: str) -> bool:
@@ -119,7 +123,8 @@ def load(cfg: ServeConfig, progress: Any = None) -> Service:
         opts["max_seqs"] = cfg.max_seqs
     engine = engines.create(cfg.engine, model, **{k: v for k, v in opts.items() if v is not None})
     rt = Runtime(engine, offload=off)
-    return Service(rt, limits=lim, plan=plan, plan_path=cfg.plan, base_options=base, log_prompts=cfg.log_prompts)
+    return Service(rt, limits=lim, plan=plan, plan_path=cfg.plan, base_options=base, log_prompts=cfg.log_prompts,
+                   live=cfg.live)
 
 
 def _server_class() -> Any:
@@ -185,6 +190,9 @@ def run(cfg: ServeConfig, sock: socket.socket, svc: Service) -> int:
         config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10,
                                 timeout_keep_alive=5, lifespan="off")
         server = _server_class()(config, svc, cfg.drain_timeout_s)
+        if hasattr(signal, "SIGHUP"):  # re-plan at the corrected speed, off the event loop
+            signal.signal(signal.SIGHUP, lambda sig, frame: threading.Thread(
+                target=svc.live.replan, args=("sighup",), name="edgekit-replan", daemon=True).start())
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"edgekit serve: {svc.model_id} on http://{shown}:{port}/v1 (queue {cfg.limits.max_queue}, "

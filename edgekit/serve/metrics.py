@@ -42,6 +42,21 @@ class Metrics:
                                   "requests", registry=r)
         self.step_rows = Gauge("edgekit_engine_max_rows_in_step", "continuous batching: most rows (samples) decoded "
                                "in one step", registry=r)
+        # live latency model (edgekit.serve.live): only with a plan whose profile is readable
+        self.live_factor = Gauge("edgekit_live_correction_factor", "live correction in force: measured / predicted "
+                                 "time, EWMA (1 until enough requests)", ["part"], registry=r)
+        self.live_samples = Gauge("edgekit_live_correction_samples", "requests that fed the live correction", ["part"],
+                                  registry=r)
+        self.live_ratio = Histogram("edgekit_live_measured_over_predicted", "per request: measured / perf-model "
+                                    "predicted time for its own prompt tokens, steps and n", ["part"],
+                                    buckets=RATIO_BUCKETS, registry=r)
+        self.live_corrected = Gauge("edgekit_live_corrected_latency_seconds", "the plan configuration in force: "
+                                    "predicted latency at the plan's percentile x live correction", registry=r)
+        self.live_target = Gauge("edgekit_live_latency_target_seconds", "the plan's latency target", registry=r)
+        self.replans = Counter("edgekit_replans", "live re-plans by trigger (auto, sighup, admin) and outcome "
+                               "(changed, unchanged, infeasible, failed)", ["trigger", "outcome"], registry=r)
+        self.admission = Counter("edgekit_deadline_admission", "requests whose corrected prediction exceeded their "
+                                 "deadline: max_tokens shrunk, or refused (503)", ["action"], registry=r)
 
     def bind(self, svc: Any) -> None:
         """Gauges read the service's live state at scrape time."""

@@ -25,6 +25,7 @@ from edgekit.runtime import Runtime
 from edgekit.schemas.options import MAX_N_CAP, CancelToken, SamplingOptions
 from edgekit.schemas.plan import PlanFile
 from edgekit.schemas.result import Result
+from edgekit.serve.live import LiveLatency, LiveSettings
 from edgekit.serve.metrics import Metrics
 from edgekit.serve.schemas import ApiError, ChatRequest, CompletionRequest, build_options, explicit_options
 from edgekit.serve.tap import TapEngine
@@ -57,6 +58,7 @@ class Job:
     started: bool = False
     announced: bool = False
     tokens: dict[int, list[tuple[str, Optional[float]]]] = field(default_factory=dict)  # per sample: (piece, logprob)
+    live: dict = field(default_factory=dict)  # live latency model: admission note, predicted / corrected / measured
     _svc: Optional["Service"] = None
 
     # -- Listener (called in the worker thread, under the runtime's lock) -------------------
@@ -85,7 +87,7 @@ class Service:
 
     def __init__(self, runtime: Runtime, *, limits: Optional[Limits] = None, plan: Optional[PlanFile] = None,
                  plan_path: Optional[str] = None, base_options: Optional[SamplingOptions] = None,
-                 metrics: Optional[Metrics] = None, log_prompts: bool = False):
+                 metrics: Optional[Metrics] = None, log_prompts: bool = False, live: Optional[LiveSettings] = None):
         self.rt = runtime
         if not isinstance(runtime.engine, TapEngine):
             runtime.engine = TapEngine(runtime.engine)
@@ -109,6 +111,7 @@ class Service:
         self.slots = max(1, runtime.engine.capabilities.concurrent)  # requests the engine decodes at once
         self.executor = ThreadPoolExecutor(max_workers=self.limits.max_queue + self.slots + 2, thread_name_prefix="edgekit-serve")
         self.metrics.bind(self)
+        self.live = LiveLatency(self, live)
 
     # -- admission ----------------------------------------------------------------------------
     def retry_after_s(self) -> int:
@@ -179,9 +182,11 @@ class Service:
             raise ApiError(400, f"n={opts.n} exceeds this server's cap of {lim.max_n}", param="n", code="over_cap")
         if self.plan is not None:
             prompt = self._apply_template(prompt)
+        opts, admission = self.live.admit(opts, prompt, "max_tokens" in explicit, params["max_tokens"])
         logprobs = bool(req.logprobs) if isinstance(req, ChatRequest) else (isinstance(req, CompletionRequest) and req.logprobs == 0)
         return Job(prompt=prompt, options=opts, chat=chat, stream=bool(req.stream), want_logprobs=logprobs,
-                   ignored=sorted(req.model_extra or {}), overrides=overrides, max_prompt_tokens=lim.max_prompt_tokens)
+                   ignored=sorted(req.model_extra or {}), overrides=overrides, max_prompt_tokens=lim.max_prompt_tokens,
+                   live={"admission": admission} if admission else {})
 
     def _apply_template(self, prompt: Any) -> Any:
         tmpl = self.plan.chosen.prompt  # type: ignore[union-attr]
@@ -217,6 +222,7 @@ class Service:
         if job.token.cancelled:
             m.cancelled.labels("client_disconnected").inc()
         self._ewma_s = t.total_s if self._ewma_s is None else 0.8 * self._ewma_s + 0.2 * t.total_s
+        job.live.update(self.live.update(job, res) or {})
 
     def observe(self, job: Job, res: Result) -> dict:
         """The ``edgekit`` response object (and the plan's measured/predicted ratio)."""
@@ -244,11 +250,14 @@ class Service:
             "offload_reason": off.reason if off else None,
             "timings": t.model_dump(),
             "latency": {"measured_s": t.total_s, "queue_s": t.queue_s, "predicted_s": predicted,
+                        "corrected_s": self.live.corrected_config_s() if predicted is not None and self.live.enabled else None,
                         "percentile": self.plan.percentile if predicted is not None else None, "note": note},
             "deadline_s": job.options.deadline_s,
             "finish_reasons": [s.finish_reason for s in res.samples],
             "flags": res.flags,
             "plan": self.plan_path,
+            "plan_config": self.live.config(),  # the configuration in force (a live re-plan may have changed it)
+            "live": job.live or None,
             "ignored_fields": job.ignored,
         }
 
