@@ -73,6 +73,7 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
     if plot:
         check_output_path(plot, "--plot", "pareto.png")
     table_paths = _unique(table_paths)
+    load_profile(profile_path)  # named first when both are missing (the command line's order)
     tables = [load_table(p) for p in table_paths]
     auto = variants is not None and str(variants) == "auto"
     skipped: list[str] = []
