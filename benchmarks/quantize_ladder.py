@@ -57,15 +57,55 @@ def measure(spec: dict) -> dict:
                          aggregate="none", extractor=None)
     finally:
         rt.close()
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_kb = _vm_hwm_kb()
     return {"load_s": load_s, "prefill_tok_s": pre.timings.prompt_tokens / pre.timings.prefill_s,
             "prompt_tokens": pre.timings.prompt_tokens,
             "decode_tok_s": d1.timings.decode_tok_s, "decode_tok_s_n8": dn.timings.decode_tok_s,
             "peak_rss_bytes": rss_kb * 1024}
 
 
+def onnx_ppl(spec: dict) -> dict:
+    """Perplexity of an ONNX variant on the reference's own tokens and windows (the llama-perplexity
+    scheme: windows of n_ctx, the second half of each scored), through the onnx engine's teacher-forced
+    score(). KL needs the variant's whole distribution, which score() does not return: not measured."""
+    import math
+
+    from edgekit.quantize.quality import load_reference
+    from edgekit.runtime import Runtime
+
+    ref = load_reference(spec["reference"])
+    m = ref.meta
+    n_ctx, toks = int(m["n_ctx"]), ref.tokens.tolist()
+    if m["add_bos"]:
+        raise SystemExit("onnx ppl: the reference's model adds a BOS per window; not supported here")
+    first = n_ctx // 2
+    rt = Runtime(spec["model"], engine="onnx")
+    try:
+        lps: list[float] = []
+        for w in range(len(toks) // n_ctx):
+            win = toks[w * n_ctx:(w + 1) * n_ctx]
+            lps += list(rt.engine.score(win[:first + 1], win[first + 1:]))
+    finally:
+        rt.close()
+    assert len(lps) == len(ref.targets), (len(lps), len(ref.targets))
+    return {"ppl": math.exp(-sum(lps) / len(lps)), "kl": None, "top1_agree": None, "n_tokens": len(lps),
+            "text": m["text_name"]}
+
+
+def _vm_hwm_kb() -> int:
+    """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux carries that across
+    exec from the forking parent, so every child would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def quality(spec: dict) -> dict:
     from edgekit.quantize import quality as q
+
+    if spec.get("engine") == "onnx":
+        return onnx_ppl(spec)
 
     if spec.get("is_reference"):
         rep = q.reference_report(spec["reference"])
@@ -119,12 +159,17 @@ def shape_checks(rows: list[dict]) -> list[str]:
     gg = sorted([r for r in rows if r["engine"] == "llama.cpp"], key=lambda r: -r["size_bytes"])
     for a, b in zip(gg, gg[1:]):  # a larger than b
         if a["decode_tok_s"] and b["decode_tok_s"] and b["decode_tok_s"] < a["decode_tok_s"] * 0.97:
-            why = ("K-quant/low-bit blocks cost more CPU per weight to unpack than legacy blocks; at this model size a "
-                   "2-core CPU is compute-bound, not memory-bound, at n=1"
-                   if (b["type"] not in LEGACY) != (a["type"] not in LEGACY) or b["type"] in ("Q2_K", "Q3_K_M", "Q3_K_S")
-                   else "within this VM's run-to-run drift unless the min-max ranges do not overlap")
+            ra, rb = a.get("decode_tok_s_range") or [None, None], b.get("decode_tok_s_range") or [None, None]
+            overlap = None not in ra + rb and rb[1] >= ra[0]
+            if overlap:
+                why = "their min-max ranges overlap: within this VM's run-to-run drift"
+            elif b["type"] not in LEGACY and a["type"] in LEGACY or b["type"] in ("Q2_K", "Q3_K_M", "Q3_K_S"):
+                why = ("K-quant/low-bit blocks cost more CPU per weight to unpack than legacy blocks; at this model "
+                       "size a 2-core CPU is partly compute-bound, not purely memory-bound, at n=1")
+            else:
+                why = "not explained by size or block type; rerun with more --reps"
             out.append(f"decode n=1: {b['variant']} ({b['size_bytes']/1e6:.0f} MB) is slower than {a['variant']} "
-                       f"({a['size_bytes']/1e6:.0f} MB): {b['decode_tok_s']:.1f} vs {a['decode_tok_s']:.1f} tok/s; likely {why}")
+                       f"({a['size_bytes']/1e6:.0f} MB): {b['decode_tok_s']:.1f} vs {a['decode_tok_s']:.1f} tok/s; {why}")
         if a.get("ppl") and b.get("ppl") and b["ppl"] < a["ppl"] * 0.999:
             why = ("the reference is itself a dequantized 4-bit model, so a type close to the source's grid "
                    "(Q4_1-like) can land nearer to it than a higher-bit type"
@@ -165,12 +210,12 @@ def main() -> None:
             s = _stat([x[k] for x in runs[r["variant"]]])
             r[k], r[k + "_range"] = s["median"], [s["min"], s["max"]]
         r["reps"] = a.reps
-        if r["engine"] == "llama.cpp":
-            qd = _child("quality", {"model": r["path"], "reference": str(ref_npz), "is_reference": r.get("is_reference", False)})
-            r.update(ppl=qd["ppl"], kl=qd["kl"], top1_agree=qd["top1_agree"], quality_tokens=qd["n_tokens"], text=qd["text"])
-        else:
-            r.update(ppl=None, kl=None, top1_agree=None,
-                     quality_note="not measured: the perplexity/KL scorer reads llama.cpp logits; the ONNX engine has no scorer")
+        qd = _child("quality", {"model": r["path"], "reference": str(ref_npz), "engine": r["engine"],
+                                "is_reference": r.get("is_reference", False)})
+        r.update(ppl=qd["ppl"], kl=qd["kl"], top1_agree=qd["top1_agree"], quality_tokens=qd["n_tokens"], text=qd["text"])
+        if r["engine"] == "onnx":
+            r["quality_note"] = ("ppl through the onnx engine's score() on the reference's windows; KL not measured "
+                                 "(score() returns the actual token's logprob only)")
     shape = shape_checks(rows)
     doc = {"model": a.model, "reps": a.reps, "budget": a.budget, "reference": str(ref_npz),
            "how": "speeds: measured, median of reps (min-max in *_range), each variant in its own process, order rotated; "

@@ -229,3 +229,45 @@ def test_profile_engine_onnx(onnx_card, tmp_path):
     assert mp.model.id == onnx_card.variant_id and mp.model.quant == "onnx-int8" and mp.kv_layout == "per-sequence"
     assert {p.prompt_tokens for p in mp.prefill} == {16, 64}
     assert {d.n for d in mp.decode} >= {1, 2}
+
+
+@pytest.mark.slow
+def test_quantize_to_onnx_int8_reuses_a_verified_folder_and_models_list_checks_it(onnx_card, tmp_path, monkeypatch):
+    """`edgekit quantize SMOL --to onnx-int8` dispatches through the ladder's format registry: a folder in
+    the variants cache whose card matches this source and whose files hash to the card is reused, not
+    re-exported; `models list` shows it; a flipped byte in its graph makes `models verify` say corrupt and
+    the next quantize re-export it (the export is replaced by a recorder here: it is tested above)."""
+    import shutil
+    from pathlib import Path
+
+    import edgekit.quantize.onnx_export as ox
+    from edgekit.models import resolve
+    from edgekit.models.variants import check_variant, variant_rows
+    from edgekit.quantize import quantize
+    from edgekit.schemas.quant import card_path_for, load_card
+
+    src = resolve(SMOL).path
+    home = tmp_path / "home"
+    (home / "models" / SMOL).mkdir(parents=True)
+    shutil.copy2(src, home / "models" / SMOL / src.name)
+    monkeypatch.setenv("EDGEKIT_HOME", str(home))
+    dest = ox.variant_folder(SMOL)
+    shutil.copytree(onnx_card.path, dest)
+    card = onnx_card.model_copy(update={"path": str(dest)})
+    card.save(card_path_for(dest))
+
+    calls = []
+    monkeypatch.setattr(ox, "export_onnx_int8", lambda *a, **k: calls.append((a, k)) or load_card(card_path_for(dest)))
+    (r,) = quantize(SMOL, "onnx-int8")
+    assert r.action == "exists" and calls == [] and Path(r.path) == dest
+    row = next(x for x in variant_rows() if x["format"] == "onnx")
+    assert row["id"] == card.variant_id and row["status"] in ("verified", "unverified")
+    assert check_variant(card, "full", raise_corrupt=False).status == "verified"
+
+    graph = next(p for p in sorted(dest.iterdir()) if p.suffix == ".onnx")
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    assert check_variant(card, "full", raise_corrupt=False).status == "corrupt"
+    (r2,) = quantize(SMOL, "onnx-int8")
+    assert r2.action == "remade" and len(calls) == 1
