@@ -106,6 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="40:70", help="held-out problems a:b (not used to build the tables)")
     ap.add_argument("--targets", default="1,2,4,8", help="latency targets, seconds, comma-separated")
     ap.add_argument("--percentile", type=int, default=50, choices=(50, 95))
+    ap.add_argument("--variants", default=None, help="variant cards (edgekit quantize): a folder, or 'auto' for the cache")
+    ap.add_argument("--prefer", default="cheaper", choices=("cheaper", "most-accurate"))
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="first 2 targets, first 2 held-out problems")
     a = ap.parse_args(argv)
@@ -136,7 +138,8 @@ def run(a) -> int:
     for target in targets:
         row = {"target_s": target}
         try:
-            res, _ = make_plan(a.profile, a.accuracy, target, percentile=a.percentile)
+            res, _ = make_plan(a.profile, a.accuracy, target, percentile=a.percentile, variants=a.variants,
+                               prefer=a.prefer)
             ci = res.chosen
         except InfeasibleTarget as e:
             res, ci = e.result, None

@@ -192,3 +192,24 @@ def test_leave_one_out_on_recorded_profile_meets_goal(capsys):
         assert out[k]["coverage"] >= 0.90, (k, out[k])
         assert out[k]["mape_pct"] <= 15.0, (k, out[k])
     assert out["points"]["n"] == 33 and out["configs"]["n"] == 51 and out["meets_goal"]
+
+
+def test_a_variant_that_cannot_be_predicted_is_left_out_with_a_note_not_an_error(ladder, tmp_path):
+    """A profile with one model cannot fit the device's per-byte step cost, so the ladder's Q8_0 and
+    Q2_K cannot be predicted: the plan still comes out for the tables the user named and says which
+    variants were left out; a table the user named for a model the profile lacks is still an error."""
+    prof = load_profile(PROFILE)
+    one = prof.model_copy(update={"models": [m for m in prof.complete_models() if m.model.id == BASE]})
+    p1 = tmp_path / "one.json"
+    p1.write_text(one.model_dump_json())
+    res, _ = make_plan(p1, [TABLE], 100.0, variants=ladder)
+    assert res.chosen is not None
+    quants = {res.config(i)["quant"] for i in range(len(res))}
+    assert "Q2_K" not in quants and "Q8_0" not in quants
+    for q in ("q2_k", "q8_0"):
+        assert any(f"variant {BASE}-{q} left out" in n for n in res.notes), res.notes
+    gemma_table = load_table(TABLE).model_copy(update={"model_id": "gemma-3-270m", "model_sha256": None})
+    gt = tmp_path / "gemma.json"
+    gt.write_text(gemma_table.model_dump_json())
+    with pytest.raises(Exception, match="gemma-3-270m"):
+        make_plan(p1, [TABLE, gt], 100.0, variants=ladder)

@@ -115,7 +115,9 @@ class LlamaCppEngine(Engine):
         self.gguf = info
         self.model_info = ModelInfo(
             id=resolved.id, sha256=resolved.sha256, arch=info.arch, quant=info.quant,
-            n_params=resolved.entry.n_params if resolved.entry else None, size_bytes=info.tensor_bytes,
+            # a catalogue model's published count; any other GGUF (a variant, a local file): its tensors' elements
+            n_params=resolved.entry.n_params if resolved.entry else (float((info.extra or {}).get("n_elements") or 0) or None),
+            size_bytes=info.tensor_bytes,
             n_layer=info.n_layer, n_embd=info.n_embd, n_head_kv=info.n_head_kv, n_embd_head=info.head_dim,
             kv_bytes_per_token=info.kv_bytes_per_token(), n_ctx_train=info.arch_key("context_length"),
         )

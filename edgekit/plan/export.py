@@ -55,7 +55,7 @@ def based_on(res: PlanResult) -> list[str]:
     out.append("prompt length = the accuracy table's mean prompt tokens")
     out.append("finished sequences leave the batch (mean_tokens)" if res.sequences_leave
                else "all n sequences stay in the batch for the row's expected decode steps (conservative)")
-    for pm in {id(pm): pm for pm in res.perf_models}.values():
+    for pm in {id(pm): pm for pm in res.perf_models if pm is not None}.values():
         out.append(f"{pm.model_id}: latency {pm.method}; interval {pm.interval_how}; energy {pm.energy_how}; "
                    f"memory {pm.memory_how}")
         out.extend(f"{pm.model_id}: {n}" for n in pm.notes)

@@ -56,7 +56,7 @@ def extractor_for(task: str, overrides: Mapping[str, str] | Callable[[str], str 
 class PlanResult:
     profile: DeviceProfile
     tables: list[AccuracyTable]
-    perf_models: list[PerfModel]  # one per table
+    perf_models: list[Optional[PerfModel]]  # one per table (None: a cached variant left out, see notes)
     target_s: float
     percentile: int
     energy_cap_j: Optional[float]
@@ -245,14 +245,24 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
                           fix=f"run `edgekit profile --model {t.model_id}` on this device, or map it with "
                               f"--model-map {t.model_id}=<profile model id>")
 
-    pms = [resolve(t, p) for t, p in zip(tables, tpaths)]
+    pms: list[Optional[PerfModel]] = []
+    for t, p, v in zip(tables, tpaths, var_of):
+        try:
+            pms.append(resolve(t, p))
+        except SchemaError as e:
+            if v is None:  # a table the user named: its error is the answer
+                raise
+            pms.append(None)  # a variant found in the cache: left out, said why
+            notes.append(f"variant {t.model_id} left out: {e.message}")
     if perf_scale is not None:
-        pms = [scale_model(pm, *perf_scale) for pm in pms]
+        pms = [None if pm is None else scale_model(pm, *perf_scale) for pm in pms]
         notes.append(f"device speed scaled by a live correction: prefill x{perf_scale[0]:.3g}, decode x{perf_scale[1]:.3g} "
                      "(measured on the served model, assumed to hold for every model)")
     cols: dict[str, list] = {k: [] for k in ("table", "row", "budget", "n", "steps", "mean", "acc", "I", "P")}
     skipped = 0
     for ti, t in enumerate(tables):
+        if pms[ti] is None:
+            continue
         for ri, r in enumerate(t.rows):
             if r.aggregation in VERIFIER_AGGS and not t.has_verifier:
                 skipped += 1
@@ -271,7 +281,7 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
     pred = {k: np.empty(len(A["acc"])) for k in ("prefill_s", "decode_s", "total_s", "lo_s", "hi_s", "energy_j", "memory_bytes")}
     for ti, pm in enumerate(pms):
         sel = np.nonzero(A["table"] == ti)[0]
-        if sel.size == 0:
+        if sel.size == 0 or pm is None:
             continue
         out = pm.predict_arrays(A["I"][sel], A["steps"][sel], A["n"][sel], A["budget"][sel],
                                 A["mean"][sel] if sequences_leave else None)
