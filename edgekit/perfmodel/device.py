@@ -48,7 +48,12 @@ CROSS_MODEL_UNC = 0.25  # kept for callers; see TWO_MODEL_UNC
 TWO_MODEL_UNC = {"prefill": 0.35, "decode": 0.20}
 LOO_FLOOR = 0.10
 UNSEEN_TYPE_UNC = 0.15
-VARIANT_TYPE_UNC = 0.10
+VARIANT_TYPE_UNC = 0.10  # decode, a variant of another quant type than its measured anchor
+# prefill of a variant of another quant type: llama.cpp's CPU kernels differ by type (Q4_0/Q8_0 have repacked
+# GEMM paths, Q4_1 and the K-quants do not): benchmarks/quantize_ladder.py measured SmolLM2's prefill at
+# 425-1213 tok/s across types of one model on the 2-core CI VM (2026-11-27), a factor of ~3, so the anchor's
+# prefill says little about the variant's. Point estimate unchanged; the interval says so. --confirm measures it.
+VARIANT_TYPE_PREFILL_UNC = 0.60
 _REF_I, _REF_S = 256, 256  # reference configuration for power
 
 
@@ -283,10 +288,13 @@ def predict_variant(dm: DeviceModel, info: ModelInfo, anchor_info: ModelInfo, an
 
     dS = float(info.size_bytes) - float(anchor_info.size_bytes)
     pm = copy.deepcopy(anchor)
-    extra = VARIANT_TYPE_UNC if (info.quant or "").upper() != (anchor_info.quant or "").upper() else 0.0
+    other_type = (info.quant or "").upper() != (anchor_info.quant or "").upper()
+    extra = VARIANT_TYPE_UNC if other_type else 0.0
+    extra_prefill = VARIANT_TYPE_PREFILL_UNC if other_type else 0.0
     fam = quant_family(info.quant)
     if fam not in dm.families:
         extra += UNSEEN_TYPE_UNC
+        extra_prefill += UNSEEN_TYPE_UNC
     if dm.batch_shape and pm.n_knots:
         knots, kc = dm.batch_shape
         slope = dict(zip(knots, (k for k, _ in kc)))
@@ -295,12 +303,13 @@ def predict_variant(dm: DeviceModel, info: ModelInfo, anchor_info: ModelInfo, an
     pm.alpha = max(pm.alpha + dm.coef["alpha"][0] * dS, 1e-9)
     pm.model_id, pm.quant, pm.sha256 = info.id, info.quant, info.sha256
     shift = dm.rel_unc["decode"] * abs(dS) / float(anchor_info.size_bytes)  # the fitted per-byte cost is uncertain too
-    pm.rel_unc_prefill += extra
+    pm.rel_unc_prefill += extra_prefill
     pm.rel_unc_decode += extra + shift
     pm.method = (f"estimated (cross-model: {anchor_info.id} {anchor_info.quant} measured in {dm.source or 'the profile'}, "
                  f"decode step shifted by {dS / 1e6:+.0f} MB x the per-byte step cost fitted across {', '.join(dm.models)})")
     pm.figure_method = "estimated"
-    pm.interval_how = (f"{anchor.interval_how}; +{extra:.0%} for type {info.quant} vs {anchor_info.quant}; decode "
+    pm.interval_how = (f"{anchor.interval_how}; prefill +{extra_prefill:.0%}, decode +{extra:.0%} for type {info.quant} vs "
+                       f"{anchor_info.quant} (per-type CPU kernels); decode "
                        f"+{shift:.1%} = cross-model decode +-{dm.rel_unc['decode']:.0%} x |size change| / anchor size"
                        f"{' (family ' + fam + ' not profiled)' if fam not in dm.families else ''}")
     pm.weights_bytes = float(info.size_bytes)
