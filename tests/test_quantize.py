@@ -339,3 +339,17 @@ def test_other_formats_dispatch_through_the_registry(home, monkeypatch):
     calls = []
     register_format("fake-int8", lambda src, target, opts: calls.append((src, target, opts.threads)) or "result")
     assert quantize(SMOL, "FAKE-INT8", threads=3) == ["result"] and calls == [(SMOL, "fake-int8", 3)]
+
+
+def test_reference_perplexity_is_at_most_q2_k(ref):
+    """The issue's sanity property: the F16 reference's perplexity on the shipped text is no higher than
+    Q2_K's made from it (fails if the measurement reads the wrong logits, positions or files)."""
+    from edgekit.quantize import quantize
+    from edgekit.quantize.quality import perplexity
+
+    (q2,) = quantize(ref.variant_id, "Q2_K")
+    p_ref = perplexity(ref.variant_id, limit_tokens=1024)
+    p_q2 = perplexity(q2.variant_id, limit_tokens=1024)
+    assert p_ref.ppl.method == "measured" and p_ref.n_tokens == p_q2.n_tokens > 400
+    assert 1.0 < p_ref.ppl.value <= p_q2.ppl.value, (p_ref.ppl.value, p_q2.ppl.value)
+    assert p_q2.ppl.value > 1.2 * p_ref.ppl.value  # two bits per weight on 135M parameters costs more than noise
