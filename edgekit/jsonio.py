@@ -16,16 +16,16 @@ from edgekit.errors import SchemaError
 M = TypeVar("M", bound=BaseModel)
 
 
-def save_atomic(doc: BaseModel, path: str | Path, what: str, indent: int = 2, exclude_none: bool = False) -> Path:
-    """Write ``doc`` as JSON to ``path`` through a temp file and a rename (never a half-written file)."""
+def write_atomic(path: str | Path, data: bytes, what: str) -> Path:
+    """Write ``data`` to ``path`` through a unique temp file beside it, fsync and a rename (never a
+    half-written file; two writers never share a temp file)."""
     p = Path(path)
     tmp = None
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=p.parent, prefix=p.name + ".", suffix=".tmp", delete=False,
-                                         encoding="utf-8") as f:  # unique: two writers never share a temp file
+        with tempfile.NamedTemporaryFile("wb", dir=p.parent, prefix=p.name + ".", suffix=".tmp", delete=False) as f:
             tmp = Path(f.name)
-            f.write(doc.model_dump_json(indent=indent, exclude_none=exclude_none))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(p)
@@ -34,6 +34,11 @@ def save_atomic(doc: BaseModel, path: str | Path, what: str, indent: int = 2, ex
             tmp.unlink(missing_ok=True)
         raise SchemaError(f"cannot write {what} {p}: {e.strerror or e}", fix="choose a writable --output path") from e
     return p
+
+
+def save_atomic(doc: BaseModel, path: str | Path, what: str, indent: int = 2, exclude_none: bool = False) -> Path:
+    """Write ``doc`` as JSON to ``path`` (see :func:`write_atomic`)."""
+    return write_atomic(path, doc.model_dump_json(indent=indent, exclude_none=exclude_none).encode("utf-8"), what)
 
 
 def append_jsonl(path: str | Path, obj: dict) -> None:

@@ -131,3 +131,16 @@ class Engine(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def chat_messages(prompt, options) -> list[dict]:
+    """A chat prompt's messages with the options' system message first (every engine templates these)."""
+    messages = [dict(m) for m in prompt]
+    if options.system:
+        messages.insert(0, {"role": "system", "content": options.system})
+    return messages
+
+
+def plain_text(messages: list[dict]) -> str:
+    """The messages' contents joined by newlines: the prompt of an engine asked not to apply a chat template."""
+    return "\n".join(str(m["content"]) for m in messages)

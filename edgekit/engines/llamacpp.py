@@ -24,7 +24,7 @@ from typing import Iterator, Optional
 
 from edgekit.engines import llamacpp_core as core
 from edgekit.engines import llamacpp_sched as sched
-from edgekit.engines.base import Cancel, Capabilities, Engine, EngineInfo, Event, Prompt, TokenPrompt
+from edgekit.engines.base import Cancel, Capabilities, Engine, EngineInfo, Event, Prompt, TokenPrompt, chat_messages, plain_text
 from edgekit.engines.grammar import grammar_for
 from edgekit.errors import BackendError, ContextOverflow, GGUFError, UsageError
 from edgekit.models.gguf import arch_is_known, check_gguf
@@ -197,11 +197,9 @@ class LlamaCppEngine(Engine):
     def prompt_ids(self, prompt: Prompt, options: SamplingOptions) -> list[int]:
         if isinstance(prompt, TokenPrompt):
             return list(prompt.ids)
-        messages = [dict(m) for m in prompt]
-        if options.system:
-            messages.insert(0, {"role": "system", "content": options.system})
+        messages = chat_messages(prompt, options)
         if not options.chat:
-            return self.tokenize("\n".join(str(m["content"]) for m in messages), add_special=True)
+            return self.tokenize(plain_text(messages), add_special=True)
         text, has_special = self.render_chat(messages)
         return self.tokenize(text, add_special=not has_special)
 

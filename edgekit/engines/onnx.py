@@ -27,7 +27,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from edgekit.engines.base import Cancel, Capabilities, Engine, EngineInfo, Event, Prompt, TokenPrompt
+from edgekit.engines.base import Cancel, Capabilities, Engine, EngineInfo, Event, Prompt, TokenPrompt, chat_messages, plain_text
 from edgekit.errors import BackendError, ChecksumMismatch, ContextOverflow, ModelNotFound, UsageError
 from edgekit.models.folder_hash import folder_sha256, onnx_files
 from edgekit.models.integrity import models_dir
@@ -183,11 +183,9 @@ class OnnxEngine(Engine):
     def prompt_ids(self, prompt: Prompt, options: SamplingOptions) -> list[int]:
         if isinstance(prompt, TokenPrompt):
             return list(prompt.ids)
-        messages = [dict(m) for m in prompt]
-        if options.system:
-            messages.insert(0, {"role": "system", "content": options.system})
+        messages = chat_messages(prompt, options)
         if not options.chat or not self.tok.chat_template:
-            return self.tokenize("\n".join(str(m["content"]) for m in messages), add_special=True)
+            return self.tokenize(plain_text(messages), add_special=True)
         text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         bos = self.tok.bos_token
         add = bool(getattr(self.tok, "add_bos_token", False)) and not (bos and text.startswith(bos))

@@ -37,9 +37,7 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,6 +48,7 @@ import numpy as np
 from edgekit import engines
 from edgekit.errors import SchemaError, UsageError
 from edgekit.figures import Figure
+from edgekit.jsonio import write_atomic
 from edgekit.models.variants import find_variant
 from edgekit.schemas.quant import QualityReport, card_path_for, load_card
 
@@ -192,20 +191,7 @@ def _save_npz(p: Path, arrays: dict, meta: dict) -> Path:
         p = p.with_name(p.name + ".npz")
     buf = io.BytesIO()
     np.savez_compressed(buf, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
-    tmp = None
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("wb", dir=p.parent, prefix=p.name + ".", suffix=".tmp", delete=False) as f:
-            tmp = Path(f.name)
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(p)
-    except OSError as e:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        raise SchemaError(f"cannot write reference {p}: {e.strerror or e}", fix="choose a writable --output path") from e
-    return p
+    return write_atomic(p, buf.getvalue(), "reference")
 
 
 @dataclass
