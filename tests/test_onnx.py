@@ -271,3 +271,25 @@ def test_quantize_to_onnx_int8_reuses_a_verified_folder_and_models_list_checks_i
     assert check_variant(card, "full", raise_corrupt=False).status == "corrupt"
     (r2,) = quantize(SMOL, "onnx-int8")
     assert r2.action == "remade" and len(calls) == 1
+
+
+@pytest.mark.slow
+def test_a_same_size_edit_after_export_is_refused_on_load(onnx_card, tmp_path):
+    """Wrong-as-good: a graph file damaged in place keeps its size; the load sees it is newer than its
+    card, re-hashes, and refuses it instead of running the damaged model."""
+    import shutil
+
+    from edgekit.errors import ChecksumMismatch
+    from edgekit.runtime import Runtime
+    from edgekit.schemas.quant import card_path_for
+
+    dest = tmp_path / "copy-onnx-int8"
+    shutil.copytree(onnx_card.path, dest)  # copy2: file times kept, older than the card saved next
+    onnx_card.model_copy(update={"path": str(dest)}).save(card_path_for(dest))
+    graph = next(p for p in sorted(dest.iterdir()) if p.suffix == ".onnx")
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    time.sleep(0.01)
+    graph.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatch, match="sha256 differs"):
+        Runtime(str(dest), engine="onnx", threads=2)

@@ -96,7 +96,8 @@ class OnnxEngine(Engine):
     def __init__(self, model: str, *, threads: Optional[int] = None, max_n: int = 16, n_ctx: Optional[int] = None,
                  verify: Optional[str] = None, **_: Any):
         """``model``: exported folder, variant id or base model id. ``verify="full"`` re-hashes the
-        onnx files against the card's sha256 (default: sizes only). ``threads``: intra-op threads."""
+        onnx files against the card's sha256 (default: sizes, and the hash when a file is newer than its
+        card). ``threads``: intra-op threads."""
         if not isinstance(max_n, int) or not 1 <= max_n <= MAX_N_CAP:
             raise UsageError(f"max_n must be in 1..{MAX_N_CAP}, got {max_n!r}", fix=f"pass max_n between 1 and {MAX_N_CAP}")
         try:
@@ -112,7 +113,12 @@ class OnnxEngine(Engine):
         files = onnx_files(folder)
         size = sum(p.stat().st_size for p in files)
         sha = card.sha256 if card else None
-        if card is not None and (size != card.size_bytes or (verify == "full" and folder_sha256(folder) != card.sha256)):
+        # sizes on every load; the full hash when asked, or when a file changed after its card was written (the card
+        # is written last by the export), so a same-size damaged or edited file is never used as the exported one
+        changed = card is not None and max(max(p.stat().st_mtime_ns, p.stat().st_ctime_ns) for p in files) > \
+            card_path_for(folder).stat().st_mtime_ns
+        if card is not None and (size != card.size_bytes or ((verify == "full" or changed)
+                                                             and folder_sha256(folder) != card.sha256)):
             raise ChecksumMismatch(f"ONNX variant {card.variant_id} ({folder}) does not match its card "
                                    f"({'sha256' if size == card.size_bytes else 'size'} differs)",
                                    fix=f"remake it: `edgekit quantize {card.source.model_id or card.source.path} --to onnx-int8 --force`")
