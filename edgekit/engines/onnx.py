@@ -30,7 +30,7 @@ import numpy as np
 from edgekit.engines.base import Cancel, Capabilities, Engine, EngineInfo, Event, Prompt, TokenPrompt, chat_messages, plain_text
 from edgekit.errors import BackendError, ChecksumMismatch, ContextOverflow, ModelNotFound, UsageError
 from edgekit.models.folder_hash import folder_sha256, onnx_files
-from edgekit.models.integrity import models_dir
+from edgekit.models.variants import variants_dir
 from edgekit.schemas.options import MAX_N_CAP, SamplingOptions
 from edgekit.schemas.profile import ModelInfo
 from edgekit.schemas.quant import card_path_for, load_card
@@ -44,7 +44,7 @@ def find_folder(model: str) -> Path:
     """A folder path, a variant id (``<cache>/models/variants/<id>``) or a base model id (its
     ``-onnx-int8`` variant)."""
     p = Path(model).expanduser()
-    variants = models_dir() / "variants"
+    variants = variants_dir()
     for cand in (p, variants / model, variants / f"{model}-onnx-int8"):
         if os.sep not in model or cand == p:
             if (cand / "model.onnx").is_file():

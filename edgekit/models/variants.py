@@ -88,8 +88,8 @@ def check_variant(card: VariantCard, verify: Optional[str] = None, raise_corrupt
     match (``raise_corrupt``), else returns the Check."""
     path = Path(card.path)
     mode = verify_mode(verify)
-    if card.format == "onnx":
-        return _check_folder(card, full=mode == "full", raise_corrupt=raise_corrupt)
+    if card.format == "onnx":  # a folder has no manifest to trust: auto hashes it, as a file without one is hashed
+        return _check_folder(card, full=True, raise_corrupt=raise_corrupt)
     c = cheap_check(path, None, card.variant_id)
     if c.status == MISSING:
         if raise_corrupt:
@@ -122,9 +122,15 @@ def _check_folder(card: VariantCard, full: bool, raise_corrupt: bool) -> Check:
         if raise_corrupt:
             raise _corrupt(card, "the folder or its .onnx files are missing (its card is still there)")
         return Check(path, MISSING, "the folder or its .onnx files are missing", None, card.variant_id)
+    size = sum(p.stat().st_size for p in files)
+    if size != card.size_bytes:
+        if raise_corrupt:
+            raise _corrupt(card, f"its files hold {size} bytes, its card says {card.size_bytes}")
+        return Check(path, CORRUPT, f"its files hold {size} bytes, its card says {card.size_bytes}", None,
+                     card.variant_id, expected_sha256=card.sha256)
     if not full:
-        return Check(path, UNVERIFIED, "folder: not re-hashed (models verify re-hashes it)", None, card.variant_id,
-                     expected_sha256=card.sha256)
+        return Check(path, UNVERIFIED, "folder: sizes match its card, not re-hashed (models verify re-hashes it)",
+                     None, card.variant_id, expected_sha256=card.sha256)
     t0 = time.perf_counter()
     digest = folder_sha256(path)
     dt = time.perf_counter() - t0

@@ -54,7 +54,7 @@ def dequantize(source: str, *, force: bool = False, free_bytes: Optional[FreeByt
         raise UsageError(f"{src.spec} is already a float model ({src.quant}); there is nothing to dequantize",
                          fix=f"quantize it directly: `edgekit quantize {src.spec} --to Q8_0,Q4_K_M`")
     dest = variant_file(src.base_model, "F16")
-    card, action = _existing(dest, src, "F16", force)
+    card, action = _existing(dest, src.sha256, src.spec, "F16", force)
     if card is not None:
         return QuantizeResult(card.variant_id, "F16", dest, card_path_for(dest), "exists", card.size_bytes, 0.0, card)
     sweep_partials(dest.parent)

@@ -137,10 +137,11 @@ def quantize(source: str, to: str | Sequence[str], *, threads: int = 0, allow_re
     return [results[t] for t in targets]
 
 
-def _existing(dest: Path, src: Source, type_name: str, force: bool,
+def _existing(dest: Path, src_sha256: Optional[str], src_label: str, type_name: str, force: bool,
               imatrix_sha: Optional[str] = None) -> tuple[Optional[VariantCard], str]:
-    """(card to reuse, action): ("exists" with the card when it matches this source and its file; else
-    the action the new output reports). Refuses to replace a variant made from another source."""
+    """(card to reuse, action): ("exists" with the card when it matches this source (``src_sha256``, named
+    ``src_label`` in errors) and its file or folder; else the action the new output reports). Refuses to
+    replace a variant made from another source. Serves every output format (GGUF files, ONNX folders)."""
     cp = card_path_for(dest)
     if not dest.exists() or not cp.exists():
         return None, "remade" if dest.exists() or cp.exists() else "made"
@@ -152,9 +153,9 @@ def _existing(dest: Path, src: Source, type_name: str, force: bool,
         return None, "forced"
     if check_variant(card, raise_corrupt=False).status != "verified":
         return None, "remade"
-    if card.source.sha256 != src.sha256 or card.type != type_name:
+    if card.source.sha256 != src_sha256 or card.type != type_name:
         raise UsageError(f"{card.variant_id} already exists, made from {card.source.model_id or card.source.path} "
-                         f"(sha256 {str(card.source.sha256)[:12]}…), not from {src.spec}",
+                         f"(sha256 {str(card.source.sha256)[:12]}…), not from {src_label}",
                          fix="pass --force to replace it, or `edgekit models rm " + card.variant_id + "` first")
     had = (card.params.get("imatrix") or {}).get("sha256") if isinstance(card.params.get("imatrix"), dict) else None
     if had != imatrix_sha:
@@ -191,7 +192,7 @@ def _gguf_ladder(src: Source, types: list[str], opts: QuantizeOptions) -> list[Q
     todo = []
     for t in types:
         dest = variant_file(src.base_model, t)
-        card, action = _existing(dest, src, t, opts.force, imatrix_sha)
+        card, action = _existing(dest, src.sha256, src.spec, t, opts.force, imatrix_sha)
         todo.append((t, dest, card, action))
     sweep_partials(variant_file(src.base_model, "x").parent)
     need = sum(estimate_bytes(src.info, t) for t, _, card, _ in todo if card is None)

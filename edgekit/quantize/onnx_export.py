@@ -40,7 +40,8 @@ from edgekit import engines
 from edgekit.errors import BackendError, EdgekitError, UsageError
 from edgekit.models.folder_hash import EXTERNAL_DATA, folder_sha256, onnx_files
 from edgekit.models.gguf import read_gguf
-from edgekit.models.integrity import models_dir, sha256_file
+from edgekit.models.integrity import sha256_file
+from edgekit.models.variants import variants_dir
 from edgekit.models.store import resolve
 from edgekit.schemas.quant import SourceInfo, VariantCard, card_path_for
 
@@ -83,7 +84,7 @@ def tool_versions() -> dict[str, str]:
 
 
 def variant_folder(base_model: str) -> Path:
-    return models_dir() / "variants" / f"{base_model}-{TYPE}"
+    return variants_dir() / f"{base_model}-{TYPE}"
 
 
 # -- source ------------------------------------------------------------------------------------
@@ -304,29 +305,22 @@ __all__ = ["export_onnx_int8", "check_tokenizer", "load_tokenizer", "folder_sha2
 
 def quantize_onnx_int8(source: str, target: str, opts) -> "QuantizeResult":
     """``edgekit quantize SOURCE --to onnx-int8``: the handler registered in the quantize ladder's
-    OUTPUT_FORMATS. An existing folder whose card matches this source and whose files hash to the card
-    is reused ("exists"); ``--force`` remakes it."""
+    OUTPUT_FORMATS. An existing folder is treated as the ladder treats its files (``ladder._existing``):
+    reused when its card matches this source and its files hash to the card, remade when broken,
+    refused when made from another source; ``--force`` remakes it."""
     import time
 
-    from edgekit.models.variants import check_variant
-    from edgekit.quantize.ladder import QuantizeResult
-    from edgekit.schemas.quant import load_card
+    from edgekit.quantize.ladder import QuantizeResult, _existing
 
     t0 = time.perf_counter()
     _need_extra()
     _, _, src, base = _source(source)
     out = variant_folder(base)
     cp = card_path_for(out)
-    action = "made"
-    if out.exists() and not opts.force:
-        if cp.exists():
-            old = load_card(cp)
-            ok = (old.source.sha256 == src.sha256
-                  and check_variant(old, "full", raise_corrupt=False).status == "verified")
-            if ok:
-                return QuantizeResult(old.variant_id, old.type, Path(old.path), cp, "exists", old.size_bytes,
-                                      time.perf_counter() - t0, old)
-        action = "remade"  # a folder without a card, or one that no longer matches it
+    old, action = _existing(out, src.sha256, src.model_id or src.path, TYPE, opts.force)
+    if old is not None:
+        return QuantizeResult(old.variant_id, old.type, Path(old.path), cp, action, old.size_bytes,
+                              time.perf_counter() - t0, old)
     card = export_onnx_int8(source, out, force=True)
-    return QuantizeResult(card.variant_id, card.type, Path(card.path), cp, "forced" if opts.force else action,
-                          card.size_bytes, time.perf_counter() - t0, card)
+    return QuantizeResult(card.variant_id, card.type, Path(card.path), cp, action, card.size_bytes,
+                          time.perf_counter() - t0, card)
