@@ -73,14 +73,13 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
     if plot:
         check_output_path(plot, "--plot", "pareto.png")
     table_paths = _unique(table_paths)
-    load_profile(profile_path)  # named first when both are missing (the command line's order)
+    profile = load_profile(profile_path)  # before the tables: named first when both are missing (the command line's order)
     tables = [load_table(p) for p in table_paths]
     auto = variants is not None and str(variants) == "auto"
     skipped: list[str] = []
     cards = [] if variants is None else list_variant_cards(None if auto else variants, skipped if auto else None)
     confirmed: list[str] = [f"variant card skipped: {s}" for s in skipped]
     for _ in range(3):
-        profile = load_profile(profile_path)
         infos = _model_infos(tables, {m.model.id for m in profile.complete_models()})
         base_infos = {**infos, **{m.model.id: m.model for m in profile.complete_models()}}
         vs = variant_candidates(cards, tables, [str(p) for p in table_paths], base_infos) if cards else []
@@ -96,6 +95,7 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
         c = res.config(res.chosen)
         spec = c["model_path"] or c["model_id"]
         _confirm_profile(spec, profile_path, profile, profile_fn)
+        profile = load_profile(profile_path)  # with the entry --confirm appended
         confirmed.append(f"--confirm: quick-profiled {spec} into {profile_path} (its latency was a cross-model estimate) "
                          "and planned again")
     if cloud_table is not None:

@@ -49,6 +49,7 @@ from edgekit import engines
 from edgekit.errors import SchemaError, UsageError
 from edgekit.figures import Figure
 from edgekit.jsonio import write_atomic
+from edgekit.models.integrity import sha256_file
 from edgekit.models.variants import find_variant
 from edgekit.schemas.quant import QualityReport, card_path_for, load_card
 
@@ -118,13 +119,7 @@ def _vocab_size(eng) -> Optional[int]:
 
 def _model_sha256(eng) -> str:
     """The model file's sha256: the store's verified one, else hashed here (a local file)."""
-    if eng.model_info.sha256:
-        return eng.model_info.sha256
-    h = hashlib.sha256()
-    with open(eng.path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return eng.model_info.sha256 or sha256_file(eng.path)
 
 
 def _tokens(eng, text: Text, limit_tokens: Optional[int]) -> list[int]:
