@@ -28,9 +28,8 @@ from edgekit.engines.base import Cancel, Capabilities, Engine, EngineInfo, Event
 from edgekit.engines.grammar import grammar_for
 from edgekit.errors import BackendError, ContextOverflow, GGUFError, UsageError
 from edgekit.models.gguf import arch_is_known, check_gguf
-from edgekit.models.store import Progress, resolve
+from edgekit.models.store import Progress, model_info, resolve
 from edgekit.schemas.options import MAX_N_CAP, SamplingOptions
-from edgekit.schemas.profile import ModelInfo
 
 _ll = core.ll
 log = logging.getLogger("edgekit.llama_cpp")
@@ -113,14 +112,7 @@ class LlamaCppEngine(Engine):
         info = check_gguf(resolved.path)
         self.path = resolved.path
         self.gguf = info
-        self.model_info = ModelInfo(
-            id=resolved.id, sha256=resolved.sha256, arch=info.arch, quant=info.quant,
-            # a catalogue model's published count; any other GGUF (a variant, a local file): its tensors' elements
-            n_params=resolved.entry.n_params if resolved.entry else (float((info.extra or {}).get("n_elements") or 0) or None),
-            size_bytes=info.tensor_bytes,
-            n_layer=info.n_layer, n_embd=info.n_embd, n_head_kv=info.n_head_kv, n_embd_head=info.head_dim,
-            kv_bytes_per_token=info.kv_bytes_per_token(), n_ctx_train=info.arch_key("context_length"),
-        )
+        self.model_info = model_info(resolved, info)
         _init_backend()
         threads = threads or default_threads()
         t0 = time.perf_counter()

@@ -276,6 +276,18 @@ def resolve(spec: str, pull_if_missing: bool = True, progress: Optional[Progress
     raise AssertionError("unreachable")
 
 
+def model_info(resolved: "ResolvedModel", g) -> "ModelInfo":
+    """The profile's facts of a resolved GGUF (``g`` = its :func:`edgekit.models.gguf.check_gguf` header)."""
+    from edgekit.schemas.profile import ModelInfo
+
+    return ModelInfo(
+        id=resolved.id, sha256=resolved.sha256, arch=g.arch, quant=g.quant,
+        # a catalogue model's published count; any other GGUF (a variant, a local file): its tensors' elements
+        n_params=resolved.entry.n_params if resolved.entry else (float((g.extra or {}).get("n_elements") or 0) or None),
+        size_bytes=g.tensor_bytes, n_layer=g.n_layer, n_embd=g.n_embd, n_head_kv=g.n_head_kv, n_embd_head=g.head_dim,
+        kv_bytes_per_token=g.kv_bytes_per_token(), n_ctx_train=g.arch_key("context_length"))
+
+
 def _entry_for(path: Path) -> Optional[CatalogEntry]:
     from edgekit.models.integrity import catalog_entry_for_path
 
