@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         cloud_model: Optional[str] = typer.Option(None, "--cloud-model"),
         variants: str = typer.Option("auto", "--variants", help="folder of quantized-variant cards (*.card.json) to plan "
                                      "as candidates; auto: the edgekit quantize cache; none: no variants"),
-        confirm: bool = typer.Option(False, "--confirm", help="if the chosen model's latency is a cross-model estimate, "
+        confirm: bool = typer.Option(False, "--confirm", help="if the chosen model's latency is a cross-model or block-slice estimate, "
                                      "quick-profile it here (appended to --profile) and plan again"),
         json_out: bool = typer.Option(False, "--json"),
     ):
@@ -83,9 +83,13 @@ def register(app: typer.Typer) -> None:
                           f"{pf.offload.score} >= {pf.offload.threshold:.4g}), expected {p.expected_latency_s:.2f} s, "
                           f"p95 {p.mixture_p95_s:.2f} s; {pf.offload.guarantee}", highlight=False)
         for why in p.rests_on:
-            what = "a cross-model estimate" if why.startswith("latency") else "an accuracy prior (heuristic)"
-            hint = (f"; `--confirm` quick-profiles {c.model_path or c.model_id} here and re-plans" if why.startswith("latency")
+            what = "a " + why.split(": ", 1)[1] if why.startswith("latency") else "an accuracy prior (heuristic)"
+            m = c.model_path or c.model_id
+            hint = (f"; `--confirm` quick-profiles {m} here and re-plans" if why.startswith("latency")
                     else "; evaluate the variant (`edgekit eval -m ...`) for a measured table")
+            if "cross-model" in why:
+                hint += (f" (on a large model, `edgekit profile --model {c.model_id} --slices --append -o {profile}` estimates it "
+                         "from two block slices of its file in seconds)")
             console.print(f"[yellow]note:[/yellow] the chosen {why.split(':')[0]} rests on {what}{hint}", highlight=False)
         for b in pf.based_on:
             console.print(f"[dim]· {b}[/dim]")

@@ -57,6 +57,10 @@ def register(app: typer.Typer) -> None:
         ctx: Optional[int] = typer.Option(None, "--ctx", help="context size in tokens (default: what the sweep needs)"),
         device_name: Optional[str] = typer.Option(None, help="name of this device in the profile"),
         append: bool = typer.Option(False, help="add the model to an existing profile at --output (a run that stops early adds a partial entry and keeps the complete one)"),
+        slices: bool = typer.Option(False, "--slices", help="estimate instead of measure: sweep a 1-block and a "
+                                    "k-block slice of the GGUF and extrapolate to its depth (seconds for a large model; "
+                                    "labelled estimate; never replaces a measured entry)"),
+        slice_blocks: int = typer.Option(8, "--slice-blocks", help="blocks in the larger slice (with --slices)"),
         json_out: bool = typer.Option(False, "--json"),
         csv_out: bool = typer.Option(False, "--csv", help="print the points as CSV"),
     ):
@@ -92,8 +96,14 @@ def register(app: typer.Typer) -> None:
                 def warn(msg):
                     bar.console.print(f"warning: {msg}", soft_wrap=True, markup=False, highlight=False)
 
-                prof = profile_model(model, cfg, output=out, progress=progress, device_name=device_name,
-                                     existing=existing, warn=warn)
+                if slices:
+                    from edgekit.profile.slices import estimate_by_slices
+
+                    prof = estimate_by_slices(model, cfg, blocks=slice_blocks, output=out, existing=existing,
+                                              progress=progress, device_name=device_name, warn=warn)
+                else:
+                    prof = profile_model(model, cfg, output=out, progress=progress, device_name=device_name,
+                                         existing=existing, warn=warn)
             saved = out
             mp = prof.complete_models()[-1]  # this run's entry: a complete sweep's entry is the last complete one
             if json_out:
@@ -118,20 +128,32 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(130)
 
 
+def _iqr_ms(f) -> str:
+    return "-" if f.iqr is None else f"{f.iqr * 1e3:.{1 if f.unit == 's' and f.value < 0.1 else 0}f}"
+
+
 def render_profile(prof, mp, out) -> None:
-    t = Table(title=f"{mp.model.id} on {prof.device.name} (measured: median of reps, IQR)")
+    how = ("measured: median of reps, IQR" if mp.estimate is None else
+           f"ESTIMATED from block slices {mp.estimate.blocks_one} and {mp.estimate.blocks_k} of {mp.estimate.n_layer}, "
+           f"extrapolated in depth: median of paired reps")
+    t = Table(title=f"{mp.model.id} on {prof.device.name} ({how})")
     for c in ("point", "time", "IQR", "tok/s", "reps"):
         t.add_column(c)
-    if mp.load_s:
-        t.add_row("load", f"{mp.load_s.value:.2f} s", f"{mp.load_s.iqr:.2f}", "", str(mp.load_s.reps))
+    if mp.load_s and mp.load_s.value is not None:
+        t.add_row("load", f"{mp.load_s.value:.2f} s", "-" if mp.load_s.iqr is None else f"{mp.load_s.iqr:.2f}", "",
+                  str(mp.load_s.reps))
     for p in mp.prefill:
-        t.add_row(f"prefill {p.prompt_tokens} tok", f"{p.prefill_s.value * 1e3:.0f} ms", f"{p.prefill_s.iqr * 1e3:.0f}",
+        t.add_row(f"prefill {p.prompt_tokens} tok", f"{p.prefill_s.value * 1e3:.0f} ms", _iqr_ms(p.prefill_s),
                   f"{p.prefill_tok_s.value:.0f}", str(p.prefill_s.reps))
     for d in mp.decode:
-        t.add_row(f"decode ctx={d.context_tokens} n={d.n}", f"{d.step_s.value * 1e3:.1f} ms/step", f"{d.step_s.iqr * 1e3:.1f}",
+        t.add_row(f"decode ctx={d.context_tokens} n={d.n}", f"{d.step_s.value * 1e3:.1f} ms/step", _iqr_ms(d.step_s),
                   f"{d.decode_tok_s.value:.1f}", str(d.step_s.reps))
     console.print(t)
-    if mp.peak_rss_mb:
+    if mp.estimate is not None:
+        console.print(f"estimate made in {mp.estimate.seconds} s; the planner widens its intervals by prefill "
+                      f"{mp.estimate.rel_unc_prefill:.0%} / decode {mp.estimate.rel_unc_decode:.0%} ({mp.estimate.how})",
+                      highlight=False)
+    if mp.peak_rss_mb and mp.peak_rss_mb.value is not None:
         console.print(f"peak RSS {mp.peak_rss_mb.value:.0f} MB ({mp.peak_rss_mb.describe()})")
     if mp.energy:
         e = mp.energy
@@ -152,7 +174,9 @@ def render_entries(prof, mp, out) -> None:
                   highlight=False, soft_wrap=True)
     for m in prof.models:
         if m is mp:
-            state = "complete (this run)"
+            state = "estimated from block slices (this run)" if m.estimate is not None else "complete (this run)"
+        elif m.estimate is not None:
+            state = "estimated from block slices"
         elif m.is_partial:
             missing = sum(1 for g in m.gaps if g.startswith(("prefill ", "decode ")) and " reps" in g)
             state = f"partial: {m.gaps[0] if m.gaps else 'stopped early'}; {missing} point(s) short of reps"

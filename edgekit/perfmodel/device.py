@@ -81,8 +81,9 @@ def layer_params(info: ModelInfo) -> tuple[float, str]:
 
 
 def usable_models(profile: DeviceProfile) -> list[ModelProfile]:
-    """Complete entries with the size, parameter count and KV bytes a cross-model fit needs."""
-    return [mp for mp in profile.complete_models()
+    """Measured entries with the size, parameter count and KV bytes a cross-model fit needs (an entry
+    estimated from slices is not a measurement to fit the device on)."""
+    return [mp for mp in profile.measured_models()
             if mp.model.size_bytes and mp.model.n_params and kv_bytes(mp.model)[0] and not mp.published_model]
 
 

@@ -162,6 +162,14 @@ def fit(model_profile: ModelProfile, source: str | None = None) -> PerfModel:
                    "decode": {"n": n.tolist(), "context_tokens": ctx.tolist(), "measured_s": td.tolist(),
                               "rel_err": rel_d.tolist()}},
     )
+    if mp.estimate is not None:  # points timed on block slices, extrapolated to the whole depth
+        est = mp.estimate
+        pm.method = (f"estimated (block slices: blocks {est.blocks_one} and {est.blocks_k} of {est.n_layer} timed on this "
+                     f"device, extrapolated to {est.n_layer} blocks, in {source or '(unsaved)'})")
+        pm.rel_unc_prefill += est.rel_unc_prefill
+        pm.rel_unc_decode += est.rel_unc_decode
+        pm.interval_how += (f"; + prefill {est.rel_unc_prefill:.0%}, decode {est.rel_unc_decode:.0%} for the "
+                            f"extrapolation from slices ({est.how})")
     e = mp.energy
     if e is not None and e.prefill_energy_per_token_mj.value is not None and e.decode_energy_per_token_mj.value is not None:
         pm.energy_mode = "per_token"

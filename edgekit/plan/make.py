@@ -50,7 +50,7 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
               variants: Optional[str | Path] = None, confirm: bool = False,
               profile_fn=None) -> tuple[PlanResult, Optional[Path]]:
     """``variants``: a folder of variant cards, "auto" for the quantize cache, None for none.
-    ``confirm``: when the chosen configuration's latency rests on a cross-model estimate, quick-profile
+    ``confirm``: when the chosen configuration's latency rests on a cross-model or block-slice estimate, quick-profile
     that model into ``profile_path`` (appended) and plan again (at most twice); ``profile_fn`` replaces
     :func:`edgekit.profile.sweep.profile_model` (tests)."""
     if not table_paths:
@@ -90,14 +90,15 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
             res.notes.append(f"{len(cards)} variant card(s) read; {sum(v.prior is not None for v in vs)} candidate table(s) "
                              "use an accuracy prior")
         res.notes.extend(confirmed)
-        if not confirm or "latency: cross-model estimate" not in res.rests_on(res.chosen) or len(confirmed) >= 2:
+        latency_from = [r for r in res.rests_on(res.chosen) if r.startswith("latency:")]
+        if not confirm or not latency_from or len(confirmed) >= 2:
             break
         c = res.config(res.chosen)
         spec = c["model_path"] or c["model_id"]
         _confirm_profile(spec, profile_path, profile, profile_fn)
         profile = load_profile(profile_path)  # with the entry --confirm appended
-        confirmed.append(f"--confirm: quick-profiled {spec} into {profile_path} (its latency was a cross-model estimate) "
-                         "and planned again")
+        confirmed.append(f"--confirm: quick-profiled {spec} into {profile_path} (its latency was a "
+                         f"{latency_from[0].split(': ', 1)[1]}) and planned again")
     if cloud_table is not None:
         res.joint = joint_plan(res, load_table(cloud_table), cloud_latency_s, offload_budget)
         res.chosen = res.joint.candidate

@@ -109,10 +109,13 @@ class PlanResult:
         return f"accuracy table {c['table_path'] or c['task']} {row}"
 
     def rests_on(self, i: int) -> list[str]:
-        """What the candidate's figures rest on besides measurements: cross-model latency, an accuracy prior."""
+        """What the candidate's figures rest on besides measurements: cross-model or block-slice latency, an
+        accuracy prior."""
         out = []
         if "cross-model" in self.method(i):
             out.append("latency: cross-model estimate")
+        elif "block slices" in self.method(i):
+            out.append("latency: block-slice estimate")
         v = self.variant(i)
         if v is not None and v.prior is not None:
             out.append("accuracy: prior")
@@ -205,9 +208,14 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
         mapped = model_map is not None and t.model_id in model_map
         pid = model_map[t.model_id] if mapped else t.model_id
         complete = profile.complete_models()  # a partial entry (interrupted sweep) is never used as if complete
-        mp = next((m for m in complete if m.model.id == pid), None)
-        if mp is None and t.model_sha256:
-            mp = next((m for m in complete if m.model.sha256 == t.model_sha256), None)
+        mp = None
+        # a measured entry (by id, then by file hash) before an estimate from block slices of the same file
+        for entries in (profile.measured_models(), [m for m in complete if m.estimate is not None]):
+            mp = next((m for m in entries if m.model.id == pid), None)
+            if mp is None and t.model_sha256:
+                mp = next((m for m in entries if m.model.sha256 == t.model_sha256), None)
+            if mp is not None:
+                break
         part = next((m for m in profile.partial_models() if m.model.id == pid), None)
         if mp is None and part is not None:
             raise SchemaError(f"profile {ppath} has only a partial entry for {pid} (the sweep stopped early: "
@@ -223,7 +231,7 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
             if mp.model.id not in cache:
                 cache[mp.model.id] = fit(mp, profile_path)
             return cache[mp.model.id]
-        if len(complete) >= 2:
+        if len(profile.measured_models()) >= 2:
             info = model_infos.get(t.model_id)
             if info is None:
                 raise SchemaError(f"accuracy table {tname} is for model {t.model_id!r}, which profile {ppath} lacks "

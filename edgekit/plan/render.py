@@ -21,6 +21,8 @@ def _short(method: str) -> str:
     kind = method.split(" (")[0]
     if "cross-model" in method:
         kind = "cross-model estimate"
+    elif "block slices" in method:
+        kind = "block-slice estimate"
     if "extended to n=" in method or "extrapolated" in method:
         kind += ", n extrapolated"
     return kind

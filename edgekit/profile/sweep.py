@@ -37,7 +37,9 @@ FILLER = (
 class SweepConfig:
     prompt_lengths: list[int] = field(default_factory=lambda: [32, 128, 512, 2048])
     contexts: list[int] = field(default_factory=lambda: [0, 512, 2048, 4096])
-    ns: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    # every n up to 8: the step cost is a sawtooth in n on CPUs (perfmodel.model.ROW_CHUNK), and
+    # accuracy tables use every k in 1..8
+    ns: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7, 8, 12, 16])
     decode_steps: int = 32
     reps: int = 5
     load_reps: int = 3
@@ -49,7 +51,7 @@ class SweepConfig:
 
     @classmethod
     def quick(cls) -> "SweepConfig":
-        return cls(prompt_lengths=[32, 128, 512], contexts=[0, 1024], ns=[1, 2, 4, 8], decode_steps=16, reps=3,
+        return cls(prompt_lengths=[32, 128, 512], contexts=[0, 1024], ns=[1, 2, 3, 4, 5, 6, 7, 8], decode_steps=16, reps=3,
                    load_reps=2, idle_s=1.0)
 
     def decode_points(self) -> list[tuple[int, int]]:
@@ -356,8 +358,10 @@ def profile_model(model: str, cfg: Optional[SweepConfig] = None, *, output: Opti
         mp.gaps.append(f"energy: {meter.why_unavailable}" + (f" (fix: {meter.fix})" if getattr(meter, "fix", None) else ""))
     mp.peak_vram_mb = mp.peak_vram_mb or unavailable("MB", "CPU build: no GPU memory used")
     if failure is None:
-        # A complete sweep supersedes every earlier entry of the model, complete or partial.
-        profile.models = [m for m in profile.models if m.model.id != mp.model.id] + [mp]
+        # A complete sweep supersedes every earlier entry of the model, complete or partial, and any
+        # block-slice estimate of the same file (by hash: it may have been made under another id).
+        profile.models = [m for m in profile.models if m.model.id != mp.model.id and not (
+            m.estimate is not None and mp.model.sha256 and m.model.sha256 == mp.model.sha256)] + [mp]
         profile.models.sort(key=lambda m: m.is_partial)  # complete entries first (stable)
         if out is not None:
             profile.save(out)

@@ -99,6 +99,21 @@ class DriftReport(_M):
     reasons: list[str] = Field(default_factory=list)
 
 
+class SliceEstimate(_M):
+    """How an estimated entry was made (``edgekit profile --slices``): its points were timed on a
+    1-block and a k-block slice of the file and extrapolated to the whole depth,
+    ``t = t_1 + (n_layer - 1) * (t_k - t_1) / (k - 1)``."""
+    method: Literal["block-slices"] = "block-slices"
+    n_layer: int
+    blocks_one: list[int]
+    blocks_k: list[int]
+    slice_bytes: list[int]  # file sizes of the two slices
+    rel_unc_prefill: float  # extrapolation uncertainty added to the fit's own interval (relative)
+    rel_unc_decode: float
+    how: str  # where those widths come from
+    seconds: Optional[float] = None  # wall time of the whole estimate (slicing + two sweeps)
+
+
 class ModelProfile(_M):
     model: ModelInfo
     threads: Optional[int] = None
@@ -120,6 +135,9 @@ class ModelProfile(_M):
     # repetitions. Absent (None) means complete, so complete entries serialise as before.
     # A partial entry is kept beside the complete entry of the same model, never in its place.
     partial: Optional[bool] = None
+    # Set on an entry estimated from block slices (not a measurement of the whole model); absent on
+    # measured entries. An estimate never replaces a measured entry; a measured sweep replaces it.
+    estimate: Optional[SliceEstimate] = None
 
     @property
     def is_partial(self) -> bool:
@@ -136,8 +154,13 @@ class DeviceProfile(_M):
     source: Optional[str] = None  # citation for published profiles
     notes: list[str] = Field(default_factory=list)
 
+    def measured_models(self) -> list[ModelProfile]:
+        """Complete entries measured on the whole model (not estimated from slices)."""
+        return [m for m in self.models if not m.is_partial and m.estimate is None]
+
     def complete_models(self) -> list[ModelProfile]:
-        """The entries from sweeps that ran to the end (the ones a planner may use as measured)."""
+        """The entries from sweeps that ran to the end (the ones a planner may use): measured entries and
+        entries estimated from block slices (``estimate`` set; their fits say so)."""
         return [m for m in self.models if not m.is_partial]
 
     def partial_models(self) -> list[ModelProfile]:
