@@ -9,8 +9,13 @@
 Two refinements for profiles measured by edgekit's llama.cpp runtime:
 - measured batch sizes (``n_knots``): the per-step base cost alpha + beta*n is replaced, between the
   smallest and largest measured n, by piecewise-linear interpolation of the measured base costs
-  (CPU matmul kernels do not scale linearly in n: on a 2-core CPU n=2 costs ~1.5x n=1, n=4 ~1.9x);
-  beyond the largest measured n the fitted slope beta continues from the last knot;
+  (CPU matmul kernels do not scale linearly in n: on a 2-core CPU n=2 costs ~1.5x n=1, n=4 ~1.9x),
+  and ggml's CPU matmuls take the n rows in chunks of ``ROW_CHUNK`` = 4 (repacked GEMM), leftover rows
+  one at a time, so the cost is a sawtooth in n: on the CI VM a step of SmolLM2 Q4_0 costs 10.1 ms
+  at n=4, 15.4 ms at n=6 and 13.2 ms at n=8; linear interpolation between n=4 and 8 under-predicted
+  n=6 by ~30 %, which is why the sweeps measure every n up to 8. Beyond the largest measured n, when
+  a whole period below it was measured, the sawtooth continues (base(last + 4q + r) = base(last) +
+  q*(base(last) - base(last-4)) + base(last-4+r) - base(last-4)); otherwise the slope beta does;
 - a unified KV cache (``kv_unified``): each sequence attends over every used cell, the shared prompt
   once plus every sequence's generated tokens, so the attention term is gamma*n*(I + n*t) per step.
 
@@ -36,6 +41,8 @@ import numpy as np
 
 from edgekit.figures import Figure, estimated, published, unavailable
 from edgekit.perfmodel import published as pub
+
+ROW_CHUNK = 4  # rows of n that ggml's CPU GEMM takes at once (repacked kernels); see the module docstring
 
 EnergyMode = Literal["per_token", "power", "published_power"]
 
@@ -130,6 +137,15 @@ class PerfModel:
         kn, kb = np.asarray(self.n_knots, float), np.asarray(self.base_knots, float)
         inside = np.interp(n, kn, kb)
         above = kb[-1] + self.beta * (n - kn[-1])
+        P, last = ROW_CHUNK, int(kn[-1])
+        if set(range(last - P, last + 1)) <= {int(k) for k in kn if k == int(k)}:
+            # a whole period measured below the last knot: continue the sawtooth (exactly linear when
+            # the kernels scale linearly in n): base(last + P*q + r) = base(last) + q*(base(last) -
+            # base(last - P)) + base(last - P + r) - base(last - P)
+            m = np.maximum(n - last, 0.0)
+            q, r = np.floor(m / P), np.mod(m, P)
+            at = lambda x: np.interp(x, kn, kb)  # noqa: E731
+            above = kb[-1] + q * (kb[-1] - at(last - P)) + at(last - P + r) - at(last - P)
         return np.where(n > kn[-1], above, np.where(n < kn[0], lin, inside))
 
     def step_s(self, n, context_tokens):
