@@ -19,6 +19,14 @@ Goal: MAPE <= 10 %.  --smoke: the first 2 configurations per profiled model, 1 f
 others (exactly as --unprofiled and quantized variants are) and compared with its recorded sweep
 points (measured) and, for the configurations below, with its own profile fit (a reference).
 Goal (cross-model): interval coverage >= 90 %, MAPE <= 15 %. See edgekit/perfmodel/loo.py.
+
+    python benchmarks/perfmodel_validation.py --profile PROFILE.json --models '' --unprofiled MODEL
+                                              --variants FOLDER --slices [--slice-blocks 8]
+
+--slices predicts each --unprofiled model and variant from a block-slice estimate made during the run
+(`edgekit profile --slices`: a 1-block and a k-block slice of the file swept and extrapolated in depth,
+edgekit/profile/slices.py) instead of across models; the cross-model prediction of the same
+configuration is reported beside it (cross_model_*), so both are judged on the same measurements.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ CONFIGS = [
     (700, 24, 1), (1500, 24, 1),  # other prompt lengths
     (700, 48, 6), (1500, 96, 3), (200, 96, 12), (1500, 48, 12), (700, 96, 3),  # mixed
 ]
-UNPROFILED_CONFIGS = [(200, 48, 1), (700, 24, 3), (350, 48, 6)]
+UNPROFILED_CONFIGS = [(200, 48, 1), (700, 24, 3), (350, 48, 6), (256, 32, 11)]  # n=11: beyond the swept n <= 8
 METHOD = ("measured: median Result.timings.total_s over {reps} rep(s) of Runtime.generate(prompt_tokens=<I filler tokens>, "
           "max_tokens=B, n=n, temperature=0.8, seed=0, aggregate='none', extractor=None, logprobs=True, ignore_eos=True), "
           "one untimed warm-up per model; predicted: PerfModel.predict(I, B, n, expected_steps=B).latency_s "
@@ -102,7 +110,8 @@ def measure(rt, I: int, B: int, n: int, reps: int) -> tuple[float, list[float]]:
     return statistics.median(secs), secs
 
 
-def validate_model(model_id: str, pm, configs, reps: int, threads, mp) -> list[dict]:
+def validate_model(model_id: str, pm, configs, reps: int, threads, mp, alt=None) -> list[dict]:
+    """``alt``: a second prediction of the same model (the cross-model one, with --slices), reported beside."""
     from edgekit.runtime import Runtime
 
     n_ctx = -(-(max(I + n * B for I, B, n in configs) + 64) // 256) * 256
@@ -120,7 +129,12 @@ def validate_model(model_id: str, pm, configs, reps: int, threads, mp) -> list[d
                          "lo_s": pr.latency_lo_s, "hi_s": pr.latency_hi_s,
                          "covered": pr.latency_lo_s <= meas <= pr.latency_hi_s,
                          "model": model_id, "profiled": mp is not None, "off_sweep": off_sweep(mp, I, B, n),
-                         "prompt_tokens": I, "budget": B, "n": n, "samples_s": secs})
+                         "prompt_tokens": I, "budget": B, "n": n, "samples_s": secs, "method": pm.method})
+            if alt is not None:
+                pa = alt.predict(I, B, n, expected_steps=B)
+                rows[-1].update({"cross_model_predicted_s": pa.latency_s, "cross_model_error_pct":
+                                 100.0 * (pa.latency_s - meas) / meas,
+                                 "cross_model_covered": pa.latency_lo_s <= meas <= pa.latency_hi_s})
             log(f"  {rows[-1]['config']:<22} predicted {pred:7.3f} s  measured {meas:7.3f} s  error {err:+6.1f} %")
     return rows
 
@@ -134,7 +148,7 @@ def variant_models(profile, profile_path: str, folder: str):
     from edgekit.plan.variants import list_variant_cards, variant_info
 
     dm = fit_device(profile, profile_path)
-    complete = {m.model.id: m for m in profile.complete_models()}
+    complete = {m.model.id: m for m in profile.measured_models()}
     out = []
     for lc in list_variant_cards(folder):
         c = lc.card
@@ -144,10 +158,23 @@ def variant_models(profile, profile_path: str, folder: str):
         base = complete.get(c.base_model)
         info = variant_info(lc, base.model if base else None)
         if base is not None and same_architecture(info, base.model):
-            out.append((str(p), predict_variant(dm, info, base.model, fit(base, profile_path))))
+            out.append((str(p), predict_variant(dm, info, base.model, fit(base, profile_path)), c.variant_id))
         else:
-            out.append((str(p), dm.predict_model(info)))
+            out.append((str(p), dm.predict_model(info), c.variant_id))
     return out
+
+
+def slice_model(profile, spec: str, blocks: int):
+    """(PerfModel fitted to a block-slice estimate of ``spec`` made now, seconds it took); the profile is not changed."""
+    import time
+
+    from edgekit.profile.slices import estimate_by_slices
+
+    t0 = time.perf_counter()
+    est = estimate_by_slices(spec, blocks=blocks, existing=profile.model_copy(deep=True))
+    mp = est.models[-1]
+    assert mp.estimate is not None
+    return fit(mp, "block slices (made by this benchmark)"), time.perf_counter() - t0
 
 
 def mape(rows: list[dict]):
@@ -166,6 +193,10 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=None,
                     help="folder of variant cards (edgekit quantize): each variant with a file is run and compared "
                          "with its prediction (anchored on its profiled base, else cross-model)")
+    ap.add_argument("--slices", action="store_true",
+                    help="predict --unprofiled and --variants from a block-slice estimate made now (edgekit profile "
+                         "--slices), the cross-model prediction reported beside it")
+    ap.add_argument("--slice-blocks", type=int, default=8)
     ap.add_argument("--leave-one-out", action="store_true",
                     help="no new timing: predict each profiled model from the others, compare with its recorded points")
     ap.add_argument("--smoke", action="store_true", help="tiny run: 2 configurations per profiled model, 1 unprofiled, 1 rep")
@@ -234,20 +265,34 @@ def run(a) -> int:
         rows += validate_model(mid, fit(mp, a.profile), configs, reps, mp.threads, mp)
     threads = next((m.threads for m in profile.models if m.threads), None)
     ucfg = UNPROFILED_CONFIGS[:1] if a.smoke else UNPROFILED_CONFIGS
+    slice_s: dict[str, float] = {}
+
+    def check(spec: str, label: str, cross) -> None:
+        nonlocal rows
+        if a.slices:
+            pm, slice_s[label] = slice_model(profile, spec, a.slice_blocks)
+            log(f"{label}: {pm.method} ({slice_s[label]:.1f} s)")
+            rows += validate_model(label, pm, ucfg, reps, threads, None, alt=cross)
+        else:
+            log(f"{label}: {cross.method}")
+            rows += validate_model(label, cross, ucfg, reps, threads, None)
+
     if a.unprofiled:
         dm = fit_device(profile, a.profile)  # raises a clear error with < 2 usable models
-        pm = dm.predict_model(gguf_model_info(a.unprofiled))
-        log(f"{a.unprofiled}: {pm.method}")
-        rows += validate_model(a.unprofiled, pm, ucfg, reps, threads, None)
+        check(a.unprofiled, a.unprofiled, dm.predict_model(gguf_model_info(a.unprofiled)))
     if a.variants:
-        for path, pm in variant_models(profile, a.profile, a.variants):
-            log(f"{path}: {pm.method}")
-            rows += validate_model(path, pm, ucfg, reps, threads, None)
+        for path, pm, vid in variant_models(profile, a.profile, a.variants):
+            check(vid, path, pm)
     prof = [r for r in rows if r["profiled"]]
     unprof = [r for r in rows if not r["profiled"]]
     out = {"mape": mape(rows), "mape_profiled": mape(prof), "mape_unprofiled": mape(unprof), "rows": rows,
            "coverage_unprofiled": (sum(r["covered"] for r in unprof) / len(unprof)) if unprof else None,
+           "slices": a.slices, "slice_seconds": slice_s or None,
            "profile": a.profile, "reps": reps, "smoke": a.smoke, "method": METHOD.format(reps=reps)}
+    cm = [r for r in unprof if "cross_model_error_pct" in r]
+    if cm:
+        out["cross_model_mape"] = statistics.fmean(abs(r["cross_model_error_pct"]) for r in cm)
+        out["cross_model_coverage"] = sum(r["cross_model_covered"] for r in cm) / len(cm)
     if a.json:
         print(json.dumps(out, indent=1))
         return 0
@@ -258,7 +303,13 @@ def run(a) -> int:
     fmt = lambda x: "n/a" if x is None else f"{x:.1f} %"  # noqa: E731
     print(f"MAPE {fmt(out['mape'])} over {len(rows)} configurations (profiled {fmt(out['mape_profiled'])} over {len(prof)}, "
           f"unprofiled {fmt(out['mape_unprofiled'])} over {len(unprof)}); goal: <= 10 %")
-    if unprof:
+    if a.slices and unprof:
+        print(f"block-slice estimates: MAPE {fmt(out['mape_unprofiled'])}, interval coverage "
+              f"{100 * out['coverage_unprofiled']:.0f} % over {len(unprof)}; slicing took "
+              + ", ".join(f"{k.split('/')[-1]} {v:.0f} s" for k, v in slice_s.items()))
+        print(f"cross-model predictions of the same runs: MAPE {out['cross_model_mape']:.1f} %, interval coverage "
+              f"{100 * out['cross_model_coverage']:.0f} %")
+    elif unprof:
         print(f"cross-model interval coverage {100 * out['coverage_unprofiled']:.0f} % over {len(unprof)} (goal: >= 90 %, "
               "cross-model MAPE <= 15 %)")
     print(f"method: {out['method']}")
