@@ -257,3 +257,19 @@ def test_step_cost_continues_the_measured_sawtooth_beyond_the_last_n():
     # a linear kernel stays linear under the sawtooth rule
     pm.n_knots, pm.base_knots = list(range(1, 9)), [0.004 + 0.002 * n for n in range(1, 9)]
     assert pm.base_s(np.array([11.0, 16.0])) == pytest.approx([0.004 + 0.022, 0.004 + 0.032])
+
+
+def test_a_profile_entry_of_another_file_under_the_same_name_is_not_used(tmp_path):
+    """A variant remade with --force (or a re-downloaded model) keeps its name; the old file's timings must
+    not be presented as the new file's."""
+    from edgekit.plan.make import make_plan
+
+    profile = ROOT / "profiles" / "ci-2core-amd-epyc.json"
+    table = ROOT / "tables" / "object_counting-qwen0.5b-terse.json"
+    prof = load_profile(profile)
+    prof.model("qwen2.5-coder-0.5b-instruct").model.sha256 = "f" * 64
+    p = tmp_path / "profile.json"
+    prof.save(p)
+    res, _ = make_plan(p, [table], 100.0, variants=None)
+    assert "cross-model" in res.method(res.chosen)
+    assert any("is of another file" in n for n in res.notes)

@@ -212,6 +212,15 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
         # a measured entry (by id, then by file hash) before an estimate from block slices of the same file
         for entries in (profile.measured_models(), [m for m in complete if m.estimate is not None]):
             mp = next((m for m in entries if m.model.id == pid), None)
+            if (mp is not None and t.model_sha256 and mp.model.sha256 and mp.model.sha256 != t.model_sha256 and not mapped
+                    and (t.quant or "").lower() == (mp.model.quant or t.quant or "").lower()):
+                # the same name and type, another file (a variant remade with --force, a re-downloaded model):
+                # its timings are not this file's (another type is the error below)
+                msg = (f"profile entry {mp.model.id!r} is of another file (sha256 {mp.model.sha256[:12]}…, the table's "
+                       f"is {t.model_sha256[:12]}…): not used for it")
+                if msg not in notes:
+                    notes.append(msg)
+                mp = None
             if mp is None and t.model_sha256:
                 mp = next((m for m in entries if m.model.sha256 == t.model_sha256), None)
             if mp is not None:
