@@ -70,6 +70,33 @@ def test_a_slice_keeps_metadata_and_copies_the_chosen_blocks_bytes(smol_path, tm
         whole.close()
 
 
+def test_a_slice_is_byte_identical_to_one_written_by_gguf_py(smol_path, tmp_path):
+    """edgekit copies metadata as raw bytes (fast on large vocabularies); gguf-py's reader/writer is the reference."""
+    import gguf
+
+    write_slice(smol_path, tmp_path / "ours.gguf", [3, 17])
+    r = gguf.GGUFReader(str(smol_path))
+    w = gguf.GGUFWriter(str(tmp_path / "ref.gguf"), "llama")
+    for f in r.fields.values():
+        if f.name.startswith("GGUF.") or f.name == "general.architecture":
+            continue
+        sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(f.name, 2 if f.name == "llama.block_count" else f.contents(), f.types[0], sub_type=sub)
+    w.add_string("general.edgekit.slice_of", smol_path.name)
+    w.add_array("general.edgekit.slice_blocks", [3, 17])  # the source blocks kept
+    keep = [(t.name.replace("blk.3.", "blk.0.").replace("blk.17.", "blk.1."), t) for t in r.tensors
+            if not t.name.startswith("blk.") or t.name.startswith(("blk.3.", "blk.17."))]
+    for name, t in keep:
+        w.add_tensor_info(name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for _, t in keep:
+        w.write_tensor_data(t.data)
+    w.close()
+    assert (tmp_path / "ours.gguf").read_bytes() == (tmp_path / "ref.gguf").read_bytes()
+
+
 def test_per_block_metadata_arrays_are_cut_to_the_kept_blocks(tmp_path):
     import gguf
 
