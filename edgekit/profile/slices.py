@@ -61,27 +61,30 @@ def combine(one: ModelProfile, many: ModelProfile, n_layer: int, k: int, how: st
     """Prefill and decode points of the whole model from the 1-block (``one``) and k-block (``many``)
     slice entries; the third item lists the points where the slices' order was reversed (noise)."""
     f = (n_layer - 1) / (k - 1)
-    pre_b = {p.prompt_tokens: p for p in many.prefill}
-    dec_b = {(d.context_tokens, d.n): d for d in many.decode}
-    prefill, decode, clamped = [], [], []
-    for p in one.prefill:
-        q = pre_b.get(p.prompt_tokens)
-        if q is None or p.prefill_s.value is None or q.prefill_s.value is None:
-            continue
-        fig, c = _extrapolate(p.prefill_s, q.prefill_s, f, "s", how)
-        if c:
-            clamped.append(f"prefill {p.prompt_tokens}")
-        tok = Figure(value=p.prompt_tokens / fig.value, unit="tok/s", method="estimated", source="prompt tokens / prefill_s")
-        prefill.append(PrefillPoint(prompt_tokens=p.prompt_tokens, prefill_s=fig, prefill_tok_s=tok))
-    for d in one.decode:
-        e = dec_b.get((d.context_tokens, d.n))
-        if e is None or d.step_s.value is None or e.step_s.value is None:
-            continue
-        fig, c = _extrapolate(d.step_s, e.step_s, f, "s", how)
-        if c:
-            clamped.append(f"decode ctx={d.context_tokens} n={d.n}")
-        tok = Figure(value=d.n / fig.value, unit="tok/s", method="estimated", source="n / step_s")
-        decode.append(DecodePoint(context_tokens=d.context_tokens, n=d.n, steps=d.steps, step_s=fig, decode_tok_s=tok))
+    clamped: list[str] = []
+
+    def points(a_pts, b_pts, key, time_of, label):
+        """(point of ``one``, its extrapolated time) for each point both slices measured."""
+        b = {key(p): p for p in b_pts}
+        for p in a_pts:
+            q = b.get(key(p))
+            if q is not None and time_of(p).value is not None and time_of(q).value is not None:
+                fig, c = _extrapolate(time_of(p), time_of(q), f, "s", how)
+                if c:
+                    clamped.append(label(p))
+                yield p, fig
+
+    def rate(tokens: int, fig: Figure, source: str) -> Figure:
+        return Figure(value=tokens / fig.value, unit="tok/s", method="estimated", source=source)
+
+    prefill = [PrefillPoint(prompt_tokens=p.prompt_tokens, prefill_s=fig,
+                            prefill_tok_s=rate(p.prompt_tokens, fig, "prompt tokens / prefill_s"))
+               for p, fig in points(one.prefill, many.prefill, lambda p: p.prompt_tokens, lambda p: p.prefill_s,
+                                    lambda p: f"prefill {p.prompt_tokens}")]
+    decode = [DecodePoint(context_tokens=d.context_tokens, n=d.n, steps=d.steps, step_s=fig,
+                          decode_tok_s=rate(d.n, fig, "n / step_s"))
+              for d, fig in points(one.decode, many.decode, lambda d: (d.context_tokens, d.n), lambda d: d.step_s,
+                                   lambda d: f"decode ctx={d.context_tokens} n={d.n}")]
     return prefill, decode, clamped
 
 
