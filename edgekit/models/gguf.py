@@ -200,6 +200,61 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         raise damage from e
 
 
+@dataclass
+class HeaderLayout:
+    """Where everything in a GGUF header is: each metadata pair as (key, value type, array element
+    type or None, start byte, end byte, value) and each tensor as (name, dims, ggml type, offset from
+    the data start, bytes or None for a type edgekit cannot size)."""
+    version: int
+    kvs: list
+    tensors: list
+    align: int
+    header_end: int
+    data_start: int
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return {k: v for k, _, _, _, _, v in self.kvs}
+
+
+def header_layout(mm, p: Path) -> HeaderLayout:
+    """Parse the header of the GGUF mapped at ``mm`` (vocabularies skipped fast, not decoded)."""
+    if mm[:4] != GGUF_MAGIC:
+        raise GGUFError(f"{p} is not a GGUF model (magic {bytes(mm[:4])!r})", fix="pass a .gguf file (convert others with llama.cpp's convert_hf_to_gguf.py)")
+    r = _Reader(mm, p)
+    r.pos = 4
+    version = r.unpack("<I")
+    if version not in (2, 3):
+        raise GGUFError(f"{p} has GGUF version {version}; supported: 2, 3", fix="re-export the model with a current llama.cpp")
+    n_tensors = r.unpack("<Q")
+    n_kv = r.unpack("<Q")
+    kvs = []
+    for _ in range(n_kv):
+        start = r.pos
+        key = r.string()
+        vtype = r.unpack("<I")
+        sub = None
+        if vtype == 9:  # peek at the element type (value() reads it itself)
+            r.need(4)
+            sub = struct.unpack_from("<I", mm, r.pos)[0]
+        value = r.value(vtype)
+        kvs.append((key, vtype, sub, start, r.pos, value))
+    tensors = []
+    for _ in range(n_tensors):
+        name = r.string()
+        n_dims = r.unpack("<I")
+        dims = [r.unpack("<Q") for _ in range(n_dims)]
+        ttype = r.unpack("<I")
+        offset = r.unpack("<Q")
+        n_el = 1
+        for d in dims:
+            n_el *= d
+        bs = GGML_TYPE_SIZE.get(ttype)
+        tensors.append((name, dims, ttype, offset, (n_el // bs[1]) * bs[0] if bs else None))
+    align = int(next((v for k, _, _, _, _, v in kvs if k == "general.alignment"), 32))
+    return HeaderLayout(version, kvs, tensors, align, r.pos, (r.pos + align - 1) // align * align)
+
+
 def _read_gguf(path: str | Path) -> GGUFInfo:
     p = Path(path)
     if not p.exists():
@@ -210,37 +265,14 @@ def _read_gguf(path: str | Path) -> GGUFInfo:
     if size < 24:
         raise GGUFError(f"{p} is not a GGUF model (only {size} bytes)", fix="pass a .gguf file")
     with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        if mm[:4] != GGUF_MAGIC:
-            raise GGUFError(f"{p} is not a GGUF model (magic {bytes(mm[:4])!r})", fix="pass a .gguf file (convert others with llama.cpp's convert_hf_to_gguf.py)")
-        r = _Reader(mm, p)
-        r.pos = 4
-        version = r.unpack("<I")
-        if version not in (2, 3):
-            raise GGUFError(f"{p} has GGUF version {version}; supported: 2, 3", fix="re-export the model with a current llama.cpp")
-        n_tensors = r.unpack("<Q")
-        n_kv = r.unpack("<Q")
-        meta: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = r.string()
-            vtype = r.unpack("<I")
-            meta[key] = r.value(vtype)
-        tensors = []
-        for _ in range(n_tensors):
-            r.string()
-            n_dims = r.unpack("<I")
-            dims = [r.unpack("<Q") for _ in range(n_dims)]
-            ttype = r.unpack("<I")
-            offset = r.unpack("<Q")
-            tensors.append((dims, ttype, offset))
-        align = int(meta.get("general.alignment", 32))
-        header_end = r.pos
-        data_start = (r.pos + align - 1) // align * align
-    data_end = data_start if tensors else header_end
+        lay = header_layout(mm, p)
+    meta, data_start = lay.metadata, lay.data_start
+    data_end = data_start if lay.tensors else lay.header_end
     total = 0
     n_elements = 0
     types: dict[int, int] = {}
     matrix_elements = 0
-    for dims, ttype, offset in tensors:
+    for _, dims, ttype, offset, nbytes in lay.tensors:
         n_el = 1
         for d in dims:
             n_el *= d
@@ -248,10 +280,8 @@ def _read_gguf(path: str | Path) -> GGUFInfo:
         if len(dims) >= 2 and n_el > 1:
             matrix_elements += n_el
         types[ttype] = types.get(ttype, 0) + 1
-        bs = GGML_TYPE_SIZE.get(ttype)
-        nbytes = (n_el // bs[1]) * bs[0] if bs else 0
-        total += nbytes
-        data_end = max(data_end, data_start + offset + nbytes)
+        total += nbytes or 0
+        data_end = max(data_end, data_start + offset + (nbytes or 0))
     if data_end > size:
         raise GGUFError(
             f"{p} is truncated: {size:,} bytes on disk, its tensors need {data_end:,}",
@@ -262,7 +292,7 @@ def _read_gguf(path: str | Path) -> GGUFInfo:
     # matrix_elements: those in 2-D+ tensors (the ones a quantizer converts); header_bytes: up to the data
     extra = {"tensor_types": types, "n_elements": n_elements, "matrix_elements": matrix_elements,
              "header_bytes": data_start}
-    return GGUFInfo(p, version, n_tensors, meta, size, data_end, total, arch=arch, extra=extra)
+    return GGUFInfo(p, lay.version, len(lay.tensors), meta, size, data_end, total, arch=arch, extra=extra)
 
 
 def check_gguf(path: str | Path) -> GGUFInfo:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from edgekit.errors import GGUFError, UsageError
-from edgekit.models.gguf import GGML_TYPE_SIZE, GGUF_MAGIC, _Reader
+from edgekit.models.gguf import GGUF_MAGIC, header_layout
 
 _BLOCK = re.compile(r"blk\.(\d+)\.(.+)")
 
@@ -60,39 +60,6 @@ def _kv(key: str, vtype: int, value, sub: Optional[int] = None) -> bytes:
     return out + one(vtype, value)
 
 
-def _header(mm, path: Path):
-    """(version, metadata pairs as (key, type, element type, start, end, value), tensors as
-    (name, dims, type, offset, bytes), data start) from edgekit's own header reader (fast on large vocabularies)."""
-    r = _Reader(mm, path)
-    r.pos = 4
-    version = r.unpack("<I")
-    if mm[:4] != GGUF_MAGIC or version not in (2, 3):
-        raise GGUFError(f"{path} is not a GGUF v2/v3 model", fix="pass a .gguf file")
-    n_tensors, n_kv = r.unpack("<Q"), r.unpack("<Q")
-    kvs, meta = [], {}
-    for _ in range(n_kv):
-        start = r.pos
-        key = r.string()
-        vtype = r.unpack("<I")
-        sub = struct.unpack_from("<I", mm, r.pos)[0] if vtype == _ARRAY else None
-        meta[key] = value = r.value(vtype)
-        kvs.append((key, vtype, sub, start, r.pos, value))
-    tensors = []
-    for _ in range(n_tensors):
-        name = r.string()
-        dims = [r.unpack("<Q") for _ in range(r.unpack("<I"))]
-        ttype, offset = r.unpack("<I"), r.unpack("<Q")
-        bs = GGML_TYPE_SIZE.get(ttype)
-        if bs is None:
-            raise GGUFError(f"{path}: tensor {name} has a type ({ttype}) edgekit cannot size", fix="profile the whole model")
-        n_el = 1
-        for d in dims:
-            n_el *= d
-        tensors.append((name, dims, ttype, offset, n_el // bs[1] * bs[0]))
-    align = int(meta.get("general.alignment", 32))
-    return version, kvs, meta, tensors, (r.pos + align - 1) // align * align, align
-
-
 def write_slice(src: str | Path, dst: str | Path, blocks: list[int]) -> int:
     """Write ``dst``: ``src`` with only ``blocks`` kept (renumbered in order). Returns its size in bytes.
 
@@ -100,7 +67,8 @@ def write_slice(src: str | Path, dst: str | Path, blocks: list[int]) -> int:
     block count and per-block arrays, which are re-serialized; tensor data is copied unchanged."""
     src = Path(src)
     with open(src, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        version, kvs, meta, tensors, data_start, align = _header(mm, src)
+        lay = header_layout(mm, src)
+        meta = lay.metadata
         arch = str(meta.get("general.architecture", ""))
         key = f"{arch}.block_count"
         if key not in meta:
@@ -112,7 +80,7 @@ def write_slice(src: str | Path, dst: str | Path, blocks: list[int]) -> int:
                              fix="pick blocks 0..n_layer-1")
         keep = {old: new for new, old in enumerate(sorted(blocks))}
         out_kv = []
-        for k, vtype, sub, start, end, value in kvs:
+        for k, vtype, sub, start, end, value in lay.kvs:
             if k == key:
                 out_kv.append(_kv(k, vtype, len(keep)))
             elif sub in _SCALAR and k.startswith(arch + ".") and isinstance(value, list) and len(value) == n_layer:
@@ -122,18 +90,20 @@ def write_slice(src: str | Path, dst: str | Path, blocks: list[int]) -> int:
         out_kv.append(_kv("general.edgekit.slice_of", _STRING, src.name))
         out_kv.append(_kv("general.edgekit.slice_blocks", _ARRAY, sorted(keep), 5))  # INT32
         plan = []
-        for name, dims, ttype, offset, nbytes in tensors:
+        for name, dims, ttype, offset, nbytes in lay.tensors:
+            if nbytes is None:
+                raise GGUFError(f"{src}: tensor {name} has a type ({ttype}) edgekit cannot size", fix="profile the whole model")
             m = _BLOCK.fullmatch(name)
             if m is None or int(m.group(1)) in keep:
                 new = name if m is None else f"blk.{keep[int(m.group(1))]}.{m.group(2)}"
-                plan.append((new, dims, ttype, data_start + offset, nbytes))
-        pad = lambda n: -n % align  # noqa: E731
+                plan.append((new, dims, ttype, lay.data_start + offset, nbytes))
+        pad = lambda n: -n % lay.align  # noqa: E731
         infos, at = [], 0
         for name, dims, ttype, _, nbytes in plan:
             infos.append(_str(name.encode()) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, ttype, at))
             at += nbytes + pad(nbytes)
         with open(dst, "wb") as out:
-            out.write(struct.pack("<4sIQQ", GGUF_MAGIC, version, len(plan), len(out_kv)))
+            out.write(struct.pack("<4sIQQ", GGUF_MAGIC, lay.version, len(plan), len(out_kv)))
             for b in out_kv + infos:
                 out.write(b)
             out.write(b"\0" * pad(out.tell()))

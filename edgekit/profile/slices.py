@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from edgekit import engines
 from edgekit.errors import EdgekitError, UsageError
 from edgekit.figures import Figure, unavailable
 from edgekit.schemas.profile import DecodePoint, DeviceProfile, ModelProfile, PrefillPoint, SliceEstimate
@@ -102,7 +103,7 @@ def estimate_by_slices(model: str, cfg: Optional[SweepConfig] = None, *, blocks:
     from edgekit.schemas import __version__
 
     cfg = cfg or SweepConfig.quick()
-    if cfg.engine not in ("llama.cpp", "llamacpp", "llama_cpp"):
+    if engines.canonical(cfg.engine) != "llama.cpp":
         raise UsageError("--slices works on GGUF models (llama.cpp engine)", fix="drop --engine, or profile the whole model")
     out = Path(output) if output else None
     if out is not None:
