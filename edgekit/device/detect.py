@@ -17,6 +17,10 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit.device import sysinfo
+from edgekit.errors import UsageError
+from edgekit.host import kernels, peers
+from edgekit.host.cpu import isa_flags, usable_cpus
+from edgekit.host.threads import policy
 from edgekit.power import JetsonMeter, NullMeter, RaplMeter, detect_meters, is_jetson
 from edgekit.power.nvml import nvml_gpus
 from edgekit.schemas.profile import DeviceInfo, GPUInfo
@@ -57,6 +61,15 @@ class DeviceReport(BaseModel):
     llama_system_info: Optional[str] = None
     llama_note: Optional[str] = None
     power_sensors: list[SensorStatus] = Field(default_factory=list)
+    # CPU support: instruction sets (cpuinfo), what llama.cpp compiled in, the CPUs this process may
+    # use, how its threads share them, and the kernel probe's cached verdicts (edgekit.host)
+    cpu_isa: dict[str, bool] = Field(default_factory=dict)
+    llama_features: list[str] = Field(default_factory=list)
+    usable_cpus: dict = Field(default_factory=dict)
+    threading: dict = Field(default_factory=dict)
+    kernel_mode: Optional[str] = None  # EDGEKIT_EXTRA_BUFFERS: auto / on / off
+    kernel_probes: list[dict] = Field(default_factory=list)
+    edgekit_peers: list[dict] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
 
     def to_json(self, indent: int = 2) -> str:
@@ -70,6 +83,7 @@ class DeviceReport(BaseModel):
             cpu_freq_mhz=freq, ram_total_mb=self.ram_total_mb, gpus=list(self.gpus),
             jetson_model=self.jetson_model, jetson_release=self.jetson_release, nvpmodel_mode=self.nvpmodel_mode,
             llama_build=self.llama_build, llama_cpp_python=self.llama_cpp_python, gpu_offload=self.gpu_offload,
+            cpu_isa=[k for k, v in self.cpu_isa.items() if v] or None,
         )
 
     @property
@@ -103,6 +117,23 @@ def _host_facts(r: DeviceReport) -> None:
     else:
         r.notes.append("CPU frequency: psutil.cpu_freq() gave nothing")
     r.ram_total_mb = psutil.virtual_memory().total / 2**20
+
+
+def _cpu_support(r: DeviceReport, root: Path, proc: Path) -> None:
+    r.cpu_isa = isa_flags(proc)
+    r.llama_features = kernels.compiled_features(r.llama_system_info or "")
+    if root == Path("/"):
+        r.usable_cpus = usable_cpus(root, proc).as_dict()
+        r.threading = policy()
+        r.edgekit_peers = peers.live_peers()
+        r.kernel_probes = kernels.cached_verdicts()
+    try:
+        r.kernel_mode = kernels.requested_mode()
+    except UsageError as e:
+        r.notes.append(e.one_line())
+    if r.cpu_isa.get("AMX_TILE") and "AMX_INT8" in r.llama_features:
+        r.notes.append("this CPU has AMX and llama.cpp was built with AMX kernels: edgekit probes them in a child "
+                       "process before the first load of each model and falls back to plain buffers if they crash")
 
 
 def detect_device(
@@ -139,6 +170,7 @@ def detect_device(
     lb = sysinfo.llama_build(llama_module)
     r.llama_build, r.llama_cpp_python, r.gpu_offload = lb["build"], lb["version"], lb["gpu_offload"]
     r.llama_system_info, r.llama_note = lb["system_info"], lb["note"]
+    _cpu_support(r, root, proc)
 
     if nvml is not None or root == Path("/"):
         meters = detect_meters(root, nvml=nvml)

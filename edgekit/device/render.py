@@ -36,6 +36,8 @@ def render_device(report: DeviceReport) -> Group:
     llama = f"{_v(r.llama_build)} build, llama-cpp-python {_v(r.llama_cpp_python)}, GPU offload {_v(r.gpu_offload)}"
     t.add_row("llama.cpp", llama + (f" ({r.llama_note})" if r.llama_note else ""))
 
+    c = _cpu_support(r)
+
     s = Table(title="power sensors", title_justify="left")
     for col in ("sensor", "status", "how / why", "fix"):
         s.add_column(col)
@@ -43,5 +45,33 @@ def render_device(report: DeviceReport) -> Group:
         status = Text("available", style="green") if p.available else Text("unavailable", style="yellow")
         how = (p.method or ("energy counter" if p.energy_counter else "")) if p.available else (p.why_unavailable or "")
         s.add_row(p.name, status, how, "" if p.available else (p.fix or ""))
-    parts = [t, s] + [Text(f"note: {n}", style="dim") for n in r.notes]
+    parts = [t, c, s] + [Text(f"note: {n}", style="dim") for n in r.notes]
     return Group(*parts)
+
+
+def _cpu_support(r: DeviceReport) -> Table:
+    t = Table(title="CPU support (llama.cpp kernels and threads)", show_header=False, title_justify="left")
+    t.add_column("field", style="bold")
+    t.add_column("value")
+    have = [k for k, v in r.cpu_isa.items() if v]
+    t.add_row("instruction sets", ", ".join(have) or "—")
+    t.add_row("llama.cpp built with", ", ".join(r.llama_features) or "—")
+    u = r.usable_cpus
+    if u:
+        quota = f", cgroup quota {u['quota_cpus']:g} CPUs" if u.get("quota_cpus") else ""
+        t.add_row("usable CPUs", f"{u['usable']} (affinity {len(u['affinity'])} of {u['logical']}{quota}; limited by {u['why']})")
+    if r.threading:
+        t.add_row("threading", f"{r.threading.get('policy')}: {r.threading.get('wait')}"
+                  + (f" — {r.threading['why']}" if r.threading.get("why") else ""))
+    t.add_row("kernel mode", f"{_v(r.kernel_mode)} (EDGEKIT_EXTRA_BUFFERS=auto|on|off)")
+    for rec in r.kernel_probes[:6]:
+        key, vs = rec["key"], rec["verdicts"]
+        what = "; ".join(f"{n}: {v['how']}" + (f", {v['decode_tok_s']:.1f} tok/s" if v.get("decode_tok_s") else "")
+                         for n, v in vs.items())
+        types = ",".join(str(x) for x in key.get("tensor_types", []))
+        t.add_row("probe", f"tensor types [{types}]{' GPU' if key.get('gpu') else ''}: {what} (measured in a child process)")
+    if not r.kernel_probes:
+        t.add_row("probe", "no verdicts yet (the first model load probes in a child process)")
+    if r.edgekit_peers:
+        t.add_row("other edgekit processes", ", ".join(f"pid {p.get('pid')} ({p.get('what', '?')})" for p in r.edgekit_peers))
+    return t

@@ -23,10 +23,15 @@ import time
 from typing import Iterator, Optional
 
 from edgekit.engines import llamacpp_core as core
+from edgekit.engines import llamacpp_probe as probe
 from edgekit.engines import llamacpp_sched as sched
 from edgekit.engines.base import Cancel, Capabilities, Engine, EngineInfo, Event, Prompt, TokenPrompt, chat_messages, plain_text
 from edgekit.engines.grammar import grammar_for
 from edgekit.errors import BackendError, ContextOverflow, GGUFError, UsageError
+from edgekit.host import peers
+from edgekit.host import threads as host_threads
+from edgekit.host.cpu import usable_cpus
+from edgekit.host.load import ThreadTuner
 from edgekit.models.gguf import arch_is_known, check_gguf
 from edgekit.models.store import Progress, model_info, resolve
 from edgekit.schemas.options import MAX_N_CAP, SamplingOptions
@@ -73,12 +78,18 @@ def _init_backend() -> None:
 
 
 def default_threads() -> int:
-    try:
-        import psutil
+    """Threads for llama.cpp: the CPUs this process may use (affinity, cgroup quota, physical cores)."""
+    return usable_cpus().count
 
-        return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
-    except Exception:  # noqa: BLE001
-        return max(1, os.cpu_count() or 1)
+
+def _cpu_model() -> Optional[str]:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 class LlamaCppEngine(Engine):
@@ -113,11 +124,26 @@ class LlamaCppEngine(Engine):
         self.path = resolved.path
         self.gguf = info
         self.model_info = model_info(resolved, info)
+        host_threads.requested_policy()  # a bad EDGEKIT_THREADING is refused here, in one line
+        usable = usable_cpus()
+        host_threads.check_threads(threads, usable.count)
+        fixed = threads
+        adaptive = threads is None and host_threads.policy()["policy"] != "spin"
+        threads = threads or usable.count
         _init_backend()
-        threads = threads or default_threads()
+        self.kernels = probe.choose(str(resolved.path), model_bytes=info.file_size, tensor_types=info.extra.get("tensor_types", {}),
+                                    gpu_layers=gpu_layers, threads=threads, cpu_model=_cpu_model(), ll=_ll)
+        self.peers = peers.live_peers()
+        peers.warn_if_shared(self.peers, adaptive)
         t0 = time.perf_counter()
         try:
             self._load(str(resolved.path), n_ctx, threads, max(max_n, rows), n_batch, gpu_layers, flash_attn)
+            ctx = self._core._ctx
+            self.tuner = ThreadTuner(usable.count, lambda t: _ll.llama_set_n_threads(ctx, t, t),
+                                     fixed=None if adaptive else (fixed or threads), cpus=usable.affinity)
+            self._core.tuner = self.tuner
+            reg = peers.register(f"llama.cpp {resolved.id}")
+            self._stack.callback(peers.unregister, reg)
             if rows:
                 self._sched = sched.Scheduler(self._core, rows=rows, prefill_chunk=prefill_chunk)
                 self._stack.callback(self._sched.close)  # runs first: the worker stops before the context is freed
@@ -133,7 +159,8 @@ class LlamaCppEngine(Engine):
             raise
         self.load_s = time.perf_counter() - t0
         self.info = EngineInfo(name=self.name, model=resolved.id, version=getattr(_ll, "__version__", "?"),
-                               build=core.build_kind(), threads=threads, gpu_layers=gpu_layers, n_ctx=self._core.n_ctx)
+                               build=core.build_kind(), threads=threads, gpu_layers=gpu_layers, n_ctx=self._core.n_ctx,
+                               extra={"kernels": self.kernels.config, "threading": self.threading()})
         self.capabilities = Capabilities(max_n=max_n, batched_n=True, token_count=True, token_input=True, logprobs=True,
                                          json_schema=True, grammar=True, seed=True, n_ctx=self._core.n_ctx,
                                          concurrent=rows or 1)
@@ -142,6 +169,7 @@ class LlamaCppEngine(Engine):
               flash_attn: Optional[bool]) -> None:
         mp = _ll.llama_model_default_params()
         mp.n_gpu_layers = gpu_layers
+        mp.use_extra_bufts = self.kernels.use_extra_bufts  # what the probe found safe (and fastest) here
         mp.progress_callback = _load_progress
         model = _ll.llama_model_load_from_file(path.encode(), mp)
         _raise_if_interrupted()
@@ -225,6 +253,16 @@ class LlamaCppEngine(Engine):
                 _ll.llama_sampler_free(smp)
             raise
         return self._sched.submit(ids, options, samplers, cancel)
+
+    def pin_threads(self, k: Optional[int]) -> None:
+        """Hold llama.cpp's thread count at ``k`` (profiling's thread scaling); None: back to normal."""
+        self.tuner.pin(k)
+
+    def threading(self) -> dict:
+        """The thread policy in force: {threads, adaptive, how, wait, why, usable, peers}."""
+        pol = host_threads.policy()
+        return {"threads": self.tuner.threads, "adaptive": self.tuner.fixed is None, "how": self.tuner.describe(),
+                "wait": pol["wait"], "why": pol["why"], "usable": self.tuner.usable, "peers": len(self.peers)}
 
     def batching_stats(self) -> Optional[dict]:
         """Continuous batching counters (steps, shared steps, rows, waiting, ...); None when off."""

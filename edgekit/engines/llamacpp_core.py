@@ -14,8 +14,10 @@ import numpy as np
 
 from edgekit.engines.base import Cancel, Event
 from edgekit.errors import BackendError, UsageError
+from edgekit.host.threads import apply_before_load
 from edgekit.schemas.options import SamplingOptions
 
+apply_before_load()  # OpenMP reads its wait policy once, when llama.cpp's library loads: before the import
 try:
     import llama_cpp as ll
 except ImportError as e:  # pragma: no cover - install problem
@@ -120,6 +122,7 @@ class BatchDecoder:
         self._want = np.ctypeslib.as_array(b.logits, shape=(self._cap,))
         self._nseq[:] = 1
         self._piece_buf = ctypes.create_string_buffer(256)
+        self.tuner = None  # edgekit.host.load.ThreadTuner: re-sizes the thread pool between decodes
 
     def free(self) -> None:
         if self._batch is not None:
@@ -204,6 +207,8 @@ class BatchDecoder:
         return chain
 
     def _decode(self, k: int) -> None:
+        if self.tuner is not None:
+            self.tuner.check()
         self._batch.n_tokens = k
         rc = ll.llama_decode(self._ctx, self._batch)
         self._interrupted()

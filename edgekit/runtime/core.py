@@ -255,6 +255,8 @@ class Runtime:
             steps=max((s.tokens for s in done), default=0),
             prefill_tok_s=n_prompt / (t_prefill_done - t_start) if t_prefill_done and t_prefill_done > t_start and n_prompt else None,
             decode_tok_s=(gen - len(done)) / (t_end - t_first) if t_end > t_first and gen > len(done) else None,
+            kernels=(self.engine.info.extra or {}).get("kernels"),
+            threads=getattr(getattr(self.engine, "tuner", None), "threads", None),
         )
         res = self._aggregate(done, opts)
         res.timings = timings

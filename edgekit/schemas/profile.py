@@ -47,6 +47,7 @@ class DeviceInfo(_M):
     llama_build: Optional[str] = None  # "cpu", "cuda", "metal", ...
     llama_cpp_python: Optional[str] = None
     gpu_offload: Optional[bool] = None
+    cpu_isa: Optional[list[str]] = None  # instruction sets llama.cpp cares about (AVX2, AVX512, AMX_TILE, ...)
 
 
 class ModelInfo(_M):
@@ -114,9 +115,23 @@ class SliceEstimate(_M):
     seconds: Optional[float] = None  # wall time of the whole estimate (slicing + two sweeps)
 
 
+class BackgroundLoad(_M):
+    """What shared the CPU during a sweep made with ``edgekit profile --background``."""
+
+    workers: Optional[int] = None  # busy-loop processes started by edgekit
+    command: Optional[str] = None  # or the user's own command
+    others_cores: Optional[Figure] = None  # CPU cores the others used during the sweep (/proc/stat)
+    slowdown: Optional[Figure] = None  # reference decode step, loaded / idle (measured in this sweep)
+
+
 class ModelProfile(_M):
     model: ModelInfo
     threads: Optional[int] = None
+    kernels: Optional[str] = None  # llama.cpp kernel configuration the probe chose (default / plain)
+    threading: Optional[str] = None  # thread policy in force: "auto: 2 of 2 usable (adaptive)", ...
+    # reference decode step (n=1) at each thread count, measured: what --cores-available scales by
+    thread_scaling: Optional[dict[int, Figure]] = None
+    background: Optional[BackgroundLoad] = None  # set on a profile measured beside other load
     n_ctx: Optional[int] = None
     load_s: Optional[Figure] = None
     prefill: list[PrefillPoint] = Field(default_factory=list)

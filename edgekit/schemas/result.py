@@ -55,6 +55,8 @@ class Timings(_M):
     steps: int = 0  # batched decode steps
     prefill_tok_s: Optional[float] = None
     decode_tok_s: Optional[float] = None  # aggregate over samples: generated tokens / (prefill first token excluded) decode_s
+    kernels: Optional[str] = None  # llama.cpp kernel configuration the probe chose: default / plain
+    threads: Optional[int] = None  # CPU threads in force at the end of the call (adaptive unless --threads)
 
 
 class Result(_M):
