@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from edgekit.host.threads import set_priority
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -45,6 +47,7 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option("llama.cpp", "--backend", "--engine", help="engine: llama.cpp | openai | onnx | a plugin's name"),
         base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"),
         threads: Optional[int] = typer.Option(None),
+        priority: str = typer.Option("normal", "--priority", help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep precedence"),
         constrain: Optional[str] = typer.Option(None, "--constrain", help="grammar-constrained answers: 'answer' (just the answer) or 'reason:<chars>' (bounded reasoning, then the answer)"),
         target_width: Optional[str] = typer.Option(None, "--target-width", help="add problems in batches until the 95 % intervals of the configurations near the best are this narrow (e.g. 10pts) or separate"),
         batch: int = typer.Option(10, "--batch", help="with --target-width: problems added between checks"),
@@ -60,6 +63,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Draw N samples per problem once; derive accuracy for every budget and every k <= N.
         With --perplexity MODEL: perplexity on a fixed text, and KL divergence to a reference."""
+        set_priority(priority)  # before any thread starts: llama.cpp's threads inherit it
         if perplexity is not None:
             if task is not None:
                 raise UsageError(f"pass either a task ({task!r}) or --perplexity, not both", fix="drop one of them")

@@ -108,9 +108,23 @@ def _error_line(e: EdgekitError, argv: list[str]) -> str:
     return f"error: {e.one_line()} (fix: see `{_command(argv)} --help`; EDGEKIT_DEBUG=1 shows where it was raised)"
 
 
+def _host_warnings() -> None:
+    """edgekit.host's warnings (another edgekit process computing here) as one 'warning:' line each."""
+    import logging
+
+    lg = logging.getLogger("edgekit.host")
+    if not lg.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("warning: %(message)s"))
+        lg.addHandler(h)
+        lg.setLevel(logging.WARNING)
+        lg.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = bool(os.environ.get("EDGEKIT_DEBUG"))
     _register()
+    _host_warnings()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         rv = app(args=args, standalone_mode=False)

@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
                                      "as candidates; auto: the edgekit quantize cache; none: no variants"),
         confirm: bool = typer.Option(False, "--confirm", help="if the chosen model's latency is a cross-model or block-slice estimate, "
                                      "quick-profile it here (appended to --profile) and plan again"),
+        cores_available: Optional[int] = typer.Option(None, "--cores-available", help="plan for a shared CPU: only this many of the profile's cores are free (scaled by the profile's measured thread scaling)"),
         json_out: bool = typer.Option(False, "--json"),
     ):
         """Enumerate model x quantization x budget x n x aggregation; keep what fits; pick the most accurate."""
@@ -62,7 +63,8 @@ def register(app: typer.Typer) -> None:
                                  sequences_leave=sequences_leave, prefer=prefer, cloud_table=cloud_table,
                                  cloud_latency_s=parse_duration(cloud_latency, "--cloud-latency") if cloud_latency is not None else None,
                                  offload_budget=offload_budget, cloud_url=cloud_url, cloud_model=cloud_model,
-                                 variants=None if variants.lower() == "none" else variants, confirm=confirm)
+                                 variants=None if variants.lower() == "none" else variants, confirm=confirm,
+                                 cores_available=cores_available)
         pf = to_plan_file(res)
         if json_out:
             return print_json(pf)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from edgekit.host.threads import set_priority
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -53,6 +55,7 @@ def register(app: typer.Typer) -> None:
         reps: Optional[int] = typer.Option(None, help="repetitions per point (median, IQR)"),
         cooldown: float = typer.Option(0.0, help="seconds to rest between repetitions"),
         threads: Optional[int] = typer.Option(None),
+        priority: str = typer.Option("normal", "--priority", help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep precedence"),
         engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | onnx (an exported folder or variant id as --model)"),
         ctx: Optional[int] = typer.Option(None, "--ctx", help="context size in tokens (default: what the sweep needs)"),
         device_name: Optional[str] = typer.Option(None, help="name of this device in the profile"),
@@ -61,6 +64,8 @@ def register(app: typer.Typer) -> None:
                                     "k-block slice of the GGUF and extrapolate to its depth (seconds for a large model; "
                                     "labelled estimate; never replaces a measured entry)"),
         slice_blocks: int = typer.Option(8, "--slice-blocks", help="blocks in the larger slice (with --slices)"),
+        background: Optional[str] = typer.Option(None, "--background", help="measure beside other load: N busy "
+                                                 "workers, or a command (stopped when the sweep ends); the profile records the slowdown"),
         json_out: bool = typer.Option(False, "--json"),
         csv_out: bool = typer.Option(False, "--csv", help="print the points as CSV"),
     ):
@@ -71,6 +76,7 @@ def register(app: typer.Typer) -> None:
         from edgekit.schemas.profile import load_profile
         from edgekit.profile.sweep import SweepConfig, profile_model
 
+        set_priority(priority)  # before any thread starts: llama.cpp's threads inherit it
         cfg = SweepConfig.quick() if quick else SweepConfig()
         cfg.prompt_lengths = _ints(prompt_lengths) or cfg.prompt_lengths
         cfg.contexts = _ints(contexts) if contexts is not None else cfg.contexts
@@ -78,6 +84,11 @@ def register(app: typer.Typer) -> None:
         cfg.decode_steps = steps or cfg.decode_steps
         cfg.reps = reps or cfg.reps
         cfg.cooldown_s, cfg.threads, cfg.n_ctx, cfg.engine = cooldown, threads, ctx, engine
+        cfg.background = background
+        if background is not None:
+            from edgekit.profile.background import Background
+
+            Background(background)  # a malformed --background fails here, in one line
         out = Path(output) if output else default_output(model, socket.gethostname())
         cfg.validate(None)  # bad sweep values and a bad --output fail before the model is touched
         check_output_path(out)

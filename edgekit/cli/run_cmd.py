@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 import typer
 
+from edgekit.host.threads import set_priority
+
 from edgekit.cli.output import PullProgress, console, err_console, print_json
 from edgekit.errors import UsageError
 from edgekit.models.catalog import DEFAULT_MODEL
@@ -66,7 +68,8 @@ def register(app: typer.Typer) -> None:
         offload: Optional[str] = typer.Option(None, "--offload", help="never | auto | always [default: auto with a cloud]"),
         score: Optional[str] = typer.Option(None, "--score", help="offload score: vote_share | mean_logprob | low_logprob | combined"),
         threshold: Optional[float] = typer.Option(None, "--threshold", help="keep local iff score >= threshold (default: the plan's calibrated one; else a default with no guarantee)"),
-        threads: Optional[int] = typer.Option(None, help="CPU threads (default: physical cores)"),
+        threads: Optional[int] = typer.Option(None, help="CPU threads (default: the usable CPUs, adaptive to other load)"),
+        priority: str = typer.Option("normal", "--priority", help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep precedence"),
         ctx: int = typer.Option(8192, "--ctx", help="context size in tokens, shared by prompt and all samples"),
         plan: Optional[str] = typer.Option(None, "--plan", help="plan file from `edgekit plan` (sets model, prompt, n, budget...)"),
         json_out: bool = typer.Option(False, "--json", help="print the whole Result as JSON"),
@@ -97,6 +100,7 @@ def register(app: typer.Typer) -> None:
         q = Query(prompt=prompt, model=model, options=explicit, plan=plan, engine=engine, threads=threads, n_ctx=ctx,
                   engine_options={"base_url": base_url} if base_url is not None else {}, cloud_url=cloud_url,
                   cloud_model=cloud_model, offload=offload, score=score, threshold=threshold)
+        set_priority(priority)  # before any thread starts: llama.cpp's threads inherit it
         check_query(q)  # threads, context, engine, --base-url, cloud options: before any model loads
         with PullProgress() as p:
             res = run_query(q, progress=p, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True))

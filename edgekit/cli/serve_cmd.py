@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from edgekit.host.threads import set_priority
+
 from edgekit.cli.output import PullProgress
 from edgekit.models.catalog import DEFAULT_MODEL
 
@@ -31,7 +33,8 @@ def register(app: typer.Typer) -> None:
         deadline: Optional[float] = typer.Option(None, "--deadline", help="default per-request deadline in seconds [default: the plan's latency target, else none]"),
         ctx: int = typer.Option(4096, "--ctx", help="context size in tokens (KV cells), shared by every request in flight: "
                                 "a request waits until its prompt + n x max_tokens fit"),
-        threads: Optional[int] = typer.Option(None, help="CPU threads (default: physical cores)"),
+        threads: Optional[int] = typer.Option(None, help="CPU threads (default: the usable CPUs, adaptive to other load)"),
+        priority: str = typer.Option("normal", "--priority", help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep precedence"),
         engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | openai | a plugin's name"),
         base_url: Optional[str] = typer.Option(None, "--base-url", help="openai engine: the upstream server"),
         cloud_url: Optional[str] = typer.Option(None, "--cloud-url", help="offload low-confidence queries to this OpenAI-compatible server (key: EDGEKIT_CLOUD_API_KEY)"),
@@ -68,6 +71,7 @@ def register(app: typer.Typer) -> None:
                              fix="pass --replan-margin 0.2 --replan-after 5")
         if deadline is not None and not deadline > 0:
             raise UsageError(f"--deadline must be > 0 seconds, got {deadline}", fix="pass --deadline 2")
+        set_priority(priority)  # before any thread starts: llama.cpp's threads inherit it
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("edgekit.llama_cpp").setLevel(logging.WARNING)
         limits = Limits(max_queue=max_queue, max_body_bytes=max_body_bytes, max_prompt_tokens=max_prompt_tokens,

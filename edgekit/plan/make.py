@@ -10,6 +10,7 @@ from edgekit.errors import SchemaError, UsageError
 from edgekit.schemas.table import load_table
 from edgekit.plan.export import to_plan_file
 from edgekit.plan.joint import joint_plan
+from edgekit.plan.this_device import cores_scale, device_notes
 from edgekit.plan.planner import PlanResult, plan
 from edgekit.plan.variants import list_variant_cards, variant_candidates
 from edgekit.schemas.checks import check_base_url, check_output_path, check_positive
@@ -48,7 +49,7 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
               cloud_latency_s: Optional[float] = None, offload_budget: Optional[float] = None,
               cloud_url: Optional[str] = None, cloud_model: Optional[str] = None,
               variants: Optional[str | Path] = None, confirm: bool = False,
-              profile_fn=None) -> tuple[PlanResult, Optional[Path]]:
+              profile_fn=None, cores_available: Optional[int] = None) -> tuple[PlanResult, Optional[Path]]:
     """``variants``: a folder of variant cards, "auto" for the quantize cache, None for none.
     ``confirm``: when the chosen configuration's latency rests on a cross-model or block-slice estimate, quick-profile
     that model into ``profile_path`` (appended) and plan again (at most twice); ``profile_fn`` replaces
@@ -74,6 +75,7 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
         check_output_path(plot, "--plot", "pareto.png")
     table_paths = _unique(table_paths)
     profile = load_profile(profile_path)  # before the tables: named first when both are missing (the command line's order)
+    scale, scale_note = cores_scale(profile, cores_available)
     tables = [load_table(p) for p in table_paths]
     auto = variants is not None and str(variants) == "auto"
     skipped: list[str] = []
@@ -85,7 +87,8 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
         vs = variant_candidates(cards, tables, [str(p) for p in table_paths], base_infos) if cards else []
         res = plan(profile, tables, latency_target_s, percentile=percentile, energy_cap_j=energy_cap_j,
                    memory_cap_gb=memory_cap_gb, profile_path=str(profile_path), table_paths=[str(p) for p in table_paths],
-                   model_infos=infos, sequences_leave=sequences_leave, prefer=prefer, variants=vs)
+                   model_infos=infos, sequences_leave=sequences_leave, prefer=prefer, variants=vs, perf_scale=scale)
+        res.notes.extend(device_notes(profile) + ([scale_note] if scale_note else []))
         if cards:
             res.notes.append(f"{len(cards)} variant card(s) read; {sum(v.prior is not None for v in vs)} candidate table(s) "
                              "use an accuracy prior")

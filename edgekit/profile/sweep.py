@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import psutil
 
 from edgekit import engines
+from edgekit.profile import loaded
 from edgekit.schemas import __version__
 from edgekit.errors import EdgekitError, SchemaError, UsageError
 from edgekit.figures import Figure, measured, unavailable
@@ -47,6 +48,7 @@ class SweepConfig:
     cooldown_s: float = 0.0
     threads: Optional[int] = None
     n_ctx: Optional[int] = None
+    background: Optional[str] = None  # --background: N busy workers or a command (edgekit.profile.background)
     engine: str = "llama.cpp"  # any registered engine that takes token prompts and has tokenize() (llama.cpp, onnx)
 
     @classmethod
@@ -190,6 +192,7 @@ class _Sweep:
         ref_prompt = self.tokens(32)
         self.rt.generate(None, prompt_tokens=ref_prompt, max_tokens=4, temperature=0.0, aggregate="none", extractor=None)
         self.drift_first = self.ref_decode(ref_prompt)
+        self.background.begin(self, mp, ref_prompt)  # thread scaling; --background: start the load, re-take the reference
         # Repetitions are interleaved across points (rep-major): a slow minute on a shared machine
         # spreads over every point instead of biasing a few. Points keep whatever reps completed.
         pre: dict[int, list[float]] = {L: [] for L in cfg.prompt_lengths}
@@ -342,12 +345,15 @@ def profile_model(model: str, cfg: Optional[SweepConfig] = None, *, output: Opti
     thermal = ThermalSampler(sysfs_root=sysfs_root, nvml=nvml).start()
     mp = ModelProfile(model=ModelInfo(id=model_id, sha256=model_sha))
     sweep = _Sweep(model, cfg, meter, thermal, progress)
+    sweep.background = loaded.Loaded(cfg.background)  # a bad --background fails here, before the model loads
     failure: Optional[BaseException] = None
     try:
         sweep.run(mp)
+        sweep.background.end(mp)
     except BaseException as e:  # noqa: BLE001 -- whatever stops the sweep, what it measured is saved below
         failure = e
     finally:
+        sweep.background.stop()  # never leaves a worker behind
         thermal.stop()
         if sweep.rt is not None:
             sweep.rt.close()
