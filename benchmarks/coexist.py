@@ -31,6 +31,8 @@ from pathlib import Path
 PROMPT = "Write one sentence about robots."
 SITUATIONS = ("alone", "busy1", "busy2", "peer")
 POLICIES = {"old": {"EDGEKIT_THREADING": "spin"}, "new": {}}
+# candidates for edgekit's default spin count (--policies old,new,spin30k,...): adaptive threads, this spin count
+EXTRA = {f"spin{k}k": {"GOMP_SPINCOUNT": str(k * 1000)} for k in (3, 30, 100, 300)}
 
 
 def child(model: str, tokens: int, gens: int, go: str) -> None:
@@ -53,9 +55,8 @@ def child(model: str, tokens: int, gens: int, go: str) -> None:
 
 
 def measure(situation: str, policy: str, args) -> list[dict]:
-    env = {**os.environ, **POLICIES[policy]}
-    env.pop("OMP_WAIT_POLICY", None)
-    env.pop("GOMP_SPINCOUNT", None)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "EDGEKIT_THREADING")}
+    env.update({**POLICIES, **EXTRA}[policy])
     busy = []
     for _ in range({"busy1": 1, "busy2": 2}.get(situation, 0)):
         busy.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
@@ -92,13 +93,18 @@ def main() -> None:
     ap.add_argument("--gens", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=240)
     ap.add_argument("--situations", default=",".join(SITUATIONS))
+    ap.add_argument("--policies", default="old,new", help="old, new, and spin3k/spin30k/spin100k/spin300k (adaptive threads with that spin count)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sits = [s for s in args.situations.split(",") if s]
+    pols = [p for p in args.policies.split(",") if p]
+    bad = [p for p in pols if p not in POLICIES and p not in EXTRA]
+    if bad:
+        raise SystemExit(f"unknown policy {bad[0]!r}: use old, new, {', '.join(EXTRA)}")
     raw: list[dict] = []
     for rep in range(args.reps):  # interleaved: every (situation, policy) once per repetition
         for sit in sits:
-            for pol in POLICIES:
+            for pol in pols:
                 for i, m in enumerate(measure(sit, pol, args)):
                     raw.append({"rep": rep, "situation": sit, "policy": pol, "process": i, **m})
                     if not args.json:
@@ -107,7 +113,7 @@ def main() -> None:
     alone = {(r["rep"], r["policy"]): r["decode_tok_s"] for r in raw if r["situation"] == "alone"}
     rows = []
     for sit in sits:
-        for pol in POLICIES:
+        for pol in pols:
             rs = [r for r in raw if r["situation"] == sit and r["policy"] == pol]
             ratios = [r["decode_tok_s"] / alone[(r["rep"], pol)] for r in rs if alone.get((r["rep"], pol))]
             rows.append({"situation": sit, "policy": pol, "decode_tok_s": statistics.median(r["decode_tok_s"] for r in rs),

@@ -1,11 +1,21 @@
 
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
 import pytest
+
+# The kernel probe's verdicts: one folder for the whole session (and the CLI processes it starts), so tests
+# that move EDGEKIT_HOME to a temporary folder do not probe every model again. tests/test_cpu_probe.py uses
+# its own folders.
+os.environ.setdefault("EDGEKIT_PROBE_DIR", tempfile.mkdtemp(prefix="edgekit-probe-"))
+# This process holds models while it runs CLI processes: it is not "another edgekit process" to them
+# (tests/test_cpu_share.py turns the registry back on where it tests it).
+os.environ.setdefault("EDGEKIT_PEER_REGISTRY", "off")
 
 SMOL = "smollm2-135m-instruct"
 GEMMA = "gemma-3-270m"
@@ -46,7 +56,8 @@ def server(smol_path, tmp_path_factory):
     pytest.importorskip("sse_starlette", reason="install the dev extra: pip install -e '.[dev]'")
     port = free_port()
     log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # a pipe would fill and block the server
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smol_path), "--host", "127.0.0.1",
+    # llama_cpp.server with the kernel configuration edgekit's probe found safe on this CPU (AMX hosts)
+    proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "safe_llama.py"), "--model", str(smol_path), "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "smol"],
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"

@@ -127,7 +127,7 @@ def test_device_json_shows_cpu_support(tmp_path):
                        text=True, timeout=120)
     d = json.loads(p.stdout)
     assert d["cpu_isa"] == isa_flags() and d["kernel_mode"] == "auto"
-    assert d["usable_cpus"]["usable"] >= 1 and "OPENMP" in d["llama_features"] or d["llama_features"]
+    assert d["usable_cpus"]["usable"] >= 1 and d["llama_features"]
     assert d["kernel_probes"] == []  # nothing probed in this fresh folder
 
 

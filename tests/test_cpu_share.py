@@ -38,13 +38,22 @@ def test_the_wait_policy_is_set_before_llama_cpp_loads_and_read_back_from_libgom
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "EDGEKIT_THREADING")}
     p = subprocess.run([sys.executable, "-c", READ_BACK, str(smol_path)], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-500:]
-    assert "GOMP_SPINCOUNT = '10000'" in p.stderr  # what libgomp itself reports
+    assert "GOMP_SPINCOUNT = '300000'" in p.stderr  # what libgomp itself reports: llama.cpp's own waiting
     rep = json.loads(p.stdout.strip().splitlines()[-1])
-    assert rep["adaptive"] is True and "GOMP_SPINCOUNT=10000" in rep["wait"]
-    # the old default on request: libgomp's own spin count, fixed threads
+    assert rep["adaptive"] is True and "GOMP_SPINCOUNT 300000" in rep["wait"]
+    # passive on request: libgomp sleeps at once (spin count 0), threads still adaptive
+    p = subprocess.run([sys.executable, "-c", READ_BACK, str(smol_path)], env={**env, "EDGEKIT_THREADING": "passive"},
+                       capture_output=True, text=True, timeout=300)
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in p.stderr and "GOMP_SPINCOUNT = '0'" in p.stderr, p.stderr[-400:]
+    assert json.loads(p.stdout.strip().splitlines()[-1])["adaptive"] is True
+    # the old behaviour on request: fixed threads
     p = subprocess.run([sys.executable, "-c", READ_BACK, str(smol_path)], env={**env, "EDGEKIT_THREADING": "spin"},
                        capture_output=True, text=True, timeout=300)
-    assert "GOMP_SPINCOUNT = '300000'" in p.stderr and json.loads(p.stdout.strip().splitlines()[-1])["adaptive"] is False
+    assert json.loads(p.stdout.strip().splitlines()[-1])["adaptive"] is False
+    # a bad value: one line at the first model load
+    p = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "run", "hi", "-m", str(smol_path)],
+                       env={**env, "EDGEKIT_THREADING": "fast"}, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "auto, passive, spin" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2, reason="needs taskset and 2+ CPUs")
@@ -104,6 +113,7 @@ def test_thread_tuner_gives_up_a_taken_core_and_takes_it_back():
 
 def test_registry_sees_a_live_peer_and_forgets_a_dead_one(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path))
+    monkeypatch.setenv("EDGEKIT_PEER_REGISTRY", "on")
     code = "from edgekit.host import peers; import time; peers.register('test peer'); print('up', flush=True); time.sleep(120)"
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ})
     try:
@@ -117,7 +127,7 @@ def test_registry_sees_a_live_peer_and_forgets_a_dead_one(tmp_path, monkeypatch)
 
 
 def test_a_second_process_warns(smol_path, tmp_path):
-    env = {**os.environ, "EDGEKIT_HOME": str(tmp_path)}
+    env = {**os.environ, "EDGEKIT_HOME": str(tmp_path), "EDGEKIT_PEER_REGISTRY": "on"}
     code = "from edgekit.host import peers; import time; peers.register('llama.cpp other'); print('up', flush=True); time.sleep(300)"
     first = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     try:

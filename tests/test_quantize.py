@@ -92,11 +92,13 @@ def test_reference_predicts_like_its_source(ref):
     (llama.cpp's Q4_1 kernels also round the activations to 8 bits, so not bit-identical)."""
     import numpy as np
     import llama_cpp
+    from safe_llama import patch_defaults
 
     text = ("The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Berlin is the "
             "capital of Germany. Water boils at 100 degrees Celsius at sea level.")
     logits = []
     for path in (ref.card.source.path, str(ref.path)):
+        patch_defaults(path)  # the kernel configuration edgekit's probe found safe on this CPU
         m = llama_cpp.Llama(path, n_ctx=256, logits_all=True, verbose=False, n_threads=2)
         toks = m.tokenize(text.encode())
         m.eval(toks)

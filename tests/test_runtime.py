@@ -13,12 +13,14 @@ Q = "A robot arm has 3 red and 4 blue blocks. How many blocks?"
 def test_greedy_n1_matches_llama_cpp_high_level(smol_path, flash_attn):
     """Same model, same attention kernel: edgekit's batched path == llama-cpp-python's Llama."""
     from llama_cpp import Llama, llama_vocab_is_eog
+    from safe_llama import patch_defaults
 
     from edgekit.runtime import Runtime
 
     with Runtime(str(smol_path), n_ctx=2048, max_n=8, threads=2, flash_attn=flash_attn) as rt:
         toks = rt.prompt_tokens(Q)
         res = rt.generate(Q, max_tokens=24, n=1, temperature=0.0, aggregate="none")
+    patch_defaults(str(smol_path))  # the kernel configuration edgekit's probe found safe on this CPU
     llm = Llama(model_path=str(smol_path), n_ctx=512, n_threads=2, verbose=False, flash_attn=flash_attn)
     try:
         ref = []

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Optional
 
 from edgekit.errors import BackendError, UsageError
-from edgekit.host.cpu import isa_flags
+from edgekit.host.cpu import cpu_model_name, isa_flags
 from edgekit.host.kernels import CONFIGS, MODES, PROBE_VERSION, probe_dir, requested_mode
 
 log = logging.getLogger("edgekit.probe")
@@ -176,6 +176,17 @@ def choose(model: str, *, model_bytes: int, tensor_types: dict, gpu_layers: int,
     choice = Choice(best.config, CONFIGS[best.config], "probe" if missing else "cache", mode, ordered, key)
     _memo[(h, mode)] = choice
     return choice
+
+
+def choose_for(path: str, *, threads: int = 1, gpu_layers: int = 0) -> Choice:
+    """:func:`choose` for a GGUF file: what any llama.cpp user in this process (a bare ``llama_cpp.Llama``,
+    ``python -m llama_cpp.server``) should set ``use_extra_bufts`` to on this CPU."""
+    from edgekit.engines.llamacpp_core import ll  # noqa: PLC0415 - applies the thread policy first
+    from edgekit.models.gguf import check_gguf  # noqa: PLC0415
+
+    info = check_gguf(path)
+    return choose(path, model_bytes=info.file_size, tensor_types=info.extra.get("tensor_types", {}), gpu_layers=gpu_layers,
+                  threads=threads, cpu_model=cpu_model_name(), ll=ll)
 
 
 # -- the child -----------------------------------------------------------------------------------

@@ -53,6 +53,14 @@ def isa_flags(procfs_root: str | Path = "/proc") -> dict[str, bool]:
     return {}
 
 
+def cpu_model_name(procfs_root: str | Path = "/proc") -> Optional[str]:
+    """``model name`` of the first processor in cpuinfo (x86), else None."""
+    for line in (_read(Path(procfs_root) / "cpuinfo") or "").splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
 def has_amx(flags: dict[str, bool]) -> bool:
     return bool(flags.get("AMX_TILE"))
 

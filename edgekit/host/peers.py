@@ -1,6 +1,7 @@
 """Other edgekit processes computing on this machine.
 
-Each process that holds a loaded local model registers itself: a file
+Each process that holds a loaded local model registers itself (``EDGEKIT_PEER_REGISTRY=off``
+skips that, e.g. for a test harness whose own process holds a model while it runs the CLI): a file
 ``<EDGEKIT_HOME>/run/<pid>.json`` that it keeps locked (``flock``) for as long as it lives. A
 file whose lock can be taken belongs to a process that is gone (killed, crashed) and is removed
 by whoever finds it. No daemon, no socket: the kernel releases the lock when the process dies.
@@ -51,7 +52,7 @@ _held: dict[Path, tuple[Registration, int]] = {}
 
 def register(what: str, *, folder: Optional[Path] = None) -> Optional[Registration]:
     """Register this process (one entry per process and folder, reference-counted)."""
-    if fcntl is None:
+    if fcntl is None or os.environ.get("EDGEKIT_PEER_REGISTRY", "").lower() == "off":
         return None
     folder = folder or run_dir()
     path = folder / f"{os.getpid()}.json"

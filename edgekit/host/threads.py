@@ -4,13 +4,17 @@ llama.cpp's CPU backend is built with OpenMP (libgomp): at every barrier of a gr
 per token) a thread that is done waits for the others. By default it *spins* for a while.
 When another process holds a core, the thread it waits for is descheduled and the spinning
 thread burns the very time slice the late thread needs: a 2-core machine with one busy core
-decodes at 5-17 % of its idle speed instead of about half. Passive waiting (the thread sleeps
-at once) costs a futex wake per barrier on an idle machine, and gives a busy core's share back.
+decodes at 5-30 % of its idle speed instead of about half. Passive waiting (the thread sleeps
+at once) gives that share back but costs a futex wake per barrier, 35 % of idle speed in a VM.
+So edgekit's default (``auto``) keeps llama.cpp's waiting and sizes the thread pool to the
+cores that are free (:class:`edgekit.host.load.ThreadTuner`): with one thread per free core no
+thread waits on a descheduled one.
 
 :func:`apply_before_load` sets the OpenMP environment before libgomp initialises (that is, before
 ``llama_cpp`` is imported; afterwards the environment is read no more). ``EDGEKIT_THREADING``
-chooses: ``auto`` (default: passive), ``passive``, or ``spin`` (llama.cpp's own default). A
-user's own ``OMP_WAIT_POLICY``/``GOMP_SPINCOUNT`` wins and is reported as such.
+chooses: ``auto`` (default: adaptive threads), ``passive`` (adaptive threads, passive waits),
+or ``spin`` (llama.cpp's own behaviour: fixed threads). A user's own
+``OMP_WAIT_POLICY``/``GOMP_SPINCOUNT`` wins and is reported as such.
 
 :func:`set_priority` lowers this process's CPU priority (``nice``, ``batch`` = SCHED_BATCH,
 ``idle`` = SCHED_IDLE) for all its threads, present and future, so that a robot's control loop
@@ -28,12 +32,16 @@ from edgekit.errors import UsageError
 
 POLICIES = ("auto", "passive", "spin")
 PRIORITIES = ("normal", "nice", "batch", "idle")
-SPINCOUNT = "10000"  # spin this long at a barrier, then sleep (libgomp's default is 300000)
-_ENV = {"auto": {"GOMP_SPINCOUNT": SPINCOUNT}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "spin": {}}
-_WAIT = {"auto": f"short spin (GOMP_SPINCOUNT={SPINCOUNT}), then sleep", "passive": "passive (OMP_WAIT_POLICY=PASSIVE)",
-         "spin": "spin (libgomp default)"}
-_WHY = {"auto": "default: threads follow the free cores; a short spin keeps idle speed and a busy core costs its share",
-        "passive": "EDGEKIT_THREADING=passive", "spin": "EDGEKIT_THREADING=spin: llama.cpp's own default, fixed threads"}
+# auto keeps libgomp's own spin (GOMP_SPINCOUNT 300000, then sleep): with threads that follow the free
+# cores no thread waits on a descheduled one, and idle speed is exactly llama.cpp's. Measured on a 2-core
+# EPYC (benchmarks/coexist.py): adaptive threads with spin counts of 10k, 100k and 300k all kept 0.61-0.77x
+# of idle speed beside a busy core; passive waiting cost 35 % when idle (a futex wake per barrier in a VM).
+_ENV = {"auto": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "spin": {}}
+_WAIT = {"auto": "libgomp default (spin up to GOMP_SPINCOUNT 300000, then sleep)", "passive": "passive (OMP_WAIT_POLICY=PASSIVE)",
+         "spin": "libgomp default (spin up to GOMP_SPINCOUNT 300000, then sleep)"}
+_WHY = {"auto": "default: threads follow the free cores (a core another process takes is given up within 0.2 s)",
+        "passive": "EDGEKIT_THREADING=passive: sleep at every barrier, threads follow the free cores",
+        "spin": "EDGEKIT_THREADING=spin: llama.cpp's own behaviour, threads fixed at the usable CPUs"}
 _state: dict = {"applied": None}
 
 

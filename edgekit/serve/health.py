@@ -59,4 +59,8 @@ def health(svc: Any) -> dict:
         "uptime_s": round(time.time() - svc.started_at, 1),
         "plan": svc.plan_path,
         "cloud": cloud or {"configured": False},
+        # llama.cpp: the kernel configuration the probe found safe here (probed before the daemon listened),
+        # and the thread policy in force
+        "kernels": (getattr(rt.engine, "info", None) and rt.engine.info.extra or {}).get("kernels"),
+        "threading": rt.engine.threading() if hasattr(rt.engine, "threading") else None,
     }
