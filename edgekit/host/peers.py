@@ -1,7 +1,7 @@
 """Other edgekit processes computing on this machine.
 
-Each process that holds a loaded local model registers itself (``EDGEKIT_PEER_REGISTRY=off``
-skips that, e.g. for a test harness whose own process holds a model while it runs the CLI): a file
+Each process that holds a loaded local model registers itself (``EDGEKIT_PEER_REGISTRY=off``: a
+process neither registers nor looks, e.g. a test harness that holds models while it runs the CLI): a file
 ``<EDGEKIT_HOME>/run/<pid>.json`` that it keeps locked (``flock``) for as long as it lives. A
 file whose lock can be taken belongs to a process that is gone (killed, crashed) and is removed
 by whoever finds it. No daemon, no socket: the kernel releases the lock when the process dies.
@@ -28,6 +28,10 @@ except ImportError:  # pragma: no cover - Windows: no registry, nothing shared
 log = logging.getLogger("edgekit.host")
 
 
+def _off() -> bool:
+    return os.environ.get("EDGEKIT_PEER_REGISTRY", "").strip().lower() == "off"
+
+
 def run_dir() -> Path:
     return Path(os.environ.get("EDGEKIT_HOME") or Path.home() / ".cache" / "edgekit") / "run"
 
@@ -52,7 +56,7 @@ _held: dict[Path, tuple[Registration, int]] = {}
 
 def register(what: str, *, folder: Optional[Path] = None) -> Optional[Registration]:
     """Register this process (one entry per process and folder, reference-counted)."""
-    if fcntl is None or os.environ.get("EDGEKIT_PEER_REGISTRY", "").lower() == "off":
+    if fcntl is None or _off():
         return None
     folder = folder or run_dir()
     path = folder / f"{os.getpid()}.json"
@@ -90,7 +94,7 @@ def unregister(reg: Optional[Registration]) -> None:
 
 def live_peers(folder: Optional[Path] = None) -> list[dict]:
     """Other live edgekit processes holding a model ({pid, what, since}); stale entries removed."""
-    if fcntl is None:
+    if fcntl is None or _off():
         return []
     folder = folder or run_dir()
     try:
