@@ -2,9 +2,15 @@
 bare low-level batched loop (the backend's limit). One prompt, one budget, n in {1,2,4,8,16}.
 
     python benchmarks/parallel_sampling.py [--model qwen2.5-coder-0.5b-instruct] [--reps 2] [--json]
+    python benchmarks/parallel_sampling.py --gpu-layers -1 --ns 32 --energy --paths edgekit,raw   # on a GPU
 
 Decode tok/s everywhere = tokens after each sequence's first / time from the first token to
 the last (prefill excluded), summed over the n samples. Median over --reps.
+
+--gpu-layers offloads layers in all three paths (-1: all; a CUDA/Metal build). --energy measures
+the energy of each edgekit generate with the best power meter (NVML on an NVIDIA GPU): J per
+generated token, raw and above the idle power measured before the runs, with the meter's method.
+--paths picks the paths (default all three); the sequential path is the slowest at large n.
 """
 
 from __future__ import annotations
@@ -54,15 +60,17 @@ def sequential_rate(llm, n: int, budget: int, seed: int, prompt_text: str) -> tu
 class RawLoop:
     """A bare llama.cpp batched decode: shared prompt (multi-seq-id tokens), native samplers."""
 
-    def __init__(self, path: str, threads: int, n_ctx: int, max_n: int):
+    def __init__(self, path: str, threads: int, n_ctx: int, max_n: int, gpu_layers: int = 0):
         ll.llama_backend_init()
         mp = ll.llama_model_default_params()
+        mp.n_gpu_layers = gpu_layers
         self.model = ll.llama_model_load_from_file(path.encode(), mp)
         cp = ll.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, 512, 512, max_n
         cp.n_threads = cp.n_threads_batch = threads
         cp.kv_unified = True
-        cp.flash_attn_type = 0 if not ll.llama_supports_gpu_offload() else -1  # same attention kernel as edgekit's default
+        # same attention kernel as edgekit's default: off on a CPU, llama.cpp's auto choice when offloading
+        cp.flash_attn_type = -1 if ll.llama_supports_gpu_offload() and gpu_layers else 0
         self.ctx = ll.llama_init_from_model(self.model, cp)
         self.vocab = ll.llama_model_get_vocab(self.model)
         self.mem = ll.llama_get_memory(self.ctx)
@@ -120,6 +128,27 @@ class RawLoop:
         return (total - n) / (t_end - t_first), total
 
 
+def idle_power_mw(meter, seconds: float = 1.0):
+    with meter.window() as w:
+        time.sleep(seconds)
+    return w.mean_power_mw
+
+
+def energy_row(windows: list, idle_mw, tokens: list[int]) -> dict:
+    """J per generated token over the edgekit generates of one n (raw, and above idle)."""
+    ok = [(w, t) for w, t in zip(windows, tokens) if w.energy_mj is not None and w.covered_s and t > 0]
+    if not ok:
+        why = next((w.gap_reason for w in windows if w.gap_reason), None) or "no energy reading"
+        return {"edgekit_j_per_token": None, "energy_why_unavailable": why}
+    per = [w.energy_mj / 1e3 / t for w, t in ok]
+    above = [(w.energy_mj - idle_mw * w.covered_s) / 1e3 / t for w, t in ok] if idle_mw is not None else None
+    return {"edgekit_j_per_token": statistics.median(per),
+            "edgekit_j_per_token_above_idle": statistics.median(above) if above else None,
+            "edgekit_mean_power_w": statistics.median([w.mean_power_mw / 1e3 for w, _ in ok if w.mean_power_mw]),
+            "energy_method": f"{ok[0][0].meter} ({ok[0][0].method}): energy of each whole generate (prefill + decode) / "
+                             f"generated tokens, median of {len(ok)}; idle {idle_mw if idle_mw is None else round(idle_mw)} mW"}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
@@ -127,40 +156,69 @@ def main(argv=None) -> int:
     ap.add_argument("--ns", default="1,2,4,8,16")
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded to the GPU in every path (-1: all)")
+    ap.add_argument("--paths", default="edgekit,raw,sequential", help="comma list of edgekit, raw, sequential")
+    ap.add_argument("--energy", action="store_true", help="J/token of each edgekit generate (best power meter)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     ns = [int(x) for x in a.ns.split(",")]
+    paths = [p.strip() for p in a.paths.split(",") if p.strip()]
+    if "edgekit" not in paths or not set(paths) <= {"edgekit", "raw", "sequential"}:
+        ap.error("--paths: a comma list of edgekit, raw, sequential that includes edgekit")
     threads = a.threads or default_threads()
     path = str(resolve(a.model).path)
     n_ctx = 512 + max(ns) * a.budget
-    rt = Runtime(path, threads=threads, n_ctx=n_ctx, max_n=max(max(ns), 2))
+    rt = Runtime(path, threads=threads, n_ctx=n_ctx, max_n=max(max(ns), 2), gpu_layers=a.gpu_layers)
     prompt_tokens = rt.prompt_tokens(PROMPT)
     prompt_text, _ = rt.engine.render_chat([{"role": "user", "content": PROMPT}])
-    raw = RawLoop(path, threads, n_ctx, max(max(ns), 2))
-    llm = ll.Llama(model_path=path, n_ctx=512 + a.budget, n_threads=threads, verbose=False)
+    raw = RawLoop(path, threads, n_ctx, max(max(ns), 2), a.gpu_layers) if "raw" in paths else None
+    llm = (ll.Llama(model_path=path, n_ctx=512 + a.budget, n_threads=threads, n_gpu_layers=a.gpu_layers, verbose=False)
+           if "sequential" in paths else None)
+    meter = idle_mw = None
+    if a.energy:
+        from edgekit.power import best_meter
+
+        meter = best_meter()
+        idle_mw = idle_power_mw(meter) if meter.available else None
     # warm-up
     edgekit_rate(rt, 2, 8, 0)
-    raw.rate(prompt_tokens, 2, 8, 0)
-    sequential_rate(llm, 1, 8, 0, prompt_text)
+    if raw:
+        raw.rate(prompt_tokens, 2, 8, 0)
+    if llm:
+        sequential_rate(llm, 1, 8, 0, prompt_text)
     rows = []
+    nan = float("nan")
     for n in ns:
         e, s, r = [], [], []
         toks = {"edgekit": [], "sequential": [], "raw": []}
+        windows = []
         for rep in range(a.reps):
             seed = 1000 * rep
-            x, k = edgekit_rate(rt, n, a.budget, seed); e.append(x); toks["edgekit"].append(k)
-            x, k = raw.rate(prompt_tokens, n, a.budget, seed); r.append(x); toks["raw"].append(k)
-            x, k = sequential_rate(llm, n, a.budget, seed, prompt_text); s.append(x); toks["sequential"].append(k)
-        row = {"n": n, "edgekit_tok_s": statistics.median(e), "sequential_tok_s": statistics.median(s),
-               "raw_tok_s": statistics.median(r), "reps": a.reps,
+            if meter is not None:
+                with meter.window() as w:
+                    x, k = edgekit_rate(rt, n, a.budget, seed)
+                windows.append(w)
+            else:
+                x, k = edgekit_rate(rt, n, a.budget, seed)
+            e.append(x); toks["edgekit"].append(k)
+            if raw:
+                x, k = raw.rate(prompt_tokens, n, a.budget, seed); r.append(x); toks["raw"].append(k)
+            if llm:
+                x, k = sequential_rate(llm, n, a.budget, seed, prompt_text); s.append(x); toks["sequential"].append(k)
+        row = {"n": n, "edgekit_tok_s": statistics.median(e), "sequential_tok_s": statistics.median(s) if s else None,
+               "raw_tok_s": statistics.median(r) if r else None, "reps": a.reps,
                "samples": {"edgekit": e, "sequential": s, "raw": r}, "tokens": toks}
-        row["a_over_b"] = row["edgekit_tok_s"] / row["sequential_tok_s"]
-        row["a_over_c"] = row["edgekit_tok_s"] / row["raw_tok_s"]
+        row["a_over_b"] = row["edgekit_tok_s"] / row["sequential_tok_s"] if s else None
+        row["a_over_c"] = row["edgekit_tok_s"] / row["raw_tok_s"] if r else None
+        if meter is not None:
+            row.update(energy_row(windows, idle_mw, toks["edgekit"]))
         rows.append(row)
         if not a.json:
-            print(f"n={n:2d}  edgekit {row['edgekit_tok_s']:6.1f}  sequential {row['sequential_tok_s']:6.1f}  "
-                  f"raw {row['raw_tok_s']:6.1f} tok/s   a/b {row['a_over_b']:.2f}  a/c {row['a_over_c']:.2f}", flush=True)
+            f = lambda v: nan if v is None else v  # noqa: E731
+            print(f"n={n:2d}  edgekit {row['edgekit_tok_s']:6.1f}  sequential {f(row['sequential_tok_s']):6.1f}  "
+                  f"raw {f(row['raw_tok_s']):6.1f} tok/s   a/b {f(row['a_over_b']):.2f}  a/c {f(row['a_over_c']):.2f}", flush=True)
     meta = {"model": a.model, "budget": a.budget, "threads": threads, "prompt_tokens": len(prompt_tokens),
+            "gpu_layers": a.gpu_layers, "paths": paths, "build": rt.engine.info.build, "n_ctx": n_ctx,
             "method": f"measured, median of {a.reps} rep(s); decode tok/s excludes prefill and each sequence's first token",
             "llama_cpp_python": ll.__version__}
     if a.json:

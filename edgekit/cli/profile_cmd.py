@@ -56,6 +56,8 @@ def register(app: typer.Typer) -> None:
         cooldown: float = typer.Option(0.0, help="seconds to rest between repetitions"),
         threads: Optional[int] = typer.Option(None),
         priority: str = typer.Option("normal", "--priority", help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep precedence"),
+        gpu_layers: Optional[int] = typer.Option(None, "--gpu-layers", help="llama.cpp: layers offloaded to the GPU "
+                                                 "(-1: all; a CUDA/Metal build); default 0, CPU only"),
         engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | onnx (an exported folder or variant id as --model)"),
         ctx: Optional[int] = typer.Option(None, "--ctx", help="context size in tokens (default: what the sweep needs)"),
         device_name: Optional[str] = typer.Option(None, help="name of this device in the profile"),
@@ -89,6 +91,7 @@ def register(app: typer.Typer) -> None:
             from edgekit.profile.background import Background
 
             Background(background)  # a malformed --background fails here, in one line
+        cfg.gpu_layers = gpu_layers
         out = Path(output) if output else default_output(model, socket.gethostname())
         cfg.validate(None)  # bad sweep values and a bad --output fail before the model is touched
         check_output_path(out)
@@ -166,6 +169,9 @@ def render_profile(prof, mp, out) -> None:
                       highlight=False)
     if mp.peak_rss_mb and mp.peak_rss_mb.value is not None:
         console.print(f"peak RSS {mp.peak_rss_mb.value:.0f} MB ({mp.peak_rss_mb.describe()})")
+    if mp.peak_vram_mb and mp.peak_vram_mb.value is not None:
+        layers = "all" if mp.gpu_layers is not None and mp.gpu_layers < 0 else mp.gpu_layers
+        console.print(f"peak GPU memory {mp.peak_vram_mb.value:.0f} MB, {layers} layer(s) offloaded ({mp.peak_vram_mb.describe()})")
     if mp.energy:
         e = mp.energy
         console.print(f"energy: idle {e.idle_power_mw.fmt()} · prefill {e.prefill_energy_per_token_mj.fmt()} · "

@@ -70,6 +70,8 @@ def register(app: typer.Typer) -> None:
         threshold: Optional[float] = typer.Option(None, "--threshold", help="keep local iff score >= threshold (default: the plan's calibrated one; else a default with no guarantee)"),
         threads: Optional[int] = typer.Option(None, help="CPU threads (default: the usable CPUs, adaptive to other load)"),
         priority: str = typer.Option("normal", "--priority", help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep precedence"),
+        gpu_layers: Optional[int] = typer.Option(None, "--gpu-layers", help="llama.cpp: layers offloaded to the GPU "
+                                                 "(-1: all; a CUDA/Metal build); default 0, CPU only"),
         ctx: int = typer.Option(8192, "--ctx", help="context size in tokens, shared by prompt and all samples"),
         plan: Optional[str] = typer.Option(None, "--plan", help="plan file from `edgekit plan` (sets model, prompt, n, budget...)"),
         json_out: bool = typer.Option(False, "--json", help="print the whole Result as JSON"),
@@ -98,6 +100,7 @@ def register(app: typer.Typer) -> None:
         explicit = {k: v for k, v in given.items() if v is not None}
         SamplingOptions.build(**explicit)  # bad values fail here, before any model loads
         q = Query(prompt=prompt, model=model, options=explicit, plan=plan, engine=engine, threads=threads, n_ctx=ctx,
+                  gpu_layers=gpu_layers,
                   engine_options={"base_url": base_url} if base_url is not None else {}, cloud_url=cloud_url,
                   cloud_model=cloud_model, offload=offload, score=score, threshold=threshold)
         set_priority(priority)  # before any thread starts: llama.cpp's threads inherit it

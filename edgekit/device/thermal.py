@@ -92,6 +92,7 @@ class ThermalSampler:
                 "cpu_freq_mhz": self.cpu_freq_mhz(),
                 "temps_c": self.temperatures_c(),
                 "throttle_reasons": self._gpu.throttle_reasons() if self._gpu is not None else [],
+                "gpu_mem_used_mb": self._gpu.memory_used_mb() if self._gpu is not None else None,
             }
         except Exception as e:  # noqa: BLE001 - never crash the sampling thread
             with self._lock:
@@ -141,12 +142,17 @@ class ThermalSampler:
                 if max_t is None or c > max_t:
                     max_t, max_name = c, name
         reasons = sorted({r for s in samples for r in s["throttle_reasons"]})
+        mem = [s.get("gpu_mem_used_mb") for s in samples if s.get("gpu_mem_used_mb") is not None]
         return {
             "cpu_freq_start_mhz": freqs[0] if freqs else None,
             "cpu_freq_min_mhz": min(freqs) if freqs else None,
             "max_temp_c": max_t,
             "max_temp_sensor": max_name,
             "throttle_reasons": reasons,
+            # GPU memory in use (whole device, MiB): at the first sample (before a model loads, when
+            # the sampler starts first) and the highest sample (every interval_s)
+            "gpu_mem_used_start_mb": mem[0] if mem else None,
+            "gpu_mem_used_peak_mb": max(mem) if mem else None,
             "samples": len(samples),
             "errors": list(self.errors),
         }

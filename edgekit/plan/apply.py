@@ -22,7 +22,7 @@ from edgekit.runtime import Runtime
 from edgekit.runtime.offload import Offload
 from edgekit.host.cpu import usable_cpus
 from edgekit.host.threads import check_threads as check_usable_threads
-from edgekit.schemas.checks import check_base_url, check_ctx, check_text, check_threads
+from edgekit.schemas.checks import check_base_url, check_ctx, check_gpu_layers, check_text, check_threads
 from edgekit.schemas.offload import SCORES
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import PlanFile, load_plan
@@ -37,6 +37,7 @@ class Query:
     plan: Optional[str] = None
     engine: str = "llama.cpp"
     threads: Optional[int] = None
+    gpu_layers: Optional[int] = None  # llama.cpp: layers offloaded to the GPU (-1: all); None: the engine's default (0)
     n_ctx: int = 8192
     engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. base_url for the openai engine
     cloud_url: Optional[str] = None  # offload low-confidence queries to this OpenAI-compatible server
@@ -65,6 +66,7 @@ def check_query(q: Query) -> None:
     check_usable_threads(q.threads, usable_cpus().count)
     check_ctx(q.n_ctx)
     engines.get(q.engine)  # unknown engine -> the registered ones
+    check_gpu_layers(q.gpu_layers, engines.canonical(q.engine))
     if "base_url" in q.engine_options:
         check_base_url(q.engine_options["base_url"])
         if engines.canonical(q.engine) == "llama.cpp":
@@ -190,8 +192,10 @@ def run_query(q: Query, progress: Optional[Progress] = None, warn: Optional[Call
         raise UsageError("this configuration aggregates with first_verified, which needs a verifier for every query",
                          fix="use the library: Runtime.generate(..., options=load_plan(P).chosen.options, verifier=...)")
     off = build_offload(q, p, opts, overrides)
+    if q.gpu_layers is not None:
+        check_gpu_layers(q.gpu_layers, engines.canonical(q.engine))  # a plan may have switched the engine (onnx)
     with Runtime(model, engine=q.engine, threads=q.threads, n_ctx=q.n_ctx, max_n=opts.n, progress=progress,
-                 offload=off, **q.engine_options) as rt:
+                 offload=off, gpu_layers=q.gpu_layers, **q.engine_options) as rt:
         w = context_warning(rt, text, opts, q.n_ctx)
         if w:
             warnings.append(w)
@@ -199,6 +203,8 @@ def run_query(q: Query, progress: Optional[Progress] = None, warn: Optional[Call
         res = rt.generate(text, opts)
     if warnings:
         res.extra["warnings"] = warnings
+    if q.gpu_layers is not None:
+        res.extra["gpu_layers"] = q.gpu_layers
     if p is not None:
         res.extra["plan"] = q.plan
         if overrides:

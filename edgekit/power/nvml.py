@@ -135,6 +135,16 @@ class NvmlMeter(PowerMeter):
         except (self._err, AttributeError):
             return None
 
+    def memory_used_mb(self) -> Optional[float]:
+        """Device memory in use on this GPU, MiB (``nvmlDeviceGetMemoryInfo().used``: every process
+        on the GPU, the CUDA contexts included); None where NVML cannot say."""
+        if self.handle is None:
+            return None
+        try:
+            return float(self._nvml.nvmlDeviceGetMemoryInfo(self.handle).used) / 2**20
+        except (self._err, AttributeError):
+            return None
+
     def throttle_reasons(self, include_benign: bool = False) -> list[str]:
         """Current clock-slowdown reasons ("sw_thermal", "hw_slowdown", ...). Benign: also gpu_idle etc."""
         if self.handle is None:

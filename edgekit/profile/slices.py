@@ -163,7 +163,7 @@ def estimate_by_slices(model: str, cfg: Optional[SweepConfig] = None, *, blocks:
         raise EdgekitError(f"slice estimate of {info.id}: the two slice sweeps share no prefill or decode point; nothing saved")
     a = entries[0]
     mp = ModelProfile(
-        model=info, threads=a.threads, n_ctx=a.n_ctx, kv_layout=a.kv_layout, prefill=prefill, decode=decode,
+        model=info, threads=a.threads, gpu_layers=a.gpu_layers, n_ctx=a.n_ctx, kv_layout=a.kv_layout, prefill=prefill, decode=decode,
         load_s=unavailable("s", "not measured: estimated from block slices"),
         peak_rss_mb=unavailable("MB", "not measured: estimated from block slices (memory = weights + KV + overhead "
                                       "by the planner's model)"),

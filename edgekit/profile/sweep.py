@@ -49,6 +49,7 @@ class SweepConfig:
     threads: Optional[int] = None
     n_ctx: Optional[int] = None
     background: Optional[str] = None  # --background: N busy workers or a command (edgekit.profile.background)
+    gpu_layers: Optional[int] = None  # llama.cpp: layers offloaded to the GPU (-1: all); None: the engine's default (0)
     engine: str = "llama.cpp"  # any registered engine that takes token prompts and has tokenize() (llama.cpp, onnx)
 
     @classmethod
@@ -77,6 +78,9 @@ class SweepConfig:
         )
 
     def validate(self, model_ctx_train: Optional[int]) -> int:
+        from edgekit.schemas.checks import check_gpu_layers
+
+        check_gpu_layers(self.gpu_layers, engines.canonical(self.engine))
         if self.n_ctx is not None and self.n_ctx < 1:
             raise UsageError(f"--ctx must be >= 1, got {self.n_ctx}", fix="pass --ctx 1 or more, or leave it out")
         if self.reps < 1 or self.decode_steps < 2:
@@ -141,6 +145,7 @@ class _Sweep:
         self.loads: list[float] = []  # Runtime() wall times
         self.drift_first: Optional[float] = None
         self.drift_last: Optional[float] = None
+        self.build: Optional[str] = None  # the engine's build ("cpu", "cuda", ...), once loaded
 
     def progress(self, stage: str, done: int, total: int) -> None:
         self.stage = stage
@@ -172,10 +177,13 @@ class _Sweep:
             if self.rt is not None:
                 self.rt.close()
             t0 = time.perf_counter()
-            self.rt = Runtime(self.model, engine=cfg.engine, threads=cfg.threads, n_ctx=cfg.n_ctx, max_n=max(cfg.ns))
+            self.rt = Runtime(self.model, engine=cfg.engine, threads=cfg.threads, n_ctx=cfg.n_ctx, max_n=max(cfg.ns),
+                              gpu_layers=cfg.gpu_layers)
             loads.append(time.perf_counter() - t0)
         mp.load_s = measured(loads, "s", source="Runtime() wall clock (first load may be from disk, later from page cache)")
         mp.threads = self.rt.engine.info.threads
+        mp.gpu_layers = cfg.gpu_layers
+        self.build = getattr(self.rt.engine.info, "build", None)
         # llama.cpp's batched path: one KV buffer shared by the n sequences; onnx: the prompt's KV
         # tiled to n rows, each row attending over its own cells
         mp.kv_layout = "unified" if engines.canonical(cfg.engine) == "llama.cpp" else "per-sequence"
@@ -362,7 +370,7 @@ def profile_model(model: str, cfg: Optional[SweepConfig] = None, *, output: Opti
         _label_partial(mp, sweep, failure)
     if not meter.available:
         mp.gaps.append(f"energy: {meter.why_unavailable}" + (f" (fix: {meter.fix})" if getattr(meter, "fix", None) else ""))
-    mp.peak_vram_mb = mp.peak_vram_mb or unavailable("MB", "CPU build: no GPU memory used")
+    mp.peak_vram_mb = mp.peak_vram_mb or vram_figure(thermal.summary(), sweep.build, thermal.interval_s)
     if failure is None:
         # A complete sweep supersedes every earlier entry of the model, complete or partial, and any
         # block-slice estimate of the same file (by hash: it may have been made under another id).
@@ -376,6 +384,19 @@ def profile_model(model: str, cfg: Optional[SweepConfig] = None, *, output: Opti
     if stop is failure:
         raise failure
     raise stop from failure
+
+
+def vram_figure(summary: dict, build: Optional[str], interval_s: float) -> Figure:
+    """Peak GPU memory of the sweep from the thermal sampler's NVML readings: the highest reading
+    minus the first (taken before the first load), in MB (1e6 bytes). A CPU build uses none."""
+    if build in (None, "cpu"):
+        return unavailable("MB", "CPU build: no GPU memory used")
+    start, peak = summary.get("gpu_mem_used_start_mb"), summary.get("gpu_mem_used_peak_mb")
+    if start is None or peak is None:
+        return unavailable("MB", f"{build} build, but no NVML memory reading (not an NVIDIA GPU, or NVML unavailable)")
+    return measured([max(peak - start, 0.0) * 2**20 / 1e6], "MB",
+                    source=f"NVML device memory used, highest reading of the sweep (every {interval_s:g} s) minus the "
+                           "reading before the first load: the whole GPU, this process's CUDA context included")
 
 
 def partial_path(out: Path) -> Path:

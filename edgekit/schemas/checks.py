@@ -20,6 +20,20 @@ MIN_CTX = 16
 MAX_CTX = 1 << 24  # 16M tokens: above every catalogue model's trained context; llama.cpp's n_ctx is 32-bit
 
 
+def check_gpu_layers(gpu_layers: Optional[int], engine: Optional[str] = None, flag: str = "--gpu-layers") -> Optional[int]:
+    """None (the engine's default: 0, CPU only) or an integer >= -1 (-1: every layer on the GPU);
+    only the llama.cpp engine offloads layers."""
+    if gpu_layers is None:
+        return None
+    if isinstance(gpu_layers, bool) or not isinstance(gpu_layers, int) or gpu_layers < -1:
+        raise UsageError(f"invalid {flag}: must be an integer >= -1, got {gpu_layers!r}",
+                         fix=f"pass {flag} -1 for every layer on the GPU, N for the first N, 0 for none")
+    if engine is not None and engine not in ("llama.cpp", "llamacpp", "llama_cpp"):
+        raise UsageError(f"{flag} applies to the llama.cpp engine, not to {engine}",
+                         fix=f"drop {flag}, or use --engine llama.cpp")
+    return gpu_layers
+
+
 def check_threads(threads: Optional[int], flag: str = "--threads") -> Optional[int]:
     """None (the engine's default) or an integer in 1..MAX_THREADS."""
     if threads is None:

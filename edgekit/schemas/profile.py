@@ -132,6 +132,7 @@ class ModelProfile(_M):
     # reference decode step (n=1) at each thread count, measured: what --cores-available scales by
     thread_scaling: Optional[dict[int, Figure]] = None
     background: Optional[BackgroundLoad] = None  # set on a profile measured beside other load
+    gpu_layers: Optional[int] = None  # llama.cpp layers offloaded to the GPU (-1: all); absent: the default, 0
     n_ctx: Optional[int] = None
     load_s: Optional[Figure] = None
     prefill: list[PrefillPoint] = Field(default_factory=list)
