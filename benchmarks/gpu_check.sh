@@ -164,7 +164,7 @@ step "edgekit device --json"
 "${EK[@]}" device --json > "$S2/device.json"; echo "rc=$?"
 
 step "edgekit profile --quick, every layer on the GPU, n up to 32"
-"${EK[@]}" profile --model "$MODEL" --quick --gpu-layers -1 --ns 1,2,3,4,5,6,7,8,16,32 \
+"${EK[@]}" profile --model "$MODEL" --quick --gpu-layers -1 --ns "${NS:-1,2,3,4,5,6,7,8,16,32}" \
   --device-name "$GPU_NAME" -o "$S2/profile.json"; echo "profile rc=$?"
 
 step "edgekit run --n 8 --json (GPU memory and energy of the whole process)"

@@ -139,3 +139,13 @@ def test_on_an_amx_host_a_real_model_runs_through_runtime(probe_home):
     with Runtime("qwen2.5-coder-0.5b-instruct", n_ctx=1024, max_n=4) as rt:
         r = rt.generate("How many legs do 3 spiders have?", n=4, max_tokens=32, seed=0)
     assert r.timings.generated_tokens > 0 and r.timings.kernels in ("default", "plain")
+
+
+def test_a_crash_only_when_numpy_loads_first_is_named_as_a_library_conflict(smol_path, probe_home, monkeypatch):
+    """Seen on an H200 host: every configuration crashed in the child (numpy's libraries loaded before
+    llama.cpp's), yet survived with llama_cpp imported first. The error names that, not the kernels."""
+    monkeypatch.setenv("EDGEKIT_PROBE_FAULT", "numpyfirst:*")
+    with pytest.raises(BackendError) as e:
+        _choose(smol_path)
+    assert "only when numpy's libraries are loaded before it" in e.value.message
+    assert "LD_PRELOAD" in e.value.fix and "CMAKE_ARGS" not in e.value.fix

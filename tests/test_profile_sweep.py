@@ -134,3 +134,23 @@ def test_bad_sweeps_fail_before_measuring(tmp_path):
     target.write_text("")
     with pytest.raises(SchemaError, match="cannot write"):
         profile_model(GEMMA, tiny(), output=target / "p.json")  # a file where a folder must be
+
+
+class SinkingMeter(RampMeter):
+    """A sensor whose readings fall below the idle baseline during the work (what a coarse GPU energy
+    counter does for a prefill of a few ms, seen on an H200): energy above idle is negative."""
+
+    name = "test-sinking"
+
+    def read_power_mw(self):
+        self.calls += 1
+        return 5000.0 - 10 * self.calls
+
+
+def test_energy_below_idle_is_unavailable_not_a_negative_figure(tmp_path):
+    cfg = tiny()
+    cfg.prompt_lengths, cfg.contexts, cfg.ns = [16], [0], [1]
+    e = profile_model(GEMMA, cfg, meter=SinkingMeter(), output=tmp_path / "p.json").models[0].energy
+    for fig in (e.prefill_energy_per_token_mj, e.decode_energy_per_token_mj):
+        assert fig.method == "unavailable" and fig.value is None
+        assert "not resolvable" in fig.note and "idle baseline" in fig.note

@@ -116,15 +116,25 @@ def timeout_s(model_bytes: int) -> float:
     return max(60.0, 30.0 + 30.0 * model_bytes / 1e9)  # loading dominates: ~30 s per GB on a slow disk
 
 
-def run_child(model: str, config: str, *, threads: int, gpu_layers: int, timeout: float) -> Verdict:
-    """Probe one configuration in a child process; every outcome is a verdict."""
-    cmd = [sys.executable, "-m", "edgekit.engines.llamacpp_probe", model, config, str(threads), str(gpu_layers)]
+LLAMA_FIRST = "import llama_cpp, runpy; runpy.run_module('edgekit.engines.llamacpp_probe', run_name='__main__')"
+
+
+def run_child(model: str, config: str, *, threads: int, gpu_layers: int, timeout: float, llama_first: bool = False) -> Verdict:
+    """Probe one configuration in a child process; every outcome is a verdict. ``llama_first``: the
+    child loads llama.cpp's libraries before numpy (a diagnosis: a C++ runtime conflict, not a kernel)."""
+    head = ["-c", LLAMA_FIRST] if llama_first else ["-m", "edgekit.engines.llamacpp_probe"]
+    cmd = [sys.executable, *head, model, config, str(threads), str(gpu_layers)]
     t0 = time.perf_counter()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:  # subprocess.run kills the child on timeout
         return Verdict(config, False, f"hung: no answer in {timeout:.0f} s", seconds=time.perf_counter() - t0)
     dt = time.perf_counter() - t0
+    done = [x for x in (p.stdout or "").strip().splitlines() if x.startswith("{")]
+    if p.returncode < 0 and done:  # the probe completed; the child faulted while exiting
+        r = json.loads(done[-1])
+        return Verdict(config, True, f"ok (then killed by signal {-p.returncode} at exit)",
+                       decode_tok_s=r.get("decode_tok_s"), batch_tok_s=r.get("batch_tok_s"), seconds=dt)
     if p.returncode < 0:
         try:
             name = signal.Signals(-p.returncode).name
@@ -147,6 +157,9 @@ def choose(model: str, *, model_bytes: int, tensor_types: dict, gpu_layers: int,
     """The kernel configuration to load ``model`` with (probing in children where not cached)."""
     mode = requested_mode()
     key = probe_key(ll, tensor_types, gpu_layers, cpu_model)
+    if os.environ.get("EDGEKIT_PROBE", "").strip().lower() == "off":  # the user vouches for the configuration
+        cfg = MODES[mode] or "default"
+        return Choice(cfg, CONFIGS[cfg], "unprobed (EDGEKIT_PROBE=off)", mode, [], key)
     h = _key_hash(key)
     if (h, mode) in _memo:
         c = _memo[(h, mode)]
@@ -167,6 +180,16 @@ def choose(model: str, *, model_bytes: int, tensor_types: dict, gpu_layers: int,
         if mode != "auto":
             raise BackendError(f"EDGEKIT_EXTRA_BUFFERS={mode} crashes in the probe ({what}); not loaded",
                                fix="unset EDGEKIT_EXTRA_BUFFERS (auto picks a configuration that works)")
+        if run_child(model, "plain", threads=threads, gpu_layers=gpu_layers, timeout=timeout_s(model_bytes), llama_first=True).ok:
+            # seen on an H200 host: a CUDA build made with another g++ than the system's crashes in its tokenizer
+            # whenever numpy's libraries were loaded first -- not a kernel choice
+            raise BackendError(f"llama.cpp crashes here only when numpy's libraries are loaded before it ({what}; the same "
+                               "configuration survives when llama_cpp is imported first): a C++ runtime (libstdc++) "
+                               "conflict of this llama-cpp-python build, not a kernel choice",
+                               fix="preload the system C++ runtime: export LD_PRELOAD=$(g++ -print-file-name=libstdc++.so.6), "
+                                   "or rebuild llama-cpp-python with the system compiler: CC=/usr/bin/gcc CXX=/usr/bin/g++ "
+                                   "pip install --force-reinstall --no-cache-dir --no-binary llama-cpp-python "
+                                   "'llama-cpp-python>=0.3.36,<0.4'")
         raise BackendError(f"every llama.cpp kernel configuration crashed on this CPU ({what})",
                            fix=f"rebuild llama-cpp-python without the failing kernels: {REBUILD}")
     best = ok[0]
@@ -192,8 +215,15 @@ def choose_for(path: str, *, threads: int = 1, gpu_layers: int = 0) -> Choice:
 # -- the child -----------------------------------------------------------------------------------
 def _fault(config: str) -> None:
     """Test hook: EDGEKIT_PROBE_FAULT="segv:plain,hang:default" makes this child really die by a
-    signal (reads address 0) or hang, for that configuration."""
+    signal (reads address 0) or hang, for that configuration; "numpyfirst:*" dies only when numpy
+    was loaded before llama_cpp (the C++ runtime conflict seen on an H200 host)."""
+    mods = list(sys.modules)
     for item in (os.environ.get("EDGEKIT_PROBE_FAULT") or "").split(","):
+        if item.startswith("numpyfirst:") and "numpy" in mods and "llama_cpp" in mods and \
+                mods.index("numpy") < mods.index("llama_cpp"):
+            import ctypes
+
+            ctypes.string_at(0)
         kind, _, cfg = item.partition(":")
         if cfg in (config, "*"):
             if kind == "segv":
@@ -275,3 +305,4 @@ def _child(model: str, config: str, threads: int, gpu_layers: int) -> dict:
 if __name__ == "__main__":
     _model, _config, _threads, _gpu = sys.argv[1:5]
     print(json.dumps(_child(_model, _config, int(_threads), int(_gpu))), flush=True)
+    os._exit(0)  # the verdict is in; skip native teardown (CUDA's static destructors can fault at exit)

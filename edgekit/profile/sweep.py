@@ -280,6 +280,11 @@ class _Sweep:
             vals = [e / t for e, t, _ in rows if t > 0]
             skipped = self.skipped_windows
             note = f"{skipped} incomplete window(s) left out (sensor gaps)" if skipped else None
+            low = [v for v in vals if v <= 0]
+            if low:  # at or below idle: the work was shorter than the meter resolves (a GPU prefill of a few ms)
+                ms = sorted(1000 * w.covered_s for _, _, w in rows)[len(rows) // 2]
+                return unavailable("mJ/token", f"not resolvable: {len(low)} of {len(vals)} {label} read at or below the "
+                                   f"idle baseline (median window {ms:.0f} ms; {name}'s counter is coarser than the work)")
             return measured(vals, "mJ/token", source=f"{name}, {label}, idle {self.idle_mw:.0f} mW subtracted", note=note) if vals \
                 else unavailable("mJ/token", "no complete energy window" + (f" ({note})" if note else ""))
 
