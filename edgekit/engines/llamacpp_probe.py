@@ -54,6 +54,12 @@ class Verdict:
     batch_tok_s: Optional[float] = None  # 4 rows on a second thread
     seconds: float = 0.0
 
+    @property
+    def crashed(self) -> bool:
+        """Killed by a signal or hung: unsafe to load in the caller. A clean failure (the model does
+        not load: unsupported architecture, corrupt tensors) is not a kernel verdict."""
+        return self.how.startswith(("killed", "hung"))
+
 
 @dataclass
 class Choice:
@@ -171,10 +177,14 @@ def choose(model: str, *, model_bytes: int, tensor_types: dict, gpu_layers: int,
     for c in missing:
         log.info("probing llama.cpp kernels %r for this CPU and model in a child process", c)
         verdicts[c] = run_child(model, c, threads=threads, gpu_layers=gpu_layers, timeout=timeout_s(model_bytes))
-    if missing:
-        _save_cache(path, key, verdicts)
+    if missing:  # a clean failure is about this file, not the kernels: not cached under a key other files share
+        _save_cache(path, key, {c: v for c, v in verdicts.items() if v.ok or v.crashed})
     ordered = [verdicts[c] for c in wanted]
     ok = [v for v in ordered if v.ok]
+    safe = [v for v in ordered if not v.ok and not v.crashed]
+    if not ok and safe:  # nothing crashed; the load itself fails: the caller's load gives its own error
+        return Choice(safe[0].config, CONFIGS[safe[0].config], "probe (the model did not load: " + safe[0].how + ")", mode,
+                      ordered, key)
     if not ok:
         what = "; ".join(f"{v.config}: {v.how}" for v in ordered)
         if mode != "auto":
@@ -213,14 +223,12 @@ def choose_for(path: str, *, threads: int = 1, gpu_layers: int = 0) -> Choice:
 
 
 # -- the child -----------------------------------------------------------------------------------
-def _fault(config: str) -> None:
+def _fault(config: str, numpy_first: bool) -> None:
     """Test hook: EDGEKIT_PROBE_FAULT="segv:plain,hang:default" makes this child really die by a
     signal (reads address 0) or hang, for that configuration; "numpyfirst:*" dies only when numpy
     was loaded before llama_cpp (the C++ runtime conflict seen on an H200 host)."""
-    mods = list(sys.modules)
     for item in (os.environ.get("EDGEKIT_PROBE_FAULT") or "").split(","):
-        if item.startswith("numpyfirst:") and "numpy" in mods and "llama_cpp" in mods and \
-                mods.index("numpy") < mods.index("llama_cpp"):
+        if item.startswith("numpyfirst:") and numpy_first:
             import ctypes
 
             ctypes.string_at(0)
@@ -235,6 +243,7 @@ def _fault(config: str) -> None:
 
 
 def _child(model: str, config: str, threads: int, gpu_layers: int) -> dict:
+    numpy_first = "numpy" in sys.modules and "llama_cpp" not in sys.modules  # numpy's libraries loaded before llama.cpp's
     from edgekit.host.threads import apply_before_load
 
     apply_before_load()
@@ -272,7 +281,7 @@ def _child(model: str, config: str, threads: int, gpu_layers: int) -> dict:
         if ll.llama_decode(ctx, batch) != 0:
             raise SystemExit("llama_decode failed")
 
-    _fault(config)
+    _fault(config, numpy_first)
     decode(prompt, range(len(prompt)), [0] * len(prompt))  # prefill: matrix-matrix kernels
     steps = []
     ll.llama_set_n_threads(ctx, 1, 1)  # timed on one thread: a fair comparison even when other work shares the CPU
