@@ -162,3 +162,50 @@ def test_shipped_object_counting_tables_choose_the_1_5b_over_the_noise_rule():
     assert vs.paired and vs.verdict == "win" and vs.lo > 0.05
     opt = res.optimism()
     assert opt is not None and opt[0] > 0 and opt[1] >= 2
+
+
+def test_eval_prints_every_accuracy_with_its_interval_and_whether_rows_separate(monkeypatch):
+    from rich.console import Console
+
+    from edgekit.cli import eval_cmd
+
+    def printed(t):
+        con = Console(record=True, width=200, file=open("/dev/null", "w"))
+        monkeypatch.setattr(eval_cmd, "console", con)
+        eval_cmd.render_table(t)
+        return con.export_text()
+
+    few = pool_table("small", {0, 1}, n=5)
+    out = printed(few)
+    assert "40.0 % [11.8, 76.9]" in out and "too few to separate" in out
+    # 30 problems, every sample right on 10, greedy right on 25 more: greedy is better beyond noise
+    t = pool_table("small", set(range(10)))
+    for p in t.problems[10:25]:
+        p.greedy = SampleRecord(answer="7", correct=True, tokens=29, finished=True)
+    t.rows = accuracy_rows(t.problems, [32], None, ["greedy", "majority"])
+    out = printed(t)
+    assert "83.3 % [" in out and "4 of 4 rows are below the best (greedy) beyond noise" in out
+    tied = pool_table("small", set(range(10)))
+    assert "no row is separated from the best" in printed(tied)
+
+
+def test_the_frontier_fits_80_columns_and_the_why_lines_name_each_competitor(prof):
+    from rich.console import Console
+
+    from edgekit.plan.render import render_frontier, why_lines
+
+    small = pool_table("small", set(range(14)) | {16})
+    big = pool_table("big", set(range(16)))
+    res = plan(prof, [small, big], 5.0)
+    con = Console(record=True, width=80, file=open("/dev/null", "w"))
+    con.print(render_frontier(res, 80))
+    text = con.export_text()
+    assert "…" not in text and max(len(x) for x in text.splitlines()) <= 80
+    assert "small B=32 n=1" in text and "big B=32 n=1" in text
+    wide = Console(record=True, width=200, file=open("/dev/null", "w"))
+    wide.print(render_frontier(res, 200))
+    assert "acc. from" in wide.export_text()  # wide terminals keep every column
+    lines = why_lines(res)
+    assert lines[0].startswith("why: chose small") and "a tie" in lines[0]
+    assert any(x.startswith("  vs big B=32 n=1 greedy (53.3 %): -3.3 pts [") and "(paired, 30 problems): tie" in x
+               and "beyond both prediction intervals" in x for x in lines)
