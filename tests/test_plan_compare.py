@@ -49,14 +49,14 @@ def test_paired_difference_separates_what_overlapping_marginal_intervals_cannot(
     lo, hi = wilson(np.array([0.3, 16 / 30]), np.array([30, 30]))
     assert hi[0] > lo[1]  # the marginal intervals overlap: the old rule took the cheaper one
     res = plan(prof, [small, big], 5.0)
-    assert res.config(res.chosen)["model_id"] == "big" and res.selection is None
+    assert res.config(res.chosen)["model_id"] == "big" and res.why_chosen is None
     vs = next(c for c in res.competitors() if res.config(c.other)["model_id"] == "small")
     assert vs.paired and vs.n_shared == 30 and vs.verdict == "win" and vs.lo > 0
     assert vs.diff == pytest.approx(7 / 30) and vs.latency_saving_s < 0 and vs.material
     # the same rows without per-problem records can only be compared unpaired: a tie, and the cheaper one is taken
     bare = [t.model_copy(update={"problems": []}) for t in (small, big)]
     res = plan(prof, bare, 5.0)
-    assert res.config(res.chosen)["model_id"] == "small" and "tie" in res.selection
+    assert res.config(res.chosen)["model_id"] == "small" and "tie" in res.why_chosen
     vs = res.competitors()[0]
     assert not vs.paired and "keeps no per-problem records" in vs.how and "Newcombe" in vs.how
 
@@ -67,14 +67,14 @@ def test_a_true_tie_with_a_material_saving_goes_to_the_cheaper_one_with_the_reas
     res = plan(prof, [small, big], 5.0)
     assert res.config(res.most_accurate)["model_id"] == "big"
     assert res.config(res.chosen)["model_id"] == "small"
-    assert "a tie" in res.selection and "material saving" in res.selection and "paired on 30" in res.selection
+    assert "a tie" in res.why_chosen and "material saving" in res.why_chosen and "paired on 30" in res.why_chosen
     vs = next(c for c in res.competitors() if c.other == res.most_accurate)
     assert vs.paired and vs.verdict == "tie" and vs.lo < 0 < vs.hi and vs.diff == pytest.approx(-1 / 30)
     assert vs.material and vs.latency_saving_s > 0.5
     pf = to_plan_file(res)
     top = next(c for c in pf.competitors if c.model_id == "big" and c.aggregation == "greedy")
     assert top.paired and top.verdict == "tie" and top.diff == pytest.approx(-1 / 30) and top.latency_saving_s > 0.5
-    assert pf.selection == res.selection
+    assert pf.selection == res.why_chosen
     # --prefer most-accurate keeps the most accurate one
     res = plan(prof, [small, big], 5.0, prefer="most-accurate")
     assert res.chosen == res.most_accurate

@@ -98,51 +98,66 @@ class Comparator:
         pos = self._pos[ti]
         return self._full[key][[pos[x] for x in ids], col]
 
-    def compare(self, i: int, others) -> list[Comparison]:
-        """Candidate i against each of ``others`` (vectorised per pairing)."""
+    def intervals(self, i: int, others) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Pairing]]:
+        """Accuracy difference i - j and its 95 % interval for each j of ``others``, vectorised per table of j:
+        (diff, lo, hi, the pairing used per j)."""
         r = self.res
-        others = [int(j) for j in others]
-        out: dict[int, Comparison] = {}
-        groups: dict[Optional[tuple], list[int]] = {}
-        for j in others:
-            groups.setdefault(self.pair(i, j).ids, []).append(j)
-        for ids, js in groups.items():
-            if ids is not None:
-                xi = self.scores(i, ids)
-                d, lo, hi = paired_diff(np.stack([xi - self.scores(j, ids) for j in js]))
+        others = np.asarray(others, int)
+        d, lo, hi = (np.empty(len(others)) for _ in range(3))
+        pairs: list = [None] * len(others)
+        for tj in np.unique(r.table[others]) if len(others) else []:
+            sel = np.nonzero(r.table[others] == tj)[0]
+            js = others[sel]
+            p = self.pair(i, int(js[0]))
+            if p.ids is not None:
+                xi = self.scores(i, p.ids)
+                d[sel], lo[sel], hi[sel] = paired_diff(np.stack([xi - self.scores(int(j), p.ids) for j in js]))
             else:
                 a, lo_, hi_ = r.accuracy, r.acc_lo, r.acc_hi_tie
-                d, lo, hi = newcombe(a[i], lo_[i], hi_[i], a[js], lo_[js], hi_[js])
-            for n, j in enumerate(js):
-                p = self.pair(i, j)
-                how = f"{p.why}; {BOOT_HOW}" if ids is not None else f"{p.why}; {UNPAIRED_HOW}"
-                saving, material, what = savings(r, i, j)
-                out[j] = Comparison(i, j, float(d[n]), float(lo[n]), float(hi[n]), ids is not None,
-                                    len(ids) if ids else 0, how, verdict(float(lo[n]), float(hi[n])), saving, material, what)
-        return [out[j] for j in others]
+                d[sel], lo[sel], hi[sel] = newcombe(a[i], lo_[i], hi_[i], a[js], lo_[js], hi_[js])
+            for n in sel:
+                pairs[n] = p
+        return d, lo, hi, pairs
+
+    def compare(self, i: int, others) -> list[Comparison]:
+        """Candidate i against each of ``others``."""
+        others = [int(j) for j in others]
+        d, lo, hi, pairs = self.intervals(i, others)
+        out = []
+        for n, (j, p) in enumerate(zip(others, pairs)):
+            how = f"{p.why}; {BOOT_HOW if p.paired else UNPAIRED_HOW}"
+            saving, material, what = savings(self.res, i, j)
+            out.append(Comparison(i, j, float(d[n]), float(lo[n]), float(hi[n]), p.paired, len(p.ids) if p.ids else 0, how,
+                                  verdict(float(lo[n]), float(hi[n])), saving, material, what))
+        return out
+
+
+def material_mask(res: "PlanResult", cands: np.ndarray, ref: int) -> np.ndarray:
+    """Which of ``cands`` are cheaper than ``ref`` beyond the predictions' own intervals (latency; energy with an
+    energy cap; memory, by ``MEMORY_MATERIAL``, with a memory cap)."""
+    p = res.pred
+    ok = p["hi_s"][cands] < p["lo_s"][ref]
+    if res.energy_cap_j is not None:
+        e = p["energy_j"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ok |= np.nan_to_num(e[cands] * p["hi_s"][cands] / p["total_s"][cands], nan=np.inf) < \
+                np.nan_to_num(e[ref] * p["lo_s"][ref] / p["total_s"][ref], nan=-np.inf)
+    if res.memory_cap_gb is not None:
+        ok |= p["memory_bytes"][cands] <= (1 - MEMORY_MATERIAL) * p["memory_bytes"][ref]
+    return ok
 
 
 def savings(res: "PlanResult", i: int, j: int) -> tuple[float, bool, str]:
-    """(latency of j minus latency of i, is the cheaper one's saving material, in words)."""
+    """(latency of j minus latency of i, is the faster one's saving material, in words from i's side)."""
     lat, p = res.latency, res.pred
     s = float(lat[j] - lat[i])
     fast, slow = (i, j) if s >= 0 else (j, i)
     material = bool(p["hi_s"][fast] < p["lo_s"][slow])
-    what = (f"{abs(s):.2g} s {'faster' if s >= 0 else 'slower'}, "
+    what = (f"{abs(s):.2f} s {'faster' if s >= 0 else 'slower'}, "
             + ("beyond both prediction intervals" if material else "inside the prediction intervals (not material)"))
-    if res.energy_cap_j is not None and _energy_material(res, fast, slow):
-        material, what = True, what + "; energy lower beyond its interval (energy cap set)"
-    if res.memory_cap_gb is not None and p["memory_bytes"][fast] <= (1 - MEMORY_MATERIAL) * p["memory_bytes"][slow]:
-        material, what = True, what + f"; memory >= {MEMORY_MATERIAL:.0%} lower (memory cap set)"
+    if bool(material_mask(res, np.array([fast]), slow)[0]) and not material:
+        material, what = True, what + "; cheaper in energy or memory beyond the threshold (cap set)"
     return s, material, what
-
-
-def _energy_material(res: "PlanResult", fast: int, slow: int) -> bool:
-    p = res.pred
-    e = p["energy_j"]
-    if np.isnan(e[fast]) or np.isnan(e[slow]):
-        return False
-    return bool(e[fast] * p["hi_s"][fast] / p["total_s"][fast] < e[slow] * p["lo_s"][slow] / p["total_s"][slow])
 
 
 def choose(res: "PlanResult", cmp: Comparator, idx: np.ndarray, best: int, frontier: np.ndarray) -> tuple[int, Optional[str]]:
@@ -150,23 +165,23 @@ def choose(res: "PlanResult", cmp: Comparator, idx: np.ndarray, best: int, front
     Pareto frontier) and why, when it is not ``best``."""
     if res.prefer != "cheaper":
         return best, None
-    acc, p = res.accuracy, res.pred
-    ok = (idx != best) & (acc[idx] <= acc[best] + TIE_EPS) & (p["hi_s"][idx] < p["lo_s"][best])
-    if res.energy_cap_j is not None or res.memory_cap_gb is not None:  # savings in energy / memory count too
-        ok |= (idx != best) & (acc[idx] <= acc[best] + TIE_EPS) & np.array([savings(res, best, int(c))[1] for c in idx], bool)
-    cheaper = [int(c) for c in idx[ok]]
-    if not cheaper:
+    acc = res.accuracy
+    cands = idx[(idx != best) & (acc[idx] <= acc[best] + TIE_EPS)]
+    cheaper = cands[material_mask(res, cands, best)]
+    if not cheaper.size:
         return best, None
-    tied = [cm for cm in cmp.compare(best, cheaper) if cm.verdict == "tie"]
+    _, lo, hi, _ = cmp.intervals(best, cheaper)
+    tied = cheaper[(lo <= 0) & (hi >= 0)]
     energy = np.nan_to_num(res.pred["energy_j"], nan=np.inf)
-    for cm in sorted(tied, key=lambda cm: (-acc[cm.other], res.latency[cm.other], energy[cm.other])):
-        c = cm.other
+    for c in tied[np.lexsort((energy[tied], res.latency[tied], -acc[tied]))]:
+        c = int(c)
         higher = [int(a) for a in frontier if a not in (best, c) and acc[a] > acc[c] + TIE_EPS]
-        if all(x.verdict == "tie" for x in cmp.compare(c, higher)):
-            return c, (f"chose {res.label(c)} over the most accurate {res.label(best)}: a tie (difference "
+        _, lo, hi, _ = cmp.intervals(c, higher)
+        if ((lo <= 0) & (hi >= 0)).all():
+            cm = cmp.compare(best, [c])[0]
+            return c, (f"chose {res.label(c)} over the most accurate {res.label(best)}: a tie (its lead "
                        f"{_pts(cm.diff)} points [{_pts(cm.lo)}, {_pts(cm.hi)}], {cm.how.split(';')[0]}) and a material "
-                       f"saving ({cm.saving_how.replace('faster', 'saved').replace('slower', 'more')}); "
-                       "--prefer most-accurate to override")
+                       f"saving ({savings(res, c, best)[2]}); --prefer most-accurate to override")
     return best, None
 
 

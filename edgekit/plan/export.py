@@ -124,7 +124,7 @@ def to_plan_file(res: PlanResult) -> PlanFile:
             method=pr.method, rests_on=res.rests_on(i), **_mixture(res), **_optimism(res)),
         frontier=frontier_points(res), based_on=based_on(res),
         planner=PlannerInputs(prefer=res.prefer, sequences_leave=res.sequences_leave), **_offload(res),
-        selection=res.selection if res.chosen != res.most_accurate else None, competitors=competitors(res))
+        selection=res.why_chosen, competitors=competitors(res))
 
 
 def _offload(res: PlanResult) -> dict:

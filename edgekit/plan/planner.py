@@ -90,7 +90,12 @@ class PlanResult:
     cloud: Optional[dict] = None  # base_url, model, latency_s, accuracy_table
     variants: list = field(default_factory=list)  # per table: plan.variants.Variant or None
     acc_hi_tie: Optional[np.ndarray] = None  # upper end without a prior's widening (ties never favour a prior)
-    selection: Optional[str] = None  # why the chosen configuration is not the most accurate one
+    selection: Optional[tuple[int, str]] = None  # (candidate, why) when the planner took a cheaper one than the most accurate
+
+    @property
+    def why_chosen(self) -> Optional[str]:
+        """Why the chosen configuration is not the most accurate one (None when it is, or another step chose it)."""
+        return self.selection[1] if self.selection and self.selection[0] == self.chosen else None
     warnings: list[str] = field(default_factory=list)  # one line each (tables on different task-file versions)
     comparator: object = None  # plan.compare.Comparator: per-problem scores and paired comparisons (cached)
     _competitors: dict = field(default_factory=dict, repr=False)
@@ -377,9 +382,10 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
             fix=f"raise the target to at least {lat[f]:.3g} s, or evaluate a smaller model or shorter budgets", result=res)
     idx = np.nonzero(feasible)[0]
     res.most_accurate = best = _cheapest(idx[A["acc"][idx] >= A["acc"][idx].max() - TIE_EPS], lat, pred["energy_j"])
-    res.chosen, res.selection = choose(res, res.comparator, idx, best, _pareto(lat, A["acc"], idx, pred["energy_j"]))
-    if res.selection:
-        notes.append(res.selection)
+    res.chosen, why = choose(res, res.comparator, idx, best, _pareto(lat, A["acc"], idx, pred["energy_j"]))
+    res.selection = (res.chosen, why) if why else None
+    if why:
+        notes.append(why)
     return res
 
 

@@ -104,8 +104,11 @@ def why_lines(res: PlanResult) -> list[str]:
     (accuracy difference chosen - competitor with its 95 % interval, paired or not, the verdict, the saving)."""
     if res.chosen is None:
         return []
-    if res.chosen != res.most_accurate and res.selection:
-        out = [f"why: {res.selection}"]
+    if res.why_chosen:
+        out = [f"why: {res.why_chosen}"]
+    elif res.chosen != res.most_accurate:
+        out = ["why: chosen with offload planned jointly (see the notes)" if res.joint is not None else
+               "why: not the most accurate feasible configuration (see the notes)"]
     elif res.prefer == "cheaper":
         out = ["why: the most accurate feasible configuration; no cheaper one is both tied with it and cheaper beyond "
                "the latency prediction intervals"]
