@@ -209,3 +209,24 @@ def test_the_frontier_fits_80_columns_and_the_why_lines_name_each_competitor(pro
     assert lines[0].startswith("why: chose small") and "a tie" in lines[0]
     assert any(x.startswith("  vs big B=32 n=1 greedy (53.3 %): -3.3 pts [") and "(paired, 30 problems): tie" in x
                and "beyond both prediction intervals" in x for x in lines)
+
+
+def test_the_task_file_hash_is_the_same_for_every_template_and_split():
+    from edgekit.evaluate.tasks import load_task
+
+    a = load_task("bigbench:object_counting", template="terse", split="0:5")
+    b = load_task("bigbench:object_counting", template="cot", split="10:20")
+    assert a.source_sha256 == b.source_sha256 and len(a.source_sha256) == 64 and a.sha256 != b.sha256
+    assert load_task("bigbench:strategyqa", template="terse").source_sha256 != a.source_sha256
+
+
+def test_the_chosen_accuracy_is_marked_optimistic_and_a_heldout_figure_is_shown_beside_it(prof):
+    from edgekit.plan.render import accuracy_line
+
+    res = plan(prof, [pool_table("small", set(range(14)) | {16}), pool_table("big", set(range(16)))], 5.0)
+    line = accuracy_line(res)
+    assert "optimistic" in line and "held out: not measured" in line
+    assert "held out: 41.0 % [30.0, 52.0] (verify run)" in accuracy_line(res, (0.41, 0.30, 0.52, "verify run"))
+    pf = to_plan_file(res)
+    assert pf.predicted.accuracy_optimism is not None and pf.predicted.accuracy_optimism >= 0
+    assert pf.predicted.accuracy_selected_from >= 2 and "bootstrap" in pf.predicted.accuracy_optimism_how
