@@ -38,6 +38,9 @@ from edgekit.evaluate.runner import problem_seed
 from edgekit.schemas.table import load_table
 from edgekit.evaluate.tasks import complete_program, load_task
 from edgekit.models.catalog import CATALOG
+import numpy as np
+
+from edgekit.evaluate.paired import BOOT_HOW, boot_weights, paired_diff, table_scores
 from edgekit.figures import wilson
 from edgekit.plan.export import chosen_options
 from edgekit.plan.make import make_plan
@@ -136,6 +139,34 @@ def same_settings(t, h) -> bool:
         (h.task, h.model_id, h.prompt_template, h.answer_format, h.temperature, h.top_p)
 
 
+def heldout_scores(res, i: int, held: list, ids=None):
+    """Per-problem expected correctness of candidate i on its held-out table (ids: which problems; default all)."""
+    t = res.tables[int(res.table[i])]
+    r = t.rows[int(res.row[i])]
+    h = next((h for h in held if same_settings(t, h)), None)
+    if h is None or (r.aggregation != "greedy" and r.k > h.n_samples):
+        return None
+    ids = ids or tuple(sorted(p.id for p in h.problems))
+    return table_scores(h, ids, r.budget, r.aggregation, r.k)
+
+
+def heldout_best_checks(res, feas: list, best: int, plan: int, held: list) -> dict:
+    """On the held-out problems: best - plan paired (bootstrap), and the selection optimism of 'best' (it is the
+    maximum of many noisy held-out figures: E*[max] - max over the feasible configurations)."""
+    ids = sorted(set.intersection(*[{p.id for p in h.problems} for h in held]))
+    if len(ids) < 10:
+        return {}
+    ids = tuple(ids)
+    x = {i: heldout_scores(res, i, held, ids) for i in feas}
+    x = {i: v for i, v in x.items() if v is not None}
+    d, lo, hi = paired_diff(x[best] - x[plan])
+    m = np.unique(np.stack(list(x.values())), axis=0)
+    opt = float((m @ boot_weights(len(ids))).max(axis=0).mean() - m.mean(axis=1).max())
+    return {"heldout_best_minus_plan": {"diff": float(d[0]), "lo": float(lo[0]), "hi": float(hi[0]), "n_problems": len(ids),
+                                        "how": BOOT_HOW},
+            "heldout_best_optimism_pts": 100 * opt}
+
+
 def heldout_acc(res, i: int, held: list) -> tuple | None:
     """(accuracy, lo, hi, n_problems) of candidate i read from its held-out table, or None."""
     t = res.tables[int(res.table[i])]
@@ -184,6 +215,7 @@ def run_heldout(a, profile, targets) -> int:
         row["tables_plan_vs_naive"] = (None if cm is None else
                                        {"diff": cm.diff, "lo": cm.lo, "hi": cm.hi, "paired": cm.paired, "verdict": cm.verdict})
         row["naive_note"] = note
+        row.update(heldout_best_checks(res, [i for i in feas if scored[i] is not None], bi, res.chosen, held))
         row["n_feasible"], row["n_feasible_without_heldout"] = len(feas), len(missing)
         row["n_heldout_problems"] = scored[res.chosen][3] if scored.get(res.chosen) else None
         if row["plan_heldout_acc"] is not None:
@@ -215,6 +247,10 @@ def run_heldout(a, profile, targets) -> int:
                   f"({'paired' if tv['paired'] else 'unpaired'}): {tv['verdict']}")
         if r.get("shortfall_pts") is not None:
             print(f"  held out: best - plan {r['shortfall_pts']:+.1f} pts, plan - naive {r['gain_pts']:+.1f} pts")
+        bp = r.get("heldout_best_minus_plan")
+        if bp:
+            print(f"  held out, best - plan paired: {100 * bp['diff']:+.1f} pts [{100 * bp['lo']:+.1f}, {100 * bp['hi']:+.1f}] "
+                  f"on {bp['n_problems']} problems; the best's selection optimism ~{r['heldout_best_optimism_pts']:.1f} pts")
     print(json.dumps(meta))
     return 0
 

@@ -184,7 +184,7 @@ def test_eval_prints_every_accuracy_with_its_interval_and_whether_rows_separate(
         p.greedy = SampleRecord(answer="7", correct=True, tokens=29, finished=True)
     t.rows = accuracy_rows(t.problems, [32], None, ["greedy", "majority"])
     out = printed(t)
-    assert "83.3 % [" in out and "4 of 4 rows are below the best (greedy) beyond noise" in out
+    assert "83.3 % [" in out and "E[steps]" in out and "4 of 4 rows are below the best (greedy) beyond noise" in out
     tied = pool_table("small", set(range(10)))
     assert "no row is separated from the best" in printed(tied)
 
@@ -230,3 +230,32 @@ def test_the_chosen_accuracy_is_marked_optimistic_and_a_heldout_figure_is_shown_
     pf = to_plan_file(res)
     assert pf.predicted.accuracy_optimism is not None and pf.predicted.accuracy_optimism >= 0
     assert pf.predicted.accuracy_selected_from >= 2 and "bootstrap" in pf.predicted.accuracy_optimism_how
+
+
+def test_planner_value_runs_a_grammar_constrained_configuration_with_its_grammar():
+    import sys
+    from types import SimpleNamespace
+
+    from edgekit.evaluate.tasks import load_task
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import planner_value as pv
+    finally:
+        sys.path.pop(0)
+    seen = []
+
+    class FakeRuntime:
+        def generate(self, messages, options):
+            seen.append(options)
+            return SimpleNamespace(answer="A", timings=SimpleNamespace(total_s=0.1))
+
+    task = load_task("bigbench:date_understanding", template="terse", split="0:2")
+    cfg = {"n": 3, "budget": 16, "temperature": 0.8, "top_p": 0.95, "aggregation": "majority", "extractor": "choice",
+           "answer_format": "answer"}
+    out = pv.run_config(FakeRuntime(), task, cfg, 0)
+    assert out["n_problems"] == 2 and len(seen) == 2
+    assert all(o.grammar and "Answer: " in o.grammar and o.n == 3 and o.max_tokens == 16 for o in seen)
+    assert seen[0].seed != seen[1].seed  # the eval's per-problem seeds
+    free = pv.run_config(FakeRuntime(), task, {**cfg, "answer_format": None}, 0)
+    assert free["n_problems"] == 2 and seen[-1].grammar is None

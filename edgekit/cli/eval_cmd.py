@@ -144,7 +144,7 @@ def render_table(t) -> None:
     rows = sorted((r for r in t.rows if r.budget == t.max_tokens), key=lambda r: (r.aggregation, r.k))
     tab = Table(title=f"{t.task} · {t.model_id} · {t.prompt_template}{' + ' + t.answer_format if t.answer_format else ''} · T={t.temperature} · {t.n_problems} problems "
                       f"(measured on this eval set; budget {t.max_tokens})")
-    for c in ("aggregation", "k", "accuracy [95 % CI]", "E[steps]", "method"):
+    for c in ("aggregation", "k", "accuracy [95 % CI]", "E\\[steps]", "method"):  # escaped: "[steps]" would be rich markup
         tab.add_column(c)
     lo, hi = wilson(np.array([r.accuracy for r in rows]), np.full(len(rows), t.n_problems))
     for r, a, b in zip(rows, lo, hi):
