@@ -2,15 +2,23 @@
 
     python benchmarks/planner_value.py --profile PROFILE.json --accuracy TABLE.json [TABLE.json ...]
         [--task bigbench:object_counting] [--split 40:70] [--targets 1,2,4,8] [--percentile 50] [--json] [--smoke]
+        [--heldout HELDOUT_TABLE.json ...]
 
 Per target: plan = make_plan(profile, tables, target).  Naive = the largest model (catalogue
 n_params, else the profile's) among the tables whose greedy configuration (n=1, temperature 0,
 the table's max_tokens, the table's template) is predicted to meet the target by the planner's
 own predictions (first such table in --accuracy order; if none fits: the smallest model's, flagged).
 Both run for real on every held-out problem of --split (the tables must be built on other problems):
-the task's rendered messages for the table's template, Runtime.generate(max_tokens=B, n, temperature,
-top_p, seed=the eval's per-problem seed, aggregate="majority", extractor=task kind), graded with
-Task.is_correct. Reported: accuracy, mean Result.timings.total_s, and the planner's predictions
+the task's rendered messages for the table's template, Runtime.generate with the plan file's own sampling
+options (plan.export.chosen_options: n, max_tokens=B, temperature, top_p, the answer_format's grammar when the
+table was grammar-constrained, majority vote, the task's extractor) and seed = the eval's per-problem seed,
+graded with Task.is_correct.
+
+--heldout: accuracy tables built by `edgekit eval` on the held-out problems with the tune tables' settings
+(model, template, answer_format, T, top_p). Then nothing is run here: every feasible configuration's held-out
+accuracy is read from them (exact expected accuracy over the held-out sample pool, the eval's estimators), and
+each target reports the plan, the naive choice and the best feasible configuration held out, and the paired
+test (on the tune tables) of plan vs naive. Reported: accuracy, mean Result.timings.total_s, and the planner's predictions
 (table accuracy; p50 point latency). A configuration that recurs is run once. Infeasible targets
 are recorded and not run.  --smoke: the first 2 targets and the first 2 held-out problems.
 Goals: plan beats naive by >= 5 points where sampling helps; predicted accuracy within +-5 points;
@@ -30,6 +38,11 @@ from edgekit.evaluate.runner import problem_seed
 from edgekit.schemas.table import load_table
 from edgekit.evaluate.tasks import complete_program, load_task
 from edgekit.models.catalog import CATALOG
+import numpy as np
+
+from edgekit.evaluate.paired import BOOT_HOW, boot_weights, paired_diff, table_scores
+from edgekit.figures import wilson
+from edgekit.plan.export import chosen_options
 from edgekit.plan.make import make_plan
 from edgekit.plan.planner import InfeasibleTarget
 from edgekit.schemas.profile import load_profile
@@ -86,12 +99,12 @@ def threads_for(profile, mid: str):
 
 
 def run_config(rt, task, cfg: dict, table_seed: int) -> dict:
-    """Run cfg on every problem of task: accuracy and mean measured latency."""
+    """Run cfg on every problem of task as `edgekit run --plan` would (the plan's sampling options, grammar
+    included): accuracy and mean measured latency."""
     correct, secs = [], []
+    opts = chosen_options({**cfg, "extractor": cfg["extractor"] or task.kind})
     for p in task.problems:
-        r = rt.generate(p.messages(), max_tokens=int(cfg["budget"]), n=int(cfg["n"]), temperature=float(cfg["temperature"]),
-                        top_p=float(cfg["top_p"]), seed=problem_seed(table_seed, p.id), aggregate="majority",
-                        extractor=cfg["extractor"] or task.kind)
+        r = rt.generate(p.messages(), opts.replace(seed=problem_seed(table_seed, p.id)))
         ans = complete_program(r.answer, p) if task.kind == "code" else r.answer
         correct.append(task.is_correct(p, ans))
         secs.append(r.timings.total_s)
@@ -108,6 +121,9 @@ def main(argv=None) -> int:
     ap.add_argument("--percentile", type=int, default=50, choices=(50, 95))
     ap.add_argument("--variants", default=None, help="variant cards (edgekit quantize): a folder, or 'auto' for the cache")
     ap.add_argument("--prefer", default="cheaper", choices=("cheaper", "most-accurate"))
+    ap.add_argument("--heldout", nargs="+", default=None,
+                    help="accuracy tables built on the held-out split with the tune tables' settings: read every feasible "
+                         "configuration's held-out accuracy from them instead of running")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="first 2 targets, first 2 held-out problems")
     a = ap.parse_args(argv)
@@ -118,6 +134,127 @@ def main(argv=None) -> int:
         return e.exit_code
 
 
+def same_settings(t, h) -> bool:
+    return (t.task, t.model_id, t.prompt_template, t.answer_format, t.temperature, t.top_p) == \
+        (h.task, h.model_id, h.prompt_template, h.answer_format, h.temperature, h.top_p)
+
+
+def heldout_scores(res, i: int, held: list, ids=None):
+    """Per-problem expected correctness of candidate i on its held-out table (ids: which problems; default all)."""
+    t = res.tables[int(res.table[i])]
+    r = t.rows[int(res.row[i])]
+    h = next((h for h in held if same_settings(t, h)), None)
+    if h is None or (r.aggregation != "greedy" and r.k > h.n_samples):
+        return None
+    ids = ids or tuple(sorted(p.id for p in h.problems))
+    return table_scores(h, ids, r.budget, r.aggregation, r.k)
+
+
+def heldout_best_checks(res, feas: list, best: int, plan: int, held: list) -> dict:
+    """On the held-out problems: best - plan paired (bootstrap), and the selection optimism of 'best' (it is the
+    maximum of many noisy held-out figures: E*[max] - max over the feasible configurations)."""
+    ids = sorted(set.intersection(*[{p.id for p in h.problems} for h in held]))
+    if len(ids) < 10:
+        return {}
+    ids = tuple(ids)
+    x = {i: heldout_scores(res, i, held, ids) for i in feas}
+    x = {i: v for i, v in x.items() if v is not None}
+    d, lo, hi = paired_diff(x[best] - x[plan])
+    m = np.unique(np.stack(list(x.values())), axis=0)
+    opt = float((m @ boot_weights(len(ids))).max(axis=0).mean() - m.mean(axis=1).max())
+    return {"heldout_best_minus_plan": {"diff": float(d[0]), "lo": float(lo[0]), "hi": float(hi[0]), "n_problems": len(ids),
+                                        "how": BOOT_HOW},
+            "heldout_best_optimism_pts": 100 * opt}
+
+
+def heldout_acc(res, i: int, held: list) -> tuple | None:
+    """(accuracy, lo, hi, n_problems) of candidate i read from its held-out table, or None."""
+    t = res.tables[int(res.table[i])]
+    r = t.rows[int(res.row[i])]
+    h = next((h for h in held if same_settings(t, h)), None)
+    hr = None if h is None else next((x for x in h.rows if (x.budget, x.k, x.aggregation) == (r.budget, r.k, r.aggregation)), None)
+    if hr is None:
+        return None
+    lo, hi = wilson(hr.accuracy, h.n_problems)
+    return hr.accuracy, float(lo), float(hi), h.n_problems
+
+
+def run_heldout(a, profile, targets) -> int:
+    """Every feasible configuration's held-out accuracy from --heldout tables: plan, naive, best feasible."""
+    held = [load_table(p) for p in a.heldout]
+    tables = [load_table(p) for p in a.accuracy]
+    for h, p in zip(held, a.heldout):
+        tune = [t for t in tables if same_settings(t, h)]
+        if not tune:
+            raise UsageError(f"held-out table {p} matches no --accuracy table (model, template, answer_format, T, top_p)",
+                             fix="build it with the tune table's settings on the held-out split")
+        if any(set(x.id for x in h.problems) & set(x.id for x in t.problems) for t in tune):
+            raise UsageError(f"held-out table {p} shares problems with its tune table", fix="build it on another --split")
+    rows = []
+    for target in targets:
+        row = {"target_s": target}
+        try:
+            res, _ = make_plan(a.profile, a.accuracy, target, percentile=a.percentile, variants=a.variants, prefer=a.prefer)
+        except InfeasibleTarget as e:
+            rows.append({**row, "plan": f"infeasible: {e.message}"})
+            continue
+        ni, note = naive_choice(res, profile, target)
+        feas = [int(i) for i in res.feasible.nonzero()[0]]
+        scored = {i: heldout_acc(res, i, held) for i in feas + [ni]}
+        missing = [i for i in feas if scored[i] is None]
+        bi = max((i for i in feas if scored[i] is not None), key=lambda i: (scored[i][0], -res.latency[i]))
+        for who, i in (("plan", res.chosen), ("naive", ni), ("best", bi)):
+            h = scored.get(i) or heldout_acc(res, i, held)
+            row[who] = short(res.config(i)) + f" T={res.config(i)['temperature']:g}" + (
+                f" +{res.config(i)['answer_format']}" if res.config(i)["answer_format"] else "")
+            row[f"{who}_table_acc"] = float(res.accuracy[i])
+            row[f"{who}_pred_latency_s"] = float(res.latency[i])
+            row[f"{who}_heldout_acc"] = h[0] if h else None
+            row[f"{who}_heldout_ci"] = [h[1], h[2]] if h else None
+        cm = res.comparator.compare(res.chosen, [ni])[0] if ni != res.chosen else None
+        row["tables_plan_vs_naive"] = (None if cm is None else
+                                       {"diff": cm.diff, "lo": cm.lo, "hi": cm.hi, "paired": cm.paired, "verdict": cm.verdict})
+        row["naive_note"] = note
+        row.update(heldout_best_checks(res, [i for i in feas if scored[i] is not None], bi, res.chosen, held))
+        row["n_feasible"], row["n_feasible_without_heldout"] = len(feas), len(missing)
+        row["n_heldout_problems"] = scored[res.chosen][3] if scored.get(res.chosen) else None
+        if row["plan_heldout_acc"] is not None:
+            row["shortfall_pts"] = 100 * (row["best_heldout_acc"] - row["plan_heldout_acc"])
+            row["gain_pts"] = 100 * (row["plan_heldout_acc"] - (row["naive_heldout_acc"] or 0.0))
+            row["goal_within_3pts_of_best"] = row["shortfall_pts"] <= 3.0
+            should = cm is not None and cm.verdict == "win"
+            row["goal_beats_naive_by_5"] = (row["gain_pts"] >= 5.0) if should else None  # only where the test says so
+        rows.append(row)
+    meta = {"profile": a.profile, "tables": a.accuracy, "heldout_tables": a.heldout, "task": a.task,
+            "percentile": a.percentile, "prefer": a.prefer,
+            "method": "held-out accuracy = exact expected accuracy of each configuration over the sample pool that "
+                      "`edgekit eval` drew on the held-out problems (measured, not predicted; 95 % Wilson interval); "
+                      "best = the feasible configuration with the highest held-out accuracy (itself a maximum over many "
+                      "noisy held-out figures); plan vs naive on the tune tables = the planner's paired comparison"}
+    if a.json:
+        print(json.dumps({"rows": rows, **meta}, indent=1))
+        return 0
+    for r in rows:
+        print(f"target {r['target_s']:g} s: plan {r.get('plan')}")
+        if "plan_heldout_acc" not in r:
+            continue
+        f = lambda x: "-" if x is None else f"{100 * x:.1f} %"  # noqa: E731
+        for who in ("plan", "naive", "best"):
+            print(f"  {who:5s} {r[who]:60s} table {f(r[who + '_table_acc'])}  held out {f(r[who + '_heldout_acc'])}")
+        tv = r["tables_plan_vs_naive"]
+        if tv:
+            print(f"  tables, plan - naive: {100 * tv['diff']:+.1f} pts [{100 * tv['lo']:+.1f}, {100 * tv['hi']:+.1f}] "
+                  f"({'paired' if tv['paired'] else 'unpaired'}): {tv['verdict']}")
+        if r.get("shortfall_pts") is not None:
+            print(f"  held out: best - plan {r['shortfall_pts']:+.1f} pts, plan - naive {r['gain_pts']:+.1f} pts")
+        bp = r.get("heldout_best_minus_plan")
+        if bp:
+            print(f"  held out, best - plan paired: {100 * bp['diff']:+.1f} pts [{100 * bp['lo']:+.1f}, {100 * bp['hi']:+.1f}] "
+                  f"on {bp['n_problems']} problems; the best's selection optimism ~{r['heldout_best_optimism_pts']:.1f} pts")
+    print(json.dumps(meta))
+    return 0
+
+
 def run(a) -> int:
     from edgekit.runtime import Runtime
 
@@ -125,6 +262,8 @@ def run(a) -> int:
     if a.smoke:
         targets = targets[:2]
     profile = load_profile(a.profile)
+    if a.heldout:
+        return run_heldout(a, profile, targets)
     tables = {p: load_table(p) for p in a.accuracy}
     for p, t in tables.items():
         if t.task != a.task:

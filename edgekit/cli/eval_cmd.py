@@ -140,12 +140,23 @@ def _perplexity(model, text, reference, make_reference, n_ctx, top_k, limit, out
 
 
 def render_table(t) -> None:
-    rows = [r for r in t.rows if r.budget == t.max_tokens]
+    import numpy as np
+
+    from edgekit.evaluate.paired import separation
+    from edgekit.figures import wilson
+
+    rows = sorted((r for r in t.rows if r.budget == t.max_tokens), key=lambda r: (r.aggregation, r.k))
     tab = Table(title=f"{t.task} · {t.model_id} · {t.prompt_template}{' + ' + t.answer_format if t.answer_format else ''} · T={t.temperature} · {t.n_problems} problems "
                       f"(measured on this eval set; budget {t.max_tokens})")
-    for c in ("aggregation", "k", "accuracy", "E[steps]", "method"):
+    for c in ("aggregation", "k", "accuracy [95 % CI]", "E\\[steps]", "method"):  # escaped: "[steps]" would be rich markup
         tab.add_column(c)
-    for r in sorted(rows, key=lambda r: (r.aggregation, r.k)):
-        tab.add_row(r.aggregation, str(r.k), f"{100 * r.accuracy:.1f} %", f"{r.expected_steps:.0f}", r.method)
+    lo, hi = wilson(np.array([r.accuracy for r in rows]), np.full(len(rows), t.n_problems))
+    for r, a, b in zip(rows, lo, hi):
+        tab.add_row(r.aggregation, str(r.k), f"{100 * r.accuracy:.1f} % [{100 * a:.1f}, {100 * b:.1f}]",
+                    f"{r.expected_steps:.0f}", r.method)
     console.print(tab)
+    console.print(f"95 % Wilson intervals over the {t.n_problems} problems (the eval set's sampling noise only)", highlight=False)
+    sep = separation(t)
+    if sep:
+        console.print(sep, highlight=False)
     console.print(f"{len(t.rows)} rows over budgets {sorted({r.budget for r in t.rows})}")

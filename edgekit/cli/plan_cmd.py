@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from edgekit.cli.output import console, print_json
+from edgekit.cli.output import console, err_console, print_json
 from edgekit.errors import UsageError
 
 
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         output: str = typer.Option("plan.json", "--output", "-o", help="plan file for `edgekit run --plan`"),
         plot: Optional[str] = typer.Option(None, "--plot", help="write a Pareto plot (PNG)"),
         sequences_leave: bool = typer.Option(False, help="model finished samples leaving the batch (less conservative)"),
-        prefer: str = typer.Option("cheaper", "--prefer", help="cheaper: the fastest among configurations whose accuracy intervals overlap the best's | most-accurate"),
+        prefer: str = typer.Option("cheaper", "--prefer", help="cheaper: a cheaper configuration only when tied with the most accurate (paired over shared problems) and cheaper beyond the latency prediction intervals | most-accurate"),
         cloud_table: Optional[str] = typer.Option(None, "--cloud-table", help="the cloud's accuracy table on the same problems (edgekit eval --engine openai): plan offload jointly"),
         cloud_latency: Optional[str] = typer.Option(None, "--cloud-latency", help="the cloud's measured latency, e.g. 1.2s"),
         offload_budget: Optional[float] = typer.Option(None, "--offload-budget", help="at most this share of queries offloaded"),
@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
         """Enumerate model x quantization x budget x n x aggregation; keep what fits; pick the most accurate."""
         from edgekit.plan.export import to_plan_file
         from edgekit.plan.make import make_plan, parse_duration
-        from edgekit.plan.render import render_frontier
+        from edgekit.plan.render import accuracy_line, render_frontier, why_lines
 
         res, written = make_plan(profile, table_args(accuracy, tables), parse_duration(latency_target), percentile=percentile,
                                  energy_cap_j=energy_cap, memory_cap_gb=memory_cap, output=output, plot=plot,
@@ -66,9 +66,11 @@ def register(app: typer.Typer) -> None:
                                  variants=None if variants.lower() == "none" else variants, confirm=confirm,
                                  cores_available=cores_available)
         pf = to_plan_file(res)
+        for w in res.warnings:
+            err_console.print(f"warning: {w}", highlight=False, soft_wrap=True)
         if json_out:
             return print_json(pf)
-        console.print(render_frontier(res))
+        console.print(render_frontier(res, console.width))
         c, p = pf.chosen, pf.predicted
         console.print(
             f"[bold]chosen:[/bold] {c.model_id} (quant {c.quant}) · {c.prompt_template} · budget {c.budget} · n={c.n} · "
@@ -79,6 +81,11 @@ def register(app: typer.Typer) -> None:
             f"accuracy {100 * p.accuracy:.1f} % [{100 * (p.accuracy_lo or 0):.1f}, {100 * (p.accuracy_hi or 0):.1f}] "
             f"({p.accuracy_source}); energy {p.energy_j.fmt()}; memory {p.memory_gb.fmt()}"
         )
+        ho = ((p.heldout_accuracy, p.heldout_accuracy_lo, p.heldout_accuracy_hi, p.heldout_how)
+              if p.heldout_accuracy is not None else None)
+        for line in [accuracy_line(res, ho)] + why_lines(res):
+            if line:
+                console.print(line, highlight=False)
         if p.system_accuracy is not None and pf.offload is not None:
             console.print(f"with offload: system accuracy {100 * p.system_accuracy:.1f} % [{100 * p.system_accuracy_lo:.1f}, "
                           f"{100 * p.system_accuracy_hi:.1f}], offload {100 * p.offload_rate:.0f} % (keep local iff "
@@ -93,6 +100,6 @@ def register(app: typer.Typer) -> None:
                 hint += (f" (on a large model, `edgekit profile --model {c.model_id} --slices --append -o {profile}` estimates it "
                          "from two block slices of its file in seconds)")
             console.print(f"[yellow]note:[/yellow] the chosen {why.split(':')[0]} rests on {what}{hint}", highlight=False)
-        for b in pf.based_on:
+        for b in (b for b in pf.based_on if not b.startswith("warning: ")):  # warnings went to stderr
             console.print(f"[dim]· {b}[/dim]")
         console.print(f"plan written to {written}" + (f"; plot {plot}" if plot else ""))

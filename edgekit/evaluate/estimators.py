@@ -212,3 +212,27 @@ def accuracy_rows(
                                 expected_steps=steps[k] / P, mean_tokens=mean_tok / P)
                 )
     return rows
+
+
+def problem_scores(problems: Sequence[ProblemRecord], budget: int, aggregation: str) -> np.ndarray:
+    """Per problem, the expected correctness each row of ``aggregation`` at ``budget`` averages: an array of shape
+    (problems, N) whose column k-1 is the k-sample value (greedy: one column, 0/1). Its column means are exactly
+    :func:`accuracy_rows`' accuracies; the planner compares configurations problem by problem with them."""
+    if aggregation not in AGGREGATIONS:
+        raise UsageError(f"unknown aggregation {aggregation!r}", fix=f"use one of {', '.join(AGGREGATIONS)}")
+    if aggregation == "greedy":
+        if any(p.greedy is None for p in problems):
+            raise UsageError("greedy scores need every problem's greedy sample", fix="rebuild the table with greedy samples")
+        return np.array([[float(valid_at(p.greedy, budget) and p.greedy.correct)] for p in problems])
+    n = len(problems[0].samples) if problems else 0
+    out = np.zeros((len(problems), n))
+    for i, p in enumerate(problems):
+        valid = [valid_at(s, budget) for s in p.samples]
+        if aggregation == "majority":
+            answers = [s.answer if v else None for s, v in zip(p.samples, valid)]
+            curve = majority_curve(answers, [v and s.correct for s, v in zip(p.samples, valid)], range(1, n + 1))
+            out[i] = [curve[k] for k in range(1, n + 1)]
+        else:  # pass@k, first_verified
+            c = sum(v and s.correct for s, v in zip(p.samples, valid))
+            out[i] = [pass_at_k(n, c, k) for k in range(1, n + 1)]
+    return out

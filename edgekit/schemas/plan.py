@@ -86,6 +86,38 @@ class Predicted(_M):
     offload_rate: Optional[float] = None
     expected_latency_s: Optional[float] = None  # local + offload rate x cloud latency
     mixture_p95_s: Optional[float] = None
+    # the table accuracy is the largest of many noisy estimates: optimistic (plan.compare.optimism)
+    accuracy_selected_from: Optional[int] = None  # feasible configurations it was the best of
+    accuracy_optimism: Optional[float] = None  # estimated: bootstrap of the maximum over them
+    accuracy_optimism_how: Optional[str] = None
+    # a held-out measurement of the chosen configuration (a verify run), shown next to the table figure
+    heldout_accuracy: Optional[float] = None
+    heldout_accuracy_lo: Optional[float] = None
+    heldout_accuracy_hi: Optional[float] = None
+    heldout_how: Optional[str] = None
+
+
+class Competitor(_M):
+    """The chosen configuration against a feasible competitor: accuracy difference chosen - competitor, and saving."""
+
+    config: str  # the competitor, in words
+    model_id: str
+    prompt_template: str
+    budget: int
+    n: int
+    aggregation: Aggregation
+    temperature: float
+    accuracy: float  # the competitor's table accuracy
+    latency_s: float  # at the plan's percentile
+    diff: float  # chosen - competitor (fraction)
+    diff_lo: float  # 95 % interval of diff
+    diff_hi: float
+    paired: bool  # paired over shared problems (else Newcombe's unpaired interval)
+    n_shared: int = 0
+    verdict: Literal["win", "tie", "loss"]  # of the chosen configuration
+    latency_saving_s: float  # competitor's latency minus the chosen's: > 0, the chosen is faster
+    saving_material: bool  # the faster one's prediction interval lies wholly below the other's
+    how: str
 
 
 class FrontierPoint(_M):
@@ -141,6 +173,8 @@ class PlanFile(_M):
     cloud: Optional[CloudRef] = None  # where low-confidence queries go
     offload: Optional[OffloadCalibration] = None  # the calibrated threshold (edgekit calibrate)
     planner: Optional[PlannerInputs] = None  # absent in plans written before live re-planning
+    selection: Optional[str] = None  # why the chosen configuration is not the most accurate one
+    competitors: list[Competitor] = Field(default_factory=list)  # the chosen one against feasible competitors
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file, then rename). Nulls are kept (Figure.value may be null)."""

@@ -100,6 +100,7 @@ class AccuracyTable(_M):
     prompt_template: str
     answer_format: Optional[str] = None  # None: free text; "answer" / "reason:<chars>": grammar-constrained (schemas.formats)
     task_sha256: Optional[str] = None  # hash over the evaluated problems' ids, prompts and targets (evaluate.tasks.Task.sha256)
+    task_file_sha256: Optional[str] = None  # the task file's hash, any template or split (Task.source_sha256): its version
     temperature: float
     top_p: float = 1.0
     n_samples: int  # N drawn per problem
