@@ -89,6 +89,28 @@ def test_usable_cpus_reads_affinity_and_the_tightest_cgroup_quota(tmp_path):
     assert usable_cpus(tmp_path / "none", tmp_path / "none", affinity=list(range(8)), physical=4, logical=8).count == 4
 
 
+def test_cpu_share_counts_others_but_not_lower_priority_work(tmp_path):
+    from edgekit.host.load import _TICK, CpuShare
+
+    stat = tmp_path / "stat"
+
+    def write(user, nice):
+        stat.write_text(f"cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 {user} {nice} 0 0 0 0 0 0 0 0\ncpu1 {user} {nice} 0 0 0 0 0 0 0 0\n")
+
+    for niced, want in ((False, 0.5), (True, 1.5)):
+        own = [0.0]
+        write(0, 0)
+        share = CpuShare([0, 1], tmp_path, own_cpu_s=lambda: own[0])
+        share._niced = niced
+        share._last = share._read()
+        # one second later: per CPU 0.5 s user (0.25 s of each ours) and 0.5 s of work at nice > 0
+        write(int(0.5 * _TICK), int(0.5 * _TICK))
+        own[0] = 0.5
+        share._last = (share._last[0] - 1.0, share._last[1], share._last[2])
+        # not niced: lower-priority work yields to us, others = 1.0 - 0.5 ours; niced: it competes as an equal
+        assert share.sample() == pytest.approx(want, abs=0.05)
+
+
 class FakeShare:
     def __init__(self, values):
         self.values = list(values)
