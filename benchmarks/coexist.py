@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgekit.host.cpu import cpu_model_name
+
 PROMPT = "Write one sentence about robots."
 SITUATIONS = ("alone", "busy1", "busy2", "peer")
 POLICIES = {"old": {"EDGEKIT_THREADING": "spin"}, "new": {}}
@@ -123,7 +125,7 @@ def main() -> None:
     idle = [alone[(rep, "new")] / alone[(rep, "old")] for rep in range(args.reps)
             if alone.get((rep, "old")) and alone.get((rep, "new"))]
     summary = {"new_alone_over_old_alone": statistics.median(idle) if idle else None, "per_rep": idle}
-    doc = {"model": args.model, "tokens": args.tokens, "reps": args.reps, "cpu": _cpu(), "rows": rows, "summary": summary,
+    doc = {"model": args.model, "tokens": args.tokens, "reps": args.reps, "cpu": cpu_model_name() or "?", "rows": rows, "summary": summary,
            "raw": raw}
     if args.json:
         print(json.dumps(doc, indent=1))
@@ -136,16 +138,6 @@ def main() -> None:
     if summary["new_alone_over_old_alone"] is not None:
         print(f"idle: new / old = {summary['new_alone_over_old_alone']:.3f} (per repetition: "
               + ", ".join(f"{x:.3f}" for x in idle) + ")")
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "?"
 
 
 if __name__ == "__main__":
