@@ -20,15 +20,14 @@ estimates by how much (bootstrap of the maximum over the feasible configurations
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import numpy as np
 
 from edgekit.evaluate.estimators import problem_scores
 from edgekit.evaluate.paired import BOOT_HOW, MIN_SHARED, Pairing, boot_weights, newcombe, paired_diff, pairing, verdict
 
-if TYPE_CHECKING:
-    from edgekit.plan.planner import PlanResult
+# ``"PlanResult"`` annotations name edgekit.plan.planner.PlanResult; not imported (planner imports this module)
 
 MEMORY_MATERIAL = 0.10  # a memory saving counts (memory cap set) when at least 10 % of the larger prediction
 MAX_COMPETITORS = 6

@@ -6,13 +6,32 @@ reference decode and :meth:`Loaded.end` / :meth:`Loaded.stop` when it finishes."
 
 from __future__ import annotations
 
+import statistics
+import time
 from typing import Optional
 
+from edgekit.engines.base import TokenPrompt
 from edgekit.figures import measured
 from edgekit.host.cpu import usable_cpus
 from edgekit.host.load import CpuShare
 from edgekit.profile.background import Background
+from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.profile import BackgroundLoad, ModelProfile
+
+
+def _engine_step_s(eng, prompt: list[int], steps: int, reps: int = 3) -> float:
+    """Median step time of a greedy n=1 decode straight through the engine (first token excluded)."""
+    opts = SamplingOptions.build(n=1, max_tokens=steps, temperature=0.0, ignore_eos=True, logprobs=False)
+    xs = []
+    for _ in range(reps):
+        t_first, n = None, 0
+        for ev in eng.generate(TokenPrompt(tuple(prompt)), opts):
+            if ev.kind == "token":
+                n += 1
+                if t_first is None:
+                    t_first = time.perf_counter()
+        xs.append((time.perf_counter() - (t_first or time.perf_counter())) / max(n - 1, 1))
+    return statistics.median(xs)
 
 
 class Loaded:
@@ -33,7 +52,7 @@ class Loaded:
             for k in range(1, usable + 1):  # measured reference step at each thread count: what --cores-available scales by
                 sweep.progress(f"thread scaling ({k} of {usable} threads)", k - 1, usable)
                 pin(k)
-                scaling[k] = measured([sweep.ref_decode(ref_prompt) for _ in range(2)], "s",
+                scaling[k] = measured([_engine_step_s(eng, ref_prompt, sweep.cfg.decode_steps) for _ in range(2)], "s",
                                       source=f"reference decode n=1, {sweep.cfg.decode_steps} steps, {k} thread(s)")
             pin(None)
             mp.thread_scaling = scaling
