@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgekit.host.cpu import cpu_model_name
+from edgekit.host.cpu import cpu_model
 
 PROMPT = "Write one sentence about robots."
 SITUATIONS = ("alone", "busy1", "busy2", "peer")
@@ -125,7 +125,7 @@ def main() -> None:
     idle = [alone[(rep, "new")] / alone[(rep, "old")] for rep in range(args.reps)
             if alone.get((rep, "old")) and alone.get((rep, "new"))]
     summary = {"new_alone_over_old_alone": statistics.median(idle) if idle else None, "per_rep": idle}
-    doc = {"model": args.model, "tokens": args.tokens, "reps": args.reps, "cpu": cpu_model_name() or "?", "rows": rows, "summary": summary,
+    doc = {"model": args.model, "tokens": args.tokens, "reps": args.reps, "cpu": cpu_model() or "?", "rows": rows, "summary": summary,
            "raw": raw}
     if args.json:
         print(json.dumps(doc, indent=1))

@@ -17,7 +17,7 @@ import statistics
 import sys
 
 from edgekit.engines.llamacpp_probe import run_child
-from edgekit.host.cpu import cpu_model_name, usable_cpus
+from edgekit.host.cpu import cpu_model, usable_cpus
 from edgekit.host.kernels import CONFIGS
 from edgekit.models.gguf import check_gguf
 from edgekit.models.store import resolve
@@ -53,7 +53,7 @@ def main() -> None:
         if not a.json:
             print(f"{spec} ({quant}): default {d['decode_tok_s']} tok/s n=1 (1 thread), {d['batch4_tok_s']} tok/s 4 rows "
                   f"({threads} threads); plain {p['decode_tok_s']} / {p['batch4_tok_s']}", file=sys.stderr)
-    doc = {"cpu": cpu_model_name(), "threads": threads, "reps": a.reps, "rows": rows}
+    doc = {"cpu": cpu_model(), "threads": threads, "reps": a.reps, "rows": rows}
     print(json.dumps(doc, indent=1) if a.json else "\n".join(
         f"{r['model']:32s} {r['quant'] or '?':8s} plain/default: decode {r.get('plain_over_default_decode', float('nan')):.3f}"
         f", 4 rows {r.get('plain_over_default_batch4', float('nan')):.3f}" for r in rows))

@@ -13,45 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-# (implementer, part) from /proc/cpuinfo on ARM -> core name (subset that runs edgekit).
-_ARM_PARTS = {
-    ("0x41", "0xd03"): "ARM Cortex-A53",
-    ("0x41", "0xd07"): "ARM Cortex-A57",
-    ("0x41", "0xd08"): "ARM Cortex-A72",
-    ("0x41", "0xd0b"): "ARM Cortex-A76",
-    ("0x41", "0xd0c"): "ARM Neoverse-N1",
-    ("0x41", "0xd41"): "ARM Cortex-A78",
-    ("0x41", "0xd42"): "ARM Cortex-A78AE",
-    ("0x41", "0xd4f"): "ARM Neoverse-V2",
-    ("0x4e", "0x004"): "NVIDIA Carmel",
-}
-
+from edgekit.host.cpu import cpu_model  # noqa: F401 - re-exported: the device report and tests read it here
 
 def _read_text(path: Path) -> Optional[str]:
     try:
         return path.read_bytes().decode(errors="replace")
     except OSError:
         return None
-
-
-def cpu_model(procfs_root: str | Path) -> Optional[str]:
-    """``model name`` from cpuinfo; on ARM without it, the core name from implementer/part."""
-    text = _read_text(Path(procfs_root) / "cpuinfo")
-    if not text:
-        return None
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        if ":" in line:
-            k, v = line.split(":", 1)
-            fields.setdefault(k.strip().lower(), v.strip())
-    if fields.get("model name"):
-        return fields["model name"]
-    impl, part = fields.get("cpu implementer", "").lower(), fields.get("cpu part", "").lower()
-    if (impl, part) in _ARM_PARTS:
-        return _ARM_PARTS[(impl, part)]
-    if impl and part:
-        return f"ARM CPU (implementer {impl}, part {part})"
-    return fields.get("hardware") or fields.get("processor") or None
 
 
 def jetson_model(procfs_root: str | Path) -> Optional[str]:

@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from edgekit.errors import BackendError, UsageError
-from edgekit.host.cpu import cpu_model_name, isa_flags
+from edgekit.errors import BackendError
+from edgekit.host.cpu import cpu_model, isa_flags
 from edgekit.host.kernels import CONFIGS, MODES, PROBE_VERSION, probe_dir, requested_mode
 
 log = logging.getLogger("edgekit.probe")
@@ -219,7 +219,7 @@ def choose_for(path: str, *, threads: int = 1, gpu_layers: int = 0) -> Choice:
 
     info = check_gguf(path)
     return choose(path, model_bytes=info.file_size, tensor_types=info.extra.get("tensor_types", {}), gpu_layers=gpu_layers,
-                  threads=threads, cpu_model=cpu_model_name(), ll=ll)
+                  threads=threads, cpu_model=cpu_model(), ll=ll)
 
 
 # -- the child -----------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from edgekit.evaluate.humaneval_exec import FIX, sandbox_status
 from edgekit.evaluate.runner import Progress, check_resume, run_eval, task_settings
 from edgekit.evaluate.tasks import load_task
 from edgekit.runtime import Runtime
-from edgekit.host.cpu import usable_cpus
 from edgekit.host.threads import check_threads as check_usable_threads
 from edgekit.schemas.checks import check_base_url, check_output_path, check_threads
 from edgekit.schemas.formats import check_format
@@ -41,7 +40,7 @@ def evaluate(task: str, model: str, *, backend: str = "llama.cpp", base_url: Opt
     ``notice`` gets one line about how model-written code runs, once all of that passed."""
     SamplingOptions.build(n=n_samples, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     check_threads(threads)
-    check_usable_threads(threads, usable_cpus().count)
+    check_usable_threads(threads)
     t = load_task(task, template=template, split=split, limit=limit)  # bad task -> clear error before loading a model
     if answer_format:
         check_format(answer_format, t.kind)

@@ -19,6 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+# (implementer, part) from /proc/cpuinfo on ARM -> core name (subset that runs edgekit).
+_ARM_PARTS = {
+    ("0x41", "0xd03"): "ARM Cortex-A53",
+    ("0x41", "0xd07"): "ARM Cortex-A57",
+    ("0x41", "0xd08"): "ARM Cortex-A72",
+    ("0x41", "0xd0b"): "ARM Cortex-A76",
+    ("0x41", "0xd0c"): "ARM Neoverse-N1",
+    ("0x41", "0xd41"): "ARM Cortex-A78",
+    ("0x41", "0xd42"): "ARM Cortex-A78AE",
+    ("0x41", "0xd4f"): "ARM Neoverse-V2",
+    ("0x4e", "0x004"): "NVIDIA Carmel",
+}
+
+
 # flag in /proc/cpuinfo -> the name llama.cpp's system info uses
 X86_FLAGS = {
     "avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "avx512f": "AVX512", "avx512_vnni": "AVX512_VNNI",
@@ -53,12 +67,24 @@ def isa_flags(procfs_root: str | Path = "/proc") -> dict[str, bool]:
     return {}
 
 
-def cpu_model_name(procfs_root: str | Path = "/proc") -> Optional[str]:
-    """``model name`` of the first processor in cpuinfo (x86), else None."""
-    for line in (_read(Path(procfs_root) / "cpuinfo") or "").splitlines():
-        if line.lower().startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return None
+def cpu_model(procfs_root: str | Path = "/proc") -> Optional[str]:
+    """``model name`` from cpuinfo; on ARM without it, the core name from implementer/part."""
+    text = _read(Path(procfs_root) / "cpuinfo")
+    if not text:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            fields.setdefault(k.strip().lower(), v.strip())
+    if fields.get("model name"):
+        return fields["model name"]
+    impl, part = fields.get("cpu implementer", "").lower(), fields.get("cpu part", "").lower()
+    if (impl, part) in _ARM_PARTS:
+        return _ARM_PARTS[(impl, part)]
+    if impl and part:
+        return f"ARM CPU (implementer {impl}, part {part})"
+    return fields.get("hardware") or fields.get("processor") or None
 
 
 def has_amx(flags: dict[str, bool]) -> bool:

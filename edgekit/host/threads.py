@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from edgekit.errors import UsageError
+from edgekit.host.cpu import usable_cpus
 
 POLICIES = ("auto", "passive", "spin")
 PRIORITIES = ("normal", "nice", "batch", "idle")
@@ -90,9 +91,12 @@ def policy() -> dict:
     return {"policy": requested_policy(), "wait": "not applied yet (no local model loaded in this process)", "why": ""}
 
 
-def check_threads(threads: Optional[int], usable: int) -> None:
+def check_threads(threads: Optional[int], usable: Optional[int] = None) -> None:
+    """``--threads`` within 1..the CPUs this process may use (:func:`edgekit.host.cpu.usable_cpus`)."""
     if threads is None:
         return
+    if usable is None:
+        usable = usable_cpus().count
     if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= usable:
         raise UsageError(f"--threads must be between 1 and the {usable} usable CPU(s), got {threads!r}",
                          fix=f"pass --threads 1..{usable} (or leave it out: edgekit picks from the usable CPUs)")

@@ -20,7 +20,6 @@ from edgekit.models.store import Progress, resolve
 from edgekit.engines.openai import OpenAIEngine
 from edgekit.runtime import Runtime
 from edgekit.runtime.offload import Offload
-from edgekit.host.cpu import usable_cpus
 from edgekit.host.threads import check_threads as check_usable_threads
 from edgekit.schemas.checks import check_base_url, check_ctx, check_gpu_layers, check_text, check_threads
 from edgekit.schemas.offload import SCORES
@@ -63,7 +62,7 @@ def check_query(q: Query) -> None:
     if not q.prompt.strip():
         raise UsageError("empty prompt", fix="pass a non-empty prompt")
     check_threads(q.threads)
-    check_usable_threads(q.threads, usable_cpus().count)
+    check_usable_threads(q.threads)
     check_ctx(q.n_ctx)
     engines.get(q.engine)  # unknown engine -> the registered ones
     check_gpu_layers(q.gpu_layers, engines.canonical(q.engine))
