@@ -103,19 +103,26 @@ def main(argv=None) -> int:
     size = os.path.getsize(path)
     ver = _summary(verify_s)
     out = {
-        "model": a.model, "file_bytes": size, "reps": a.reps, "calls_per_rep": a.calls,
+        "model": a.model,
+        "file_bytes": size,
+        "reps": a.reps,
+        "calls_per_rep": a.calls,
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
         "first_load": first_load,
-        "a_resolve_ms": _summary(resolve_ms), "a_cheap_check_ms": _summary(cheap_ms),
+        "a_resolve_ms": _summary(resolve_ms),
+        "a_cheap_check_ms": _summary(cheap_ms),
         "b_full_verify_s": {**ver, "first_s": first_verify_s, "GB_per_s": size / ver["median"] / 1e9},
-        "c_file_digest_256k_s": _summary(digest_s), "c_read_1mib_s": _summary(mib1_s),
+        "c_file_digest_256k_s": _summary(digest_s),
+        "c_read_1mib_s": _summary(mib1_s),
         "goals": {"a_resolve_ms<=5": _summary(resolve_ms)["median"] <= 5.0, "b_full_verify_s<=2": ver["median"] <= 2.0},
     }
     if a.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"{a.model}: {size / 1e6:.0f} MB; {out['machine']['cpu']}, {out['machine']['cores']} cores; "
-          f"{a.reps} interleaved reps (median [min-max])")
+    print(
+        f"{a.model}: {size / 1e6:.0f} MB; {out['machine']['cpu']}, {out['machine']['cores']} cores; "
+        f"{a.reps} interleaved reps (median [min-max])"
+    )
 
     def row(name, s, unit, scale=1.0):
         print(f"  {name:<44} {s['median'] * scale:8.3f} {unit}  [{s['min'] * scale:.3f}-{s['max'] * scale:.3f}]")
@@ -125,9 +132,11 @@ def main(argv=None) -> int:
     row("(b) full verify (8 MiB readinto sha256)", out["b_full_verify_s"], "s")
     row("(c) hashlib.file_digest (256 KiB)", out["c_file_digest_256k_s"], "s")
     row("(c) 1 MiB read() loop", out["c_read_1mib_s"], "s")
-    print(f"  full verify throughput {out['b_full_verify_s']['GB_per_s']:.2f} GB/s; first rep {first_verify_s:.3f} s; "
-          f"goals: resolve ≤ 5 ms {'met' if out['goals']['a_resolve_ms<=5'] else 'NOT met'}, "
-          f"verify ≤ 2 s {'met' if out['goals']['b_full_verify_s<=2'] else 'NOT met'}")
+    print(
+        f"  full verify throughput {out['b_full_verify_s']['GB_per_s']:.2f} GB/s; first rep {first_verify_s:.3f} s; "
+        f"goals: resolve ≤ 5 ms {'met' if out['goals']['a_resolve_ms<=5'] else 'NOT met'}, "
+        f"verify ≤ 2 s {'met' if out['goals']['b_full_verify_s<=2'] else 'NOT met'}"
+    )
     return 0
 
 

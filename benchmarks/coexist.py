@@ -51,8 +51,17 @@ def child(model: str, tokens: int, gens: int, go: str) -> None:
         dec.append(r.timings.decode_tok_s or 0.0)
         tot.append(r.timings.total_s)
         thr.append(r.timings.threads)
-    print(json.dumps({"decode_tok_s": statistics.mean(dec), "total_s": statistics.mean(tot), "threads": thr,
-                      "kernels": r.timings.kernels}), flush=True)
+    print(
+        json.dumps(
+            {
+                "decode_tok_s": statistics.mean(dec),
+                "total_s": statistics.mean(tot),
+                "threads": thr,
+                "kernels": r.timings.kernels,
+            }
+        ),
+        flush=True,
+    )
     rt.close()
 
 
@@ -65,8 +74,16 @@ def measure(situation: str, policy: str, args) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         go = os.path.join(tmp, "go")
         n = 2 if situation == "peer" else 1
-        procs = [subprocess.Popen([sys.executable, __file__, "--child", args.model, str(args.tokens), str(args.gens), go],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(n)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--child", args.model, str(args.tokens), str(args.gens), go],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            for _ in range(n)
+        ]
         deadline = time.monotonic() + 120
         while len(list(Path(tmp).glob("go.ready.*"))) < n and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -78,7 +95,9 @@ def measure(situation: str, policy: str, args) -> list[dict]:
                 out.append(json.loads(so.strip().splitlines()[-1]))
             except (subprocess.TimeoutExpired, ValueError, IndexError):
                 p.kill()
-                out.append({"decode_tok_s": 0.0, "total_s": float("nan"), "threads": None, "note": "timed out or failed"})
+                out.append(
+                    {"decode_tok_s": 0.0, "total_s": float("nan"), "threads": None, "note": "timed out or failed"}
+                )
     for b in busy:
         b.kill()
         b.wait()
@@ -95,7 +114,11 @@ def main() -> None:
     ap.add_argument("--gens", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=240)
     ap.add_argument("--situations", default=",".join(SITUATIONS))
-    ap.add_argument("--policies", default="old,new", help="old, new, and spin3k/spin30k/spin100k/spin300k (adaptive threads with that spin count)")
+    ap.add_argument(
+        "--policies",
+        default="old,new",
+        help="old, new, and spin3k/spin30k/spin100k/spin300k (adaptive threads with that spin count)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sits = [s for s in args.situations.split(",") if s]
@@ -110,23 +133,44 @@ def main() -> None:
                 for i, m in enumerate(measure(sit, pol, args)):
                     raw.append({"rep": rep, "situation": sit, "policy": pol, "process": i, **m})
                     if not args.json:
-                        print(f"rep {rep} {sit:6s} {pol}: {m['decode_tok_s']:6.1f} tok/s, {m['total_s']:.2f} s, "
-                              f"threads {m.get('threads')}", file=sys.stderr, flush=True)
+                        print(
+                            f"rep {rep} {sit:6s} {pol}: {m['decode_tok_s']:6.1f} tok/s, {m['total_s']:.2f} s, "
+                            f"threads {m.get('threads')}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
     alone = {(r["rep"], r["policy"]): r["decode_tok_s"] for r in raw if r["situation"] == "alone"}
     rows = []
     for sit in sits:
         for pol in pols:
             rs = [r for r in raw if r["situation"] == sit and r["policy"] == pol]
             ratios = [r["decode_tok_s"] / alone[(r["rep"], pol)] for r in rs if alone.get((r["rep"], pol))]
-            rows.append({"situation": sit, "policy": pol, "decode_tok_s": statistics.median(r["decode_tok_s"] for r in rs),
-                         "total_s": statistics.median(r["total_s"] for r in rs),
-                         "over_alone": statistics.median(ratios) if ratios else None,
-                         "over_alone_min": min(ratios) if ratios else None, "measurements": len(rs)})
-    idle = [alone[(rep, "new")] / alone[(rep, "old")] for rep in range(args.reps)
-            if alone.get((rep, "old")) and alone.get((rep, "new"))]
+            rows.append(
+                {
+                    "situation": sit,
+                    "policy": pol,
+                    "decode_tok_s": statistics.median(r["decode_tok_s"] for r in rs),
+                    "total_s": statistics.median(r["total_s"] for r in rs),
+                    "over_alone": statistics.median(ratios) if ratios else None,
+                    "over_alone_min": min(ratios) if ratios else None,
+                    "measurements": len(rs),
+                }
+            )
+    idle = [
+        alone[(rep, "new")] / alone[(rep, "old")]
+        for rep in range(args.reps)
+        if alone.get((rep, "old")) and alone.get((rep, "new"))
+    ]
     summary = {"new_alone_over_old_alone": statistics.median(idle) if idle else None, "per_rep": idle}
-    doc = {"model": args.model, "tokens": args.tokens, "reps": args.reps, "cpu": cpu_model() or "?", "rows": rows, "summary": summary,
-           "raw": raw}
+    doc = {
+        "model": args.model,
+        "tokens": args.tokens,
+        "reps": args.reps,
+        "cpu": cpu_model() or "?",
+        "rows": rows,
+        "summary": summary,
+        "raw": raw,
+    }
     if args.json:
         print(json.dumps(doc, indent=1))
         return
@@ -136,8 +180,11 @@ def main() -> None:
         mn = "-" if r["over_alone_min"] is None else f"{r['over_alone_min']:.2f}"
         print(f"{r['situation']:10s} {r['policy']:6s} {r['decode_tok_s']:12.1f} {r['total_s']:8.2f} {oa:>8s} {mn:>6s}")
     if summary["new_alone_over_old_alone"] is not None:
-        print(f"idle: new / old = {summary['new_alone_over_old_alone']:.3f} (per repetition: "
-              + ", ".join(f"{x:.3f}" for x in idle) + ")")
+        print(
+            f"idle: new / old = {summary['new_alone_over_old_alone']:.3f} (per repetition: "
+            + ", ".join(f"{x:.3f}" for x in idle)
+            + ")"
+        )
 
 
 if __name__ == "__main__":

@@ -30,12 +30,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import llama_cpp as ll  # noqa: E402
-
 from parallel_sampling import PROMPT, SAMPLING, RawLoop  # noqa: E402
 
 from edgekit.engines.llamacpp import LlamaCppEngine, default_threads  # noqa: E402
@@ -43,8 +41,20 @@ from edgekit.models import resolve  # noqa: E402
 from edgekit.runtime import Runtime  # noqa: E402
 from edgekit.serve.tap import TapEngine  # noqa: E402
 
-TOPICS = ["a red-black tree", "an AVL tree", "a B-tree", "a skip list", "a trie", "a binary heap", "an LRU cache",
-          "a hash map with open addressing", "a splay tree", "a treap", "an interval tree", "a rope"]
+TOPICS = [
+    "a red-black tree",
+    "an AVL tree",
+    "a B-tree",
+    "a skip list",
+    "a trie",
+    "a binary heap",
+    "an LRU cache",
+    "a hash map with open addressing",
+    "a splay tree",
+    "a treap",
+    "an interval tree",
+    "a rope",
+]
 
 
 def prompt(i: int) -> str:
@@ -54,7 +64,7 @@ def prompt(i: int) -> str:
 class Stamps:
     """A TapEngine listener: the time of every event of one call."""
 
-    max_prompt_tokens: Optional[int] = None
+    max_prompt_tokens: int | None = None
 
     def __init__(self) -> None:
         self.tokens: list[float] = []
@@ -95,9 +105,12 @@ def batched(rt: Runtime, tap: TapEngine, c: int, budget: int) -> dict:
     toks = sum(len(s.tokens) - 1 for s in live)
     lo, hi = max(s.tokens[0] for s in live), min(s.tokens[-1] for s in live)  # every request decoding
     steady = sum(sum(1 for x in s.tokens if lo < x <= hi) for s in live)
-    return {"tok_s": toks / (t_last - t_first) if t_last > t_first else None,
-            "steady_tok_s": steady / (hi - lo) if hi > lo and steady else None,
-            "tokens": sum(len(s.tokens) for s in stamps), "finish_s": [d - t0 for d in done]}
+    return {
+        "tok_s": toks / (t_last - t_first) if t_last > t_first else None,
+        "steady_tok_s": steady / (hi - lo) if hi > lo and steady else None,
+        "tokens": sum(len(s.tokens) for s in stamps),
+        "finish_s": [d - t0 for d in done],
+    }
 
 
 def sequential(rt: Runtime, c: int, budget: int) -> dict:
@@ -149,10 +162,22 @@ def main(argv=None) -> int:
     for c in cs:
         A, B, C = res[c]["a"], res[c]["b"], res[c]["c"]
         med = lambda xs: statistics.median([x for x in xs if x is not None]) if any(x is not None for x in xs) else None  # noqa: E731
-        row = {"c": c, "a_batched_tok_s": med([x["tok_s"] for x in A]), "a_steady_tok_s": med([x["steady_tok_s"] for x in A]),
-               "b_bare_tok_s": med(B), "c_sequential_tok_s": med([x["tok_s"] for x in C]), "reps": a.reps}
-        row["a_over_b"] = row["a_batched_tok_s"] / row["b_bare_tok_s"] if row["a_batched_tok_s"] and row["b_bare_tok_s"] else None
-        row["a_over_c"] = row["a_batched_tok_s"] / row["c_sequential_tok_s"] if row["a_batched_tok_s"] and row["c_sequential_tok_s"] else None
+        row = {
+            "c": c,
+            "a_batched_tok_s": med([x["tok_s"] for x in A]),
+            "a_steady_tok_s": med([x["steady_tok_s"] for x in A]),
+            "b_bare_tok_s": med(B),
+            "c_sequential_tok_s": med([x["tok_s"] for x in C]),
+            "reps": a.reps,
+        }
+        row["a_over_b"] = (
+            row["a_batched_tok_s"] / row["b_bare_tok_s"] if row["a_batched_tok_s"] and row["b_bare_tok_s"] else None
+        )
+        row["a_over_c"] = (
+            row["a_batched_tok_s"] / row["c_sequential_tok_s"]
+            if row["a_batched_tok_s"] and row["c_sequential_tok_s"]
+            else None
+        )
         # finish times, per rep: (a) vs the FIFO sequential schedule and vs the sequential makespan
         later_fifo = [sum(fa > fc for fa, fc in zip(x["finish_s"], y["finish_s"])) for x, y in zip(A, C)]
         row["finish_a_s"] = [x["finish_s"] for x in A]
@@ -162,15 +187,24 @@ def main(argv=None) -> int:
         rows.append(row)
         if not a.json:
             f = lambda v: f"{v:6.1f}" if v is not None else "   n/a"  # noqa: E731
-            print(f"c={c:2d}  batched {f(row['a_batched_tok_s'])} (steady {f(row['a_steady_tok_s'])})  bare {f(row['b_bare_tok_s'])}  "
-                  f"sequential {f(row['c_sequential_tok_s'])} tok/s   a/b {row['a_over_b'] or 0:.2f}  a/c {row['a_over_c'] or 0:.2f}   "
-                  f"makespan a {statistics.median(max(x['finish_s']) for x in A):.2f}s vs seq "
-                  f"{statistics.median(max(y['finish_s']) for y in C):.2f}s  later than FIFO slot: {later_fifo}", flush=True)
-    meta = {"model": a.model, "budget": a.budget, "threads": threads, "n_ctx_batched": n_ctx, "max_seqs": cmax,
-            "method": f"measured, median of {a.reps} interleaved rep(s); decode tok/s excludes each sequence's first token; "
-                      "(a) in-process Runtime+TapEngine clients of the continuous-batching engine, (b) bare RawLoop at n=c "
-                      "(shared prompt), (c) one request at a time on a serialised engine",
-            "llama_cpp_python": ll.__version__}
+            print(
+                f"c={c:2d}  batched {f(row['a_batched_tok_s'])} (steady {f(row['a_steady_tok_s'])})  bare {f(row['b_bare_tok_s'])}  "
+                f"sequential {f(row['c_sequential_tok_s'])} tok/s   a/b {row['a_over_b'] or 0:.2f}  a/c {row['a_over_c'] or 0:.2f}   "
+                f"makespan a {statistics.median(max(x['finish_s']) for x in A):.2f}s vs seq "
+                f"{statistics.median(max(y['finish_s']) for y in C):.2f}s  later than FIFO slot: {later_fifo}",
+                flush=True,
+            )
+    meta = {
+        "model": a.model,
+        "budget": a.budget,
+        "threads": threads,
+        "n_ctx_batched": n_ctx,
+        "max_seqs": cmax,
+        "method": f"measured, median of {a.reps} interleaved rep(s); decode tok/s excludes each sequence's first token; "
+        "(a) in-process Runtime+TapEngine clients of the continuous-batching engine, (b) bare RawLoop at n=c "
+        "(shared prompt), (c) one request at a time on a serialised engine",
+        "llama_cpp_python": ll.__version__,
+    }
     print(json.dumps({"rows": rows, **meta}, indent=1) if a.json else json.dumps(meta))
     for rt in (serial, conc):
         rt.close()

@@ -61,8 +61,13 @@ def main() -> int:
 
     question = "How many wheels do 4 cars have?"
     opts = SamplingOptions.build(max_tokens=a.max_tokens, ignore_eos=True)
-    body = {"model": rt.model_id, "messages": [{"role": "user", "content": question}], "max_tokens": a.max_tokens,
-            "stream": a.stream, "edgekit": {"ignore_eos": True}}
+    body = {
+        "model": rt.model_id,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": a.max_tokens,
+        "stream": a.stream,
+        "edgekit": {"ignore_eos": True},
+    }
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", timeout=120)
 
     def direct() -> float:
@@ -111,16 +116,24 @@ def main() -> int:
         "outside_generation_iqr_ms": [ms(o1), ms(o3)],
         "direct_p50_ms": ms(statistics.median(d_s)),
         "http_p50_ms": ms(statistics.median(h_s)),
-        "reps": a.reps, "model": rt.model_id, "max_tokens": a.max_tokens, "stream": a.stream,
-        "load_avg_1m": round(os.getloadavg()[0], 2), "goal_ms": 5.0,
+        "reps": a.reps,
+        "model": rt.model_id,
+        "max_tokens": a.max_tokens,
+        "stream": a.stream,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "goal_ms": 5.0,
     }
     if a.json:
         print(json.dumps(out))
     else:
-        print(f"direct p50 {out['direct_p50_ms']} ms, HTTP p50 {out['http_p50_ms']} ms ({a.reps} interleaved pairs, "
-              f"{rt.model_id}, max_tokens {a.max_tokens}{', SSE' if a.stream else ''})")
-        print(f"added by the daemon: p50 {out['p50_added_ms']} ms (IQR {out['added_iqr_ms'][0]} .. {out['added_iqr_ms'][1]}); "
-              f"outside generation: p50 {out['outside_generation_p50_ms']} ms; goal <= 5 ms; load {out['load_avg_1m']}")
+        print(
+            f"direct p50 {out['direct_p50_ms']} ms, HTTP p50 {out['http_p50_ms']} ms ({a.reps} interleaved pairs, "
+            f"{rt.model_id}, max_tokens {a.max_tokens}{', SSE' if a.stream else ''})"
+        )
+        print(
+            f"added by the daemon: p50 {out['p50_added_ms']} ms (IQR {out['added_iqr_ms'][0]} .. {out['added_iqr_ms'][1]}); "
+            f"outside generation: p50 {out['outside_generation_p50_ms']} ms; goal <= 5 ms; load {out['load_avg_1m']}"
+        )
     return 0
 
 

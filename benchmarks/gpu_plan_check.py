@@ -25,7 +25,9 @@ import time
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--plan", required=True)
-    ap.add_argument("--profile", required=True, help="the profile the plan was made from (for the step-matched prediction)")
+    ap.add_argument(
+        "--profile", required=True, help="the profile the plan was made from (for the step-matched prediction)"
+    )
     ap.add_argument("--questions", type=int, default=6)
     ap.add_argument("--gpu-layers", type=int, default=None)
     ap.add_argument("--edgekit", default=None, help="the edgekit command (default: this Python's -m edgekit.cli.main)")
@@ -54,37 +56,66 @@ def main(argv=None) -> int:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         wall = time.perf_counter() - t0
         if r.returncode != 0:
-            rows.append({"id": prob.id, "error": (r.stderr.strip().splitlines() or ["?"])[-1], "returncode": r.returncode})
+            rows.append(
+                {"id": prob.id, "error": (r.stderr.strip().splitlines() or ["?"])[-1], "returncode": r.returncode}
+            )
             print(f"{prob.id}: FAILED {rows[-1]['error']}", file=sys.stderr, flush=True)
             continue
         res = json.loads(r.stdout)
         t = res["timings"]
         matched = pm.predict(t["prompt_tokens"], c.budget, c.n, expected_steps=max(t["steps"], 1))
-        row = {"id": prob.id, "measured_s": t["total_s"], "prefill_s": t["prefill_s"], "decode_s": t["decode_s"],
-               "prompt_tokens": t["prompt_tokens"], "steps": t["steps"], "generated_tokens": t["generated_tokens"],
-               "load_s": t["load_s"], "process_wall_s": round(wall, 3),
-               "predicted_s": res["extra"].get("predicted_latency_s"),
-               "step_matched_predicted_s": matched.latency_s,
-               "answer": res.get("answer"), "target": prob.target, "flags": res.get("flags", [])}
+        row = {
+            "id": prob.id,
+            "measured_s": t["total_s"],
+            "prefill_s": t["prefill_s"],
+            "decode_s": t["decode_s"],
+            "prompt_tokens": t["prompt_tokens"],
+            "steps": t["steps"],
+            "generated_tokens": t["generated_tokens"],
+            "load_s": t["load_s"],
+            "process_wall_s": round(wall, 3),
+            "predicted_s": res["extra"].get("predicted_latency_s"),
+            "step_matched_predicted_s": matched.latency_s,
+            "answer": res.get("answer"),
+            "target": prob.target,
+            "flags": res.get("flags", []),
+        }
         row["rel_error"] = (row["measured_s"] - predicted) / predicted
         row["step_matched_rel_error"] = (row["measured_s"] - matched.latency_s) / matched.latency_s
         rows.append(row)
-        print(f"{prob.id}: measured {row['measured_s']:.3f} s (steps {row['steps']}, prompt {row['prompt_tokens']}) "
-              f"predicted {predicted:.3f} s ({100 * row['rel_error']:+.1f} %), step-matched {matched.latency_s:.3f} s "
-              f"({100 * row['step_matched_rel_error']:+.1f} %)", file=sys.stderr, flush=True)
+        print(
+            f"{prob.id}: measured {row['measured_s']:.3f} s (steps {row['steps']}, prompt {row['prompt_tokens']}) "
+            f"predicted {predicted:.3f} s ({100 * row['rel_error']:+.1f} %), step-matched {matched.latency_s:.3f} s "
+            f"({100 * row['step_matched_rel_error']:+.1f} %)",
+            file=sys.stderr,
+            flush=True,
+        )
     ok = [r for r in rows if "measured_s" in r]
     med = statistics.median([r["measured_s"] for r in ok]) if ok else None
     out = {
-        "plan": a.plan, "profile": a.profile, "gpu_layers": a.gpu_layers,
-        "chosen": {"model_id": c.model_id, "quant": c.quant, "n": c.n, "budget": c.budget, "aggregation": c.aggregation,
-                   "prompt_template": c.prompt_template},
-        "percentile": plan.percentile, "target_s": plan.target_s, "predicted_s": predicted,
-        "predicted_p50_s": plan.predicted.latency_s.value, "predicted_interval_s": [plan.predicted.latency_lo_s, plan.predicted.latency_hi_s],
+        "plan": a.plan,
+        "profile": a.profile,
+        "gpu_layers": a.gpu_layers,
+        "chosen": {
+            "model_id": c.model_id,
+            "quant": c.quant,
+            "n": c.n,
+            "budget": c.budget,
+            "aggregation": c.aggregation,
+            "prompt_template": c.prompt_template,
+        },
+        "percentile": plan.percentile,
+        "target_s": plan.target_s,
+        "predicted_s": predicted,
+        "predicted_p50_s": plan.predicted.latency_s.value,
+        "predicted_interval_s": [plan.predicted.latency_lo_s, plan.predicted.latency_hi_s],
         "prediction_method": plan.predicted.method,
         "expected_steps_note": "the plan predicts with the table's expected steps (max over the n samples, mean over its problems)",
         "measured_median_s": med,
         "median_rel_error": None if med is None else (med - predicted) / predicted,
-        "step_matched_median_abs_rel_error": statistics.median([abs(r["step_matched_rel_error"]) for r in ok]) if ok else None,
+        "step_matched_median_abs_rel_error": statistics.median([abs(r["step_matched_rel_error"]) for r in ok])
+        if ok
+        else None,
         "within_15pct": None if med is None else abs(med - predicted) / predicted <= 0.15,
         "questions": rows,
         "method": "measured: one `edgekit run --plan --json` process per question (timings.total_s, model load excluded)",
@@ -92,10 +123,13 @@ def main(argv=None) -> int:
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
     if med is not None:
-        print(f"plan check: predicted p{plan.percentile} {predicted:.3f} s, measured median {med:.3f} s over {len(ok)} "
-              f"question(s): error {100 * out['median_rel_error']:+.1f} % "
-              f"({'within' if out['within_15pct'] else 'OUTSIDE'} 15 %); step-matched median |error| "
-              f"{100 * out['step_matched_median_abs_rel_error']:.1f} %", flush=True)
+        print(
+            f"plan check: predicted p{plan.percentile} {predicted:.3f} s, measured median {med:.3f} s over {len(ok)} "
+            f"question(s): error {100 * out['median_rel_error']:+.1f} % "
+            f"({'within' if out['within_15pct'] else 'OUTSIDE'} 15 %); step-matched median |error| "
+            f"{100 * out['step_matched_median_abs_rel_error']:.1f} %",
+            flush=True,
+        )
     return 0 if ok else 1
 
 

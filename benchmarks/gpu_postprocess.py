@@ -12,7 +12,6 @@ summary, the parallel-sampling rows, GPU memory per configuration, the plan chec
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import sys
@@ -41,7 +40,9 @@ def versions(text: str) -> dict:
         out["nvcc"] = f"{m.group(1)} ({m.group(2)})"
     m = re.search(r"^CMAKE_ARGS=(.*)$", text, re.M)
     if m:
-        out["cmake_args"] = re.sub(r"-D(CUDA_cublas\w*_LIBRARY|CMAKE_\w+_FLAGS|CUDA_cuda_driver_LIBRARY)=\S+ ?", "", m.group(1)).strip()
+        out["cmake_args"] = re.sub(
+            r"-D(CUDA_cublas\w*_LIBRARY|CMAKE_\w+_FLAGS|CUDA_cuda_driver_LIBRARY)=\S+ ?", "", m.group(1)
+        ).strip()
     return out
 
 
@@ -85,15 +86,23 @@ def main(argv=None) -> int:
         f"{mp.peak_vram_mb.value if mp.peak_vram_mb else None} MB ({mp.peak_vram_mb.source if mp.peak_vram_mb else ''})",
     ]
     if summary.get("n32_over_n1") is not None:
-        prof.notes.append(f"parallel_sampling, budget 128: edgekit aggregate decode n=32 / n=1 = {summary['n32_over_n1']:.2f}x")
+        prof.notes.append(
+            f"parallel_sampling, budget 128: edgekit aggregate decode n=32 / n=1 = {summary['n32_over_n1']:.2f}x"
+        )
     pc = summary.get("plan_check") or {}
     if pc.get("median_rel_error") is not None:
-        prof.notes.append(f"plan vs measured (edgekit run --plan, {pc.get('chosen')}): predicted {pc['predicted_s']:.3f} s, "
-                          f"measured median {pc['measured_median_s']:.3f} s, error {100 * pc['median_rel_error']:+.1f} %")
+        prof.notes.append(
+            f"plan vs measured (edgekit run --plan, {pc.get('chosen')}): predicted {pc['predicted_s']:.3f} s, "
+            f"measured median {pc['measured_median_s']:.3f} s, error {100 * pc['median_rel_error']:+.1f} %"
+        )
     out = Path(a.profiles) / f"{a.name}.json"
     prof.save(out)
-    res = {"versions": v, "summary": summary, "device_stage1": json.loads(_read(d1 / "device.json") or "{}"),
-           "nvml_stage1": json.loads(_read(d1 / "nvml.json") or "{}")}
+    res = {
+        "versions": v,
+        "summary": summary,
+        "device_stage1": json.loads(_read(d1 / "device.json") or "{}"),
+        "nvml_stage1": json.loads(_read(d1 / "nvml.json") or "{}"),
+    }
     for k, txt in sorted(s2.items()):
         if k.endswith(".json") and k not in ("profile.json",):
             try:

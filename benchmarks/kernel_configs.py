@@ -41,22 +41,34 @@ def main() -> None:
         row = {"model": spec, "quant": quant}
         for c, vs in got.items():
             ok = [v for v in vs if v.ok]
-            row[c] = {"ok": len(ok) == len(vs), "how": sorted({v.how for v in vs}),
-                      "decode_tok_s": statistics.median(v.decode_tok_s for v in ok) if ok else None,
-                      "batch4_tok_s": statistics.median(v.batch_tok_s for v in ok) if ok else None,
-                      "decode_samples": [v.decode_tok_s for v in ok]}
+            row[c] = {
+                "ok": len(ok) == len(vs),
+                "how": sorted({v.how for v in vs}),
+                "decode_tok_s": statistics.median(v.decode_tok_s for v in ok) if ok else None,
+                "batch4_tok_s": statistics.median(v.batch_tok_s for v in ok) if ok else None,
+                "decode_samples": [v.decode_tok_s for v in ok],
+            }
         d, p = row["default"], row["plain"]
         if d["decode_tok_s"] and p["decode_tok_s"]:
             row["plain_over_default_decode"] = p["decode_tok_s"] / d["decode_tok_s"]
             row["plain_over_default_batch4"] = p["batch4_tok_s"] / d["batch4_tok_s"]
         rows.append(row)
         if not a.json:
-            print(f"{spec} ({quant}): default {d['decode_tok_s']} tok/s n=1 (1 thread), {d['batch4_tok_s']} tok/s 4 rows "
-                  f"({threads} threads); plain {p['decode_tok_s']} / {p['batch4_tok_s']}", file=sys.stderr)
+            print(
+                f"{spec} ({quant}): default {d['decode_tok_s']} tok/s n=1 (1 thread), {d['batch4_tok_s']} tok/s 4 rows "
+                f"({threads} threads); plain {p['decode_tok_s']} / {p['batch4_tok_s']}",
+                file=sys.stderr,
+            )
     doc = {"cpu": cpu_model(), "threads": threads, "reps": a.reps, "rows": rows}
-    print(json.dumps(doc, indent=1) if a.json else "\n".join(
-        f"{r['model']:32s} {r['quant'] or '?':8s} plain/default: decode {r.get('plain_over_default_decode', float('nan')):.3f}"
-        f", 4 rows {r.get('plain_over_default_batch4', float('nan')):.3f}" for r in rows))
+    print(
+        json.dumps(doc, indent=1)
+        if a.json
+        else "\n".join(
+            f"{r['model']:32s} {r['quant'] or '?':8s} plain/default: decode {r.get('plain_over_default_decode', float('nan')):.3f}"
+            f", 4 rows {r.get('plain_over_default_batch4', float('nan')):.3f}"
+            for r in rows
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -70,8 +70,15 @@ def write_synthetic(path: Path, E: int, F: int, L: int, H: int, Hkv: int, V: int
         p = f"blk.{i}."
         w.add_tensor(p + "attn_norm.weight", np.ones(E, np.float32))
         w.add_tensor(p + "ffn_norm.weight", np.ones(E, np.float32))
-        for name, shape in (("attn_q", (E, E)), ("attn_k", (kvd, E)), ("attn_v", (kvd, E)), ("attn_output", (E, E)),
-                            ("ffn_gate", (F, E)), ("ffn_up", (F, E)), ("ffn_down", (E, F))):
+        for name, shape in (
+            ("attn_q", (E, E)),
+            ("attn_k", (kvd, E)),
+            ("attn_v", (kvd, E)),
+            ("attn_output", (E, E)),
+            ("ffn_gate", (F, E)),
+            ("ffn_up", (F, E)),
+            ("ffn_down", (E, F)),
+        ):
             w.add_tensor(p + name + ".weight", r(*shape))
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -160,27 +167,44 @@ def main(argv=None) -> int:
                 if typ != "F16":
                     quantize(ll, src, dst, typ)
                 t = time_model(ll, dst, a.reps)
-                rows.append({"shape": name, "width": E, "ffn": F, "type": typ, "block_elements": nel,
-                             "prefill_ps_per_el": t["prefill_s_per_token"] / nel * 1e12,
-                             "decode_n1_ps_per_el": t["step_s_n1"] / nel * 1e12,
-                             "decode_n4_ps_per_el": t["step_s_n4"] / nel * 1e12})
+                rows.append(
+                    {
+                        "shape": name,
+                        "width": E,
+                        "ffn": F,
+                        "type": typ,
+                        "block_elements": nel,
+                        "prefill_ps_per_el": t["prefill_s_per_token"] / nel * 1e12,
+                        "decode_n1_ps_per_el": t["step_s_n1"] / nel * 1e12,
+                        "decode_n4_ps_per_el": t["step_s_n4"] / nel * 1e12,
+                    }
+                )
                 if typ != "F16":
                     dst.unlink()
-                print(f"{name:<14} {typ:<5} prefill {rows[-1]['prefill_ps_per_el']:6.2f}  decode n=1 "
-                      f"{rows[-1]['decode_n1_ps_per_el']:6.2f}  n=4 {rows[-1]['decode_n4_ps_per_el']:6.2f} ps/element",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{name:<14} {typ:<5} prefill {rows[-1]['prefill_ps_per_el']:6.2f}  decode n=1 "
+                    f"{rows[-1]['decode_n1_ps_per_el']:6.2f}  n=4 {rows[-1]['decode_n4_ps_per_el']:6.2f} ps/element",
+                    file=sys.stderr,
+                    flush=True,
+                )
             src.unlink()
     spread = {}
     for typ in a.types.split(","):
         v = [r["prefill_ps_per_el"] for r in rows if r["type"] == typ]
         spread[typ] = max(v) / min(v)
-    out = {"rows": rows, "prefill_max_over_min_across_shapes": spread, "reps": a.reps,
-           "method": f"measured: median over {a.reps} reps of llama_decode wall time (256-token prefill; 8 decode "
-                     "steps at n=1 and n=4), synthetic random-weight llama blocks quantized pure, 2 threads"}
+    out = {
+        "rows": rows,
+        "prefill_max_over_min_across_shapes": spread,
+        "reps": a.reps,
+        "method": f"measured: median over {a.reps} reps of llama_decode wall time (256-token prefill; 8 decode "
+        "steps at n=1 and n=4), synthetic random-weight llama blocks quantized pure, 2 threads",
+    }
     if a.json:
         print(json.dumps(out, indent=1))
     else:
-        print("max/min prefill cost per element across shapes: " + ", ".join(f"{k} {v:.2f}x" for k, v in spread.items()))
+        print(
+            "max/min prefill cost per element across shapes: " + ", ".join(f"{k} {v:.2f}x" for k, v in spread.items())
+        )
     return 0
 
 

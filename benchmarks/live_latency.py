@@ -31,8 +31,9 @@ def default_plan(tmp: Path) -> Path:
 
     prof, table = str(ROOT / "profiles/ci-2core-amd-epyc.json"), str(ROOT / "tables/object_counting-smollm2-cot.json")
     res, _ = make_plan(prof, [table], 100.0, prefer="most-accurate")
-    _, written = make_plan(prof, [table], float(res.latency[res.chosen]) * 1.05, prefer="most-accurate",
-                           output=tmp / "plan.json")
+    _, written = make_plan(
+        prof, [table], float(res.latency[res.chosen]) * 1.05, prefer="most-accurate", output=tmp / "plan.json"
+    )
     return written
 
 
@@ -57,8 +58,13 @@ def main() -> int:
 
     path = Path(a.plan) if a.plan else default_plan(Path(tempfile.mkdtemp()))
     plan = load_plan(path)
-    svc = Service(Runtime(plan.chosen.model_id, threads=a.threads, n_ctx=1024), limits=Limits(max_tokens_cap=max(a.max_tokens, 1024)),
-                  plan=plan, plan_path=str(path), live=LiveSettings(alpha=a.alpha))
+    svc = Service(
+        Runtime(plan.chosen.model_id, threads=a.threads, n_ctx=1024),
+        limits=Limits(max_tokens_cap=max(a.max_tokens, 1024)),
+        plan=plan,
+        plan_path=str(path),
+        live=LiveSettings(alpha=a.alpha),
+    )
     if not svc.live.enabled:
         print(f"error: {svc.live.disabled}", file=sys.stderr)
         return 2
@@ -66,34 +72,56 @@ def main() -> int:
     rows = []
     t0 = time.time()
     for i in range(a.requests):
-        body = {"model": plan.chosen.model_id, "max_tokens": a.max_tokens, "edgekit": {"deadline_s": 3600},
-                "messages": [{"role": "user", "content": f"A box has {i + 3} red and {i + 5} blue balls. How many balls?"}]}
+        body = {
+            "model": plan.chosen.model_id,
+            "max_tokens": a.max_tokens,
+            "edgekit": {"deadline_s": 3600},
+            "messages": [{"role": "user", "content": f"A box has {i + 3} red and {i + 5} blue balls. How many balls?"}],
+        }
         ek = c.post("/v1/chat/completions", json=body).json()["edgekit"]["live"]
-        rows.append({"t_s": round(time.time() - t0, 2), "predicted_s": ek["predicted_s"], "corrected_s": ek["corrected"]["value"],
-                     "measured_s": ek["measured_s"], "active": ek["correction"]["decode"]["active"],
-                     "k_prefill": ek["correction"]["prefill"]["factor"], "k_decode": ek["correction"]["decode"]["factor"]})
+        rows.append(
+            {
+                "t_s": round(time.time() - t0, 2),
+                "predicted_s": ek["predicted_s"],
+                "corrected_s": ek["corrected"]["value"],
+                "measured_s": ek["measured_s"],
+                "active": ek["correction"]["decode"]["active"],
+                "k_prefill": ek["correction"]["prefill"]["factor"],
+                "k_decode": ek["correction"]["decode"]["factor"],
+            }
+        )
         if i + 1 < a.requests:
             time.sleep(a.interval)
     svc.rt.close()
     svc.close()
-    acting = [r for r in rows[svc.live.s.min_samples:]]
+    acting = [r for r in rows[svc.live.s.min_samples :]]
 
     def err(key: str) -> float | None:
         e = [abs(r[key] - r["measured_s"]) / r["measured_s"] for r in acting if r["measured_s"] > 0]
         return statistics.median(e) if e else None
 
-    out = {"plan": str(path), "config": svc.live.config(), "requests": rows, "median_rel_error_plan": err("predicted_s"),
-           "median_rel_error_corrected": err("corrected_s"), "over_requests": len(acting)}
+    out = {
+        "plan": str(path),
+        "config": svc.live.config(),
+        "requests": rows,
+        "median_rel_error_plan": err("predicted_s"),
+        "median_rel_error_corrected": err("corrected_s"),
+        "over_requests": len(acting),
+    }
     if a.json:
         print(json.dumps(out, indent=1))
     else:
         print(f"{'t_s':>7} {'plan_s':>8} {'corr_s':>8} {'meas_s':>8} {'k_pre':>6} {'k_dec':>6}")
         for r in rows:
-            print(f"{r['t_s']:7.1f} {r['predicted_s']:8.3f} {r['corrected_s']:8.3f} {r['measured_s']:8.3f} "
-                  f"{r['k_prefill']:6.2f} {r['k_decode']:6.2f}")
+            print(
+                f"{r['t_s']:7.1f} {r['predicted_s']:8.3f} {r['corrected_s']:8.3f} {r['measured_s']:8.3f} "
+                f"{r['k_prefill']:6.2f} {r['k_decode']:6.2f}"
+            )
         fmt = lambda x: "n/a" if x is None else f"{100 * x:.0f} %"  # noqa: E731
-        print(f"median |error| over {len(acting)} request(s) once acting: plan model {fmt(out['median_rel_error_plan'])}, "
-              f"corrected {fmt(out['median_rel_error_corrected'])}")
+        print(
+            f"median |error| over {len(acting)} request(s) once acting: plan model {fmt(out['median_rel_error_plan'])}, "
+            f"corrected {fmt(out['median_rel_error_corrected'])}"
+        )
     return 0
 
 

@@ -16,11 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-QUESTIONS = ["I have a chair, two tables, and three beds. How many objects do I have?",
-             "I have a cat, a dog, and two fish. How many animals do I have?",
-             "I have three apples, a banana, and two pears. How many fruits do I have?",
-             "I have a piano, two flutes, and a violin. How many musical instruments do I have?",
-             "I have four carrots and a stalk of celery. How many vegetables do I have?"]
+QUESTIONS = [
+    "I have a chair, two tables, and three beds. How many objects do I have?",
+    "I have a cat, a dog, and two fish. How many animals do I have?",
+    "I have three apples, a banana, and two pears. How many fruits do I have?",
+    "I have a piano, two flutes, and a violin. How many musical instruments do I have?",
+    "I have four carrots and a stalk of celery. How many vegetables do I have?",
+]
 
 
 def cli(*args: str) -> str:
@@ -47,8 +49,20 @@ def main() -> None:
     else:
         cli("profile", "-m", a.model, "--quick", "--background", str(a.background), "-o", str(tmp / "loaded.json"))
     prof_s = time.time() - t0
-    plan = json.loads(cli("plan", "-p", str(tmp / "loaded.json"), "-a", a.table, "-t", a.target, "-o", str(tmp / "plan.json"),
-                          "--json"))
+    plan = json.loads(
+        cli(
+            "plan",
+            "-p",
+            str(tmp / "loaded.json"),
+            "-a",
+            a.table,
+            "-t",
+            a.target,
+            "-o",
+            str(tmp / "plan.json"),
+            "--json",
+        )
+    )
     from edgekit.runtime import Runtime
     from edgekit.schemas.options import SamplingOptions
 
@@ -60,27 +74,48 @@ def main() -> None:
         # cold: `edgekit run --plan` (a new process per query: the first forward pass of a freshly mapped model)
         for i in range(a.runs):
             r = json.loads(cli("run", QUESTIONS[i % len(QUESTIONS)], "--plan", str(tmp / "plan.json"), "--json"))
-            cold.append({"total_s": r["timings"]["total_s"], "predicted_s": r["extra"].get("predicted_latency_s"),
-                         "threads": r["timings"].get("threads"), "tokens": r["timings"]["generated_tokens"]})
+            cold.append(
+                {
+                    "total_s": r["timings"]["total_s"],
+                    "predicted_s": r["extra"].get("predicted_latency_s"),
+                    "threads": r["timings"].get("threads"),
+                    "tokens": r["timings"]["generated_tokens"],
+                }
+            )
         # warm: one process answering query after query (an embedding app, the daemon), the plan's own options
         with Runtime(chosen.get("model_path") or chosen["model_id"]) as rt:
             opts = SamplingOptions(**chosen["options"])
             rt.generate(QUESTIONS[0], opts)
             for i in range(a.runs):
                 r = rt.generate(chosen["prompt"].format(question=QUESTIONS[i % len(QUESTIONS)]), opts)
-                warm.append({"total_s": r.timings.total_s, "threads": r.timings.threads, "tokens": r.timings.generated_tokens})
+                warm.append(
+                    {"total_s": r.timings.total_s, "threads": r.timings.threads, "tokens": r.timings.generated_tokens}
+                )
     finally:
         for b in busy:
             b.kill()
     pred = cold[0]["predicted_s"]
-    doc = {"model": a.model, "table": a.table, "target": a.target, "background": a.background, "profile_s": round(prof_s, 1),
-           "chosen": chosen, "predicted_p50_s": pred}
+    doc = {
+        "model": a.model,
+        "table": a.table,
+        "target": a.target,
+        "background": a.background,
+        "profile_s": round(prof_s, 1),
+        "chosen": chosen,
+        "predicted_p50_s": pred,
+    }
     for name, rows in (("cold", cold), ("warm", warm)):
         meas = statistics.median(x["total_s"] for x in rows)
         doc[name] = {"measured_median_s": meas, "error": (meas - pred) / pred if pred else None, "runs": rows}
-    print(json.dumps(doc, indent=1, default=str) if a.json else "\n".join(
-        f"{name}: predicted {pred:.2f} s, measured median {doc[name]['measured_median_s']:.2f} s over {a.runs} runs beside "
-        f"{a.background} busy worker(s): error {100 * doc[name]['error']:+.1f} %" for name in ("cold", "warm")))
+    print(
+        json.dumps(doc, indent=1, default=str)
+        if a.json
+        else "\n".join(
+            f"{name}: predicted {pred:.2f} s, measured median {doc[name]['measured_median_s']:.2f} s over {a.runs} runs beside "
+            f"{a.background} busy worker(s): error {100 * doc[name]['error']:+.1f} %"
+            for name in ("cold", "warm")
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -65,17 +65,47 @@ def record(args) -> list[dict]:
             for i, (t, p) in enumerate(todo):
                 opts = local_opts.replace(extractor={"number": "number", "choice": "choice", "yesno": "yesno"}[t.kind])
                 r = rt.generate(p.messages(), opts)
-                write({"task": t.name, "id": p.id, "phase": "local", "answer": r.answer, "correct": t.is_correct(p, r.answer),
-                       "latency_s": r.timings.total_s, **{s: score_of(r, s) for s in SCORES}})
-                print(f"local {i + 1}/{len(todo)} {t.name} {p.id}: {r.answer} ({r.timings.total_s:.1f} s)", file=sys.stderr)
+                write(
+                    {
+                        "task": t.name,
+                        "id": p.id,
+                        "phase": "local",
+                        "answer": r.answer,
+                        "correct": t.is_correct(p, r.answer),
+                        "latency_s": r.timings.total_s,
+                        **{s: score_of(r, s) for s in SCORES},
+                    }
+                )
+                print(
+                    f"local {i + 1}/{len(todo)} {t.name} {p.id}: {r.answer} ({r.timings.total_s:.1f} s)",
+                    file=sys.stderr,
+                )
     todo = [(t, p) for t in tasks for p in t.problems if (t.name, p.id, "cloud") not in done]
     if todo:
         port = 18000 + random.randrange(1000)
         path = str(resolve(args.cloud).path)
         log = open(out.with_suffix(".server.log"), "w")
-        srv = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", path, "--host", "127.0.0.1", "--port",
-                                str(port), "--n_ctx", "4096", "--n_threads", str(args.threads), "--model_alias", "cloud"],
-                               stdout=log, stderr=subprocess.STDOUT)
+        srv = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                path,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                "4096",
+                "--n_threads",
+                str(args.threads),
+                "--model_alias",
+                "cloud",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             import httpx
 
@@ -91,8 +121,16 @@ def record(args) -> list[dict]:
                 opts = cloud_opts.replace(extractor={"number": "number", "choice": "choice", "yesno": "yesno"}[t.kind])
                 t0 = time.perf_counter()
                 r = cloud.generate(p.messages(), opts)
-                write({"task": t.name, "id": p.id, "phase": "cloud", "answer": r.answer, "correct": t.is_correct(p, r.answer),
-                       "latency_s": time.perf_counter() - t0})
+                write(
+                    {
+                        "task": t.name,
+                        "id": p.id,
+                        "phase": "cloud",
+                        "answer": r.answer,
+                        "correct": t.is_correct(p, r.answer),
+                        "latency_s": time.perf_counter() - t0,
+                    }
+                )
                 print(f"cloud {i + 1}/{len(todo)} {t.name} {p.id}: {r.answer}", file=sys.stderr)
         finally:
             srv.terminate()
@@ -100,7 +138,9 @@ def record(args) -> list[dict]:
     return [done[k] for k in sorted(done)]
 
 
-def curve(score: np.ndarray, local: np.ndarray, cloud: np.ndarray, rng: np.random.Generator, reps: int = 200) -> np.ndarray:
+def curve(
+    score: np.ndarray, local: np.ndarray, cloud: np.ndarray, rng: np.random.Generator, reps: int = 200
+) -> np.ndarray:
     """Mean system accuracy when offloading the k lowest-scoring queries, k = 0..N (ties at random)."""
     n = len(score)
     acc = np.zeros(n + 1)
@@ -131,8 +171,11 @@ def analyse(records: list[dict], args) -> list[dict]:
     lc = np.array([local[k]["correct"] for k in keys], bool)
     cc = np.array([cloud[k]["correct"] for k in keys], bool)
     weak, strong = lc.mean(), cc.mean()
-    rows = [{"score": "always-local", "accuracy": float(weak)}, {"score": "always-cloud", "accuracy": float(strong)},
-            {"score": "random", "apgr": 0.5, "cpt50": 0.5}]
+    rows = [
+        {"score": "always-local", "accuracy": float(weak)},
+        {"score": "always-cloud", "accuracy": float(strong)},
+        {"score": "random", "apgr": 0.5, "cpt50": 0.5},
+    ]
     for name in SCORES:
         vals = [local[k][name] for k in keys]
         finite = [v for v in vals if v is not None]
@@ -142,15 +185,30 @@ def analyse(records: list[dict], args) -> list[dict]:
         viol = []
         for _ in range(args.splits):
             perm = rng.permutation(len(keys))
-            cal, test = perm[: len(keys) // 2], perm[len(keys) // 2:]
+            cal, test = perm[: len(keys) // 2], perm[len(keys) // 2 :]
             cb = ltt_threshold(s[cal], lc[cal], args.alpha, args.delta, score_name=name)
             kept = s[test] >= cb.threshold
             viol.append(float(np.mean(kept & ~lc[test])) > args.alpha)
-        rows.append({"score": name, "apgr": a, "cpt50": c, "alpha": args.alpha, "delta": args.delta,
-                     "violation_rate": float(np.mean(viol)), "splits": args.splits})
-    rows.append({"n_problems": len(keys), "local_accuracy": float(weak), "cloud_accuracy": float(strong),
-                 "local_latency_s_median": float(np.median([local[k]["latency_s"] for k in keys])),
-                 "cloud_latency_s_median": float(np.median([cloud[k]["latency_s"] for k in keys]))})
+        rows.append(
+            {
+                "score": name,
+                "apgr": a,
+                "cpt50": c,
+                "alpha": args.alpha,
+                "delta": args.delta,
+                "violation_rate": float(np.mean(viol)),
+                "splits": args.splits,
+            }
+        )
+    rows.append(
+        {
+            "n_problems": len(keys),
+            "local_accuracy": float(weak),
+            "cloud_accuracy": float(strong),
+            "local_latency_s_median": float(np.median([local[k]["latency_s"] for k in keys])),
+            "cloud_latency_s_median": float(np.median([cloud[k]["latency_s"] for k in keys])),
+        }
+    )
     return rows
 
 

@@ -23,12 +23,14 @@ import time
 
 import llama_cpp as ll
 
+from edgekit.engines.llamacpp import default_threads
 from edgekit.models import resolve
 from edgekit.runtime import Runtime
-from edgekit.engines.llamacpp import default_threads
 
-PROMPT = ("Write a complete Python module implementing a red-black tree with insert, delete, search and in-order "
-          "traversal. Include type hints and a docstring for every method.")  # long answers: samples rarely stop early
+PROMPT = (
+    "Write a complete Python module implementing a red-black tree with insert, delete, search and in-order "
+    "traversal. Include type hints and a docstring for every method."
+)  # long answers: samples rarely stop early
 SAMPLING = dict(temperature=0.8, top_p=0.95, top_k=40, min_p=0.05)
 
 
@@ -44,9 +46,16 @@ def sequential_rate(llm, n: int, budget: int, seed: int, prompt_text: str) -> tu
         llm.set_seed(seed + i)
         first = last = None
         count = 0
-        for chunk in llm.create_completion(prompt_text, max_tokens=budget, stream=True, seed=seed + i,
-                                           temperature=SAMPLING["temperature"], top_p=SAMPLING["top_p"],
-                                           top_k=SAMPLING["top_k"], min_p=SAMPLING["min_p"]):
+        for chunk in llm.create_completion(
+            prompt_text,
+            max_tokens=budget,
+            stream=True,
+            seed=seed + i,
+            temperature=SAMPLING["temperature"],
+            top_p=SAMPLING["top_p"],
+            top_k=SAMPLING["top_k"],
+            min_p=SAMPLING["min_p"],
+        ):
             now = time.perf_counter()
             if first is None:
                 first = now
@@ -142,11 +151,13 @@ def energy_row(windows: list, idle_mw, tokens: list[int]) -> dict:
         return {"edgekit_j_per_token": None, "energy_why_unavailable": why}
     per = [w.energy_mj / 1e3 / t for w, t in ok]
     above = [(w.energy_mj - idle_mw * w.covered_s) / 1e3 / t for w, t in ok] if idle_mw is not None else None
-    return {"edgekit_j_per_token": statistics.median(per),
-            "edgekit_j_per_token_above_idle": statistics.median(above) if above else None,
-            "edgekit_mean_power_w": statistics.median([w.mean_power_mw / 1e3 for w, _ in ok if w.mean_power_mw]),
-            "energy_method": f"{ok[0][0].meter} ({ok[0][0].method}): energy of each whole generate (prefill + decode) / "
-                             f"generated tokens, median of {len(ok)}; idle {idle_mw if idle_mw is None else round(idle_mw)} mW"}
+    return {
+        "edgekit_j_per_token": statistics.median(per),
+        "edgekit_j_per_token_above_idle": statistics.median(above) if above else None,
+        "edgekit_mean_power_w": statistics.median([w.mean_power_mw / 1e3 for w, _ in ok if w.mean_power_mw]),
+        "energy_method": f"{ok[0][0].meter} ({ok[0][0].method}): energy of each whole generate (prefill + decode) / "
+        f"generated tokens, median of {len(ok)}; idle {idle_mw if idle_mw is None else round(idle_mw)} mW",
+    }
 
 
 def main(argv=None) -> int:
@@ -172,8 +183,11 @@ def main(argv=None) -> int:
     prompt_tokens = rt.prompt_tokens(PROMPT)
     prompt_text, _ = rt.engine.render_chat([{"role": "user", "content": PROMPT}])
     raw = RawLoop(path, threads, n_ctx, max(max(ns), 2), a.gpu_layers) if "raw" in paths else None
-    llm = (ll.Llama(model_path=path, n_ctx=512 + a.budget, n_threads=threads, n_gpu_layers=a.gpu_layers, verbose=False)
-           if "sequential" in paths else None)
+    llm = (
+        ll.Llama(model_path=path, n_ctx=512 + a.budget, n_threads=threads, n_gpu_layers=a.gpu_layers, verbose=False)
+        if "sequential" in paths
+        else None
+    )
     meter = idle_mw = None
     if a.energy:
         from edgekit.power import best_meter
@@ -200,14 +214,25 @@ def main(argv=None) -> int:
                 windows.append(w)
             else:
                 x, k = edgekit_rate(rt, n, a.budget, seed)
-            e.append(x); toks["edgekit"].append(k)
+            e.append(x)
+            toks["edgekit"].append(k)
             if raw:
-                x, k = raw.rate(prompt_tokens, n, a.budget, seed); r.append(x); toks["raw"].append(k)
+                x, k = raw.rate(prompt_tokens, n, a.budget, seed)
+                r.append(x)
+                toks["raw"].append(k)
             if llm:
-                x, k = sequential_rate(llm, n, a.budget, seed, prompt_text); s.append(x); toks["sequential"].append(k)
-        row = {"n": n, "edgekit_tok_s": statistics.median(e), "sequential_tok_s": statistics.median(s) if s else None,
-               "raw_tok_s": statistics.median(r) if r else None, "reps": a.reps,
-               "samples": {"edgekit": e, "sequential": s, "raw": r}, "tokens": toks}
+                x, k = sequential_rate(llm, n, a.budget, seed, prompt_text)
+                s.append(x)
+                toks["sequential"].append(k)
+        row = {
+            "n": n,
+            "edgekit_tok_s": statistics.median(e),
+            "sequential_tok_s": statistics.median(s) if s else None,
+            "raw_tok_s": statistics.median(r) if r else None,
+            "reps": a.reps,
+            "samples": {"edgekit": e, "sequential": s, "raw": r},
+            "tokens": toks,
+        }
         row["a_over_b"] = row["edgekit_tok_s"] / row["sequential_tok_s"] if s else None
         row["a_over_c"] = row["edgekit_tok_s"] / row["raw_tok_s"] if r else None
         if meter is not None:
@@ -215,12 +240,23 @@ def main(argv=None) -> int:
         rows.append(row)
         if not a.json:
             f = lambda v: nan if v is None else v  # noqa: E731
-            print(f"n={n:2d}  edgekit {row['edgekit_tok_s']:6.1f}  sequential {f(row['sequential_tok_s']):6.1f}  "
-                  f"raw {f(row['raw_tok_s']):6.1f} tok/s   a/b {f(row['a_over_b']):.2f}  a/c {f(row['a_over_c']):.2f}", flush=True)
-    meta = {"model": a.model, "budget": a.budget, "threads": threads, "prompt_tokens": len(prompt_tokens),
-            "gpu_layers": a.gpu_layers, "paths": paths, "build": rt.engine.info.build, "n_ctx": n_ctx,
-            "method": f"measured, median of {a.reps} rep(s); decode tok/s excludes prefill and each sequence's first token",
-            "llama_cpp_python": ll.__version__}
+            print(
+                f"n={n:2d}  edgekit {row['edgekit_tok_s']:6.1f}  sequential {f(row['sequential_tok_s']):6.1f}  "
+                f"raw {f(row['raw_tok_s']):6.1f} tok/s   a/b {f(row['a_over_b']):.2f}  a/c {f(row['a_over_c']):.2f}",
+                flush=True,
+            )
+    meta = {
+        "model": a.model,
+        "budget": a.budget,
+        "threads": threads,
+        "prompt_tokens": len(prompt_tokens),
+        "gpu_layers": a.gpu_layers,
+        "paths": paths,
+        "build": rt.engine.info.build,
+        "n_ctx": n_ctx,
+        "method": f"measured, median of {a.reps} rep(s); decode tok/s excludes prefill and each sequence's first token",
+        "llama_cpp_python": ll.__version__,
+    }
     if a.json:
         print(json.dumps({"rows": rows, **meta}, indent=1))
     else:

@@ -41,22 +41,33 @@ from types import SimpleNamespace
 from edgekit.errors import EdgekitError, UsageError
 from edgekit.models.catalog import CATALOG
 from edgekit.perfmodel import fit, fit_device
-from edgekit.schemas.profile import load_profile
 from edgekit.profile.sweep import FILLER
+from edgekit.schemas.profile import load_profile
 
 # (prompt tokens I, budget B, parallel samples n); the first two are cheap (--smoke runs them)
 CONFIGS = [
-    (200, 24, 1), (350, 24, 6),
-    (200, 48, 3), (200, 48, 6), (200, 48, 12),  # other n
-    (200, 96, 1), (700, 48, 1),  # other budgets
-    (700, 24, 1), (1500, 24, 1),  # other prompt lengths
-    (700, 48, 6), (1500, 96, 3), (200, 96, 12), (1500, 48, 12), (700, 96, 3),  # mixed
+    (200, 24, 1),
+    (350, 24, 6),
+    (200, 48, 3),
+    (200, 48, 6),
+    (200, 48, 12),  # other n
+    (200, 96, 1),
+    (700, 48, 1),  # other budgets
+    (700, 24, 1),
+    (1500, 24, 1),  # other prompt lengths
+    (700, 48, 6),
+    (1500, 96, 3),
+    (200, 96, 12),
+    (1500, 48, 12),
+    (700, 96, 3),  # mixed
 ]
 UNPROFILED_CONFIGS = [(200, 48, 1), (700, 24, 3), (350, 48, 6), (256, 32, 11)]  # n=11: beyond the swept n <= 8
-METHOD = ("measured: median Result.timings.total_s over {reps} rep(s) of Runtime.generate(prompt_tokens=<I filler tokens>, "
-          "max_tokens=B, n=n, temperature=0.8, seed=0, aggregate='none', extractor=None, logprobs=True, ignore_eos=True), "
-          "one untimed warm-up per model; predicted: PerfModel.predict(I, B, n, expected_steps=B).latency_s "
-          "(fit() of the model's profile entry; fit_device(profile).predict_model(GGUF ModelInfo) for unprofiled models)")
+METHOD = (
+    "measured: median Result.timings.total_s over {reps} rep(s) of Runtime.generate(prompt_tokens=<I filler tokens>, "
+    "max_tokens=B, n=n, temperature=0.8, seed=0, aggregate='none', extractor=None, logprobs=True, ignore_eos=True), "
+    "one untimed warm-up per model; predicted: PerfModel.predict(I, B, n, expected_steps=B).latency_s "
+    "(fit() of the model's profile entry; fit_device(profile).predict_model(GGUF ModelInfo) for unprofiled models)"
+)
 
 
 def log(msg: str) -> None:
@@ -100,12 +111,24 @@ def measure(rt, I: int, B: int, n: int, reps: int) -> tuple[float, list[float]]:
     toks = filler_tokens(rt, I)
     secs = []
     for _ in range(reps):
-        r = rt.generate(None, prompt_tokens=toks, max_tokens=B, n=n, temperature=0.8, seed=0, aggregate="none",
-                        extractor=None, logprobs=True, ignore_eos=True)
+        r = rt.generate(
+            None,
+            prompt_tokens=toks,
+            max_tokens=B,
+            n=n,
+            temperature=0.8,
+            seed=0,
+            aggregate="none",
+            extractor=None,
+            logprobs=True,
+            ignore_eos=True,
+        )
         t = r.timings
         if t.steps != B or t.generated_tokens != n * B or t.prompt_tokens != I:
-            log(f"  warning: I={I} B={B} n={n} ran {t.prompt_tokens} prompt tokens, {t.steps} steps, "
-                f"{t.generated_tokens} tokens (expected {I}, {B}, {n * B})")
+            log(
+                f"  warning: I={I} B={B} n={n} ran {t.prompt_tokens} prompt tokens, {t.steps} steps, "
+                f"{t.generated_tokens} tokens (expected {I}, {B}, {n * B})"
+            )
         secs.append(t.total_s)
     return statistics.median(secs), secs
 
@@ -125,16 +148,34 @@ def validate_model(model_id: str, pm, configs, reps: int, threads, mp, alt=None)
             pred = pr.latency_s
             meas, secs = measure(rt, I, B, n, reps)
             err = 100.0 * (pred - meas) / meas
-            rows.append({"config": f"I={I} B={B} n={n}", "predicted_s": pred, "measured_s": meas, "error_pct": err,
-                         "lo_s": pr.latency_lo_s, "hi_s": pr.latency_hi_s,
-                         "covered": pr.latency_lo_s <= meas <= pr.latency_hi_s,
-                         "model": model_id, "profiled": mp is not None, "off_sweep": off_sweep(mp, I, B, n),
-                         "prompt_tokens": I, "budget": B, "n": n, "samples_s": secs, "method": pm.method})
+            rows.append(
+                {
+                    "config": f"I={I} B={B} n={n}",
+                    "predicted_s": pred,
+                    "measured_s": meas,
+                    "error_pct": err,
+                    "lo_s": pr.latency_lo_s,
+                    "hi_s": pr.latency_hi_s,
+                    "covered": pr.latency_lo_s <= meas <= pr.latency_hi_s,
+                    "model": model_id,
+                    "profiled": mp is not None,
+                    "off_sweep": off_sweep(mp, I, B, n),
+                    "prompt_tokens": I,
+                    "budget": B,
+                    "n": n,
+                    "samples_s": secs,
+                    "method": pm.method,
+                }
+            )
             if alt is not None:
                 pa = alt.predict(I, B, n, expected_steps=B)
-                rows[-1].update({"cross_model_predicted_s": pa.latency_s, "cross_model_error_pct":
-                                 100.0 * (pa.latency_s - meas) / meas,
-                                 "cross_model_covered": pa.latency_lo_s <= meas <= pa.latency_hi_s})
+                rows[-1].update(
+                    {
+                        "cross_model_predicted_s": pa.latency_s,
+                        "cross_model_error_pct": 100.0 * (pa.latency_s - meas) / meas,
+                        "cross_model_covered": pa.latency_lo_s <= meas <= pa.latency_hi_s,
+                    }
+                )
             log(f"  {rows[-1]['config']:<22} predicted {pred:7.3f} s  measured {meas:7.3f} s  error {err:+6.1f} %")
     return rows
 
@@ -184,22 +225,39 @@ def mape(rows: list[dict]):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", required=True, help="device profile JSON measured on this machine")
-    ap.add_argument("--models", default=None,
-                    help="comma-separated profiled models to validate (default: every catalogue model in the profile; '' = none)")
-    ap.add_argument("--unprofiled", default=None,
-                    help="a catalogue model NOT in the profile (cross-model estimate; needs >= 2 profiled models)")
+    ap.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated profiled models to validate (default: every catalogue model in the profile; '' = none)",
+    )
+    ap.add_argument(
+        "--unprofiled",
+        default=None,
+        help="a catalogue model NOT in the profile (cross-model estimate; needs >= 2 profiled models)",
+    )
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--variants", default=None,
-                    help="folder of variant cards (edgekit quantize): each variant with a file is run and compared "
-                         "with its prediction (anchored on its profiled base, else cross-model)")
-    ap.add_argument("--slices", action="store_true",
-                    help="predict --unprofiled and --variants from a block-slice estimate made now (edgekit profile "
-                         "--slices), the cross-model prediction reported beside it")
+    ap.add_argument(
+        "--variants",
+        default=None,
+        help="folder of variant cards (edgekit quantize): each variant with a file is run and compared "
+        "with its prediction (anchored on its profiled base, else cross-model)",
+    )
+    ap.add_argument(
+        "--slices",
+        action="store_true",
+        help="predict --unprofiled and --variants from a block-slice estimate made now (edgekit profile "
+        "--slices), the cross-model prediction reported beside it",
+    )
     ap.add_argument("--slice-blocks", type=int, default=8)
-    ap.add_argument("--leave-one-out", action="store_true",
-                    help="no new timing: predict each profiled model from the others, compare with its recorded points")
-    ap.add_argument("--smoke", action="store_true", help="tiny run: 2 configurations per profiled model, 1 unprofiled, 1 rep")
+    ap.add_argument(
+        "--leave-one-out",
+        action="store_true",
+        help="no new timing: predict each profiled model from the others, compare with its recorded points",
+    )
+    ap.add_argument(
+        "--smoke", action="store_true", help="tiny run: 2 configurations per profiled model, 1 unprofiled, 1 rep"
+    )
     a = ap.parse_args(argv)
     try:
         return run(a)
@@ -219,16 +277,25 @@ def run_leave_one_out(a) -> int:
         return 0
     print(f"{'held-out model':<30} {'kind':<7} {'config':<22} {'predicted_s':>11} {'measured_s':>10} {'error %':>8} in")
     for r in out["rows"]:
-        print(f"{r['model']:<30} {r['kind']:<7} {r['config']:<22} {r['predicted_s']:>11.4f} {r['measured_s']:>10.4f} "
-              f"{r['error_pct']:>+8.1f} {'y' if r['covered'] else 'N'}")
-    for k, what in (("points", "recorded sweep points (measured)"), ("configs", "configurations vs the model's own fit")):
+        print(
+            f"{r['model']:<30} {r['kind']:<7} {r['config']:<22} {r['predicted_s']:>11.4f} {r['measured_s']:>10.4f} "
+            f"{r['error_pct']:>+8.1f} {'y' if r['covered'] else 'N'}"
+        )
+    for k, what in (
+        ("points", "recorded sweep points (measured)"),
+        ("configs", "configurations vs the model's own fit"),
+    ):
         s = out[k]
-        print(f"{what}: MAPE {s['mape_pct']:.1f} %, interval coverage {100 * s['coverage']:.0f} % over {s['n']} "
-              f"(max |error| {s['max_abs_error_pct']:.1f} %)")
+        print(
+            f"{what}: MAPE {s['mape_pct']:.1f} %, interval coverage {100 * s['coverage']:.0f} % over {s['n']} "
+            f"(max |error| {s['max_abs_error_pct']:.1f} %)"
+        )
     for m, v in out["per_model"].items():
-        print(f"  {m} from {', '.join(v['from'])}: points MAPE {v['points']['mape_pct']:.1f} % cov "
-              f"{100 * v['points']['coverage']:.0f} %; configs MAPE {v['configs']['mape_pct']:.1f} % cov "
-              f"{100 * v['configs']['coverage']:.0f} %")
+        print(
+            f"  {m} from {', '.join(v['from'])}: points MAPE {v['points']['mape_pct']:.1f} % cov "
+            f"{100 * v['points']['coverage']:.0f} %; configs MAPE {v['configs']['mape_pct']:.1f} % cov "
+            f"{100 * v['configs']['coverage']:.0f} %"
+        )
     print(f"goal: coverage >= 90 %, MAPE <= 15 %: {'met' if out['meets_goal'] else 'NOT met'}")
     print(f"method: {out['method']}")
     return 0
@@ -241,7 +308,9 @@ def run(a) -> int:
         raise UsageError(f"--reps must be >= 1 (got {a.reps})")
     profile = load_profile(a.profile)
     if profile.kind != "measured":
-        log(f"warning: {a.profile} is a {profile.kind} profile; its predictions are for {profile.device.name}, not this machine")
+        log(
+            f"warning: {a.profile} is a {profile.kind} profile; its predictions are for {profile.device.name}, not this machine"
+        )
     elif profile.device.hostname and profile.device.hostname != socket.gethostname():
         log(f"warning: {a.profile} was measured on host {profile.device.hostname}, this is {socket.gethostname()}")
     in_profile = [m.model.id for m in profile.models]
@@ -251,12 +320,18 @@ def run(a) -> int:
         models = [m.strip() for m in a.models.split(",") if m.strip()]
         missing = [m for m in models if m not in in_profile]
         if missing:
-            raise UsageError(f"profile {a.profile} has no model {', '.join(missing)} (has: {', '.join(in_profile)})",
-                             fix="pick --models from the profile, or profile them with `edgekit profile`")
+            raise UsageError(
+                f"profile {a.profile} has no model {', '.join(missing)} (has: {', '.join(in_profile)})",
+                fix="pick --models from the profile, or profile them with `edgekit profile`",
+            )
     if not models and not a.unprofiled and not a.variants:
-        raise UsageError(f"nothing to validate: profile {a.profile} has no catalogue model and no --unprofiled was given")
+        raise UsageError(
+            f"nothing to validate: profile {a.profile} has no catalogue model and no --unprofiled was given"
+        )
     if a.unprofiled and a.unprofiled in in_profile:
-        raise UsageError(f"--unprofiled {a.unprofiled} is in the profile", fix="pick a catalogue model the profile lacks")
+        raise UsageError(
+            f"--unprofiled {a.unprofiled} is in the profile", fix="pick a catalogue model the profile lacks"
+        )
     reps = 1 if a.smoke else a.reps
     configs = CONFIGS[:2] if a.smoke else CONFIGS
     rows: list[dict] = []
@@ -285,10 +360,19 @@ def run(a) -> int:
             check(vid, path, pm)
     prof = [r for r in rows if r["profiled"]]
     unprof = [r for r in rows if not r["profiled"]]
-    out = {"mape": mape(rows), "mape_profiled": mape(prof), "mape_unprofiled": mape(unprof), "rows": rows,
-           "coverage_unprofiled": (sum(r["covered"] for r in unprof) / len(unprof)) if unprof else None,
-           "slices": a.slices, "slice_seconds": slice_s or None,
-           "profile": a.profile, "reps": reps, "smoke": a.smoke, "method": METHOD.format(reps=reps)}
+    out = {
+        "mape": mape(rows),
+        "mape_profiled": mape(prof),
+        "mape_unprofiled": mape(unprof),
+        "rows": rows,
+        "coverage_unprofiled": (sum(r["covered"] for r in unprof) / len(unprof)) if unprof else None,
+        "slices": a.slices,
+        "slice_seconds": slice_s or None,
+        "profile": a.profile,
+        "reps": reps,
+        "smoke": a.smoke,
+        "method": METHOD.format(reps=reps),
+    }
     cm = [r for r in unprof if "cross_model_error_pct" in r]
     if cm:
         out["cross_model_mape"] = statistics.fmean(abs(r["cross_model_error_pct"]) for r in cm)
@@ -298,20 +382,30 @@ def run(a) -> int:
         return 0
     print(f"{'model':<30} {'config':<20} {'off-sweep':<11} {'predicted_s':>11} {'measured_s':>10} {'error %':>8}")
     for r in rows:
-        print(f"{r['model']:<30} {r['config']:<20} {r['off_sweep'] or '-':<11} {r['predicted_s']:>11.3f} "
-              f"{r['measured_s']:>10.3f} {r['error_pct']:>+8.1f}")
+        print(
+            f"{r['model']:<30} {r['config']:<20} {r['off_sweep'] or '-':<11} {r['predicted_s']:>11.3f} "
+            f"{r['measured_s']:>10.3f} {r['error_pct']:>+8.1f}"
+        )
     fmt = lambda x: "n/a" if x is None else f"{x:.1f} %"  # noqa: E731
-    print(f"MAPE {fmt(out['mape'])} over {len(rows)} configurations (profiled {fmt(out['mape_profiled'])} over {len(prof)}, "
-          f"unprofiled {fmt(out['mape_unprofiled'])} over {len(unprof)}); goal: <= 10 %")
+    print(
+        f"MAPE {fmt(out['mape'])} over {len(rows)} configurations (profiled {fmt(out['mape_profiled'])} over {len(prof)}, "
+        f"unprofiled {fmt(out['mape_unprofiled'])} over {len(unprof)}); goal: <= 10 %"
+    )
     if a.slices and unprof:
-        print(f"block-slice estimates: MAPE {fmt(out['mape_unprofiled'])}, interval coverage "
-              f"{100 * out['coverage_unprofiled']:.0f} % over {len(unprof)}; slicing took "
-              + ", ".join(f"{k.split('/')[-1]} {v:.0f} s" for k, v in slice_s.items()))
-        print(f"cross-model predictions of the same runs: MAPE {out['cross_model_mape']:.1f} %, interval coverage "
-              f"{100 * out['cross_model_coverage']:.0f} %")
+        print(
+            f"block-slice estimates: MAPE {fmt(out['mape_unprofiled'])}, interval coverage "
+            f"{100 * out['coverage_unprofiled']:.0f} % over {len(unprof)}; slicing took "
+            + ", ".join(f"{k.split('/')[-1]} {v:.0f} s" for k, v in slice_s.items())
+        )
+        print(
+            f"cross-model predictions of the same runs: MAPE {out['cross_model_mape']:.1f} %, interval coverage "
+            f"{100 * out['cross_model_coverage']:.0f} %"
+        )
     elif unprof:
-        print(f"cross-model interval coverage {100 * out['coverage_unprofiled']:.0f} % over {len(unprof)} (goal: >= 90 %, "
-              "cross-model MAPE <= 15 %)")
+        print(
+            f"cross-model interval coverage {100 * out['coverage_unprofiled']:.0f} % over {len(unprof)} (goal: >= 90 %, "
+            "cross-model MAPE <= 15 %)"
+        )
     print(f"method: {out['method']}")
     return 0
 

@@ -33,19 +33,19 @@ import re
 import statistics
 import sys
 
-from edgekit.errors import EdgekitError, UsageError
-from edgekit.evaluate.runner import problem_seed
-from edgekit.schemas.table import load_table
-from edgekit.evaluate.tasks import complete_program, load_task
-from edgekit.models.catalog import CATALOG
 import numpy as np
 
+from edgekit.errors import EdgekitError, UsageError
 from edgekit.evaluate.paired import BOOT_HOW, boot_weights, paired_diff, table_scores
+from edgekit.evaluate.runner import problem_seed
+from edgekit.evaluate.tasks import complete_program, load_task
 from edgekit.figures import wilson
+from edgekit.models.catalog import CATALOG
 from edgekit.plan.export import chosen_options
 from edgekit.plan.make import make_plan
 from edgekit.plan.planner import InfeasibleTarget
 from edgekit.schemas.profile import load_profile
+from edgekit.schemas.table import load_table
 
 
 def log(msg: str) -> None:
@@ -57,8 +57,17 @@ def short(c: dict) -> str:
 
 
 def key(c: dict) -> tuple:
-    return (c["model_id"], c["prompt_template"], float(c["temperature"]), float(c["top_p"]), int(c["budget"]),
-            int(c["n"]), c["aggregation"], c["extractor"], c["table_path"])
+    return (
+        c["model_id"],
+        c["prompt_template"],
+        float(c["temperature"]),
+        float(c["top_p"]),
+        int(c["budget"]),
+        int(c["n"]),
+        c["aggregation"],
+        c["extractor"],
+        c["table_path"],
+    )
 
 
 def model_size(mid: str, profile) -> tuple[float, float]:
@@ -71,11 +80,16 @@ def model_size(mid: str, profile) -> tuple[float, float]:
 
 def naive_choice(res, profile, target: float) -> tuple[int, str]:
     """Candidate index of the naive configuration, and a note."""
-    greedy = [i for i in range(len(res)) if res.config(i)["aggregation"] == "greedy"
-              and int(res.budget[i]) == res.tables[int(res.table[i])].max_tokens]
+    greedy = [
+        i
+        for i in range(len(res))
+        if res.config(i)["aggregation"] == "greedy" and int(res.budget[i]) == res.tables[int(res.table[i])].max_tokens
+    ]
     if not greedy:
-        raise UsageError("the accuracy tables have no greedy rows at their max_tokens",
-                         fix="build the tables with `edgekit eval` (greedy samples are on by default)")
+        raise UsageError(
+            "the accuracy tables have no greedy rows at their max_tokens",
+            fix="build the tables with `edgekit eval` (greedy samples are on by default)",
+        )
     size = lambda i: model_size(res.config(i)["model_id"], profile)  # noqa: E731
     fits = [i for i in greedy if res.caps_ok[i] and res.latency[i] <= target]
     if fits:  # largest model; ties: first table given
@@ -90,6 +104,7 @@ def overlap(a: str | None, b: str | None, total: int) -> bool:
             return range(0, total)
         m = re.fullmatch(r"\s*(-?\d*)\s*:\s*(-?\d*)\s*", s)
         return range(*slice(*(int(g) if g else None for g in m.groups())).indices(total)) if m else range(0)
+
     return bool(set(rng(a)) & set(rng(b)))
 
 
@@ -114,16 +129,24 @@ def run_config(rt, task, cfg: dict, table_seed: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", required=True)
-    ap.add_argument("--accuracy", nargs="+", required=True, help="accuracy tables built with `edgekit eval` on other problems")
+    ap.add_argument(
+        "--accuracy", nargs="+", required=True, help="accuracy tables built with `edgekit eval` on other problems"
+    )
     ap.add_argument("--task", default="bigbench:object_counting")
     ap.add_argument("--split", default="40:70", help="held-out problems a:b (not used to build the tables)")
     ap.add_argument("--targets", default="1,2,4,8", help="latency targets, seconds, comma-separated")
     ap.add_argument("--percentile", type=int, default=50, choices=(50, 95))
-    ap.add_argument("--variants", default=None, help="variant cards (edgekit quantize): a folder, or 'auto' for the cache")
+    ap.add_argument(
+        "--variants", default=None, help="variant cards (edgekit quantize): a folder, or 'auto' for the cache"
+    )
     ap.add_argument("--prefer", default="cheaper", choices=("cheaper", "most-accurate"))
-    ap.add_argument("--heldout", nargs="+", default=None,
-                    help="accuracy tables built on the held-out split with the tune tables' settings: read every feasible "
-                         "configuration's held-out accuracy from them instead of running")
+    ap.add_argument(
+        "--heldout",
+        nargs="+",
+        default=None,
+        help="accuracy tables built on the held-out split with the tune tables' settings: read every feasible "
+        "configuration's held-out accuracy from them instead of running",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="first 2 targets, first 2 held-out problems")
     a = ap.parse_args(argv)
@@ -135,8 +158,14 @@ def main(argv=None) -> int:
 
 
 def same_settings(t, h) -> bool:
-    return (t.task, t.model_id, t.prompt_template, t.answer_format, t.temperature, t.top_p) == \
-        (h.task, h.model_id, h.prompt_template, h.answer_format, h.temperature, h.top_p)
+    return (t.task, t.model_id, t.prompt_template, t.answer_format, t.temperature, t.top_p) == (
+        h.task,
+        h.model_id,
+        h.prompt_template,
+        h.answer_format,
+        h.temperature,
+        h.top_p,
+    )
 
 
 def heldout_scores(res, i: int, held: list, ids=None):
@@ -162,9 +191,16 @@ def heldout_best_checks(res, feas: list, best: int, plan: int, held: list) -> di
     d, lo, hi = paired_diff(x[best] - x[plan])
     m = np.unique(np.stack(list(x.values())), axis=0)
     opt = float((m @ boot_weights(len(ids))).max(axis=0).mean() - m.mean(axis=1).max())
-    return {"heldout_best_minus_plan": {"diff": float(d[0]), "lo": float(lo[0]), "hi": float(hi[0]), "n_problems": len(ids),
-                                        "how": BOOT_HOW},
-            "heldout_best_optimism_pts": 100 * opt}
+    return {
+        "heldout_best_minus_plan": {
+            "diff": float(d[0]),
+            "lo": float(lo[0]),
+            "hi": float(hi[0]),
+            "n_problems": len(ids),
+            "how": BOOT_HOW,
+        },
+        "heldout_best_optimism_pts": 100 * opt,
+    }
 
 
 def heldout_acc(res, i: int, held: list) -> tuple | None:
@@ -172,7 +208,11 @@ def heldout_acc(res, i: int, held: list) -> tuple | None:
     t = res.tables[int(res.table[i])]
     r = t.rows[int(res.row[i])]
     h = next((h for h in held if same_settings(t, h)), None)
-    hr = None if h is None else next((x for x in h.rows if (x.budget, x.k, x.aggregation) == (r.budget, r.k, r.aggregation)), None)
+    hr = (
+        None
+        if h is None
+        else next((x for x in h.rows if (x.budget, x.k, x.aggregation) == (r.budget, r.k, r.aggregation)), None)
+    )
     if hr is None:
         return None
     lo, hi = wilson(hr.accuracy, h.n_problems)
@@ -186,15 +226,21 @@ def run_heldout(a, profile, targets) -> int:
     for h, p in zip(held, a.heldout):
         tune = [t for t in tables if same_settings(t, h)]
         if not tune:
-            raise UsageError(f"held-out table {p} matches no --accuracy table (model, template, answer_format, T, top_p)",
-                             fix="build it with the tune table's settings on the held-out split")
+            raise UsageError(
+                f"held-out table {p} matches no --accuracy table (model, template, answer_format, T, top_p)",
+                fix="build it with the tune table's settings on the held-out split",
+            )
         if any(set(x.id for x in h.problems) & set(x.id for x in t.problems) for t in tune):
-            raise UsageError(f"held-out table {p} shares problems with its tune table", fix="build it on another --split")
+            raise UsageError(
+                f"held-out table {p} shares problems with its tune table", fix="build it on another --split"
+            )
     rows = []
     for target in targets:
         row = {"target_s": target}
         try:
-            res, _ = make_plan(a.profile, a.accuracy, target, percentile=a.percentile, variants=a.variants, prefer=a.prefer)
+            res, _ = make_plan(
+                a.profile, a.accuracy, target, percentile=a.percentile, variants=a.variants, prefer=a.prefer
+            )
         except InfeasibleTarget as e:
             rows.append({**row, "plan": f"infeasible: {e.message}"})
             continue
@@ -205,15 +251,21 @@ def run_heldout(a, profile, targets) -> int:
         bi = max((i for i in feas if scored[i] is not None), key=lambda i: (scored[i][0], -res.latency[i]))
         for who, i in (("plan", res.chosen), ("naive", ni), ("best", bi)):
             h = scored.get(i) or heldout_acc(res, i, held)
-            row[who] = short(res.config(i)) + f" T={res.config(i)['temperature']:g}" + (
-                f" +{res.config(i)['answer_format']}" if res.config(i)["answer_format"] else "")
+            row[who] = (
+                short(res.config(i))
+                + f" T={res.config(i)['temperature']:g}"
+                + (f" +{res.config(i)['answer_format']}" if res.config(i)["answer_format"] else "")
+            )
             row[f"{who}_table_acc"] = float(res.accuracy[i])
             row[f"{who}_pred_latency_s"] = float(res.latency[i])
             row[f"{who}_heldout_acc"] = h[0] if h else None
             row[f"{who}_heldout_ci"] = [h[1], h[2]] if h else None
         cm = res.comparator.compare(res.chosen, [ni])[0] if ni != res.chosen else None
-        row["tables_plan_vs_naive"] = (None if cm is None else
-                                       {"diff": cm.diff, "lo": cm.lo, "hi": cm.hi, "paired": cm.paired, "verdict": cm.verdict})
+        row["tables_plan_vs_naive"] = (
+            None
+            if cm is None
+            else {"diff": cm.diff, "lo": cm.lo, "hi": cm.hi, "paired": cm.paired, "verdict": cm.verdict}
+        )
         row["naive_note"] = note
         row.update(heldout_best_checks(res, [i for i in feas if scored[i] is not None], bi, res.chosen, held))
         row["n_feasible"], row["n_feasible_without_heldout"] = len(feas), len(missing)
@@ -225,12 +277,18 @@ def run_heldout(a, profile, targets) -> int:
             should = cm is not None and cm.verdict == "win"
             row["goal_beats_naive_by_5"] = (row["gain_pts"] >= 5.0) if should else None  # only where the test says so
         rows.append(row)
-    meta = {"profile": a.profile, "tables": a.accuracy, "heldout_tables": a.heldout, "task": a.task,
-            "percentile": a.percentile, "prefer": a.prefer,
-            "method": "held-out accuracy = exact expected accuracy of each configuration over the sample pool that "
-                      "`edgekit eval` drew on the held-out problems (measured, not predicted; 95 % Wilson interval); "
-                      "best = the feasible configuration with the highest held-out accuracy (itself a maximum over many "
-                      "noisy held-out figures); plan vs naive on the tune tables = the planner's paired comparison"}
+    meta = {
+        "profile": a.profile,
+        "tables": a.accuracy,
+        "heldout_tables": a.heldout,
+        "task": a.task,
+        "percentile": a.percentile,
+        "prefer": a.prefer,
+        "method": "held-out accuracy = exact expected accuracy of each configuration over the sample pool that "
+        "`edgekit eval` drew on the held-out problems (measured, not predicted; 95 % Wilson interval); "
+        "best = the feasible configuration with the highest held-out accuracy (itself a maximum over many "
+        "noisy held-out figures); plan vs naive on the tune tables = the planner's paired comparison",
+    }
     if a.json:
         print(json.dumps({"rows": rows, **meta}, indent=1))
         return 0
@@ -243,14 +301,18 @@ def run_heldout(a, profile, targets) -> int:
             print(f"  {who:5s} {r[who]:60s} table {f(r[who + '_table_acc'])}  held out {f(r[who + '_heldout_acc'])}")
         tv = r["tables_plan_vs_naive"]
         if tv:
-            print(f"  tables, plan - naive: {100 * tv['diff']:+.1f} pts [{100 * tv['lo']:+.1f}, {100 * tv['hi']:+.1f}] "
-                  f"({'paired' if tv['paired'] else 'unpaired'}): {tv['verdict']}")
+            print(
+                f"  tables, plan - naive: {100 * tv['diff']:+.1f} pts [{100 * tv['lo']:+.1f}, {100 * tv['hi']:+.1f}] "
+                f"({'paired' if tv['paired'] else 'unpaired'}): {tv['verdict']}"
+            )
         if r.get("shortfall_pts") is not None:
             print(f"  held out: best - plan {r['shortfall_pts']:+.1f} pts, plan - naive {r['gain_pts']:+.1f} pts")
         bp = r.get("heldout_best_minus_plan")
         if bp:
-            print(f"  held out, best - plan paired: {100 * bp['diff']:+.1f} pts [{100 * bp['lo']:+.1f}, {100 * bp['hi']:+.1f}] "
-                  f"on {bp['n_problems']} problems; the best's selection optimism ~{r['heldout_best_optimism_pts']:.1f} pts")
+            print(
+                f"  held out, best - plan paired: {100 * bp['diff']:+.1f} pts [{100 * bp['lo']:+.1f}, {100 * bp['hi']:+.1f}] "
+                f"on {bp['n_problems']} problems; the best's selection optimism ~{r['heldout_best_optimism_pts']:.1f} pts"
+            )
     print(json.dumps(meta))
     return 0
 
@@ -267,18 +329,23 @@ def run(a) -> int:
     tables = {p: load_table(p) for p in a.accuracy}
     for p, t in tables.items():
         if t.task != a.task:
-            raise UsageError(f"accuracy table {p} is for task {t.task}, not {a.task}", fix="pass --task or tables of one task")
+            raise UsageError(
+                f"accuracy table {p} is for task {t.task}, not {a.task}", fix="pass --task or tables of one task"
+            )
     total = load_task(a.task, template=next(iter(tables.values())).prompt_template).total
     for p, t in tables.items():
         if overlap(t.split, a.split, total):
-            log(f"warning: table {p} was built on problems {t.split or 'all'}, which overlap the held-out split {a.split}")
+            log(
+                f"warning: table {p} was built on problems {t.split or 'all'}, which overlap the held-out split {a.split}"
+            )
     # 1. plan every target first (cheap), so each model is loaded once with a large enough n / context
     rows, jobs = [], {}
     for target in targets:
         row = {"target_s": target}
         try:
-            res, _ = make_plan(a.profile, a.accuracy, target, percentile=a.percentile, variants=a.variants,
-                               prefer=a.prefer)
+            res, _ = make_plan(
+                a.profile, a.accuracy, target, percentile=a.percentile, variants=a.variants, prefer=a.prefer
+            )
             ci = res.chosen
         except InfeasibleTarget as e:
             res, ci = e.result, None
@@ -316,7 +383,9 @@ def run(a) -> int:
                 max_n, nb = need[mid]
                 runtimes[mid] = Runtime(mid, threads=threads_for(profile, mid), n_ctx=max(4096, 1024 + nb), max_n=max_n)
                 p0 = tasks[tpl].problems[0]
-                runtimes[mid].generate(p0.messages(), max_tokens=4, n=max_n, seed=0, aggregate="none", extractor=None)  # warm-up
+                runtimes[mid].generate(
+                    p0.messages(), max_tokens=4, n=max_n, seed=0, aggregate="none", extractor=None
+                )  # warm-up
             log(f"running {short(cfg)} T={cfg['temperature']:g} on {len(tasks[tpl].problems)} problems ...")
             measured[k] = run_config(runtimes[mid], tasks[tpl], cfg, table.seed)
             log(f"  accuracy {measured[k]['acc']:.3f}, mean latency {measured[k]['latency_s']:.3f} s")
@@ -335,11 +404,20 @@ def run(a) -> int:
         if row["plan_acc"] is not None:
             row["gain_pts"] = 100 * (row["plan_acc"] - row["naive_acc"])
             row["plan_acc_err_pts"] = 100 * (row["plan_pred_acc"] - row["plan_acc"])
-            row["plan_latency_err_pct"] = 100 * (row["plan_pred_latency_s"] - row["plan_latency_s"]) / row["plan_latency_s"]
-    meta = {"profile": a.profile, "tables": a.accuracy, "task": a.task, "split": a.split, "percentile": a.percentile,
-            "smoke": a.smoke, "method": "measured on held-out problems: accuracy = mean Task.is_correct of the majority "
-            "answer; latency = mean Result.timings.total_s (after one warm-up per model); predicted accuracy = the "
-            "accuracy table row; predicted latency = the planner's p50 point prediction"}
+            row["plan_latency_err_pct"] = (
+                100 * (row["plan_pred_latency_s"] - row["plan_latency_s"]) / row["plan_latency_s"]
+            )
+    meta = {
+        "profile": a.profile,
+        "tables": a.accuracy,
+        "task": a.task,
+        "split": a.split,
+        "percentile": a.percentile,
+        "smoke": a.smoke,
+        "method": "measured on held-out problems: accuracy = mean Task.is_correct of the majority "
+        "answer; latency = mean Result.timings.total_s (after one warm-up per model); predicted accuracy = the "
+        "accuracy table row; predicted latency = the planner's p50 point prediction",
+    }
     if a.json:
         print(json.dumps({"rows": rows, **meta}, indent=1))
         return 0
@@ -348,11 +426,15 @@ def run(a) -> int:
         print(f"target {r['target_s']:g} s")
         print(f"  plan : {r.get('plan', '-')}")
         if r["plan_acc"] is not None:
-            print(f"         acc {f(r['plan_acc'])} (pred {f(r['plan_pred_acc'])}, {r['plan_acc_err_pts']:+.1f} pts)   "
-                  f"latency {f(r['plan_latency_s'])} s (pred {f(r['plan_pred_latency_s'])} s, {r['plan_latency_err_pct']:+.1f} %)")
+            print(
+                f"         acc {f(r['plan_acc'])} (pred {f(r['plan_pred_acc'])}, {r['plan_acc_err_pts']:+.1f} pts)   "
+                f"latency {f(r['plan_latency_s'])} s (pred {f(r['plan_pred_latency_s'])} s, {r['plan_latency_err_pct']:+.1f} %)"
+            )
         print(f"  naive: {r['naive']}" + (f"  [{r['naive_note']}]" if r["naive_note"] else ""))
-        print(f"         acc {f(r['naive_acc'])} (pred {f(r['naive_pred_acc'])})   "
-              f"latency {f(r['naive_latency_s'])} s (pred {f(r['naive_pred_latency_s'])} s)")
+        print(
+            f"         acc {f(r['naive_acc'])} (pred {f(r['naive_pred_acc'])})   "
+            f"latency {f(r['naive_latency_s'])} s (pred {f(r['naive_pred_latency_s'])} s)"
+        )
         if r.get("gain_pts") is not None:
             print(f"  plan - naive: {r['gain_pts']:+.1f} accuracy points on {r['n_problems']} held-out problems")
     print(json.dumps(meta))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -35,8 +34,10 @@ import time
 from pathlib import Path
 
 DEFAULT_TYPES = "Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,Q3_K_M,Q2_K"
-PROMPT = ("Write a complete Python module implementing a red-black tree with insert, delete, search and in-order "
-          "traversal. Include type hints and a docstring for every method. ") * 3  # ~100-200 tokens
+PROMPT = (
+    "Write a complete Python module implementing a red-black tree with insert, delete, search and in-order "
+    "traversal. Include type hints and a docstring for every method. "
+) * 3  # ~100-200 tokens
 LEGACY = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16", "F32"}
 
 
@@ -53,15 +54,20 @@ def measure(spec: dict) -> dict:
         rt.generate("Hello", max_tokens=4, aggregate="none", extractor=None)  # warm-up
         pre = rt.generate(PROMPT, max_tokens=1, aggregate="none", extractor=None)
         d1 = rt.generate(PROMPT, max_tokens=budget, n=1, ignore_eos=True, aggregate="none", extractor=None)
-        dn = rt.generate(PROMPT, max_tokens=budget, n=n8, temperature=0.8, seed=1, ignore_eos=True,
-                         aggregate="none", extractor=None)
+        dn = rt.generate(
+            PROMPT, max_tokens=budget, n=n8, temperature=0.8, seed=1, ignore_eos=True, aggregate="none", extractor=None
+        )
     finally:
         rt.close()
     rss_kb = _vm_hwm_kb()
-    return {"load_s": load_s, "prefill_tok_s": pre.timings.prompt_tokens / pre.timings.prefill_s,
-            "prompt_tokens": pre.timings.prompt_tokens,
-            "decode_tok_s": d1.timings.decode_tok_s, "decode_tok_s_n8": dn.timings.decode_tok_s,
-            "peak_rss_bytes": rss_kb * 1024}
+    return {
+        "load_s": load_s,
+        "prefill_tok_s": pre.timings.prompt_tokens / pre.timings.prefill_s,
+        "prompt_tokens": pre.timings.prompt_tokens,
+        "decode_tok_s": d1.timings.decode_tok_s,
+        "decode_tok_s_n8": dn.timings.decode_tok_s,
+        "peak_rss_bytes": rss_kb * 1024,
+    }
 
 
 def onnx_ppl(spec: dict) -> dict:
@@ -83,13 +89,18 @@ def onnx_ppl(spec: dict) -> dict:
     try:
         lps: list[float] = []
         for w in range(len(toks) // n_ctx):
-            win = toks[w * n_ctx:(w + 1) * n_ctx]
-            lps += list(rt.engine.score(win[:first + 1], win[first + 1:]))
+            win = toks[w * n_ctx : (w + 1) * n_ctx]
+            lps += list(rt.engine.score(win[: first + 1], win[first + 1 :]))
     finally:
         rt.close()
     assert len(lps) == len(ref.targets), (len(lps), len(ref.targets))
-    return {"ppl": math.exp(-sum(lps) / len(lps)), "kl": None, "top1_agree": None, "n_tokens": len(lps),
-            "text": m["text_name"]}
+    return {
+        "ppl": math.exp(-sum(lps) / len(lps)),
+        "kl": None,
+        "top1_agree": None,
+        "n_tokens": len(lps),
+        "text": m["text_name"],
+    }
 
 
 def _vm_hwm_kb() -> int:
@@ -111,8 +122,13 @@ def quality(spec: dict) -> dict:
         rep = q.reference_report(spec["reference"])
         return {"ppl": rep.ppl.value, "kl": 0.0, "top1_agree": 1.0, "n_tokens": rep.n_tokens, "text": rep.text_name}
     rep = q.measure_quality(spec["model"], spec["reference"])
-    return {"ppl": rep.ppl.value, "kl": rep.kl_mean.value if rep.kl_mean else None,
-            "top1_agree": rep.top1_agree.value if rep.top1_agree else None, "n_tokens": rep.n_tokens, "text": rep.text_name}
+    return {
+        "ppl": rep.ppl.value,
+        "kl": rep.kl_mean.value if rep.kl_mean else None,
+        "top1_agree": rep.top1_agree.value if rep.top1_agree else None,
+        "n_tokens": rep.n_tokens,
+        "text": rep.text_name,
+    }
 
 
 def _child(kind: str, spec: dict) -> dict:
@@ -129,9 +145,18 @@ def build_ladder(model: str, types: str, onnx: bool, smoke: bool) -> tuple[list[
     from edgekit.quantize import quality as q
 
     ref = dequantize(model)
-    rows = [{"variant": ref.variant_id, "type": "F16", "path": str(ref.path), "engine": "llama.cpp", "is_reference": True}]
+    rows = [
+        {"variant": ref.variant_id, "type": "F16", "path": str(ref.path), "engine": "llama.cpp", "is_reference": True}
+    ]
     src = resolve(model)
-    rows.append({"variant": f"{model} (catalogue file)", "type": src.entry.quant if src.entry else "?", "path": str(src.path), "engine": "llama.cpp"})
+    rows.append(
+        {
+            "variant": f"{model} (catalogue file)",
+            "type": src.entry.quant if src.entry else "?",
+            "path": str(src.path),
+            "engine": "llama.cpp",
+        }
+    )
     for r in quantize(ref.variant_id, types):
         rows.append({"variant": r.variant_id, "type": r.type, "path": str(r.path), "engine": "llama.cpp"})
     if onnx:
@@ -139,7 +164,9 @@ def build_ladder(model: str, types: str, onnx: bool, smoke: bool) -> tuple[list[
             rows.append({"variant": r.variant_id, "type": r.type, "path": str(r.path), "engine": "onnx"})
     for row in rows:
         p = Path(row["path"])
-        row["size_bytes"] = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+        row["size_bytes"] = (
+            sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+        )
     ref_npz = Path(ref.path).with_suffix(".topk.npz")
     if not ref_npz.exists():
         q.reference_topk(str(ref.path), ref_npz, limit_tokens=1024 if smoke else None)
@@ -164,18 +191,26 @@ def shape_checks(rows: list[dict]) -> list[str]:
             if overlap:
                 why = "their min-max ranges overlap: within this VM's run-to-run drift"
             elif b["type"] not in LEGACY and a["type"] in LEGACY or b["type"] in ("Q2_K", "Q3_K_M", "Q3_K_S"):
-                why = ("K-quant/low-bit blocks cost more CPU per weight to unpack than legacy blocks; at this model "
-                       "size a 2-core CPU is partly compute-bound, not purely memory-bound, at n=1")
+                why = (
+                    "K-quant/low-bit blocks cost more CPU per weight to unpack than legacy blocks; at this model "
+                    "size a 2-core CPU is partly compute-bound, not purely memory-bound, at n=1"
+                )
             else:
                 why = "not explained by size or block type; rerun with more --reps"
-            out.append(f"decode n=1: {b['variant']} ({b['size_bytes']/1e6:.0f} MB) is slower than {a['variant']} "
-                       f"({a['size_bytes']/1e6:.0f} MB): {b['decode_tok_s']:.1f} vs {a['decode_tok_s']:.1f} tok/s; {why}")
+            out.append(
+                f"decode n=1: {b['variant']} ({b['size_bytes'] / 1e6:.0f} MB) is slower than {a['variant']} "
+                f"({a['size_bytes'] / 1e6:.0f} MB): {b['decode_tok_s']:.1f} vs {a['decode_tok_s']:.1f} tok/s; {why}"
+            )
         if a.get("ppl") and b.get("ppl") and b["ppl"] < a["ppl"] * 0.999:
-            why = ("the reference is itself a dequantized 4-bit model, so a type close to the source's grid "
-                   "(Q4_1-like) can land nearer to it than a higher-bit type"
-                   if "catalogue" in b["variant"] or "catalogue" in a["variant"] else
-                   "perplexity differences this small are within the text's sampling noise; KL is the finer measure")
-            out.append(f"ppl: {b['variant']} ({b['ppl']:.3f}) is lower than the larger {a['variant']} ({a['ppl']:.3f}); {why}")
+            why = (
+                "the reference is itself a dequantized 4-bit model, so a type close to the source's grid "
+                "(Q4_1-like) can land nearer to it than a higher-bit type"
+                if "catalogue" in b["variant"] or "catalogue" in a["variant"]
+                else "perplexity differences this small are within the text's sampling noise; KL is the finer measure"
+            )
+            out.append(
+                f"ppl: {b['variant']} ({b['ppl']:.3f}) is lower than the larger {a['variant']} ({a['ppl']:.3f}); {why}"
+            )
     return out
 
 
@@ -199,28 +234,49 @@ def main() -> None:
     rows, ref_npz = build_ladder(a.model, a.types, a.onnx, a.smoke)
     runs: dict[str, list[dict]] = {r["variant"]: [] for r in rows}
     for rep in range(a.reps):
-        order = rows[rep % len(rows):] + rows[:rep % len(rows)]
+        order = rows[rep % len(rows) :] + rows[: rep % len(rows)]
         for r in order:
             spec = {"model": r["path"], "engine": r["engine"], "budget": a.budget, "n8": 8}
             runs[r["variant"]].append(_child("speed", spec))
-            print(f"rep {rep + 1}/{a.reps} {r['variant']}: {runs[r['variant']][-1]['decode_tok_s']:.1f} tok/s",
-                  file=sys.stderr)
+            print(
+                f"rep {rep + 1}/{a.reps} {r['variant']}: {runs[r['variant']][-1]['decode_tok_s']:.1f} tok/s",
+                file=sys.stderr,
+            )
     for r in rows:
         for k in ("load_s", "prefill_tok_s", "decode_tok_s", "decode_tok_s_n8", "peak_rss_bytes"):
             s = _stat([x[k] for x in runs[r["variant"]]])
             r[k], r[k + "_range"] = s["median"], [s["min"], s["max"]]
         r["reps"] = a.reps
-        qd = _child("quality", {"model": r["path"], "reference": str(ref_npz), "engine": r["engine"],
-                                "is_reference": r.get("is_reference", False)})
-        r.update(ppl=qd["ppl"], kl=qd["kl"], top1_agree=qd["top1_agree"], quality_tokens=qd["n_tokens"], text=qd["text"])
+        qd = _child(
+            "quality",
+            {
+                "model": r["path"],
+                "reference": str(ref_npz),
+                "engine": r["engine"],
+                "is_reference": r.get("is_reference", False),
+            },
+        )
+        r.update(
+            ppl=qd["ppl"], kl=qd["kl"], top1_agree=qd["top1_agree"], quality_tokens=qd["n_tokens"], text=qd["text"]
+        )
         if r["engine"] == "onnx":
-            r["quality_note"] = ("ppl through the onnx engine's score() on the reference's windows; KL not measured "
-                                 "(score() returns the actual token's logprob only)")
+            r["quality_note"] = (
+                "ppl through the onnx engine's score() on the reference's windows; KL not measured "
+                "(score() returns the actual token's logprob only)"
+            )
     shape = shape_checks(rows)
-    doc = {"model": a.model, "reps": a.reps, "budget": a.budget, "reference": str(ref_npz),
-           "how": "speeds: measured, median of reps (min-max in *_range), each variant in its own process, order rotated; "
-                  "ppl/KL: measured once on the shipped text against the F16 reference (a dequantized copy of the "
-                  "catalogue file)", "seconds": round(time.time() - t_start, 1), "rows": rows, "shape": shape}
+    doc = {
+        "model": a.model,
+        "reps": a.reps,
+        "budget": a.budget,
+        "reference": str(ref_npz),
+        "how": "speeds: measured, median of reps (min-max in *_range), each variant in its own process, order rotated; "
+        "ppl/KL: measured once on the shipped text against the F16 reference (a dequantized copy of the "
+        "catalogue file)",
+        "seconds": round(time.time() - t_start, 1),
+        "rows": rows,
+        "shape": shape,
+    }
     if a.json:
         print(json.dumps(doc, indent=2))
         return
@@ -229,9 +285,11 @@ def main() -> None:
     print(hdr)
     for r in rows:
         f = lambda v, d=1: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
-        print(f"{r['variant']:44s} {r['size_bytes']/1e6:8.1f} {f(r['load_s'], 2):>7s} {f(r['prefill_tok_s']):>8s} "
-              f"{f(r['decode_tok_s']):>8s} {f(r['decode_tok_s_n8']):>8s} {f(r['peak_rss_bytes'] and r['peak_rss_bytes']/1e6, 0):>7s} "
-              f"{f(r['ppl'], 3):>8s} {f(r['kl'], 4):>8s}")
+        print(
+            f"{r['variant']:44s} {r['size_bytes'] / 1e6:8.1f} {f(r['load_s'], 2):>7s} {f(r['prefill_tok_s']):>8s} "
+            f"{f(r['decode_tok_s']):>8s} {f(r['decode_tok_s_n8']):>8s} {f(r['peak_rss_bytes'] and r['peak_rss_bytes'] / 1e6, 0):>7s} "
+            f"{f(r['ppl'], 3):>8s} {f(r['kl'], 4):>8s}"
+        )
     for s in shape or ["expected shape holds: smaller files decode faster at n=1 and have higher perplexity"]:
         print("shape:", s)
 

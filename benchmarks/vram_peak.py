@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -40,7 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--label", default=None)
     ap.add_argument("--interval", type=float, default=0.02)
     a = ap.parse_args(argv[:cut])
-    cmd = argv[cut + 1:]
+    cmd = argv[cut + 1 :]
     from edgekit.power.nvml import NvmlMeter
 
     m = NvmlMeter(0)
@@ -63,8 +62,14 @@ def main(argv=None) -> int:
             if nv is not None:
                 try:
                     pids = _children(proc.pid)
-                    own = sum((p.usedGpuMemory or 0) for p in nv.nvmlDeviceGetComputeRunningProcesses(m.handle)
-                              if p.pid in pids) / 2**20
+                    own = (
+                        sum(
+                            (p.usedGpuMemory or 0)
+                            for p in nv.nvmlDeviceGetComputeRunningProcesses(m.handle)
+                            if p.pid in pids
+                        )
+                        / 2**20
+                    )
                     if own and (peak[1] is None or own > peak[1]):
                         peak[1] = own
                 except Exception:  # noqa: BLE001 - not supported in every VM / container
@@ -80,22 +85,29 @@ def main(argv=None) -> int:
         th.join()
     wall = time.monotonic() - t0
     e1 = m.read_energy_mj() if e0 is not None else None
-    rec.update({
-        "returncode": rc, "wall_s": round(wall, 3),
-        "gpu_mem_used_before_mib": base, "gpu_mem_used_peak_mib": peak[0],
-        "gpu_mem_peak_minus_before_mib": None if base is None or peak[0] is None else round(peak[0] - base, 1),
-        "process_gpu_mem_peak_mib": peak[1],
-        "gpu_energy_j": None if e1 is None else round((e1 - e0) / 1e3, 3),
-        "gpu_mean_power_w": None if e1 is None or wall <= 0 else round((e1 - e0) / 1e3 / wall, 1),
-        "method": "NVML nvmlDeviceGetMemoryInfo.used (whole GPU) polled; process list where NVML gives it; "
-                  "energy: NVML total energy counter over the whole command, model load included",
-    })
+    rec.update(
+        {
+            "returncode": rc,
+            "wall_s": round(wall, 3),
+            "gpu_mem_used_before_mib": base,
+            "gpu_mem_used_peak_mib": peak[0],
+            "gpu_mem_peak_minus_before_mib": None if base is None or peak[0] is None else round(peak[0] - base, 1),
+            "process_gpu_mem_peak_mib": peak[1],
+            "gpu_energy_j": None if e1 is None else round((e1 - e0) / 1e3, 3),
+            "gpu_mean_power_w": None if e1 is None or wall <= 0 else round((e1 - e0) / 1e3 / wall, 1),
+            "method": "NVML nvmlDeviceGetMemoryInfo.used (whole GPU) polled; process list where NVML gives it; "
+            "energy: NVML total energy counter over the whole command, model load included",
+        }
+    )
     m.close()
     with open(a.out, "w") as f:
         json.dump(rec, f, indent=1)
-    print(f"vram_peak[{a.label or cmd[0]}]: peak-before {rec['gpu_mem_peak_minus_before_mib']} MiB, process "
-          f"{rec['process_gpu_mem_peak_mib']} MiB, energy {rec['gpu_energy_j']} J, {wall:.1f} s, rc {rc}",
-          file=sys.stderr, flush=True)
+    print(
+        f"vram_peak[{a.label or cmd[0]}]: peak-before {rec['gpu_mem_peak_minus_before_mib']} MiB, process "
+        f"{rec['process_gpu_mem_peak_mib']} MiB, energy {rec['gpu_energy_j']} J, {wall:.1f} s, rc {rc}",
+        file=sys.stderr,
+        flush=True,
+    )
     return rc
 
 

@@ -31,14 +31,23 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
 
 _LAZY = {
     "Runtime": "edgekit.runtime",
-    "Engine": "edgekit.engines", "EngineInfo": "edgekit.engines", "Capabilities": "edgekit.engines",
+    "Engine": "edgekit.engines",
+    "EngineInfo": "edgekit.engines",
+    "Capabilities": "edgekit.engines",
     "Event": "edgekit.engines",
-    "LlamaCppEngine": "edgekit.engines.llamacpp", "OpenAIEngine": "edgekit.engines.openai",
-    "SamplingOptions": "edgekit.schemas.options", "CancelToken": "edgekit.schemas.options",
-    "Result": "edgekit.schemas.result", "Sample": "edgekit.schemas.result", "Timings": "edgekit.schemas.result",
+    "LlamaCppEngine": "edgekit.engines.llamacpp",
+    "OpenAIEngine": "edgekit.engines.openai",
+    "SamplingOptions": "edgekit.schemas.options",
+    "CancelToken": "edgekit.schemas.options",
+    "Result": "edgekit.schemas.result",
+    "Sample": "edgekit.schemas.result",
+    "Timings": "edgekit.schemas.result",
     "Confidence": "edgekit.schemas.result",
-    "PlanFile": "edgekit.schemas.plan", "load_plan": "edgekit.schemas.plan",
-    "plan": "edgekit.plan", "profile_model": "edgekit.profile.sweep", "best_meter": "edgekit.power",
+    "PlanFile": "edgekit.schemas.plan",
+    "load_plan": "edgekit.schemas.plan",
+    "plan": "edgekit.plan",
+    "profile_model": "edgekit.profile.sweep",
+    "best_meter": "edgekit.power",
 }
 
 
@@ -48,6 +57,25 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'edgekit' has no attribute {name!r}")
 
 
-__all__ = ["Runtime", "Engine", "EngineInfo", "Capabilities", "Event", "LlamaCppEngine", "OpenAIEngine",
-           "SamplingOptions", "CancelToken", "Result", "Sample", "Timings", "Confidence", "PlanFile", "load_plan",
-           "plan", "profile_model", "best_meter", "EdgekitError", "__version__"]
+__all__ = [
+    "Runtime",
+    "Engine",
+    "EngineInfo",
+    "Capabilities",
+    "Event",
+    "LlamaCppEngine",
+    "OpenAIEngine",
+    "SamplingOptions",
+    "CancelToken",
+    "Result",
+    "Sample",
+    "Timings",
+    "Confidence",
+    "PlanFile",
+    "load_plan",
+    "plan",
+    "profile_model",
+    "best_meter",
+    "EdgekitError",
+    "__version__",
+]

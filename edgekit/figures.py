@@ -7,10 +7,10 @@ and in the names of the fields that hold figures (``decode_tok_s``, ``energy_mj`
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
-from typing import Literal, Optional, Sequence
-
 from pydantic import BaseModel, ConfigDict
 
 Method = Literal["measured", "estimated", "published", "unavailable"]
@@ -19,15 +19,15 @@ Method = Literal["measured", "estimated", "published", "unavailable"]
 class Figure(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    value: Optional[float] = None
+    value: float | None = None
     unit: str
     method: Method
-    reps: Optional[int] = None  # measured: number of repetitions
-    samples: Optional[list[float]] = None  # measured: the raw repetitions
-    iqr: Optional[float] = None  # measured: interquartile range (same unit)
-    cv: Optional[float] = None  # measured: coefficient of variation (stdev / mean)
-    source: Optional[str] = None  # sensor / model / citation that produced it
-    note: Optional[str] = None  # e.g. why unavailable
+    reps: int | None = None  # measured: number of repetitions
+    samples: list[float] | None = None  # measured: the raw repetitions
+    iqr: float | None = None  # measured: interquartile range (same unit)
+    cv: float | None = None  # measured: coefficient of variation (stdev / mean)
+    source: str | None = None  # sensor / model / citation that produced it
+    note: str | None = None  # e.g. why unavailable
 
     def describe(self) -> str:
         """A short human label of how the figure was obtained."""

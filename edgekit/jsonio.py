@@ -68,5 +68,7 @@ def load_versioned(path: str | Path, cls: type[M], what: str, version: int, rema
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first.get("loc", ())) or "(root)"
-        raise SchemaError(f"{what} {p} is malformed: field {loc}: {first['msg']}",
-                          fix=f"re-create it with `{remake}` or correct that field") from e
+        raise SchemaError(
+            f"{what} {p} is malformed: field {loc}: {first['msg']}",
+            fix=f"re-create it with `{remake}` or correct that field",
+        ) from e

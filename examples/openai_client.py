@@ -31,19 +31,29 @@ def main() -> int:
 
     # 1. n samples, decoded in one batch; the vote and its agreement come back in `edgekit`
     r = client.chat.completions.create(
-        model=model, n=a.n, max_tokens=a.max_tokens, temperature=0.8, seed=1,
-        messages=[{"role": "user", "content": "A robot arm has 3 red and 4 blue blocks. How many blocks? Answer: <number>"}],
-        extra_body={"edgekit": {"deadline_s": 30}})
+        model=model,
+        n=a.n,
+        max_tokens=a.max_tokens,
+        temperature=0.8,
+        seed=1,
+        messages=[
+            {"role": "user", "content": "A robot arm has 3 red and 4 blue blocks. How many blocks? Answer: <number>"}
+        ],
+        extra_body={"edgekit": {"deadline_s": 30}},
+    )
     ek = r.model_extra["edgekit"]
     for c in r.choices:
         print(f"sample {c.index} ({c.finish_reason}): {c.message.content!r}")
-    print(f"answer {ek['answer']!r}, agreement {ek['confidence']['votes']}/{ek['confidence']['n']}, source {ek['source']}, "
-          f"{ek['timings']['total_s']:.2f}s, tokens {r.usage.completion_tokens}")
+    print(
+        f"answer {ek['answer']!r}, agreement {ek['confidence']['votes']}/{ek['confidence']['n']}, source {ek['source']}, "
+        f"{ek['timings']['total_s']:.2f}s, tokens {r.usage.completion_tokens}"
+    )
 
     # 2. streaming: tokens as they are decoded
     print("stream: ", end="", flush=True)
-    stream = client.chat.completions.create(model=model, max_tokens=a.max_tokens, stream=True,
-                                            messages=[{"role": "user", "content": "Name three colours."}])
+    stream = client.chat.completions.create(
+        model=model, max_tokens=a.max_tokens, stream=True, messages=[{"role": "user", "content": "Name three colours."}]
+    )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             print(chunk.choices[0].delta.content, end="", flush=True)
@@ -54,12 +64,19 @@ def main() -> int:
     print(f"completion: {c.choices[0].text!r}")
 
     # 4. a JSON-schema-constrained answer: every sample follows the schema (grammar-enforced)
-    schema = {"type": "object", "properties": {"move": {"type": "string", "enum": ["left", "right", "stop"]}},
-              "required": ["move"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"move": {"type": "string", "enum": ["left", "right", "stop"]}},
+        "required": ["move"],
+        "additionalProperties": False,
+    }
     r = client.chat.completions.create(
-        model=model, max_tokens=max(16, a.max_tokens), n=2,
+        model=model,
+        max_tokens=max(16, a.max_tokens),
+        n=2,
         messages=[{"role": "user", "content": "Obstacle ahead. Which move? Reply in JSON."}],
-        response_format={"type": "json_schema", "json_schema": {"name": "move", "schema": schema}})
+        response_format={"type": "json_schema", "json_schema": {"name": "move", "schema": schema}},
+    )
     for ch in r.choices:
         print(f"json sample {ch.index}: {ch.message.content!r}")
         if ch.finish_reason == "stop":

@@ -19,15 +19,30 @@ import time
 from edgekit import CancelToken, EdgekitError, Runtime, SamplingOptions
 
 TASKS = [
-    ("navigation", "The robot is at x=2 m on a straight corridor. The charging dock is at x=7 m. "
-                   "How many metres must it drive to reach the dock?", "number"),
-    ("pick-and-place", "A tray holds 3 red blocks and 4 blue blocks. The robot must move every blue block "
-                       "to bin B. How many blocks will it move?", "number"),
-    ("navigation", "The lidar reports an obstacle 0.3 m ahead and the safety distance is 0.5 m. "
-                   "Should the robot stop? Answer yes or no.", "yesno"),
+    (
+        "navigation",
+        "The robot is at x=2 m on a straight corridor. The charging dock is at x=7 m. "
+        "How many metres must it drive to reach the dock?",
+        "number",
+    ),
+    (
+        "pick-and-place",
+        "A tray holds 3 red blocks and 4 blue blocks. The robot must move every blue block "
+        "to bin B. How many blocks will it move?",
+        "number",
+    ),
+    (
+        "navigation",
+        "The lidar reports an obstacle 0.3 m ahead and the safety distance is 0.5 m. "
+        "Should the robot stop? Answer yes or no.",
+        "yesno",
+    ),
 ]
-PREEMPT = ("pick-and-place", "Describe, step by step, how to stack five blocks into a tower, checking the "
-                             "gripper force at every step.", "text")
+PREEMPT = (
+    "pick-and-place",
+    "Describe, step by step, how to stack five blocks into a tower, checking the gripper force at every step.",
+    "text",
+)
 
 
 def ask(rt: Runtime, question: str, opts: SamplingOptions, hz: float, obstacle_at_s: float | None = None):
@@ -58,8 +73,11 @@ def ask(rt: Runtime, question: str, opts: SamplingOptions, hz: float, obstacle_a
 def report(kind: str, res, ticks: int) -> None:
     c, t = res.confidence, res.timings
     flags = "; ".join(res.flags) or "-"
-    print(f"[{kind}] answer={res.answer!r} agreement={c.votes}/{c.n} source={res.source} "
-          f"latency={t.total_s:.2f}s queue={t.queue_s:.2f}s control-ticks={ticks} flags: {flags}", flush=True)
+    print(
+        f"[{kind}] answer={res.answer!r} agreement={c.votes}/{c.n} source={res.source} "
+        f"latency={t.total_s:.2f}s queue={t.queue_s:.2f}s control-ticks={ticks} flags: {flags}",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -83,13 +101,16 @@ def main() -> int:
     with Runtime(a.model, n_ctx=2048, max_n=max(1, a.n), threads=a.threads, cloud=cloud) as rt:
         print(f"model {rt.model_id} loaded in {rt.load_s:.2f}s; offload {'on' if cloud else 'off'}", flush=True)
         for kind, question, extractor in TASKS[: max(0, a.tasks)]:
-            opts = SamplingOptions.build(n=a.n, max_tokens=a.max_tokens, deadline_s=a.deadline, extractor=extractor, seed=0)
+            opts = SamplingOptions.build(
+                n=a.n, max_tokens=a.max_tokens, deadline_s=a.deadline, extractor=extractor, seed=0
+            )
             res, ticks = ask(rt, question, opts, a.hz)
             report(kind, res, ticks)
         # a long query, preempted by the safety layer shortly after it starts
         kind, question, extractor = PREEMPT
-        opts = SamplingOptions.build(n=a.n, max_tokens=max(a.max_tokens, 64), deadline_s=a.deadline, extractor=extractor,
-                                     ignore_eos=True)
+        opts = SamplingOptions.build(
+            n=a.n, max_tokens=max(a.max_tokens, 64), deadline_s=a.deadline, extractor=extractor, ignore_eos=True
+        )
         res, ticks = ask(rt, question, opts, a.hz, obstacle_at_s=0.05)
         report(kind + " (preempted)", res, ticks)
         preempted = any(f.startswith("cancelled") for f in res.flags)

@@ -1,4 +1,3 @@
-
 import os
 import socket
 import subprocess
@@ -57,9 +56,26 @@ def server(smol_path, tmp_path_factory):
     port = free_port()
     log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # a pipe would fill and block the server
     # llama_cpp.server with the kernel configuration edgekit's probe found safe on this CPU (AMX hosts)
-    proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "safe_llama.py"), "--model", str(smol_path), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "smol"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(os.path.dirname(__file__), "safe_llama.py"),
+            "--model",
+            str(smol_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            "2",
+            "--model_alias",
+            "smol",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 90
     while time.time() < deadline:

@@ -9,7 +9,7 @@ Also an entry-point target: ``fake = fake_engine:FakeEngine`` in a dist-info's e
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 from edgekit.engines import Capabilities, Engine, EngineInfo, Event
 from edgekit.engines.base import Cancel, Prompt, TokenPrompt
@@ -27,7 +27,7 @@ def natural(prompt: str, stream: int, temperature: float) -> tuple[int, int]:
 class FakeEngine(Engine):
     name = "fake"
 
-    def __init__(self, model: str = "fake-0", *, max_n: int = 16, fail_after_calls: Optional[int] = None, **_: object):
+    def __init__(self, model: str = "fake-0", *, max_n: int = 16, fail_after_calls: int | None = None, **_: object):
         self.calls = 0
         self.fail_after_calls = fail_after_calls
         self.options_seen: list[SamplingOptions] = []
@@ -39,7 +39,7 @@ class FakeEngine(Engine):
     def count_tokens(self, prompt: Prompt, options: SamplingOptions) -> int:
         return sum(len(str(m["content"]).split()) for m in prompt)  # type: ignore[union-attr]
 
-    def generate(self, prompt: Prompt, options: SamplingOptions, cancel: Optional[Cancel] = None) -> Iterator[Event]:
+    def generate(self, prompt: Prompt, options: SamplingOptions, cancel: Cancel | None = None) -> Iterator[Event]:
         assert not self.closed, "generate after close"
         self.check(options)
         if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
@@ -57,8 +57,14 @@ class FakeEngine(Engine):
             answer, length = natural(text, (o.seed or 0) * 1000 + i, t)
             body = f"thinking...\nAnswer: {answer}"
             if length >= o.max_tokens:
-                yield Event("finish", seq=i, text=body[: o.max_tokens], reason="budget", tokens=o.max_tokens,
-                            logprobs=[-0.5] * o.max_tokens)
+                yield Event(
+                    "finish",
+                    seq=i,
+                    text=body[: o.max_tokens],
+                    reason="budget",
+                    tokens=o.max_tokens,
+                    logprobs=[-0.5] * o.max_tokens,
+                )
             else:
                 yield Event("finish", seq=i, text=body, reason="stop", tokens=length, logprobs=[-0.1] * length)
 

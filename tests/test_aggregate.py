@@ -1,47 +1,63 @@
 import pytest
 
 from edgekit.errors import UsageError
-from edgekit.runtime.aggregate import extract_choice, extract_code, extract_number, extract_yesno, get_extractor, majority_vote
+from edgekit.runtime.aggregate import (
+    extract_choice,
+    extract_code,
+    extract_number,
+    extract_yesno,
+    get_extractor,
+    majority_vote,
+)
 
 
-@pytest.mark.parametrize("text,want", [
-    ("Answer: 7 (3 red + 4 blue)", "7"),
-    ("There are seven blocks.", "7"),
-    ("I count twenty-one apples", "21"),
-    ("I count 1,200 items.", "1200"),
-    ("So the total is 7.0", "7"),
-    ("3 + 4 = 7", "7"),
-    ("The answer is -2.50 degrees", "-2.5"),
-    ("Final answer: **12**", "12"),
-    ("\\boxed{9}", "9"),
-    ("a dozen eggs", "12"),
-    ("no digits here", None),
-    ("version v2 of model3", None),
-])
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("Answer: 7 (3 red + 4 blue)", "7"),
+        ("There are seven blocks.", "7"),
+        ("I count twenty-one apples", "21"),
+        ("I count 1,200 items.", "1200"),
+        ("So the total is 7.0", "7"),
+        ("3 + 4 = 7", "7"),
+        ("The answer is -2.50 degrees", "-2.5"),
+        ("Final answer: **12**", "12"),
+        ("\\boxed{9}", "9"),
+        ("a dozen eggs", "12"),
+        ("no digits here", None),
+        ("version v2 of model3", None),
+    ],
+)
 def test_number(text, want):
     assert extract_number(text) == want
 
 
-@pytest.mark.parametrize("text,want", [
-    ("The answer is (B).", "B"),
-    ("(A) is wrong; I pick (C)", "C"),
-    ("Answer: D", "D"),
-    ("B) 12/03/2001", "B"),
-    ("I think it's option E.", "E"),
-    ("I am not sure.", None),
-])
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("The answer is (B).", "B"),
+        ("(A) is wrong; I pick (C)", "C"),
+        ("Answer: D", "D"),
+        ("B) 12/03/2001", "B"),
+        ("I think it's option E.", "E"),
+        ("I am not sure.", None),
+    ],
+)
 def test_choice(text, want):
     assert extract_choice(text) == want
 
 
-@pytest.mark.parametrize("text,want", [
-    ("Yes, because no bird can swim that far", "yes"),
-    ("No.", "no"),
-    ("Let's think. Birds fly... so the answer is no", "no"),
-    ("Answer: yes", "yes"),
-    ("It is true", "yes"),
-    ("maybe", None),
-])
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("Yes, because no bird can swim that far", "yes"),
+        ("No.", "no"),
+        ("Let's think. Birds fly... so the answer is no", "no"),
+        ("Answer: yes", "yes"),
+        ("It is true", "yes"),
+        ("maybe", None),
+    ],
+)
 def test_yesno(text, want):
     assert extract_yesno(text) == want
 

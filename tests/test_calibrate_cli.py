@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import SMOL, free_port
+
 from edgekit.errors import SchemaError, UsageError
 from edgekit.models.catalog import CATALOG
 from edgekit.plan.calibrate import CalibrationRun, calibrate
@@ -30,8 +30,17 @@ def smol_plan(tmp_path):
 
 def test_calibrate_saves_threshold_guarantee_and_curve(smol_plan, server, tmp_path):
     out = tmp_path / "calibrated.json"
-    run = CalibrationRun(plan_path=str(smol_plan), task="bigbench:object_counting", alpha=0.45, delta=0.3,
-                         split="100:108", cloud_url=server, cloud_model="smol", output=str(out), threads=2)
+    run = CalibrationRun(
+        plan_path=str(smol_plan),
+        task="bigbench:object_counting",
+        alpha=0.45,
+        delta=0.3,
+        split="100:108",
+        cloud_url=server,
+        cloud_model="smol",
+        output=str(out),
+        threads=2,
+    )
     cal, path = calibrate(run)
     assert path == out and len(run.records) == 8
     p = load_plan(out)
@@ -61,14 +70,17 @@ def test_calibrate_saves_threshold_guarantee_and_curve(smol_plan, server, tmp_pa
     assert "n=2 (plan: 3)" in res["offload"]["guarantee"]
 
 
-@pytest.mark.parametrize("kw,needle", [
-    (dict(alpha=0.1, delta=0.05, split="0:10"), "need at least 29"),
-    (dict(alpha=1.5, delta=0.1), "--alpha must be in (0, 1)"),
-    (dict(alpha=0.1, delta=0.0), "--delta must be in (0, 1)"),
-    (dict(alpha=0.1), "go together"),
-    (dict(), "nothing to calibrate"),
-    (dict(offload_budget=1.5), "--offload-budget must be in [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        (dict(alpha=0.1, delta=0.05, split="0:10"), "need at least 29"),
+        (dict(alpha=1.5, delta=0.1), "--alpha must be in (0, 1)"),
+        (dict(alpha=0.1, delta=0.0), "--delta must be in (0, 1)"),
+        (dict(alpha=0.1), "go together"),
+        (dict(), "nothing to calibrate"),
+        (dict(offload_budget=1.5), "--offload-budget must be in [0, 1]"),
+    ],
+)
 def test_calibrate_refusals(smol_plan, kw, needle):
     with pytest.raises(UsageError) as e:
         calibrate(CalibrationRun(plan_path=str(smol_plan), task="bigbench:object_counting", **kw))
@@ -77,16 +89,30 @@ def test_calibrate_refusals(smol_plan, kw, needle):
 
 def test_unreachable_cloud_is_refused_before_any_work(smol_plan):
     with pytest.raises(UsageError, match="unreachable at calibration time"):
-        calibrate(CalibrationRun(plan_path=str(smol_plan), task="bigbench:object_counting", offload_budget=0.2,
-                                 split="0:10", cloud_url=f"http://127.0.0.1:{free_port()}/v1", cloud_model="x"))
+        calibrate(
+            CalibrationRun(
+                plan_path=str(smol_plan),
+                task="bigbench:object_counting",
+                offload_budget=0.2,
+                split="0:10",
+                cloud_url=f"http://127.0.0.1:{free_port()}/v1",
+                cloud_model="x",
+            )
+        )
 
 
 def test_plan_calibrated_for_another_model_is_refused(smol_plan, tmp_path):
     from edgekit.plan.apply import Query, run_query
 
     d = json.loads(smol_plan.read_text())
-    d["offload"] = {"method": "ltt-binomial", "score": "vote_share", "threshold": 0.5, "n_calibration": 100,
-                    "guarantee": "g", "model_sha256": "0" * 64}
+    d["offload"] = {
+        "method": "ltt-binomial",
+        "score": "vote_share",
+        "threshold": 0.5,
+        "n_calibration": 100,
+        "guarantee": "g",
+        "model_sha256": "0" * 64,
+    }
     d["cloud"] = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
     p = tmp_path / "p.json"
     p.write_text(json.dumps(d))
@@ -100,4 +126,6 @@ def test_auto_without_calibration_says_no_guarantee(smol_rt):
 
     off = Offload(cloud=OpenAIEngine("m", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0))
     sc, tau, calibrated, guarantee = off.rule(4)
-    assert (sc, tau, calibrated) == ("vote_share", 0.6, False) and "no guarantee" in guarantee and "default" in guarantee
+    assert (
+        (sc, tau, calibrated) == ("vote_share", 0.6, False) and "no guarantee" in guarantee and "default" in guarantee
+    )

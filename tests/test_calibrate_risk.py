@@ -52,8 +52,13 @@ def allowance(delta: float, draws: int) -> float:
 # ----------------------------------------------------------------------------- p-values
 def _ks(n: int, a: float) -> list[int]:
     m = int(n * a)
-    return sorted({k for k in (0, 1, 2, 3, n // 10, n // 4, m - 5, m - 2, m - 1, m, m + 1, m + 2, m + 5, n // 2, n - 1, n)
-                   if 0 <= k <= n})
+    return sorted(
+        {
+            k
+            for k in (0, 1, 2, 3, n // 10, n // 4, m - 5, m - 2, m - 1, m, m + 1, m + 2, m + 5, n // 2, n - 1, n)
+            if 0 <= k <= n
+        }
+    )
 
 
 def test_binomial_pvalue_matches_scipy_cdf_over_a_grid(stats):
@@ -112,8 +117,9 @@ def test_hb_pvalue_is_valid_and_bounds_the_exact_binomial(stats):
             r = np.linspace(0, 1, 997)  # non-integer n r too
             assert np.all(np.diff(hb_pvalues(r, n, a)) >= -1e-15)
             for rr in (0.0, a / 3, a / 2, 0.9 * a, a, 2 * a):  # against the formula with scipy's binomial
-                h1 = (0 if rr == 0 else min(rr, a) * math.log(min(rr, a) / a)) + \
-                    (1 - min(rr, a)) * math.log((1 - min(rr, a)) / (1 - a))
+                h1 = (0 if rr == 0 else min(rr, a) * math.log(min(rr, a) / a)) + (1 - min(rr, a)) * math.log(
+                    (1 - min(rr, a)) / (1 - a)
+                )
                 ref = min(math.exp(-n * h1), math.e * stats.binom.cdf(math.ceil(n * rr - 1e-9), n, a), 1.0)
                 assert hb_pvalue(rr, n, a) == pytest.approx(ref, rel=1e-9)
 
@@ -169,8 +175,9 @@ def test_true_risk_formulas_agree_with_a_million_sample_monte_carlo():
 
 
 def select_ltt(S, C, alpha, delta, pvalue="binomial"):
-    return np.array([ltt_threshold(S[d], C[d], alpha, delta, score_name="s", pvalue=pvalue).threshold
-                     for d in range(S.shape[0])])
+    return np.array(
+        [ltt_threshold(S[d], C[d], alpha, delta, score_name="s", pvalue=pvalue).threshold for d in range(S.shape[0])]
+    )
 
 
 def select_with(S, C, delta, pvalue_of_losses):
@@ -253,8 +260,12 @@ def test_conformal_index_is_floor_of_n_plus_one_times_budget():
             assert k / (n + 1) <= pct / 100
     # the uncorrected rule "offload at most a b-fraction of the calibration set" and ceil((n+1) b)
     # both overshoot for some small n: their exact P(offload) for continuous scores is k / (n + 1)
-    over = [(n, b) for n in range(5, 60) for b in (0.05, 0.1, 0.15, 0.2)
-            if (math.floor(n * b) + 1) / (n + 1) > b and math.ceil((n + 1) * b) / (n + 1) > b]
+    over = [
+        (n, b)
+        for n in range(5, 60)
+        for b in (0.05, 0.1, 0.15, 0.2)
+        if (math.floor(n * b) + 1) / (n + 1) > b and math.ceil((n + 1) * b) / (n + 1) > b
+    ]
     assert (10, 0.15) in over and len(over) > 50
 
 
@@ -319,8 +330,10 @@ def test_refusals_name_the_fix():
     _refused(lambda: ltt_threshold(np.where(np.arange(100) == 3, np.nan, s), c, 0.1, 0.1, score_name="s"), "NaN")
     _refused(lambda: ltt_threshold([], [], 0.1, 0.1, score_name="s"), "empty")
     _refused(lambda: ltt_threshold(s, np.full(100, 2), 0.1, 0.1, score_name="s"), "0/1")
-    _refused(lambda: ltt_threshold(s[:10], c[:10], 0.1, 0.1, score_name="s"),
-             "need at least 22 labelled examples for alpha=0.1, delta=0.1; you have 10")
+    _refused(
+        lambda: ltt_threshold(s[:10], c[:10], 0.1, 0.1, score_name="s"),
+        "need at least 22 labelled examples for alpha=0.1, delta=0.1; you have 10",
+    )
     _refused(lambda: ltt_threshold(s, c, 0.1, 0.1, score_name="s", pvalue="normal"), "p-value")
     for bad in (-0.1, 1.1, float("nan")):
         _refused(lambda: conformal_offload_threshold(s, bad, score_name="s"), "offload_budget", "[0, 1]")
@@ -334,8 +347,11 @@ def test_max_offload_passes_or_names_the_binding_constraint():
     free = ltt_threshold(S[0], C[0], 0.1, 0.1, score_name="s")
     ok = ltt_threshold(S[0], C[0], 0.1, 0.1, score_name="s", max_offload=free.offload_rate + 0.01)
     assert ok.threshold == free.threshold
-    line = _refused(lambda: ltt_threshold(S[0], C[0], 0.1, 0.1, score_name="s", max_offload=free.offload_rate - 0.05),
-                    "no threshold meets both constraints", "max_offload")
+    line = _refused(
+        lambda: ltt_threshold(S[0], C[0], 0.1, 0.1, score_name="s", max_offload=free.offload_rate - 0.05),
+        "no threshold meets both constraints",
+        "max_offload",
+    )
     assert f"{free.offload_rate * 100:.4g}%" in line
 
 
@@ -359,9 +375,11 @@ def test_curve_is_monotone_and_consistent_with_the_data():
         assert r["system_accuracy"] == pytest.approx(np.mean(np.where(kept, c, cloud)))
         assert r["p_value"] == pytest.approx(binomial_pvalue(int(np.sum(kept & (c == 0))), n, 0.1), rel=1e-9)
     j = [r["certified"] for r in cal.curve].index(False) - 1
-    assert all(r["certified"] for r in cal.curve[: j + 1]) and not any(r["certified"] for r in cal.curve[j + 1:])
+    assert all(r["certified"] for r in cal.curve[: j + 1]) and not any(r["certified"] for r in cal.curve[j + 1 :])
     chosen = cal.curve[j]
-    assert cal.threshold == chosen["threshold"] and cal.p_value == chosen["p_value"] <= 0.05 < cal.curve[j + 1]["p_value"]
+    assert (
+        cal.threshold == chosen["threshold"] and cal.p_value == chosen["p_value"] <= 0.05 < cal.curve[j + 1]["p_value"]
+    )
     assert cal.offload_rate == chosen["offload_rate"] and cal.local_wrong_rate == chosen["local_wrong_rate"]
     assert cal.method == "ltt-binomial" and cal.n_calibration == n and cal.alpha == 0.1 and cal.delta == 0.05
     assert f"over {len(cal.curve)} thresholds" in cal.guarantee and "at most 10%" in cal.guarantee
@@ -374,7 +392,11 @@ def test_json_round_trip_with_infinite_thresholds():
     rng = np.random.default_rng(1)
     s = rng.random(25)  # n = 25 >= 22, but one loss already fails: P(Binom(25, .1) <= 1) = 0.27 > 0.1
     nothing = ltt_threshold(s, np.zeros(25), 0.1, 0.1, score_name="mean_logprob")
-    assert nothing.threshold == math.inf and nothing.offload_rate == 1.0 and "every query is offloaded" in nothing.guarantee
+    assert (
+        nothing.threshold == math.inf
+        and nothing.offload_rate == 1.0
+        and "every query is offloaded" in nothing.guarantee
+    )
     keep_all = conformal_offload_threshold(s, 0.0, score_name="s")
     assert keep_all.threshold == -math.inf and keep_all.offload_rate == 0.0
     assert conformal_offload_threshold(s, 1.0, score_name="s").threshold == math.inf
@@ -395,7 +417,9 @@ def test_combined_score_helps_only_when_it_should():
     assert w[0] > 0.5 and w[1] > 0.5 and abs(w[2]) < 0.2
     choice = choose_score(z, y)
     assert choice.name == "combined" and choice.auroc["combined"] > max(auroc(z[:, i], y) for i in range(3))
-    np.testing.assert_allclose(choice.apply(z[:5]), 1 / (1 + np.exp(-(z[:5] @ choice.weights[:-1] + choice.weights[-1]))))
+    np.testing.assert_allclose(
+        choice.apply(z[:5]), 1 / (1 + np.exp(-(z[:5] @ choice.weights[:-1] + choice.weights[-1])))
+    )
     y1 = (rng.random(n) < 1 / (1 + np.exp(-2 * z[:, 1]))).astype(int)  # one score carries everything
     single = choose_score(z, y1)
     assert single.name == "mean_logprob" and single.weights is None
@@ -406,8 +430,10 @@ def test_combined_score_helps_only_when_it_should():
 
 
 def test_the_product_does_not_import_scipy():
-    code = ("import sys; sys.modules['scipy'] = None\n"
-            "import edgekit.calibrate as c, numpy as np\n"
-            "r = c.ltt_threshold(np.linspace(0, 1, 50), np.ones(50), 0.1, 0.1, score_name='s')\n"
-            "assert r.threshold == 0.0 and 'scipy' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]\n")
+    code = (
+        "import sys; sys.modules['scipy'] = None\n"
+        "import edgekit.calibrate as c, numpy as np\n"
+        "r = c.ltt_threshold(np.linspace(0, 1, 50), np.ones(50), 0.1, 0.1, score_name='s')\n"
+        "assert r.threshold == 0.0 and 'scipy' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

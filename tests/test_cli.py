@@ -13,23 +13,38 @@ SMOL = "smollm2-135m-instruct"
 def edgekit(*args, env=None, timeout=300):
     e = {**os.environ, **(env or {})}
     e.pop("EDGEKIT_DEBUG", None) if not (env and "EDGEKIT_DEBUG" in env) else None
-    return subprocess.run([sys.executable, "-m", "edgekit.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, env=e)
+    return subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", *args], capture_output=True, text=True, timeout=timeout, env=e
+    )
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["run", "hi", "--n", "0"], "invalid n (--n): must be >= 1"),
-    (["run", "hi", "--n", "1000"], "must be <= 64"),
-    (["run", "hi", "--max-tokens", "0"], "invalid max_tokens (--max-tokens): must be >= 1"),
-    (["run", "hi", "--temperature", "nan"], "must be a finite number"),
-    (["run", "hi", "--temperature", "-1"], "temperature"),
-    (["run", "hi", "--model", "nosuch-model"], "edgekit models list"),
-    (["run", "hi", "--model", "/nonexistent/x.gguf"], "does not exist"),
-    (["models", "pull", "qwen-7b"], "unknown model"),
-    (["plan", "--profile", "nope.json", "--accuracy", "t.json", "--latency-target", "2s"], "nope.json"),
-    (["plan", "--profile", "profiles/jetson-agx-orin-64gb-published.json", "--accuracy", "t.json", "--latency-target", "soon"], "2s"),
-    (["eval", "bigbench:no_such_task"], "task"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["run", "hi", "--n", "0"], "invalid n (--n): must be >= 1"),
+        (["run", "hi", "--n", "1000"], "must be <= 64"),
+        (["run", "hi", "--max-tokens", "0"], "invalid max_tokens (--max-tokens): must be >= 1"),
+        (["run", "hi", "--temperature", "nan"], "must be a finite number"),
+        (["run", "hi", "--temperature", "-1"], "temperature"),
+        (["run", "hi", "--model", "nosuch-model"], "edgekit models list"),
+        (["run", "hi", "--model", "/nonexistent/x.gguf"], "does not exist"),
+        (["models", "pull", "qwen-7b"], "unknown model"),
+        (["plan", "--profile", "nope.json", "--accuracy", "t.json", "--latency-target", "2s"], "nope.json"),
+        (
+            [
+                "plan",
+                "--profile",
+                "profiles/jetson-agx-orin-64gb-published.json",
+                "--accuracy",
+                "t.json",
+                "--latency-target",
+                "soon",
+            ],
+            "2s",
+        ),
+        (["eval", "bigbench:no_such_task"], "task"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(args, needle):
     r = edgekit(*args)
     assert r.returncode == 2, r.stderr
@@ -45,8 +60,19 @@ def test_debug_shows_traceback():
 
 
 def test_run_json_and_human():
-    r = edgekit("run", "What is 2 + 2? Answer with a number.", "--model", SMOL, "--n", "3", "--max-tokens", "16",
-                "--seed", "1", "--json")
+    r = edgekit(
+        "run",
+        "What is 2 + 2? Answer with a number.",
+        "--model",
+        SMOL,
+        "--n",
+        "3",
+        "--max-tokens",
+        "16",
+        "--seed",
+        "1",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["n"] == 3 and len(res["samples"]) == 3

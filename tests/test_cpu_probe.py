@@ -39,8 +39,15 @@ def _choose(smol_path, **kw):
 
     info = check_gguf(smol_path)
     types = kw.pop("tensor_types", info.extra["tensor_types"])
-    return probe.choose(str(smol_path), model_bytes=info.file_size, tensor_types=types, gpu_layers=0, threads=2,
-                        cpu_model="test CPU", ll=ll)
+    return probe.choose(
+        str(smol_path),
+        model_bytes=info.file_size,
+        tensor_types=types,
+        gpu_layers=0,
+        threads=2,
+        cpu_model="test CPU",
+        ll=ll,
+    )
 
 
 def test_a_child_killed_by_a_signal_is_a_verdict_and_the_next_configuration_is_used(smol_path, probe_home, monkeypatch):
@@ -114,8 +121,13 @@ def test_the_engine_loads_with_the_probed_configuration_and_says_so(smol_path, p
 
 def test_cli_exit_2_one_line_when_every_configuration_crashes(smol_path, tmp_path):
     env = {**os.environ, "EDGEKIT_PROBE_DIR": str(tmp_path / "p"), "EDGEKIT_PROBE_FAULT": "segv:*"}
-    p = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "run", "hi", "-m", str(smol_path)], env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", "run", "hi", "-m", str(smol_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "crashed" in lines[0] and "CMAKE_ARGS" in lines[0] and "Traceback" not in p.stderr
@@ -123,15 +135,22 @@ def test_cli_exit_2_one_line_when_every_configuration_crashes(smol_path, tmp_pat
 
 def test_device_json_shows_cpu_support(tmp_path):
     env = {**os.environ, "EDGEKIT_PROBE_DIR": str(tmp_path / "p")}
-    p = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "device", "--json"], env=env, capture_output=True,
-                       text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", "device", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     d = json.loads(p.stdout)
     assert d["cpu_isa"] == isa_flags() and d["kernel_mode"] == "auto"
     assert d["usable_cpus"]["usable"] >= 1 and d["llama_features"]
     assert d["kernel_probes"] == []  # nothing probed in this fresh folder
 
 
-@pytest.mark.skipif(not has_amx(isa_flags()), reason="this CPU reports no AMX (amx_tile): the AMX host test runs only there")
+@pytest.mark.skipif(
+    not has_amx(isa_flags()), reason="this CPU reports no AMX (amx_tile): the AMX host test runs only there"
+)
 def test_on_an_amx_host_a_real_model_runs_through_runtime(probe_home):
     """The README's default install on an AMX host: no rebuild, the probe picks what works."""
     from edgekit.runtime import Runtime

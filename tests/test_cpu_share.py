@@ -36,31 +36,51 @@ print(json.dumps(rt.engine.threading()), flush=True)
 
 def test_the_wait_policy_is_set_before_llama_cpp_loads_and_read_back_from_libgomp(smol_path):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "EDGEKIT_THREADING")}
-    p = subprocess.run([sys.executable, "-c", READ_BACK, str(smol_path)], env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", READ_BACK, str(smol_path)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr[-500:]
     assert "GOMP_SPINCOUNT = '300000'" in p.stderr  # what libgomp itself reports: llama.cpp's own waiting
     rep = json.loads(p.stdout.strip().splitlines()[-1])
     assert rep["adaptive"] is True and "GOMP_SPINCOUNT 300000" in rep["wait"]
     # passive on request: libgomp sleeps at once (spin count 0), threads still adaptive
-    p = subprocess.run([sys.executable, "-c", READ_BACK, str(smol_path)], env={**env, "EDGEKIT_THREADING": "passive"},
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", READ_BACK, str(smol_path)],
+        env={**env, "EDGEKIT_THREADING": "passive"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "OMP_WAIT_POLICY = 'PASSIVE'" in p.stderr and "GOMP_SPINCOUNT = '0'" in p.stderr, p.stderr[-400:]
     assert json.loads(p.stdout.strip().splitlines()[-1])["adaptive"] is True
     # the old behaviour on request: fixed threads
-    p = subprocess.run([sys.executable, "-c", READ_BACK, str(smol_path)], env={**env, "EDGEKIT_THREADING": "spin"},
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", READ_BACK, str(smol_path)],
+        env={**env, "EDGEKIT_THREADING": "spin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert json.loads(p.stdout.strip().splitlines()[-1])["adaptive"] is False
     # a bad value: one line at the first model load
-    p = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "run", "hi", "-m", str(smol_path)],
-                       env={**env, "EDGEKIT_THREADING": "fast"}, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", "run", "hi", "-m", str(smol_path)],
+        env={**env, "EDGEKIT_THREADING": "fast"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 2 and "auto, passive, spin" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2, reason="needs taskset and 2+ CPUs")
+@pytest.mark.skipif(
+    shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2, reason="needs taskset and 2+ CPUs"
+)
 def test_an_affinity_limited_process_gets_one_thread(smol_path):
     code = "from edgekit.runtime import Runtime; import json,sys; rt=Runtime(sys.argv[1], n_ctx=256); print(json.dumps(rt.engine.threading()))"
-    p = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code, str(smol_path)], capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", code, str(smol_path)], capture_output=True, text=True, timeout=300
+    )
     rep = json.loads(p.stdout.strip().splitlines()[-1])
     assert rep["threads"] == 1 and rep["usable"] == 1
 
@@ -95,7 +115,9 @@ def test_cpu_share_counts_others_but_not_lower_priority_work(tmp_path):
     stat = tmp_path / "stat"
 
     def write(user, nice):
-        stat.write_text(f"cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 {user} {nice} 0 0 0 0 0 0 0 0\ncpu1 {user} {nice} 0 0 0 0 0 0 0 0\n")
+        stat.write_text(
+            f"cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 {user} {nice} 0 0 0 0 0 0 0 0\ncpu1 {user} {nice} 0 0 0 0 0 0 0 0\n"
+        )
 
     for niced, want in ((False, 0.5), (True, 1.5)):
         own = [0.0]
@@ -154,8 +176,13 @@ def test_a_second_process_warns(smol_path, tmp_path):
     first = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert first.stdout.readline().strip() == "up"
-        p = subprocess.run(CLI + ["run", "What is 2+2?", "-m", str(smol_path), "--max-tokens", "4"], env=env,
-                           capture_output=True, text=True, timeout=300)
+        p = subprocess.run(
+            CLI + ["run", "What is 2+2?", "-m", str(smol_path), "--max-tokens", "4"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert p.returncode == 0, p.stderr
         assert f"warning: 1 other edgekit process(es) hold a model on this machine: pid {first.pid}" in p.stderr
         assert "threads follow the free cores" in p.stderr
@@ -173,8 +200,12 @@ def _busy_children(pid: int) -> list[int]:
 
 def test_background_workers_start_and_are_gone_after_ctrl_c(smol_path, tmp_path):
     out = tmp_path / "p.json"
-    p = subprocess.Popen(CLI + ["profile", "-m", str(smol_path), "--quick", "--background", "2", "-o", str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        CLI + ["profile", "-m", str(smol_path), "--quick", "--background", "2", "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     workers: list[int] = []
     deadline = time.time() + 240
     while time.time() < deadline and len(workers) < 2:
@@ -190,25 +221,37 @@ def test_background_workers_start_and_are_gone_after_ctrl_c(smol_path, tmp_path)
 
 def test_bad_input_threads_background_priority(smol_path, tmp_path):
     usable = usable_cpus().count
-    p = subprocess.run(CLI + ["run", "hi", "-m", str(smol_path), "--threads", str(usable + 1)], capture_output=True, text=True,
-                       timeout=120)
+    p = subprocess.run(
+        CLI + ["run", "hi", "-m", str(smol_path), "--threads", str(usable + 1)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2 and f"the {usable} usable CPU(s)" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     out = tmp_path / "never.json"
     for cmd, says in (("false", "exited at once"), ("/nonexistent/robot-load", "failed to start")):
-        p = subprocess.run(CLI + ["profile", "-m", str(smol_path), "--quick", "--background", cmd, "-o", str(out)],
-                           capture_output=True, text=True, timeout=300)
+        p = subprocess.run(
+            CLI + ["profile", "-m", str(smol_path), "--quick", "--background", cmd, "-o", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert not out.exists()
-    p = subprocess.run(CLI + ["run", "hi", "-m", str(smol_path), "--priority", "urgent"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        CLI + ["run", "hi", "-m", str(smol_path), "--priority", "urgent"], capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 2 and "normal, nice, batch, idle" in p.stderr
     with pytest.raises(UsageError):
         set_priority("realtime")
 
 
 def test_priority_idle_applies_to_the_threads_llama_cpp_starts(smol_path):
-    code = ("import os, sys; from edgekit.host.threads import set_priority; set_priority('idle');"
-            "from edgekit.runtime import Runtime; rt = Runtime(sys.argv[1], n_ctx=256); rt.generate('hi', max_tokens=4);"
-            "print(sorted({os.sched_getscheduler(int(t)) for t in os.listdir('/proc/self/task')}))")
+    code = (
+        "import os, sys; from edgekit.host.threads import set_priority; set_priority('idle');"
+        "from edgekit.runtime import Runtime; rt = Runtime(sys.argv[1], n_ctx=256); rt.generate('hi', max_tokens=4);"
+        "print(sorted({os.sched_getscheduler(int(t)) for t in os.listdir('/proc/self/task')}))"
+    )
     p = subprocess.run([sys.executable, "-c", code, str(smol_path)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-300:]
     assert p.stdout.strip().splitlines()[-1] == f"[{os.SCHED_IDLE}]"

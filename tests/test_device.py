@@ -14,7 +14,13 @@ import pytest
 from rich.console import Console
 
 from edgekit.device import (
-    ThermalSampler, detect_device, llama_build, nvpmodel_mode, parse_nvpmodel_query, parse_tegra_release, render_device,
+    ThermalSampler,
+    detect_device,
+    llama_build,
+    nvpmodel_mode,
+    parse_nvpmodel_query,
+    parse_tegra_release,
+    render_device,
 )
 from edgekit.device.sysinfo import cpu_model, guess_llama_build
 from edgekit.power.nvml import JETSON_WHY
@@ -30,14 +36,18 @@ ORIN = FIX / "orin_jp6"
 
 
 def fake_llama(offload: bool, info: bytes, version: str = "0.3.36"):
-    return SimpleNamespace(__version__=version, llama_supports_gpu_offload=lambda: offload, llama_print_system_info=lambda: info)
+    return SimpleNamespace(
+        __version__=version, llama_supports_gpu_offload=lambda: offload, llama_print_system_info=lambda: info
+    )
 
 
 CUDA_INFO = b"CPU : NEON = 1 | ARM_FMA = 1 | FP16_VA = 1 | DOTPROD = 1 | LLAMAFILE = 1 | OPENMP = 1 | CUDA : ARCHS = 870 | USE_GRAPHS = 1 | PEER_MAX_BATCH_SIZE = 128 | "
 
 
 def test_detect_device_orin_fixture():
-    r = detect_device(ORIN, nvml=FakeNvml(energy=False, power=False, name=b"Orin (nvgpu)"), llama_module=fake_llama(True, CUDA_INFO))
+    r = detect_device(
+        ORIN, nvml=FakeNvml(energy=False, power=False, name=b"Orin (nvgpu)"), llama_module=fake_llama(True, CUDA_INFO)
+    )
     assert r.is_jetson and r.jetson_model == "NVIDIA Jetson AGX Orin Developer Kit"  # NUL stripped
     assert r.jetson_release == "L4T R36.3.0"
     assert r.nvpmodel_mode == "default: MODE_50W (mode 3)"
@@ -47,7 +57,9 @@ def test_detect_device_orin_fixture():
     assert (r.llama_build, r.llama_cpp_python, r.gpu_offload) == ("cuda", "0.3.36", True)
     assert [g.name for g in r.gpus] == ["Orin (nvgpu)"]
     sensors = {s.name: s for s in r.power_sensors}
-    assert sensors["jetson-ina3221"].available and sensors["jetson-ina3221"].method.startswith("sum of rails: VDD_GPU_SOC")
+    assert sensors["jetson-ina3221"].available and sensors["jetson-ina3221"].method.startswith(
+        "sum of rails: VDD_GPU_SOC"
+    )
     assert not sensors["nvml:0"].available and sensors["nvml:0"].why_unavailable == JETSON_WHY
     assert not sensors["rapl"].available and sensors["rapl"].fix
     # host facts are not mixed in from the machine running the test
@@ -67,7 +79,9 @@ def _render_text(r) -> str:
 
 def test_detect_device_real_machine_is_labelled():
     r = detect_device()
-    assert r.cpu_cores_logical == psutil.cpu_count() and r.ram_total_mb == pytest.approx(psutil.virtual_memory().total / 2**20)
+    assert r.cpu_cores_logical == psutil.cpu_count() and r.ram_total_mb == pytest.approx(
+        psutil.virtual_memory().total / 2**20
+    )
     assert r.gpus or r.nvml_note  # either GPUs, or why none
     assert [s.name for s in r.power_sensors] == ["nvml:0", "jetson-ina3221", "rapl"]
     for s in r.power_sensors:
@@ -81,7 +95,10 @@ def test_detect_device_real_machine_is_labelled():
 
 
 def test_parse_tegra_release_and_cpuinfo(tmp_path):
-    assert parse_tegra_release("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64") == "L4T R35.4.1"
+    assert (
+        parse_tegra_release("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64")
+        == "L4T R35.4.1"
+    )
     assert parse_tegra_release("garbage") is None
     (tmp_path / "cpuinfo").write_text("processor\t: 0\nmodel name\t: Intel(R) Core(TM) i7-1185G7 @ 3.00GHz\n")
     assert cpu_model(tmp_path) == "Intel(R) Core(TM) i7-1185G7 @ 3.00GHz"
@@ -97,9 +114,14 @@ def test_nvpmodel_query_and_default():
         calls.append(cmd)
         return SimpleNamespace(stdout=out, stderr="", returncode=0)
 
-    assert nvpmodel_mode("/", which=lambda n: "/usr/sbin/nvpmodel", run=run) == ("MAXN (mode 0)", "current mode from `nvpmodel -q`")
+    assert nvpmodel_mode("/", which=lambda n: "/usr/sbin/nvpmodel", run=run) == (
+        "MAXN (mode 0)",
+        "current mode from `nvpmodel -q`",
+    )
     assert calls == [["nvpmodel", "-q"]]
-    mode, note = nvpmodel_mode(ORIN, which=lambda n: "/usr/sbin/nvpmodel", run=run)  # fixture root: never runs the host tool
+    mode, note = nvpmodel_mode(
+        ORIN, which=lambda n: "/usr/sbin/nvpmodel", run=run
+    )  # fixture root: never runs the host tool
     assert mode == "default: MODE_50W (mode 3)" and len(calls) == 1 and "nvpmodel not on PATH" in note
 
 
@@ -108,7 +130,10 @@ def test_llama_build_guess():
     assert llama_build(fake_llama(False, b"CPU : AVX2 = 1 | CUDA = 0 | "))["build"] == "cpu"
     assert guess_llama_build("AVX = 1 | VULKAN = 1 | CUDA = 0", True)[0] == "vulkan"
     assert guess_llama_build("Metal : EMBED_LIBRARY = 1 | CPU : NEON = 1", True)[0] == "metal"
-    assert guess_llama_build("CPU : NEON = 1 |", True, platform="linux") == ("gpu", "GPU offload supported but system info names no backend")
+    assert guess_llama_build("CPU : NEON = 1 |", True, platform="linux") == (
+        "gpu",
+        "GPU offload supported but system info names no backend",
+    )
     assert guess_llama_build("", None)[0] is None
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-
 from conftest import SMOL
+from fake_engine import FakeEngine
+
 from edgekit import engines
 from edgekit.errors import EdgekitError, UsageError
 from edgekit.runtime import Runtime
 from edgekit.schemas.options import SamplingOptions
-from fake_engine import FakeEngine
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -31,8 +31,14 @@ ROOT = TESTS.parent
 def cli(*args, env=None, timeout=300, cwd=None):
     e = {**os.environ, **(env or {})}
     e.pop("EDGEKIT_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "edgekit.cli.main", *args], capture_output=True, text=True, env=e,
-                          timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 @pytest.fixture
@@ -43,7 +49,9 @@ def plugin_path(tmp_path):
     dist.mkdir(parents=True)
     shutil.copy(TESTS / "fake_engine.py", site / "fake_engine.py")
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: edgekit-fake-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[edgekit.engines]\nfake = fake_engine:FakeEngine\nbroken = no_such_module_xyz:Engine\n")
+    (dist / "entry_points.txt").write_text(
+        "[edgekit.engines]\nfake = fake_engine:FakeEngine\nbroken = no_such_module_xyz:Engine\n"
+    )
     return {"PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
 
 
@@ -71,13 +79,31 @@ def test_plugin_engine_runs_through_edgekit_run_and_eval(plugin_path, tmp_path):
     task = tmp_path / "t.jsonl"
     task.write_text("".join(json.dumps({"prompt": f"{i} + {4 - i}?", "answer": "4"}) + "\n" for i in range(3)))
     out = tmp_path / "table.json"
-    r = cli("eval", f"jsonl:{task}", "--engine", "fake", "-m", "fake-0", "--n", "4", "--max-tokens", "32", "-o", str(out),
-            "--json", env=plugin_path)
+    r = cli(
+        "eval",
+        f"jsonl:{task}",
+        "--engine",
+        "fake",
+        "-m",
+        "fake-0",
+        "--n",
+        "4",
+        "--max-tokens",
+        "32",
+        "-o",
+        str(out),
+        "--json",
+        env=plugin_path,
+    )
     assert r.returncode == 0, r.stderr
     table = json.loads(out.read_text())
     assert table["backend"] == "fake" and table["n_problems"] == 3 and table["model_id"] == "fake-0"
     printed = json.loads(r.stdout)  # eval --json: the table without its raw sample pool
-    assert "problems" not in printed and printed["rows"] == table["rows"] and printed["task_sha256"] == table["task_sha256"]
+    assert (
+        "problems" not in printed
+        and printed["rows"] == table["rows"]
+        and printed["task_sha256"] == table["task_sha256"]
+    )
 
 
 def test_unknown_and_broken_engines_are_one_line_errors(plugin_path):
@@ -103,8 +129,20 @@ def test_openai_engine_against_a_real_server(server, monkeypatch):
         free = rt.generate("Say hello.", max_tokens=8)
         assert free.samples[0].tokens >= 1 and free.temperature == 0.0
         assert "sk-never-shown-42" not in repr(rt.engine) and "sk-never-shown-42" not in r.model_dump_json()
-    out = cli("run", "Say hi.", "--engine", "openai", "--base-url", server, "-m", "smol", "--max-tokens", "4", "--json",
-              env={"EDGEKIT_CLOUD_API_KEY": "sk-never-shown-42"})
+    out = cli(
+        "run",
+        "Say hi.",
+        "--engine",
+        "openai",
+        "--base-url",
+        server,
+        "-m",
+        "smol",
+        "--max-tokens",
+        "4",
+        "--json",
+        env={"EDGEKIT_CLOUD_API_KEY": "sk-never-shown-42"},
+    )
     assert out.returncode == 0, out.stderr
     assert "sk-never-shown-42" not in out.stdout + out.stderr
 
@@ -142,9 +180,12 @@ LIFETIME = {
 @pytest.mark.parametrize("case", sorted(LIFETIME))
 def test_use_after_close_is_an_exception_never_a_crash(case, smol_path, tmp_path):
     script = tmp_path / "s.py"
-    script.write_text("from edgekit.runtime import Runtime\nfrom edgekit.errors import EdgekitError\n"
-                      f"PATH = {str(smol_path)!r}\ntry:\n" + textwrap.indent(textwrap.dedent(LIFETIME[case]), "    ")
-                      + "\nexcept EdgekitError as e:\n    print('EDGEKIT', e.one_line())\n    raise SystemExit(3)\n")
+    script.write_text(
+        "from edgekit.runtime import Runtime\nfrom edgekit.errors import EdgekitError\n"
+        f"PATH = {str(smol_path)!r}\ntry:\n"
+        + textwrap.indent(textwrap.dedent(LIFETIME[case]), "    ")
+        + "\nexcept EdgekitError as e:\n    print('EDGEKIT', e.one_line())\n    raise SystemExit(3)\n"
+    )
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 3, (r.returncode, r.stdout, r.stderr[-2000:])  # -11 would be SIGSEGV
     assert "runtime is closed" in r.stdout
@@ -182,7 +223,9 @@ def test_cancel_token_preempts_a_running_query(smol_rt):
     tok = CancelToken()
     threading.Timer(0.3, tok.cancel, kwargs={"reason": "preempted by action server"}).start()
     # ignore_eos: no sample may end by itself before the cancel (a short answer would make this pass vacuously)
-    r = smol_rt.generate("Count from 1 to 500.", n=2, max_tokens=400, temperature=0.7, seed=0, cancel=tok, ignore_eos=True)
+    r = smol_rt.generate(
+        "Count from 1 to 500.", n=2, max_tokens=400, temperature=0.7, seed=0, cancel=tok, ignore_eos=True
+    )
     assert all(s.finish_reason == "cancelled" for s in r.samples) and "cancelled: preempted by action server" in r.flags
     assert r.timings.steps < 400
 
@@ -193,8 +236,13 @@ def test_sigint_during_load_exits_130(tmp_path):
     path = str(resolve("qwen2.5-coder-0.5b-instruct").path)
     env = {**os.environ}
     env.pop("EDGEKIT_DEBUG", None)
-    p = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", "run", "Count to 1000.", "-m", path, "--max-tokens", "500"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "edgekit.cli.main", "run", "Count to 1000.", "-m", path, "--max-tokens", "500"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + 60
     while time.time() < deadline:  # wait until the model file is mapped: the load has begun
         try:
@@ -213,12 +261,15 @@ def test_sigint_during_load_exits_130(tmp_path):
 
 
 # ----------------------------------------------------------------------------- one source of defaults
-@pytest.mark.parametrize("given,expect", [
-    ({}, {"n": 1, "max_tokens": 256, "temperature": 0.0, "top_p": 0.95, "aggregate": "majority"}),
-    ({"n": 4}, {"n": 4, "max_tokens": 256, "temperature": 0.8, "top_p": 0.95, "aggregate": "majority"}),
-    ({"n": 4, "temperature": 0.5}, {"n": 4, "temperature": 0.5}),
-    ({"max_tokens": 32, "top_p": 0.9}, {"n": 1, "max_tokens": 32, "temperature": 0.0, "top_p": 0.9}),
-])
+@pytest.mark.parametrize(
+    "given,expect",
+    [
+        ({}, {"n": 1, "max_tokens": 256, "temperature": 0.0, "top_p": 0.95, "aggregate": "majority"}),
+        ({"n": 4}, {"n": 4, "max_tokens": 256, "temperature": 0.8, "top_p": 0.95, "aggregate": "majority"}),
+        ({"n": 4, "temperature": 0.5}, {"n": 4, "temperature": 0.5}),
+        ({"max_tokens": 32, "top_p": 0.9}, {"n": 1, "max_tokens": 32, "temperature": 0.0, "top_p": 0.9}),
+    ],
+)
 def test_same_defaults_from_cli_library_and_plan(given, expect, plugin_path, tmp_path):
     # library
     eng = FakeEngine()
@@ -236,10 +287,20 @@ def test_same_defaults_from_cli_library_and_plan(given, expect, plugin_path, tmp
         assert got == expect
 
 
-@pytest.mark.parametrize("bad,field", [({"n": 0}, "n"), ({"max_tokens": -1}, "max_tokens"), ({"temperature": float("nan")}, "temperature"),
-                                       ({"top_p": float("inf")}, "top_p"), ({"seed": -1}, "seed"), ({"stop": [""]}, "stop"),
-                                       ({"json_schema": {"type": "object"}, "grammar": 'root ::= "a"'}, "json_schema"),
-                                       ({"grammar": "x ::= y"}, "grammar"), ({"nonsense": 1}, "nonsense")])
+@pytest.mark.parametrize(
+    "bad,field",
+    [
+        ({"n": 0}, "n"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": float("inf")}, "top_p"),
+        ({"seed": -1}, "seed"),
+        ({"stop": [""]}, "stop"),
+        ({"json_schema": {"type": "object"}, "grammar": 'root ::= "a"'}, "json_schema"),
+        ({"grammar": "x ::= y"}, "grammar"),
+        ({"nonsense": 1}, "nonsense"),
+    ],
+)
 def test_bad_options_from_every_front_door(bad, field, tmp_path):
     with pytest.raises(UsageError) as e:  # library
         Runtime(FakeEngine()).generate("hi", **bad)
@@ -255,9 +316,12 @@ def test_bad_options_from_every_front_door(bad, field, tmp_path):
 
 
 # ----------------------------------------------------------------------------- structured output
-ACTION = {"type": "object", "properties": {"action": {"enum": ["pick", "place", "move"]}, "x": {"type": "integer"},
-                                            "y": {"type": "integer"}},
-          "required": ["action", "x", "y"], "additionalProperties": False}
+ACTION = {
+    "type": "object",
+    "properties": {"action": {"enum": ["pick", "place", "move"]}, "x": {"type": "integer"}, "y": {"type": "integer"}},
+    "required": ["action", "x", "y"],
+    "additionalProperties": False,
+}
 ROBOT = "A robot must pick up the red cup at position 3, 4. Reply with the action as JSON with fields action, x and y."
 
 
@@ -292,12 +356,15 @@ def test_majority_compares_parsed_json_not_strings():
     assert majority_vote([extract_json(a), extract_json(b), extract_json('{"x": 2}')])[1] == 2
 
 
-@pytest.mark.parametrize("schema,needle", [
-    ({"type": "object", "patternProperties": {"^a": {}}}, "'patternProperties'"),
-    ({"type": "string", "not": {"const": "x"}}, "'not'"),
-    ({"$ref": "http://example.com/s.json"}, "Unsupported ref"),
-    ({"type": "wat"}, "cannot be turned into a grammar"),
-])
+@pytest.mark.parametrize(
+    "schema,needle",
+    [
+        ({"type": "object", "patternProperties": {"^a": {}}}, "'patternProperties'"),
+        ({"type": "string", "not": {"const": "x"}}, "'not'"),
+        ({"$ref": "http://example.com/s.json"}, "Unsupported ref"),
+        ({"type": "wat"}, "cannot be turned into a grammar"),
+    ],
+)
 def test_schema_that_cannot_be_a_grammar_is_refused(smol_rt, schema, needle):
     with pytest.raises(UsageError, match="refusing to generate unconstrained|cannot be enforced") as e:
         smol_rt.generate("hi", max_tokens=4, json_schema=schema)
@@ -306,8 +373,13 @@ def test_schema_that_cannot_be_a_grammar_is_refused(smol_rt, schema, needle):
 
 def test_keywords_outside_the_grammar_are_validated_after(smol_rt):
     schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1000}}, "required": ["n"]}
-    r = smol_rt.generate("Give a small number as JSON with field n, e.g. {\"n\": 3}.", n=4, max_tokens=16, temperature=0.0,
-                         json_schema=schema)
+    r = smol_rt.generate(
+        'Give a small number as JSON with field n, e.g. {"n": 3}.',
+        n=4,
+        max_tokens=16,
+        temperature=0.0,
+        json_schema=schema,
+    )
     for s in r.samples:
         v = json.loads(s.text)["n"]
         assert (s.answer is not None) == (v >= 1000)
@@ -316,8 +388,15 @@ def test_keywords_outside_the_grammar_are_validated_after(smol_rt):
 
 
 def test_gbnf_grammar_constrains_every_sample(smol_rt):
-    r = smol_rt.generate("Is the sky blue?", n=4, max_tokens=8, temperature=1.0, seed=5,
-                         grammar='root ::= ("yes" | "no")', extractor="yesno")
+    r = smol_rt.generate(
+        "Is the sky blue?",
+        n=4,
+        max_tokens=8,
+        temperature=1.0,
+        seed=5,
+        grammar='root ::= ("yes" | "no")',
+        extractor="yesno",
+    )
     assert all(s.text in ("yes", "no") for s in r.samples)
 
 
@@ -339,7 +418,11 @@ def test_no_import_cycles_between_modules():
     cycles = []
     for m in mods:
         for other in g.find_modules_directly_imported_by(m):
-            if other != m and other.startswith("edgekit.") and g.chain_exists(importer=other, imported=m, as_packages=False):
+            if (
+                other != m
+                and other.startswith("edgekit.")
+                and g.chain_exists(importer=other, imported=m, as_packages=False)
+            ):
                 if not m.startswith(other + ".") and not other.startswith(m + "."):
                     cycles.append((m, other))
     assert not cycles, cycles[:10]
@@ -350,8 +433,18 @@ def test_eval_constrain_gives_every_finished_sample_an_answer(smol_rt, tmp_path)
     from edgekit.evaluate.api import evaluate
     from edgekit.schemas.formats import answer_grammar
 
-    t = evaluate("bigbench:object_counting", SMOL, out_path=tmp_path / "c.json", n_samples=3, max_tokens=16, limit=3,
-                 template="terse", seed=1, runtime=smol_rt, answer_format="answer")
+    t = evaluate(
+        "bigbench:object_counting",
+        SMOL,
+        out_path=tmp_path / "c.json",
+        n_samples=3,
+        max_tokens=16,
+        limit=3,
+        template="terse",
+        seed=1,
+        runtime=smol_rt,
+        answer_format="answer",
+    )
     assert t.answer_format == "answer"
     samples = [s for p in t.problems for s in p.samples + [p.greedy]]
     assert all(s.answer is not None and s.answer.lstrip("-").isdigit() for s in samples if s.finished)
@@ -370,7 +463,16 @@ def _smol_plan(tmp_path, **chosen):
 
     d = json.loads((ROOT / "tests" / "fixtures" / "plan-v2.json").read_text())
     c = d["chosen"]
-    c.update({"model_id": SMOL, "model_sha256": CATALOG[SMOL].sha256, "prompt_template": "terse", "budget": 8, "n": 2, **chosen})
+    c.update(
+        {
+            "model_id": SMOL,
+            "model_sha256": CATALOG[SMOL].sha256,
+            "prompt_template": "terse",
+            "budget": 8,
+            "n": 2,
+            **chosen,
+        }
+    )
     c["options"].update(n=2, max_tokens=8, temperature=0.8, seed=1)
     c["prompt"] = "{question}\nAnswer with a single number."
     p = tmp_path / "plan.json"

@@ -166,8 +166,9 @@ def random_problem(rng: random.Random, n: int, pid: str, max_tokens: int, greedy
         tokens = rng.randint(1, max_tokens)
         return SampleRecord(answer=a, correct=a == "x", tokens=tokens, finished=rng.random() < 0.85)
 
-    return ProblemRecord(id=pid, target="x", prompt_tokens=10, samples=[sample() for _ in range(n)],
-                         greedy=sample() if greedy else None)
+    return ProblemRecord(
+        id=pid, target="x", prompt_tokens=10, samples=[sample() for _ in range(n)], greedy=sample() if greedy else None
+    )
 
 
 def brute_rows(problems, budgets):
@@ -220,8 +221,10 @@ def test_accuracy_rows_match_brute_force():
 
 
 def test_truncation_invalidates_long_and_unfinished_samples():
-    s = [SampleRecord(answer="x", correct=True, tokens=29, finished=True),
-         SampleRecord(answer="x", correct=True, tokens=5, finished=False)]
+    s = [
+        SampleRecord(answer="x", correct=True, tokens=29, finished=True),
+        SampleRecord(answer="x", correct=True, tokens=5, finished=False),
+    ]
     p = ProblemRecord(id="p", target="x", prompt_tokens=1, samples=s)
     rows = {(r.aggregation, r.budget, r.k): r for r in accuracy_rows([p], [10, 29, 30], None, ["majority", "pass@k"])}
     assert rows[("pass@k", 10, 2)].accuracy == 0.0  # 29 > 10, the other never finished

@@ -80,10 +80,16 @@ def test_vram_figure():
     assert vram_figure({"gpu_mem_used_start_mb": 900.0, "gpu_mem_used_peak_mb": 900.0}, "cuda", 0.5).value == 0.0
 
 
-@pytest.mark.parametrize("value,engine,needle", [
-    (-2, None, "integer >= -1"), (1.5, None, "integer >= -1"), (True, None, "integer >= -1"),
-    (-1, "onnx", "applies to the llama.cpp engine"), (4, "openai", "applies to the llama.cpp engine"),
-])
+@pytest.mark.parametrize(
+    "value,engine,needle",
+    [
+        (-2, None, "integer >= -1"),
+        (1.5, None, "integer >= -1"),
+        (True, None, "integer >= -1"),
+        (-1, "onnx", "applies to the llama.cpp engine"),
+        (4, "openai", "applies to the llama.cpp engine"),
+    ],
+)
 def test_bad_gpu_layers(value, engine, needle):
     with pytest.raises(UsageError, match=needle):
         check_gpu_layers(value, engine)
@@ -101,8 +107,17 @@ def test_sweep_validates_gpu_layers_before_loading():
 
 def test_profile_records_gpu_layers_cpu_build_has_no_vram(tmp_path):
     """The requested offload is recorded; on this CPU build the GPU memory figure says why it is absent."""
-    cfg = SweepConfig(prompt_lengths=[16], contexts=[0], ns=[1, 2], decode_steps=3, reps=1, load_reps=1, idle_s=0.1,
-                      n_ctx=256, gpu_layers=-1)
+    cfg = SweepConfig(
+        prompt_lengths=[16],
+        contexts=[0],
+        ns=[1, 2],
+        decode_steps=3,
+        reps=1,
+        load_reps=1,
+        idle_s=0.1,
+        n_ctx=256,
+        gpu_layers=-1,
+    )
     prof = profile_model(SMOL, cfg, output=tmp_path / "p.json", device_name="ci-test")
     mp = prof.model(SMOL)
     assert mp.gpu_layers == -1
@@ -114,17 +129,23 @@ def test_profile_records_gpu_layers_cpu_build_has_no_vram(tmp_path):
 
 def _cli(*args):
     e = {k: v for k, v in os.environ.items() if k != "EDGEKIT_DEBUG"}
-    return subprocess.run([sys.executable, "-m", "edgekit.cli.main", *args], capture_output=True, text=True,
-                          timeout=300, env=e)
+    return subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", *args], capture_output=True, text=True, timeout=300, env=e
+    )
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["profile", "--gpu-layers", "-3"], "invalid --gpu-layers"),
-    (["profile", "--engine", "onnx", "--gpu-layers", "-1"], "--gpu-layers applies to the llama.cpp engine"),
-    (["run", "hi", "--gpu-layers", "-5"], "invalid --gpu-layers"),
-    (["run", "hi", "--engine", "openai", "--base-url", "http://127.0.0.1:9/v1", "--gpu-layers", "-1"],
-     "--gpu-layers applies to the llama.cpp engine"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["profile", "--gpu-layers", "-3"], "invalid --gpu-layers"),
+        (["profile", "--engine", "onnx", "--gpu-layers", "-1"], "--gpu-layers applies to the llama.cpp engine"),
+        (["run", "hi", "--gpu-layers", "-5"], "invalid --gpu-layers"),
+        (
+            ["run", "hi", "--engine", "openai", "--base-url", "http://127.0.0.1:9/v1", "--gpu-layers", "-1"],
+            "--gpu-layers applies to the llama.cpp engine",
+        ),
+    ],
+)
 def test_cli_bad_gpu_layers_one_line(args, needle):
     r = _cli(*args)
     assert r.returncode == 2, r.stderr
@@ -133,7 +154,9 @@ def test_cli_bad_gpu_layers_one_line(args, needle):
 
 
 def test_cli_run_gpu_layers_reaches_the_result():
-    r = _cli("run", "What is 2 + 3?", "--model", SMOL, "--max-tokens", "8", "--gpu-layers", "-1", "--json", "--ctx", "512")
+    r = _cli(
+        "run", "What is 2 + 3?", "--model", SMOL, "--max-tokens", "8", "--gpu-layers", "-1", "--json", "--ctx", "512"
+    )
     assert r.returncode == 0, r.stderr
     import json
 

@@ -26,7 +26,8 @@ from edgekit.evaluate.humaneval_exec import check_program, sandbox_status
 CHECK_ONE = "def check(candidate):\n    assert candidate() == 1\n"
 SANDBOX_OK, SANDBOX_DESC = sandbox_status()
 needs_sandbox = pytest.mark.skipif(
-    not SANDBOX_OK, reason=f"bubblewrap sandbox not usable here: {SANDBOX_DESC.split(': NOT contained')[0]}")
+    not SANDBOX_OK, reason=f"bubblewrap sandbox not usable here: {SANDBOX_DESC.split(': NOT contained')[0]}"
+)
 IS_ROOT = os.geteuid() == 0
 
 
@@ -36,7 +37,9 @@ def mode(request):
 
 
 def run(mode, program, test=CHECK_ONE, entry="f", timeout_s=5.0):
-    return check_program(program, test, entry, timeout_s, sandbox=mode == "sandbox", allow_unsandboxed=mode == "rlimits")
+    return check_program(
+        program, test, entry, timeout_s, sandbox=mode == "sandbox", allow_unsandboxed=mode == "rlimits"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +91,7 @@ def unique_sleep() -> str:
 
 # ---------------------------------------------------------------- verdicts (HumanEval)
 
+
 def test_canonical_solutions_pass(problems, mode):
     for p in problems[:5] + [problems[32], problems[38]]:  # 32, 38: the test calls a helper from the prompt
         ok, reason = run(mode, p["prompt"] + p["canonical_solution"], p["test"], p["entry_point"])
@@ -134,25 +138,33 @@ def test_reason_is_one_short_printable_line(mode):
 WRONG = "def f():\n    return 2\n"
 
 
-@pytest.mark.parametrize("tail", [
-    "import sys\nsys.exit(0)\n",
-    "import os\nos._exit(0)\n",
-    "raise SystemExit(0)\n",
-    "if __name__ == '__main__':\n    print(f())\n    exit()\n",
-    "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
-    "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n",
-], ids=["sys.exit", "os._exit", "SystemExit", "main-block-exit", "SIGKILL-self", "SIGTERM-self"])
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "import sys\nsys.exit(0)\n",
+        "import os\nos._exit(0)\n",
+        "raise SystemExit(0)\n",
+        "if __name__ == '__main__':\n    print(f())\n    exit()\n",
+        "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+        "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n",
+    ],
+    ids=["sys.exit", "os._exit", "SystemExit", "main-block-exit", "SIGKILL-self", "SIGTERM-self"],
+)
 def test_early_exit_at_import_fails(mode, tail):
     ok, reason = run(mode, WRONG + tail)
     assert not ok, reason
 
 
-@pytest.mark.parametrize("body", [
-    "    import sys\n    sys.exit(0)\n",
-    "    import os\n    os._exit(0)\n",
-    "    raise SystemExit(0)\n",
-    "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",
-], ids=["sys.exit", "os._exit", "SystemExit", "SIGKILL-self"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "    import sys\n    sys.exit(0)\n",
+        "    import os\n    os._exit(0)\n",
+        "    raise SystemExit(0)\n",
+        "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",
+    ],
+    ids=["sys.exit", "os._exit", "SystemExit", "SIGKILL-self"],
+)
 def test_early_exit_during_check_fails(mode, body):
     ok, reason = run(mode, "def f():\n" + body)
     assert not ok, reason
@@ -165,17 +177,20 @@ def test_main_block_does_not_run(mode):
 
 
 def test_atexit_handler_cannot_turn_a_failure_into_success(mode):
-    program = ("import atexit, os, sys\n"
-               "atexit.register(lambda: (print('passed'), sys.stdout.flush(), os._exit(0)))\n" + WRONG)
+    program = (
+        "import atexit, os, sys\natexit.register(lambda: (print('passed'), sys.stdout.flush(), os._exit(0)))\n" + WRONG
+    )
     assert not run(mode, program)[0]
 
 
 def test_forged_sentinel_on_stdout_and_stderr_fails(mode):
-    program = ("import os, sys\n"
-               "for s in (sys.stdout, sys.stderr):\n"
-               "    print('passed', file=s)\n"
-               "    print('PASS ' + '0' * 32, file=s)\n"
-               "    s.flush()\n" + WRONG + "os._exit(0)\n")
+    program = (
+        "import os, sys\n"
+        "for s in (sys.stdout, sys.stderr):\n"
+        "    print('passed', file=s)\n"
+        "    print('PASS ' + '0' * 32, file=s)\n"
+        "    s.flush()\n" + WRONG + "os._exit(0)\n"
+    )
     assert not run(mode, program)[0]
 
 
@@ -195,7 +210,8 @@ def test_writing_every_descriptor_fails(mode):
         "        try:\n"
         "            os.write(fd, b'PASS ' + tok + b'\\n')\n"
         "        except OSError:\n"
-        "            pass\n" + WRONG + "os._exit(0)\n")
+        "            pass\n" + WRONG + "os._exit(0)\n"
+    )
     assert not run(mode, program)[0]
 
 
@@ -213,7 +229,8 @@ def test_judge_process_is_out_of_reach(mode):
         "        except OSError:\n"
         "            pass\n"
         "    open(f'/proc/{ppid}/mem', 'rb').read(1)\n"
-        "    os._exit(0)\n")
+        "    os._exit(0)\n"
+    )
     ok, reason = run(mode, program)
     assert not ok and "PermissionError" in reason, reason
 
@@ -226,13 +243,17 @@ def test_killing_the_judge_fails(mode):
 
 @pytest.mark.parametrize("uses", ["abs", "len"])
 def test_patched_builtins_and_redefined_check_do_not_help(mode, uses):
-    program = ("import builtins\n"
-               "builtins.abs = lambda x: 0\n"
-               "builtins.len = lambda x: 3\n"
-               "def check(candidate):\n    pass\n"
-               "def f():\n    return [2]\n")
-    test = {"abs": "def check(candidate):\n    assert abs(candidate()[0] - 1) < 1e-9\n",
-            "len": "def check(candidate):\n    assert len(candidate()) == 3\n"}[uses]
+    program = (
+        "import builtins\n"
+        "builtins.abs = lambda x: 0\n"
+        "builtins.len = lambda x: 3\n"
+        "def check(candidate):\n    pass\n"
+        "def f():\n    return [2]\n"
+    )
+    test = {
+        "abs": "def check(candidate):\n    assert abs(candidate()[0] - 1) < 1e-9\n",
+        "len": "def check(candidate):\n    assert len(candidate()) == 3\n",
+    }[uses]
     ok, reason = run(mode, program, test)
     assert not ok, reason  # the test runs in the judge, with the real builtins and its own check()
 
@@ -244,14 +265,18 @@ def test_object_equal_to_everything_fails(mode):
 
 
 def test_values_cross_the_boundary_faithfully(mode):
-    program = ("def f(x, *, k):\n"
-               "    return (x, [1.5, float('inf')], {'a': (1, 2)}, {3}, frozenset({4}), b'\\x00', None, True, 2**80,"
-               " range(3), k, (i for i in range(2)))\n")
-    test = ("def check(candidate):\n"
-            "    r = candidate((1, 'a'), k={(1, 2): [None]})\n"
-            "    assert r[:11] == ((1, 'a'), [1.5, float('inf')], {'a': (1, 2)}, {3}, frozenset({4}), b'\\x00', None, True,"
-            " 2**80, range(3), {(1, 2): [None]})\n"
-            "    assert type(r[0]) is tuple and r[7] is True and list(r[11]) == [0, 1] and r[11] != [0, 1]\n")
+    program = (
+        "def f(x, *, k):\n"
+        "    return (x, [1.5, float('inf')], {'a': (1, 2)}, {3}, frozenset({4}), b'\\x00', None, True, 2**80,"
+        " range(3), k, (i for i in range(2)))\n"
+    )
+    test = (
+        "def check(candidate):\n"
+        "    r = candidate((1, 'a'), k={(1, 2): [None]})\n"
+        "    assert r[:11] == ((1, 'a'), [1.5, float('inf')], {'a': (1, 2)}, {3}, frozenset({4}), b'\\x00', None, True,"
+        " 2**80, range(3), {(1, 2): [None]})\n"
+        "    assert type(r[0]) is tuple and r[7] is True and list(r[11]) == [0, 1] and r[11] != [0, 1]\n"
+    )
     ok, reason = run(mode, program, test)
     assert ok, reason
 
@@ -272,6 +297,7 @@ def test_program_exceptions_keep_their_type(mode):
 
 # ---------------------------------------------------------------- containment: files
 
+
 @pytest.fixture
 def decoy(tmp_path: Path) -> Path:
     secret = tmp_path / "decoy-secret.txt"
@@ -281,17 +307,19 @@ def decoy(tmp_path: Path) -> Path:
 
 def test_program_output_never_reaches_the_reason(mode, decoy):
     # Whatever the program can read and print, the reason carries none of it.
-    program = ("import os, sys\n"
-               "def f():\n"
-               "    for path in ('/etc/passwd', %r):\n"
-               "        try:\n"
-               "            data = open(path).read()\n"
-               "        except OSError:\n"
-               "            continue\n"
-               "        print(data)\n"
-               "        print(data, file=sys.stderr)\n"
-               "    sys.stdout.flush(); sys.stderr.flush()\n"
-               "    os._exit(1)\n" % str(decoy))
+    program = (
+        "import os, sys\n"
+        "def f():\n"
+        "    for path in ('/etc/passwd', %r):\n"
+        "        try:\n"
+        "            data = open(path).read()\n"
+        "        except OSError:\n"
+        "            continue\n"
+        "        print(data)\n"
+        "        print(data, file=sys.stderr)\n"
+        "    sys.stdout.flush(); sys.stderr.flush()\n"
+        "    os._exit(1)\n" % str(decoy)
+    )
     ok, reason = run(mode, program)
     assert not ok and reason == "failed: the program exited (status 1) before check() returned", reason
     assert decoy.read_text().strip() not in reason
@@ -301,11 +329,13 @@ def test_program_output_never_reaches_the_reason(mode, decoy):
 @pytest.mark.parametrize("path", ["decoy", "/etc/passwd", "/root/.bashrc", "/work"])
 def test_sandbox_hides_host_files(decoy, path):
     path = str(decoy) if path == "decoy" else path
-    program = ("import os\n"
-               "def f():\n"
-               f"    p = {path!r}\n"
-               "    data = str(os.listdir(p)) if os.path.isdir(p) else open(p).read()\n"
-               "    raise ValueError('LEAK ' + data)\n")
+    program = (
+        "import os\n"
+        "def f():\n"
+        f"    p = {path!r}\n"
+        "    data = str(os.listdir(p)) if os.path.isdir(p) else open(p).read()\n"
+        "    raise ValueError('LEAK ' + data)\n"
+    )
     ok, reason = run("sandbox", program)
     assert not ok and "LEAK" not in reason and ("FileNotFoundError" in reason or "PermissionError" in reason), reason
     assert decoy.read_text().strip() not in reason
@@ -314,16 +344,18 @@ def test_sandbox_hides_host_files(decoy, path):
 @needs_sandbox
 def test_sandbox_writes_outside_the_program_dir_do_not_land(tmp_path):
     outside = [tmp_path / "escaped" / "out.txt", Path(f"/tmp/edgekit-escaped-{secrets.token_hex(4)}")]
-    program = ("import os\n"
-               "def f():\n"
-               f"    for p in {[str(p) for p in outside]!r}:\n"
-               "        try:\n"
-               "            os.makedirs(os.path.dirname(p), exist_ok=True)\n"
-               "            open(p, 'w').write('x')\n"
-               "        except OSError:\n"
-               "            pass\n"
-               "    open('inside.txt', 'w').write('x')\n"
-               "    return 1\n")
+    program = (
+        "import os\n"
+        "def f():\n"
+        f"    for p in {[str(p) for p in outside]!r}:\n"
+        "        try:\n"
+        "            os.makedirs(os.path.dirname(p), exist_ok=True)\n"
+        "            open(p, 'w').write('x')\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    open('inside.txt', 'w').write('x')\n"
+        "    return 1\n"
+    )
     try:
         ok, reason = run("sandbox", program)
         assert ok, reason
@@ -335,10 +367,12 @@ def test_sandbox_writes_outside_the_program_dir_do_not_land(tmp_path):
 @needs_sandbox
 def test_sandbox_contains_subprocesses(tmp_path):
     outside = tmp_path / "from-subprocess.txt"
-    program = ("import os, subprocess\n"
-               "def f():\n"
-               f"    subprocess.run(['/bin/sh', '-c', 'touch {outside}; echo ran > marker'], check=False)\n"
-               "    return 1 if open('marker').read().strip() == 'ran' else 0\n")  # the subprocess did run
+    program = (
+        "import os, subprocess\n"
+        "def f():\n"
+        f"    subprocess.run(['/bin/sh', '-c', 'touch {outside}; echo ran > marker'], check=False)\n"
+        "    return 1 if open('marker').read().strip() == 'ran' else 0\n"
+    )  # the subprocess did run
     ok, reason = run("sandbox", program)
     assert ok, reason
     assert not outside.exists()
@@ -369,6 +403,7 @@ def test_memory_limit(mode):
 
 # ---------------------------------------------------------------- containment: network
 
+
 def test_sockets_are_disabled(mode):
     # Creating a socket needs no network, so without the audit hook this check would pass.
     program = "import socket\ndef f():\n    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n    s.close()\n    return 1\n"
@@ -383,15 +418,17 @@ def test_sockets_are_disabled(mode):
 
 def test_reimported_socket_module_cannot_connect(mode, listener):
     port = listener.getsockname()[1]
-    program = ("import sys\n"
-               "def f():\n"
-               "    for m in ('socket', '_socket'):\n"
-               "        sys.modules.pop(m, None)\n"
-               "    import _socket\n"
-               "    s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)\n"
-               f"    s.connect(('127.0.0.1', {port}))\n"
-               "    s.send(b'escaped')\n"
-               "    return 1\n")
+    program = (
+        "import sys\n"
+        "def f():\n"
+        "    for m in ('socket', '_socket'):\n"
+        "        sys.modules.pop(m, None)\n"
+        "    import _socket\n"
+        "    s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)\n"
+        f"    s.connect(('127.0.0.1', {port}))\n"
+        "    s.send(b'escaped')\n"
+        "    return 1\n"
+    )
     ok, reason = run(mode, program)
     assert no_connection(listener)
     assert not ok, reason
@@ -399,14 +436,16 @@ def test_reimported_socket_module_cannot_connect(mode, listener):
 
 def test_ctypes_libc_socket_cannot_connect(mode, listener):
     port = listener.getsockname()[1]
-    program = ("import ctypes, socket, struct\n"
-               "def f():\n"
-               "    libc = ctypes.CDLL(None, use_errno=True)\n"
-               "    fd = libc.socket(2, 1, 0)\n"
-               f"    addr = struct.pack('<H', 2) + struct.pack('>H', {port}) + bytes([127, 0, 0, 1]) + bytes(8)\n"
-               "    assert libc.connect(fd, addr, 16) == 0, ctypes.get_errno()\n"
-               "    libc.write(fd, b'escaped', 7)\n"
-               "    return 1\n")
+    program = (
+        "import ctypes, socket, struct\n"
+        "def f():\n"
+        "    libc = ctypes.CDLL(None, use_errno=True)\n"
+        "    fd = libc.socket(2, 1, 0)\n"
+        f"    addr = struct.pack('<H', 2) + struct.pack('>H', {port}) + bytes([127, 0, 0, 1]) + bytes(8)\n"
+        "    assert libc.connect(fd, addr, 16) == 0, ctypes.get_errno()\n"
+        "    libc.write(fd, b'escaped', 7)\n"
+        "    return 1\n"
+    )
     ok, reason = run(mode, program)
     assert no_connection(listener)
     assert not ok, reason
@@ -415,12 +454,14 @@ def test_ctypes_libc_socket_cannot_connect(mode, listener):
 @needs_sandbox
 def test_sandbox_has_no_network_for_subprocesses(listener):
     port = listener.getsockname()[1]
-    program = ("import subprocess, sys\n"
-               "def f():\n"
-               "    code = 'import socket; socket.create_connection((\"127.0.0.1\", %d), timeout=2).sendall(b\"x\")'\n"
-               "    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)\n"
-               "    assert r.returncode != 0, 'connected'\n"
-               "    return 1\n" % port)
+    program = (
+        "import subprocess, sys\n"
+        "def f():\n"
+        '    code = \'import socket; socket.create_connection(("127.0.0.1", %d), timeout=2).sendall(b"x")\'\n'
+        "    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)\n"
+        "    assert r.returncode != 0, 'connected'\n"
+        "    return 1\n" % port
+    )
     ok, reason = run("sandbox", program)
     assert no_connection(listener)
     assert ok, reason  # the subprocess ran and failed to connect
@@ -428,13 +469,16 @@ def test_sandbox_has_no_network_for_subprocesses(listener):
 
 # ---------------------------------------------------------------- processes and timeouts
 
+
 def test_timeout_kills_the_process_group(mode):
     tag = unique_sleep()
-    program = ("import subprocess, time\n"
-               "def f():\n"
-               f"    subprocess.Popen(['sleep', {tag!r}])\n"
-               "    time.sleep(60)\n"
-               "    return 1\n")
+    program = (
+        "import subprocess, time\n"
+        "def f():\n"
+        f"    subprocess.Popen(['sleep', {tag!r}])\n"
+        "    time.sleep(60)\n"
+        "    return 1\n"
+    )
     (ok, reason), seen, took = run_watching(tag, lambda: run(mode, program, timeout_s=2.0))
     assert not ok and reason.startswith("timed out")
     assert seen and took < 4
@@ -443,11 +487,13 @@ def test_timeout_kills_the_process_group(mode):
 
 def test_setsid_child_is_killed(mode):
     tag = unique_sleep()
-    program = ("import subprocess, time\n"
-               "def f():\n"
-               f"    subprocess.Popen(['sleep', {tag!r}], start_new_session=True)\n"
-               "    time.sleep(60)\n"
-               "    return 1\n")
+    program = (
+        "import subprocess, time\n"
+        "def f():\n"
+        f"    subprocess.Popen(['sleep', {tag!r}], start_new_session=True)\n"
+        "    time.sleep(60)\n"
+        "    return 1\n"
+    )
     (ok, reason), seen, took = run_watching(tag, lambda: run(mode, program, timeout_s=2.0))
     assert not ok and reason.startswith("timed out")
     assert seen, "the setsid child never started"
@@ -460,16 +506,16 @@ def test_daemonised_grandchild_is_killed(mode, then):
     # fork, setsid, fork again, exec sleep with an empty environment, let the middle process exit:
     # the sleeper is an orphan outside the session. Killed whether the program then times out or passes.
     tag = unique_sleep()
-    program = ("import os, time\n"
-               "def f():\n"
-               "    if os.fork() == 0:\n"
-               "        os.setsid()\n"
-               "        if os.fork() == 0:\n"
-               f"            os.execve('/bin/sleep', ['sleep', {tag!r}], {{}})\n"
-               "        os._exit(0)\n"
-               "    time.sleep(0.5)\n"
-               + ("    time.sleep(60)\n" if then == "sleep" else "") +
-               "    return 1\n")
+    program = (
+        "import os, time\n"
+        "def f():\n"
+        "    if os.fork() == 0:\n"
+        "        os.setsid()\n"
+        "        if os.fork() == 0:\n"
+        f"            os.execve('/bin/sleep', ['sleep', {tag!r}], {{}})\n"
+        "        os._exit(0)\n"
+        "    time.sleep(0.5)\n" + ("    time.sleep(60)\n" if then == "sleep" else "") + "    return 1\n"
+    )
     (ok, reason), seen, took = run_watching(tag, lambda: run(mode, program, timeout_s=2.0))
     assert ok == (then == "pass"), reason
     assert seen and took < 4
@@ -478,18 +524,20 @@ def test_daemonised_grandchild_is_killed(mode, then):
 
 def test_fork_loop_is_bounded_and_cleaned_up(mode):
     tag = unique_sleep()
-    program = ("import os\n"
-               "n = 0\n"
-               "try:\n"
-               "    for _ in range(100):\n"
-               "        pid = os.fork()\n"
-               "        if pid == 0:\n"
-               f"            os.execv('/bin/sleep', ['sleep', {tag!r}])\n"
-               "        n += 1\n"
-               "except OSError as e:\n"
-               "    raise RuntimeError(f'bounded after {n} processes') from e\n"
-               "def f():\n"
-               "    return 1\n")
+    program = (
+        "import os\n"
+        "n = 0\n"
+        "try:\n"
+        "    for _ in range(100):\n"
+        "        pid = os.fork()\n"
+        "        if pid == 0:\n"
+        f"            os.execv('/bin/sleep', ['sleep', {tag!r}])\n"
+        "        n += 1\n"
+        "except OSError as e:\n"
+        "    raise RuntimeError(f'bounded after {n} processes') from e\n"
+        "def f():\n"
+        "    return 1\n"
+    )
     ok, reason = run(mode, program, timeout_s=10.0)
     if mode == "sandbox" or not IS_ROOT:  # root ignores RLIMIT_NPROC without the sandbox's throwaway uid
         assert not ok and "bounded after" in reason, reason
@@ -498,6 +546,7 @@ def test_fork_loop_is_bounded_and_cleaned_up(mode):
 
 
 # ---------------------------------------------------------------- API: status and opt-in
+
 
 def test_sandbox_status_says_what_is_contained():
     ok, desc = sandbox_status()
@@ -525,8 +574,9 @@ def test_humaneval_task_verifies_extracted_completions(problems, monkeypatch):
     from edgekit.runtime.aggregate import get_extractor
 
     if not SANDBOX_OK:  # tasks.py does not pass the opt-in (yet); allow it for this test only
-        monkeypatch.setattr(humaneval_exec, "check_program",
-                            functools.partial(humaneval_exec.check_program, allow_unsandboxed=True))
+        monkeypatch.setattr(
+            humaneval_exec, "check_program", functools.partial(humaneval_exec.check_program, allow_unsandboxed=True)
+        )
     task = load_task("humaneval", limit=3)
     for prob, raw in zip(task.problems, problems):
         body_only = f"Here you go:\n```python\n{raw['canonical_solution']}```\n"

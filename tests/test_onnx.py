@@ -14,16 +14,18 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import QWEN, SMOL
+
 from edgekit.engines.onnx import find_folder, log_softmax_at, sample
 from edgekit.errors import ModelNotFound, UsageError
 from edgekit.models.folder_hash import folder_sha256
 from edgekit.schemas.options import SamplingOptions
 
-TEXT = ("The sun rises in the east and sets in the west. Water boils at one hundred degrees Celsius at sea level. "
-        "A week has seven days, and a year has twelve months. Cats and dogs are common household pets. "
-        "The capital of France is Paris, and the capital of Italy is Rome.")
+TEXT = (
+    "The sun rises in the east and sets in the west. Water boils at one hundred degrees Celsius at sea level. "
+    "A week has seven days, and a year has twelve months. Cats and dogs are common household pets. "
+    "The capital of France is Paris, and the capital of Italy is Rome."
+)
 Q = "What is 3 + 4? Answer with a number."
 
 
@@ -43,7 +45,9 @@ def test_sampling_greedy_topk_and_seeds():
     top5 = set(np.argsort(-logits)[:5].tolist())
     assert {sample(logits, o5, np.random.default_rng(s)) for s in range(50)} <= top5
     lp = log_softmax_at(logits[None].astype(np.float64), np.array([top]))[0]
-    assert lp < 0 and math.isclose(np.exp(lp), np.exp(logits[top]) / np.exp(logits.astype(np.float64)).sum(), rel_tol=1e-6)
+    assert lp < 0 and math.isclose(
+        np.exp(lp), np.exp(logits[top]) / np.exp(logits.astype(np.float64)).sum(), rel_tol=1e-6
+    )
 
 
 def test_unknown_folder_is_one_line(tmp_path, monkeypatch):
@@ -78,8 +82,10 @@ def onnx_card(tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / f"{SMOL}-onnx-int8"
     t0 = time.perf_counter()
     card = export_onnx_int8(SMOL, out)
-    print(f"\nonnx export of {SMOL}: {time.perf_counter() - t0:.1f} s (load {card.params['load_s']} s, "
-          f"export {card.params['export_s']} s, int8 {card.params['quantize_s']} s)")
+    print(
+        f"\nonnx export of {SMOL}: {time.perf_counter() - t0:.1f} s (load {card.params['load_s']} s, "
+        f"export {card.params['export_s']} s, int8 {card.params['quantize_s']} s)"
+    )
     return card
 
 
@@ -208,10 +214,35 @@ def test_eval_engine_onnx(onnx_card, tmp_path):
     from edgekit.schemas.table import load_table
 
     out = tmp_path / "t.json"
-    r = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "eval", "bigbench:object_counting", "--engine", "onnx",
-                        "-m", onnx_card.path, "--limit", "2", "--n", "2", "--max-tokens", "48", "--template", "terse",
-                        "--threads", "2", "-o", str(out)], capture_output=True, text=True, timeout=600,
-                       cwd=Path(__file__).resolve().parents[1])
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgekit.cli.main",
+            "eval",
+            "bigbench:object_counting",
+            "--engine",
+            "onnx",
+            "-m",
+            onnx_card.path,
+            "--limit",
+            "2",
+            "--n",
+            "2",
+            "--max-tokens",
+            "48",
+            "--template",
+            "terse",
+            "--threads",
+            "2",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     t = load_table(out)
     assert t.n_problems == 2 and t.n_samples == 2 and t.model_id == onnx_card.variant_id and t.quant == "onnx-int8"
@@ -222,8 +253,17 @@ def test_eval_engine_onnx(onnx_card, tmp_path):
 def test_profile_engine_onnx(onnx_card, tmp_path):
     from edgekit.profile.sweep import SweepConfig, profile_model
 
-    cfg = SweepConfig(prompt_lengths=[16, 64], contexts=[0], ns=[1, 2], decode_steps=4, reps=1, load_reps=1, idle_s=0.1,
-                      threads=2, engine="onnx")
+    cfg = SweepConfig(
+        prompt_lengths=[16, 64],
+        contexts=[0],
+        ns=[1, 2],
+        decode_steps=4,
+        reps=1,
+        load_reps=1,
+        idle_s=0.1,
+        threads=2,
+        engine="onnx",
+    )
     prof = profile_model(onnx_card.path, cfg, output=tmp_path / "p.json")
     mp = prof.complete_models()[-1]
     assert mp.model.id == onnx_card.variant_id and mp.model.quant == "onnx-int8" and mp.kv_layout == "per-sequence"

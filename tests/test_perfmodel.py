@@ -22,7 +22,9 @@ def test_nnls_matches_lstsq_when_positive_and_clips_otherwise():
     x, _ = nnls(A, y)
     assert (x >= 0).all() and x[1] == 0.0
     # brute-force check: no non-negative grid point does better
-    best = min(float(np.sum((A @ np.array([p, 0, q]) - y) ** 2)) for p in np.linspace(0, 2, 41) for q in np.linspace(0, 2, 41))
+    best = min(
+        float(np.sum((A @ np.array([p, 0, q]) - y) ** 2)) for p in np.linspace(0, 2, 41) for q in np.linspace(0, 2, 41)
+    )
     assert float(np.sum((A @ x - y) ** 2)) <= best + 1e-12
 
 
@@ -57,7 +59,9 @@ def test_intervals_contain_truth(seed):
 
 def test_expected_steps_and_sequences_leaving():
     pm = fit(sy.model_profile("m", TRUTH, noise=0.0))
-    assert pm.predict(100, 512, 4, expected_steps=200).latency_s == pytest.approx(sy.true_total(TRUTH, 100, 200, 4), rel=1e-9)
+    assert pm.predict(100, 512, 4, expected_steps=200).latency_s == pytest.approx(
+        sy.true_total(TRUTH, 100, 200, 4), rel=1e-9
+    )
     full = pm.predict(100, 512, 4, expected_steps=200)
     same = pm.predict(100, 512, 4, expected_steps=200, mean_tokens=200)
     leave = pm.predict(100, 512, 4, expected_steps=200, mean_tokens=80)
@@ -74,14 +78,23 @@ def test_batch_extrapolation_widens_interval():
 
 
 def test_energy_and_memory():
-    mp = sy.model_profile("m", TRUTH, noise=0.0, size_bytes=2_000_000_000, n_params=3e9, kv_bytes_per_token=100_000,
-                          energy_mj=(2.0, 50.0), peak_rss_mb=3000.0)
+    mp = sy.model_profile(
+        "m",
+        TRUTH,
+        noise=0.0,
+        size_bytes=2_000_000_000,
+        n_params=3e9,
+        kv_bytes_per_token=100_000,
+        energy_mj=(2.0, 50.0),
+        peak_rss_mb=3000.0,
+    )
     pm = fit(mp)
     p1 = pm.predict(200, 128, 1)
     assert p1.energy_j == pytest.approx(2e-3 * 200 + 50e-3 * 128)
     p4 = pm.predict(200, 128, 4)
-    ratio = (sy.true_total(TRUTH, 200, 128, 4) - sy.true_prefill(TRUTH, 200)) / \
-            (sy.true_total(TRUTH, 200, 128, 1) - sy.true_prefill(TRUTH, 200))
+    ratio = (sy.true_total(TRUTH, 200, 128, 4) - sy.true_prefill(TRUTH, 200)) / (
+        sy.true_total(TRUTH, 200, 128, 1) - sy.true_prefill(TRUTH, 200)
+    )
     assert p4.energy_j == pytest.approx(2e-3 * 200 + 50e-3 * 128 * ratio, rel=1e-6)
     over = 3000e6 - 2e9 - 100_000 * mp.n_ctx
     assert p4.memory_bytes == pytest.approx(2e9 + 100_000 * (200 + 4 * 128) + over)
@@ -117,8 +130,23 @@ def _three_models(noise=0.01):
     for i, (P, L, E) in enumerate([(1e9, 24, 2048), (3e9, 28, 3072), (7e9, 32, 4096)]):
         kv, size = 2 * L * 8 * 128 * 2, int(P * 0.6)
         t = sy.device_truth(size, P, kv, L, E)
-        out.append((sy.model_profile(f"m{i}", t, noise=noise, seed=i, size_bytes=size, n_params=P,
-                                     kv_bytes_per_token=kv, n_layer=L, n_embd=E, energy_mj=(1.0 + i, 20.0 + 10 * i)), t))
+        out.append(
+            (
+                sy.model_profile(
+                    f"m{i}",
+                    t,
+                    noise=noise,
+                    seed=i,
+                    size_bytes=size,
+                    n_params=P,
+                    kv_bytes_per_token=kv,
+                    n_layer=L,
+                    n_embd=E,
+                    energy_mj=(1.0 + i, 20.0 + 10 * i),
+                ),
+                t,
+            )
+        )
     return out
 
 

@@ -21,8 +21,12 @@ SLOW = dict(a=0.0, b=3e-3, c=0.10, alpha=0.04, beta=0.002, gamma=0.0)  # ~1.5 s
 
 @pytest.fixture(scope="module")
 def prof():
-    return sy.device_profile([sy.model_profile("small", FAST, noise=0.02, size_bytes=500_000_000),
-                              sy.model_profile("big", SLOW, noise=0.02, size_bytes=1_500_000_000, seed=1)])
+    return sy.device_profile(
+        [
+            sy.model_profile("small", FAST, noise=0.02, size_bytes=500_000_000),
+            sy.model_profile("big", SLOW, noise=0.02, size_bytes=1_500_000_000, seed=1),
+        ]
+    )
 
 
 def pool_table(model_id: str, correct: set[int], ids=None, n=30, task_file="f" * 64, samples=4) -> AccuracyTable:
@@ -33,14 +37,27 @@ def pool_table(model_id: str, correct: set[int], ids=None, n=30, task_file="f" *
         ok = i in correct
         s = SampleRecord(answer="7" if ok else "3", correct=ok, tokens=29, finished=True)
         probs.append(ProblemRecord(id=pid, target="7", prompt_tokens=60, samples=[s] * samples, greedy=s))
-    return AccuracyTable(task="bigbench:object_counting", model_id=model_id, quant="Q4_K_M", prompt_template="terse",
-                         temperature=0.8, n_samples=samples, seed=0, max_tokens=32, n_problems=len(ids),
-                         prompt_tokens_mean=60.0, task_file_sha256=task_file, problems=probs,
-                         rows=accuracy_rows(probs, [32], None, ["greedy", "majority"]))
+    return AccuracyTable(
+        task="bigbench:object_counting",
+        model_id=model_id,
+        quant="Q4_K_M",
+        prompt_template="terse",
+        temperature=0.8,
+        n_samples=samples,
+        seed=0,
+        max_tokens=32,
+        n_problems=len(ids),
+        prompt_tokens_mean=60.0,
+        task_file_sha256=task_file,
+        problems=probs,
+        rows=accuracy_rows(probs, [32], None, ["greedy", "majority"]),
+    )
 
 
 def _greedy(res, model):
-    return next(i for i in range(len(res)) if res.config(i)["model_id"] == model and res.config(i)["aggregation"] == "greedy")
+    return next(
+        i for i in range(len(res)) if res.config(i)["model_id"] == model and res.config(i)["aggregation"] == "greedy"
+    )
 
 
 def test_paired_difference_separates_what_overlapping_marginal_intervals_cannot(prof):
@@ -100,8 +117,11 @@ def test_disjoint_problems_are_unpaired_and_flagged(prof):
     big = pool_table("big", set(range(16)), ids=[f"object_counting/{i}" for i in range(30, 60)])
     res = plan(prof, [small, big], 5.0)
     cmp = res.competitors()
-    assert cmp and all(not c.paired and "only 0 shared problems" in c.how for c in cmp
-                       if res.config(c.other)["model_id"] != res.config(res.chosen)["model_id"])
+    assert cmp and all(
+        not c.paired and "only 0 shared problems" in c.how
+        for c in cmp
+        if res.config(c.other)["model_id"] != res.config(res.chosen)["model_id"]
+    )
     assert not res.warnings
 
 
@@ -145,19 +165,30 @@ def test_problem_scores_average_to_every_row_of_the_shipped_tables():
         t = load_table(path)
         for r in t.rows:
             s = problem_scores(t.problems, r.budget, r.aggregation)
-            assert s[:, 0 if r.aggregation == "greedy" else r.k - 1].mean() == pytest.approx(r.accuracy, abs=1e-12), (path, r)
+            assert s[:, 0 if r.aggregation == "greedy" else r.k - 1].mean() == pytest.approx(r.accuracy, abs=1e-12), (
+                path,
+                r,
+            )
 
 
 def test_shipped_object_counting_tables_choose_the_1_5b_over_the_noise_rule():
     """The issue's case on its own tables (latency from a synthetic two-model profile: 0.5B fast, 1.5B ~4x slower)."""
     t05 = load_table(ROOT / "tables" / "object_counting-qwen0.5b-terse.json")
     t15 = load_table(ROOT / "tables" / "object_counting-qwen1.5b-terse.json")
-    p = sy.device_profile([sy.model_profile(t05.model_id, FAST, noise=0.02), sy.model_profile(t15.model_id, SLOW, noise=0.02)])
+    p = sy.device_profile(
+        [sy.model_profile(t05.model_id, FAST, noise=0.02), sy.model_profile(t15.model_id, SLOW, noise=0.02)]
+    )
     res = plan(p, [t05, t15], 3.0)
     c = res.config(res.chosen)
     assert (c["model_id"], c["n"], c["aggregation"]) == (t15.model_id, 4, "majority")
-    one = next(i for i in range(len(res)) if res.config(i)["model_id"] == t05.model_id and res.n[i] == 1
-               and res.config(i)["aggregation"] == "majority" and res.feasible[i])
+    one = next(
+        i
+        for i in range(len(res))
+        if res.config(i)["model_id"] == t05.model_id
+        and res.n[i] == 1
+        and res.config(i)["aggregation"] == "majority"
+        and res.feasible[i]
+    )
     vs = res.comparator.compare(res.chosen, [one])[0]
     assert vs.paired and vs.verdict == "win" and vs.lo > 0.05
     opt = res.optimism()
@@ -207,8 +238,12 @@ def test_the_frontier_fits_80_columns_and_the_why_lines_name_each_competitor(pro
     assert "acc. from" in wide.export_text()  # wide terminals keep every column
     lines = why_lines(res)
     assert lines[0].startswith("why: chose small") and "a tie" in lines[0]
-    assert any(x.startswith("  vs big B=32 n=1 greedy (53.3 %): -3.3 pts [") and "(paired, 30 problems): tie" in x
-               and "beyond both prediction intervals" in x for x in lines)
+    assert any(
+        x.startswith("  vs big B=32 n=1 greedy (53.3 %): -3.3 pts [")
+        and "(paired, 30 problems): tie" in x
+        and "beyond both prediction intervals" in x
+        for x in lines
+    )
 
 
 def test_the_task_file_hash_is_the_same_for_every_template_and_split():
@@ -251,8 +286,15 @@ def test_planner_value_runs_a_grammar_constrained_configuration_with_its_grammar
             return SimpleNamespace(answer="A", timings=SimpleNamespace(total_s=0.1))
 
     task = load_task("bigbench:date_understanding", template="terse", split="0:2")
-    cfg = {"n": 3, "budget": 16, "temperature": 0.8, "top_p": 0.95, "aggregation": "majority", "extractor": "choice",
-           "answer_format": "answer"}
+    cfg = {
+        "n": 3,
+        "budget": 16,
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "aggregation": "majority",
+        "extractor": "choice",
+        "answer_format": "answer",
+    }
     out = pv.run_config(FakeRuntime(), task, cfg, 0)
     assert out["n_problems"] == 2 and len(seen) == 2
     assert all(o.grammar and "Answer: " in o.grammar and o.n == 3 and o.max_tokens == 16 for o in seen)

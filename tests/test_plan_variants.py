@@ -13,7 +13,7 @@ from edgekit.figures import measured
 from edgekit.plan import to_plan_file
 from edgekit.plan.make import make_plan
 from edgekit.plan.planner import plan
-from edgekit.plan.variants import (NO_REPORT_WIDEN, PRIOR_C, accuracy_prior, list_variant_cards, variant_candidates)
+from edgekit.plan.variants import NO_REPORT_WIDEN, PRIOR_C, accuracy_prior, list_variant_cards, variant_candidates
 from edgekit.schemas.profile import load_profile
 from edgekit.schemas.quant import QualityReport, SourceInfo, VariantCard
 from edgekit.schemas.table import load_table
@@ -24,21 +24,38 @@ TABLE = ROOT / "tables" / "object_counting-qwen0.5b-terse.json"
 BASE = "qwen2.5-coder-0.5b-instruct"
 BASE_SHA = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"  # the table's (catalogue) Q4_K_M file
 # the ladder: (type, size_bytes, mean KL vs F16 in nats, sha256); Q4_K_M is the tabled catalogue file itself
-LADDER = [("Q8_0", 531_000_000, 0.003, "a" * 64), ("Q4_K_M", 491_400_000, 0.04, BASE_SHA), ("Q2_K", 339_000_000, 0.25, "c" * 64)]
+LADDER = [
+    ("Q8_0", 531_000_000, 0.003, "a" * 64),
+    ("Q4_K_M", 491_400_000, 0.04, BASE_SHA),
+    ("Q2_K", 339_000_000, 0.25, "c" * 64),
+]
 
 
 def _quality(kl, ppl=12.0):
-    return QualityReport(text_name="edgekit/data/texts/t.txt", text_sha256="0" * 64, n_tokens=4096, n_ctx=512,
-                         reference=f"{BASE}-f16", ppl=measured([ppl], "ppl", source="t.txt, 4096 tokens"),
-                         kl_mean=None if kl is None else measured([kl], "nats", source="t.txt, 4096 tokens"))
+    return QualityReport(
+        text_name="edgekit/data/texts/t.txt",
+        text_sha256="0" * 64,
+        n_tokens=4096,
+        n_ctx=512,
+        reference=f"{BASE}-f16",
+        ppl=measured([ppl], "ppl", source="t.txt, 4096 tokens"),
+        kl_mean=None if kl is None else measured([kl], "nats", source="t.txt, 4096 tokens"),
+    )
 
 
 def card(typ, size, kl, sha, quality=True, folder=None):
     vid = f"{BASE}-{typ.lower()}"
-    return VariantCard(variant_id=vid, base_model=BASE, format="gguf", type=typ,
-                       path=str((folder or Path("/nonexistent")) / f"{vid}.gguf"), size_bytes=size, sha256=sha,
-                       source=SourceInfo(path=f"/cache/{BASE}-f16.gguf", quant="F16", model_id=BASE),
-                       quality=_quality(kl) if quality else None)
+    return VariantCard(
+        variant_id=vid,
+        base_model=BASE,
+        format="gguf",
+        type=typ,
+        path=str((folder or Path("/nonexistent")) / f"{vid}.gguf"),
+        size_bytes=size,
+        sha256=sha,
+        source=SourceInfo(path=f"/cache/{BASE}-f16.gguf", quant="F16", model_id=BASE),
+        quality=_quality(kl) if quality else None,
+    )
 
 
 @pytest.fixture
@@ -149,8 +166,14 @@ def test_confirm_quick_profiles_the_estimated_variant(ladder, tmp_path):
         calls.append(spec)
         base = existing.model(BASE)
         dec = [d.model_copy(update={"step_s": measured([x * 0.8 for x in d.step_s.samples], "s")}) for d in base.decode]
-        entry = base.model_copy(update={"decode": dec, "model": base.model.model_copy(update={
-            "id": Path(spec).name, "sha256": "c" * 64, "quant": "Q2_K", "size_bytes": 339_000_000})})
+        entry = base.model_copy(
+            update={
+                "decode": dec,
+                "model": base.model.model_copy(
+                    update={"id": Path(spec).name, "sha256": "c" * 64, "quant": "Q2_K", "size_bytes": 339_000_000}
+                ),
+            }
+        )
         existing.models.append(entry)
         existing.save(output)
         return existing
@@ -166,9 +189,29 @@ def test_cli_plan_shows_quant_column_and_cross_model_note(ladder, tmp_path):
     res, _ = _plan(ladder, 100.0)
     target = (_fastest(res, "Q2_K") + _fastest(res, "Q4_K_M")) / 2
     env = {**os.environ, "COLUMNS": "250", "EDGEKIT_HOME": str(tmp_path / "home")}
-    r = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "plan", "-p", str(PROFILE), "-a", str(TABLE),
-                        "-t", f"{target:.4f}s", "--variants", str(ladder), "-o", str(tmp_path / "plan.json")],
-                       capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgekit.cli.main",
+            "plan",
+            "-p",
+            str(PROFILE),
+            "-a",
+            str(TABLE),
+            "-t",
+            f"{target:.4f}s",
+            "--variants",
+            str(ladder),
+            "-o",
+            str(tmp_path / "plan.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "quant" in out and "Q2_K" in out and "acc. from" in out

@@ -1,5 +1,6 @@
 """Planner: optimum, infeasible targets, caps, ties, frontier, plan file, published profile, speed."""
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -8,12 +9,10 @@ import numpy as np
 import pytest
 
 from edgekit.errors import SchemaError, UsageError
-from edgekit.schemas.table import AccuracyRow, AccuracyTable
 from edgekit.perfmodel import synthetic as sy
-import functools
-
 from edgekit.plan import InfeasibleTarget, load_plan, plot_pareto, render_frontier, to_plan_file
 from edgekit.plan import plan as plan_any
+from edgekit.schemas.table import AccuracyRow, AccuracyTable
 
 # these tests check the optimiser itself: the most accurate feasible configuration
 plan = functools.partial(plan_any, prefer="most-accurate")
@@ -29,24 +28,40 @@ def row(B, k, agg, acc, S, mean=None):
 
 
 def table(model_id="m", rows=(), I=100.0, verifier=False, quant="Q4_K_M", task="object_counting"):
-    return AccuracyTable(task=task, model_id=model_id, quant=quant, prompt_template="cot", temperature=0.7,
-                         n_samples=16, seed=0, max_tokens=512, n_problems=20, prompt_tokens_mean=I,
-                         has_verifier=verifier, rows=list(rows))
+    return AccuracyTable(
+        task=task,
+        model_id=model_id,
+        quant=quant,
+        prompt_template="cot",
+        temperature=0.7,
+        n_samples=16,
+        seed=0,
+        max_tokens=512,
+        n_problems=20,
+        prompt_tokens_mean=I,
+        has_verifier=verifier,
+        rows=list(rows),
+    )
 
 
 HAND_ROWS = [
-    row(64, 1, "majority", 0.50, 50),   # 0.15 + 50 * 0.021 = 1.20 s
+    row(64, 1, "majority", 0.50, 50),  # 0.15 + 50 * 0.021 = 1.20 s
     row(128, 1, "majority", 0.60, 100),  # 0.15 + 100 * 0.021 = 2.25 s
-    row(64, 4, "majority", 0.65, 60),   # 0.15 + 60 * 0.024 = 1.59 s
+    row(64, 4, "majority", 0.65, 60),  # 0.15 + 60 * 0.024 = 1.59 s
     row(128, 8, "majority", 0.80, 120),  # 0.15 + 120 * 0.028 = 3.51 s
-    row(64, 1, "greedy", 0.55, 40),     # 0.15 + 40 * 0.021 = 0.99 s
+    row(64, 1, "greedy", 0.55, 40),  # 0.15 + 40 * 0.021 = 0.99 s
 ]
 
 
 @pytest.fixture
 def prof():
-    return sy.device_profile([sy.model_profile("m", T, noise=0.0, size_bytes=1_000_000_000, kv_bytes_per_token=100_000,
-                                               energy_mj=(1.0, 10.0))])
+    return sy.device_profile(
+        [
+            sy.model_profile(
+                "m", T, noise=0.0, size_bytes=1_000_000_000, kv_bytes_per_token=100_000, energy_mj=(1.0, 10.0)
+            )
+        ]
+    )
 
 
 def test_picks_hand_computed_optimum(prof):
@@ -59,7 +74,9 @@ def test_picks_hand_computed_optimum(prof):
     big = plan(prof, [table(rows=HAND_ROWS)], 4.0)
     assert big.config(big.chosen)["n"] == 8
     greedy = plan(prof, [table(rows=HAND_ROWS)], 1.0)
-    assert greedy.config(greedy.chosen)["aggregation"] == "greedy" and greedy.config(greedy.chosen)["temperature"] == 0.0
+    assert (
+        greedy.config(greedy.chosen)["aggregation"] == "greedy" and greedy.config(greedy.chosen)["temperature"] == 0.0
+    )
 
 
 def test_p95_uses_interval_upper_end(prof):
@@ -102,8 +119,12 @@ def test_memory_cap_excludes(prof):
 
 
 def test_tie_goes_to_lower_latency_then_energy():
-    prof = sy.device_profile([sy.model_profile("a", T, noise=0.0, energy_mj=(1.0, 10.0)),
-                              sy.model_profile("b", T, noise=0.0, energy_mj=(1.0, 5.0))])
+    prof = sy.device_profile(
+        [
+            sy.model_profile("a", T, noise=0.0, energy_mj=(1.0, 10.0)),
+            sy.model_profile("b", T, noise=0.0, energy_mj=(1.0, 5.0)),
+        ]
+    )
     rows = [row(128, 1, "majority", 0.7, 100), row(64, 1, "majority", 0.7, 50), row(32, 1, "majority", 0.4, 20)]
     r = plan(prof, [table("a", rows)], 5.0)
     assert r.config(r.chosen)["budget"] == 64
@@ -122,8 +143,10 @@ def test_pass_at_k_needs_verifier(prof):
 
 def test_frontier_matches_brute_force(prof):
     rng = np.random.default_rng(1)
-    rows = [row(int(B), int(k), "majority", float(np.round(rng.random(), 2)), float(rng.integers(1, B + 1)))
-            for B, k in zip(rng.choice([32, 64, 128, 256], 300), rng.choice([1, 2, 4, 8], 300))]
+    rows = [
+        row(int(B), int(k), "majority", float(np.round(rng.random(), 2)), float(rng.integers(1, B + 1)))
+        for B, k in zip(rng.choice([32, 64, 128, 256], 300), rng.choice([1, 2, 4, 8], 300))
+    ]
     r = plan(prof, [table(rows=rows)], 100.0)
     lat, acc = r.latency, r.accuracy
     brute = set()
@@ -143,18 +166,35 @@ def test_unknown_model(prof, tmp_path):
     r = plan(prof, [table("other", HAND_ROWS)], 2.0, model_map={"other": "m"})
     assert r.chosen is not None
     with pytest.raises(SchemaError, match="measured 'm' Q8_0"):
-        plan(prof.model_copy(update={"models": [prof.models[0].model_copy(update={"model": ModelInfo(id="m", quant="Q8_0")})]}),
-             [table(rows=HAND_ROWS)], 2.0)
+        plan(
+            prof.model_copy(
+                update={"models": [prof.models[0].model_copy(update={"model": ModelInfo(id="m", quant="Q8_0")})]}
+            ),
+            [table(rows=HAND_ROWS)],
+            2.0,
+        )
 
 
 def test_cross_model_estimate_marked():
     ms = []
     for i, (P, L, E) in enumerate([(1e9, 24, 2048), (7e9, 32, 4096)]):
         kv, size = 2 * L * 8 * 128 * 2, int(P * 0.6)
-        ms.append(sy.model_profile(f"m{i}", sy.device_truth(size, P, kv, L, E), noise=0.0, size_bytes=size, n_params=P,
-                                   kv_bytes_per_token=kv, n_layer=L, n_embd=E))
+        ms.append(
+            sy.model_profile(
+                f"m{i}",
+                sy.device_truth(size, P, kv, L, E),
+                noise=0.0,
+                size_bytes=size,
+                n_params=P,
+                kv_bytes_per_token=kv,
+                n_layer=L,
+                n_embd=E,
+            )
+        )
     prof = sy.device_profile(ms)
-    info = ModelInfo(id="new", size_bytes=int(1.8e9), n_params=3e9, kv_bytes_per_token=2 * 28 * 8 * 256, n_layer=28, n_embd=3072)
+    info = ModelInfo(
+        id="new", size_bytes=int(1.8e9), n_params=3e9, kv_bytes_per_token=2 * 28 * 8 * 256, n_layer=28, n_embd=3072
+    )
     with pytest.raises(SchemaError, match="cross-model estimate needs its size"):
         plan(prof, [table("new", HAND_ROWS)], 100.0)
     r = plan(prof, [table("new", HAND_ROWS)], 100.0, model_infos={"new": info})
@@ -188,15 +228,26 @@ def test_plan_file_round_trip(prof, tmp_path):
 
 def test_published_orin_profile():
     prof = load_profile(ORIN)
-    rows = {"deepseek-r1-distill-qwen-1.5b": [row(256, 1, "majority", 0.40, 200), row(1024, 1, "majority", 0.55, 800),
-                                              row(1024, 4, "majority", 0.62, 900)],
-            "deepseek-r1-distill-llama-8b": [row(256, 1, "majority", 0.65, 200), row(1024, 1, "majority", 0.70, 700)],
-            "deepseek-r1-distill-qwen-14b": [row(256, 1, "majority", 0.60, 220), row(1024, 1, "majority", 0.80, 750)]}
+    rows = {
+        "deepseek-r1-distill-qwen-1.5b": [
+            row(256, 1, "majority", 0.40, 200),
+            row(1024, 1, "majority", 0.55, 800),
+            row(1024, 4, "majority", 0.62, 900),
+        ],
+        "deepseek-r1-distill-llama-8b": [row(256, 1, "majority", 0.65, 200), row(1024, 1, "majority", 0.70, 700)],
+        "deepseek-r1-distill-qwen-14b": [row(256, 1, "majority", 0.60, 220), row(1024, 1, "majority", 0.80, 750)],
+    }
     tabs = [table(m, rs, I=150.0, quant="FP16") for m, rs in rows.items()]
     r = plan(prof, tabs, 30.0, profile_path=str(ORIN))
     c = r.config(r.chosen)
     # hand: 8B B=256 -> prefill(I=150 -> 256) + 200 * (n + m*150 + m*199/2)
-    a, b, cc, n, m = 6.645207285297158e-07, 0.0002903545130874798, 0.10380849913420899, 0.10038429572372025, 6.920219504432032e-07
+    a, b, cc, n, m = (
+        6.645207285297158e-07,
+        0.0002903545130874798,
+        0.10380849913420899,
+        0.10038429572372025,
+        6.920219504432032e-07,
+    )
     expect = a * 256**2 + b * 256 + cc + 200 * (n + m * 150 + m * 199 / 2)
     assert (c["model_id"], c["budget"]) == ("deepseek-r1-distill-llama-8b", 256)
     assert r.pred["total_s"][r.chosen] == pytest.approx(expect, rel=1e-12)
@@ -211,13 +262,21 @@ def test_published_orin_profile():
 
 def _big(n_tables=6, rows_per=1800, seed=0):
     rng = np.random.default_rng(seed)
-    prof = sy.device_profile([sy.model_profile(f"m{i}", {**T, "alpha": 0.01 * (i + 1)}, noise=0.0,
-                                               size_bytes=10**9 * (i + 1), kv_bytes_per_token=1e5) for i in range(3)])
+    prof = sy.device_profile(
+        [
+            sy.model_profile(
+                f"m{i}", {**T, "alpha": 0.01 * (i + 1)}, noise=0.0, size_bytes=10**9 * (i + 1), kv_bytes_per_token=1e5
+            )
+            for i in range(3)
+        ]
+    )
     tabs = []
     for t in range(n_tables):
         Bs = rng.choice([64, 128, 256, 512, 1024], rows_per)
-        rs = [row(int(B), int(k), "majority", float(rng.random()), float(rng.integers(1, B + 1)))
-              for B, k in zip(Bs, rng.choice([1, 2, 4, 8, 16], rows_per))]
+        rs = [
+            row(int(B), int(k), "majority", float(rng.random()), float(rng.integers(1, B + 1)))
+            for B, k in zip(Bs, rng.choice([1, 2, 4, 8, 16], rows_per))
+        ]
         tabs.append(table(f"m{t % 3}", rs, I=float(rng.integers(50, 500))))
     return prof, tabs
 
@@ -290,12 +349,30 @@ def _pool_table(model_id, accs, n_problems=40, k_samples=4, seed=1):
         samples = []
         for _ in range(k_samples):
             right = rng.random() < (0.25 if hard else 0.9)
-            samples.append(SampleRecord(answer="7" if right else str(rng.choice([3, 4, 5, 6, 8])), correct=right,
-                                        tokens=30, finished=True, mean_logprob=-0.2 if right else -1.5))
+            samples.append(
+                SampleRecord(
+                    answer="7" if right else str(rng.choice([3, 4, 5, 6, 8])),
+                    correct=right,
+                    tokens=30,
+                    finished=True,
+                    mean_logprob=-0.2 if right else -1.5,
+                )
+            )
         probs.append(ProblemRecord(id=f"q{i}", target="7", prompt_tokens=50, samples=samples, greedy=samples[0]))
-    t = AccuracyTable(task="object_counting", model_id=model_id, quant="Q4_K_M", prompt_template="cot", temperature=0.8,
-                      n_samples=k_samples, seed=0, max_tokens=64, n_problems=n_problems, prompt_tokens_mean=50.0,
-                      problems=probs, rows=[])
+    t = AccuracyTable(
+        task="object_counting",
+        model_id=model_id,
+        quant="Q4_K_M",
+        prompt_template="cot",
+        temperature=0.8,
+        n_samples=k_samples,
+        seed=0,
+        max_tokens=64,
+        n_problems=n_problems,
+        prompt_tokens_mean=50.0,
+        problems=probs,
+        rows=[],
+    )
     t.rows = accuracy_rows(probs, [64], None, ["greedy", "majority"])
     return t
 

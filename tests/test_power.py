@@ -14,8 +14,16 @@ import pytest
 
 from edgekit.errors import UsageError
 from edgekit.power import (
-    JetsonMeter, NullMeter, NvmlMeter, PowerSampler, RaplMeter, best_meter, decode_reasons, detect_meters,
-    estimated_cpu_power_mw, trapezoid_mj,
+    JetsonMeter,
+    NullMeter,
+    NvmlMeter,
+    PowerSampler,
+    RaplMeter,
+    best_meter,
+    decode_reasons,
+    detect_meters,
+    estimated_cpu_power_mw,
+    trapezoid_mj,
 )
 from edgekit.power.nvml import JETSON_WHY
 from edgekit.power.rapl import NODIR_WHY, NOPERM_FIX, NOPERM_WHY
@@ -64,11 +72,25 @@ class FakeNvml:
     NVMLError_NotSupported = FakeNotSupported
     NVML_TEMPERATURE_GPU = 0
 
-    def __init__(self, energy=True, power=True, init_fails=False, energy_rate_mw=30000.0, power_mw=45000,
-                 throttle_mask=0, temp_c=71, name=b"NVIDIA GeForce RTX 4090"):
+    def __init__(
+        self,
+        energy=True,
+        power=True,
+        init_fails=False,
+        energy_rate_mw=30000.0,
+        power_mw=45000,
+        throttle_mask=0,
+        temp_c=71,
+        name=b"NVIDIA GeForce RTX 4090",
+    ):
         self.energy, self.power, self.init_fails = energy, power, init_fails
         self.energy_rate_mw, self.power_mw, self.throttle_mask, self.temp_c, self.name = (
-            energy_rate_mw, power_mw, throttle_mask, temp_c, name)
+            energy_rate_mw,
+            power_mw,
+            throttle_mask,
+            temp_c,
+            name,
+        )
         self.t0 = time.monotonic()
         self.inits = 0
 
@@ -121,7 +143,13 @@ class FakeNvml:
 def test_rapl_fixture_domains_and_total_method(tmp_path):
     m = RaplMeter(materialize("rapl", tmp_path))
     assert m.available and m.has_energy_counter and m.name == "rapl"
-    assert sorted(m.read_components_energy_mj()) == ["package-0", "package-0/core", "package-0/dram", "package-1", "package-1/dram"]
+    assert sorted(m.read_components_energy_mj()) == [
+        "package-0",
+        "package-0/core",
+        "package-0/dram",
+        "package-1",
+        "package-1/dram",
+    ]
     assert m.total_method.startswith("sum of RAPL zones: package-0 + package-1")
     assert "DRAM reported as a component" in m.total_method
 
@@ -258,7 +286,9 @@ def test_jetson_orin_agx_sum_of_rails():
     m = JetsonMeter(FIX / "orin_jp6")
     assert m.available and not m.has_energy_counter
     rails = m.read_components_power_mw()
-    assert rails == pytest.approx({"VDD_GPU_SOC": 6000.0, "VDD_CPU_CV": 2400.0, "VIN_SYS_5V0": 3800.0, "VDDQ_VDD2_1V8AO": 698.88})
+    assert rails == pytest.approx(
+        {"VDD_GPU_SOC": 6000.0, "VDD_CPU_CV": 2400.0, "VIN_SYS_5V0": 3800.0, "VDDQ_VDD2_1V8AO": 698.88}
+    )
     assert m.total_method == "sum of rails: VDD_GPU_SOC + VDD_CPU_CV + VIN_SYS_5V0 + VDDQ_VDD2_1V8AO"
     assert m.read_power_mw() == pytest.approx(12898.88)
     assert m.read_energy_mj() is None
@@ -378,8 +408,13 @@ def test_nvml_throttle_temperature_info():
     assert decode_reasons(0x8 | 0x40) == ["hw_slowdown", "hw_thermal"]
     assert m.temperature_c() == 71.0
     info = m.gpu_info()
-    assert info == {"index": 0, "name": "NVIDIA GeForce RTX 4090", "memory_total_mb": 24576.0,
-                    "power_limit_mw": 450000.0, "driver": "550.54.14"}
+    assert info == {
+        "index": 0,
+        "name": "NVIDIA GeForce RTX 4090",
+        "memory_total_mb": 24576.0,
+        "power_limit_mw": 450000.0,
+        "driver": "550.54.14",
+    }
     m.close()
     assert fake.inits == 0 and not m.available
 

@@ -21,7 +21,6 @@ import pytest
 
 from edgekit.errors import EdgekitError, SchemaError, UsageError
 from edgekit.profile.sweep import ProfileInterrupted, SweepConfig, partial_path, profile_model
-
 from edgekit.schemas.profile import DeviceProfile, load_profile  # noqa: F401
 
 SMOL = "smollm2-135m-instruct"
@@ -31,8 +30,9 @@ TINY_ARGS = ["--prompt-lengths", "16,32", "--contexts", "0", "--ns", "1,2", "--s
 
 
 def tiny() -> SweepConfig:
-    return SweepConfig(prompt_lengths=[16, 32], contexts=[0], ns=[1, 2], decode_steps=4, reps=2, load_reps=1,
-                       idle_s=0.1, n_ctx=256)
+    return SweepConfig(
+        prompt_lengths=[16, 32], contexts=[0], ns=[1, 2], decode_steps=4, reps=2, load_reps=1, idle_s=0.1, n_ctx=256
+    )
 
 
 def stop_at(n_stage_calls: int, prefix: str, exc=KeyboardInterrupt):
@@ -51,7 +51,7 @@ def stop_at(n_stage_calls: int, prefix: str, exc=KeyboardInterrupt):
 def models_block(text: str) -> str:
     """The JSON text of the "models" list up to the end of its first entry."""
     start = text.index('"models": [')
-    return text[start:text.index("\n    }", start) + 6]
+    return text[start : text.index("\n    }", start) + 6]
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,7 @@ def seeded(tmp_path, base) -> Path:
 
 
 # --- the library: profile_model ---------------------------------------------------------------
+
 
 def test_interrupted_append_keeps_the_complete_entry(tmp_path, base):
     p = seeded(tmp_path, base)
@@ -96,8 +97,13 @@ def test_interrupted_append_keeps_the_complete_entry(tmp_path, base):
     assert [(x.prompt_tokens, x.prefill_s.reps) for x in part.prefill] == [(16, 1), (32, 1)]
     assert part.decode == [] and part.load_s.reps == 1 and part.model.arch == "llama"
     assert part.gaps[0] == "sweep stopped early at prefill 16 tok (rep 2/2): interrupted (Ctrl-C)"
-    for g in ("prefill 16 tok: 1 of 2 reps", "prefill 32 tok: 1 of 2 reps", "decode ctx=32 n=1: 0 of 2 reps",
-              "decode ctx=32 n=2: 0 of 2 reps", "drift: last reference run not measured"):
+    for g in (
+        "prefill 16 tok: 1 of 2 reps",
+        "prefill 32 tok: 1 of 2 reps",
+        "decode ctx=32 n=1: 0 of 2 reps",
+        "decode ctx=32 n=2: 0 of 2 reps",
+        "drift: last reference run not measured",
+    ):
         assert g in part.gaps
 
 
@@ -147,8 +153,9 @@ def test_a_failure_mid_sweep_keeps_the_old_entry(tmp_path, base, monkeypatch):
     part = prof.partial_models()[0]
     assert [(x.prompt_tokens, x.prefill_s.reps) for x in part.prefill] == [(16, 2), (32, 2)]
     assert sorted((d.context_tokens, d.n, d.step_s.reps) for d in part.decode) == [(32, 1, 1), (32, 2, 1)]
-    assert part.gaps[0] == ("sweep stopped early at decode ctx=32 n=1 (rep 2/2): "
-                            "RuntimeError: llama_decode returned -3 (simulated)")
+    assert part.gaps[0] == (
+        "sweep stopped early at decode ctx=32 n=1 (rep 2/2): RuntimeError: llama_decode returned -3 (simulated)"
+    )
 
 
 def load_profile_bytes(data: bytes, tmp_path) -> DeviceProfile:
@@ -162,7 +169,9 @@ def test_an_edgekit_error_mid_sweep_keeps_its_fix_and_names_the_partial_file(tmp
 
     p = seeded(tmp_path, base)
     with pytest.raises(BackendError) as ei:
-        profile_model(SMOL, tiny(), output=p, progress=stop_at(2, "decode", BackendError("backend died", fix="restart it")))
+        profile_model(
+            SMOL, tiny(), output=p, progress=stop_at(2, "decode", BackendError("backend died", fix="restart it"))
+        )
     assert ei.value.fix == "restart it" and ei.value.message.startswith("backend died; profiling smollm2")
     assert str(tmp_path / "p.partial.json") in ei.value.message and p.read_bytes() == base
 
@@ -181,8 +190,11 @@ def test_interrupted_before_anything_was_measured_writes_nothing(tmp_path, base)
     assert ei.value.saved_to == p and models_block(base.decode()) in p.read_text()
     part = load_profile(p).partial_models()[0]
     assert part.load_s.reps == 1 and part.model.arch == "llama" and part.prefill == [] and part.peak_rss_mb.value > 0
-    assert part.gaps[:3] == ["sweep stopped early at load: interrupted (Ctrl-C)", "load: 1 of 2 reps",
-                             "prefill 16 tok: 0 of 2 reps"]
+    assert part.gaps[:3] == [
+        "sweep stopped early at load: interrupted (Ctrl-C)",
+        "load: 1 of 2 reps",
+        "prefill 16 tok: 0 of 2 reps",
+    ]
     assert "drift: not measured" in part.gaps
 
 
@@ -205,7 +217,9 @@ def test_a_complete_append_supersedes_the_model_entries_and_keeps_the_others(tmp
 
 def test_lookup_never_hands_out_a_partial_entry_as_complete(tmp_path, base):
     raw = json.loads(base)
-    raw["models"][0].update(partial=True, gaps=["sweep stopped early at prefill 16 tok (rep 1/2): interrupted (Ctrl-C)"])
+    raw["models"][0].update(
+        partial=True, gaps=["sweep stopped early at prefill 16 tok (rep 1/2): interrupted (Ctrl-C)"]
+    )
     p = tmp_path / "partial-only.json"
     p.write_text(json.dumps(raw))
     prof = load_profile(p)
@@ -242,15 +256,25 @@ def test_default_output_name_keeps_the_whole_model_id():
 
 # --- the CLI ------------------------------------------------------------------------------------
 
+
 def cli_env():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
     env.pop("EDGEKIT_DEBUG", None)
     return env
 
 
 def edgekit(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "edgekit.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, env=cli_env(), cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        cwd=cwd,
+    )
 
 
 def drop_none(x):
@@ -280,8 +304,11 @@ def test_cli_json_and_csv(tmp_path):
     rows = list(csv.reader(io.StringIO(r.stdout)))
     assert rows[0] == ["kind", "prompt_tokens", "context_tokens", "n", "median_s", "iqr_s", "tok_s", "reps"]
     assert [(x[0], x[1], x[2], x[3], x[7]) for x in rows[1:]] == [
-        ("prefill", "16", "", "1", "2"), ("prefill", "32", "", "1", "2"),
-        ("decode_step", "", "32", "1", "2"), ("decode_step", "", "32", "2", "2")]
+        ("prefill", "16", "", "1", "2"),
+        ("prefill", "32", "", "1", "2"),
+        ("decode_step", "", "32", "1", "2"),
+        ("decode_step", "", "32", "2", "2"),
+    ]
     assert all(float(x[4]) > 0 and float(x[6]) > 0 for x in rows[1:])
     from edgekit.cli.profile_cmd import default_output
 
@@ -306,8 +333,13 @@ def test_cli_append_adds_keeps_and_summarises(tmp_path, base):
     other = json.loads(json.dumps(raw["models"][0]))
     other["model"]["id"] = "other-model"
     stale = json.loads(json.dumps(other))
-    stale.update(partial=True, gaps=["sweep stopped early at decode ctx=32 n=1 (rep 1/2): interrupted (Ctrl-C)",
-                                     "decode ctx=32 n=1: 0 of 2 reps"])
+    stale.update(
+        partial=True,
+        gaps=[
+            "sweep stopped early at decode ctx=32 n=1 (rep 1/2): interrupted (Ctrl-C)",
+            "decode ctx=32 n=1: 0 of 2 reps",
+        ],
+    )
     stale["model"]["id"] = "half-model"
     raw["models"] = [other, stale]  # no smollm2 entry yet
     p = tmp_path / "p.json"
@@ -316,7 +348,10 @@ def test_cli_append_adds_keeps_and_summarises(tmp_path, base):
     assert r.returncode == 0, r.stderr
     after = json.loads(p.read_text())
     assert [(m["model"]["id"], m.get("partial")) for m in after["models"]] == [
-        ("other-model", None), (SMOL, None), ("half-model", True)]
+        ("other-model", None),
+        (SMOL, None),
+        ("half-model", True),
+    ]
     assert after["models"][0] == other and after["models"][2] == stale
     out = r.stdout
     assert f"saved {p} (3 entries):" in out
@@ -345,10 +380,30 @@ def sigint_when_loaded(proc, model_file: str, timeout=120):
 @pytest.mark.parametrize("append", [True, False])
 def test_cli_sigint_exits_130_with_one_line_and_keeps_the_data(tmp_path, base, append, smol_path):
     p = seeded(tmp_path, base)
-    args = ["profile", "-m", SMOL, "-o", str(p), "--prompt-lengths", "16,32", "--contexts", "0", "--ns", "1,2",
-            "--steps", "4", "--reps", "500"] + (["--append"] if append else [])
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=cli_env())
+    args = [
+        "profile",
+        "-m",
+        SMOL,
+        "-o",
+        str(p),
+        "--prompt-lengths",
+        "16,32",
+        "--contexts",
+        "0",
+        "--ns",
+        "1,2",
+        "--steps",
+        "4",
+        "--reps",
+        "500",
+    ] + (["--append"] if append else [])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit.cli.main", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
     out, err = sigint_when_loaded(proc, Path(smol_path).name)
     assert proc.returncode == 130, err
     assert out == "" and len(lines(err)) == 1 and err.startswith("interrupted: profiling smollm2-135m-instruct"), err
@@ -379,11 +434,18 @@ def test_cli_failure_is_one_line_exit_2_and_keeps_the_data(tmp_path, base):
         "from edgekit.cli.main import main\n"
         "main(sys.argv[1:])\n"
     )
-    r = subprocess.run([sys.executable, "-c", code, "profile", "-m", SMOL, "-o", str(p), *TINY_ARGS],
-                       capture_output=True, text=True, timeout=300, env=cli_env())
+    r = subprocess.run(
+        [sys.executable, "-c", code, "profile", "-m", SMOL, "-o", str(p), *TINY_ARGS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env(),
+    )
     assert r.returncode == 2, r.stderr
     (line,) = lines(r.stderr)
-    assert line.startswith("error: profiling smollm2-135m-instruct stopped at decode ctx=32 n=1 (rep 1/2): RuntimeError")
+    assert line.startswith(
+        "error: profiling smollm2-135m-instruct stopped at decode ctx=32 n=1 (rep 1/2): RuntimeError"
+    )
     assert f"partial data saved to {tmp_path / 'p.partial.json'}" in line and "(fix: " in line
     assert p.read_bytes() == base and load_profile(tmp_path / "p.partial.json").models[0].is_partial
 
@@ -391,5 +453,6 @@ def test_cli_failure_is_one_line_exit_2_and_keeps_the_data(tmp_path, base):
 def test_cli_ctx_zero_is_a_one_line_usage_error(tmp_path):
     r = edgekit("profile", "-m", SMOL, "-o", str(tmp_path / "p.json"), "--ctx", "0")
     assert r.returncode == 2 and lines(r.stderr) == [
-        "error: --ctx must be >= 1, got 0 (fix: pass --ctx 1 or more, or leave it out)"], r.stderr
+        "error: --ctx must be >= 1, got 0 (fix: pass --ctx 1 or more, or leave it out)"
+    ], r.stderr
     assert not (tmp_path / "p.json").exists()

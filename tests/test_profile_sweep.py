@@ -5,17 +5,18 @@ import statistics
 
 import pytest
 
-from edgekit.errors import EdgekitError, SchemaError, UsageError
+from edgekit.errors import SchemaError, UsageError
 from edgekit.power.base import PowerMeter
-from edgekit.schemas.profile import load_profile
 from edgekit.profile.sweep import SweepConfig, profile_model
+from edgekit.schemas.profile import load_profile
 
 GEMMA = "gemma-3-270m"
 
 
 def tiny() -> SweepConfig:
-    return SweepConfig(prompt_lengths=[16, 64], contexts=[0, 96], ns=[1, 2], decode_steps=4, reps=2, load_reps=1,
-                       idle_s=0.3, n_ctx=512)
+    return SweepConfig(
+        prompt_lengths=[16, 64], contexts=[0, 96], ns=[1, 2], decode_steps=4, reps=2, load_reps=1, idle_s=0.3, n_ctx=512
+    )
 
 
 class RampMeter(PowerMeter):

@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import QWEN, SMOL
+
 from edgekit.errors import SchemaError, UsageError
 from edgekit.quantize import quality
 from edgekit.schemas.quant import SourceInfo, VariantCard, card_path_for, load_card
@@ -24,8 +24,9 @@ N_CTX, LIMIT = 128, 512  # 4 windows, 63 tokens scored in each
 
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
-    path, rep = quality.reference_topk(SMOL, tmp_path_factory.mktemp("ref") / "smol.npz", n_ctx=N_CTX, top_k=32,
-                                       limit_tokens=LIMIT, threads=2)
+    path, rep = quality.reference_topk(
+        SMOL, tmp_path_factory.mktemp("ref") / "smol.npz", n_ctx=N_CTX, top_k=32, limit_tokens=LIMIT, threads=2
+    )
     return path, rep
 
 
@@ -47,7 +48,9 @@ def test_shipped_text_matches_its_notice():
     notice = (quality.DATA / "NOTICE.md").read_text()
     sha = hashlib.sha256(quality.DEFAULT_TEXT.read_bytes()).hexdigest()
     assert sha in notice and re.search(r"public domain", notice, re.I)
-    assert quality.load_text().sha256 == sha and quality.load_text().name == "edgekit/data/texts/us-constitution-1787.txt"
+    assert (
+        quality.load_text().sha256 == sha and quality.load_text().name == "edgekit/data/texts/us-constitution-1787.txt"
+    )
 
 
 def test_reference_perplexity_is_finite_and_plausible(ref):
@@ -72,9 +75,16 @@ def test_model_against_its_own_reference_has_zero_kl(ref):
 
 def test_requantized_variant_diverges_and_its_card_records_it(ref, q4_0_variant):
     path, rep = ref
-    card = VariantCard(variant_id="smollm2-135m-instruct-q4_0", base_model=SMOL, format="gguf", type="Q4_0",
-                       path=str(q4_0_variant), size_bytes=q4_0_variant.stat().st_size, sha256="0" * 64,
-                       source=SourceInfo(path="smollm2-135m-instruct", quant="Q4_1"))
+    card = VariantCard(
+        variant_id="smollm2-135m-instruct-q4_0",
+        base_model=SMOL,
+        format="gguf",
+        type="Q4_0",
+        path=str(q4_0_variant),
+        size_bytes=q4_0_variant.stat().st_size,
+        sha256="0" * 64,
+        source=SourceInfo(path="smollm2-135m-instruct", quant="Q4_1"),
+    )
     card.save(card_path_for(q4_0_variant))
     out = quality.evaluate_variants(path, [q4_0_variant], threads=2)
     q = out[str(q4_0_variant)]
@@ -116,8 +126,8 @@ def test_windowed_logprobs_equal_the_score_path():
         r = e.token_logprobs(ids, n_ctx=L, top_k=8, at_ids=np.tile(np.arange(4), (2 * (L - 1 - first), 1)))
         ref = []
         for w in range(2):
-            win = ids[w * L:(w + 1) * L]
-            ref += e.score(win[: first + 1], win[first + 1:])
+            win = ids[w * L : (w + 1) * L]
+            ref += e.score(win[: first + 1], win[first + 1 :])
     ref = np.array(ref)
     assert r.windows == 2 and len(r.logprob) == len(ref) == 2 * (L - 1 - first)
     assert np.abs(r.logprob - ref).max() < 1e-4
@@ -143,21 +153,28 @@ def test_kl_on_topk_plus_tail_is_a_lower_bound_of_the_full_kl():
     approx = quality.kl_topk_tail(np.take_along_axis(lp, top, 1), np.take_along_axis(lq, top, 1))
     assert np.all(approx >= 0) and np.all(approx <= full + 1e-9) and approx.mean() > 0.2 * full.mean()
     every = np.argsort(-lp, axis=1)  # k = V: exact
-    assert np.allclose(quality.kl_topk_tail(np.take_along_axis(lp, every, 1), np.take_along_axis(lq, every, 1)), full, atol=1e-6)
+    assert np.allclose(
+        quality.kl_topk_tail(np.take_along_axis(lp, every, 1), np.take_along_axis(lq, every, 1)), full, atol=1e-6
+    )
     assert np.all(quality.kl_topk_tail(lp[:, :k], lp[:, :k]) == 0)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["bigbench:object_counting", "--perplexity", SMOL], "either a task"),
-    (["--perplexity", SMOL, "--make-reference", "--reference", "x.npz"], "exclude each other"),
-    ([], "missing the task"),
-    (["--quantize", SMOL, "--to", "Q4_0", "--eval", "--eval-tokens", "100"], "at least one window"),
-    (["--quantize", SMOL, "--to", "Q4_0", "--eval-tokens", "600"], "--eval-tokens needs --eval"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["bigbench:object_counting", "--perplexity", SMOL], "either a task"),
+        (["--perplexity", SMOL, "--make-reference", "--reference", "x.npz"], "exclude each other"),
+        ([], "missing the task"),
+        (["--quantize", SMOL, "--to", "Q4_0", "--eval", "--eval-tokens", "100"], "at least one window"),
+        (["--quantize", SMOL, "--to", "Q4_0", "--eval-tokens", "600"], "--eval-tokens needs --eval"),
+    ],
+)
 def test_perplexity_cli_usage_errors(args, needle):
     cmd = args[1:] if args[:1] == ["--quantize"] else args
     verb = "quantize" if args[:1] == ["--quantize"] else "eval"
-    r = subprocess.run([sys.executable, "-m", "edgekit.cli.main", verb, *cmd], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", verb, *cmd], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -176,9 +193,28 @@ def test_quantize_eval_stores_quality_in_the_cards(tmp_path):
     shutil.copy2(src, home / "models" / SMOL / src.name)
     env = {**os.environ, "EDGEKIT_HOME": str(home)}
     env.pop("EDGEKIT_DEBUG", None)
-    r = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "quantize", SMOL, "--to", "Q4_0", "--allow-requantize",
-                        "--eval", "--eval-tokens", "512", "--threads", "2", "--json"],
-                       capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgekit.cli.main",
+            "quantize",
+            SMOL,
+            "--to",
+            "Q4_0",
+            "--allow-requantize",
+            "--eval",
+            "--eval-tokens",
+            "512",
+            "--threads",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (v,) = json.loads(r.stdout)["variants"]
     q = v["card"]["quality"]

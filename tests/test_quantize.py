@@ -56,8 +56,15 @@ def ladder(ref):
 
 def cli(*args, env=None, **kw):
     e = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "edgekit.cli.main", *args], capture_output=True, text=True, env=e,
-                          cwd=ROOT, timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        cwd=ROOT,
+        timeout=300,
+        **kw,
+    )
 
 
 def one_error_line(p, needle):
@@ -90,12 +97,14 @@ def test_dequantized_reference_card_and_metadata(ref):
 def test_reference_predicts_like_its_source(ref):
     """Same weights up to F16 rounding: teacher-forced next-token predictions agree with the Q4_1 source
     (llama.cpp's Q4_1 kernels also round the activations to 8 bits, so not bit-identical)."""
-    import numpy as np
     import llama_cpp
+    import numpy as np
     from safe_llama import patch_defaults
 
-    text = ("The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Berlin is the "
-            "capital of Germany. Water boils at 100 degrees Celsius at sea level.")
+    text = (
+        "The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Berlin is the "
+        "capital of Germany. Water boils at 100 degrees Celsius at sea level."
+    )
     logits = []
     for path in (ref.card.source.path, str(ref.path)):
         patch_defaults(path)  # the kernel configuration edgekit's probe found safe on this CPU
@@ -243,8 +252,9 @@ def test_not_enough_disk(home, ref):
         quantize(ref.variant_id, "Q6_K", free_bytes=lambda p: need // 2)
     assert "EDGEKIT_HOME" in e.value.fix
     assert not (home / "models" / "variants" / f"{SMOL}-Q6_K.gguf").exists()
-    one_error_line(cli("quantize", ref.variant_id, "--to", "Q6_K", env={"EDGEKIT_FREE_BYTES": "1000"}),
-                   "not enough disk space")
+    one_error_line(
+        cli("quantize", ref.variant_id, "--to", "Q6_K", env={"EDGEKIT_FREE_BYTES": "1000"}), "not enough disk space"
+    )
 
 
 def _no_leftovers(folder: Path, name: str):
@@ -282,8 +292,13 @@ def test_ctrl_c_mid_quantize_cli(home, ref):
     """A real SIGINT while llama.cpp writes: exit 130, one `interrupted` line, no file under the final
     name, no temporary."""
     folder = home / "models" / "variants"
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", "quantize", ref.variant_id, "--to", "Q3_K_S",
-                             "--threads", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit.cli.main", "quantize", ref.variant_id, "--to", "Q3_K_S", "--threads", "1"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not list(folder.glob(f".{SMOL}-Q3_K_S.gguf.*.partial")):
         assert proc.poll() is None, proc.communicate()
@@ -302,9 +317,10 @@ def test_imatrix_is_passed_to_llama_cpp(home, ref, tmp_path):
     """A legacy imatrix.dat (uniform importance for every block matrix) is read and reaches llama.cpp."""
     import struct
 
+    import gguf
+
     from edgekit.models import read_gguf
     from edgekit.quantize import quantize
-    import gguf
 
     r = gguf.GGUFReader(str(ref.path), "r")
     ents = [(t.name, int(t.shape[0])) for t in r.tensors if t.name.startswith("blk.") and len(t.shape) == 2]

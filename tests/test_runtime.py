@@ -1,6 +1,5 @@
 """Real llama.cpp inference on SmolLM2-135M (tiny budgets)."""
 
-
 import psutil
 import pytest
 
@@ -89,8 +88,16 @@ def test_first_verified_cancels_the_rest(smol_rt):
         seen.append(sample.index)
         return True  # the first finisher passes
 
-    r = smol_rt.generate("Say hello.", max_tokens=30, n=4, temperature=0.9, seed=2, aggregate="first_verified",
-                         verifier=verifier, stop=[" "])
+    r = smol_rt.generate(
+        "Say hello.",
+        max_tokens=30,
+        n=4,
+        temperature=0.9,
+        seed=2,
+        aggregate="first_verified",
+        verifier=verifier,
+        stop=[" "],
+    )
     assert r.confidence.verified is True
     assert len(seen) == 1
     assert r.text == r.samples[seen[0]].text
@@ -105,17 +112,20 @@ def test_context_overflow_is_refused_before_decoding(smol_rt):
     assert smol_rt.generate(Q, max_tokens=2, temperature=0.0).samples[0].tokens >= 1
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(max_tokens=0), r"invalid max_tokens \(--max-tokens\): must be >= 1"),
-    (dict(n=0), r"invalid n \(--n\): must be >= 1"),
-    (dict(n=99), r"invalid n \(--n\): must be <= 64"),
-    (dict(n=9), "exceeds this engine's max_n=8"),
-    (dict(temperature=-0.1), "invalid temperature"),
-    (dict(temperature=float("nan")), "invalid temperature.*finite"),
-    (dict(top_p=float("inf")), "invalid top_p.*finite"),
-    (dict(aggregate="best"), "invalid aggregate"),
-    (dict(extractor="roman"), "unknown extractor"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(max_tokens=0), r"invalid max_tokens \(--max-tokens\): must be >= 1"),
+        (dict(n=0), r"invalid n \(--n\): must be >= 1"),
+        (dict(n=99), r"invalid n \(--n\): must be <= 64"),
+        (dict(n=9), "exceeds this engine's max_n=8"),
+        (dict(temperature=-0.1), "invalid temperature"),
+        (dict(temperature=float("nan")), "invalid temperature.*finite"),
+        (dict(top_p=float("inf")), "invalid top_p.*finite"),
+        (dict(aggregate="best"), "invalid aggregate"),
+        (dict(extractor="roman"), "unknown extractor"),
+    ],
+)
 def test_bad_arguments(smol_rt, kw, match):
     with pytest.raises(UsageError, match=match):
         smol_rt.generate(Q, **kw)

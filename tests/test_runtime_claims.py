@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fake_engine import FakeEngine
 
 from edgekit.evaluate.estimators import accuracy_rows
 from edgekit.runtime import Runtime
 from edgekit.schemas.table import ProblemRecord, SampleRecord, budget_steps, within_budget
-from fake_engine import FakeEngine
 
 Q = "A robot arm has 3 red and 4 blue blocks. How many blocks?"
 TOL_FA = 1e-4
@@ -134,8 +134,9 @@ def test_deadline_cancels_unfinished_samples_within_a_few_steps(smol_rt):
     # This run's own times: a one-chunk prompt plus the first sampling round is not interruptible
     # (prefill_s); after it the deadline is polled once per step.
     step = t.decode_s / (t.steps - 1) if t.steps > 1 else 0.0
-    assert t.total_s <= max(deadline, t.prefill_s) + 3 * step + 0.2, \
+    assert t.total_s <= max(deadline, t.prefill_s) + 3 * step + 0.2, (
         f"total {t.total_s:.2f} s, prefill {t.prefill_s:.2f} s, step {step * 1000:.0f} ms"
+    )
 
 
 def test_deadline_is_polled_between_prompt_chunks(smol_rt, monkeypatch):
@@ -184,9 +185,20 @@ def test_table_validity_at_every_budget_equals_the_runtime_at_that_max_tokens():
     prompts = [f"problem {i}: how many?" for i in range(6)]
     with Runtime(FakeEngine()) as rt:
         pool = {q: rt.generate(q, n=n, max_tokens=M, seed=3) for q in prompts}
-        problems = [ProblemRecord(id=q, target="4", prompt_tokens=3, samples=[
-            SampleRecord(answer=s.answer, correct=s.answer == "4", tokens=s.tokens, finished=s.finish_reason == "stop")
-            for s in pool[q].samples]) for q in prompts]
+        problems = [
+            ProblemRecord(
+                id=q,
+                target="4",
+                prompt_tokens=3,
+                samples=[
+                    SampleRecord(
+                        answer=s.answer, correct=s.answer == "4", tokens=s.tokens, finished=s.finish_reason == "stop"
+                    )
+                    for s in pool[q].samples
+                ],
+            )
+            for q in prompts
+        ]
         boundary = 0
         for B in range(1, M + 1):
             rows = {(r.aggregation, r.k): r for r in accuracy_rows(problems, [B], [n], ["pass@k"])}
@@ -196,9 +208,12 @@ def test_table_validity_at_every_budget_equals_the_runtime_at_that_max_tokens():
                 for rec, s in zip(p.samples, res.samples):
                     boundary += rec.finished and rec.tokens == B
                     assert within_budget(rec.tokens, rec.finished, B) == (s.finish_reason == "stop"), (q, B, rec, s)
-                    assert (s.answer if s.finish_reason == "stop" else None) == (rec.answer if within_budget(
-                        rec.tokens, rec.finished, B) else None)
-                    assert budget_steps(rec.tokens, rec.finished, B) == (s.tokens + 1 if s.finish_reason == "stop" else B)
+                    assert (s.answer if s.finish_reason == "stop" else None) == (
+                        rec.answer if within_budget(rec.tokens, rec.finished, B) else None
+                    )
+                    assert budget_steps(rec.tokens, rec.finished, B) == (
+                        s.tokens + 1 if s.finish_reason == "stop" else B
+                    )
                 covered += any(s.finish_reason == "stop" and s.answer == "4" for s in res.samples)
             assert rows[("pass@k", n)].accuracy == pytest.approx(covered / len(prompts)), B
     assert boundary > 0  # the case the rule is about: exactly B tokens, then end-of-sequence
@@ -212,9 +227,18 @@ def test_first_verified_at_runtime_equals_the_tables_at_every_budget():
     verifier = lambda s: "Answer: 4" in s.text  # noqa: E731 - a truncated text can hold it too
     with Runtime(FakeEngine()) as rt:
         pool = {q: rt.generate(q, n=n, max_tokens=M, seed=5, aggregate="none") for q in prompts}
-        problems = [ProblemRecord(id=q, target="4", prompt_tokens=3, samples=[
-            SampleRecord(answer=None, correct=verifier(s), tokens=s.tokens, finished=s.finish_reason == "stop")
-            for s in pool[q].samples]) for q in prompts]
+        problems = [
+            ProblemRecord(
+                id=q,
+                target="4",
+                prompt_tokens=3,
+                samples=[
+                    SampleRecord(answer=None, correct=verifier(s), tokens=s.tokens, finished=s.finish_reason == "stop")
+                    for s in pool[q].samples
+                ],
+            )
+            for q in prompts
+        ]
         truncated_but_passing = 0
         for B in range(1, M + 1):
             row = accuracy_rows(problems, [B], [n], ["first_verified"])[0]

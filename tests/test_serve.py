@@ -39,8 +39,10 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTH
 ENV.pop("EDGEKIT_API_KEY", None)
 ENV.pop("EDGEKIT_DEBUG", None)
 
-MDWE = ("import ctypes, runpy, sys; ctypes.CDLL(None).prctl(65, 1, 0, 0, 0); "
-        "sys.argv = ['edgekit'] + sys.argv[1:]; runpy.run_module('edgekit.cli.main', run_name='__main__')")
+MDWE = (
+    "import ctypes, runpy, sys; ctypes.CDLL(None).prctl(65, 1, 0, 0, 0); "
+    "sys.argv = ['edgekit'] + sys.argv[1:]; runpy.run_module('edgekit.cli.main', run_name='__main__')"
+)
 
 
 def mdwe_supported() -> bool:
@@ -56,8 +58,27 @@ class Server:
         self.base = self.url + "/v1"
         self.log = open(tmp / f"serve-{self.port}.log", "w+")
         head = [sys.executable, "-c", MDWE] if wx else [sys.executable, "-m", "edgekit.cli.main"]
-        self.proc = subprocess.Popen([*head, "serve", "-m", SMOL, "--port", str(self.port), "--api-key", KEY, "--ctx", "2048",
-                                      "--threads", "2", *args], stdout=self.log, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [
+                *head,
+                "serve",
+                "-m",
+                SMOL,
+                "--port",
+                str(self.port),
+                "--api-key",
+                KEY,
+                "--ctx",
+                "2048",
+                "--threads",
+                "2",
+                *args,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=ENV,
+            cwd=ROOT,
+        )
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -105,8 +126,27 @@ def chat_body(content: str = "Say hello.", **kw) -> dict:
 
 # ------------------------------------------------------------------------------ no server yet
 def test_robot_assistant_example_runs():
-    r = subprocess.run([sys.executable, "examples/robot_assistant.py", "--model", SMOL, "--max-tokens", "6", "--n", "2",
-                        "--tasks", "2", "--threads", "2"], capture_output=True, text=True, timeout=240, cwd=ROOT, env=ENV)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "examples/robot_assistant.py",
+            "--model",
+            SMOL,
+            "--max-tokens",
+            "6",
+            "--n",
+            "2",
+            "--tasks",
+            "2",
+            "--threads",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        env=ENV,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("agreement=") == 3, r.stdout
     assert "preempted: yes" in r.stdout and "obstacle detected" in r.stdout, r.stdout
@@ -116,8 +156,14 @@ def test_bad_plan_refuses_to_start_with_one_line(tmp_path):
     bad = tmp_path / "plan.json"
     bad.write_text('{"schema_version": 2, "chosen": 7}')
     for plan in (str(bad), str(tmp_path / "missing.json")):
-        r = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "serve", "--plan", plan, "--port", str(free_port())],
-                           capture_output=True, text=True, timeout=120, cwd=ROOT, env=ENV)
+        r = subprocess.run(
+            [sys.executable, "-m", "edgekit.cli.main", "serve", "--plan", plan, "--port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env=ENV,
+        )
         assert r.returncode == 2, r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "(fix: " in lines[0], r.stderr
@@ -126,17 +172,30 @@ def test_bad_plan_refuses_to_start_with_one_line(tmp_path):
 def test_systemd_unit_is_valid_and_hardened(tmp_path):
     unit = (ROOT / "examples/systemd/edgekit.service").read_text()
     env = (ROOT / "examples/systemd/edgekit.env").read_text()
-    for key in ("DynamicUser=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "NoNewPrivileges=yes",
-                "RestrictAddressFamilies=", "MemoryDenyWriteExecute=yes", "KillSignal=SIGTERM", "EnvironmentFile=",
-                "ExecStart=", "[Install]"):
+    for key in (
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "RestrictAddressFamilies=",
+        "MemoryDenyWriteExecute=yes",
+        "KillSignal=SIGTERM",
+        "EnvironmentFile=",
+        "ExecStart=",
+        "[Install]",
+    ):
         assert re.search(r"^" + re.escape(key), unit, re.M), key
     assert re.search(r"^EDGEKIT_API_KEY=", env, re.M) and "EDGEKIT_SERVE_ARGS=" in env
     exe = shutil.which("systemd-analyze")
     if exe is None:
         return  # the keys above are the check on machines without systemd
     copy_ = tmp_path / "edgekit.service"  # verify needs an executable ExecStart and a readable env file
-    copy_.write_text(unit.replace("/opt/edgekit/venv/bin/edgekit", shutil.which("edgekit") or "/bin/true")
-                     .replace("EnvironmentFile=", "EnvironmentFile=-"))
+    copy_.write_text(
+        unit.replace("/opt/edgekit/venv/bin/edgekit", shutil.which("edgekit") or "/bin/true").replace(
+            "EnvironmentFile=", "EnvironmentFile=-"
+        )
+    )
     r = subprocess.run([exe, "verify", str(copy_)], capture_output=True, text=True, timeout=60)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
@@ -146,8 +205,17 @@ def test_systemd_unit_is_valid_and_hardened(tmp_path):
 # ------------------------------------------------------------------------------ server A
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("serve"), "--max-n", "4", "--max-tokens-cap", "256", "--max-body-bytes", "100000",
-               "--max-prompt-tokens", "1500")
+    s = Server(
+        tmp_path_factory.mktemp("serve"),
+        "--max-n",
+        "4",
+        "--max-tokens-cap",
+        "256",
+        "--max-body-bytes",
+        "100000",
+        "--max-prompt-tokens",
+        "1500",
+    )
     yield s
     s.stop()
 
@@ -159,7 +227,9 @@ def client(server):
 
 def test_sdk_chat_completions_and_models(client):
     assert [m.id for m in client.models.list().data] == [SMOL]
-    r = client.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "What is 2 + 2?"}], max_tokens=6)
+    r = client.chat.completions.create(
+        model=SMOL, messages=[{"role": "user", "content": "What is 2 + 2?"}], max_tokens=6
+    )
     assert r.object == "chat.completion" and len(r.choices) == 1 and r.choices[0].message.role == "assistant"
     assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens <= 6
     ek = r.model_extra["edgekit"]
@@ -172,15 +242,25 @@ def test_sdk_chat_completions_and_models(client):
 def test_sdk_streaming_concatenates_to_the_final_text(client, server):
     for extra in ({}, {"stop": ["."]}):  # with a stop sequence the tail is held back until it cannot be cut
         msgs = [{"role": "user", "content": "Describe the sea in one sentence."}]
-        full = client.chat.completions.create(model=SMOL, messages=msgs, max_tokens=16, **extra).choices[0].message.content
+        full = (
+            client.chat.completions.create(model=SMOL, messages=msgs, max_tokens=16, **extra).choices[0].message.content
+        )
         chunks = list(client.chat.completions.create(model=SMOL, messages=msgs, max_tokens=16, stream=True, **extra))
         text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
         assert text == full and len(chunks) > 2
         assert chunks[-1].choices[0].finish_reason in ("stop", "length") and "edgekit" in chunks[-1].model_extra
-    comp = "".join(ch.choices[0].text for ch in client.completions.create(model=SMOL, prompt="One, two,", max_tokens=6, stream=True))
+    comp = "".join(
+        ch.choices[0].text
+        for ch in client.completions.create(model=SMOL, prompt="One, two,", max_tokens=6, stream=True)
+    )
     assert comp == client.completions.create(model=SMOL, prompt="One, two,", max_tokens=6).choices[0].text
-    with httpx.stream("POST", server.base + "/chat/completions", headers=AUTH, timeout=60,
-                      json=chat_body(stream=True, stream_options={"include_usage": True})) as r:
+    with httpx.stream(
+        "POST",
+        server.base + "/chat/completions",
+        headers=AUTH,
+        timeout=60,
+        json=chat_body(stream=True, stream_options={"include_usage": True}),
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         raw = r.read().decode()
     events = raw.split("\n\n")
@@ -192,8 +272,9 @@ def test_sdk_streaming_concatenates_to_the_final_text(client, server):
 
 def test_n3_three_choices_from_one_batch(client, server):
     before = metric(server.metrics(), "edgekit_engine_batches")
-    r = client.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "Pick a colour."}], n=3,
-                                       max_tokens=5, seed=3)
+    r = client.chat.completions.create(
+        model=SMOL, messages=[{"role": "user", "content": "Pick a colour."}], n=3, max_tokens=5, seed=3
+    )
     assert [c.index for c in r.choices] == [0, 1, 2]
     assert r.model_extra["edgekit"]["confidence"]["n"] == 3
     assert metric(server.metrics(), "edgekit_engine_batches") - before == 1  # one engine call: one batch of 3
@@ -214,8 +295,12 @@ def test_auth_401_and_constant_time_compare(server):
 
 
 def test_limits_and_bad_input_are_4xx_naming_the_field(server, client):
-    r = httpx.post(server.base + "/chat/completions", headers={**AUTH, "Content-Type": "application/json"},
-                   content=b'{"model": "' + b"x" * 200_000 + b'"}', timeout=30)
+    r = httpx.post(
+        server.base + "/chat/completions",
+        headers={**AUTH, "Content-Type": "application/json"},
+        content=b'{"model": "' + b"x" * 200_000 + b'"}',
+        timeout=30,
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
     def chunked():  # no Content-Length: the cap applies while reading
@@ -233,7 +318,11 @@ def test_limits_and_bad_input_are_4xx_naming_the_field(server, client):
         (chat_body(temperature="hot"), 400, "temperature"),
         (chat_body(top_logprobs=3, logprobs=True), 400, "top_logprobs"),
         (chat_body(edgekit={"deadline_s": -1}), 400, "edgekit.deadline_s"),
-        (chat_body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}), 400, "response_format"),
+        (
+            chat_body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}),
+            400,
+            "response_format",
+        ),
         ({**chat_body(), "model": "gpt-4"}, 404, "model"),
         ({"model": SMOL}, 400, "messages"),
         (chat_body("word " * 1600), 400, "messages"),  # over --max-prompt-tokens
@@ -245,7 +334,9 @@ def test_limits_and_bad_input_are_4xx_naming_the_field(server, client):
         err = r.json()["error"]
         assert err["param"] == param and err["message"] and "type" in err and "code" in err, (param, err)
         if body.get("messages", [{}])[0].get("content", "").startswith("word"):
-            assert err["code"] == "context_length_exceeded" and ("cap of 1500" in err["message"]) != ("context" in err["message"])
+            assert err["code"] == "context_length_exceeded" and ("cap of 1500" in err["message"]) != (
+                "context" in err["message"]
+            )
     r = httpx.post(server.base + "/chat/completions", headers=AUTH, content=b"{not json", timeout=30)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     with pytest.raises(openai.BadRequestError) as e:
@@ -257,17 +348,31 @@ def test_limits_and_bad_input_are_4xx_naming_the_field(server, client):
 def test_response_format_json_schema_every_choice_validates(client):
     import jsonschema
 
-    schema = {"type": "object", "properties": {"move": {"type": "string", "enum": ["left", "right", "stop"]}},
-              "required": ["move"], "additionalProperties": False}
-    r = client.chat.completions.create(model=SMOL, n=3, max_tokens=48, temperature=0.8, seed=1,
-                                       messages=[{"role": "user", "content": "Obstacle ahead. Which move? JSON please."}],
-                                       response_format={"type": "json_schema", "json_schema": {"name": "move", "schema": schema}})
+    schema = {
+        "type": "object",
+        "properties": {"move": {"type": "string", "enum": ["left", "right", "stop"]}},
+        "required": ["move"],
+        "additionalProperties": False,
+    }
+    r = client.chat.completions.create(
+        model=SMOL,
+        n=3,
+        max_tokens=48,
+        temperature=0.8,
+        seed=1,
+        messages=[{"role": "user", "content": "Obstacle ahead. Which move? JSON please."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "move", "schema": schema}},
+    )
     assert len(r.choices) == 3
     for c in r.choices:
         assert c.finish_reason == "stop", c
         jsonschema.validate(json.loads(c.message.content), schema)
-    o = client.chat.completions.create(model=SMOL, max_tokens=48, messages=[{"role": "user", "content": "A JSON object, please."}],
-                                       response_format={"type": "json_object"})
+    o = client.chat.completions.create(
+        model=SMOL,
+        max_tokens=48,
+        messages=[{"role": "user", "content": "A JSON object, please."}],
+        response_format={"type": "json_object"},
+    )
     if o.choices[0].finish_reason == "stop":
         assert isinstance(json.loads(o.choices[0].message.content), dict)
 
@@ -278,12 +383,25 @@ def test_metrics_move_and_healthz(server):
     assert server.post("/chat/completions", chat_body(n=99)).status_code == 400
     after = server.metrics()
     ep = "/v1/chat/completions"
-    assert metric(after, "edgekit_requests_total", endpoint=ep, status="200") == metric(before, "edgekit_requests_total", endpoint=ep, status="200") + 1
-    assert metric(after, "edgekit_requests_total", endpoint=ep, status="400") == metric(before, "edgekit_requests_total", endpoint=ep, status="400") + 1
-    assert metric(after, "edgekit_results_total", source="local") > metric(before, "edgekit_results_total", source="local")
+    assert (
+        metric(after, "edgekit_requests_total", endpoint=ep, status="200")
+        == metric(before, "edgekit_requests_total", endpoint=ep, status="200") + 1
+    )
+    assert (
+        metric(after, "edgekit_requests_total", endpoint=ep, status="400")
+        == metric(before, "edgekit_requests_total", endpoint=ep, status="400") + 1
+    )
+    assert metric(after, "edgekit_results_total", source="local") > metric(
+        before, "edgekit_results_total", source="local"
+    )
     assert metric(after, "edgekit_completion_tokens_total") > metric(before, "edgekit_completion_tokens_total")
     assert metric(after, "edgekit_queue_wait_seconds_count") == metric(before, "edgekit_queue_wait_seconds_count") + 1
-    for name in ("edgekit_request_seconds_bucket", "edgekit_queue_depth", "edgekit_in_flight", "edgekit_generation_seconds_count"):
+    for name in (
+        "edgekit_request_seconds_bucket",
+        "edgekit_queue_depth",
+        "edgekit_in_flight",
+        "edgekit_generation_seconds_count",
+    ):
         assert name in after
     h = httpx.get(server.url + "/healthz", headers=AUTH, timeout=10)
     doc = h.json()
@@ -322,12 +440,17 @@ def test_client_disconnect_frees_the_server(server):
 
 def test_deadline_and_logprobs(server, client):
     t0 = time.perf_counter()
-    r = server.post("/chat/completions", chat_body("Count to one hundred.", max_tokens=256, edgekit={"deadline_s": 0.3, "ignore_eos": True}))
+    r = server.post(
+        "/chat/completions",
+        chat_body("Count to one hundred.", max_tokens=256, edgekit={"deadline_s": 0.3, "ignore_eos": True}),
+    )
     ek = r.json()["edgekit"]
     assert r.status_code == 200 and ek["deadline_s"] == 0.3 and "deadline" in ek["flags"]
     assert ek["finish_reasons"] == ["cancelled"] and r.json()["choices"][0]["finish_reason"] == "length"
     assert ek["timings"]["generated_tokens"] < 256 and time.perf_counter() - t0 < 20
-    lp = client.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=5, logprobs=True)
+    lp = client.chat.completions.create(
+        model=SMOL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=5, logprobs=True
+    )
     content = lp.choices[0].logprobs.content
     assert content and all(t.logprob <= 0 for t in content)
     assert "".join(t.token for t in content) == lp.choices[0].message.content
@@ -338,14 +461,22 @@ def test_eight_concurrent_clients_share_decode_steps(server):
     streaming): every one answered in full, in shared llama_decode steps, and the server is idle after."""
     import jsonschema
 
-    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
     bodies = [
         chat_body("Count to ten.", max_tokens=12, edgekit={"ignore_eos": True}),
         chat_body("Name a fruit.", max_tokens=10, n=2, temperature=0.9, seed=4),
         chat_body("List three animals.", max_tokens=12, stop=["\n"]),
         chat_body("Say hi.", max_tokens=8, logprobs=True),
-        chat_body("Is water wet? Answer in JSON.", max_tokens=16,
-                  response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": schema}}),
+        chat_body(
+            "Is water wet? Answer in JSON.",
+            max_tokens=16,
+            response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": schema}},
+        ),
         chat_body("Describe the moon.", max_tokens=12, stream=True),
         {"model": SMOL, "prompt": "Once upon a time", "max_tokens": 12, "edgekit": {"ignore_eos": True}},
         chat_body("What is 3 + 4?", max_tokens=10, temperature=0.5, seed=1),
@@ -364,8 +495,9 @@ def test_eight_concurrent_clients_share_decode_steps(server):
         t.start()
     for t in threads:
         t.join(200)
-    assert sorted(out) == list(range(8)) and all(r.status_code == 200 for r in out.values()), \
-        {i: (r.status_code, r.text[:200]) for i, r in out.items()}
+    assert sorted(out) == list(range(8)) and all(r.status_code == 200 for r in out.values()), {
+        i: (r.status_code, r.text[:200]) for i, r in out.items()
+    }
     assert out[5].text.endswith("data: [DONE]\n\n")
     docs = {i: r.json() for i, r in out.items() if i != 5}
     assert docs[0]["usage"]["completion_tokens"] == 12 and docs[6]["usage"]["completion_tokens"] == 12
@@ -385,9 +517,25 @@ def test_eight_concurrent_clients_share_decode_steps(server):
 
 
 def test_openai_client_example_runs(server):
-    r = subprocess.run([sys.executable, "examples/openai_client.py", "--base-url", server.base, "--model", SMOL,
-                        "--max-tokens", "6", "--n", "2"], capture_output=True, text=True, timeout=240, cwd=ROOT,
-                       env={**ENV, "EDGEKIT_API_KEY": KEY})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "examples/openai_client.py",
+            "--base-url",
+            server.base,
+            "--model",
+            SMOL,
+            "--max-tokens",
+            "6",
+            "--n",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        env={**ENV, "EDGEKIT_API_KEY": KEY},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "agreement" in r.stdout and "stream:" in r.stdout and r.stdout.rstrip().endswith("done"), r.stdout
 
@@ -398,8 +546,9 @@ def small_queue(server, tmp_path_factory):
     """A second server with --max-queue 1 --max-seqs 2 --max-n 2 (admits 1 + 2), started after A stops; under W^X
     (PR_SET_MDWE) where the kernel has it."""
     assert server.stop() == 0
-    s = Server(tmp_path_factory.mktemp("serve-b"), "--max-queue", "1", "--max-seqs", "2", "--max-n", "2",
-               wx=mdwe_supported())
+    s = Server(
+        tmp_path_factory.mktemp("serve-b"), "--max-queue", "1", "--max-seqs", "2", "--max-n", "2", wx=mdwe_supported()
+    )
     yield s
     s.stop()
 
@@ -456,19 +605,30 @@ def fake_app(plan=None, **limits):
     from edgekit.serve.app import build_app
     from edgekit.serve.service import Limits, Service
 
-    svc = Service(Runtime(FakeEngine()), limits=Limits(**{"max_n": 8, "max_tokens_cap": 512, "max_body_bytes": 50_000,
-                                                           **limits}), plan=plan, plan_path="plan.json" if plan else None)
+    svc = Service(
+        Runtime(FakeEngine()),
+        limits=Limits(**{"max_n": 8, "max_tokens_cap": 512, "max_body_bytes": 50_000, **limits}),
+        plan=plan,
+        plan_path="plan.json" if plan else None,
+    )
     return svc, build_app(svc, api_key=KEY)
-
 
 
 def _json_values():
     from hypothesis import strategies as st
 
-    scalars = st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80) | \
-        st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=30)
-    return st.recursive(scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=12), kids, max_size=4),
-                        max_leaves=12)
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**80), max_value=2**80)
+        | st.floats(allow_nan=True, allow_infinity=True)
+        | st.text(max_size=30)
+    )
+    return st.recursive(
+        scalars,
+        lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=12), kids, max_size=4),
+        max_leaves=12,
+    )
 
 
 def test_hostile_bodies_never_500_and_the_server_keeps_serving():
@@ -485,40 +645,79 @@ def test_hostile_bodies_never_500_and_the_server_keeps_serving():
 
     text = st.text(min_size=1, max_size=40)
     part = st.fixed_dictionaries({"type": st.just("text"), "text": text})
-    message = st.fixed_dictionaries({"role": mostly(st.sampled_from(["user", "system", "assistant", "developer"]),
-                                                    st.sampled_from(["tool", "", 3]) | v),
-                                     "content": mostly(text | st.lists(part, min_size=1, max_size=2), v)})
+    message = st.fixed_dictionaries(
+        {
+            "role": mostly(
+                st.sampled_from(["user", "system", "assistant", "developer"]), st.sampled_from(["tool", "", 3]) | v
+            ),
+            "content": mostly(text | st.lists(part, min_size=1, max_size=2), v),
+        }
+    )
     messages = st.lists(message, min_size=1, max_size=3).map(lambda ms: ms + [{"role": "user", "content": "2+2?"}])
-    schema = st.fixed_dictionaries({"type": st.sampled_from(["object", "string", "integer", 5])}, optional={"properties": v})
+    schema = st.fixed_dictionaries(
+        {"type": st.sampled_from(["object", "string", "integer", 5])}, optional={"properties": v}
+    )
     valid = {
-        "model": st.just("fake-0"), "messages": messages, "prompt": text | st.lists(text, min_size=1, max_size=2),
-        "max_tokens": st.integers(1, 64), "max_completion_tokens": st.integers(1, 64), "n": st.integers(1, 8),
-        "temperature": st.floats(0, 2), "top_p": st.floats(0.01, 1), "seed": st.integers(0, 2**32),
+        "model": st.just("fake-0"),
+        "messages": messages,
+        "prompt": text | st.lists(text, min_size=1, max_size=2),
+        "max_tokens": st.integers(1, 64),
+        "max_completion_tokens": st.integers(1, 64),
+        "n": st.integers(1, 8),
+        "temperature": st.floats(0, 2),
+        "top_p": st.floats(0.01, 1),
+        "seed": st.integers(0, 2**32),
         "stop": st.text(min_size=1, max_size=4) | st.lists(st.text(min_size=1, max_size=4), max_size=4),
-        "stream": st.booleans(), "logprobs": st.booleans() | st.integers(0, 1), "top_logprobs": st.integers(0, 2),
+        "stream": st.booleans(),
+        "logprobs": st.booleans() | st.integers(0, 1),
+        "top_logprobs": st.integers(0, 2),
         "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
         "response_format": st.sampled_from([{"type": "text"}, {"type": "json_object"}])
         | schema.map(lambda sc: {"type": "json_schema", "json_schema": {"name": "x", "schema": sc}}),
-        "edgekit": st.fixed_dictionaries({}, optional={"deadline_s": st.floats(0.001, 100), "aggregate": st.sampled_from(["majority", "none"]),
-                                                       "extractor": st.sampled_from(["number", "text", "json", "regex:(a+)+$"]),
-                                                       "top_k": st.integers(0, 100), "min_p": st.floats(0, 1), "ignore_eos": st.booleans()}),
-        "frequency_penalty": st.just(0), "user": text, "metadata": v,
+        "edgekit": st.fixed_dictionaries(
+            {},
+            optional={
+                "deadline_s": st.floats(0.001, 100),
+                "aggregate": st.sampled_from(["majority", "none"]),
+                "extractor": st.sampled_from(["number", "text", "json", "regex:(a+)+$"]),
+                "top_k": st.integers(0, 100),
+                "min_p": st.floats(0, 1),
+                "ignore_eos": st.booleans(),
+            },
+        ),
+        "frequency_penalty": st.just(0),
+        "user": text,
+        "metadata": v,
     }
     hostile = {
-        "model": st.sampled_from(["", "gpt-4", "fake-0 "]) | v, "messages": st.lists(message, max_size=2) | v,
-        "max_tokens": st.integers(-5, 10**30) | v, "n": st.integers(-2, 10**6) | v, "temperature": st.floats() | v,
-        "top_p": st.floats() | v, "seed": st.integers(-(2**70), 2**70) | v, "stop": st.lists(st.text(max_size=3), max_size=20) | v,
-        "edgekit": st.dictionaries(st.sampled_from(["deadline_s", "aggregate", "extractor", "top_k", "zzz"]), v, max_size=3) | v,
+        "model": st.sampled_from(["", "gpt-4", "fake-0 "]) | v,
+        "messages": st.lists(message, max_size=2) | v,
+        "max_tokens": st.integers(-5, 10**30) | v,
+        "n": st.integers(-2, 10**6) | v,
+        "temperature": st.floats() | v,
+        "top_p": st.floats() | v,
+        "seed": st.integers(-(2**70), 2**70) | v,
+        "stop": st.lists(st.text(max_size=3), max_size=20) | v,
+        "edgekit": st.dictionaries(
+            st.sampled_from(["deadline_s", "aggregate", "extractor", "top_k", "zzz"]), v, max_size=3
+        )
+        | v,
     }
     fields = {k: mostly(vs, hostile.get(k, v)) for k, vs in valid.items()}
     required = {k: fields.pop(k) for k in ("model", "messages", "prompt")}
     body = st.fixed_dictionaries(required, optional=fields)
-    raw = st.integers(0, 9).flatmap(lambda k: body.map(lambda d: json.dumps(d).encode()) if k else
-                                    (st.binary(max_size=200) | v.map(lambda x: json.dumps(x).encode())))
+    raw = st.integers(0, 9).flatmap(
+        lambda k: (
+            body.map(lambda d: json.dumps(d).encode())
+            if k
+            else (st.binary(max_size=200) | v.map(lambda x: json.dumps(x).encode()))
+        )
+    )
     sent = {"n": 0}
 
-    @settings(max_examples=1000, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=1000, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(payload=raw, path=st.sampled_from(["/v1/chat/completions", "/v1/completions"]))
     def fuzz(payload: bytes, path: str):
         sent["n"] += 1
@@ -535,8 +734,11 @@ def test_hostile_bodies_never_500_and_the_server_keeps_serving():
     fuzz()
     assert sent["n"] >= 1000
     assert svc.admitted == 0 and svc.waiting == 0  # every admitted request released its slot
-    ok = c.post("/v1/chat/completions", json={"model": "fake-0", "messages": [{"role": "user", "content": "3 + 1?"}], "n": 3},
-                headers=AUTH)
+    ok = c.post(
+        "/v1/chat/completions",
+        json={"model": "fake-0", "messages": [{"role": "user", "content": "3 + 1?"}], "n": 3},
+        headers=AUTH,
+    )
     assert ok.status_code == 200 and len(ok.json()["choices"]) == 3
 
 
@@ -550,15 +752,25 @@ def test_plan_applies_template_deadline_and_prediction():
     plan = PlanFile.model_validate(d)
     svc, app = fake_app(plan=plan)
     c = TestClient(app)
-    r = c.post("/v1/chat/completions", json={"model": "fake-0", "messages": [{"role": "user", "content": "2+2"}]}, headers=AUTH)
+    r = c.post(
+        "/v1/chat/completions", json={"model": "fake-0", "messages": [{"role": "user", "content": "2+2"}]}, headers=AUTH
+    )
     ek = r.json()["edgekit"]
     assert r.status_code == 200 and len(r.json()["choices"]) == plan.chosen.options.n  # the plan's n
     assert ek["deadline_s"] == plan.target_s and ek["plan"] == "plan.json"
     assert ek["latency"]["predicted_s"] == plan.predicted.latency_at_percentile_s and ek["latency"]["note"] is None
     assert svc.tap.inner.options_seen[-1].max_tokens == plan.chosen.options.max_tokens
     assert metric(svc.metrics.render().decode(), "edgekit_latency_measured_over_predicted_count") == 1
-    r = c.post("/v1/chat/completions", json={"model": "fake-0", "messages": [{"role": "user", "content": "2+2"}],
-                                             "temperature": 0.1, "edgekit": {"deadline_s": 1.5}}, headers=AUTH)
+    r = c.post(
+        "/v1/chat/completions",
+        json={
+            "model": "fake-0",
+            "messages": [{"role": "user", "content": "2+2"}],
+            "temperature": 0.1,
+            "edgekit": {"deadline_s": 1.5},
+        },
+        headers=AUTH,
+    )
     ek = r.json()["edgekit"]
     assert ek["latency"]["predicted_s"] is None and "temperature" in ek["latency"]["note"] and ek["deadline_s"] == 1.5
     assert c.get("/v1/models/qwen2.5-coder-0.5b-instruct", headers=AUTH).status_code == 404
@@ -570,16 +782,25 @@ def test_sse_holdback_never_streams_a_stop_sequence():
 
     ch = Chunker(chat=True, model="m", rid="r", stop=["END"])
     out = [ch.token(0, p) for p in ["Hel", "lo E", "N", "D"]]
-    res = Result(model="m", answer=None, aggregate="none", confidence=Confidence(n=1), timings=Timings(), n=1,
-                 max_tokens=8, temperature=0.0, samples=[Sample(index=0, text="Hello ", tokens=4, finish_reason="stop")])
+    res = Result(
+        model="m",
+        answer=None,
+        aggregate="none",
+        confidence=Confidence(n=1),
+        timings=Timings(),
+        n=1,
+        max_tokens=8,
+        temperature=0.0,
+        samples=[Sample(index=0, text="Hello ", tokens=4, finish_reason="stop")],
+    )
     out += ch.finish(res, {"source": "local"}, None, False, False)
     deltas = [json.loads(x[6:])["choices"][0]["delta"]["content"] for x in out if x and x.startswith("data: {")]
     assert "".join(deltas) == "Hello " and out[-1] == "data: [DONE]\n\n"
 
 
 def test_offload_source_threshold_and_buffered_stream():
-    from fastapi.testclient import TestClient
     from fake_engine import FakeEngine
+    from fastapi.testclient import TestClient
 
     from edgekit.runtime import Runtime
     from edgekit.serve.app import build_app

@@ -57,7 +57,9 @@ def make_plan_file(tmp: Path) -> tuple[Path, str]:
 class SlowFake(FakeEngine):
     """The fake engine on a device slower than the CI profile: it sleeps through prefill and each step."""
 
-    def __init__(self, *a, prefill_s: float = 0.45, step_s: float = 0.03, **kw):  # >= 2x the profile (prompts <= 60 tokens)
+    def __init__(
+        self, *a, prefill_s: float = 0.45, step_s: float = 0.03, **kw
+    ):  # >= 2x the profile (prompts <= 60 tokens)
         super().__init__(*a, **kw)
         self.pre, self.step = prefill_s, step_s
 
@@ -79,14 +81,22 @@ def live_app(tmp: Path, **settings):
     from edgekit.serve.service import Limits, Service
 
     path, label = make_plan_file(tmp)
-    svc = Service(Runtime(SlowFake(SMOL)), limits=Limits(max_n=8, max_tokens_cap=512), plan=load_plan(path),
-                  plan_path=str(path), live=LiveSettings(**{"min_samples": 2, **settings}))
+    svc = Service(
+        Runtime(SlowFake(SMOL)),
+        limits=Limits(max_n=8, max_tokens_cap=512),
+        plan=load_plan(path),
+        plan_path=str(path),
+        live=LiveSettings(**{"min_samples": 2, **settings}),
+    )
     return svc, build_app(svc, api_key=KEY), label
 
 
 def chat(c, content="2 + 2?", **kw):
-    return c.post("/v1/chat/completions", json={"model": SMOL, "messages": [{"role": "user", "content": content}], **kw},
-                  headers=AUTH)
+    return c.post(
+        "/v1/chat/completions",
+        json={"model": SMOL, "messages": [{"role": "user", "content": content}], **kw},
+        headers=AUTH,
+    )
 
 
 def test_correction_moves_above_1_and_the_response_and_metrics_show_it(tmp_path):
@@ -162,7 +172,9 @@ def test_auto_replan_picks_a_cheaper_configuration_of_the_same_model(tmp_path, c
     assert svc.tap.inner.options_seen[-1].n == new.n
     text = c.get("/metrics", headers=AUTH).text
     assert sum(metric(text, "edgekit_replans_total", trigger="auto", outcome=o) for o in ("changed", "infeasible")) >= 1
-    assert metric(text, "edgekit_plan_predicted_latency_seconds") == pytest.approx(svc.plan.predicted.latency_at_percentile_s)
+    assert metric(text, "edgekit_plan_predicted_latency_seconds") == pytest.approx(
+        svc.plan.predicted.latency_at_percentile_s
+    )
     # on demand: nothing moved since, so the same configuration is kept
     r = c.post("/admin/replan", headers=AUTH)
     assert r.status_code == 200 and r.json()["config"] == st["config"]
@@ -179,8 +191,14 @@ def test_without_a_plan_replan_is_a_409_and_nothing_breaks():
     svc = Service(Runtime(FakeEngine()))
     c = TestClient(build_app(svc))
     r = c.post("/admin/replan")
-    assert r.status_code == 409 and r.json()["error"]["code"] == "replan_failed" and "no plan" in r.json()["error"]["message"]
-    ek = c.post("/v1/chat/completions", json={"model": "fake-0", "messages": [{"role": "user", "content": "1+1"}]}).json()["edgekit"]
+    assert (
+        r.status_code == 409
+        and r.json()["error"]["code"] == "replan_failed"
+        and "no plan" in r.json()["error"]["message"]
+    )
+    ek = c.post(
+        "/v1/chat/completions", json={"model": "fake-0", "messages": [{"role": "user", "content": "1+1"}]}
+    ).json()["edgekit"]
     assert ek["live"] is None and ek["plan_config"] is None
     assert c.get("/admin/live").json()["enabled"] is False
 
@@ -207,13 +225,38 @@ def test_real_daemon_slowed_device_replans_by_itself(tmp_path):
     pytest.importorskip("llama_cpp")
     path, label = make_plan_file(tmp_path)
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "EDGEKIT_TEST_SLOWDOWN": "6"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "EDGEKIT_TEST_SLOWDOWN": "6",
+    }
     env.pop("EDGEKIT_API_KEY", None)
     log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", "serve", "--plan", str(path), "--replan",
-                             "--replan-after", "2", "--port", str(port), "--api-key", KEY, "--ctx", "1024",
-                             "--threads", "2"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgekit.cli.main",
+            "serve",
+            "--plan",
+            str(path),
+            "--replan",
+            "--replan-after",
+            "2",
+            "--port",
+            str(port),
+            "--api-key",
+            KEY,
+            "--ctx",
+            "1024",
+            "--threads",
+            "2",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         t0 = time.time()
@@ -227,8 +270,12 @@ def test_real_daemon_slowed_device_replans_by_itself(tmp_path):
                 time.sleep(0.3)
         # a long deadline: under contention a prefill alone can exceed the plan's target, and a request cut at its
         # first token measures no decode step
-        body = {"model": SMOL, "messages": [{"role": "user", "content": "2 + 2?"}], "max_tokens": 4,
-                "edgekit": {"deadline_s": 600}}
+        body = {
+            "model": SMOL,
+            "messages": [{"role": "user", "content": "2 + 2?"}],
+            "max_tokens": 4,
+            "edgekit": {"deadline_s": 600},
+        }
         replanned = None
         for _ in range(12):
             r = httpx.post(url + "/v1/chat/completions", json=body, headers=AUTH, timeout=120)
@@ -250,15 +297,32 @@ def test_real_daemon_slowed_device_replans_by_itself(tmp_path):
         assert 0 < metric(text, "edgekit_live_corrected_latency_seconds") < original.target_s * 1.2
         assert metric(text, "edgekit_live_corrected_latency_seconds") < original.predicted.latency_at_percentile_s * 2
         assert metric(text, "edgekit_live_measured_over_predicted_count", part="decode") >= 3
-        assert sum(metric(text, "edgekit_replans_total", trigger="auto", outcome=o) for o in ("changed", "infeasible")) == 1
-        ek = httpx.post(url + "/v1/chat/completions", json={**body, "max_tokens": 2}, headers=AUTH, timeout=120).json()["edgekit"]
+        assert (
+            sum(metric(text, "edgekit_replans_total", trigger="auto", outcome=o) for o in ("changed", "infeasible"))
+            == 1
+        )
+        ek = httpx.post(url + "/v1/chat/completions", json={**body, "max_tokens": 2}, headers=AUTH, timeout=120).json()[
+            "edgekit"
+        ]
         assert ek["plan_config"] == replanned["config"]
         assert "live re-plan (auto" in (tmp_path / "serve.log").read_text()
         proc.send_signal(signal.SIGHUP)  # on demand: re-plans at the same correction, keeps serving
         t1 = time.time()
-        while metric(httpx.get(url + "/metrics", headers=AUTH, timeout=10).text, "edgekit_replans_total", trigger="sighup",
-                     outcome="unchanged") + metric(httpx.get(url + "/metrics", headers=AUTH, timeout=10).text,
-                                                   "edgekit_replans_total", trigger="sighup", outcome="changed") < 1:
+        while (
+            metric(
+                httpx.get(url + "/metrics", headers=AUTH, timeout=10).text,
+                "edgekit_replans_total",
+                trigger="sighup",
+                outcome="unchanged",
+            )
+            + metric(
+                httpx.get(url + "/metrics", headers=AUTH, timeout=10).text,
+                "edgekit_replans_total",
+                trigger="sighup",
+                outcome="changed",
+            )
+            < 1
+        ):
             assert time.time() - t1 < 30 and proc.poll() is None, (tmp_path / "serve.log").read_text()[-1500:]
             time.sleep(0.2)
         assert httpx.get(url + "/healthz", headers=AUTH, timeout=10).status_code == 200
@@ -272,8 +336,15 @@ def test_real_daemon_slowed_device_replans_by_itself(tmp_path):
 
 
 def test_replan_flag_needs_a_plan():
-    r = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "serve", "--replan", "--port", str(free_port())],
-                       capture_output=True, text=True, timeout=120, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    r = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", "serve", "--replan", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "--replan needs a plan" in lines[0] and "(fix: " in lines[0], r.stderr
+    assert r.returncode == 2 and len(lines) == 1 and "--replan needs a plan" in lines[0] and "(fix: " in lines[0], (
+        r.stderr
+    )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgekit.errors import UsageError
-from edgekit.figures import Figure, measured
+from edgekit.figures import measured
 from edgekit.models.slices import slice_blocks, write_slice
 from edgekit.perfmodel import fit
 from edgekit.profile.slices import SLICE_UNC, combine, estimate_by_slices
@@ -23,10 +23,13 @@ SMOL = "smollm2-135m-instruct"
 
 
 def tiny_cfg() -> SweepConfig:
-    return SweepConfig(prompt_lengths=[32, 128], contexts=[0], ns=[1, 2], decode_steps=6, reps=2, load_reps=1, idle_s=0.1)
+    return SweepConfig(
+        prompt_lengths=[32, 128], contexts=[0], ns=[1, 2], decode_steps=6, reps=2, load_reps=1, idle_s=0.1
+    )
 
 
 # -- the slicer -------------------------------------------------------------------------------------
+
 
 def test_slice_blocks_spread_over_depth_and_share_the_middle_block():
     one, many = slice_blocks(30, 8)
@@ -84,8 +87,11 @@ def test_a_slice_is_byte_identical_to_one_written_by_gguf_py(smol_path, tmp_path
         w.add_key_value(f.name, 2 if f.name == "llama.block_count" else f.contents(), f.types[0], sub_type=sub)
     w.add_string("general.edgekit.slice_of", smol_path.name)
     w.add_array("general.edgekit.slice_blocks", [3, 17])  # the source blocks kept
-    keep = [(t.name.replace("blk.3.", "blk.0.").replace("blk.17.", "blk.1."), t) for t in r.tensors
-            if not t.name.startswith("blk.") or t.name.startswith(("blk.3.", "blk.17."))]
+    keep = [
+        (t.name.replace("blk.3.", "blk.0.").replace("blk.17.", "blk.1."), t)
+        for t in r.tensors
+        if not t.name.startswith("blk.") or t.name.startswith(("blk.3.", "blk.17."))
+    ]
     for name, t in keep:
         w.add_tensor_info(name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
     w.write_header_to_file()
@@ -125,13 +131,19 @@ def test_per_block_metadata_arrays_are_cut_to_the_kept_blocks(tmp_path):
 
 # -- the extrapolation ------------------------------------------------------------------------------
 
+
 def _entry(pre: dict, dec: dict) -> ModelProfile:
     return ModelProfile(
         model=ModelInfo(id="slice"),
-        prefill=[PrefillPoint(prompt_tokens=I, prefill_s=measured(v, "s"), prefill_tok_s=measured([1.0], "tok/s"))
-                 for I, v in pre.items()],
-        decode=[DecodePoint(context_tokens=c, n=n, steps=8, step_s=measured(v, "s"), decode_tok_s=measured([1.0], "tok/s"))
-                for (c, n), v in dec.items()])
+        prefill=[
+            PrefillPoint(prompt_tokens=I, prefill_s=measured(v, "s"), prefill_tok_s=measured([1.0], "tok/s"))
+            for I, v in pre.items()
+        ],
+        decode=[
+            DecodePoint(context_tokens=c, n=n, steps=8, step_s=measured(v, "s"), decode_tok_s=measured([1.0], "tok/s"))
+            for (c, n), v in dec.items()
+        ],
+    )
 
 
 def test_points_extrapolate_linearly_in_depth_per_paired_repetition():
@@ -147,6 +159,7 @@ def test_points_extrapolate_linearly_in_depth_per_paired_repetition():
 
 
 # -- the whole estimate on a real model ----------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def estimate(tmp_path_factory):
@@ -182,7 +195,11 @@ def test_estimate_is_near_the_whole_models_measurement_which_replaces_it(estimat
     assert [m.estimate for m in after.models] == [None]  # the measured sweep superseded the estimate of its file
     whole = after.models[-1]
     for a, b in zip(est.prefill, whole.prefill):
-        assert 0.5 < a.prefill_s.value / b.prefill_s.value < 2.0, (a.prompt_tokens, a.prefill_s.value, b.prefill_s.value)
+        assert 0.5 < a.prefill_s.value / b.prefill_s.value < 2.0, (
+            a.prompt_tokens,
+            a.prefill_s.value,
+            b.prefill_s.value,
+        )
     for a, b in zip(est.decode, whole.decode):
         assert 0.5 < a.step_s.value / b.step_s.value < 2.0, (a.n, a.step_s.value, b.step_s.value)
 
@@ -218,19 +235,47 @@ def test_a_stop_saves_nothing_and_removes_the_slices(tmp_path):
 def test_cli_profile_slices_prints_an_estimate_and_refuses_onnx(tmp_path):
     env = {**os.environ, "COLUMNS": "200"}
     out = tmp_path / "p.json"
-    cmd = [sys.executable, "-m", "edgekit.cli.main", "profile", "-m", SMOL, "--slices", "--slice-blocks", "4",
-           "--prompt-lengths", "32", "--contexts", "0", "--ns", "1,2", "--steps", "4", "--reps", "1", "-o", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgekit.cli.main",
+        "profile",
+        "-m",
+        SMOL,
+        "--slices",
+        "--slice-blocks",
+        "4",
+        "--prompt-lengths",
+        "32",
+        "--contexts",
+        "0",
+        "--ns",
+        "1,2",
+        "--steps",
+        "4",
+        "--reps",
+        "1",
+        "-o",
+        str(out),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "ESTIMATED from block slices" in r.stdout and "estimated from block slices (this run)" in r.stdout
     assert json.loads(out.read_text())["models"][-1]["estimate"]["blocks_k"] == [0, 10, 15, 29]
-    r = subprocess.run(cmd[:-2] + ["--engine", "onnx", "-o", str(tmp_path / "q.json")], capture_output=True, text=True,
-                       timeout=120, env=env, cwd=ROOT)
+    r = subprocess.run(
+        cmd[:-2] + ["--engine", "onnx", "-o", str(tmp_path / "q.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
     assert r.returncode != 0 and "Traceback" not in r.stderr and "--slices works on GGUF models" in r.stderr
     assert not (tmp_path / "q.json").exists()
 
 
 # -- the planner ---------------------------------------------------------------------------------------
+
 
 def test_planner_labels_a_slice_estimate_and_confirm_measures_it(tmp_path):
     from edgekit.plan.make import make_plan
@@ -239,9 +284,24 @@ def test_planner_labels_a_slice_estimate_and_confirm_measures_it(tmp_path):
     table = ROOT / "tables" / "object_counting-qwen0.5b-terse.json"
     prof = load_profile(profile)
     qwen = prof.model("qwen2.5-coder-0.5b-instruct")
-    prof.models = [m.model_copy(update={"estimate": SliceEstimate(
-        n_layer=24, blocks_one=[12], blocks_k=[0, 12, 23, 7], slice_bytes=[1, 2], rel_unc_prefill=0.1,
-        rel_unc_decode=0.1, how="test")}) if m is qwen else m for m in prof.models]
+    prof.models = [
+        m.model_copy(
+            update={
+                "estimate": SliceEstimate(
+                    n_layer=24,
+                    blocks_one=[12],
+                    blocks_k=[0, 12, 23, 7],
+                    slice_bytes=[1, 2],
+                    rel_unc_prefill=0.1,
+                    rel_unc_decode=0.1,
+                    how="test",
+                )
+            }
+        )
+        if m is qwen
+        else m
+        for m in prof.models
+    ]
     p = tmp_path / "profile.json"
     prof.save(p)
     res, _ = make_plan(p, [table], 100.0, variants=None)
@@ -252,8 +312,14 @@ def test_planner_labels_a_slice_estimate_and_confirm_measures_it(tmp_path):
     def fake_profile(spec, output, existing):  # the whole file measured under another id (its path): same sha256
         calls.append(spec)
         est = existing.model(spec)
-        existing.models.append(est.model_copy(update={"estimate": None, "model": est.model.model_copy(
-            update={"id": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"})}))
+        existing.models.append(
+            est.model_copy(
+                update={
+                    "estimate": None,
+                    "model": est.model.model_copy(update={"id": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"}),
+                }
+            )
+        )
         existing.save(output)
         return existing
 
@@ -266,13 +332,24 @@ def test_planner_labels_a_slice_estimate_and_confirm_measures_it(tmp_path):
 
 # -- the step cost in n: a sawtooth on CPUs -------------------------------------------------------------
 
+
 def test_step_cost_continues_the_measured_sawtooth_beyond_the_last_n():
     from edgekit.perfmodel.model import PerfModel
 
     # SmolLM2 Q4_0 on the CI VM (ms): n=4 and n=8 cheaper than the n just below them (4-row GEMM chunks)
     ms = [5.1, 7.9, 10.0, 10.1, 13.4, 15.4, 17.6, 13.2]
-    pm = PerfModel(model_id="m", a=0.0, b=1e-3, c=0.0, alpha=0.004, beta=0.001, gamma=0.0, method="fitted",
-                   n_knots=list(range(1, 9)), base_knots=[x / 1e3 for x in ms])
+    pm = PerfModel(
+        model_id="m",
+        a=0.0,
+        b=1e-3,
+        c=0.0,
+        alpha=0.004,
+        beta=0.001,
+        gamma=0.0,
+        method="fitted",
+        n_knots=list(range(1, 9)),
+        base_knots=[x / 1e3 for x in ms],
+    )
     got = pm.base_s(np.arange(1, 13)) * 1e3
     assert got[:8] == pytest.approx(ms)  # measured n: exact
     # n = 9..12: base(8) + base(4 + r) - base(4); n = 12: base(8) + (base(8) - base(4))

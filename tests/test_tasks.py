@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -30,16 +28,27 @@ def test_bigbench_data_is_bundled_with_notice():
             assert ours == (shared / sub / "task.json").read_bytes(), sub
 
 
-@pytest.mark.parametrize("name,n,kind", [
-    ("bigbench:object_counting", 1000, "number"), ("object_counting", 1000, "number"),
-    ("bigbench:date_understanding", 369, "choice"), ("strategyqa", 2290, "yesno"),
-])
+@pytest.mark.parametrize(
+    "name,n,kind",
+    [
+        ("bigbench:object_counting", 1000, "number"),
+        ("object_counting", 1000, "number"),
+        ("bigbench:date_understanding", 369, "choice"),
+        ("strategyqa", 2290, "yesno"),
+    ],
+)
 def test_bigbench_loaders(name, n, kind):
     t = load_task(name)
     assert len(t.problems) == n and t.kind == kind and t.prompt_template == "cot"
     assert t.name.startswith("bigbench:") and t.split is None and not t.has_verifier
     assert len({p.id for p in t.problems}) == n
-    assert all(p.prompt.rstrip().endswith('"Answer: X", where X is ' + {"number": "a single number.", "choice": "the option letter.", "yesno": "yes or no."}[kind]) for p in t.problems)
+    assert all(
+        p.prompt.rstrip().endswith(
+            '"Answer: X", where X is '
+            + {"number": "a single number.", "choice": "the option letter.", "yesno": "yes or no."}[kind]
+        )
+        for p in t.problems
+    )
 
 
 def test_object_counting_targets_are_digits():
@@ -108,32 +117,59 @@ def write_jsonl(path: Path, rows) -> str:
 
 
 def test_jsonl_kinds(tmp_path):
-    num = load_task(write_jsonl(tmp_path / "n.jsonl", [{"prompt": "2+2?", "answer": 4}, {"prompt": "1.5*2?", "answer": "3.0", "id": "x"}]))
+    num = load_task(
+        write_jsonl(
+            tmp_path / "n.jsonl", [{"prompt": "2+2?", "answer": 4}, {"prompt": "1.5*2?", "answer": "3.0", "id": "x"}]
+        )
+    )
     assert num.kind == "number" and [p.id for p in num.problems] == ["1", "x"] and num.is_correct(num.problems[1], "3")
-    ch = load_task(write_jsonl(tmp_path / "c.jsonl", [
-        {"prompt": "Color of sky?", "choices": ["red", "blue"], "answer": "blue"},
-        {"prompt": "Pick A", "choices": ["x", "y", "z"], "answer": "A"}]))
+    ch = load_task(
+        write_jsonl(
+            tmp_path / "c.jsonl",
+            [
+                {"prompt": "Color of sky?", "choices": ["red", "blue"], "answer": "blue"},
+                {"prompt": "Pick A", "choices": ["x", "y", "z"], "answer": "A"},
+            ],
+        )
+    )
     assert ch.kind == "choice" and [p.target for p in ch.problems] == ["B", "A"]
     assert "(A) red\n(B) blue\n" in ch.problems[0].prompt and ch.is_correct(ch.problems[0], "B")
-    yn = load_task(write_jsonl(tmp_path / "y.jsonl", [{"prompt": "Is ice cold?", "answer": "Yes"}, {"prompt": "Is fire cold?", "answer": "no"}]))
+    yn = load_task(
+        write_jsonl(
+            tmp_path / "y.jsonl",
+            [{"prompt": "Is ice cold?", "answer": "Yes"}, {"prompt": "Is fire cold?", "answer": "no"}],
+        )
+    )
     assert yn.kind == "yesno" and yn.is_correct(yn.problems[0], "yes") and not yn.is_correct(yn.problems[1], "yes")
-    tx = load_task(write_jsonl(tmp_path / "t.jsonl", [{"prompt": "Capital of France?", "answer": "Paris"}, {"prompt": "2+2?", "answer": "4"}]), template="terse")
+    tx = load_task(
+        write_jsonl(
+            tmp_path / "t.jsonl",
+            [{"prompt": "Capital of France?", "answer": "Paris"}, {"prompt": "2+2?", "answer": "4"}],
+        ),
+        template="terse",
+    )
     assert tx.kind == "text" and tx.prompt_template == "terse"
     p = tx.problems[0]
     assert tx.is_correct(p, tx.extract("The capital is known.\nAnswer: Paris.", p, get_extractor))
     assert not tx.is_correct(p, "Lyon")
 
 
-@pytest.mark.parametrize("rows,match", [
-    ([{"prompt": "a", "answer": "1"}, "{not json"], "line 2"),
-    ([{"prompt": "a", "answer": "1"}, {"prompt": "b"}], "line 2 needs a field 'answer'"),
-    ([{"answer": "1"}], "line 1 needs a non-empty string field 'prompt'"),
-    ([{"prompt": "a", "answer": "1", "choices": ["x", "y"]}, {"prompt": "b", "answer": "2"}], "line 2 has no 'choices'"),
-    ([{"prompt": "a", "answer": "q", "choices": ["x", "y"]}], "line 1: answer 'q'"),
-    ([{"prompt": "a", "answer": "1", "id": 1}, {"prompt": "b", "answer": "1", "id": 1}], "line 2: duplicate id"),
-    ([{"prompt": "a", "answer": "1", "extra": 2}], "line 1 has unknown fields"),
-    (["[1, 2]"], "line 1 needs"),
-])
+@pytest.mark.parametrize(
+    "rows,match",
+    [
+        ([{"prompt": "a", "answer": "1"}, "{not json"], "line 2"),
+        ([{"prompt": "a", "answer": "1"}, {"prompt": "b"}], "line 2 needs a field 'answer'"),
+        ([{"answer": "1"}], "line 1 needs a non-empty string field 'prompt'"),
+        (
+            [{"prompt": "a", "answer": "1", "choices": ["x", "y"]}, {"prompt": "b", "answer": "2"}],
+            "line 2 has no 'choices'",
+        ),
+        ([{"prompt": "a", "answer": "q", "choices": ["x", "y"]}], "line 1: answer 'q'"),
+        ([{"prompt": "a", "answer": "1", "id": 1}, {"prompt": "b", "answer": "1", "id": 1}], "line 2: duplicate id"),
+        ([{"prompt": "a", "answer": "1", "extra": 2}], "line 1 has unknown fields"),
+        (["[1, 2]"], "line 1 needs"),
+    ],
+)
 def test_jsonl_errors_name_the_line(tmp_path, rows, match):
     with pytest.raises(UsageError, match=re.escape(match)):
         load_task(write_jsonl(tmp_path / "bad.jsonl", rows))
@@ -175,7 +211,9 @@ def FakeSampler(fail_after_calls=None):  # noqa: N802 - a Runtime over the scrip
 
 @pytest.fixture
 def num_task(tmp_path):
-    return write_jsonl(tmp_path / "four.jsonl", [{"prompt": f"Q{i}: what is {i} + {4 - i}?", "answer": "4"} for i in range(5)])
+    return write_jsonl(
+        tmp_path / "four.jsonl", [{"prompt": f"Q{i}: what is {i} + {4 - i}?", "answer": "4"} for i in range(5)]
+    )
 
 
 def run(task, sampler, out, **kw):
@@ -236,7 +274,7 @@ def test_runner_refuses_resume_after_the_task_changed(num_task, tmp_path):
     so an edited answer would otherwise mix stale records into the table."""
     from edgekit.schemas.table import load_table
 
-    path = Path(num_task[len("jsonl:"):])
+    path = Path(num_task[len("jsonl:") :])
     original = path.read_text()
     out = tmp_path / "chg.json"
     with pytest.raises(KeyboardInterrupt):
@@ -261,8 +299,12 @@ def test_task_sha256_covers_ids_prompts_targets_in_order(tmp_path):
     rows = [{"prompt": "a?", "answer": "1"}, {"prompt": "b?", "answer": "2"}]
     base = load_task(write_jsonl(tmp_path / "a.jsonl", rows)).sha256
     assert load_task(write_jsonl(tmp_path / "b.jsonl", rows)).sha256 == base  # the path is not content
-    for changed in ([rows[1], rows[0]], [rows[0], {"prompt": "b?", "answer": "3"}], [rows[0], {"prompt": "c?", "answer": "2"}],
-                    [{**rows[0], "id": "x"}, rows[1]]):
+    for changed in (
+        [rows[1], rows[0]],
+        [rows[0], {"prompt": "b?", "answer": "3"}],
+        [rows[0], {"prompt": "c?", "answer": "2"}],
+        [{**rows[0], "id": "x"}, rows[1]],
+    ):
         assert load_task(write_jsonl(tmp_path / "c.jsonl", changed)).sha256 != base
     assert load_task("strategyqa", split="0:5").sha256 != load_task("strategyqa", split="1:6").sha256
 
@@ -309,7 +351,7 @@ def test_evaluate_refuses_a_changed_task_before_loading_a_model(num_task, tmp_pa
     model id would even be looked up)."""
     from edgekit.evaluate.api import evaluate
 
-    path = Path(num_task[len("jsonl:"):])
+    path = Path(num_task[len("jsonl:") :])
     out = tmp_path / "pre.json"
     kw = dict(out_path=out, n_samples=4, temperature=0.8, top_p=0.95, seed=1, max_tokens=32)
     with pytest.raises(KeyboardInterrupt):
@@ -356,8 +398,13 @@ def test_openai_engine_counts_and_fallbacks():
         bodies.append(body)
         assert request.url.path == "/v1/chat/completions"
         k = len(bodies)
-        return httpx.Response(200, json={"choices": [{"message": {"content": f"Answer: {k}"}, "finish_reason": "length" if k == 3 else "stop"}],
-                                         "usage": {"prompt_tokens": 12, "completion_tokens": 10 + k}})
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"message": {"content": f"Answer: {k}"}, "finish_reason": "length" if k == 3 else "stop"}],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 10 + k},
+            },
+        )
 
     e = openai_engine(ignores_n)
     res = gen(e, [{"role": "user", "content": "hi"}], max_tokens=16, n=3, seed=7)
@@ -369,9 +416,20 @@ def test_openai_engine_counts_and_fallbacks():
     assert res.engine == "openai" and not any(x.tokens_estimated for x in res.samples)
 
     def multi(request):  # n honoured, per-choice logprobs present for one, absent for the other
-        return httpx.Response(200, json={"choices": [
-            {"message": {"content": "a b c"}, "finish_reason": "stop", "logprobs": {"content": [{"logprob": -0.1}] * 3}},
-            {"message": {"content": "x" * 40}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 99}})
+        return httpx.Response(
+            200,
+            json={
+                "choices": [
+                    {
+                        "message": {"content": "a b c"},
+                        "finish_reason": "stop",
+                        "logprobs": {"content": [{"logprob": -0.1}] * 3},
+                    },
+                    {"message": {"content": "x" * 40}, "finish_reason": "stop"},
+                ],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 99},
+            },
+        )
 
     res = gen(openai_engine(multi), n=2)
     assert [x.tokens for x in res.samples] == [3, 10]
@@ -398,7 +456,13 @@ def test_openai_engine_errors_never_show_the_key(monkeypatch):
     def no_logprobs(request):
         if json.loads(request.content).get("logprobs"):
             return httpx.Response(400, json={"error": "logprobs unsupported"})
-        return httpx.Response(200, json={"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+            },
+        )
 
     e = openai_engine(no_logprobs)
     assert gen(e).samples[0].text == "ok" and gen(e).samples[0].tokens == 1
@@ -419,7 +483,9 @@ def test_target_width_stops_when_intervals_are_narrow_or_separate(tmp_path):
     from edgekit.evaluate.runner import _precise_enough
     from edgekit.runtime import Runtime
 
-    big = write_jsonl(tmp_path / "big.jsonl", [{"prompt": f"Q{i}: what is {i} + {4 - i}?", "answer": "4"} for i in range(200)])
+    big = write_jsonl(
+        tmp_path / "big.jsonl", [{"prompt": f"Q{i}: what is {i} + {4 - i}?", "answer": "4"} for i in range(200)]
+    )
     rt = Runtime(FakeEngine())
     t = run(big, rt, tmp_path / "w.json", target_width=0.3, batch=10)
     assert t.n_problems < 200 and t.n_problems % 10 == 0 and t.split == f"0:{t.n_problems}"

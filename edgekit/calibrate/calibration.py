@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional
+from typing import Any
 
 from edgekit.errors import SchemaError
 
@@ -29,8 +29,9 @@ def _dec_float(v: Any, what: str) -> float:
     if v in ("-inf", "-Infinity"):
         return -math.inf
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise SchemaError(f"calibration field {what} must be a number or 'inf'/'-inf', got {v!r}",
-                          fix="re-create the calibration")
+        raise SchemaError(
+            f"calibration field {what} must be a number or 'inf'/'-inf', got {v!r}", fix="re-create the calibration"
+        )
     return float(v)
 
 
@@ -54,12 +55,12 @@ class Calibration:
     method: str
     score: str
     threshold: float
-    alpha: Optional[float]
-    delta: Optional[float]
+    alpha: float | None
+    delta: float | None
     n_calibration: int
-    offload_rate: Optional[float]
-    local_wrong_rate: Optional[float]
-    p_value: Optional[float]
+    offload_rate: float | None
+    local_wrong_rate: float | None
+    p_value: float | None
     guarantee: str
     curve: list[dict] = field(default_factory=list)
 
@@ -74,9 +75,11 @@ class Calibration:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Calibration":
+    def from_dict(cls, d: dict) -> Calibration:
         if not isinstance(d, dict):
-            raise SchemaError(f"a calibration must be a JSON object, got {type(d).__name__}", fix="re-create the calibration")
+            raise SchemaError(
+                f"a calibration must be a JSON object, got {type(d).__name__}", fix="re-create the calibration"
+            )
         names = {f.name for f in fields(cls)}
         missing = sorted(names - {"curve"} - set(d))
         if missing:
@@ -85,26 +88,36 @@ class Calibration:
             raise SchemaError(f"calibration method {d['method']!r} is unknown", fix=f"use one of {', '.join(METHODS)}")
         kw = {k: d[k] for k in names if k in d}
         kw["threshold"] = _dec_float(d["threshold"], "threshold")
-        kw["curve"] = [{k: (_dec_float(v, f"curve.{k}") if k == "threshold" else v) for k, v in row.items()}
-                       for row in d.get("curve", [])]
+        kw["curve"] = [
+            {k: (_dec_float(v, f"curve.{k}") if k == "threshold" else v) for k, v in row.items()}
+            for row in d.get("curve", [])
+        ]
         return cls(**kw)
 
 
 def ltt_sentence(alpha: float, delta: float, pvalue: str, n_thresholds: int, offload_all: bool) -> str:
     how = "exact binomial p-values" if pvalue == "binomial" else "Hoeffding-Bentkus p-values"
-    s = (f"with probability >= {1 - delta:.6g} over the calibration set, at most {pct(alpha)} of queries like these "
-         f"are answered locally and wrong (Learn-then-Test, {how}, fixed-sequence testing over {n_thresholds} "
-         f"thresholds); marginal over queries like the calibration set; drift voids it")
+    s = (
+        f"with probability >= {1 - delta:.6g} over the calibration set, at most {pct(alpha)} of queries like these "
+        f"are answered locally and wrong (Learn-then-Test, {how}, fixed-sequence testing over {n_thresholds} "
+        f"thresholds); marginal over queries like the calibration set; drift voids it"
+    )
     if offload_all:
-        s += ("; no finite threshold could be certified, so every query is offloaded "
-              "(more labelled data, a better score or a larger alpha would keep some local)")
+        s += (
+            "; no finite threshold could be certified, so every query is offloaded "
+            "(more labelled data, a better score or a larger alpha would keep some local)"
+        )
     return s
 
 
-def conformal_sentence(budget: float, bound: float, k: int, n: int, delta: Optional[float]) -> str:
+def conformal_sentence(budget: float, bound: float, k: int, n: int, delta: float | None) -> str:
     if delta is None:
-        return (f"a new query exchangeable with the {n} calibration queries is offloaded with probability "
-                f"<= {bound:.4g} <= {pct(budget)} (conformal quantile: the floor((n+1)*budget) = {k}-th smallest "
-                f"calibration score); on average over calibration sets, not for every one; drift voids it")
-    return (f"with probability >= {1 - delta:.6g} over the calibration set, at most {pct(budget)} of queries like "
-            f"these are offloaded (order statistic {k} of {n}, exact binomial bound); drift voids it")
+        return (
+            f"a new query exchangeable with the {n} calibration queries is offloaded with probability "
+            f"<= {bound:.4g} <= {pct(budget)} (conformal quantile: the floor((n+1)*budget) = {k}-th smallest "
+            f"calibration score); on average over calibration sets, not for every one; drift voids it"
+        )
+    return (
+        f"with probability >= {1 - delta:.6g} over the calibration set, at most {pct(budget)} of queries like "
+        f"these are offloaded (order statistic {k} of {n}, exact binomial bound); drift voids it"
+    )

@@ -15,8 +15,8 @@ monotone rescaling of a score is the same score, as it is for thresholding).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -26,19 +26,25 @@ from edgekit.errors import UsageError
 FEATURES = ("vote_share", "mean_logprob", "low_logprob")
 
 
-def _as_features(features, n_names: Optional[int] = None) -> np.ndarray:
+def _as_features(features, n_names: int | None = None) -> np.ndarray:
     try:
         X = np.asarray(features, dtype=float)
     except (TypeError, ValueError):
-        raise UsageError("features must be a numeric matrix", fix="pass one row per query, one column per score") from None
+        raise UsageError(
+            "features must be a numeric matrix", fix="pass one row per query, one column per score"
+        ) from None
     if X.ndim != 2 or X.shape[0] == 0:
-        raise UsageError(f"features must be a non-empty 2-D matrix, got shape {X.shape}",
-                         fix="pass one row per query, one column per score")
+        raise UsageError(
+            f"features must be a non-empty 2-D matrix, got shape {X.shape}",
+            fix="pass one row per query, one column per score",
+        )
     if n_names is not None and X.shape[1] != n_names:
         raise UsageError(f"features have {X.shape[1]} columns for {n_names} names", fix="pass one name per column")
     if not np.all(np.isfinite(X)):
-        raise UsageError("features contain NaN or infinite values",
-                         fix="drop those queries or fill the missing score (e.g. vote_share needs n > 1 samples)")
+        raise UsageError(
+            "features contain NaN or infinite values",
+            fix="drop those queries or fill the missing score (e.g. vote_share needs n > 1 samples)",
+        )
     return X
 
 
@@ -74,8 +80,10 @@ def combined_score(features, correct, *, l2: float = 1.0) -> tuple[np.ndarray, C
     X = _as_features(features)
     y = as_labels(correct, X.shape[0])
     if y.min() == y.max():
-        raise UsageError("all labels are the same, so there is nothing to combine for",
-                         fix="fit on a split with both correct and wrong local answers")
+        raise UsageError(
+            "all labels are the same, so there is nothing to combine for",
+            fix="fit on a split with both correct and wrong local answers",
+        )
     w = fit_logistic(X, y, l2=l2)
 
     def fn(f) -> np.ndarray:
@@ -111,8 +119,8 @@ class ScoreChoice:
     """Which score to threshold: one feature, or ``"combined"`` with ``weights``."""
 
     name: str
-    column: Optional[int]
-    weights: Optional[np.ndarray]
+    column: int | None
+    weights: np.ndarray | None
     auroc: dict = field(default_factory=dict)  # out-of-fold for "combined", plain for the single scores
     reason: str = ""
 
@@ -123,20 +131,32 @@ class ScoreChoice:
         return _sigmoid(X @ self.weights[:-1] + self.weights[-1])
 
 
-def choose_score(features, correct, names: Sequence[str] = FEATURES, *, folds: int = 5, margin: float = 0.01,
-                 l2: float = 1.0, seed: int = 0) -> ScoreChoice:
+def choose_score(
+    features,
+    correct,
+    names: Sequence[str] = FEATURES,
+    *,
+    folds: int = 5,
+    margin: float = 0.01,
+    l2: float = 1.0,
+    seed: int = 0,
+) -> ScoreChoice:
     """Use the combined score only if it helps: its ``folds``-fold out-of-fold AUROC must beat the
     best single score's AUROC by more than ``margin`` (the single scores need no fitting, and picking
     the best of them on the same rows already favours them). Run it on a selection split."""
     X = _as_features(features, len(names))
     y = as_labels(correct, X.shape[0])
     if folds < 2 or X.shape[0] < 2 * folds:
-        raise UsageError(f"cross-validation needs folds >= 2 and at least 2 rows per fold (n={X.shape[0]}, folds={folds})",
-                         fix="pass more rows or fewer folds")
+        raise UsageError(
+            f"cross-validation needs folds >= 2 and at least 2 rows per fold (n={X.shape[0]}, folds={folds})",
+            fix="pass more rows or fewer folds",
+        )
     single = {nm: auroc(X[:, i], y) for i, nm in enumerate(names)}
     if any(np.isnan(v) for v in single.values()):
-        raise UsageError("all labels are the same, so scores cannot be compared",
-                         fix="select on a split with both correct and wrong local answers")
+        raise UsageError(
+            "all labels are the same, so scores cannot be compared",
+            fix="select on a split with both correct and wrong local answers",
+        )
     best = max(single, key=lambda nm: single[nm])
     # stratified folds, so every training fold has both classes
     rng = np.random.default_rng(seed)
@@ -153,7 +173,17 @@ def choose_score(features, correct, names: Sequence[str] = FEATURES, *, folds: i
     scores = {**single, "combined": comb}
     if comb > single[best] + margin:
         w = fit_logistic(X, y, l2=l2)
-        return ScoreChoice("combined", None, w, scores,
-                           f"combined out-of-fold AUROC {comb:.3f} beats {best} {single[best]:.3f} by more than {margin:g}")
-    return ScoreChoice(best, names.index(best), None, scores,
-                       f"{best} AUROC {single[best]:.3f}; combined out-of-fold {comb:.3f} does not beat it by more than {margin:g}")
+        return ScoreChoice(
+            "combined",
+            None,
+            w,
+            scores,
+            f"combined out-of-fold AUROC {comb:.3f} beats {best} {single[best]:.3f} by more than {margin:g}",
+        )
+    return ScoreChoice(
+        best,
+        names.index(best),
+        None,
+        scores,
+        f"{best} AUROC {single[best]:.3f}; combined out-of-fold {comb:.3f} does not beat it by more than {margin:g}",
+    )

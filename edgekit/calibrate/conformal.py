@@ -29,7 +29,6 @@ probability >= 1 - delta over the calibration set, an offload rate <= b.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 
@@ -45,7 +44,7 @@ def _floor_product(n1: int, b: float) -> int:
     return int(r) if abs(x - r) < 1e-9 else math.floor(x)
 
 
-def conformal_index(n: int, budget: float, delta: Optional[float] = None) -> int:
+def conformal_index(n: int, budget: float, delta: float | None = None) -> int:
     """The order-statistic index k (0..n+1) used by :func:`conformal_offload_threshold`."""
     b = check_budget(budget, "offload_budget")
     if b >= 1.0:
@@ -59,8 +58,9 @@ def conformal_index(n: int, budget: float, delta: Optional[float] = None) -> int
     return int(np.searchsorted(binomial_cdf_table(n, b)[:n], delta, side="right"))
 
 
-def conformal_offload_threshold(scores, offload_budget: float, *, score_name: str, cloud_correct=None,
-                                correct=None, delta: Optional[float] = None) -> Calibration:
+def conformal_offload_threshold(
+    scores, offload_budget: float, *, score_name: str, cloud_correct=None, correct=None, delta: float | None = None
+) -> Calibration:
     """Threshold whose offload rate on new exchangeable queries is at most ``offload_budget``:
     on average over calibration sets (default), or with probability >= 1 - ``delta`` over the
     calibration set when ``delta`` is given. Labels are optional (``correct`` fills the local-wrong
@@ -79,14 +79,26 @@ def conformal_offload_threshold(scores, offload_budget: float, *, score_name: st
     g = group_counts(s, c, cloud)
     curve = []
     for i in range(g["thresholds"].size):
-        row = {"threshold": float(g["thresholds"][i]), "offload_rate": float(1 - g["kept"][i] / n),
-               "local_wrong_rate": float(g["losses"][i] / n) if c is not None else None, "p_value": None}
+        row = {
+            "threshold": float(g["thresholds"][i]),
+            "offload_rate": float(1 - g["kept"][i] / n),
+            "local_wrong_rate": float(g["losses"][i] / n) if c is not None else None,
+            "p_value": None,
+        }
         if "system_accuracy" in g:
             row["system_accuracy"] = float(g["system_accuracy"][i])
         curve.append(row)
     kept = s >= tau
     return Calibration(
-        method="conformal-offload-budget", score=score_name, threshold=tau, alpha=None, delta=delta,
-        n_calibration=n, offload_rate=float(np.mean(~kept)),
-        local_wrong_rate=float(np.mean(kept & (c == 0))) if c is not None else None, p_value=None,
-        guarantee=conformal_sentence(b, min(k, n + 1) / (n + 1), k, n, delta), curve=curve)
+        method="conformal-offload-budget",
+        score=score_name,
+        threshold=tau,
+        alpha=None,
+        delta=delta,
+        n_calibration=n,
+        offload_rate=float(np.mean(~kept)),
+        local_wrong_rate=float(np.mean(kept & (c == 0))) if c is not None else None,
+        p_value=None,
+        guarantee=conformal_sentence(b, min(k, n + 1) / (n + 1), k, n, delta),
+        curve=curve,
+    )

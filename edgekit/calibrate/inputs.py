@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import numpy as np
 
 from edgekit.errors import UsageError
@@ -20,15 +18,19 @@ def as_scores(scores, what: str = "scores") -> np.ndarray:
         raise UsageError(f"no {what}: the calibration set is empty", fix="pass labelled calibration queries")
     bad = int(np.count_nonzero(~np.isfinite(s)))
     if bad:
-        raise UsageError(f"{bad} of {s.size} {what} are NaN or infinite",
-                         fix="drop those queries or clip the score to a finite floor (e.g. a very low logprob)")
+        raise UsageError(
+            f"{bad} of {s.size} {what} are NaN or infinite",
+            fix="drop those queries or clip the score to a finite floor (e.g. a very low logprob)",
+        )
     return s
 
 
 def as_labels(correct, n: int, what: str = "correct") -> np.ndarray:
     if correct is None:
-        raise UsageError("no labels: the calibration needs whether each local answer was correct",
-                         fix=f"pass {what}=[0/1 per query] from a labelled evaluation run")
+        raise UsageError(
+            "no labels: the calibration needs whether each local answer was correct",
+            fix=f"pass {what}=[0/1 per query] from a labelled evaluation run",
+        )
     try:
         c = np.asarray(correct, dtype=float)
     except (TypeError, ValueError):
@@ -36,12 +38,14 @@ def as_labels(correct, n: int, what: str = "correct") -> np.ndarray:
     if c.ndim != 1 or c.size != n:
         raise UsageError(f"{what} has {c.size} labels for {n} scores", fix="pass exactly one label per score")
     if np.any(~np.isfinite(c)) or np.any((c != 0) & (c != 1)):
-        raise UsageError(f"{what} must be 0/1 or booleans (missing labels are not allowed)",
-                         fix="drop unlabelled queries and pass 0/1 per query")
+        raise UsageError(
+            f"{what} must be 0/1 or booleans (missing labels are not allowed)",
+            fix="drop unlabelled queries and pass 0/1 per query",
+        )
     return c
 
 
-def as_cloud(cloud_correct, n: int) -> Optional[Union[np.ndarray, float]]:
+def as_cloud(cloud_correct, n: int) -> np.ndarray | float | None:
     """``None``, a cloud accuracy in [0, 1], or 0/1 per query."""
     if cloud_correct is None:
         return None
@@ -51,8 +55,11 @@ def as_cloud(cloud_correct, n: int) -> Optional[Union[np.ndarray, float]]:
         except (TypeError, ValueError):
             q = float("nan")
         if not (0.0 <= q <= 1.0):
-            raise UsageError(f"cloud_correct as a single number is the cloud's accuracy and must be in [0, 1], "
-                             f"got {cloud_correct!r}", fix="pass an accuracy such as 0.92, or 0/1 per query")
+            raise UsageError(
+                f"cloud_correct as a single number is the cloud's accuracy and must be in [0, 1], "
+                f"got {cloud_correct!r}",
+                fix="pass an accuracy such as 0.92, or 0/1 per query",
+            )
         return q
     return as_labels(cloud_correct, n, what="cloud_correct")
 
@@ -63,12 +70,14 @@ def check_budget(budget, name: str) -> float:
     except (TypeError, ValueError):
         b = float("nan")
     if not (0.0 <= b <= 1.0):
-        raise UsageError(f"{name} must be a fraction of queries in [0, 1], got {budget!r}",
-                         fix=f"pass e.g. {name}=0.3 for at most 30% offloaded")
+        raise UsageError(
+            f"{name} must be a fraction of queries in [0, 1], got {budget!r}",
+            fix=f"pass e.g. {name}=0.3 for at most 30% offloaded",
+        )
     return b
 
 
-def group_counts(s: np.ndarray, c: Optional[np.ndarray], cloud) -> dict:
+def group_counts(s: np.ndarray, c: np.ndarray | None, cloud) -> dict:
     """Per candidate threshold, strict to lenient (``+inf`` then the distinct scores descending):
     queries kept, kept-and-wrong, and (with ``cloud``) cloud-correct among the offloaded."""
     n = s.size
@@ -83,7 +92,9 @@ def group_counts(s: np.ndarray, c: Optional[np.ndarray], cloud) -> dict:
             if isinstance(cloud, float):
                 cloud_off = (n - kept) * cloud
             else:
-                kept_cloud = np.concatenate([[0], np.cumsum(np.bincount(inv, weights=cloud, minlength=uniq.size)[order])])
+                kept_cloud = np.concatenate(
+                    [[0], np.cumsum(np.bincount(inv, weights=cloud, minlength=uniq.size)[order])]
+                )
                 cloud_off = cloud.sum() - kept_cloud
             out["system_accuracy"] = ((kept - out["losses"]) + cloud_off) / n
     return out

@@ -32,7 +32,6 @@ calibration set (see :mod:`edgekit.calibrate.combine`).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 
@@ -74,12 +73,23 @@ def fixed_sequence(pvalues, delta: float) -> int:
 def _check_size(n: int, alpha: float, delta: float) -> None:
     need = min_calibration_size(alpha, delta)
     if n < need:
-        raise UsageError(f"need at least {need} labelled examples for alpha={alpha:g}, delta={delta:g}; you have {n}",
-                         fix=f"label {need - n} more queries, or raise alpha or delta")
+        raise UsageError(
+            f"need at least {need} labelled examples for alpha={alpha:g}, delta={delta:g}; you have {n}",
+            fix=f"label {need - n} more queries, or raise alpha or delta",
+        )
 
 
-def ltt_threshold(scores, correct, alpha: float, delta: float, *, score_name: str, pvalue: str = "binomial",
-                  cloud_correct=None, max_offload: Optional[float] = None) -> Calibration:
+def ltt_threshold(
+    scores,
+    correct,
+    alpha: float,
+    delta: float,
+    *,
+    score_name: str,
+    pvalue: str = "binomial",
+    cloud_correct=None,
+    max_offload: float | None = None,
+) -> Calibration:
     """The most lenient threshold certified by Learn-then-Test: with probability >= 1 - delta over
     the calibration set, at most ``alpha`` of queries are kept local and answered wrong.
 
@@ -104,8 +114,10 @@ def ltt_threshold(scores, correct, alpha: float, delta: float, *, score_name: st
     p = ltt_pvalues(losses, n, alpha, pvalue)
     j = fixed_sequence(p, delta)
     if j < 0:  # +inf has zero losses: p = (1 - alpha)^n <= delta once n >= min_calibration_size (an ulp aside)
-        raise UsageError(f"need at least {n + 1} labelled examples for alpha={alpha:g}, delta={delta:g}; you have {n}",
-                         fix="label more queries, or raise alpha or delta")
+        raise UsageError(
+            f"need at least {n + 1} labelled examples for alpha={alpha:g}, delta={delta:g}; you have {n}",
+            fix="label more queries, or raise alpha or delta",
+        )
     offload = 1.0 - kept / n
     risk = losses / n
 
@@ -113,24 +125,39 @@ def ltt_threshold(scores, correct, alpha: float, delta: float, *, score_name: st
         raise UsageError(
             f"no threshold meets both constraints: certifying at most {pct(alpha)} local-and-wrong at delta={delta:g} "
             f"needs offloading at least {pct(offload[j])} of calibration queries, above max_offload={pct(budget)}",
-            fix="raise alpha or max_offload, use a better score, or label more queries")
+            fix="raise alpha or max_offload, use a better score, or label more queries",
+        )
 
     curve = []
     for i in range(thr.size):
-        row = {"threshold": float(thr[i]), "offload_rate": float(offload[i]), "local_wrong_rate": float(risk[i]),
-               "p_value": float(p[i]), "certified": bool(i <= j)}
+        row = {
+            "threshold": float(thr[i]),
+            "offload_rate": float(offload[i]),
+            "local_wrong_rate": float(risk[i]),
+            "p_value": float(p[i]),
+            "certified": bool(i <= j),
+        }
         if "system_accuracy" in g:
             row["system_accuracy"] = float(g["system_accuracy"][i])
         curve.append(row)
     return Calibration(
-        method=f"ltt-{pvalue}", score=score_name, threshold=float(thr[j]), alpha=alpha, delta=delta,
-        n_calibration=n, offload_rate=float(offload[j]), local_wrong_rate=float(risk[j]), p_value=float(p[j]),
+        method=f"ltt-{pvalue}",
+        score=score_name,
+        threshold=float(thr[j]),
+        alpha=alpha,
+        delta=delta,
+        n_calibration=n,
+        offload_rate=float(offload[j]),
+        local_wrong_rate=float(risk[j]),
+        p_value=float(p[j]),
         guarantee=ltt_sentence(alpha, delta, pvalue, int(thr.size), offload_all=math.isinf(thr[j])),
-        curve=curve)
+        curve=curve,
+    )
 
 
-def uncalibrated(score_name: str, threshold: float = -math.inf, *, scores=None, correct=None,
-                 cloud_correct=None) -> Calibration:
+def uncalibrated(
+    score_name: str, threshold: float = -math.inf, *, scores=None, correct=None, cloud_correct=None
+) -> Calibration:
     """A threshold set by hand (default: keep everything local), with no guarantee. With ``scores``
     (and ``correct``) its offload and local-wrong rates on that data are filled in for reference."""
     t = float(threshold)
@@ -146,10 +173,26 @@ def uncalibrated(score_name: str, threshold: float = -math.inf, *, scores=None, 
             c = as_labels(correct, n)
             risk = float(np.mean((s >= t) & (c == 0)))
             g = group_counts(s, c, as_cloud(cloud_correct, n))
-            curve = [{"threshold": float(g["thresholds"][i]), "offload_rate": float(1 - g["kept"][i] / n),
-                      "local_wrong_rate": float(g["losses"][i] / n), "p_value": None}
-                     | ({"system_accuracy": float(g["system_accuracy"][i])} if "system_accuracy" in g else {})
-                     for i in range(g["thresholds"].size)]
-    return Calibration(method="default-uncalibrated", score=score_name, threshold=t, alpha=None, delta=None,
-                       n_calibration=n, offload_rate=offload, local_wrong_rate=risk, p_value=None,
-                       guarantee="none: the threshold was not calibrated on labelled data", curve=curve)
+            curve = [
+                {
+                    "threshold": float(g["thresholds"][i]),
+                    "offload_rate": float(1 - g["kept"][i] / n),
+                    "local_wrong_rate": float(g["losses"][i] / n),
+                    "p_value": None,
+                }
+                | ({"system_accuracy": float(g["system_accuracy"][i])} if "system_accuracy" in g else {})
+                for i in range(g["thresholds"].size)
+            ]
+    return Calibration(
+        method="default-uncalibrated",
+        score=score_name,
+        threshold=t,
+        alpha=None,
+        delta=None,
+        n_calibration=n,
+        offload_rate=offload,
+        local_wrong_rate=risk,
+        p_value=None,
+        guarantee="none: the threshold was not calibrated on labelled data",
+        curve=curve,
+    )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 from rich.table import Table
 
@@ -13,19 +11,33 @@ from edgekit.cli.output import console, err_console, print_json
 def register(app: typer.Typer) -> None:
     @app.command("calibrate")
     def calibrate_cmd(
-        task: str = typer.Option(..., "--task", help="labelled calibration set: bigbench:<task> | jsonl:PATH (held out from the tables)"),
+        task: str = typer.Option(
+            ..., "--task", help="labelled calibration set: bigbench:<task> | jsonl:PATH (held out from the tables)"
+        ),
         plan: str = typer.Option(..., "--plan", help="plan file from `edgekit plan`; the threshold is saved into it"),
-        alpha: Optional[float] = typer.Option(None, "--alpha", help="at most this share of queries answered locally and wrong"),
-        delta: Optional[float] = typer.Option(None, "--delta", help="... with probability >= 1 - delta over the calibration set"),
-        offload_budget: Optional[float] = typer.Option(None, "--offload-budget", help="at most this share of queries offloaded"),
-        score: Optional[str] = typer.Option(None, "--score", help="vote_share | mean_logprob | low_logprob (default: the best here)"),
-        split: Optional[str] = typer.Option(None, help="problem range a:b (keep it disjoint from the accuracy tables')"),
-        limit: Optional[int] = typer.Option(None, help="first N problems of the split"),
-        cloud_url: Optional[str] = typer.Option(None, "--cloud-url", help="also ask the cloud, for the system-accuracy curve"),
-        cloud_model: Optional[str] = typer.Option(None, "--cloud-model"),
-        output: Optional[str] = typer.Option(None, "--output", "-o", help="write the calibrated plan here (default: update --plan)"),
-        plot: Optional[str] = typer.Option(None, "--plot", help="accuracy-vs-offload curve as PNG"),
-        threads: Optional[int] = typer.Option(None),
+        alpha: float | None = typer.Option(
+            None, "--alpha", help="at most this share of queries answered locally and wrong"
+        ),
+        delta: float | None = typer.Option(
+            None, "--delta", help="... with probability >= 1 - delta over the calibration set"
+        ),
+        offload_budget: float | None = typer.Option(
+            None, "--offload-budget", help="at most this share of queries offloaded"
+        ),
+        score: str | None = typer.Option(
+            None, "--score", help="vote_share | mean_logprob | low_logprob (default: the best here)"
+        ),
+        split: str | None = typer.Option(None, help="problem range a:b (keep it disjoint from the accuracy tables')"),
+        limit: int | None = typer.Option(None, help="first N problems of the split"),
+        cloud_url: str | None = typer.Option(
+            None, "--cloud-url", help="also ask the cloud, for the system-accuracy curve"
+        ),
+        cloud_model: str | None = typer.Option(None, "--cloud-model"),
+        output: str | None = typer.Option(
+            None, "--output", "-o", help="write the calibrated plan here (default: update --plan)"
+        ),
+        plot: str | None = typer.Option(None, "--plot", help="accuracy-vs-offload curve as PNG"),
+        threads: int | None = typer.Option(None),
         json_out: bool = typer.Option(False, "--json"),
     ):
         """Run the plan on a labelled set; pick the threshold by Learn-then-Test (alpha, delta) or the
@@ -34,9 +46,20 @@ def register(app: typer.Typer) -> None:
 
         from edgekit.plan.calibrate import CalibrationRun, calibrate
 
-        run = CalibrationRun(plan_path=plan, task=task, alpha=alpha, delta=delta, offload_budget=offload_budget, score=score,
-                             split=split, limit=limit, cloud_url=cloud_url, cloud_model=cloud_model, output=output,
-                             threads=threads)
+        run = CalibrationRun(
+            plan_path=plan,
+            task=task,
+            alpha=alpha,
+            delta=delta,
+            offload_budget=offload_budget,
+            score=score,
+            split=split,
+            limit=limit,
+            cloud_url=cloud_url,
+            cloud_model=cloud_model,
+            output=output,
+            threads=threads,
+        )
         bar = Progress(TextColumn("calibrate"), BarColumn(), MofNCompleteColumn(), console=err_console)
         state: dict = {}
 
@@ -70,12 +93,19 @@ def _render(cal, path) -> None:
             continue
         acc = pt.get("system_accuracy")
         pv = pt.get("p_value")
-        tab.add_row(("→ " if chosen else "") + f"{pt['threshold']:.4g}", f"{100 * pt['offload_rate']:.1f} %",
-                    f"{100 * pt['local_wrong_rate']:.1f} %", "-" if acc is None else f"{100 * acc:.1f} %",
-                    "-" if pv is None else f"{pv:.3g}")
+        tab.add_row(
+            ("→ " if chosen else "") + f"{pt['threshold']:.4g}",
+            f"{100 * pt['offload_rate']:.1f} %",
+            f"{100 * pt['local_wrong_rate']:.1f} %",
+            "-" if acc is None else f"{100 * acc:.1f} %",
+            "-" if pv is None else f"{pv:.3g}",
+        )
     console.print(tab)
-    console.print(f"chosen: keep local iff {cal.score} >= {cal.threshold:.4g} · offload {100 * (cal.offload_rate or 0):.1f} % · "
-                  f"local & wrong {100 * (cal.local_wrong_rate or 0):.1f} % ({cal.method})", highlight=False)
+    console.print(
+        f"chosen: keep local iff {cal.score} >= {cal.threshold:.4g} · offload {100 * (cal.offload_rate or 0):.1f} % · "
+        f"local & wrong {100 * (cal.local_wrong_rate or 0):.1f} % ({cal.method})",
+        highlight=False,
+    )
     console.print(f"guarantee: {cal.guarantee}", highlight=False)
     console.print(f"saved into {path}")
 

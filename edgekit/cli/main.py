@@ -52,8 +52,17 @@ def _reports_interrupts(callback):
 
 
 def _register():
-    from edgekit.cli import calibrate_cmd, device_cmd, eval_cmd, models_cmd, plan_cmd, profile_cmd, run_cmd
-    from edgekit.cli import quantize_cmd, serve_cmd
+    from edgekit.cli import (
+        calibrate_cmd,
+        device_cmd,
+        eval_cmd,
+        models_cmd,
+        plan_cmd,
+        profile_cmd,
+        quantize_cmd,
+        run_cmd,
+        serve_cmd,
+    )
 
     app.add_typer(models_cmd.app, name="models")
     for mod in (run_cmd, device_cmd, profile_cmd, plan_cmd, eval_cmd, calibrate_cmd, quantize_cmd):
@@ -75,7 +84,10 @@ ERROR_TABLE: list[tuple[type, str]] = [
     (PermissionError, "permission denied: {e} (fix: choose a writable path or run with the needed rights)"),
     (FileNotFoundError, "file not found: {e} (fix: check the path)"),
     (IsADirectoryError, "expected a file, got a directory: {e} (fix: pass a file path)"),
-    (NotADirectoryError, "expected a folder, got a file: {e} (fix: check the path, and that EDGEKIT_HOME names a folder)"),
+    (
+        NotADirectoryError,
+        "expected a folder, got a file: {e} (fix: check the path, and that EDGEKIT_HOME names a folder)",
+    ),
     (UnicodeError, "text is not valid UTF-8: {e} (fix: save or pass it as UTF-8, e.g. `iconv -f latin1 -t utf-8`)"),
     (OSError, "system error: {e} (fix: check disk space, paths and permissions)"),
 ]
@@ -147,7 +159,10 @@ def main(argv: list[str] | None = None) -> None:
             if isinstance(e, kind):
                 print("error: " + template.format(e=_one_line(e)), file=sys.stderr)
                 sys.exit(2)
-        print(f"internal error: {type(e).__name__}: {_one_line(e)} (set EDGEKIT_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+        print(
+            f"internal error: {type(e).__name__}: {_one_line(e)} (set EDGEKIT_DEBUG=1 for the traceback and report it)",
+            file=sys.stderr,
+        )
         sys.exit(1)
     if rv == 130:  # typer turns Ctrl-C (KeyboardInterrupt / Abort) into 130 without a word
         if not _interrupt["reported"]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -28,23 +27,45 @@ def list_cmd(
     rows = models.list_models(verify=verify)
     variants = models.variant_rows(verify=verify)
     if json_out:
-        return print_json({"cache": str(models.cache_root()), "checked": "sha256" if verify else "manifest", "models": rows,
-                           "variants": variants})
+        return print_json(
+            {
+                "cache": str(models.cache_root()),
+                "checked": "sha256" if verify else "manifest",
+                "models": rows,
+                "variants": variants,
+            }
+        )
     t = Table(title=f"models (cache: {models.cache_root()})")
     for c in ("id", "arch", "quant", "size", "status", "license"):
         t.add_column(c)
     for r in rows:
         st = r["status"]
-        t.add_row(r["id"] + (" (default)" if r["default"] else ""), r["arch"], r["quant"], f"{r['size_bytes'] / 1e6:.0f} MB",
-                  f"[{_STYLE[st]}]{st.upper() if st == 'corrupt' else st}[/]", r["license"])
+        t.add_row(
+            r["id"] + (" (default)" if r["default"] else ""),
+            r["arch"],
+            r["quant"],
+            f"{r['size_bytes'] / 1e6:.0f} MB",
+            f"[{_STYLE[st]}]{st.upper() if st == 'corrupt' else st}[/]",
+            r["license"],
+        )
     console.print(t)
-    how = "sha256 re-hashed now" if verify else "size/mtime/inode against each file's sha256 manifest; `--verify` re-hashes"
-    console.print(f"status: {how}. unverified: not hashed since it changed or was cached (the next load or "
-                  "`edgekit models verify` hashes it).")
+    how = (
+        "sha256 re-hashed now"
+        if verify
+        else "size/mtime/inode against each file's sha256 manifest; `--verify` re-hashes"
+    )
+    console.print(
+        f"status: {how}. unverified: not hashed since it changed or was cached (the next load or "
+        "`edgekit models verify` hashes it)."
+    )
     for r in rows:
         if r["status"] == "corrupt":
-            console.print(f"[bold red]{r['id']} is corrupt[/]: {r['status_reason']} (fix: `edgekit models pull {r['id']}`)",
-                          soft_wrap=True, markup=True, highlight=False)
+            console.print(
+                f"[bold red]{r['id']} is corrupt[/]: {r['status_reason']} (fix: `edgekit models pull {r['id']}`)",
+                soft_wrap=True,
+                markup=True,
+                highlight=False,
+            )
     if variants:
         v = Table(title=f"variants (edgekit quantize; {models.variants_dir()})")
         for c in ("id", "base model", "type", "size", "status", "made from"):
@@ -52,13 +73,23 @@ def list_cmd(
         for r in variants:
             st = r["status"]
             src = r["source"] + (f" (dequantized {r['dequantized_from']})" if r["dequantized_from"] else "")
-            v.add_row(r["id"], r["base_model"], r["type"], f"{r['size_bytes'] / 1e6:.0f} MB",
-                      f"[{_STYLE[st]}]{st.upper() if st == 'corrupt' else st}[/]", src)
+            v.add_row(
+                r["id"],
+                r["base_model"],
+                r["type"],
+                f"{r['size_bytes'] / 1e6:.0f} MB",
+                f"[{_STYLE[st]}]{st.upper() if st == 'corrupt' else st}[/]",
+                src,
+            )
         console.print(v)
         for r in variants:
             if r["status"] in ("corrupt", "missing"):
-                console.print(f"[bold red]variant {r['id']} is {r['status']}[/]: {r['status_reason']} (fix: "
-                              f"`edgekit quantize {r['source']} --to {r['type']} --force`)", soft_wrap=True, highlight=False)
+                console.print(
+                    f"[bold red]variant {r['id']} is {r['status']}[/]: {r['status_reason']} (fix: "
+                    f"`edgekit quantize {r['source']} --to {r['type']} --force`)",
+                    soft_wrap=True,
+                    highlight=False,
+                )
     console.print("Also: any local .gguf path, or hf:<owner>/<repo>/<file.gguf> (Hugging Face Hub).")
 
 
@@ -74,9 +105,11 @@ def pull_cmd(model_id: str, force: bool = typer.Option(False, help="fetch again 
 
 @app.command("verify")
 def verify_cmd(
-    model: Optional[str] = typer.Argument(None, help="catalogue id, .gguf path or hf: spec (default: every cached model)"),
+    model: str | None = typer.Argument(None, help="catalogue id, .gguf path or hf: spec (default: every cached model)"),
     json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
-    record_new: bool = typer.Option(False, "--record", help="hf:/local file: record its current sha256 as the good one"),
+    record_new: bool = typer.Option(
+        False, "--record", help="hf:/local file: record its current sha256 as the good one"
+    ),
 ):
     """Re-hash cached models (sha256) against the catalogue / recorded hash. Exit 2 if any is corrupt."""
     if model and not model.startswith("hf:") and model not in CATALOG and Path(model).exists():
@@ -84,12 +117,25 @@ def verify_cmd(
     checks = models.verify_models(model, record_new=record_new)
     bad = [c for c in checks if c.status == models.CORRUPT]
     if json_out:
-        print_json({
-            "cache": str(models.cache_root()), "ok": not bad,
-            "models": [{"id": c.model_id, "path": str(c.path), "status": _verdict(c), "reason": c.reason,
-                        "sha256": c.sha256, "expected_sha256": c.expected_sha256, "seconds": round(c.hash_s, 3),
-                        "fix": c.fix() if c.status == models.CORRUPT else None} for c in checks],
-        })
+        print_json(
+            {
+                "cache": str(models.cache_root()),
+                "ok": not bad,
+                "models": [
+                    {
+                        "id": c.model_id,
+                        "path": str(c.path),
+                        "status": _verdict(c),
+                        "reason": c.reason,
+                        "sha256": c.sha256,
+                        "expected_sha256": c.expected_sha256,
+                        "seconds": round(c.hash_s, 3),
+                        "fix": c.fix() if c.status == models.CORRUPT else None,
+                    }
+                    for c in checks
+                ],
+            }
+        )
     else:
         if not checks:
             print(f"no cached models to verify in {models.cache_root()}")

@@ -46,8 +46,14 @@ class PullProgress:
         if not self.enabled:
             return
         if self.bar is None:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                                TimeRemainingColumn(), console=err_console)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+            )
             self.bar.__enter__()
             self.task = self.bar.add_task(desc, total=total)
         self.bar.update(self.task, description=desc, advance=advance, total=total)

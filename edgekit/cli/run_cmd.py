@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from edgekit.host.threads import set_priority
-
 from edgekit.cli.output import PullProgress, console, err_console, print_json
 from edgekit.errors import UsageError
+from edgekit.host.threads import set_priority
 from edgekit.models.catalog import DEFAULT_MODEL
 from edgekit.schemas.checks import check_text
 from edgekit.schemas.options import SamplingOptions
@@ -48,32 +47,74 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
         prompt: str = typer.Argument(..., help="the question / instruction"),
-        model: Optional[str] = typer.Option(None, "--model", "-m", help=f"catalogue id, .gguf path or hf:<owner>/<repo>/<file> [default: the plan's, else {DEFAULT_MODEL}]"),
-        n: Optional[int] = typer.Option(None, "--n", "-n", help=f"parallel samples, decoded in one batch [default: {_D['n'].default}]"),
-        max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-b", help=f"token budget per sample [default: {_D['max_tokens'].default}]"),
-        temperature: Optional[float] = typer.Option(None, help="default: 0 (greedy) for n=1, 0.8 for n>1"),
-        top_p: Optional[float] = typer.Option(None, "--top-p", help=f"[default: {_D['top_p'].default}]"),
-        seed: Optional[int] = typer.Option(None, help="makes sampling reproducible"),
-        aggregate: Optional[str] = typer.Option(None, help="majority | none [default: majority]"),
-        extractor: Optional[str] = typer.Option(None, help="number | choice | yesno | code | text | json | regex:<pattern> [default: number]"),
-        stop: Optional[list[str]] = typer.Option(None, "--stop", help="stop sequence (repeatable)"),
-        system: Optional[str] = typer.Option(None, help="system message"),
-        deadline: Optional[float] = typer.Option(None, "--deadline", help="seconds; unfinished samples are cancelled after it"),
-        json_schema: Optional[str] = typer.Option(None, "--json-schema", help="constrain every sample to this JSON schema (inline or a file)"),
-        grammar: Optional[str] = typer.Option(None, "--grammar", help="constrain every sample to this GBNF grammar (a file)"),
+        model: str | None = typer.Option(
+            None,
+            "--model",
+            "-m",
+            help=f"catalogue id, .gguf path or hf:<owner>/<repo>/<file> [default: the plan's, else {DEFAULT_MODEL}]",
+        ),
+        n: int | None = typer.Option(
+            None, "--n", "-n", help=f"parallel samples, decoded in one batch [default: {_D['n'].default}]"
+        ),
+        max_tokens: int | None = typer.Option(
+            None, "--max-tokens", "-b", help=f"token budget per sample [default: {_D['max_tokens'].default}]"
+        ),
+        temperature: float | None = typer.Option(None, help="default: 0 (greedy) for n=1, 0.8 for n>1"),
+        top_p: float | None = typer.Option(None, "--top-p", help=f"[default: {_D['top_p'].default}]"),
+        seed: int | None = typer.Option(None, help="makes sampling reproducible"),
+        aggregate: str | None = typer.Option(None, help="majority | none [default: majority]"),
+        extractor: str | None = typer.Option(
+            None, help="number | choice | yesno | code | text | json | regex:<pattern> [default: number]"
+        ),
+        stop: list[str] | None = typer.Option(None, "--stop", help="stop sequence (repeatable)"),
+        system: str | None = typer.Option(None, help="system message"),
+        deadline: float | None = typer.Option(
+            None, "--deadline", help="seconds; unfinished samples are cancelled after it"
+        ),
+        json_schema: str | None = typer.Option(
+            None, "--json-schema", help="constrain every sample to this JSON schema (inline or a file)"
+        ),
+        grammar: str | None = typer.Option(
+            None, "--grammar", help="constrain every sample to this GBNF grammar (a file)"
+        ),
         engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | openai | a plugin's name"),
-        base_url: Optional[str] = typer.Option(None, "--base-url", help="openai engine: the server, e.g. http://127.0.0.1:8080/v1 (key: EDGEKIT_CLOUD_API_KEY)"),
-        cloud_url: Optional[str] = typer.Option(None, "--cloud-url", help="offload low-confidence queries to this OpenAI-compatible server (key: EDGEKIT_CLOUD_API_KEY)"),
-        cloud_model: Optional[str] = typer.Option(None, "--cloud-model", help="the cloud's model name"),
-        offload: Optional[str] = typer.Option(None, "--offload", help="never | auto | always [default: auto with a cloud]"),
-        score: Optional[str] = typer.Option(None, "--score", help="offload score: vote_share | mean_logprob | low_logprob | combined"),
-        threshold: Optional[float] = typer.Option(None, "--threshold", help="keep local iff score >= threshold (default: the plan's calibrated one; else a default with no guarantee)"),
-        threads: Optional[int] = typer.Option(None, help="CPU threads (default: the usable CPUs, adaptive to other load)"),
-        priority: str = typer.Option("normal", "--priority", help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep precedence"),
-        gpu_layers: Optional[int] = typer.Option(None, "--gpu-layers", help="llama.cpp: layers offloaded to the GPU "
-                                                 "(-1: all; a CUDA/Metal build); default 0, CPU only"),
+        base_url: str | None = typer.Option(
+            None,
+            "--base-url",
+            help="openai engine: the server, e.g. http://127.0.0.1:8080/v1 (key: EDGEKIT_CLOUD_API_KEY)",
+        ),
+        cloud_url: str | None = typer.Option(
+            None,
+            "--cloud-url",
+            help="offload low-confidence queries to this OpenAI-compatible server (key: EDGEKIT_CLOUD_API_KEY)",
+        ),
+        cloud_model: str | None = typer.Option(None, "--cloud-model", help="the cloud's model name"),
+        offload: str | None = typer.Option(
+            None, "--offload", help="never | auto | always [default: auto with a cloud]"
+        ),
+        score: str | None = typer.Option(
+            None, "--score", help="offload score: vote_share | mean_logprob | low_logprob | combined"
+        ),
+        threshold: float | None = typer.Option(
+            None,
+            "--threshold",
+            help="keep local iff score >= threshold (default: the plan's calibrated one; else a default with no guarantee)",
+        ),
+        threads: int | None = typer.Option(None, help="CPU threads (default: the usable CPUs, adaptive to other load)"),
+        priority: str = typer.Option(
+            "normal",
+            "--priority",
+            help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep precedence",
+        ),
+        gpu_layers: int | None = typer.Option(
+            None,
+            "--gpu-layers",
+            help="llama.cpp: layers offloaded to the GPU (-1: all; a CUDA/Metal build); default 0, CPU only",
+        ),
         ctx: int = typer.Option(8192, "--ctx", help="context size in tokens, shared by prompt and all samples"),
-        plan: Optional[str] = typer.Option(None, "--plan", help="plan file from `edgekit plan` (sets model, prompt, n, budget...)"),
+        plan: str | None = typer.Option(
+            None, "--plan", help="plan file from `edgekit plan` (sets model, prompt, n, budget...)"
+        ),
         json_out: bool = typer.Option(False, "--json", help="print the whole Result as JSON"),
     ):
         """Answer PROMPT on this device; prints the answer, agreement and timings."""
@@ -83,26 +124,52 @@ def register(app: typer.Typer) -> None:
         check_text(system, "--system")
         for one in stop or []:
             check_text(one, "--stop")
-        given = {"n": n, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
-                 "aggregate": aggregate, "extractor": extractor, "stop": list(stop) if stop else None, "system": system,
-                 "deadline_s": deadline}
+        given = {
+            "n": n,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "seed": seed,
+            "aggregate": aggregate,
+            "extractor": extractor,
+            "stop": list(stop) if stop else None,
+            "system": system,
+            "deadline_s": deadline,
+        }
         if json_schema is not None:
             given["json_schema"] = _json_arg(json_schema, "--json-schema")
             if given["extractor"] not in (None, "json"):
-                raise UsageError(f"--extractor {extractor} does not apply with --json-schema: the answer is the sample's "
-                                 "parsed JSON", fix="drop --extractor (or pass --extractor json)")
+                raise UsageError(
+                    f"--extractor {extractor} does not apply with --json-schema: the answer is the sample's "
+                    "parsed JSON",
+                    fix="drop --extractor (or pass --extractor json)",
+                )
             given["extractor"] = "json"
         if grammar is not None:
             try:
                 given["grammar"] = Path(grammar).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as e:
-                raise UsageError(f"cannot read grammar file {grammar}: {e}", fix="pass --grammar PATH to a GBNF file") from None
+                raise UsageError(
+                    f"cannot read grammar file {grammar}: {e}", fix="pass --grammar PATH to a GBNF file"
+                ) from None
         explicit = {k: v for k, v in given.items() if v is not None}
         SamplingOptions.build(**explicit)  # bad values fail here, before any model loads
-        q = Query(prompt=prompt, model=model, options=explicit, plan=plan, engine=engine, threads=threads, n_ctx=ctx,
-                  gpu_layers=gpu_layers,
-                  engine_options={"base_url": base_url} if base_url is not None else {}, cloud_url=cloud_url,
-                  cloud_model=cloud_model, offload=offload, score=score, threshold=threshold)
+        q = Query(
+            prompt=prompt,
+            model=model,
+            options=explicit,
+            plan=plan,
+            engine=engine,
+            threads=threads,
+            n_ctx=ctx,
+            gpu_layers=gpu_layers,
+            engine_options={"base_url": base_url} if base_url is not None else {},
+            cloud_url=cloud_url,
+            cloud_model=cloud_model,
+            offload=offload,
+            score=score,
+            threshold=threshold,
+        )
         set_priority(priority)  # before any thread starts: llama.cpp's threads inherit it
         check_query(q)  # threads, context, engine, --base-url, cloud options: before any model loads
         with PullProgress() as p:
@@ -131,8 +198,10 @@ def render_result(res) -> None:
     )
     pred = res.extra.get("predicted_latency_s")
     if pred is not None:
-        console.print(f"plan: predicted p{res.extra.get('prediction_percentile', 50)} {pred:.2f} s "
-                      f"({res.extra.get('prediction_method', 'estimated')}), measured {t.total_s:.2f} s")
+        console.print(
+            f"plan: predicted p{res.extra.get('prediction_percentile', 50)} {pred:.2f} s "
+            f"({res.extra.get('prediction_method', 'estimated')}), measured {t.total_s:.2f} s"
+        )
     if res.offload is not None:
         o = res.offload
         cloud = f" · cloud {o.cloud_s:.2f} s" if o.cloud_s is not None else ""

@@ -4,48 +4,96 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Optional
 
 import typer
 
-from edgekit.host.threads import set_priority
-
 from edgekit.cli.output import PullProgress
+from edgekit.host.threads import set_priority
 from edgekit.models.catalog import DEFAULT_MODEL
 
 
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        model: Optional[str] = typer.Option(None, "--model", "-m", help=f"catalogue id, .gguf path or hf:<owner>/<repo>/<file> [default: the plan's, else {DEFAULT_MODEL}]"),
-        plan: Optional[str] = typer.Option(None, "--plan", help="plan file from `edgekit plan`: model, prompt, sampling, latency target, offload"),
-        host: str = typer.Option("127.0.0.1", "--host", help="address to bind; anything but loopback exposes the model to the network"),
+        model: str | None = typer.Option(
+            None,
+            "--model",
+            "-m",
+            help=f"catalogue id, .gguf path or hf:<owner>/<repo>/<file> [default: the plan's, else {DEFAULT_MODEL}]",
+        ),
+        plan: str | None = typer.Option(
+            None, "--plan", help="plan file from `edgekit plan`: model, prompt, sampling, latency target, offload"
+        ),
+        host: str = typer.Option(
+            "127.0.0.1", "--host", help="address to bind; anything but loopback exposes the model to the network"
+        ),
         port: int = typer.Option(8080, "--port", help="TCP port (0: any free port)"),
-        api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGEKIT_API_KEY", show_envvar=True,
-                                              help="require 'Authorization: Bearer <key>' on every request (prefer the env var)"),
-        max_queue: int = typer.Option(16, "--max-queue", help="requests that may wait behind the one being generated; more get 503 + Retry-After"),
+        api_key: str | None = typer.Option(
+            None,
+            "--api-key",
+            envvar="EDGEKIT_API_KEY",
+            show_envvar=True,
+            help="require 'Authorization: Bearer <key>' on every request (prefer the env var)",
+        ),
+        max_queue: int = typer.Option(
+            16, "--max-queue", help="requests that may wait behind the one being generated; more get 503 + Retry-After"
+        ),
         max_n: int = typer.Option(8, "--max-n", help="most samples per request (decoded in one batch)"),
-        max_seqs: int = typer.Option(8, "--max-seqs", help="llama.cpp: rows decoded together across concurrent requests "
-                                     "(continuous batching; a request takes n rows, at least --max-n in all); 1: one request at a time"),
+        max_seqs: int = typer.Option(
+            8,
+            "--max-seqs",
+            help="llama.cpp: rows decoded together across concurrent requests "
+            "(continuous batching; a request takes n rows, at least --max-n in all); 1: one request at a time",
+        ),
         max_tokens_cap: int = typer.Option(1024, "--max-tokens-cap", help="largest max_tokens a request may ask for"),
         max_prompt_tokens: int = typer.Option(2048, "--max-prompt-tokens", help="longest prompt, in tokens"),
         max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", help="largest request body (413 above)"),
-        deadline: Optional[float] = typer.Option(None, "--deadline", help="default per-request deadline in seconds [default: the plan's latency target, else none]"),
-        ctx: int = typer.Option(4096, "--ctx", help="context size in tokens (KV cells), shared by every request in flight: "
-                                "a request waits until its prompt + n x max_tokens fit"),
-        threads: Optional[int] = typer.Option(None, help="CPU threads (default: the usable CPUs, adaptive to other load)"),
-        priority: str = typer.Option("normal", "--priority", help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep precedence"),
+        deadline: float | None = typer.Option(
+            None,
+            "--deadline",
+            help="default per-request deadline in seconds [default: the plan's latency target, else none]",
+        ),
+        ctx: int = typer.Option(
+            4096,
+            "--ctx",
+            help="context size in tokens (KV cells), shared by every request in flight: "
+            "a request waits until its prompt + n x max_tokens fit",
+        ),
+        threads: int | None = typer.Option(None, help="CPU threads (default: the usable CPUs, adaptive to other load)"),
+        priority: str = typer.Option(
+            "normal",
+            "--priority",
+            help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep precedence",
+        ),
         engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | openai | a plugin's name"),
-        base_url: Optional[str] = typer.Option(None, "--base-url", help="openai engine: the upstream server"),
-        cloud_url: Optional[str] = typer.Option(None, "--cloud-url", help="offload low-confidence queries to this OpenAI-compatible server (key: EDGEKIT_CLOUD_API_KEY)"),
-        cloud_model: Optional[str] = typer.Option(None, "--cloud-model", help="the cloud's model name"),
-        offload: Optional[str] = typer.Option(None, "--offload", help="never | auto | always [default: auto with a cloud]"),
-        log_prompts: bool = typer.Option(False, "--log-prompts", help="log prompts and answers (off: only sizes, timings, sources)"),
-        drain_timeout: float = typer.Option(120.0, "--drain-timeout", help="seconds SIGTERM waits for requests in flight"),
-        replan: bool = typer.Option(False, "--replan", help="with --plan: re-plan automatically when the live-corrected latency of the configuration in force exceeds the target (SIGHUP and POST /admin/replan re-plan on demand)"),
-        replan_margin: float = typer.Option(0.2, "--replan-margin", help="--replan acts when the corrected latency is above target x (1 + margin)"),
+        base_url: str | None = typer.Option(None, "--base-url", help="openai engine: the upstream server"),
+        cloud_url: str | None = typer.Option(
+            None,
+            "--cloud-url",
+            help="offload low-confidence queries to this OpenAI-compatible server (key: EDGEKIT_CLOUD_API_KEY)",
+        ),
+        cloud_model: str | None = typer.Option(None, "--cloud-model", help="the cloud's model name"),
+        offload: str | None = typer.Option(
+            None, "--offload", help="never | auto | always [default: auto with a cloud]"
+        ),
+        log_prompts: bool = typer.Option(
+            False, "--log-prompts", help="log prompts and answers (off: only sizes, timings, sources)"
+        ),
+        drain_timeout: float = typer.Option(
+            120.0, "--drain-timeout", help="seconds SIGTERM waits for requests in flight"
+        ),
+        replan: bool = typer.Option(
+            False,
+            "--replan",
+            help="with --plan: re-plan automatically when the live-corrected latency of the configuration in force exceeds the target (SIGHUP and POST /admin/replan re-plan on demand)",
+        ),
+        replan_margin: float = typer.Option(
+            0.2, "--replan-margin", help="--replan acts when the corrected latency is above target x (1 + margin)"
+        ),
         replan_after: int = typer.Option(5, "--replan-after", help="... for this many consecutive requests"),
-        live_alpha: float = typer.Option(0.2, "--live-alpha", help="weight of the newest request in the live correction (EWMA)"),
+        live_alpha: float = typer.Option(
+            0.2, "--live-alpha", help="weight of the newest request in the live correction (EWMA)"
+        ),
     ):
         """Serve the model over an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models, /healthz, /metrics."""
         from edgekit.errors import UsageError  # noqa: PLC0415
@@ -55,32 +103,65 @@ def register(app: typer.Typer) -> None:
         from edgekit.serve.live import LiveSettings  # noqa: PLC0415
         from edgekit.serve.service import Limits  # noqa: PLC0415
 
-        for name, v, lo in (("--max-n", max_n, 1), ("--max-seqs", max_seqs, 1), ("--max-tokens-cap", max_tokens_cap, 1), ("--max-prompt-tokens", max_prompt_tokens, 1),
-                            ("--max-body-bytes", max_body_bytes, 64), ("--max-queue", max_queue, 0), ("--port", port, 0)):
+        for name, v, lo in (
+            ("--max-n", max_n, 1),
+            ("--max-seqs", max_seqs, 1),
+            ("--max-tokens-cap", max_tokens_cap, 1),
+            ("--max-prompt-tokens", max_prompt_tokens, 1),
+            ("--max-body-bytes", max_body_bytes, 64),
+            ("--max-queue", max_queue, 0),
+            ("--port", port, 0),
+        ):
             if v < lo:
                 raise UsageError(f"{name} must be >= {lo}, got {v}", fix=f"pass {name} {lo} or more")
         if port > 65535:
             raise UsageError(f"--port must be <= 65535, got {port}", fix="pass --port 8080")
         if replan and not plan:
-            raise UsageError("--replan needs a plan (it re-runs the planner on the plan's profile and tables)",
-                             fix="pass --plan plan.json")
+            raise UsageError(
+                "--replan needs a plan (it re-runs the planner on the plan's profile and tables)",
+                fix="pass --plan plan.json",
+            )
         if not (0 < live_alpha <= 1):
             raise UsageError(f"--live-alpha must be in (0, 1], got {live_alpha}", fix="pass --live-alpha 0.2")
         if not (0 < replan_margin < 1) or replan_after < 1:
-            raise UsageError(f"--replan-margin must be in (0, 1) and --replan-after >= 1, got {replan_margin}, {replan_after}",
-                             fix="pass --replan-margin 0.2 --replan-after 5")
+            raise UsageError(
+                f"--replan-margin must be in (0, 1) and --replan-after >= 1, got {replan_margin}, {replan_after}",
+                fix="pass --replan-margin 0.2 --replan-after 5",
+            )
         if deadline is not None and not deadline > 0:
             raise UsageError(f"--deadline must be > 0 seconds, got {deadline}", fix="pass --deadline 2")
         set_priority(priority)  # before any thread starts: llama.cpp's threads inherit it
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         logging.getLogger("edgekit.llama_cpp").setLevel(logging.WARNING)
-        limits = Limits(max_queue=max_queue, max_body_bytes=max_body_bytes, max_prompt_tokens=max_prompt_tokens,
-                        max_tokens_cap=max_tokens_cap, max_n=max_n, deadline_s=deadline)
-        cfg = ServeConfig(model=model, plan=plan, engine=engine, engine_options={"base_url": base_url} if base_url else {},
-                          host=host, port=port, api_key=api_key or None, log_prompts=log_prompts, limits=limits,
-                          threads=threads, n_ctx=ctx, max_seqs=max_seqs, cloud_url=cloud_url, cloud_model=cloud_model, offload=offload,
-                          drain_timeout_s=drain_timeout,
-                          live=LiveSettings.from_env(alpha=live_alpha, auto_replan=replan, margin=replan_margin, after=replan_after))
+        limits = Limits(
+            max_queue=max_queue,
+            max_body_bytes=max_body_bytes,
+            max_prompt_tokens=max_prompt_tokens,
+            max_tokens_cap=max_tokens_cap,
+            max_n=max_n,
+            deadline_s=deadline,
+        )
+        cfg = ServeConfig(
+            model=model,
+            plan=plan,
+            engine=engine,
+            engine_options={"base_url": base_url} if base_url else {},
+            host=host,
+            port=port,
+            api_key=api_key or None,
+            log_prompts=log_prompts,
+            limits=limits,
+            threads=threads,
+            n_ctx=ctx,
+            max_seqs=max_seqs,
+            cloud_url=cloud_url,
+            cloud_model=cloud_model,
+            offload=offload,
+            drain_timeout_s=drain_timeout,
+            live=LiveSettings.from_env(alpha=live_alpha, auto_replan=replan, margin=replan_margin, after=replan_after),
+        )
         with PullProgress() as p:
             sock, svc = prepare(cfg, progress=p)
         return run(cfg, sock, svc)

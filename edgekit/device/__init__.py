@@ -12,6 +12,13 @@ def render_device(report):  # lazy: keeps rich out of plain imports
 
 
 __all__ = [
-    "DeviceReport", "SensorStatus", "ThermalSampler", "detect_device", "llama_build", "nvpmodel_mode",
-    "parse_nvpmodel_query", "parse_tegra_release", "render_device",
+    "DeviceReport",
+    "SensorStatus",
+    "ThermalSampler",
+    "detect_device",
+    "llama_build",
+    "nvpmodel_mode",
+    "parse_nvpmodel_query",
+    "parse_tegra_release",
+    "render_device",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import psutil
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,9 +31,9 @@ class SensorStatus(BaseModel):
 
     name: str
     available: bool
-    why_unavailable: Optional[str] = None
-    fix: Optional[str] = None
-    method: Optional[str] = None  # how the total is obtained, e.g. "VDD_IN rail"
+    why_unavailable: str | None = None
+    fix: str | None = None
+    method: str | None = None  # how the total is obtained, e.g. "VDD_IN rail"
     energy_counter: bool = False
 
 
@@ -41,25 +41,25 @@ class DeviceReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    hostname: Optional[str] = None
-    cpu_model: Optional[str] = None
-    cpu_cores_physical: Optional[int] = None
-    cpu_cores_logical: Optional[int] = None
-    cpu_freq_mhz: Optional[float] = None  # current, psutil
-    cpu_freq_max_mhz: Optional[float] = None  # 0/unknown on many VMs -> None
-    ram_total_mb: Optional[float] = None
+    hostname: str | None = None
+    cpu_model: str | None = None
+    cpu_cores_physical: int | None = None
+    cpu_cores_logical: int | None = None
+    cpu_freq_mhz: float | None = None  # current, psutil
+    cpu_freq_max_mhz: float | None = None  # 0/unknown on many VMs -> None
+    ram_total_mb: float | None = None
     gpus: list[GPUInfo] = Field(default_factory=list)
-    nvml_note: Optional[str] = None  # why no NVIDIA GPU was listed
+    nvml_note: str | None = None  # why no NVIDIA GPU was listed
     is_jetson: bool = False
-    jetson_model: Optional[str] = None
-    jetson_release: Optional[str] = None
-    nvpmodel_mode: Optional[str] = None
-    nvpmodel_note: Optional[str] = None
-    llama_build: Optional[str] = None
-    llama_cpp_python: Optional[str] = None
-    gpu_offload: Optional[bool] = None
-    llama_system_info: Optional[str] = None
-    llama_note: Optional[str] = None
+    jetson_model: str | None = None
+    jetson_release: str | None = None
+    nvpmodel_mode: str | None = None
+    nvpmodel_note: str | None = None
+    llama_build: str | None = None
+    llama_cpp_python: str | None = None
+    gpu_offload: bool | None = None
+    llama_system_info: str | None = None
+    llama_note: str | None = None
     power_sensors: list[SensorStatus] = Field(default_factory=list)
     # CPU support: instruction sets (cpuinfo), what llama.cpp compiled in, the CPUs this process may
     # use, how its threads share them, and the kernel probe's cached verdicts (edgekit.host)
@@ -67,7 +67,7 @@ class DeviceReport(BaseModel):
     llama_features: list[str] = Field(default_factory=list)
     usable_cpus: dict = Field(default_factory=dict)
     threading: dict = Field(default_factory=dict)
-    kernel_mode: Optional[str] = None  # EDGEKIT_EXTRA_BUFFERS: auto / on / off
+    kernel_mode: str | None = None  # EDGEKIT_EXTRA_BUFFERS: auto / on / off
     kernel_probes: list[dict] = Field(default_factory=list)
     edgekit_peers: list[dict] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
@@ -78,11 +78,20 @@ class DeviceReport(BaseModel):
     def to_device_info(self) -> DeviceInfo:
         freq = self.cpu_freq_max_mhz or self.cpu_freq_mhz
         return DeviceInfo(
-            name=self.name, hostname=self.hostname, cpu_model=self.cpu_model,
-            cpu_cores_physical=self.cpu_cores_physical, cpu_cores_logical=self.cpu_cores_logical,
-            cpu_freq_mhz=freq, ram_total_mb=self.ram_total_mb, gpus=list(self.gpus),
-            jetson_model=self.jetson_model, jetson_release=self.jetson_release, nvpmodel_mode=self.nvpmodel_mode,
-            llama_build=self.llama_build, llama_cpp_python=self.llama_cpp_python, gpu_offload=self.gpu_offload,
+            name=self.name,
+            hostname=self.hostname,
+            cpu_model=self.cpu_model,
+            cpu_cores_physical=self.cpu_cores_physical,
+            cpu_cores_logical=self.cpu_cores_logical,
+            cpu_freq_mhz=freq,
+            ram_total_mb=self.ram_total_mb,
+            gpus=list(self.gpus),
+            jetson_model=self.jetson_model,
+            jetson_release=self.jetson_release,
+            nvpmodel_mode=self.nvpmodel_mode,
+            llama_build=self.llama_build,
+            llama_cpp_python=self.llama_cpp_python,
+            gpu_offload=self.gpu_offload,
             cpu_isa=[k for k, v in self.cpu_isa.items() if v] or None,
         )
 
@@ -96,8 +105,15 @@ def _device_name(r: DeviceReport) -> str:
         return r.jetson_model
     cores = r.cpu_cores_logical or r.cpu_cores_physical
     freq = r.cpu_freq_max_mhz or r.cpu_freq_mhz
-    cpu = " ".join(x for x in (f"{cores}-core" if cores else "", r.cpu_model or "unknown CPU",
-                                f"{freq / 1000:.1f} GHz" if freq else "") if x)
+    cpu = " ".join(
+        x
+        for x in (
+            f"{cores}-core" if cores else "",
+            r.cpu_model or "unknown CPU",
+            f"{freq / 1000:.1f} GHz" if freq else "",
+        )
+        if x
+    )
     if r.gpus:
         return f"{r.gpus[0].name or 'NVIDIA GPU'} + {cpu}"
     return cpu
@@ -132,8 +148,10 @@ def _cpu_support(r: DeviceReport, root: Path, proc: Path) -> None:
     except UsageError as e:
         r.notes.append(e.one_line())
     if r.cpu_isa.get("AMX_TILE") and "AMX_INT8" in r.llama_features:
-        r.notes.append("this CPU has AMX and llama.cpp was built with AMX kernels: edgekit probes them in a child "
-                       "process before the first load of each model and falls back to plain buffers if they crash")
+        r.notes.append(
+            "this CPU has AMX and llama.cpp was built with AMX kernels: edgekit probes them in a child "
+            "process before the first load of each model and falls back to plain buffers if they crash"
+        )
 
 
 def detect_device(
@@ -153,8 +171,11 @@ def detect_device(
 
     if nvml is not None or root == Path("/"):
         gpus, why = nvml_gpus(nvml)
-        r.gpus = [GPUInfo(**{k: g.get(k) for k in ("index", "name", "memory_total_mb", "power_limit_mw", "driver")})
-                  for g in gpus if g.get("name")]
+        r.gpus = [
+            GPUInfo(**{k: g.get(k) for k in ("index", "name", "memory_total_mb", "power_limit_mw", "driver")})
+            for g in gpus
+            if g.get("name")
+        ]
         r.nvml_note = why
     else:
         r.nvml_note = "NVML not queried: fixture root and no nvml module given"
@@ -175,13 +196,23 @@ def detect_device(
     if nvml is not None or root == Path("/"):
         meters = detect_meters(root, nvml=nvml)
     else:
-        meters = [NullMeter("NVML not queried: fixture root and no nvml module given"), JetsonMeter(root), RaplMeter(root)]
+        meters = [
+            NullMeter("NVML not queried: fixture root and no nvml module given"),
+            JetsonMeter(root),
+            RaplMeter(root),
+        ]
         meters[0].name = "nvml:0"
     for m in meters:
-        r.power_sensors.append(SensorStatus(
-            name=m.name, available=m.available, why_unavailable=m.why_unavailable, fix=m.fix,
-            method=getattr(m, "total_method", None) or None, energy_counter=bool(m.available and m.has_energy_counter),
-        ))
+        r.power_sensors.append(
+            SensorStatus(
+                name=m.name,
+                available=m.available,
+                why_unavailable=m.why_unavailable,
+                fix=m.fix,
+                method=getattr(m, "total_method", None) or None,
+                energy_counter=bool(m.available and m.has_energy_counter),
+            )
+        )
         m.close()
     if not r.available_sensors:
         r.notes.append("no power sensor available: energy figures will be 'unavailable'")

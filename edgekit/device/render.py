@@ -25,8 +25,11 @@ def render_device(report: DeviceReport) -> Group:
     t.add_row("RAM", _v(r.ram_total_mb, "MB", "{:.0f}"))
     if r.gpus:
         for g in r.gpus:
-            t.add_row(f"GPU {g.index}", f"{g.name}, {_v(g.memory_total_mb, 'MB', '{:.0f}')}, "
-                      f"limit {_v(None if g.power_limit_mw is None else g.power_limit_mw / 1000, 'W', '{:.0f}')}, driver {_v(g.driver)}")
+            t.add_row(
+                f"GPU {g.index}",
+                f"{g.name}, {_v(g.memory_total_mb, 'MB', '{:.0f}')}, "
+                f"limit {_v(None if g.power_limit_mw is None else g.power_limit_mw / 1000, 'W', '{:.0f}')}, driver {_v(g.driver)}",
+            )
     else:
         t.add_row("NVIDIA GPU", f"none ({r.nvml_note})" if r.nvml_note else "none")
     if r.is_jetson:
@@ -59,19 +62,31 @@ def _cpu_support(r: DeviceReport) -> Table:
     u = r.usable_cpus
     if u:
         quota = f", cgroup quota {u['quota_cpus']:g} CPUs" if u.get("quota_cpus") else ""
-        t.add_row("usable CPUs", f"{u['usable']} (affinity {len(u['affinity'])} of {u['logical']}{quota}; limited by {u['why']})")
+        t.add_row(
+            "usable CPUs",
+            f"{u['usable']} (affinity {len(u['affinity'])} of {u['logical']}{quota}; limited by {u['why']})",
+        )
     if r.threading:
-        t.add_row("threading", f"{r.threading.get('policy')}: {r.threading.get('wait')}"
-                  + (f" — {r.threading['why']}" if r.threading.get("why") else ""))
+        t.add_row(
+            "threading",
+            f"{r.threading.get('policy')}: {r.threading.get('wait')}"
+            + (f" — {r.threading['why']}" if r.threading.get("why") else ""),
+        )
     t.add_row("kernel mode", f"{_v(r.kernel_mode)} (EDGEKIT_EXTRA_BUFFERS=auto|on|off)")
     for rec in r.kernel_probes[:6]:
         key, vs = rec["key"], rec["verdicts"]
-        what = "; ".join(f"{n}: {v['how']}" + (f", {v['decode_tok_s']:.1f} tok/s" if v.get("decode_tok_s") else "")
-                         for n, v in vs.items())
+        what = "; ".join(
+            f"{n}: {v['how']}" + (f", {v['decode_tok_s']:.1f} tok/s" if v.get("decode_tok_s") else "")
+            for n, v in vs.items()
+        )
         types = ",".join(str(x) for x in key.get("tensor_types", []))
-        t.add_row("probe", f"tensor types [{types}]{' GPU' if key.get('gpu') else ''}: {what} (measured in a child process)")
+        t.add_row(
+            "probe", f"tensor types [{types}]{' GPU' if key.get('gpu') else ''}: {what} (measured in a child process)"
+        )
     if not r.kernel_probes:
         t.add_row("probe", "no verdicts yet (the first model load probes in a child process)")
     if r.edgekit_peers:
-        t.add_row("other edgekit processes", ", ".join(f"pid {p.get('pid')} ({p.get('what', '?')})" for p in r.edgekit_peers))
+        t.add_row(
+            "other edgekit processes", ", ".join(f"pid {p.get('pid')} ({p.get('what', '?')})" for p in r.edgekit_peers)
+        )
     return t

@@ -10,19 +10,21 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from edgekit.host.cpu import cpu_model  # noqa: F401 - re-exported: the device report and tests read it here
 
-def _read_text(path: Path) -> Optional[str]:
+
+def _read_text(path: Path) -> str | None:
     try:
         return path.read_bytes().decode(errors="replace")
     except OSError:
         return None
 
 
-def jetson_model(procfs_root: str | Path) -> Optional[str]:
+def jetson_model(procfs_root: str | Path) -> str | None:
     """``/proc/device-tree/model`` (NUL-terminated) if it names a Jetson."""
     raw = _read_text(Path(procfs_root) / "device-tree/model")
     if raw is None:
@@ -31,18 +33,18 @@ def jetson_model(procfs_root: str | Path) -> Optional[str]:
     return model if "jetson" in model.lower() else None
 
 
-def parse_tegra_release(text: str) -> Optional[str]:
+def parse_tegra_release(text: str) -> str | None:
     """'# R35 (release), REVISION: 4.1, GCID: ...' -> 'L4T R35.4.1'."""
     m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([0-9.]+)", text)
     return f"L4T R{m.group(1)}.{m.group(2).rstrip('.')}" if m else None
 
 
-def jetson_release(sysfs_root: str | Path) -> Optional[str]:
+def jetson_release(sysfs_root: str | Path) -> str | None:
     text = _read_text(Path(sysfs_root) / "etc/nv_tegra_release")
     return parse_tegra_release(text) if text else None
 
 
-def parse_nvpmodel_query(out: str) -> Optional[str]:
+def parse_nvpmodel_query(out: str) -> str | None:
     """`nvpmodel -q` output ('NV Power Mode: MAXN' then the id) -> 'MAXN (mode 0)'."""
     m = re.search(r"NV Power Mode:[ \t]*(\S+)[ \t]*(?:\r?\n\s*(\d+))?", out)
     if not m:
@@ -50,7 +52,7 @@ def parse_nvpmodel_query(out: str) -> Optional[str]:
     return f"{m.group(1)} (mode {m.group(2)})" if m.group(2) else m.group(1)
 
 
-def parse_nvpmodel_conf(text: str) -> tuple[Optional[int], dict[int, str]]:
+def parse_nvpmodel_conf(text: str) -> tuple[int | None, dict[int, str]]:
     """'< PM_CONFIG DEFAULT=N >' and '< POWER_MODEL ID=N NAME=X >' -> (default id, {id: name})."""
     d = re.search(r"<\s*PM_CONFIG\s+DEFAULT\s*=\s*(\d+)\s*>", text)
     names = {int(i): n for i, n in re.findall(r"<\s*POWER_MODEL\s+ID\s*=\s*(\d+)\s+NAME\s*=\s*(\S+?)\s*>", text)}
@@ -58,8 +60,10 @@ def parse_nvpmodel_conf(text: str) -> tuple[Optional[int], dict[int, str]]:
 
 
 def nvpmodel_mode(
-    sysfs_root: str | Path = "/", which: Callable[[str], Optional[str]] = shutil.which, run: Callable[..., Any] = subprocess.run
-) -> tuple[Optional[str], Optional[str]]:
+    sysfs_root: str | Path = "/",
+    which: Callable[[str], str | None] = shutil.which,
+    run: Callable[..., Any] = subprocess.run,
+) -> tuple[str | None, str | None]:
     """(mode, note). Current mode from `nvpmodel -q` (only on the real root); else the *default*
     from /etc/nvpmodel.conf, labelled as the default, not the current mode."""
     note = None
@@ -84,10 +88,18 @@ def nvpmodel_mode(
     return None, f"{note}; no /etc/nvpmodel.conf"
 
 
-_BACKENDS = [("cuda", r"CUDA|CUBLAS"), ("metal", r"METAL"), ("vulkan", r"VULKAN"), ("rocm", r"HIP|ROCM"), ("sycl", r"SYCL")]
+_BACKENDS = [
+    ("cuda", r"CUDA|CUBLAS"),
+    ("metal", r"METAL"),
+    ("vulkan", r"VULKAN"),
+    ("rocm", r"HIP|ROCM"),
+    ("sycl", r"SYCL"),
+]
 
 
-def guess_llama_build(system_info: str, gpu_offload: Optional[bool], platform: str = sys.platform) -> tuple[Optional[str], Optional[str]]:
+def guess_llama_build(
+    system_info: str, gpu_offload: bool | None, platform: str = sys.platform
+) -> tuple[str | None, str | None]:
     """(build, note) from llama_print_system_info() text and llama_supports_gpu_offload()."""
     if gpu_offload is False:
         return "cpu", None

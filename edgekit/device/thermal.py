@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import psutil
 
@@ -37,16 +37,16 @@ class ThermalSampler:
         self.interval_s = float(interval_s)
         self.samples: list[dict] = []
         self.errors: list[str] = []
-        self._gpu: Optional[NvmlMeter] = None
+        self._gpu: NvmlMeter | None = None
         if nvml is not None or self.real_root:
             g = NvmlMeter(gpu_index, nvml=nvml)
             self._gpu = g if g.handle is not None else None
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     # -- sources -----------------------------------------------------------------------------
-    def cpu_freq_mhz(self) -> Optional[float]:
+    def cpu_freq_mhz(self) -> float | None:
         if self.real_root:
             f = psutil.cpu_freq()
             if f is not None and f.current and f.current > 0:
@@ -106,13 +106,13 @@ class ThermalSampler:
         while not self._stop.wait(self.interval_s):
             self.sample()
 
-    def start(self) -> "ThermalSampler":
+    def start(self) -> ThermalSampler:
         self.sample()
         self._thread = threading.Thread(target=self._run, name="edgekit-thermal", daemon=True)
         self._thread.start()
         return self
 
-    def stop(self) -> "ThermalSampler":
+    def stop(self) -> ThermalSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

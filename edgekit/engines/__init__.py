@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 from edgekit.engines.base import Capabilities, Engine, EngineInfo, Event, Prompt, TokenPrompt
 from edgekit.errors import UsageError
@@ -30,12 +31,12 @@ _BUILTIN: dict[str, str] = {
 }
 ALIASES = {"llamacpp": "llama.cpp", "local": "llama.cpp", "cloud": "openai"}
 
-_registered: dict[str, Union[str, Factory]] = dict(_BUILTIN)
+_registered: dict[str, str | Factory] = dict(_BUILTIN)
 _plugin_errors: dict[str, str] = {}
 _plugins_loaded = False
 
 
-def register(name: str, factory: Union[str, Factory]) -> None:
+def register(name: str, factory: str | Factory) -> None:
     """Register an engine: an Engine subclass, a factory(model, **kw) -> Engine, or "module:attr"."""
     _registered[name] = factory
 
@@ -70,7 +71,7 @@ def plugin_errors() -> dict[str, str]:
     return dict(_plugin_errors)
 
 
-def _resolve(obj: Union[str, Factory]) -> Factory:
+def _resolve(obj: str | Factory) -> Factory:
     if isinstance(obj, str):
         mod, _, attr = obj.partition(":")
         return getattr(importlib.import_module(mod), attr)
@@ -82,8 +83,10 @@ def get(name: str) -> Factory:
     _load_plugins()
     key = ALIASES.get(name, name)
     if key in _plugin_errors and key not in _registered:
-        raise UsageError(f"engine plugin {key!r} failed to import ({_plugin_errors[key]})",
-                         fix=f"fix or reinstall the package that provides it; available: {', '.join(names())}")
+        raise UsageError(
+            f"engine plugin {key!r} failed to import ({_plugin_errors[key]})",
+            fix=f"fix or reinstall the package that provides it; available: {', '.join(names())}",
+        )
     if key not in _registered:
         broken = f"; plugins that failed to import: {', '.join(_plugin_errors)}" if _plugin_errors else ""
         raise UsageError(f"unknown engine {name!r}{broken}", fix=f"use one of: {', '.join(names())}")
@@ -95,9 +98,22 @@ def create(name: str, model: str, **kwargs: Any) -> Engine:
     return get(name)(model, **kwargs)
 
 
-def canonical(name: Optional[str]) -> str:
+def canonical(name: str | None) -> str:
     return ALIASES.get(name or "llama.cpp", name or "llama.cpp")
 
 
-__all__ = ["Engine", "EngineInfo", "Capabilities", "Event", "Prompt", "TokenPrompt", "register", "unregister",
-           "names", "get", "create", "plugin_errors", "ENTRY_POINT_GROUP"]
+__all__ = [
+    "Engine",
+    "EngineInfo",
+    "Capabilities",
+    "Event",
+    "Prompt",
+    "TokenPrompt",
+    "register",
+    "unregister",
+    "names",
+    "get",
+    "create",
+    "plugin_errors",
+    "ENTRY_POINT_GROUP",
+]

@@ -14,8 +14,9 @@ work starts -- it never silently generates unconstrained.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterator, Optional, Sequence, Union
+from typing import ClassVar, Union
 
 from edgekit.errors import UsageError
 from edgekit.schemas.options import SamplingOptions
@@ -45,7 +46,7 @@ class Capabilities:
     json_schema: bool = False  # options.json_schema is enforced
     grammar: bool = False  # options.grammar (GBNF) is enforced
     seed: bool = True  # options.seed makes sampling reproducible
-    n_ctx: Optional[int] = None  # context window, when the engine knows it
+    n_ctx: int | None = None  # context window, when the engine knows it
     # Rows decoded together across requests (continuous batching; a request takes n rows). Above 1,
     # generate() is thread-safe and the runtime stops serialising calls: concurrent requests share
     # decode steps, and the engine reports each request's wait for a free slot as Event.queue_s.
@@ -58,9 +59,9 @@ class EngineInfo:
     model: str  # model id / path / served name
     version: str = "?"
     build: str = "cpu"  # cpu / cuda / metal / vulkan / remote
-    threads: Optional[int] = None
+    threads: int | None = None
     gpu_layers: int = 0
-    n_ctx: Optional[int] = None
+    n_ctx: int | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -79,14 +80,14 @@ class Event:
     seq: int = -1
     token: int = -1
     text: str = ""
-    logprob: Optional[float] = None
-    reason: Optional[str] = None
+    logprob: float | None = None
+    reason: str | None = None
     tokens: int = 0
-    prompt_tokens: Optional[int] = None
-    token_ids: Optional[list[int]] = None
-    logprobs: Optional[list[float]] = None
+    prompt_tokens: int | None = None
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
     tokens_estimated: bool = False
-    queue_s: Optional[float] = None  # concurrent engines, on "prefill" (or an early "finish"): wait before admission
+    queue_s: float | None = None  # concurrent engines, on "prefill" (or an early "finish"): wait before admission
 
 
 class Engine(ABC):
@@ -99,7 +100,7 @@ class Engine(ABC):
     load_s: float = 0.0
 
     @abstractmethod
-    def generate(self, prompt: Prompt, options: SamplingOptions, cancel: Optional[Cancel] = None) -> Iterator[Event]:
+    def generate(self, prompt: Prompt, options: SamplingOptions, cancel: Cancel | None = None) -> Iterator[Event]:
         """Draw ``options.n`` samples of ``prompt``; yield events as they happen.
 
         Must leave nothing behind that changes the next call, raise EdgekitError subclasses for
@@ -114,19 +115,25 @@ class Engine(ABC):
         """Refuse options this engine cannot honour (declared capabilities), before any work."""
         cap = self.capabilities
         if options.n > cap.max_n:
-            raise UsageError(f"n={options.n} exceeds this engine's max_n={cap.max_n}",
-                             fix=f"pass --n {cap.max_n} or less (or load the model with a larger max_n)")
+            raise UsageError(
+                f"n={options.n} exceeds this engine's max_n={cap.max_n}",
+                fix=f"pass --n {cap.max_n} or less (or load the model with a larger max_n)",
+            )
         if options.json_schema is not None and not cap.json_schema:
-            raise UsageError(f"engine {self.name} cannot enforce a JSON schema", fix="use the llama.cpp or openai engine")
+            raise UsageError(
+                f"engine {self.name} cannot enforce a JSON schema", fix="use the llama.cpp or openai engine"
+            )
         if options.grammar is not None and not cap.grammar:
-            raise UsageError(f"engine {self.name} cannot enforce a GBNF grammar",
-                             fix="use the llama.cpp engine, or express the format as a JSON schema")
+            raise UsageError(
+                f"engine {self.name} cannot enforce a GBNF grammar",
+                fix="use the llama.cpp engine, or express the format as a JSON schema",
+            )
 
     @abstractmethod
     def close(self) -> None:
         """Free every native handle / connection. Idempotent."""
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:

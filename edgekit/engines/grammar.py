@@ -11,20 +11,47 @@ refused with the keyword named.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any
 
 from edgekit.errors import UsageError
 from edgekit.schemas.options import SamplingOptions
 
 # enforced by the grammar itself
-ENFORCED = {"type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
-            "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "definitions", "pattern", "minLength",
-            "maxLength"}
+ENFORCED = {
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "prefixItems",
+    "minItems",
+    "maxItems",
+    "enum",
+    "const",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "$ref",
+    "$defs",
+    "definitions",
+    "pattern",
+    "minLength",
+    "maxLength",
+}
 # not in the grammar, checked after generation (jsonschema): a violating sample has no answer
-VALIDATED_AFTER = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
-                   "format"}
-ANNOTATIONS = {"$schema", "$id", "title", "description", "default", "examples", "$comment", "readOnly", "writeOnly",
-               "deprecated"}
+VALIDATED_AFTER = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems", "format"}
+ANNOTATIONS = {
+    "$schema",
+    "$id",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$comment",
+    "readOnly",
+    "writeOnly",
+    "deprecated",
+}
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 
@@ -33,14 +60,19 @@ def _walk(schema: Any, path: str) -> None:
     if isinstance(schema, bool):
         return
     if not isinstance(schema, dict):
-        raise UsageError(f"JSON schema at {path} is a {type(schema).__name__}, not an object",
-                         fix="pass a JSON schema object, e.g. {\"type\": \"object\", ...}")
+        raise UsageError(
+            f"JSON schema at {path} is a {type(schema).__name__}, not an object",
+            fix='pass a JSON schema object, e.g. {"type": "object", ...}',
+        )
     for k, v in schema.items():
         if k in ANNOTATIONS or k in VALIDATED_AFTER:
             continue
         if k not in ENFORCED:
-            raise UsageError(f"JSON schema keyword {k!r} at {path} cannot be enforced by a grammar; refusing to generate "
-                             "unconstrained", fix=f"remove {k!r} or express it with: {', '.join(sorted(ENFORCED))}")
+            raise UsageError(
+                f"JSON schema keyword {k!r} at {path} cannot be enforced by a grammar; refusing to generate "
+                "unconstrained",
+                fix=f"remove {k!r} or express it with: {', '.join(sorted(ENFORCED))}",
+            )
         if k in _SUBSCHEMA_MAPS and isinstance(v, dict):
             for name, sub in v.items():
                 _walk(sub, f"{path}/{k}/{name}")
@@ -57,16 +89,20 @@ def schema_to_grammar(schema: dict) -> str:
     try:
         from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: PLC0415 - only when constraining
     except ImportError as e:  # pragma: no cover - install problem
-        raise UsageError("JSON schema constraints need llama-cpp-python", fix='pip install "llama-cpp-python>=0.3.36,<0.4"') from e
+        raise UsageError(
+            "JSON schema constraints need llama-cpp-python", fix='pip install "llama-cpp-python>=0.3.36,<0.4"'
+        ) from e
     try:
         return json_schema_to_gbnf(json.dumps(schema))
     except Exception as e:  # noqa: BLE001 - the converter raises AssertionError/ValueError/KeyError
         reason = " ".join(str(e).split())[:160] or type(e).__name__
-        raise UsageError(f"JSON schema cannot be turned into a grammar ({reason}); refusing to generate unconstrained",
-                         fix="simplify the schema (local $ref only; supported keywords: " + ", ".join(sorted(ENFORCED)) + ")") from None
+        raise UsageError(
+            f"JSON schema cannot be turned into a grammar ({reason}); refusing to generate unconstrained",
+            fix="simplify the schema (local $ref only; supported keywords: " + ", ".join(sorted(ENFORCED)) + ")",
+        ) from None
 
 
-def grammar_for(options: SamplingOptions) -> Optional[str]:
+def grammar_for(options: SamplingOptions) -> str | None:
     if options.grammar is not None:
         return options.grammar
     if options.json_schema is not None:

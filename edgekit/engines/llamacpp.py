@@ -20,12 +20,22 @@ import ctypes
 import logging
 import os
 import time
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 from edgekit.engines import llamacpp_core as core
 from edgekit.engines import llamacpp_probe as probe
 from edgekit.engines import llamacpp_sched as sched
-from edgekit.engines.base import Cancel, Capabilities, Engine, EngineInfo, Event, Prompt, TokenPrompt, chat_messages, plain_text
+from edgekit.engines.base import (
+    Cancel,
+    Capabilities,
+    Engine,
+    EngineInfo,
+    Event,
+    Prompt,
+    TokenPrompt,
+    chat_messages,
+    plain_text,
+)
 from edgekit.engines.grammar import grammar_for
 from edgekit.errors import BackendError, ContextOverflow, GGUFError, UsageError
 from edgekit.host import peers
@@ -87,10 +97,21 @@ class LlamaCppEngine(Engine):
 
     name = "llama.cpp"
 
-    def __init__(self, model: str = "qwen2.5-coder-0.5b-instruct", *, threads: Optional[int] = None, n_ctx: int = 8192,
-                 max_n: int = 16, gpu_layers: int = 0, flash_attn: Optional[bool] = None, n_batch: int = 512,
-                 progress: Optional[Progress] = None, verify: Optional[str] = None, max_seqs: Optional[int] = None,
-                 prefill_chunk: int = 128):
+    def __init__(
+        self,
+        model: str = "qwen2.5-coder-0.5b-instruct",
+        *,
+        threads: int | None = None,
+        n_ctx: int = 8192,
+        max_n: int = 16,
+        gpu_layers: int = 0,
+        flash_attn: bool | None = None,
+        n_batch: int = 512,
+        progress: Progress | None = None,
+        verify: str | None = None,
+        max_seqs: int | None = None,
+        prefill_chunk: int = 128,
+    ):
         """``model``: catalogue id, .gguf path or hf:owner/repo/file. ``verify``: "auto" (a cheap
         size/mtime/manifest check on every load, a full sha256 when it trips) or "full".
 
@@ -100,13 +121,15 @@ class LlamaCppEngine(Engine):
         ``prefill_chunk`` caps the prompt tokens prefilled per step beside the running rows.
         Unset (the library and CLI default), one request holds the whole context at a time."""
         if not isinstance(max_n, int) or not 1 <= max_n <= MAX_N_CAP:
-            raise UsageError(f"max_n must be in 1..{MAX_N_CAP}, got {max_n!r}", fix=f"pass max_n between 1 and {MAX_N_CAP}")
+            raise UsageError(
+                f"max_n must be in 1..{MAX_N_CAP}, got {max_n!r}", fix=f"pass max_n between 1 and {MAX_N_CAP}"
+            )
         if not isinstance(n_ctx, int) or n_ctx < 16:
             raise UsageError(f"context size must be an integer >= 16, got {n_ctx!r}", fix="pass --ctx 2048 or more")
         if max_seqs is not None and (not isinstance(max_seqs, int) or not 1 <= max_seqs <= 256):
             raise UsageError(f"max_seqs must be in 1..256, got {max_seqs!r}", fix="pass --max-seqs 8")
         rows = max(max_seqs, max_n) if max_seqs is not None and max_seqs > 1 else 0
-        self._sched: Optional[sched.Scheduler] = None
+        self._sched: sched.Scheduler | None = None
         self._stack = contextlib.ExitStack()
         self._closed = False
         resolved = resolve(model, progress=progress, verify=verify)
@@ -121,16 +144,27 @@ class LlamaCppEngine(Engine):
         adaptive = threads is None and host_threads.policy()["policy"] != "spin"
         threads = threads or usable.count
         _init_backend()
-        self.kernels = probe.choose(str(resolved.path), model_bytes=info.file_size, tensor_types=info.extra.get("tensor_types", {}),
-                                    gpu_layers=gpu_layers, threads=threads, cpu_model=cpu_model(), ll=_ll)
+        self.kernels = probe.choose(
+            str(resolved.path),
+            model_bytes=info.file_size,
+            tensor_types=info.extra.get("tensor_types", {}),
+            gpu_layers=gpu_layers,
+            threads=threads,
+            cpu_model=cpu_model(),
+            ll=_ll,
+        )
         self.peers = peers.live_peers()
         peers.warn_if_shared(self.peers, adaptive)
         t0 = time.perf_counter()
         try:
             self._load(str(resolved.path), n_ctx, threads, max(max_n, rows), n_batch, gpu_layers, flash_attn)
             ctx = self._core._ctx
-            self.tuner = ThreadTuner(usable.count, lambda t: _ll.llama_set_n_threads(ctx, t, t),
-                                     fixed=None if adaptive else (fixed or threads), cpus=usable.affinity)
+            self.tuner = ThreadTuner(
+                usable.count,
+                lambda t: _ll.llama_set_n_threads(ctx, t, t),
+                fixed=None if adaptive else (fixed or threads),
+                cpus=usable.affinity,
+            )
             self._core.tuner = self.tuner
             reg = peers.register(f"llama.cpp {resolved.id}")
             self._stack.callback(peers.unregister, reg)
@@ -140,23 +174,42 @@ class LlamaCppEngine(Engine):
         except GGUFError as e:
             self.close()
             if not arch_is_known(info.arch):
-                raise GGUFError(f"{resolved.path}: architecture {info.arch!r} is not supported by this llama.cpp build",
-                                fix="use a supported model (`edgekit models list`) or upgrade llama-cpp-python "
-                                    "within the tested range") from e
+                raise GGUFError(
+                    f"{resolved.path}: architecture {info.arch!r} is not supported by this llama.cpp build",
+                    fix="use a supported model (`edgekit models list`) or upgrade llama-cpp-python "
+                    "within the tested range",
+                ) from e
             raise
         except BaseException:
             self.close()
             raise
         self.load_s = time.perf_counter() - t0
-        self.info = EngineInfo(name=self.name, model=resolved.id, version=getattr(_ll, "__version__", "?"),
-                               build=core.build_kind(), threads=threads, gpu_layers=gpu_layers, n_ctx=self._core.n_ctx,
-                               extra={"kernels": self.kernels.config, "threading": self.threading()})
-        self.capabilities = Capabilities(max_n=max_n, batched_n=True, token_count=True, token_input=True, logprobs=True,
-                                         json_schema=True, grammar=True, seed=True, n_ctx=self._core.n_ctx,
-                                         concurrent=rows or 1)
+        self.info = EngineInfo(
+            name=self.name,
+            model=resolved.id,
+            version=getattr(_ll, "__version__", "?"),
+            build=core.build_kind(),
+            threads=threads,
+            gpu_layers=gpu_layers,
+            n_ctx=self._core.n_ctx,
+            extra={"kernels": self.kernels.config, "threading": self.threading()},
+        )
+        self.capabilities = Capabilities(
+            max_n=max_n,
+            batched_n=True,
+            token_count=True,
+            token_input=True,
+            logprobs=True,
+            json_schema=True,
+            grammar=True,
+            seed=True,
+            n_ctx=self._core.n_ctx,
+            concurrent=rows or 1,
+        )
 
-    def _load(self, path: str, n_ctx: int, threads: int, max_n: int, n_batch: int, gpu_layers: int,
-              flash_attn: Optional[bool]) -> None:
+    def _load(
+        self, path: str, n_ctx: int, threads: int, max_n: int, n_batch: int, gpu_layers: int, flash_attn: bool | None
+    ) -> None:
         mp = _ll.llama_model_default_params()
         mp.n_gpu_layers = gpu_layers
         mp.use_extra_bufts = self.kernels.use_extra_bufts  # what the probe found safe (and fastest) here
@@ -164,8 +217,10 @@ class LlamaCppEngine(Engine):
         model = _ll.llama_model_load_from_file(path.encode(), mp)
         _raise_if_interrupted()
         if not model:
-            raise GGUFError(f"llama.cpp could not load {path} (unsupported architecture or corrupt tensors)",
-                            fix="use a model llama.cpp supports (`edgekit models list`); EDGEKIT_DEBUG=1 shows llama.cpp's log")
+            raise GGUFError(
+                f"llama.cpp could not load {path} (unsupported architecture or corrupt tensors)",
+                fix="use a model llama.cpp supports (`edgekit models list`); EDGEKIT_DEBUG=1 shows llama.cpp's log",
+            )
         self._stack.callback(_ll.llama_model_free, model)
         cp = _ll.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, max_n
@@ -181,7 +236,9 @@ class LlamaCppEngine(Engine):
         ctx = _ll.llama_init_from_model(model, cp)
         _raise_if_interrupted()
         if not ctx:
-            raise BackendError(f"llama.cpp could not create a context of {n_ctx} tokens", fix="lower --ctx or free memory")
+            raise BackendError(
+                f"llama.cpp could not create a context of {n_ctx} tokens", fix="lower --ctx or free memory"
+            )
         self._stack.callback(_ll.llama_free, ctx)
         self._core = core.BatchDecoder(model, ctx, max_n=max_n, n_batch=n_batch, interrupted=_raise_if_interrupted)
         self._stack.callback(self._core.free)
@@ -198,7 +255,7 @@ class LlamaCppEngine(Engine):
     def detokenize(self, tokens: list[int]) -> str:
         return self._live().detokenize(tokens)
 
-    def chat_template(self) -> Optional[str]:
+    def chat_template(self) -> str | None:
         return self._live().meta("tokenizer.chat_template")
 
     def render_chat(self, messages: list[dict]) -> tuple[str, bool]:
@@ -221,10 +278,11 @@ class LlamaCppEngine(Engine):
         if need > n_ctx:
             raise ContextOverflow(
                 f"prompt ({n_prompt} tokens) + {n} samples x {max_tokens}-token budget = {need} tokens exceeds the context of {n_ctx}",
-                fix=f"lower --max-tokens or --n, shorten the prompt, or raise the context (ctx >= {need})")
+                fix=f"lower --max-tokens or --n, shorten the prompt, or raise the context (ctx >= {need})",
+            )
 
     # -- generation ------------------------------------------------------------------------
-    def generate(self, prompt: Prompt, options: SamplingOptions, cancel: Optional[Cancel] = None) -> Iterator[Event]:
+    def generate(self, prompt: Prompt, options: SamplingOptions, cancel: Cancel | None = None) -> Iterator[Event]:
         dec = self._live()
         self.check(options)
         ids = self.prompt_ids(prompt, options)
@@ -244,17 +302,24 @@ class LlamaCppEngine(Engine):
             raise
         return self._sched.submit(ids, options, samplers, cancel)
 
-    def pin_threads(self, k: Optional[int]) -> None:
+    def pin_threads(self, k: int | None) -> None:
         """Hold llama.cpp's thread count at ``k`` (profiling's thread scaling); None: back to normal."""
         self.tuner.pin(k)
 
     def threading(self) -> dict:
         """The thread policy in force: {threads, adaptive, how, wait, why, usable, peers}."""
         pol = host_threads.policy()
-        return {"threads": self.tuner.threads, "adaptive": self.tuner.fixed is None, "how": self.tuner.describe(),
-                "wait": pol["wait"], "why": pol["why"], "usable": self.tuner.usable, "peers": len(self.peers)}
+        return {
+            "threads": self.tuner.threads,
+            "adaptive": self.tuner.fixed is None,
+            "how": self.tuner.describe(),
+            "wait": pol["wait"],
+            "why": pol["why"],
+            "usable": self.tuner.usable,
+            "peers": len(self.peers),
+        }
 
-    def batching_stats(self) -> Optional[dict]:
+    def batching_stats(self) -> dict | None:
         """Continuous batching counters (steps, shared steps, rows, waiting, ...); None when off."""
         return None if self._sched is None else self._sched.snapshot()
 
@@ -281,8 +346,9 @@ class LlamaCppEngine(Engine):
         from edgekit.engines.llamacpp_logits import window_logprobs  # noqa: PLC0415 - only quality measurement
 
         dec = self._live()
-        return window_logprobs(dec._ctx, dec._vocab, tokens, n_ctx=n_ctx, top_k=top_k, at_ids=at_ids,
-                               interrupted=_raise_if_interrupted)
+        return window_logprobs(
+            dec._ctx, dec._vocab, tokens, n_ctx=n_ctx, top_k=top_k, at_ids=at_ids, interrupted=_raise_if_interrupted
+        )
 
     def close(self) -> None:
         if not self._closed:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -24,14 +24,26 @@ except ImportError as e:  # pragma: no cover - install problem
     raise BackendError("llama-cpp-python is not installed", fix='pip install "llama-cpp-python>=0.3.36,<0.4"') from e
 
 _REQUIRED = [
-    "llama_memory_clear", "llama_memory_seq_cp", "llama_get_memory", "llama_batch_init", "llama_decode",
-    "llama_sampler_chain_init", "llama_sampler_sample", "llama_model_load_from_file", "llama_init_from_model",
-    "llama_model_get_vocab", "llama_vocab_is_eog", "llama_get_logits_ith", "llama_sampler_init_grammar",
+    "llama_memory_clear",
+    "llama_memory_seq_cp",
+    "llama_get_memory",
+    "llama_batch_init",
+    "llama_decode",
+    "llama_sampler_chain_init",
+    "llama_sampler_sample",
+    "llama_model_load_from_file",
+    "llama_init_from_model",
+    "llama_model_get_vocab",
+    "llama_vocab_is_eog",
+    "llama_get_logits_ith",
+    "llama_sampler_init_grammar",
 ]
 _missing = [f for f in _REQUIRED if not hasattr(ll, f)]
 if _missing:  # the KV-cache API was renamed twice; fail clearly rather than mid-decode
-    raise BackendError(f"llama-cpp-python {getattr(ll, '__version__', '?')} lacks {', '.join(_missing)}",
-                       fix='install a tested version: pip install "llama-cpp-python>=0.3.36,<0.4"')
+    raise BackendError(
+        f"llama-cpp-python {getattr(ll, '__version__', '?')} lacks {', '.join(_missing)}",
+        fix='install a tested version: pip install "llama-cpp-python>=0.3.36,<0.4"',
+    )
 
 
 def build_kind() -> str:
@@ -42,7 +54,7 @@ def build_kind() -> str:
     return "gpu" if ll.llama_supports_gpu_offload() else "cpu"
 
 
-def sample_seeds(seed: Optional[int], n: int) -> list[int]:
+def sample_seeds(seed: int | None, n: int) -> list[int]:
     """Independent 32-bit seeds for n samples: numpy SeedSequence spawn, so seed s and s+1 share
     no sample stream (``seed + i`` would shift n-1 streams by one)."""
     if seed is None:
@@ -75,7 +87,7 @@ class Row:
         self.bidx = -1  # batch index of this row's logits in the last decode
         self.max_stop = max((len(x) for x in o.stop), default=0)
 
-    def accept(self, t: int, logprob: Optional[float], d: "BatchDecoder", out: list) -> bool:
+    def accept(self, t: int, logprob: float | None, d: BatchDecoder, out: list) -> bool:
         """Take sampled token ``t``: append its events to ``out``; False when the sample finished."""
         o = self.o
         if not o.ignore_eos and ll.llama_vocab_is_eog(d._vocab, t):
@@ -88,7 +100,7 @@ class Row:
         self.text += piece
         out.append(Event("token", seq=self.index, token=t, text=piece, logprob=logprob))
         if self.max_stop:
-            hit = [x for x in o.stop if x in self.text[-(self.max_stop + len(piece) + 1):]]
+            hit = [x for x in o.stop if x in self.text[-(self.max_stop + len(piece) + 1) :]]
             if hit:
                 cut = min(self.text.rfind(x) for x in hit)
                 out.append(Event("finish", seq=self.index, text=self.text[:cut], reason="stop", tokens=self.count))
@@ -152,7 +164,7 @@ class BatchDecoder:
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
 
-    def meta(self, key: str) -> Optional[str]:
+    def meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(1 << 16)
         n = ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
         if n < 0:
@@ -174,13 +186,16 @@ class BatchDecoder:
             return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:", False
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415 - jinja2 only when templating
 
-        fmt = Jinja2ChatFormatter(template=tmpl, eos_token=self._token_text(ll.llama_vocab_eos(self._vocab)),
-                                  bos_token=self._token_text(ll.llama_vocab_bos(self._vocab)))
+        fmt = Jinja2ChatFormatter(
+            template=tmpl,
+            eos_token=self._token_text(ll.llama_vocab_eos(self._vocab)),
+            bos_token=self._token_text(ll.llama_vocab_bos(self._vocab)),
+        )
         r = fmt(messages=messages)
         return r.prompt, bool(getattr(r, "added_special", False))
 
     # -- generation ------------------------------------------------------------------------
-    def _sampler(self, o: SamplingOptions, seed: int, grammar: Optional[str]):
+    def _sampler(self, o: SamplingOptions, seed: int, grammar: str | None):
         params = ll.llama_sampler_chain_default_params()
         params.no_perf = True
         chain = ll.llama_sampler_chain_init(params)
@@ -189,8 +204,10 @@ class BatchDecoder:
             g = ll.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
             if not g:
                 ll.llama_sampler_free(chain)
-                raise UsageError("llama.cpp rejected the grammar (it does not parse)",
-                                 fix="check the GBNF grammar / JSON schema; EDGEKIT_DEBUG=1 shows llama.cpp's reason")
+                raise UsageError(
+                    "llama.cpp rejected the grammar (it does not parse)",
+                    fix="check the GBNF grammar / JSON schema; EDGEKIT_DEBUG=1 shows llama.cpp's reason",
+                )
             add(g)
         t = o.effective_temperature
         if t <= 0:
@@ -213,16 +230,19 @@ class BatchDecoder:
         rc = ll.llama_decode(self._ctx, self._batch)
         self._interrupted()
         if rc != 0:
-            raise BackendError(f"llama_decode failed (code {rc}) on a batch of {k} tokens", fix="lower n or --max-tokens, or raise --ctx")
+            raise BackendError(
+                f"llama_decode failed (code {rc}) on a batch of {k} tokens",
+                fix="lower n or --max-tokens, or raise --ctx",
+            )
 
-    def _prefill(self, prompt: list[int], cancel: Optional[Cancel]) -> bool:
+    def _prefill(self, prompt: list[int], cancel: Cancel | None) -> bool:
         """Decode ``prompt`` on sequence 0 in n_batch chunks, logits for its last token only.
         ``cancel`` (a deadline) is polled between chunks; False when it ended the prefill."""
         P, seq_id = len(prompt), self._batch.seq_id
         for start in range(0, P, self.n_batch):
             if start and cancel is not None and cancel():
                 return False
-            chunk = prompt[start: start + self.n_batch]
+            chunk = prompt[start : start + self.n_batch]
             k = len(chunk)
             self._tok[:k] = chunk
             self._pos[:k] = np.arange(start, start + k)
@@ -234,7 +254,9 @@ class BatchDecoder:
             self._decode(k)
         return True
 
-    def stream(self, prompt: list[int], o: SamplingOptions, grammar: Optional[str], cancel: Optional[Cancel]) -> Iterator[Event]:
+    def stream(
+        self, prompt: list[int], o: SamplingOptions, grammar: str | None, cancel: Cancel | None
+    ) -> Iterator[Event]:
         n, P = o.n, len(prompt)
         mem, vocab, seq_id = self._mem, self._vocab, self._batch.seq_id
         ll.llama_memory_clear(mem, True)
@@ -285,7 +307,7 @@ class BatchDecoder:
             idx = {r.index: j for j, r in enumerate(live)}  # batch row j holds live sequence j's logits
 
     # -- teacher-forced scoring (one sequence) ----------------------------------------------
-    def score(self, prompt: list[int], continuation: list[int]) -> "Scored":
+    def score(self, prompt: list[int], continuation: list[int]) -> Scored:
         """Replay ``continuation`` after ``prompt`` on one sequence, one token per decode (the
         n=1 generation path, forced instead of sampled): per continuation token, its logprob
         under the raw logits, the argmax token and the top-1 minus top-2 logit gap there."""
@@ -299,7 +321,7 @@ class BatchDecoder:
         def record(row: np.ndarray, tok: int) -> None:
             m = row.max()
             lse = m + np.log(np.exp(row - m).sum())
-            top2 = np.partition(row, nv - 2)[nv - 2:]
+            top2 = np.partition(row, nv - 2)[nv - 2 :]
             out.logprobs.append(float(row[tok] - lse))
             out.argmax.append(int(row.argmax()))
             out.gaps.append(float(top2.max() - top2.min()))

@@ -18,8 +18,8 @@ loop over the vocabulary or over positions.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class TokenLogprobs:
     argmax: np.ndarray  # int32 (n,): the model's most likely token there
     top_ids: np.ndarray  # int32 (n, k): the k most likely tokens, most likely first (k = top_k, may be 0)
     top_logprobs: np.ndarray  # float32 (n, k): their log-probabilities
-    at_logprobs: Optional[np.ndarray]  # float32 (n, m): log-probabilities of the ids asked for in ``at_ids``
+    at_logprobs: np.ndarray | None  # float32 (n, m): log-probabilities of the ids asked for in ``at_ids``
     n_vocab: int
     n_ctx: int
     add_bos: bool
@@ -54,8 +54,16 @@ def scored_targets(n_tokens: int, n_ctx: int) -> np.ndarray:
     return (np.arange(n_tokens // n_ctx, dtype=np.int64)[:, None] * n_ctx + per[None, :]).reshape(-1)
 
 
-def window_logprobs(ctx, vocab, tokens: Sequence[int], *, n_ctx: int, top_k: int = 0,
-                    at_ids: Optional[np.ndarray] = None, interrupted: Callable[[], None] = lambda: None) -> TokenLogprobs:
+def window_logprobs(
+    ctx,
+    vocab,
+    tokens: Sequence[int],
+    *,
+    n_ctx: int,
+    top_k: int = 0,
+    at_ids: np.ndarray | None = None,
+    interrupted: Callable[[], None] = lambda: None,
+) -> TokenLogprobs:
     """Score ``tokens`` in windows of ``n_ctx`` on sequence 0 of ``ctx`` (see the module docstring).
 
     ``top_k``: also return the k most likely tokens per scored position. ``at_ids`` (n_scored x m
@@ -68,11 +76,15 @@ def window_logprobs(ctx, vocab, tokens: Sequence[int], *, n_ctx: int, top_k: int
     if not isinstance(n_ctx, int) or n_ctx < 8:
         raise UsageError(f"window length must be an integer >= 8, got {n_ctx!r}", fix="pass --n-ctx 512")
     if n_ctx > ctx_cap:
-        raise UsageError(f"window of {n_ctx} tokens exceeds the loaded context of {ctx_cap}",
-                         fix=f"load the model with a context of at least {n_ctx} tokens, or lower --n-ctx")
+        raise UsageError(
+            f"window of {n_ctx} tokens exceeds the loaded context of {ctx_cap}",
+            fix=f"load the model with a context of at least {n_ctx} tokens, or lower --n-ctx",
+        )
     if len(toks) < n_ctx:
-        raise UsageError(f"text has {len(toks)} tokens, fewer than one window of {n_ctx}",
-                         fix="use a longer text or a smaller --n-ctx")
+        raise UsageError(
+            f"text has {len(toks)} tokens, fewer than one window of {n_ctx}",
+            fix="use a longer text or a smaller --n-ctx",
+        )
     if toks.size and (toks.min() < 0 or toks.max() >= nv):
         raise UsageError(f"token ids outside this model's vocabulary of {nv}", fix="tokenize the text with this model")
     if not 0 <= top_k <= nv:
@@ -82,11 +94,15 @@ def window_logprobs(ctx, vocab, tokens: Sequence[int], *, n_ctx: int, top_k: int
     if at_ids is not None:
         at_ids = np.asarray(at_ids, dtype=np.int64)
         if at_ids.ndim != 2 or at_ids.shape[0] != n:
-            raise UsageError(f"at_ids must have one row per scored token ({n}), got shape {at_ids.shape}",
-                             fix="pass ids computed for the same text and window length")
+            raise UsageError(
+                f"at_ids must have one row per scored token ({n}), got shape {at_ids.shape}",
+                fix="pass ids computed for the same text and window length",
+            )
         if at_ids.size and (at_ids.min() < 0 or at_ids.max() >= nv):
-            raise UsageError(f"at_ids hold token ids outside this model's vocabulary of {nv}",
-                             fix="use a reference made with a model of the same tokenizer")
+            raise UsageError(
+                f"at_ids hold token ids outside this model's vocabulary of {nv}",
+                fix="use a reference made with a model of the same tokenizer",
+            )
     add_bos = bool(ll.llama_vocab_get_add_bos(vocab))
     bos = int(ll.llama_vocab_bos(vocab))
     first = n_ctx // 2
@@ -109,14 +125,14 @@ def window_logprobs(ctx, vocab, tokens: Sequence[int], *, n_ctx: int, top_k: int
             batch.seq_id[i][0] = 0
         row = 0  # next output row
         for w in range(len(toks) // n_ctx):
-            win = toks[w * n_ctx: (w + 1) * n_ctx].copy()
+            win = toks[w * n_ctx : (w + 1) * n_ctx].copy()
             if add_bos and bos >= 0:
                 win[0] = bos
             ll.llama_memory_clear(mem, True)
             for start in range(0, n_ctx, cap):
                 k = min(cap, n_ctx - start)
                 pos = np.arange(start, start + k)
-                b_tok[:k] = win[start: start + k]
+                b_tok[:k] = win[start : start + k]
                 b_pos[:k] = pos
                 want = (pos >= first) & (pos <= n_ctx - 2)
                 b_want[:k] = want
@@ -125,8 +141,10 @@ def window_logprobs(ctx, vocab, tokens: Sequence[int], *, n_ctx: int, top_k: int
                 rc = ll.llama_decode(ctx, batch)
                 interrupted()
                 if rc != 0:
-                    raise BackendError(f"llama_decode failed (code {rc}) on a window chunk of {k} tokens",
-                                       fix="lower --n-ctx, or free memory")
+                    raise BackendError(
+                        f"llama_decode failed (code {rc}) on a window chunk of {k} tokens",
+                        fix="lower --n-ctx, or free memory",
+                    )
                 if not n_out:
                     continue
                 block = np.ctypeslib.as_array(ll.llama_get_logits(ctx), shape=(n_out, nv))
@@ -138,7 +156,7 @@ def window_logprobs(ctx, vocab, tokens: Sequence[int], *, n_ctx: int, top_k: int
                 out_lp[sl] = block[r, tgt] - lse
                 out_arg[sl] = block.argmax(axis=1)
                 if top_k:
-                    part = np.argpartition(block, nv - top_k, axis=1)[:, nv - top_k:]
+                    part = np.argpartition(block, nv - top_k, axis=1)[:, nv - top_k :]
                     vals = np.take_along_axis(block, part, axis=1)
                     order = np.argsort(-vals, axis=1, kind="stable")
                     out_tid[sl] = np.take_along_axis(part, order, axis=1)
@@ -151,5 +169,15 @@ def window_logprobs(ctx, vocab, tokens: Sequence[int], *, n_ctx: int, top_k: int
         ll.llama_memory_clear(mem, True)
     if row != n:  # pragma: no cover - a bookkeeping bug, never a user error
         raise BackendError(f"scored {row} positions, expected {n}", fix="report this bug")
-    return TokenLogprobs(targets=targets, logprob=out_lp, argmax=out_arg, top_ids=out_tid, top_logprobs=out_tlp,
-                         at_logprobs=out_at, n_vocab=nv, n_ctx=n_ctx, add_bos=add_bos, windows=len(toks) // n_ctx)
+    return TokenLogprobs(
+        targets=targets,
+        logprob=out_lp,
+        argmax=out_arg,
+        top_ids=out_tid,
+        top_logprobs=out_tlp,
+        at_logprobs=out_at,
+        n_vocab=nv,
+        n_ctx=n_ctx,
+        add_bos=add_bos,
+        windows=len(toks) // n_ctx,
+    )

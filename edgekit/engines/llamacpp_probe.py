@@ -32,7 +32,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from edgekit.errors import BackendError
 from edgekit.host.cpu import cpu_model, isa_flags
@@ -40,9 +39,11 @@ from edgekit.host.kernels import CONFIGS, MODES, PROBE_VERSION, probe_dir, reque
 
 log = logging.getLogger("edgekit.probe")
 MARGIN = 1.10  # a later configuration must be this much faster to beat an earlier one
-REBUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON '
-           '-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" pip install --force-reinstall --no-cache-dir --no-binary '
-           'llama-cpp-python "llama-cpp-python>=0.3.36,<0.4"')
+REBUILD = (
+    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON '
+    '-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" pip install --force-reinstall --no-cache-dir --no-binary '
+    'llama-cpp-python "llama-cpp-python>=0.3.36,<0.4"'
+)
 
 
 @dataclass
@@ -50,8 +51,8 @@ class Verdict:
     config: str
     ok: bool
     how: str  # "ok", "killed by SIGSEGV", "hung: no answer in 60 s", "exit 1: ..."
-    decode_tok_s: Optional[float] = None  # n=1 on one thread, median of 12 steps, measured in the probe
-    batch_tok_s: Optional[float] = None  # 4 rows on a second thread
+    decode_tok_s: float | None = None  # n=1 on one thread, median of 12 steps, measured in the probe
+    batch_tok_s: float | None = None  # 4 rows on a second thread
     seconds: float = 0.0
 
     @property
@@ -76,16 +77,27 @@ class Choice:
         return f"{self.config} ({'extra buffer types on' if self.use_extra_bufts else 'extra buffer types off'}{speed})"
 
     def as_dict(self) -> dict:
-        return {"config": self.config, "use_extra_bufts": self.use_extra_bufts, "source": self.source, "mode": self.mode,
-                "verdicts": [asdict(v) for v in self.verdicts], "key": self.key}
+        return {
+            "config": self.config,
+            "use_extra_bufts": self.use_extra_bufts,
+            "source": self.source,
+            "mode": self.mode,
+            "verdicts": [asdict(v) for v in self.verdicts],
+            "key": self.key,
+        }
 
 
-def probe_key(ll, tensor_types: dict, gpu_layers: int, cpu_model: Optional[str]) -> dict:
+def probe_key(ll, tensor_types: dict, gpu_layers: int, cpu_model: str | None) -> dict:
     info = ll.llama_print_system_info()
-    return {"probe": PROBE_VERSION, "cpu": cpu_model or "?", "flags": sorted(k for k, v in isa_flags().items() if v),
-            "llama_cpp_python": getattr(ll, "__version__", "?"),
-            "system_info": (info.decode(errors="replace") if isinstance(info, bytes) else str(info)).strip(),
-            "tensor_types": sorted(int(t) for t in tensor_types), "gpu": bool(gpu_layers)}
+    return {
+        "probe": PROBE_VERSION,
+        "cpu": cpu_model or "?",
+        "flags": sorted(k for k, v in isa_flags().items() if v),
+        "llama_cpp_python": getattr(ll, "__version__", "?"),
+        "system_info": (info.decode(errors="replace") if isinstance(info, bytes) else str(info)).strip(),
+        "tensor_types": sorted(int(t) for t in tensor_types),
+        "gpu": bool(gpu_layers),
+    }
 
 
 def _key_hash(key: dict) -> str:
@@ -109,8 +121,12 @@ def _save_cache(path: Path, key: dict, verdicts: dict[str, Verdict]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"version": PROBE_VERSION, "key": key,
-                                   "verdicts": {n: asdict(v) for n, v in verdicts.items()}}, indent=1))
+        tmp.write_text(
+            json.dumps(
+                {"version": PROBE_VERSION, "key": key, "verdicts": {n: asdict(v) for n, v in verdicts.items()}},
+                indent=1,
+            )
+        )
         os.replace(tmp, path)
     except OSError as e:  # a read-only home: probe again next time, still safe
         log.debug("probe cache %s not written: %s", path, e)
@@ -125,7 +141,9 @@ def timeout_s(model_bytes: int) -> float:
 LLAMA_FIRST = "import llama_cpp, runpy; runpy.run_module('edgekit.engines.llamacpp_probe', run_name='__main__')"
 
 
-def run_child(model: str, config: str, *, threads: int, gpu_layers: int, timeout: float, llama_first: bool = False) -> Verdict:
+def run_child(
+    model: str, config: str, *, threads: int, gpu_layers: int, timeout: float, llama_first: bool = False
+) -> Verdict:
     """Probe one configuration in a child process; every outcome is a verdict. ``llama_first``: the
     child loads llama.cpp's libraries before numpy (a diagnosis: a C++ runtime conflict, not a kernel)."""
     head = ["-c", LLAMA_FIRST] if llama_first else ["-m", "edgekit.engines.llamacpp_probe"]
@@ -139,8 +157,14 @@ def run_child(model: str, config: str, *, threads: int, gpu_layers: int, timeout
     done = [x for x in (p.stdout or "").strip().splitlines() if x.startswith("{")]
     if p.returncode < 0 and done:  # the probe completed; the child faulted while exiting
         r = json.loads(done[-1])
-        return Verdict(config, True, f"ok (then killed by signal {-p.returncode} at exit)",
-                       decode_tok_s=r.get("decode_tok_s"), batch_tok_s=r.get("batch_tok_s"), seconds=dt)
+        return Verdict(
+            config,
+            True,
+            f"ok (then killed by signal {-p.returncode} at exit)",
+            decode_tok_s=r.get("decode_tok_s"),
+            batch_tok_s=r.get("batch_tok_s"),
+            seconds=dt,
+        )
     if p.returncode < 0:
         try:
             name = signal.Signals(-p.returncode).name
@@ -158,8 +182,9 @@ def run_child(model: str, config: str, *, threads: int, gpu_layers: int, timeout
 _memo: dict[str, Choice] = {}
 
 
-def choose(model: str, *, model_bytes: int, tensor_types: dict, gpu_layers: int, threads: int, cpu_model: Optional[str],
-           ll) -> Choice:
+def choose(
+    model: str, *, model_bytes: int, tensor_types: dict, gpu_layers: int, threads: int, cpu_model: str | None, ll
+) -> Choice:
     """The kernel configuration to load ``model`` with (probing in children where not cached)."""
     mode = requested_mode()
     key = probe_key(ll, tensor_types, gpu_layers, cpu_model)
@@ -183,25 +208,39 @@ def choose(model: str, *, model_bytes: int, tensor_types: dict, gpu_layers: int,
     ok = [v for v in ordered if v.ok]
     safe = [v for v in ordered if not v.ok and not v.crashed]
     if not ok and safe:  # nothing crashed; the load itself fails: the caller's load gives its own error
-        return Choice(safe[0].config, CONFIGS[safe[0].config], "probe (the model did not load: " + safe[0].how + ")", mode,
-                      ordered, key)
+        return Choice(
+            safe[0].config,
+            CONFIGS[safe[0].config],
+            "probe (the model did not load: " + safe[0].how + ")",
+            mode,
+            ordered,
+            key,
+        )
     if not ok:
         what = "; ".join(f"{v.config}: {v.how}" for v in ordered)
         if mode != "auto":
-            raise BackendError(f"EDGEKIT_EXTRA_BUFFERS={mode} crashes in the probe ({what}); not loaded",
-                               fix="unset EDGEKIT_EXTRA_BUFFERS (auto picks a configuration that works)")
-        if run_child(model, "plain", threads=threads, gpu_layers=gpu_layers, timeout=timeout_s(model_bytes), llama_first=True).ok:
+            raise BackendError(
+                f"EDGEKIT_EXTRA_BUFFERS={mode} crashes in the probe ({what}); not loaded",
+                fix="unset EDGEKIT_EXTRA_BUFFERS (auto picks a configuration that works)",
+            )
+        if run_child(
+            model, "plain", threads=threads, gpu_layers=gpu_layers, timeout=timeout_s(model_bytes), llama_first=True
+        ).ok:
             # seen on an H200 host: a CUDA build made with another g++ than the system's crashes in its tokenizer
             # whenever numpy's libraries were loaded first -- not a kernel choice
-            raise BackendError(f"llama.cpp crashes here only when numpy's libraries are loaded before it ({what}; the same "
-                               "configuration survives when llama_cpp is imported first): a C++ runtime (libstdc++) "
-                               "conflict of this llama-cpp-python build, not a kernel choice",
-                               fix="preload the system C++ runtime: export LD_PRELOAD=$(g++ -print-file-name=libstdc++.so.6), "
-                                   "or rebuild llama-cpp-python with the system compiler: CC=/usr/bin/gcc CXX=/usr/bin/g++ "
-                                   "pip install --force-reinstall --no-cache-dir --no-binary llama-cpp-python "
-                                   "'llama-cpp-python>=0.3.36,<0.4'")
-        raise BackendError(f"every llama.cpp kernel configuration crashed on this CPU ({what})",
-                           fix=f"rebuild llama-cpp-python without the failing kernels: {REBUILD}")
+            raise BackendError(
+                f"llama.cpp crashes here only when numpy's libraries are loaded before it ({what}; the same "
+                "configuration survives when llama_cpp is imported first): a C++ runtime (libstdc++) "
+                "conflict of this llama-cpp-python build, not a kernel choice",
+                fix="preload the system C++ runtime: export LD_PRELOAD=$(g++ -print-file-name=libstdc++.so.6), "
+                "or rebuild llama-cpp-python with the system compiler: CC=/usr/bin/gcc CXX=/usr/bin/g++ "
+                "pip install --force-reinstall --no-cache-dir --no-binary llama-cpp-python "
+                "'llama-cpp-python>=0.3.36,<0.4'",
+            )
+        raise BackendError(
+            f"every llama.cpp kernel configuration crashed on this CPU ({what})",
+            fix=f"rebuild llama-cpp-python without the failing kernels: {REBUILD}",
+        )
     best = ok[0]
     for v in ok[1:]:
         if (v.decode_tok_s or 0) > MARGIN * (best.decode_tok_s or 0):
@@ -218,8 +257,15 @@ def choose_for(path: str, *, threads: int = 1, gpu_layers: int = 0) -> Choice:
     from edgekit.models.gguf import check_gguf  # noqa: PLC0415
 
     info = check_gguf(path)
-    return choose(path, model_bytes=info.file_size, tensor_types=info.extra.get("tensor_types", {}), gpu_layers=gpu_layers,
-                  threads=threads, cpu_model=cpu_model(), ll=ll)
+    return choose(
+        path,
+        model_bytes=info.file_size,
+        tensor_types=info.extra.get("tensor_types", {}),
+        gpu_layers=gpu_layers,
+        threads=threads,
+        cpu_model=cpu_model(),
+        ll=ll,
+    )
 
 
 # -- the child -----------------------------------------------------------------------------------
@@ -243,7 +289,9 @@ def _fault(config: str, numpy_first: bool) -> None:
 
 
 def _child(model: str, config: str, threads: int, gpu_layers: int) -> dict:
-    numpy_first = "numpy" in sys.modules and "llama_cpp" not in sys.modules  # numpy's libraries loaded before llama.cpp's
+    numpy_first = (
+        "numpy" in sys.modules and "llama_cpp" not in sys.modules
+    )  # numpy's libraries loaded before llama.cpp's
     from edgekit.host.threads import apply_before_load
 
     apply_before_load()

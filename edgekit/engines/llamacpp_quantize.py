@@ -16,8 +16,8 @@ import collections
 import ctypes
 import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
 
 import numpy as np
 
@@ -33,7 +33,9 @@ log = logging.getLogger("edgekit.llama_cpp")
 _PREFIX = "LLAMA_FTYPE_MOSTLY_"
 # name -> llama_ftype, every type this build offers (F32 is "ALL_F32" in llama.h)
 FTYPES: dict[str, int] = {"F32": ll.LLAMA_FTYPE_ALL_F32}
-FTYPES.update(sorted(((k[len(_PREFIX):], int(getattr(ll, k))) for k in dir(ll) if k.startswith(_PREFIX)), key=lambda kv: kv[1]))
+FTYPES.update(
+    sorted(((k[len(_PREFIX) :], int(getattr(ll, k))) for k in dir(ll) if k.startswith(_PREFIX)), key=lambda kv: kv[1])
+)
 # llama.cpp refuses these without an importance matrix (tools/quantize does the same check)
 NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K_S"})
 
@@ -91,8 +93,15 @@ class _LastLines:
         return self.lines[-1][:200] if self.lines else "no message from llama.cpp"
 
 
-def quantize_gguf(src: str | Path, dst: str | Path, type_name: str, *, threads: int = 0, allow_requantize: bool = False,
-                  imatrix: Optional[Mapping[str, np.ndarray]] = None) -> None:
+def quantize_gguf(
+    src: str | Path,
+    dst: str | Path,
+    type_name: str,
+    *,
+    threads: int = 0,
+    allow_requantize: bool = False,
+    imatrix: Mapping[str, np.ndarray] | None = None,
+) -> None:
     """Quantize GGUF ``src`` into ``dst`` (written by llama.cpp directly: pass a temporary name).
     Blocks until done; Ctrl-C raises KeyboardInterrupt at once (see the module notes)."""
     if type_name not in FTYPES:
@@ -139,8 +148,10 @@ def quantize_gguf(src: str | Path, dst: str | Path, type_name: str, *, threads: 
     if "exc" in result:
         raise BackendError(f"llama.cpp quantize failed: {result['exc']}", fix="see EDGEKIT_DEBUG=1 for llama.cpp's log")
     if result.get("rc", 1) != 0:
-        raise BackendError(f"llama.cpp could not quantize {Path(src).name} to {type_name}: {lines.reason()}",
-                           fix="check the source model; EDGEKIT_DEBUG=1 shows llama.cpp's log")
+        raise BackendError(
+            f"llama.cpp could not quantize {Path(src).name} to {type_name}: {lines.reason()}",
+            fix="check the source model; EDGEKIT_DEBUG=1 shows llama.cpp's log",
+        )
 
 
 def _restore_log() -> None:

@@ -25,10 +25,11 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from queue import SimpleQueue
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import numpy as np
 
@@ -56,14 +57,30 @@ class SchedulerStats:
 
 
 class _Req:
-    __slots__ = ("ids", "o", "samplers", "cancel", "q", "t_submit", "t_admit", "need", "seqs", "rows", "live", "pos",
-                 "last_bidx", "abandoned", "over", "id")
+    __slots__ = (
+        "ids",
+        "o",
+        "samplers",
+        "cancel",
+        "q",
+        "t_submit",
+        "t_admit",
+        "need",
+        "seqs",
+        "rows",
+        "live",
+        "pos",
+        "last_bidx",
+        "abandoned",
+        "over",
+        "id",
+    )
 
-    def __init__(self, rid: int, ids: list[int], o: SamplingOptions, samplers: list, cancel: Optional[Cancel]):
+    def __init__(self, rid: int, ids: list[int], o: SamplingOptions, samplers: list, cancel: Cancel | None):
         self.id, self.ids, self.o, self.samplers, self.cancel = rid, ids, o, samplers, cancel
         self.q: SimpleQueue = SimpleQueue()
         self.t_submit = time.perf_counter()
-        self.t_admit: Optional[float] = None
+        self.t_admit: float | None = None
         self.need = len(ids) + o.n * o.max_tokens  # KV cells this request may occupy at most
         self.seqs: list[int] = []
         self.rows: list[Row] = []
@@ -98,7 +115,7 @@ class Scheduler:
         self._thread.start()
 
     # -- any thread ---------------------------------------------------------------------------
-    def submit(self, ids: list[int], o: SamplingOptions, samplers: list, cancel: Optional[Cancel]) -> Iterator[Event]:
+    def submit(self, ids: list[int], o: SamplingOptions, samplers: list, cancel: Cancel | None) -> Iterator[Event]:
         with self._cv:
             if self._stop:
                 for s in samplers:
@@ -136,8 +153,13 @@ class Scheduler:
     def snapshot(self) -> dict:
         with self._cv:
             d = dict(vars(self.stats))
-            d.update(waiting=len(self._waiting), running=len(self._running) + len(self._prefilling),
-                     free_rows=len(self._free), free_kv=self._kv_free, rows=self.rows)
+            d.update(
+                waiting=len(self._waiting),
+                running=len(self._running) + len(self._prefilling),
+                free_rows=len(self._free),
+                free_kv=self._kv_free,
+                rows=self.rows,
+            )
         return d
 
     def close(self) -> None:
@@ -175,7 +197,7 @@ class Scheduler:
         out: list[Event] = []
         # 1. sample every live row; retire finished rows and cancelled requests
         for req in list(self._running):
-            lse: Optional[dict] = {} if req.o.logprobs else None
+            lse: dict | None = {} if req.o.logprobs else None
             still = []
             for r in req.live:
                 tok = ll.llama_sampler_sample(req.samplers[r.index], self._dec._ctx, r.bidx)
@@ -240,9 +262,9 @@ class Scheduler:
                 break
             P = len(req.ids)
             k = min(budget, P - req.pos)
-            d._tok[j: j + k] = req.ids[req.pos: req.pos + k]
-            d._pos[j: j + k] = np.arange(req.pos, req.pos + k)
-            d._want[j: j + k] = 0
+            d._tok[j : j + k] = req.ids[req.pos : req.pos + k]
+            d._pos[j : j + k] = np.arange(req.pos, req.pos + k)
+            d._want[j : j + k] = 0
             s0 = req.seqs[0]
             for i in range(j, j + k):
                 seq_id[i][0] = s0
@@ -256,11 +278,17 @@ class Scheduler:
                 done.append(req)
         if j == 0:
             with self._cv:
-                stuck = self._waiting.popleft() if self._waiting and not self._prefilling and not self._running else None
+                stuck = (
+                    self._waiting.popleft() if self._waiting and not self._prefilling and not self._running else None
+                )
             if stuck is not None:  # cannot happen when the engine checked n and the context fit; never spin
-                stuck.q.put(BackendError(f"request needs {stuck.o.n} rows and {stuck.need} KV cells; the scheduler "
-                                         f"has {self.rows} rows and {self._dec.n_ctx} cells",
-                                         fix="lower n or max_tokens, or raise --ctx / --max-seqs"))
+                stuck.q.put(
+                    BackendError(
+                        f"request needs {stuck.o.n} rows and {stuck.need} KV cells; the scheduler "
+                        f"has {self.rows} rows and {self._dec.n_ctx} cells",
+                        fix="lower n or max_tokens, or raise --ctx / --max-seqs",
+                    )
+                )
                 self._close_req(stuck)
             return
         d._decode(j)

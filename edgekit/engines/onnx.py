@@ -22,12 +22,23 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 
-from edgekit.engines.base import Cancel, Capabilities, Engine, EngineInfo, Event, Prompt, TokenPrompt, chat_messages, plain_text
+from edgekit.engines.base import (
+    Cancel,
+    Capabilities,
+    Engine,
+    EngineInfo,
+    Event,
+    Prompt,
+    TokenPrompt,
+    chat_messages,
+    plain_text,
+)
 from edgekit.errors import BackendError, ChecksumMismatch, ContextOverflow, ModelNotFound, UsageError
 from edgekit.models.folder_hash import folder_sha256, onnx_files
 from edgekit.models.variants import variants_dir
@@ -49,8 +60,10 @@ def find_folder(model: str) -> Path:
         if os.sep not in model or cand == p:
             if (cand / "model.onnx").is_file():
                 return cand.resolve()
-    raise ModelNotFound(f"no ONNX model folder for {model!r} (looked for model.onnx in {p} and under {variants})",
-                        fix=f"export one: `edgekit quantize {model} --to onnx-int8`, or pass the exported folder's path")
+    raise ModelNotFound(
+        f"no ONNX model folder for {model!r} (looked for model.onnx in {p} and under {variants})",
+        fix=f"export one: `edgekit quantize {model} --to onnx-int8`, or pass the exported folder's path",
+    )
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -93,18 +106,30 @@ class OnnxEngine(Engine):
 
     name = "onnx"
 
-    def __init__(self, model: str, *, threads: Optional[int] = None, max_n: int = 16, n_ctx: Optional[int] = None,
-                 verify: Optional[str] = None, **_: Any):
+    def __init__(
+        self,
+        model: str,
+        *,
+        threads: int | None = None,
+        max_n: int = 16,
+        n_ctx: int | None = None,
+        verify: str | None = None,
+        **_: Any,
+    ):
         """``model``: exported folder, variant id or base model id. ``verify="full"`` re-hashes the
         onnx files against the card's sha256 (default: sizes, and the hash when a file is newer than its
         card). ``threads``: intra-op threads."""
         if not isinstance(max_n, int) or not 1 <= max_n <= MAX_N_CAP:
-            raise UsageError(f"max_n must be in 1..{MAX_N_CAP}, got {max_n!r}", fix=f"pass max_n between 1 and {MAX_N_CAP}")
+            raise UsageError(
+                f"max_n must be in 1..{MAX_N_CAP}, got {max_n!r}", fix=f"pass max_n between 1 and {MAX_N_CAP}"
+            )
         try:
             import onnxruntime as ort
             from transformers import AutoTokenizer
         except ImportError as e:
-            raise BackendError(f"the onnx engine needs onnxruntime and transformers ({e.name} is missing)", fix=INSTALL) from e
+            raise BackendError(
+                f"the onnx engine needs onnxruntime and transformers ({e.name} is missing)", fix=INSTALL
+            ) from e
         self._closed = False
         self._sess = None
         folder = find_folder(model)
@@ -115,15 +140,25 @@ class OnnxEngine(Engine):
         sha = card.sha256 if card else None
         # sizes on every load; the full hash when asked, or when a file changed after its card was written (the card
         # is written last by the export), so a same-size damaged or edited file is never used as the exported one
-        changed = card is not None and max(max(p.stat().st_mtime_ns, p.stat().st_ctime_ns) for p in files) > \
-            card_path_for(folder).stat().st_mtime_ns
-        if card is not None and (size != card.size_bytes or ((verify == "full" or changed)
-                                                             and folder_sha256(folder) != card.sha256)):
-            raise ChecksumMismatch(f"ONNX variant {card.variant_id} ({folder}) does not match its card "
-                                   f"({'sha256' if size == card.size_bytes else 'size'} differs)",
-                                   fix=f"remake it: `edgekit quantize {card.source.model_id or card.source.path} --to onnx-int8 --force`")
+        changed = (
+            card is not None
+            and max(max(p.stat().st_mtime_ns, p.stat().st_ctime_ns) for p in files)
+            > card_path_for(folder).stat().st_mtime_ns
+        )
+        if card is not None and (
+            size != card.size_bytes or ((verify == "full" or changed) and folder_sha256(folder) != card.sha256)
+        ):
+            raise ChecksumMismatch(
+                f"ONNX variant {card.variant_id} ({folder}) does not match its card "
+                f"({'sha256' if size == card.size_bytes else 'size'} differs)",
+                fix=f"remake it: `edgekit quantize {card.source.model_id or card.source.path} --to onnx-int8 --force`",
+            )
         cfg = json.loads((folder / "config.json").read_text())
-        gen = json.loads((folder / "generation_config.json").read_text()) if (folder / "generation_config.json").is_file() else {}
+        gen = (
+            json.loads((folder / "generation_config.json").read_text())
+            if (folder / "generation_config.json").is_file()
+            else {}
+        )
         t0 = time.perf_counter()
         self.tok = AutoTokenizer.from_pretrained(str(folder))
         so = ort.SessionOptions()
@@ -133,15 +168,19 @@ class OnnxEngine(Engine):
         try:
             self._sess = ort.InferenceSession(str(folder / "model.onnx"), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - a corrupt or foreign graph: one line
-            raise BackendError(f"onnxruntime could not load {folder / 'model.onnx'} ({type(e).__name__})",
-                               fix="remake the folder with `edgekit quantize SOURCE --to onnx-int8 --force`") from e
+            raise BackendError(
+                f"onnxruntime could not load {folder / 'model.onnx'} ({type(e).__name__})",
+                fix="remake the folder with `edgekit quantize SOURCE --to onnx-int8 --force`",
+            ) from e
         self.load_s = time.perf_counter() - t0
         ins = {i.name: i for i in self._sess.get_inputs()}
         self._past = sorted((k for k in ins if k.startswith("past_key_values.")), key=_layer_key)
         self._present = [k.replace("past_key_values.", "present.") for k in self._past]
         if not self._past or "input_ids" not in ins:
-            raise BackendError(f"{folder / 'model.onnx'} has no KV-cache inputs (past_key_values.*)",
-                               fix="export with the KV cache: `edgekit quantize SOURCE --to onnx-int8`")
+            raise BackendError(
+                f"{folder / 'model.onnx'} has no KV-cache inputs (past_key_values.*)",
+                fix="export with the KV cache: `edgekit quantize SOURCE --to onnx-int8`",
+            )
         shp = ins[self._past[0]].shape
         self._kv_heads, self._head_dim = int(shp[1]), int(shp[3])
         self._kv_dtype = np.float16 if "float16" in ins[self._past[0]].type else np.float32
@@ -154,20 +193,46 @@ class OnnxEngine(Engine):
         n_layer = len(self._past) // 2
         mid = card.variant_id if card else folder.name
         self.model_info = ModelInfo(
-            id=mid, sha256=sha, arch=cfg.get("model_type"), quant=card.type if card else "onnx", size_bytes=size,
-            n_layer=n_layer, n_embd=cfg.get("hidden_size"), n_head_kv=self._kv_heads, n_embd_head=self._head_dim,
+            id=mid,
+            sha256=sha,
+            arch=cfg.get("model_type"),
+            quant=card.type if card else "onnx",
+            size_bytes=size,
+            n_layer=n_layer,
+            n_embd=cfg.get("hidden_size"),
+            n_head_kv=self._kv_heads,
+            n_embd_head=self._head_dim,
             kv_bytes_per_token=2.0 * n_layer * self._kv_heads * self._head_dim * np.dtype(self._kv_dtype).itemsize,
-            n_ctx_train=n_ctx_train)
-        self.info = EngineInfo(name=self.name, model=mid, version=ort.__version__, build="cpu", threads=threads, n_ctx=n_ctx,
-                               extra={"batched_n": self.batched, "providers": self._sess.get_providers(), "path": str(folder)})
-        self.capabilities = Capabilities(max_n=max_n, batched_n=self.batched, token_count=True, token_input=True,
-                                         logprobs=True, json_schema=False, grammar=False, seed=True, n_ctx=n_ctx)
+            n_ctx_train=n_ctx_train,
+        )
+        self.info = EngineInfo(
+            name=self.name,
+            model=mid,
+            version=ort.__version__,
+            build="cpu",
+            threads=threads,
+            n_ctx=n_ctx,
+            extra={"batched_n": self.batched, "providers": self._sess.get_providers(), "path": str(folder)},
+        )
+        self.capabilities = Capabilities(
+            max_n=max_n,
+            batched_n=self.batched,
+            token_count=True,
+            token_input=True,
+            logprobs=True,
+            json_schema=False,
+            grammar=False,
+            seed=True,
+            n_ctx=n_ctx,
+        )
 
     def _end_ids(self, gen: dict, cfg: dict) -> set[int]:
         ids: set[int] = set()
         for src in (gen.get("eos_token_id"), cfg.get("eos_token_id"), self.tok.eos_token_id):
             ids.update(src if isinstance(src, list) else [src] if src is not None else [])
-        special = set(self.tok.all_special_tokens) | {t.content for t in self.tok.added_tokens_decoder.values() if t.special}
+        special = set(self.tok.all_special_tokens) | {
+            t.content for t in self.tok.added_tokens_decoder.values() if t.special
+        }
         ids.update(self.tok.convert_tokens_to_ids(t) for t in END_TOKENS if t in special)
         return {int(i) for i in ids if i is not None and int(i) >= 0}
 
@@ -183,7 +248,7 @@ class OnnxEngine(Engine):
     def detokenize(self, tokens: list[int]) -> str:
         return self.tok.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
-    def chat_template(self) -> Optional[str]:
+    def chat_template(self) -> str | None:
         return self.tok.chat_template
 
     def prompt_ids(self, prompt: Prompt, options: SamplingOptions) -> list[int]:
@@ -203,8 +268,11 @@ class OnnxEngine(Engine):
     def check_fits(self, n_prompt: int, max_tokens: int) -> None:
         need, n_ctx = n_prompt + max_tokens, self.info.n_ctx or 0
         if need > n_ctx:
-            raise ContextOverflow(f"prompt ({n_prompt} tokens) + a {max_tokens}-token budget = {need} tokens exceeds "
-                                  f"the context of {n_ctx}", fix=f"lower --max-tokens, shorten the prompt, or raise --ctx (>= {need})")
+            raise ContextOverflow(
+                f"prompt ({n_prompt} tokens) + a {max_tokens}-token budget = {need} tokens exceeds "
+                f"the context of {n_ctx}",
+                fix=f"lower --max-tokens, shorten the prompt, or raise --ctx (>= {need})",
+            )
 
     # -- model -----------------------------------------------------------------------------
     def _run(self, ids: np.ndarray, past: list[np.ndarray], start: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -223,7 +291,7 @@ class OnnxEngine(Engine):
         return [np.zeros((1, self._kv_heads, 0, self._head_dim), dtype=self._kv_dtype) for _ in self._past]
 
     # -- generation ------------------------------------------------------------------------
-    def generate(self, prompt: Prompt, options: SamplingOptions, cancel: Optional[Cancel] = None) -> Iterator[Event]:
+    def generate(self, prompt: Prompt, options: SamplingOptions, cancel: Cancel | None = None) -> Iterator[Event]:
         self._live()
         self.check(options)
         ids = self.prompt_ids(prompt, options)
@@ -232,7 +300,7 @@ class OnnxEngine(Engine):
         self.check_fits(len(ids), options.max_tokens)
         return self._stream(ids, options, cancel)
 
-    def _stream(self, prompt: list[int], o: SamplingOptions, cancel: Optional[Cancel]) -> Iterator[Event]:
+    def _stream(self, prompt: list[int], o: SamplingOptions, cancel: Cancel | None) -> Iterator[Event]:
         n, P = o.n, len(prompt)
         seeds = np.random.SeedSequence(o.seed).spawn(n)
         rngs = [np.random.default_rng(s) for s in seeds]
@@ -242,17 +310,26 @@ class OnnxEngine(Engine):
                 for s in range(n):
                     yield Event("finish", seq=s, text="", reason="cancelled", tokens=0)
                 return
-            logits, past = self._run(np.asarray([prompt[start: start + PREFILL_CHUNK]]), past, start)
+            logits, past = self._run(np.asarray([prompt[start : start + PREFILL_CHUNK]]), past, start)
         yield Event("prefill", prompt_tokens=P)
         last = logits[:, -1, :]
         groups = [list(range(n))] if self.batched else [[s] for s in range(n)]
         for g in groups:
             rows = len(g)
-            yield from self._steps(g, np.repeat(last, rows, axis=0), [np.repeat(p, rows, axis=0) for p in past],
-                                   P, o, rngs, cancel)
+            yield from self._steps(
+                g, np.repeat(last, rows, axis=0), [np.repeat(p, rows, axis=0) for p in past], P, o, rngs, cancel
+            )
 
-    def _steps(self, seqs: list[int], logits: np.ndarray, past: list[np.ndarray], P: int, o: SamplingOptions,
-               rngs: list, cancel: Optional[Cancel]) -> Iterator[Event]:
+    def _steps(
+        self,
+        seqs: list[int],
+        logits: np.ndarray,
+        past: list[np.ndarray],
+        P: int,
+        o: SamplingOptions,
+        rngs: list,
+        cancel: Cancel | None,
+    ) -> Iterator[Event]:
         live = list(seqs)  # live[j] is the sample in batch row j
         toks_so_far: dict[int, list[int]] = {s: [] for s in seqs}
         texts = {s: "" for s in seqs}
@@ -265,17 +342,19 @@ class OnnxEngine(Engine):
             for j, s in enumerate(live):
                 t = int(toks[j])
                 if not o.ignore_eos and t in self._eos:
-                    yield Event("finish", seq=s, text=self.detokenize(toks_so_far[s]), reason="stop", tokens=len(toks_so_far[s]))
+                    yield Event(
+                        "finish", seq=s, text=self.detokenize(toks_so_far[s]), reason="stop", tokens=len(toks_so_far[s])
+                    )
                     continue
                 toks_so_far[s].append(t)
                 full = self.detokenize(toks_so_far[s])
-                piece = "" if full.endswith("\ufffd") or not full.startswith(texts[s]) else full[len(texts[s]):]
+                piece = "" if full.endswith("\ufffd") or not full.startswith(texts[s]) else full[len(texts[s]) :]
                 if piece:
                     texts[s] = full
                 yield Event("token", seq=s, token=t, text=piece, logprob=float(lps[j]) if lps is not None else None)
                 count = len(toks_so_far[s])
                 if max_stop:
-                    hit = [x for x in o.stop if x in full[-(max_stop + len(piece) + 8):]]
+                    hit = [x for x in o.stop if x in full[-(max_stop + len(piece) + 8) :]]
                     if hit:
                         cut = min(full.rfind(x) for x in hit)
                         yield Event("finish", seq=s, text=full[:cut], reason="stop", tokens=count)
@@ -289,8 +368,13 @@ class OnnxEngine(Engine):
             if cancel is not None and cancel():
                 for j in keep:
                     s = live[j]
-                    yield Event("finish", seq=s, text=self.detokenize(toks_so_far[s]), reason="cancelled",
-                                tokens=len(toks_so_far[s]))
+                    yield Event(
+                        "finish",
+                        seq=s,
+                        text=self.detokenize(toks_so_far[s]),
+                        reason="cancelled",
+                        tokens=len(toks_so_far[s]),
+                    )
                 break
             if len(keep) < len(live):  # finished rows leave the batch
                 past = [p[keep] for p in past]
@@ -313,7 +397,7 @@ class OnnxEngine(Engine):
             feed["position_ids"] = np.arange(k, dtype=np.int64)[None]
         feed.update(zip(self._past, self._empty_past()))
         logits = self._live().run(["logits"], feed)[0][0]
-        at = logits[len(prompt_ids) - 1: len(seq) - 1].astype(np.float64)
+        at = logits[len(prompt_ids) - 1 : len(seq) - 1].astype(np.float64)
         return [float(x) for x in log_softmax_at(at, np.asarray(continuation_ids))]
 
     def close(self) -> None:

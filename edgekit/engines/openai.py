@@ -23,7 +23,8 @@ import email.utils
 import os
 import random
 import time
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import tenacity
@@ -40,7 +41,7 @@ API_KEY_ENVS = ("EDGEKIT_CLOUD_API_KEY", "OPENAI_API_KEY")
 class TransientError(FetchError):
     """429, 5xx or a connection failure: worth a retry (after ``retry_after_s`` when the server said)."""
 
-    def __init__(self, message: str, fix: Optional[str] = None, retry_after_s: Optional[float] = None):
+    def __init__(self, message: str, fix: str | None = None, retry_after_s: float | None = None):
         super().__init__(message, fix)
         self.retry_after_s = retry_after_s
 
@@ -49,7 +50,7 @@ class CircuitOpen(FetchError):
     pass
 
 
-def _retry_after(value: Optional[str]) -> Optional[float]:
+def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:
@@ -66,18 +67,32 @@ def _estimate_tokens(text: str) -> int:
     return max(1, round(len(text) / 4)) if text else 0
 
 
-def _scrub(text: str, secret: Optional[str]) -> str:
+def _scrub(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
 class OpenAIEngine(Engine):
     name = "openai"
 
-    def __init__(self, model: str, *, base_url: Optional[str] = None, api_key: Optional[str] = None,
-                 api_key_env: Optional[str] = None, connect_timeout_s: float = 5.0, read_timeout_s: float = 600.0,
-                 transport: Optional[httpx.BaseTransport] = None, max_retries: int = 2, failures_to_open: int = 3,
-                 cooldown_s: float = 30.0, latency_prior_s: Optional[float] = None, max_n: Optional[int] = None,
-                 progress: Any = None, threads: Optional[int] = None, n_ctx: Optional[int] = None):
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        api_key_env: str | None = None,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 600.0,
+        transport: httpx.BaseTransport | None = None,
+        max_retries: int = 2,
+        failures_to_open: int = 3,
+        cooldown_s: float = 30.0,
+        latency_prior_s: float | None = None,
+        max_n: int | None = None,
+        progress: Any = None,
+        threads: int | None = None,
+        n_ctx: int | None = None,
+    ):
         # max_n, progress, threads, n_ctx: local-engine options, accepted so front doors can pass them uniformly
         if not base_url:
             raise UsageError("the openai engine needs a base URL", fix="pass --base-url http://host:port/v1")
@@ -96,10 +111,19 @@ class OpenAIEngine(Engine):
         self.max_retries = max_retries
         self.breaker = CircuitBreaker(failures_to_open, cooldown_s)
         self.latency = LatencyTracker(prior_s=latency_prior_s)
-        self.info = EngineInfo(name=self.name, model=model, version="openai-compatible", build="remote",
-                               extra={"base_url": self.base_url})
-        self.capabilities = Capabilities(max_n=MAX_N_CAP, batched_n=False, token_count=False, token_input=False,
-                                         logprobs=True, json_schema=True, grammar=False, seed=True)
+        self.info = EngineInfo(
+            name=self.name, model=model, version="openai-compatible", build="remote", extra={"base_url": self.base_url}
+        )
+        self.capabilities = Capabilities(
+            max_n=MAX_N_CAP,
+            batched_n=False,
+            token_count=False,
+            token_input=False,
+            logprobs=True,
+            json_schema=True,
+            grammar=False,
+            seed=True,
+        )
         self.model_info = ModelInfo(id=model)
         self.load_s = 0.0
 
@@ -110,23 +134,37 @@ class OpenAIEngine(Engine):
     def label(self) -> str:
         return f"openai:{self.base_url}"
 
-    def _post(self, body: dict, timeout_s: Optional[float]) -> dict:
-        timeout = self._timeout if timeout_s is None else httpx.Timeout(max(0.05, timeout_s), connect=min(5.0, max(0.05, timeout_s)))
+    def _post(self, body: dict, timeout_s: float | None) -> dict:
+        timeout = (
+            self._timeout
+            if timeout_s is None
+            else httpx.Timeout(max(0.05, timeout_s), connect=min(5.0, max(0.05, timeout_s)))
+        )
         try:
             r = self._client.post(self.url, json=body, timeout=timeout)
         except httpx.ConnectError as e:
-            raise TransientError(f"cannot connect to {self.url}: {_scrub(str(e), self._key)}", fix="start the server or check --base-url") from None
+            raise TransientError(
+                f"cannot connect to {self.url}: {_scrub(str(e), self._key)}", fix="start the server or check --base-url"
+            ) from None
         except httpx.TimeoutException:
-            raise FetchError(f"{self.url} did not answer in time", fix="raise the timeout or lower --max-tokens") from None
+            raise FetchError(
+                f"{self.url} did not answer in time", fix="raise the timeout or lower --max-tokens"
+            ) from None
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:  # dropped / half-closed connection
-            raise TransientError(f"connection to {self.url} broke: {_scrub(str(e), self._key) or type(e).__name__}",
-                                 fix="check the server and the network") from None
+            raise TransientError(
+                f"connection to {self.url} broke: {_scrub(str(e), self._key) or type(e).__name__}",
+                fix="check the server and the network",
+            ) from None
         except httpx.HTTPError as e:
-            raise FetchError(f"request to {self.url} failed: {_scrub(str(e), self._key)}", fix="check --base-url and the server log") from None
+            raise FetchError(
+                f"request to {self.url} failed: {_scrub(str(e), self._key)}", fix="check --base-url and the server log"
+            ) from None
         if r.status_code == 429 or r.status_code >= 500 and "response_format" not in r.text:
-            raise TransientError(f"{self.url} answered HTTP {r.status_code}: {_scrub(' '.join(r.text.split())[:120], self._key)}",
-                                 fix="retry later; the server is overloaded or failing",
-                                 retry_after_s=_retry_after(r.headers.get("retry-after")))
+            raise TransientError(
+                f"{self.url} answered HTTP {r.status_code}: {_scrub(' '.join(r.text.split())[:120], self._key)}",
+                fix="retry later; the server is overloaded or failing",
+                retry_after_s=_retry_after(r.headers.get("retry-after")),
+            )
         if r.status_code in (400, 422) and body.get("logprobs"):  # server rejects logprobs: ask without
             self._logprobs = False
             return self._post({k: v for k, v in body.items() if k != "logprobs"}, timeout_s)
@@ -137,13 +175,19 @@ class OpenAIEngine(Engine):
             return self._post(alt, timeout_s)
         if r.status_code >= 400:
             detail = _scrub(" ".join(r.text.split())[:200], self._key)
-            fix = "check the API key (EDGEKIT_CLOUD_API_KEY)" if r.status_code in (401, 403) else "check --model and the server log"
+            fix = (
+                "check the API key (EDGEKIT_CLOUD_API_KEY)"
+                if r.status_code in (401, 403)
+                else "check --model and the server log"
+            )
             raise FetchError(f"{self.url} answered HTTP {r.status_code}: {detail}", fix=fix)
         try:
             data = r.json()
             data["choices"][0]["message"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise BackendError(f"{self.url} returned no completion choices", fix="point --base-url at an OpenAI-compatible server") from None
+            raise BackendError(
+                f"{self.url} returned no completion choices", fix="point --base-url at an OpenAI-compatible server"
+            ) from None
         return data
 
     @staticmethod
@@ -163,19 +207,34 @@ class OpenAIEngine(Engine):
             else:
                 tokens, est = _estimate_tokens(text), True
             reason = "budget" if ch.get("finish_reason") == "length" else "stop"
-            out.append(Event("finish", seq=first_seq + j, text=text, reason=reason, tokens=tokens, logprobs=logprobs,
-                             tokens_estimated=est))
+            out.append(
+                Event(
+                    "finish",
+                    seq=first_seq + j,
+                    text=text,
+                    reason=reason,
+                    tokens=tokens,
+                    logprobs=logprobs,
+                    tokens_estimated=est,
+                )
+            )
         return out
 
-    def generate(self, prompt: Prompt, options: SamplingOptions, cancel: Optional[Cancel] = None) -> Iterator[Event]:
+    def generate(self, prompt: Prompt, options: SamplingOptions, cancel: Cancel | None = None) -> Iterator[Event]:
         self.check(options)
         if isinstance(prompt, TokenPrompt):
             raise UsageError("the openai engine takes chat messages, not token ids", fix="pass messages or a string")
         messages = [dict(m) for m in prompt]
         if options.system:
             messages.insert(0, {"role": "system", "content": options.system})
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": options.max_tokens,
-                                "n": options.n, "temperature": options.effective_temperature, "top_p": options.top_p}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": options.max_tokens,
+            "n": options.n,
+            "temperature": options.effective_temperature,
+            "top_p": options.top_p,
+        }
         if self._logprobs and options.logprobs:
             body["logprobs"] = True
         if options.seed is not None:
@@ -183,20 +242,24 @@ class OpenAIEngine(Engine):
         if options.stop:
             body["stop"] = options.stop
         if options.json_schema is not None:
-            body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "edgekit", "schema": options.json_schema, "strict": True}}
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "edgekit", "schema": options.json_schema, "strict": True},
+            }
         return self._run(body, options, cancel)
 
     def _call(self, body: dict, left) -> dict:
         """One logical request: breaker check, retries with jittered backoff, latency recorded."""
         if not self.breaker.allow():
-            raise CircuitOpen(f"{self.url} is failing ({self.breaker.failures} consecutive failures): circuit open",
-                              fix=f"wait {self.breaker.retry_in_s():.0f} s for the next probe, or check the server")
+            raise CircuitOpen(
+                f"{self.url} is failing ({self.breaker.failures} consecutive failures): circuit open",
+                fix=f"wait {self.breaker.retry_in_s():.0f} s for the next probe, or check the server",
+            )
 
         def wait(state: tenacity.RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             after = getattr(exc, "retry_after_s", None)
-            backoff = random.uniform(0, min(2.0, 0.2 * 2 ** state.attempt_number))  # full jitter
+            backoff = random.uniform(0, min(2.0, 0.2 * 2**state.attempt_number))  # full jitter
             w = min(after, 10.0) if after is not None else backoff
             remaining = left()
             return w if remaining is None else max(0.0, min(w, remaining - 0.05))
@@ -207,8 +270,9 @@ class OpenAIEngine(Engine):
 
         t0 = time.perf_counter()
         try:
-            for attempt in tenacity.Retrying(stop=stop, wait=wait, reraise=True,
-                                             retry=tenacity.retry_if_exception_type(TransientError)):
+            for attempt in tenacity.Retrying(
+                stop=stop, wait=wait, reraise=True, retry=tenacity.retry_if_exception_type(TransientError)
+            ):
                 with attempt:
                     remaining = left()
                     if remaining is not None and remaining <= 0:
@@ -221,10 +285,10 @@ class OpenAIEngine(Engine):
         self.latency.add(time.perf_counter() - t0)
         return data
 
-    def _run(self, body: dict, options: SamplingOptions, cancel: Optional[Cancel]) -> Iterator[Event]:
+    def _run(self, body: dict, options: SamplingOptions, cancel: Cancel | None) -> Iterator[Event]:
         t0 = time.perf_counter()
 
-        def left() -> Optional[float]:
+        def left() -> float | None:
             return None if options.deadline_s is None else options.deadline_s - (time.perf_counter() - t0)
 
         data = self._call(body, left)

@@ -13,17 +13,19 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Callable, Optional
+from collections.abc import Callable
 
 
 class CircuitBreaker:
-    def __init__(self, failures_to_open: int = 3, cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, failures_to_open: int = 3, cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ):
         self.failures_to_open = failures_to_open
         self.cooldown_s = cooldown_s
         self._clock = clock
         self._lock = threading.Lock()
         self.failures = 0
-        self.opened_at: Optional[float] = None
+        self.opened_at: float | None = None
         self._probing = False
 
     @property
@@ -68,7 +70,7 @@ class CircuitBreaker:
 
 
 class LatencyTracker:
-    def __init__(self, window: int = 50, prior_s: Optional[float] = None):
+    def __init__(self, window: int = 50, prior_s: float | None = None):
         self._xs: deque[float] = deque(maxlen=window)
         self._lock = threading.Lock()
         self.prior_s = prior_s  # e.g. the plan's measured cloud latency, until calls are seen
@@ -81,7 +83,7 @@ class LatencyTracker:
     def count(self) -> int:
         return len(self._xs)
 
-    def quantile(self, q: float) -> Optional[float]:
+    def quantile(self, q: float) -> float | None:
         with self._lock:
             xs = sorted(self._xs)
         if not xs:
@@ -91,13 +93,15 @@ class LatencyTracker:
         hi = min(lo + 1, len(xs) - 1)
         return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
-    def p50(self) -> Optional[float]:
+    def p50(self) -> float | None:
         return self.quantile(0.5)
 
-    def p95(self) -> Optional[float]:
+    def p95(self) -> float | None:
         return self.quantile(0.95)
 
     def describe(self) -> str:
         if not self._xs:
-            return f"prior {self.prior_s:.2f} s (no calls yet)" if self.prior_s is not None else "unknown (no calls yet)"
+            return (
+                f"prior {self.prior_s:.2f} s (no calls yet)" if self.prior_s is not None else "unknown (no calls yet)"
+            )
         return f"p50 {self.p50():.2f} s, p95 {self.p95():.2f} s over the last {len(self._xs)} calls (measured)"

@@ -3,35 +3,58 @@ server, or any registered engine) behind a Runtime and run the resumable evaluat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from edgekit import engines
 from edgekit.errors import UsageError
 from edgekit.evaluate.humaneval_exec import FIX, sandbox_status
 from edgekit.evaluate.runner import Progress, check_resume, run_eval, task_settings
 from edgekit.evaluate.tasks import load_task
-from edgekit.runtime import Runtime
 from edgekit.host.threads import check_threads as check_usable_threads
+from edgekit.runtime import Runtime
 from edgekit.schemas.checks import check_base_url, check_output_path, check_threads
 from edgekit.schemas.formats import check_format
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.table import AccuracyTable
 
 
-def default_output(task: str, model: str, template: Optional[str], temperature: float, answer_format: Optional[str] = None) -> Path:
+def default_output(
+    task: str, model: str, template: str | None, temperature: float, answer_format: str | None = None
+) -> Path:
     safe = lambda s: "".join(c if c.isalnum() or c in ".-_" else "_" for c in s)  # noqa: E731
-    return Path("tables") / f"{safe(task)}--{safe(Path(model).stem if model.endswith('.gguf') else model)}--{template or 'default'}{'+' + safe(answer_format) if answer_format else ''}--t{temperature:g}.json"
+    return (
+        Path("tables")
+        / f"{safe(task)}--{safe(Path(model).stem if model.endswith('.gguf') else model)}--{template or 'default'}{'+' + safe(answer_format) if answer_format else ''}--t{temperature:g}.json"
+    )
 
 
-def evaluate(task: str, model: str, *, backend: str = "llama.cpp", base_url: Optional[str] = None,
-             api_key: Optional[str] = None, out_path: Optional[str | Path] = None, n_samples: int = 8,
-             temperature: float = 0.8, top_p: float = 0.95, seed: int = 0, max_tokens: int = 256,
-             limit: Optional[int] = None, split: Optional[str] = None, template: Optional[str] = None,
-             threads: Optional[int] = None, resume: bool = True, progress: Optional[Progress] = None,
-             runtime: Optional[Runtime] = None, answer_format: Optional[str] = None,
-             allow_code_execution: bool = False, notice: Optional[Callable[[str], None]] = None,
-             target_width: Optional[float] = None, batch: int = 10) -> AccuracyTable:
+def evaluate(
+    task: str,
+    model: str,
+    *,
+    backend: str = "llama.cpp",
+    base_url: str | None = None,
+    api_key: str | None = None,
+    out_path: str | Path | None = None,
+    n_samples: int = 8,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    seed: int = 0,
+    max_tokens: int = 256,
+    limit: int | None = None,
+    split: str | None = None,
+    template: str | None = None,
+    threads: int | None = None,
+    resume: bool = True,
+    progress: Progress | None = None,
+    runtime: Runtime | None = None,
+    answer_format: str | None = None,
+    allow_code_execution: bool = False,
+    notice: Callable[[str], None] | None = None,
+    target_width: float | None = None,
+    batch: int = 10,
+) -> AccuracyTable:
     """``backend``: a registered engine name (``llama.cpp``, ``openai``, or a plugin's).
 
     Every argument is checked before a model loads or any problem runs: sampling values, threads,
@@ -47,16 +70,30 @@ def evaluate(task: str, model: str, *, backend: str = "llama.cpp", base_url: Opt
     out = check_output_path(out_path if out_path else default_output(task, model, template, temperature, answer_format))
     name = engines.canonical(backend)
     if resume:
-        check_resume(out, task_settings(t, answer_format=answer_format, temperature=temperature, top_p=top_p,
-                                        n_samples=n_samples, seed=seed, max_tokens=max_tokens, greedy=True))
+        check_resume(
+            out,
+            task_settings(
+                t,
+                answer_format=answer_format,
+                temperature=temperature,
+                top_p=top_p,
+                n_samples=n_samples,
+                seed=seed,
+                max_tokens=max_tokens,
+                greedy=True,
+            ),
+        )
     own = runtime is None
     if runtime is None:
         engines.get(name)  # unknown engine -> the list of registered ones, before anything loads
         if base_url is not None:
             check_base_url(base_url)
             if name == "llama.cpp":
-                raise UsageError("--base-url applies to a server engine (--engine openai), not to llama.cpp, which runs "
-                                 "the model in this process", fix="add --engine openai, or drop --base-url")
+                raise UsageError(
+                    "--base-url applies to a server engine (--engine openai), not to llama.cpp, which runs "
+                    "the model in this process",
+                    fix="add --engine openai, or drop --base-url",
+                )
     if t.has_verifier:  # model-written code runs: in a sandbox, or only when the user says so
         ok, desc = sandbox_status()
         if not ok and not allow_code_execution:
@@ -64,17 +101,38 @@ def evaluate(task: str, model: str, *, backend: str = "llama.cpp", base_url: Opt
         t.allow_unsandboxed = allow_code_execution
     if runtime is None:
         kw = {"base_url": base_url, "api_key": api_key} if name == "openai" else {}
-        runtime = Runtime(model, engine=name, threads=threads, n_ctx=max(4096, 1024 + n_samples * max_tokens),
-                          max_n=max(n_samples, 1), **kw)
+        runtime = Runtime(
+            model,
+            engine=name,
+            threads=threads,
+            n_ctx=max(4096, 1024 + n_samples * max_tokens),
+            max_n=max(n_samples, 1),
+            **kw,
+        )
     if t.has_verifier and notice:  # once the model loaded: a bad argument's error stays the only line on stderr
         notice(f"code execution: {sandbox_status()[1]}")
     rt = runtime
     label = getattr(rt.engine, "label", rt.engine.name)
     try:
-        return run_eval(t, rt, model_id=rt.model_id, out_path=out, n_samples=n_samples, temperature=temperature,
-                        top_p=top_p, seed=seed, max_tokens=max_tokens, sha256=rt.model_info.sha256,
-                        quant=rt.model_info.quant, backend=label, resume=resume, progress=progress,
-                        answer_format=answer_format, target_width=target_width, batch=batch)
+        return run_eval(
+            t,
+            rt,
+            model_id=rt.model_id,
+            out_path=out,
+            n_samples=n_samples,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            max_tokens=max_tokens,
+            sha256=rt.model_info.sha256,
+            quant=rt.model_info.quant,
+            backend=label,
+            resume=resume,
+            progress=progress,
+            answer_format=answer_format,
+            target_width=target_width,
+            batch=batch,
+        )
     finally:
         if own:
             rt.close()

@@ -21,7 +21,7 @@ k <= N samples and budget B <= max_tokens follows from that pool:
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -43,7 +43,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def _answer_correctness(answers: Sequence[Optional[str]], correct) -> dict[str, bool]:
+def _answer_correctness(answers: Sequence[str | None], correct) -> dict[str, bool]:
     if isinstance(correct, Mapping):
         return {a: bool(correct.get(a, False)) for a in answers if a is not None}
     if len(correct) != len(answers):
@@ -57,7 +57,7 @@ def _answer_correctness(answers: Sequence[Optional[str]], correct) -> dict[str, 
     return out
 
 
-def majority_curve(answers: Sequence[Optional[str]], correct, ks: Iterable[int]) -> dict[int, float]:
+def majority_curve(answers: Sequence[str | None], correct, ks: Iterable[int]) -> dict[int, float]:
     """Exact expected majority-vote accuracy for each k in ``ks`` (see the module doc for ties).
 
     Works on answer counts, not index subsets: for each correct answer a drawn j times, the
@@ -70,7 +70,7 @@ def majority_curve(answers: Sequence[Optional[str]], correct, ks: Iterable[int])
         if not 1 <= k <= n:
             raise UsageError(f"majority: k={k} outside 1..{n} (samples drawn)")
     ok = _answer_correctness(answers, correct)
-    counts: dict[Optional[str], int] = {}
+    counts: dict[str | None, int] = {}
     for a in answers:
         counts[a] = counts.get(a, 0) + 1
     n_none = counts.pop(None, 0)
@@ -97,7 +97,7 @@ def majority_curve(answers: Sequence[Optional[str]], correct, ks: Iterable[int])
     return {k: float(total[k] / math.comb(n, k)) for k in ks}
 
 
-def majority_at_k(answers: Sequence[Optional[str]], correct, k: int) -> tuple[float, str]:
+def majority_at_k(answers: Sequence[str | None], correct, k: int) -> tuple[float, str]:
     """Expected accuracy of majority vote over a random k-subset; returns (value, method).
 
     ``correct`` is a per-sample list of bools or a mapping answer -> bool. The computation is
@@ -155,7 +155,7 @@ def _steps(s: SampleRecord, budget: int) -> int:
 def accuracy_rows(
     problems: Sequence[ProblemRecord],
     budgets: Sequence[int],
-    ks: Optional[Sequence[int]] = None,
+    ks: Sequence[int] | None = None,
     aggregations: Sequence[str] = ("majority", "pass@k"),
 ) -> list[AccuracyRow]:
     """Rows for every (aggregation, budget, k), averaged over ``problems``.
@@ -185,7 +185,9 @@ def accuracy_rows(
             for b in budgets:
                 acc = sum(valid_at(p.greedy, b) and p.greedy.correct for p in problems) / P
                 mt = sum(_steps(p.greedy, b) for p in problems) / P
-                rows.append(AccuracyRow(budget=b, k=1, aggregation="greedy", accuracy=acc, expected_steps=mt, mean_tokens=mt))
+                rows.append(
+                    AccuracyRow(budget=b, k=1, aggregation="greedy", accuracy=acc, expected_steps=mt, mean_tokens=mt)
+                )
             continue
         for b in budgets:
             acc = {k: 0.0 for k in ks}
@@ -208,8 +210,14 @@ def accuracy_rows(
                         acc[k] += pass_at_k(n, c, k)
             for k in ks:
                 rows.append(
-                    AccuracyRow(budget=b, k=k, aggregation=agg, accuracy=min(1.0, acc[k] / P),
-                                expected_steps=steps[k] / P, mean_tokens=mean_tok / P)
+                    AccuracyRow(
+                        budget=b,
+                        k=k,
+                        aggregation=agg,
+                        accuracy=min(1.0, acc[k] / P),
+                        expected_steps=steps[k] / P,
+                        mean_tokens=mean_tok / P,
+                    )
                 )
     return rows
 
@@ -222,7 +230,9 @@ def problem_scores(problems: Sequence[ProblemRecord], budget: int, aggregation: 
         raise UsageError(f"unknown aggregation {aggregation!r}", fix=f"use one of {', '.join(AGGREGATIONS)}")
     if aggregation == "greedy":
         if any(p.greedy is None for p in problems):
-            raise UsageError("greedy scores need every problem's greedy sample", fix="rebuild the table with greedy samples")
+            raise UsageError(
+                "greedy scores need every problem's greedy sample", fix="rebuild the table with greedy samples"
+            )
         return np.array([[float(valid_at(p.greedy, budget) and p.greedy.correct)] for p in problems])
     n = len(problems[0].samples) if problems else 0
     out = np.zeros((len(problems), n))

@@ -36,6 +36,7 @@ def sanitize(text, limit=REASON_CHARS):
 
 # ---------------------------------------------------------------- values across the boundary
 
+
 def encode(v, depth=0):
     if depth > 200:
         raise ValueError("value nested too deeply to check")
@@ -84,6 +85,7 @@ def encode(v, depth=0):
 def _is_integral(v):
     try:
         import numbers
+
         return isinstance(v, numbers.Integral)
     except Exception:
         return False
@@ -126,13 +128,14 @@ def decode(o, depth=0):
 
 # ---------------------------------------------------------------- framing
 
+
 def send(fd, obj):
     data = json.dumps(obj, separators=(",", ":")).encode("utf-8")
     if len(data) > MAX_MESSAGE:
         raise ValueError("value too large to check")
     data = struct.pack(">I", len(data)) + data
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 def _read_exact(fd, n):
@@ -169,6 +172,7 @@ def describe(e):
 
 
 # ---------------------------------------------------------------- process helpers
+
 
 def _prctl(option, arg):
     try:
@@ -240,6 +244,7 @@ def _close_fds_except(keep):
 
 # ---------------------------------------------------------------- worker (untrusted from exec on)
 
+
 def _audit(event, args):
     if event.startswith("socket."):  # socket.__new__ covers a re-imported _socket too
         raise OSError("network access is disabled during evaluation")
@@ -258,8 +263,10 @@ def worker(cfg, req_r, resp_w):
         try:
             _drop_capabilities()
         except Exception as e:  # fail closed: a capable root program could take over the judge
-            send(resp_w, {"exc": {"type": "OSError", "message": sanitize(f"cannot drop root capabilities: {e}"),
-                                  "exit": True}})
+            send(
+                resp_w,
+                {"exc": {"type": "OSError", "message": sanitize(f"cannot drop root capabilities: {e}"), "exit": True}},
+            )
             os._exit(1)
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -314,6 +321,7 @@ def worker(cfg, req_r, resp_w):
 
 
 # ---------------------------------------------------------------- judge (trusted)
+
 
 class ProgramExit(BaseException):
     """The program ended, or broke the protocol, before check() returned (tests cannot catch it)."""

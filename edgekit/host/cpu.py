@@ -17,7 +17,6 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 # (implementer, part) from /proc/cpuinfo on ARM -> core name (subset that runs edgekit).
 _ARM_PARTS = {
@@ -35,14 +34,22 @@ _ARM_PARTS = {
 
 # flag in /proc/cpuinfo -> the name llama.cpp's system info uses
 X86_FLAGS = {
-    "avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "avx512f": "AVX512", "avx512_vnni": "AVX512_VNNI",
-    "avx512_bf16": "AVX512_BF16", "avx_vnni": "AVX_VNNI", "amx_tile": "AMX_TILE", "amx_int8": "AMX_INT8",
+    "avx": "AVX",
+    "avx2": "AVX2",
+    "fma": "FMA",
+    "f16c": "F16C",
+    "avx512f": "AVX512",
+    "avx512_vnni": "AVX512_VNNI",
+    "avx512_bf16": "AVX512_BF16",
+    "avx_vnni": "AVX_VNNI",
+    "amx_tile": "AMX_TILE",
+    "amx_int8": "AMX_INT8",
     "amx_bf16": "AMX_BF16",
 }
 ARM_FLAGS = {"asimd": "NEON", "asimddp": "DOTPROD", "i8mm": "MATMUL_INT8", "sve": "SVE", "sve2": "SVE2"}
 
 
-def _read(path: Path) -> Optional[str]:
+def _read(path: Path) -> str | None:
     try:
         return path.read_bytes().decode(errors="replace")
     except OSError:
@@ -67,7 +74,7 @@ def isa_flags(procfs_root: str | Path = "/proc") -> dict[str, bool]:
     return {}
 
 
-def cpu_model(procfs_root: str | Path = "/proc") -> Optional[str]:
+def cpu_model(procfs_root: str | Path = "/proc") -> str | None:
     """``model name`` from cpuinfo; on ARM without it, the core name from implementer/part."""
     text = _read(Path(procfs_root) / "cpuinfo")
     if not text:
@@ -97,16 +104,23 @@ class UsableCPUs:
     """The CPUs this process may use. ``count`` is what a thread pool should size itself to."""
 
     logical: int  # CPUs the machine has online
-    physical: Optional[int]  # physical cores the machine has (psutil), None when unknown
+    physical: int | None  # physical cores the machine has (psutil), None when unknown
     affinity: list[int] = field(default_factory=list)  # CPUs in this process's affinity mask
-    quota: Optional[float] = None  # cgroup CPU quota in CPUs (e.g. 1.5), None when unlimited
-    quota_source: Optional[str] = None  # the cgroup file that set it
+    quota: float | None = None  # cgroup CPU quota in CPUs (e.g. 1.5), None when unlimited
+    quota_source: str | None = None  # the cgroup file that set it
     count: int = 1
     why: str = ""
 
     def as_dict(self) -> dict:
-        return {"logical": self.logical, "physical": self.physical, "affinity": self.affinity, "quota_cpus": self.quota,
-                "quota_source": self.quota_source, "usable": self.count, "why": self.why}
+        return {
+            "logical": self.logical,
+            "physical": self.physical,
+            "affinity": self.affinity,
+            "quota_cpus": self.quota,
+            "quota_source": self.quota_source,
+            "usable": self.count,
+            "why": self.why,
+        }
 
 
 def _cgroup_paths(procfs_root: Path) -> list[tuple[str, str]]:
@@ -120,13 +134,13 @@ def _cgroup_paths(procfs_root: Path) -> list[tuple[str, str]]:
     return out
 
 
-def cgroup_quota(sysfs_root: str | Path = "/", procfs_root: str | Path = "/proc") -> tuple[Optional[float], Optional[str]]:
+def cgroup_quota(sysfs_root: str | Path = "/", procfs_root: str | Path = "/proc") -> tuple[float | None, str | None]:
     """(CPUs, source file): the tightest CPU quota on this process's cgroup and its parents.
 
     cgroup v2: ``cpu.max`` ("max 100000" = none, "150000 100000" = 1.5 CPUs); v1:
     ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (-1 = none). (None, None) when unlimited."""
     root, proc = Path(sysfs_root), Path(procfs_root)
-    best: tuple[Optional[float], Optional[str]] = (None, None)
+    best: tuple[float | None, str | None] = (None, None)
 
     def consider(q: float, src: Path) -> None:
         nonlocal best
@@ -173,7 +187,7 @@ def _affinity() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
-def _physical() -> Optional[int]:
+def _physical() -> int | None:
     try:
         import psutil
 
@@ -182,8 +196,14 @@ def _physical() -> Optional[int]:
         return None
 
 
-def usable_cpus(sysfs_root: str | Path = "/", procfs_root: str | Path = "/proc", *, affinity: Optional[list[int]] = None,
-                physical: Optional[int] = None, logical: Optional[int] = None) -> UsableCPUs:
+def usable_cpus(
+    sysfs_root: str | Path = "/",
+    procfs_root: str | Path = "/proc",
+    *,
+    affinity: list[int] | None = None,
+    physical: int | None = None,
+    logical: int | None = None,
+) -> UsableCPUs:
     """The CPUs this process may use; ``count`` = min(physical cores, CPUs in the affinity mask,
     floor of the cgroup quota), at least 1. The injectable arguments serve fixture tests."""
     logical = logical if logical is not None else (os.cpu_count() or 1)
@@ -198,5 +218,6 @@ def usable_cpus(sysfs_root: str | Path = "/", procfs_root: str | Path = "/proc",
     if quota is not None:
         limits.append((max(1, math.floor(quota + 1e-9)), f"cgroup quota {quota:g} CPU(s) ({src})"))
     count, why = min(limits, key=lambda x: x[0])
-    return UsableCPUs(logical=logical, physical=phys, affinity=aff, quota=quota, quota_source=src, count=max(1, count),
-                      why=why)
+    return UsableCPUs(
+        logical=logical, physical=phys, affinity=aff, quota=quota, quota_source=src, count=max(1, count), why=why
+    )

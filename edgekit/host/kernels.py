@@ -30,8 +30,10 @@ def probe_dir() -> Path:
 def requested_mode() -> str:
     v = (os.environ.get("EDGEKIT_EXTRA_BUFFERS") or "auto").strip().lower()
     if v not in MODES:
-        raise UsageError(f"EDGEKIT_EXTRA_BUFFERS={v!r} is not a kernel mode",
-                         fix="set EDGEKIT_EXTRA_BUFFERS to auto, on or off (or unset it)")
+        raise UsageError(
+            f"EDGEKIT_EXTRA_BUFFERS={v!r} is not a kernel mode",
+            fix="set EDGEKIT_EXTRA_BUFFERS to auto, on or off (or unset it)",
+        )
     return v
 
 

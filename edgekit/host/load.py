@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -21,8 +21,12 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 class CpuShare:
     """Cores used by other processes on ``cpus`` since the previous :meth:`sample`."""
 
-    def __init__(self, cpus: list[int], procfs_root: str | Path = "/proc",
-                 own_cpu_s: Callable[[], float] = lambda: sum(os.times()[:2])):
+    def __init__(
+        self,
+        cpus: list[int],
+        procfs_root: str | Path = "/proc",
+        own_cpu_s: Callable[[], float] = lambda: sum(os.times()[:2]),
+    ):
         self._stat = Path(procfs_root) / "stat"
         self._cpus = {f"cpu{c}" for c in cpus}
         self._own = own_cpu_s
@@ -32,7 +36,7 @@ class CpuShare:
             self._niced = False
         self._last = self._read()
 
-    def _read(self) -> Optional[tuple[float, float, float]]:
+    def _read(self) -> tuple[float, float, float] | None:
         """(wall s, busy CPU-seconds on our CPUs, our own CPU-seconds), None when unreadable."""
         try:
             text = self._stat.read_text()
@@ -50,7 +54,7 @@ class CpuShare:
                 busy += f[0] + (f[1] if self._niced else 0) + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)
         return time.monotonic(), busy / _TICK, self._own()
 
-    def sample(self, min_window_s: float = 0.05) -> Optional[float]:
+    def sample(self, min_window_s: float = 0.05) -> float | None:
         now = self._read()
         if now is None or self._last is None:
             self._last = now
@@ -66,15 +70,25 @@ class CpuShare:
 class ThreadTuner:
     """llama.cpp's thread count from the usable CPUs minus what others use (hysteresis 0.25 core)."""
 
-    def __init__(self, usable: int, set_threads: Callable[[int], None], *, fixed: Optional[int] = None,
-                 interval_s: float = 0.2, share: Optional[CpuShare] = None, cpus: Optional[list[int]] = None):
+    def __init__(
+        self,
+        usable: int,
+        set_threads: Callable[[int], None],
+        *,
+        fixed: int | None = None,
+        interval_s: float = 0.2,
+        share: CpuShare | None = None,
+        cpus: list[int] | None = None,
+    ):
         self.usable, self.fixed, self.interval_s = usable, fixed, interval_s
         self._set = set_threads
         self.threads = fixed or usable
-        self.pinned: Optional[int] = None  # set by pin(): profiling measures each thread count
-        self.others: Optional[float] = None
+        self.pinned: int | None = None  # set by pin(): profiling measures each thread count
+        self.others: float | None = None
         self.changes = 0
-        self._share = None if fixed else (share or CpuShare(cpus if cpus is not None else list(range(os.cpu_count() or 1))))
+        self._share = (
+            None if fixed else (share or CpuShare(cpus if cpus is not None else list(range(os.cpu_count() or 1))))
+        )
         self._next = time.monotonic() + interval_s
 
     def check(self) -> int:
@@ -99,7 +113,7 @@ class ThreadTuner:
             self._set(want)
         return self.threads
 
-    def pin(self, k: Optional[int]) -> None:
+    def pin(self, k: int | None) -> None:
         """Hold the thread count at ``k`` (None: back to the fixed or adaptive count)."""
         self.pinned = k
         want = k or self.fixed or self.usable

@@ -18,7 +18,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 try:
     import fcntl
@@ -54,7 +53,7 @@ class Registration:
 _held: dict[Path, tuple[Registration, int]] = {}
 
 
-def register(what: str, *, folder: Optional[Path] = None) -> Optional[Registration]:
+def register(what: str, *, folder: Path | None = None) -> Registration | None:
     """Register this process (one entry per process and folder, reference-counted)."""
     if fcntl is None or _off():
         return None
@@ -79,7 +78,7 @@ def register(what: str, *, folder: Optional[Path] = None) -> Optional[Registrati
     return reg
 
 
-def unregister(reg: Optional[Registration]) -> None:
+def unregister(reg: Registration | None) -> None:
     if reg is None:
         return
     entry = _held.get(reg.path)
@@ -92,7 +91,7 @@ def unregister(reg: Optional[Registration]) -> None:
     reg.close()
 
 
-def live_peers(folder: Optional[Path] = None) -> list[dict]:
+def live_peers(folder: Path | None = None) -> list[dict]:
     """Other live edgekit processes holding a model ({pid, what, since}); stale entries removed."""
     if fcntl is None or _off():
         return []
@@ -130,6 +129,9 @@ def warn_if_shared(others: list[dict], adaptive: bool) -> None:
     if not others:
         return
     pids = ", ".join(f"pid {p.get('pid')} ({p.get('what', '?')})" for p in others)
-    how = ("threads follow the free cores, so each keeps about its share" if adaptive else
-           "--threads is fixed, so the processes may slow each other down a lot (leave --threads out to share adaptively)")
+    how = (
+        "threads follow the free cores, so each keeps about its share"
+        if adaptive
+        else "--threads is fixed, so the processes may slow each other down a lot (leave --threads out to share adaptively)"
+    )
     log.warning("%d other edgekit process(es) hold a model on this machine: %s; %s", len(others), pids, how)

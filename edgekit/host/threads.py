@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 from edgekit.errors import UsageError
 from edgekit.host.cpu import usable_cpus
@@ -38,11 +37,16 @@ PRIORITIES = ("normal", "nice", "batch", "idle")
 # EPYC (benchmarks/coexist.py): adaptive threads with spin counts of 10k, 100k and 300k all kept 0.61-0.77x
 # of idle speed beside a busy core; passive waiting cost 35 % when idle (a futex wake per barrier in a VM).
 _ENV = {"auto": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "spin": {}}
-_WAIT = {"auto": "libgomp default (spin up to GOMP_SPINCOUNT 300000, then sleep)", "passive": "passive (OMP_WAIT_POLICY=PASSIVE)",
-         "spin": "libgomp default (spin up to GOMP_SPINCOUNT 300000, then sleep)"}
-_WHY = {"auto": "default: threads follow the free cores (a core another process takes is given up within 0.2 s)",
-        "passive": "EDGEKIT_THREADING=passive: sleep at every barrier, threads follow the free cores",
-        "spin": "EDGEKIT_THREADING=spin: llama.cpp's own behaviour, threads fixed at the usable CPUs"}
+_WAIT = {
+    "auto": "libgomp default (spin up to GOMP_SPINCOUNT 300000, then sleep)",
+    "passive": "passive (OMP_WAIT_POLICY=PASSIVE)",
+    "spin": "libgomp default (spin up to GOMP_SPINCOUNT 300000, then sleep)",
+}
+_WHY = {
+    "auto": "default: threads follow the free cores (a core another process takes is given up within 0.2 s)",
+    "passive": "EDGEKIT_THREADING=passive: sleep at every barrier, threads follow the free cores",
+    "spin": "EDGEKIT_THREADING=spin: llama.cpp's own behaviour, threads fixed at the usable CPUs",
+}
 _state: dict = {"applied": None}
 
 
@@ -57,8 +61,10 @@ def _gomp_loaded() -> bool:
 def requested_policy() -> str:
     v = (os.environ.get("EDGEKIT_THREADING") or "auto").strip().lower()
     if v not in POLICIES:
-        raise UsageError(f"EDGEKIT_THREADING={v!r} is not a threading policy",
-                         fix=f"set EDGEKIT_THREADING to one of {', '.join(POLICIES)} (or unset it)")
+        raise UsageError(
+            f"EDGEKIT_THREADING={v!r} is not a threading policy",
+            fix=f"set EDGEKIT_THREADING to one of {', '.join(POLICIES)} (or unset it)",
+        )
     return v
 
 
@@ -91,15 +97,17 @@ def policy() -> dict:
     return {"policy": requested_policy(), "wait": "not applied yet (no local model loaded in this process)", "why": ""}
 
 
-def check_threads(threads: Optional[int], usable: Optional[int] = None) -> None:
+def check_threads(threads: int | None, usable: int | None = None) -> None:
     """``--threads`` within 1..the CPUs this process may use (:func:`edgekit.host.cpu.usable_cpus`)."""
     if threads is None:
         return
     if usable is None:
         usable = usable_cpus().count
     if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= usable:
-        raise UsageError(f"--threads must be between 1 and the {usable} usable CPU(s), got {threads!r}",
-                         fix=f"pass --threads 1..{usable} (or leave it out: edgekit picks from the usable CPUs)")
+        raise UsageError(
+            f"--threads must be between 1 and the {usable} usable CPU(s), got {threads!r}",
+            fix=f"pass --threads 1..{usable} (or leave it out: edgekit picks from the usable CPUs)",
+        )
 
 
 def set_priority(cls: str) -> str:
@@ -125,6 +133,8 @@ def set_priority(cls: str) -> str:
             if cls == "idle":
                 os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
         except (OSError, AttributeError) as e:
-            raise UsageError(f"could not set priority {cls!r}: {e}",
-                             fix="use --priority nice (allowed for any user) or run where the scheduler policy may change") from e
+            raise UsageError(
+                f"could not set priority {cls!r}: {e}",
+                fix="use --priority nice (allowed for any user) or run where the scheduler policy may change",
+            ) from e
     return {"nice": "nice +10", "batch": "SCHED_BATCH, nice +10", "idle": "SCHED_IDLE"}[cls]

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from edgekit.models.integrity import sha256_file
 
-
 # external weight files beside a graph over 2 GB: optimum writes model.onnx_data, onnxruntime's
 # quantizer model.onnx.data
 EXTERNAL_DATA = (".onnx_data", ".onnx.data")
@@ -19,8 +18,9 @@ EXTERNAL_DATA = (".onnx_data", ".onnx.data")
 
 def onnx_files(folder: Path) -> list[Path]:
     """The graph and weight files of an exported folder (what its card's sha256 covers)."""
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.is_file() and (p.suffix == ".onnx" or p.name.endswith(EXTERNAL_DATA)))
+    return sorted(
+        p for p in Path(folder).iterdir() if p.is_file() and (p.suffix == ".onnx" or p.name.endswith(EXTERNAL_DATA))
+    )
 
 
 def folder_sha256(folder: Path) -> str:

@@ -16,7 +16,7 @@ import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from edgekit.errors import GGUFError
 
@@ -24,31 +24,137 @@ GGUF_MAGIC = b"GGUF"
 
 # ggml type id -> (bytes per block, elements per block). Unknown ids skip the size check.
 GGML_TYPE_SIZE = {
-    0: (4, 1), 1: (2, 1), 2: (18, 32), 3: (20, 32), 6: (22, 32), 7: (24, 32), 8: (34, 32), 9: (36, 32),
-    10: (84, 256), 11: (110, 256), 12: (144, 256), 13: (176, 256), 14: (210, 256), 15: (292, 256),
-    16: (66, 256), 17: (74, 256), 18: (98, 256), 19: (50, 256), 20: (18, 32), 21: (110, 256),
-    22: (82, 256), 23: (136, 256), 24: (1, 1), 25: (2, 1), 26: (4, 1), 27: (8, 1), 28: (8, 1),
-    29: (56, 256), 30: (2, 1), 34: (54, 256), 35: (66, 256), 39: (17, 32),
+    0: (4, 1),
+    1: (2, 1),
+    2: (18, 32),
+    3: (20, 32),
+    6: (22, 32),
+    7: (24, 32),
+    8: (34, 32),
+    9: (36, 32),
+    10: (84, 256),
+    11: (110, 256),
+    12: (144, 256),
+    13: (176, 256),
+    14: (210, 256),
+    15: (292, 256),
+    16: (66, 256),
+    17: (74, 256),
+    18: (98, 256),
+    19: (50, 256),
+    20: (18, 32),
+    21: (110, 256),
+    22: (82, 256),
+    23: (136, 256),
+    24: (1, 1),
+    25: (2, 1),
+    26: (4, 1),
+    27: (8, 1),
+    28: (8, 1),
+    29: (56, 256),
+    30: (2, 1),
+    34: (54, 256),
+    35: (66, 256),
+    39: (17, 32),
 }
 
 # general.file_type (llama_ftype) -> name
 FILE_TYPES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
-    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
-    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
-    26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
-    36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4",
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    19: "IQ2_XXS",
+    20: "IQ2_XS",
+    21: "Q2_K_S",
+    22: "IQ3_XS",
+    23: "IQ3_XXS",
+    24: "IQ1_S",
+    25: "IQ4_NL",
+    26: "IQ3_S",
+    27: "IQ3_M",
+    28: "IQ2_S",
+    29: "IQ2_M",
+    30: "IQ4_XS",
+    31: "IQ1_M",
+    32: "BF16",
+    36: "TQ1_0",
+    37: "TQ2_0",
+    38: "MXFP4",
 }
 
 # Architectures this llama.cpp generation loads (subset that matters on edge devices). An
 # unknown name is tried anyway; a failed load then reports it as unsupported.
 KNOWN_ARCHS = {
-    "llama", "llama4", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma", "gemma2", "gemma3", "gemma3n",
-    "phi2", "phi3", "phimoe", "mistral3", "granite", "granitemoe", "olmo", "olmo2", "stablelm", "starcoder2",
-    "deepseek", "deepseek2", "falcon", "gpt2", "gptneox", "bloom", "mpt", "internlm2", "minicpm", "minicpm3",
-    "exaone", "smollm3", "cohere2", "command-r", "chatglm", "glm4", "nemotron", "bert", "nomic-bert",
-    "t5", "mamba", "rwkv6", "rwkv7", "baichuan", "orion", "plamo", "codeshell", "jais", "arctic", "dbrx",
-    "lfm2", "hunyuan-dense", "ernie4_5", "seed_oss", "gpt-oss", "apertus", "granitehybrid",
+    "llama",
+    "llama4",
+    "qwen2",
+    "qwen2moe",
+    "qwen3",
+    "qwen3moe",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "gemma3n",
+    "phi2",
+    "phi3",
+    "phimoe",
+    "mistral3",
+    "granite",
+    "granitemoe",
+    "olmo",
+    "olmo2",
+    "stablelm",
+    "starcoder2",
+    "deepseek",
+    "deepseek2",
+    "falcon",
+    "gpt2",
+    "gptneox",
+    "bloom",
+    "mpt",
+    "internlm2",
+    "minicpm",
+    "minicpm3",
+    "exaone",
+    "smollm3",
+    "cohere2",
+    "command-r",
+    "chatglm",
+    "glm4",
+    "nemotron",
+    "bert",
+    "nomic-bert",
+    "t5",
+    "mamba",
+    "rwkv6",
+    "rwkv7",
+    "baichuan",
+    "orion",
+    "plamo",
+    "codeshell",
+    "jais",
+    "arctic",
+    "dbrx",
+    "lfm2",
+    "hunyuan-dense",
+    "ernie4_5",
+    "seed_oss",
+    "gpt-oss",
+    "apertus",
+    "granitehybrid",
 }
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -73,33 +179,33 @@ class GGUFInfo:
         return self.metadata.get(f"{self.arch}.{suffix}", default)
 
     @property
-    def quant(self) -> Optional[str]:
+    def quant(self) -> str | None:
         ft = self.metadata.get("general.file_type")
         return FILE_TYPES.get(ft, f"ftype{ft}") if ft is not None else None
 
     @property
-    def chat_template(self) -> Optional[str]:
+    def chat_template(self) -> str | None:
         return self.metadata.get("tokenizer.chat_template")
 
     @property
-    def n_layer(self) -> Optional[int]:
+    def n_layer(self) -> int | None:
         return self.arch_key("block_count")
 
     @property
-    def n_embd(self) -> Optional[int]:
+    def n_embd(self) -> int | None:
         return self.arch_key("embedding_length")
 
     @property
-    def n_head(self) -> Optional[int]:
+    def n_head(self) -> int | None:
         return self.arch_key("attention.head_count")
 
     @property
-    def n_head_kv(self) -> Optional[int]:
+    def n_head_kv(self) -> int | None:
         v = self.arch_key("attention.head_count_kv", self.n_head)
         return max(v) if isinstance(v, list) else v
 
     @property
-    def head_dim(self) -> Optional[int]:
+    def head_dim(self) -> int | None:
         k = self.arch_key("attention.key_length")
         if k:
             return k
@@ -108,7 +214,7 @@ class GGUFInfo:
             return self.n_embd // h
         return None
 
-    def kv_bytes_per_token(self, bytes_per_elem: float = 2.0) -> Optional[float]:
+    def kv_bytes_per_token(self, bytes_per_elem: float = 2.0) -> float | None:
         """K and V cache bytes per token of context (f16 cache by default)."""
         if not (self.n_layer and self.n_head_kv and self.head_dim):
             return None
@@ -171,7 +277,9 @@ class _Reader:
                     self.skip_string()
                 return f"<array of {count} strings>"
             return [self.value(etype, keep) for _ in range(count)]
-        raise GGUFError(f"{self.path}: unknown GGUF value type {vtype}", fix="the file is corrupt or from a newer GGUF version")
+        raise GGUFError(
+            f"{self.path}: unknown GGUF value type {vtype}", fix="the file is corrupt or from a newer GGUF version"
+        )
 
 
 def _as_damage(path: str | Path, err: GGUFError) -> GGUFError:
@@ -205,6 +313,7 @@ class HeaderLayout:
     """Where everything in a GGUF header is: each metadata pair as (key, value type, array element
     type or None, start byte, end byte, value) and each tensor as (name, dims, ggml type, offset from
     the data start, bytes or None for a type edgekit cannot size)."""
+
     version: int
     kvs: list
     tensors: list
@@ -220,12 +329,17 @@ class HeaderLayout:
 def header_layout(mm, p: Path) -> HeaderLayout:
     """Parse the header of the GGUF mapped at ``mm`` (vocabularies skipped fast, not decoded)."""
     if mm[:4] != GGUF_MAGIC:
-        raise GGUFError(f"{p} is not a GGUF model (magic {bytes(mm[:4])!r})", fix="pass a .gguf file (convert others with llama.cpp's convert_hf_to_gguf.py)")
+        raise GGUFError(
+            f"{p} is not a GGUF model (magic {bytes(mm[:4])!r})",
+            fix="pass a .gguf file (convert others with llama.cpp's convert_hf_to_gguf.py)",
+        )
     r = _Reader(mm, p)
     r.pos = 4
     version = r.unpack("<I")
     if version not in (2, 3):
-        raise GGUFError(f"{p} has GGUF version {version}; supported: 2, 3", fix="re-export the model with a current llama.cpp")
+        raise GGUFError(
+            f"{p} has GGUF version {version}; supported: 2, 3", fix="re-export the model with a current llama.cpp"
+        )
     n_tensors = r.unpack("<Q")
     n_kv = r.unpack("<Q")
     kvs = []
@@ -258,7 +372,9 @@ def header_layout(mm, p: Path) -> HeaderLayout:
 def _read_gguf(path: str | Path) -> GGUFInfo:
     p = Path(path)
     if not p.exists():
-        raise GGUFError(f"model file {p} does not exist", fix="check the path, or use a catalogue id (`edgekit models list`)")
+        raise GGUFError(
+            f"model file {p} does not exist", fix="check the path, or use a catalogue id (`edgekit models list`)"
+        )
     if p.is_dir():
         raise GGUFError(f"{p} is a directory, not a .gguf file", fix="pass the .gguf file inside it")
     size = p.stat().st_size
@@ -290,8 +406,12 @@ def _read_gguf(path: str | Path) -> GGUFInfo:
     arch = str(meta.get("general.architecture", ""))
     # tensor_types: ggml type id -> tensor count; n_elements: parameters (embeddings included);
     # matrix_elements: those in 2-D+ tensors (the ones a quantizer converts); header_bytes: up to the data
-    extra = {"tensor_types": types, "n_elements": n_elements, "matrix_elements": matrix_elements,
-             "header_bytes": data_start}
+    extra = {
+        "tensor_types": types,
+        "n_elements": n_elements,
+        "matrix_elements": matrix_elements,
+        "header_bytes": data_start,
+    }
     return GGUFInfo(p, lay.version, len(lay.tensors), meta, size, data_end, total, arch=arch, extra=extra)
 
 

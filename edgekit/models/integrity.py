@@ -35,7 +35,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from edgekit.errors import ChecksumMismatch, GGUFError, UsageError
 from edgekit.models.catalog import CATALOG, CatalogEntry
@@ -70,7 +69,7 @@ def cached_path(entry: CatalogEntry) -> Path:
     return models_dir() / entry.id / entry.filename
 
 
-def manifest_path_for(path: Path, entry: Optional[CatalogEntry] = None) -> Path:
+def manifest_path_for(path: Path, entry: CatalogEntry | None = None) -> Path:
     """Where the manifest of ``path`` lives: next to a catalogue file, else under <cache>/manifests."""
     if entry is not None:
         return path.with_name(path.name + MANIFEST_SUFFIX)
@@ -79,7 +78,7 @@ def manifest_path_for(path: Path, entry: Optional[CatalogEntry] = None) -> Path:
     return cache_root() / "manifests" / f"{key}.json"
 
 
-def catalog_entry_for_path(path: str | Path) -> Optional[CatalogEntry]:
+def catalog_entry_for_path(path: str | Path) -> CatalogEntry | None:
     """The catalogue entry whose cached file ``path`` is (under the current cache root), else None."""
     p = Path(path)
     for e in CATALOG.values():
@@ -111,11 +110,16 @@ def _now_iso() -> str:
 
 
 def _stat_fields(st: os.stat_result) -> dict:
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino,
-            "device": st.st_dev}
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "inode": st.st_ino,
+        "device": st.st_dev,
+    }
 
 
-def read_manifest(mpath: Path) -> Optional[dict]:
+def read_manifest(mpath: Path) -> dict | None:
     try:
         with open(mpath, "rb") as f:
             m = json.loads(f.read())
@@ -146,7 +150,7 @@ def write_manifest(mpath: Path, record: dict) -> bool:
         return False
 
 
-def _source(entry: Optional[CatalogEntry], spec: Optional[str]) -> dict:
+def _source(entry: CatalogEntry | None, spec: str | None) -> dict:
     if entry is not None:
         return {"kind": "catalog", "packages": [f"{p.package}=={p.version}" for p in entry.parts]}
     if spec and spec.startswith("hf:"):
@@ -154,17 +158,32 @@ def _source(entry: Optional[CatalogEntry], spec: Optional[str]) -> dict:
     return {"kind": "local"}
 
 
-def record(path: Path, sha256: str, *, entry: Optional[CatalogEntry] = None, spec: Optional[str] = None,
-           by: str = "verify", hash_s: Optional[float] = None, st: Optional[os.stat_result] = None) -> dict:
+def record(
+    path: Path,
+    sha256: str,
+    *,
+    entry: CatalogEntry | None = None,
+    spec: str | None = None,
+    by: str = "verify",
+    hash_s: float | None = None,
+    st: os.stat_result | None = None,
+) -> dict:
     """Write the manifest for ``path`` whose content hash is ``sha256`` (computed by the caller)."""
     st = st or os.stat(path)
     expected = entry.sha256 if entry is not None else None
     rec = {
-        "schema": MANIFEST_SCHEMA, "file": path.name, "path": str(path), "model_id": entry.id if entry else (spec or path.name),
-        "sha256": sha256, "expected_sha256": expected,
+        "schema": MANIFEST_SCHEMA,
+        "file": path.name,
+        "path": str(path),
+        "model_id": entry.id if entry else (spec or path.name),
+        "sha256": sha256,
+        "expected_sha256": expected,
         "status": "ok" if expected is None or sha256 == expected else "corrupt",
-        **_stat_fields(st), "verified_at": _now_iso(), "verified_by": by,
-        "hash_s": None if hash_s is None else round(hash_s, 4), "source": _source(entry, spec),
+        **_stat_fields(st),
+        "verified_at": _now_iso(),
+        "verified_by": by,
+        "hash_s": None if hash_s is None else round(hash_s, 4),
+        "source": _source(entry, spec),
     }
     write_manifest(manifest_path_for(path, entry), rec)
     return rec
@@ -178,11 +197,11 @@ class Check:
     path: Path
     status: str
     reason: str = ""
-    entry: Optional[CatalogEntry] = None
-    spec: Optional[str] = None
-    manifest: Optional[dict] = None
-    sha256: Optional[str] = None  # the file's hash, when known (hashed now, or from the manifest)
-    expected_sha256: Optional[str] = None
+    entry: CatalogEntry | None = None
+    spec: str | None = None
+    manifest: dict | None = None
+    sha256: str | None = None  # the file's hash, when known (hashed now, or from the manifest)
+    expected_sha256: str | None = None
     hashed: bool = False  # a full hash was computed for this answer
     hash_s: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -197,10 +216,14 @@ class Check:
         if self.spec and self.spec.startswith("hf:"):
             bits = self.spec[3:].split("/")
             repo, fname = "/".join(bits[:2]), "/".join(bits[2:])
-            return (f"download it again (`huggingface-cli download {repo} {fname} --force-download`); if it changed "
-                    f"on purpose, record it with `edgekit models verify {self.spec} --record`")
-        return (f"re-copy the file; if you changed it on purpose, record it with "
-                f"`edgekit models verify {self.path} --record`")
+            return (
+                f"download it again (`huggingface-cli download {repo} {fname} --force-download`); if it changed "
+                f"on purpose, record it with `edgekit models verify {self.spec} --record`"
+            )
+        return (
+            f"re-copy the file; if you changed it on purpose, record it with "
+            f"`edgekit models verify {self.path} --record`"
+        )
 
     def error(self, on_load: bool = True) -> ModelCorrupt:
         what = "cached model" if self.entry is not None else "model file"
@@ -209,48 +232,97 @@ class Check:
         return ModelCorrupt(f"{what} {self.path}{name} {verdict}: {self.reason}", fix=self.fix())
 
 
-def cheap_check(path: Path, entry: Optional[CatalogEntry] = None, spec: Optional[str] = None) -> Check:
+def cheap_check(path: Path, entry: CatalogEntry | None = None, spec: str | None = None) -> Check:
     """Status from a stat and the manifest alone (no hash): a few tens of microseconds."""
     expected = entry.sha256 if entry is not None else None
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return Check(path, MISSING, "not in the cache" if entry else "file does not exist", entry, spec,
-                     expected_sha256=expected)
+        return Check(
+            path, MISSING, "not in the cache" if entry else "file does not exist", entry, spec, expected_sha256=expected
+        )
     if entry is not None and st.st_size != entry.size_bytes:
-        return Check(path, CORRUPT, f"{st.st_size:,} bytes on disk, the catalogue's file has {entry.size_bytes:,}",
-                     entry, spec, expected_sha256=expected, extra={"stat": st})
+        return Check(
+            path,
+            CORRUPT,
+            f"{st.st_size:,} bytes on disk, the catalogue's file has {entry.size_bytes:,}",
+            entry,
+            spec,
+            expected_sha256=expected,
+            extra={"stat": st},
+        )
     m = read_manifest(manifest_path_for(path, entry))
     if m is None:
-        return Check(path, UNVERIFIED, "no manifest (never verified)", entry, spec, expected_sha256=expected,
-                     extra={"stat": st})
+        return Check(
+            path, UNVERIFIED, "no manifest (never verified)", entry, spec, expected_sha256=expected, extra={"stat": st}
+        )
     if expected is None:
         expected = m.get("expected_sha256") or (m["sha256"] if m.get("status") == "ok" else None)
     if _stat_fields(st) != {k: m.get(k) for k in ("size", "mtime_ns", "ctime_ns", "inode", "device")}:
-        return Check(path, UNVERIFIED, "changed since it was verified (size, mtime, ctime or inode)", entry, spec, m,
-                     expected_sha256=expected, extra={"stat": st})
+        return Check(
+            path,
+            UNVERIFIED,
+            "changed since it was verified (size, mtime, ctime or inode)",
+            entry,
+            spec,
+            m,
+            expected_sha256=expected,
+            extra={"stat": st},
+        )
     if m.get("status") == "corrupt" or (expected is not None and m["sha256"] != expected):
-        return Check(path, CORRUPT, f"sha256 {m['sha256'][:12]}… does not match the expected {str(expected)[:12]}… "
-                     f"(found by `{m.get('verified_by', 'verify')}` at {m.get('verified_at', '?')})", entry, spec, m,
-                     sha256=m["sha256"], expected_sha256=expected)
-    return Check(path, VERIFIED, f"manifest matches (verified {m.get('verified_at', '?')})", entry, spec, m,
-                 sha256=m["sha256"], expected_sha256=expected)
+        return Check(
+            path,
+            CORRUPT,
+            f"sha256 {m['sha256'][:12]}… does not match the expected {str(expected)[:12]}… "
+            f"(found by `{m.get('verified_by', 'verify')}` at {m.get('verified_at', '?')})",
+            entry,
+            spec,
+            m,
+            sha256=m["sha256"],
+            expected_sha256=expected,
+        )
+    return Check(
+        path,
+        VERIFIED,
+        f"manifest matches (verified {m.get('verified_at', '?')})",
+        entry,
+        spec,
+        m,
+        sha256=m["sha256"],
+        expected_sha256=expected,
+    )
 
 
-def full_check(path: Path, entry: Optional[CatalogEntry] = None, spec: Optional[str] = None, *,
-               by: str = "verify", record_unknown: bool = True, accept: bool = False, _tries: int = 2) -> Check:
+def full_check(
+    path: Path,
+    entry: CatalogEntry | None = None,
+    spec: str | None = None,
+    *,
+    by: str = "verify",
+    record_unknown: bool = True,
+    accept: bool = False,
+    _tries: int = 2,
+) -> Check:
     """Re-hash the file and compare with the catalogue's sha256 (catalogue files) or the recorded one
     (others). Records the result in the manifest (also a corrupt result, so `list` shows it without
     hashing). ``record_unknown``: record a first hash for a file that has none; ``accept``: record
     the current hash of a non-catalogue file as the good one, whatever was recorded before."""
     if accept and entry is not None:
-        raise UsageError(f"{entry.id} is a catalogue model: its sha256 is published, not recorded",
-                         fix=f"run `edgekit models pull {entry.id}` to repair it")
+        raise UsageError(
+            f"{entry.id} is a catalogue model: its sha256 is published, not recorded",
+            fix=f"run `edgekit models pull {entry.id}` to repair it",
+        )
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return Check(path, MISSING, "not in the cache" if entry else "file does not exist", entry, spec,
-                     expected_sha256=entry.sha256 if entry else None)
+        return Check(
+            path,
+            MISSING,
+            "not in the cache" if entry else "file does not exist",
+            entry,
+            spec,
+            expected_sha256=entry.sha256 if entry else None,
+        )
     prior = None if entry is not None else read_manifest(manifest_path_for(path, entry))
     expected = entry.sha256 if entry is not None else None
     if expected is None and prior is not None and not accept:
@@ -262,8 +334,18 @@ def full_check(path: Path, entry: Optional[CatalogEntry] = None, spec: Optional[
     if _stat_fields(st2) != _stat_fields(st):  # changed while hashing (a pull replacing it): hash the new one
         if _tries > 1:
             return full_check(path, entry, spec, by=by, record_unknown=record_unknown, accept=accept, _tries=_tries - 1)
-        return Check(path, UNVERIFIED, "kept changing while it was hashed", entry, spec, None, digest,
-                     entry.sha256 if entry else None, True, dt)
+        return Check(
+            path,
+            UNVERIFIED,
+            "kept changing while it was hashed",
+            entry,
+            spec,
+            None,
+            digest,
+            entry.sha256 if entry else None,
+            True,
+            dt,
+        )
     if expected is None:  # first verify of a hf:/local file: trust on first use
         rec = record(path, digest, entry=None, spec=spec, by=by, hash_s=dt, st=st) if record_unknown else None
         status, why = (VERIFIED, "hash recorded now (first verify)") if rec else (UNVERIFIED, "no recorded hash")
@@ -273,31 +355,56 @@ def full_check(path: Path, entry: Optional[CatalogEntry] = None, spec: Optional[
         size_note = f"; {st.st_size:,} bytes on disk, the catalogue's file has {entry.size_bytes:,}"
     rec_entry = entry
     if entry is None:  # keep the recorded good hash as expected_sha256 when the file turns out corrupt
-        rec = {**(prior or {}), "schema": MANIFEST_SCHEMA, "file": path.name, "path": str(path),
-               "model_id": spec or path.name, "sha256": digest, "expected_sha256": expected,
-               "status": "ok" if digest == expected else "corrupt", **_stat_fields(st), "verified_at": _now_iso(),
-               "verified_by": by, "hash_s": round(dt, 4), "source": _source(None, spec)}
+        rec = {
+            **(prior or {}),
+            "schema": MANIFEST_SCHEMA,
+            "file": path.name,
+            "path": str(path),
+            "model_id": spec or path.name,
+            "sha256": digest,
+            "expected_sha256": expected,
+            "status": "ok" if digest == expected else "corrupt",
+            **_stat_fields(st),
+            "verified_at": _now_iso(),
+            "verified_by": by,
+            "hash_s": round(dt, 4),
+            "source": _source(None, spec),
+        }
         write_manifest(manifest_path_for(path, None), rec)
     else:
         rec = record(path, digest, entry=rec_entry, spec=spec, by=by, hash_s=dt, st=st)
     if digest == expected:
-        return Check(path, VERIFIED, f"sha256 re-hashed in {dt:.2f} s and matches", entry, spec, rec, digest,
-                     expected, True, dt)
+        return Check(
+            path, VERIFIED, f"sha256 re-hashed in {dt:.2f} s and matches", entry, spec, rec, digest, expected, True, dt
+        )
     whose = "the catalogue's" if entry is not None else "the one recorded when it was verified"
-    return Check(path, CORRUPT, f"sha256 {digest[:12]}… does not match {whose} {expected[:12]}…{size_note}", entry,
-                 spec, rec, digest, expected, True, dt)
+    return Check(
+        path,
+        CORRUPT,
+        f"sha256 {digest[:12]}… does not match {whose} {expected[:12]}…{size_note}",
+        entry,
+        spec,
+        rec,
+        digest,
+        expected,
+        True,
+        dt,
+    )
 
 
-def verify_mode(verify: Optional[str] = None) -> str:
+def verify_mode(verify: str | None = None) -> str:
     mode = (verify or os.environ.get("EDGEKIT_VERIFY") or "auto").strip().lower()
     if mode not in VERIFY_MODES:
-        raise UsageError(f"unknown verify mode {mode!r} (from verify= or EDGEKIT_VERIFY)",
-                         fix="use 'auto' (cheap check on load, full hash when it trips) or 'full' (hash on every load)")
+        raise UsageError(
+            f"unknown verify mode {mode!r} (from verify= or EDGEKIT_VERIFY)",
+            fix="use 'auto' (cheap check on load, full hash when it trips) or 'full' (hash on every load)",
+        )
     return mode
 
 
-def check_on_load(path: Path, entry: Optional[CatalogEntry] = None, spec: Optional[str] = None,
-                  verify: Optional[str] = None) -> Check:
+def check_on_load(
+    path: Path, entry: CatalogEntry | None = None, spec: str | None = None, verify: str | None = None
+) -> Check:
     """The check ``resolve()`` runs on every load. Raises ModelCorrupt (a ChecksumMismatch) when the
     file is corrupt; returns the Check otherwise. auto: cheap check, full hash when it trips (or
     there is no manifest; for hf:/local files without a recorded hash, nothing: they are
@@ -314,7 +421,7 @@ def check_on_load(path: Path, entry: Optional[CatalogEntry] = None, spec: Option
     return c
 
 
-def explain_header_error(path: str | Path, err: GGUFError) -> Optional[ModelCorrupt]:
+def explain_header_error(path: str | Path, err: GGUFError) -> ModelCorrupt | None:
     """For a GGUF header error on a file edgekit verified (a cached catalogue file, or one with a
     recorded hash): if the file's hash does not match, the error is damage, not a bad file; return
     the corrupt error to raise instead (None: keep the original)."""

@@ -17,7 +17,6 @@ import mmap
 import re
 import struct
 from pathlib import Path
-from typing import Optional
 
 from edgekit.errors import GGUFError, UsageError
 from edgekit.models.gguf import GGUF_MAGIC, header_layout
@@ -31,8 +30,10 @@ def slice_blocks(n_layer: int, k: int) -> tuple[list[int], list[int]]:
     The k blocks include the first and last (llama.cpp's mixed quant types give them more bits)
     and the middle one, so the k-block slice samples the file's mix of block types."""
     if n_layer < 2 or k < 2 or k > n_layer:
-        raise UsageError(f"cannot take a {k}-block slice of a {n_layer}-block model",
-                         fix="profile the whole model (`edgekit profile --model ... --quick`)")
+        raise UsageError(
+            f"cannot take a {k}-block slice of a {n_layer}-block model",
+            fix="profile the whole model (`edgekit profile --model ... --quick`)",
+        )
     mid = n_layer // 2
     spread = {round(i * (n_layer - 1) / (k - 1)) for i in range(k)}
     if mid not in spread:  # replace the spread block nearest the middle
@@ -49,10 +50,13 @@ def _str(b: bytes) -> bytes:
     return struct.pack("<Q", len(b)) + b
 
 
-def _kv(key: str, vtype: int, value, sub: Optional[int] = None) -> bytes:
+def _kv(key: str, vtype: int, value, sub: int | None = None) -> bytes:
     """One serialized metadata pair (scalar, string, or array of scalars/strings)."""
+
     def one(t, v):
-        return _str(v.encode() if isinstance(v, str) else bytes(v)) if t == _STRING else struct.pack("<" + _SCALAR[t], v)
+        return (
+            _str(v.encode() if isinstance(v, str) else bytes(v)) if t == _STRING else struct.pack("<" + _SCALAR[t], v)
+        )
 
     out = _str(key.encode()) + struct.pack("<I", vtype)
     if vtype == _ARRAY:
@@ -72,12 +76,15 @@ def write_slice(src: str | Path, dst: str | Path, blocks: list[int]) -> int:
         arch = str(meta.get("general.architecture", ""))
         key = f"{arch}.block_count"
         if key not in meta:
-            raise GGUFError(f"{src}: no {key} in its metadata, so its blocks cannot be sliced",
-                            fix="profile the whole model (`edgekit profile --model ... --quick`)")
+            raise GGUFError(
+                f"{src}: no {key} in its metadata, so its blocks cannot be sliced",
+                fix="profile the whole model (`edgekit profile --model ... --quick`)",
+            )
         n_layer = int(meta[key])
         if not blocks or len(set(blocks)) != len(blocks) or min(blocks) < 0 or max(blocks) >= n_layer:
-            raise UsageError(f"blocks {blocks} are not distinct blocks of a {n_layer}-block model",
-                             fix="pick blocks 0..n_layer-1")
+            raise UsageError(
+                f"blocks {blocks} are not distinct blocks of a {n_layer}-block model", fix="pick blocks 0..n_layer-1"
+            )
         keep = {old: new for new, old in enumerate(sorted(blocks))}
         out_kv = []
         for k, vtype, sub, start, end, value in lay.kvs:
@@ -92,7 +99,9 @@ def write_slice(src: str | Path, dst: str | Path, blocks: list[int]) -> int:
         plan = []
         for name, dims, ttype, offset, nbytes in lay.tensors:
             if nbytes is None:
-                raise GGUFError(f"{src}: tensor {name} has a type ({ttype}) edgekit cannot size", fix="profile the whole model")
+                raise GGUFError(
+                    f"{src}: tensor {name} has a type ({ttype}) edgekit cannot size", fix="profile the whole model"
+                )
             m = _BLOCK.fullmatch(name)
             if m is None or int(m.group(1)) in keep:
                 new = name if m is None else f"blk.{keep[int(m.group(1))]}.{m.group(2)}"
@@ -110,6 +119,6 @@ def write_slice(src: str | Path, dst: str | Path, blocks: list[int]) -> int:
             for _, _, _, pos, nbytes in plan:
                 if pos + nbytes > len(mm):
                     raise GGUFError(f"{src} is truncated", fix="the file is incomplete; re-copy or re-download it")
-                out.write(mm[pos: pos + nbytes])
+                out.write(mm[pos : pos + nbytes])
                 out.write(b"\0" * pad(nbytes))
     return Path(dst).stat().st_size

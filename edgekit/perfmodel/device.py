@@ -38,13 +38,12 @@ no profiled model shares gets ``UNSEEN_TYPE_UNC`` more: dequantization cost per 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
 from edgekit.errors import SchemaError
-from edgekit.perfmodel.fit import DEFAULT_OVERHEAD_FRAC, fit, kv_bytes
 from edgekit.perfmodel import published as pub
+from edgekit.perfmodel.fit import DEFAULT_OVERHEAD_FRAC, fit, kv_bytes
 from edgekit.perfmodel.model import PerfModel
 from edgekit.perfmodel.nnls import nnls
 from edgekit.schemas.profile import DeviceProfile, ModelInfo, ModelProfile
@@ -62,7 +61,7 @@ VARIANT_TYPE_PREFILL_UNC = 0.60
 _REF_I, _REF_S = 256, 256  # reference configuration for power
 
 
-def quant_family(quant: Optional[str]) -> str:
+def quant_family(quant: str | None) -> str:
     """legacy (Q4_0, Q8_0 ...), k-quant (Q4_K_M, Q2_K ...), i-quant (IQ...), float (F16, BF16, F32), or unknown."""
     q = (quant or "").upper()
     if not q:
@@ -88,8 +87,11 @@ def layer_params(info: ModelInfo) -> tuple[float, str]:
 def usable_models(profile: DeviceProfile) -> list[ModelProfile]:
     """Measured entries with the size, parameter count and KV bytes a cross-model fit needs (an entry
     estimated from slices is not a measurement to fit the device on)."""
-    return [mp for mp in profile.measured_models()
-            if mp.model.size_bytes and mp.model.n_params and kv_bytes(mp.model)[0] and not mp.published_model]
+    return [
+        mp
+        for mp in profile.measured_models()
+        if mp.model.size_bytes and mp.model.n_params and kv_bytes(mp.model)[0] and not mp.published_model
+    ]
 
 
 @dataclass
@@ -100,10 +102,10 @@ class DeviceModel:
     use_dims: bool
     rel_unc: dict  # {"prefill": r, "decode": r}
     interval_how: str
-    source: Optional[str] = None
+    source: str | None = None
     notes: list[str] = field(default_factory=list)
     families: set = field(default_factory=set)  # quant type families of the profiled models
-    batch_shape: Optional[tuple] = None  # (n knots, [k_n, c_n] per knot)
+    batch_shape: tuple | None = None  # (n knots, [k_n, c_n] per knot)
     kv_unified: bool = False
 
     @property
@@ -127,10 +129,13 @@ class DeviceModel:
         if info.size_bytes is None or info.n_params is None or kv is None:
             raise SchemaError(
                 f"cannot estimate model {info.id!r} across models: size_bytes, n_params and KV bytes per token are needed",
-                fix=f"profile {info.id} on this device (`edgekit profile --model {info.id} --quick --append`)")
+                fix=f"profile {info.id} on this device (`edgekit profile --model {info.id} --quick --append`)",
+            )
         if self.use_dims and not (info.n_layer and info.n_embd):
-            raise SchemaError(f"cannot estimate model {info.id!r}: n_layer and n_embd are needed",
-                              fix=f"profile {info.id} on this device")
+            raise SchemaError(
+                f"cannot estimate model {info.id!r}: n_layer and n_embd are needed",
+                fix=f"profile {info.id} on this device",
+            )
         size = float(info.size_bytes)
         F, _ = layer_params(info)
         cf = self.coef
@@ -140,24 +145,43 @@ class DeviceModel:
         fam = quant_family(info.quant)
         if fam not in self.families:
             r_p, r_d = r_p + UNSEEN_TYPE_UNC, r_d + UNSEEN_TYPE_UNC
-            how += (f"; +{UNSEEN_TYPE_UNC:.0%}: type {info.quant} ({fam}) shares no quant family with the profiled "
-                    f"models ({', '.join(sorted(self.families))}), its dequantization cost is not fitted")
+            how += (
+                f"; +{UNSEEN_TYPE_UNC:.0%}: type {info.quant} ({fam}) shares no quant family with the profiled "
+                f"models ({', '.join(sorted(self.families))}), its dequantization cost is not fitted"
+            )
             notes.append(f"quant family {fam} not profiled on this device")
         alpha = cf["alpha"][0] * size + cf["alpha"][1]
         pm = PerfModel(
-            model_id=info.id, quant=info.quant, sha256=info.sha256,
-            a=cf["a"][0] * F, b=cf["b"][0] * F, c=cf["c"][0] * F,
-            alpha=alpha, beta=cf["beta"][0] * size + cf["beta"][1], gamma=cf["gamma"][0] * kv,
+            model_id=info.id,
+            quant=info.quant,
+            sha256=info.sha256,
+            a=cf["a"][0] * F,
+            b=cf["b"][0] * F,
+            c=cf["c"][0] * F,
+            alpha=alpha,
+            beta=cf["beta"][0] * size + cf["beta"][1],
+            gamma=cf["gamma"][0] * kv,
             method=f"estimated (cross-model from {', '.join(self.models)} on {self.device}"
-                   f"{' in ' + self.source if self.source else ''})",
-            figure_method="estimated", rel_unc_prefill=r_p, rel_unc_decode=r_d,
-            rel_unc_batch=0.0, max_n_measured=10**9, interval_how=how,
-            weights_bytes=size, kv_bytes_per_token=kv,
-            overhead_bytes=cf["overhead"][0] * size + cf["overhead"][1] if "overhead" in cf else DEFAULT_OVERHEAD_FRAC * size,
-            memory_how=(f"estimated: weights + KV ({kv_how}) x (I + n*B) + runtime overhead affine in file size, fitted to "
-                        f"the measured peak memory of {', '.join(self.models)}" if "overhead" in cf else
-                        f"estimated: weights + KV ({kv_how}) x (I + n*B) + {DEFAULT_OVERHEAD_FRAC:.0%} of weights"),
-            source=self.source, notes=notes,
+            f"{' in ' + self.source if self.source else ''})",
+            figure_method="estimated",
+            rel_unc_prefill=r_p,
+            rel_unc_decode=r_d,
+            rel_unc_batch=0.0,
+            max_n_measured=10**9,
+            interval_how=how,
+            weights_bytes=size,
+            kv_bytes_per_token=kv,
+            overhead_bytes=cf["overhead"][0] * size + cf["overhead"][1]
+            if "overhead" in cf
+            else DEFAULT_OVERHEAD_FRAC * size,
+            memory_how=(
+                f"estimated: weights + KV ({kv_how}) x (I + n*B) + runtime overhead affine in file size, fitted to "
+                f"the measured peak memory of {', '.join(self.models)}"
+                if "overhead" in cf
+                else f"estimated: weights + KV ({kv_how}) x (I + n*B) + {DEFAULT_OVERHEAD_FRAC:.0%} of weights"
+            ),
+            source=self.source,
+            notes=notes,
         )
         if self.batch_shape:  # step base cost per measured n, affine in the bytes read
             knots, kc = self.batch_shape
@@ -175,7 +199,9 @@ class DeviceModel:
             pm.energy_mode = "power"
             pm.p_prefill_w = cf["p_prefill"][0] + cf["p_prefill"][1] * size
             pm.p_decode_w = cf["p_decode"][0] + cf["p_decode"][1] * size
-            pm.energy_how = f"estimated: device power (linear in model size across {', '.join(self.models)}) x predicted time"
+            pm.energy_how = (
+                f"estimated: device power (linear in model size across {', '.join(self.models)}) x predicted time"
+            )
         else:
             pm.energy_how = "unavailable: the profiled models have no energy figures"
         return pm
@@ -192,20 +218,22 @@ def _lin(x: np.ndarray, y: np.ndarray, intercept: bool) -> list[float]:
     return [float(coef[0]), float(coef[1]) if intercept else 0.0]
 
 
-def _avg_powers(pm: PerfModel) -> Optional[tuple[float, float]]:
+def _avg_powers(pm: PerfModel) -> tuple[float, float] | None:
     r = pm.predict_arrays(np.array([_REF_I]), np.array([_REF_S]), np.array([1.0]), np.array([_REF_S]))
     if pm.energy_mode is None or np.isnan(r["energy_j"][0]):
         return None
     if pm.energy_mode == "power":
         return pm.p_prefill_w, pm.p_decode_w
     if pm.energy_mode == "per_token":
-        return (pm.e_prefill_tok_j * _REF_I / float(r["prefill_s"][0]),
-                pm.e_decode_tok_j * _REF_S / float(r["decode_s"][0]))
+        return (
+            pm.e_prefill_tok_j * _REF_I / float(r["prefill_s"][0]),
+            pm.e_decode_tok_j * _REF_S / float(r["decode_s"][0]),
+        )
 
     return float(pub.prefill_power_w(pm.published_model, _REF_I)), float(pub.decode_power_w(pm.published_model, _REF_S))
 
 
-def _device(profile: DeviceProfile, mps: list[ModelProfile], source: Optional[str]) -> DeviceModel:
+def _device(profile: DeviceProfile, mps: list[ModelProfile], source: str | None) -> DeviceModel:
     infos = [m.model for m in mps]
     pms = [fit(m, source) for m in mps]
     size = np.array([float(i.size_bytes) for i in infos])
@@ -214,8 +242,13 @@ def _device(profile: DeviceProfile, mps: list[ModelProfile], source: Optional[st
     g = lambda k: np.array([getattr(p, k) for p in pms])  # noqa: E731
     # prefill: the device's curve per unit of block parameters, averaged over the profiled models
     cf = {k: [float(np.mean(g(k) / F)), 0.0] for k in ("a", "b", "c")}
-    cf.update({"alpha": _lin(size, g("alpha"), True), "beta": _lin(size, g("beta"), True),
-               "gamma": _lin(kv, g("gamma"), False)})
+    cf.update(
+        {
+            "alpha": _lin(size, g("alpha"), True),
+            "beta": _lin(size, g("beta"), True),
+            "gamma": _lin(kv, g("gamma"), False),
+        }
+    )
     pw = [_avg_powers(p) for p in pms]
     if all(x is not None for x in pw):
         cf["p_prefill"] = _lin(size, np.array([x[0] for x in pw]), True)[::-1]
@@ -223,9 +256,16 @@ def _device(profile: DeviceProfile, mps: list[ModelProfile], source: Optional[st
     if all(m.peak_rss_mb is not None and m.peak_rss_mb.method == "measured" for m in mps):
         cf["overhead"] = _lin(size, g("overhead_bytes"), True)  # measured peak minus weights and KV, per model
     use_dims = all(i.n_layer and i.n_embd for i in infos)
-    dm = DeviceModel(device=profile.device.name, models=[i.id for i in infos], coef=cf, use_dims=use_dims,
-                     rel_unc=dict(TWO_MODEL_UNC), interval_how="", source=source,
-                     families={quant_family(i.quant) for i in infos})
+    dm = DeviceModel(
+        device=profile.device.name,
+        models=[i.id for i in infos],
+        coef=cf,
+        use_dims=use_dims,
+        rel_unc=dict(TWO_MODEL_UNC),
+        interval_how="",
+        source=source,
+        families={quant_family(i.quant) for i in infos},
+    )
     knotted = [pm for pm in pms if pm.n_knots and len(pm.n_knots) >= 1]
     if len(knotted) == len(pms):
         common = sorted(set.intersection(*(set(pm.n_knots) for pm in pms)))
@@ -238,7 +278,7 @@ def _device(profile: DeviceProfile, mps: list[ModelProfile], source: Optional[st
     return dm
 
 
-def _loo_errors(profile: DeviceProfile, mps: list[ModelProfile], source: Optional[str]) -> dict:
+def _loo_errors(profile: DeviceProfile, mps: list[ModelProfile], source: str | None) -> dict:
     """Relative errors of each part when each model is predicted from the others, on its recorded points."""
     err: dict[str, list[float]] = {"prefill": [], "decode": []}
     for k, held in enumerate(mps):
@@ -261,7 +301,8 @@ def fit_device(profile: DeviceProfile, source: str | None = None) -> DeviceModel
     if len(mps) < 2:
         raise SchemaError(
             f"profile{where} has {len(mps)} model(s) with size, parameter count and KV bytes; a cross-model estimate needs 2",
-            fix="profile a second model on this device (`edgekit profile --model ... --quick --append`)")
+            fix="profile a second model on this device (`edgekit profile --model ... --quick --append`)",
+        )
     dm = _device(profile, mps, source)
     if len(mps) >= 3:
         err = _loo_errors(profile, mps, source)
@@ -269,19 +310,24 @@ def fit_device(profile: DeviceProfile, source: str | None = None) -> DeviceModel
         for part, e in err.items():
             rms = float(np.sqrt(np.mean(np.square(e)))) if e else 0.0
             dm.rel_unc[part] = max(LOO_FLOOR, 2 * rms)
-            parts.append(f"{part} +-{dm.rel_unc[part]:.0%} (2 x leave-one-model-out RMS {rms:.1%} over {len(e)} "
-                         f"recorded points, floor {LOO_FLOOR:.0%})")
+            parts.append(
+                f"{part} +-{dm.rel_unc[part]:.0%} (2 x leave-one-model-out RMS {rms:.1%} over {len(e)} "
+                f"recorded points, floor {LOO_FLOOR:.0%})"
+            )
         dm.interval_how = "; ".join(parts)
     else:
-        dm.interval_how = (f"assumed prefill +-{TWO_MODEL_UNC['prefill']:.0%}, decode +-{TWO_MODEL_UNC['decode']:.0%} "
-                           "(2 models: no residual; widths from leave-one-out on the recorded CI profile)")
+        dm.interval_how = (
+            f"assumed prefill +-{TWO_MODEL_UNC['prefill']:.0%}, decode +-{TWO_MODEL_UNC['decode']:.0%} "
+            "(2 models: no residual; widths from leave-one-out on the recorded CI profile)"
+        )
     return dm
 
 
 def same_architecture(a: ModelInfo, b: ModelInfo) -> bool:
     """Same block structure and KV layout (a quantized variant of the same model): n_layer, n_embd, KV bytes."""
-    return bool(a.n_layer and a.n_embd and a.n_layer == b.n_layer and a.n_embd == b.n_embd
-                and kv_bytes(a)[0] == kv_bytes(b)[0])
+    return bool(
+        a.n_layer and a.n_embd and a.n_layer == b.n_layer and a.n_embd == b.n_embd and kv_bytes(a)[0] == kv_bytes(b)[0]
+    )
 
 
 def predict_variant(dm: DeviceModel, info: ModelInfo, anchor_info: ModelInfo, anchor: PerfModel) -> PerfModel:
@@ -311,13 +357,17 @@ def predict_variant(dm: DeviceModel, info: ModelInfo, anchor_info: ModelInfo, an
     shift = dm.rel_unc["decode"] * abs(dS) / float(anchor_info.size_bytes)  # the fitted per-byte cost is uncertain too
     pm.rel_unc_prefill += extra_prefill
     pm.rel_unc_decode += extra + shift
-    pm.method = (f"estimated (cross-model: {anchor_info.id} {anchor_info.quant} measured in {dm.source or 'the profile'}, "
-                 f"decode step shifted by {dS / 1e6:+.0f} MB x the per-byte step cost fitted across {', '.join(dm.models)})")
+    pm.method = (
+        f"estimated (cross-model: {anchor_info.id} {anchor_info.quant} measured in {dm.source or 'the profile'}, "
+        f"decode step shifted by {dS / 1e6:+.0f} MB x the per-byte step cost fitted across {', '.join(dm.models)})"
+    )
     pm.figure_method = "estimated"
-    pm.interval_how = (f"{anchor.interval_how}; prefill +{extra_prefill:.0%}, decode +{extra:.0%} for type {info.quant} vs "
-                       f"{anchor_info.quant} (per-type CPU kernels); decode "
-                       f"+{shift:.1%} = cross-model decode +-{dm.rel_unc['decode']:.0%} x |size change| / anchor size"
-                       f"{' (family ' + fam + ' not profiled)' if fam not in dm.families else ''}")
+    pm.interval_how = (
+        f"{anchor.interval_how}; prefill +{extra_prefill:.0%}, decode +{extra:.0%} for type {info.quant} vs "
+        f"{anchor_info.quant} (per-type CPU kernels); decode "
+        f"+{shift:.1%} = cross-model decode +-{dm.rel_unc['decode']:.0%} x |size change| / anchor size"
+        f"{' (family ' + fam + ' not profiled)' if fam not in dm.families else ''}"
+    )
     pm.weights_bytes = float(info.size_bytes)
     pm.memory_how = f"{anchor.memory_how} (weights = the variant's file size)"
     pm.notes = list(anchor.notes) + [f"variant of {anchor_info.id}: prefill as measured for it (same FLOPs per token)"]

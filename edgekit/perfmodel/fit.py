@@ -17,7 +17,6 @@ source gives no error bands in readable form, so edgekit assumes +-10 % (``PUBLI
 from __future__ import annotations
 
 import statistics
-from typing import Optional
 
 import numpy as np
 
@@ -38,7 +37,7 @@ DEFAULT_OVERHEAD_FRAC = 0.10  # runtime buffers when peak memory was not measure
 F16_BYTES = 2
 
 
-def _cv(f: Figure) -> Optional[float]:
+def _cv(f: Figure) -> float | None:
     if f.cv is not None:
         return float(f.cv)
     if f.samples and len(f.samples) > 1:
@@ -67,16 +66,18 @@ def _rel_unc(rel_res: np.ndarray, n_coef: int, cvs: list[float]) -> tuple[float,
     return r, f"exactly determined fit ({n} points): assumed +-{EXACT_FIT_UNC:.0%} or 2 x repetition CV"
 
 
-def kv_bytes(info: ModelInfo) -> tuple[Optional[float], str]:
+def kv_bytes(info: ModelInfo) -> tuple[float | None, str]:
     if info.kv_bytes_per_token:
         return float(info.kv_bytes_per_token), "kv_bytes_per_token from the profile"
     if info.n_layer and info.n_head_kv and info.n_embd_head:
-        return (2.0 * info.n_layer * info.n_head_kv * info.n_embd_head * F16_BYTES,
-                "KV bytes estimated as 2 x n_layer x n_head_kv x head_dim x 2 B (f16 cache)")
+        return (
+            2.0 * info.n_layer * info.n_head_kv * info.n_embd_head * F16_BYTES,
+            "KV bytes estimated as 2 x n_layer x n_head_kv x head_dim x 2 B (f16 cache)",
+        )
     return None, "KV bytes per token unknown"
 
 
-def memory_terms(mp: ModelProfile) -> tuple[Optional[float], Optional[float], Optional[float], str]:
+def memory_terms(mp: ModelProfile) -> tuple[float | None, float | None, float | None, str]:
     info = mp.model
     kv, kv_how = kv_bytes(info)
     if info.size_bytes is None or kv is None:
@@ -91,12 +92,20 @@ def memory_terms(mp: ModelProfile) -> tuple[Optional[float], Optional[float], Op
     if have:
         kv_alloc = kv * (mp.n_ctx or 0)
         over = max(0.0, total - w - kv_alloc)
-        how = (f"weights + KV ({kv_how}) x (I + n*B) + runtime overhead {over / 1e6:.0f} MB from measured peak memory "
-               f"minus weights and the n_ctx={mp.n_ctx} KV cache")
+        how = (
+            f"weights + KV ({kv_how}) x (I + n*B) + runtime overhead {over / 1e6:.0f} MB from measured peak memory "
+            f"minus weights and the n_ctx={mp.n_ctx} KV cache"
+        )
         return w, kv, over, how
-    return w, kv, DEFAULT_OVERHEAD_FRAC * w, (
-        f"estimated: weights + KV ({kv_how}) x (I + n*B) + {DEFAULT_OVERHEAD_FRAC:.0%} of weights for runtime buffers "
-        "(peak memory not measured)")
+    return (
+        w,
+        kv,
+        DEFAULT_OVERHEAD_FRAC * w,
+        (
+            f"estimated: weights + KV ({kv_how}) x (I + n*B) + {DEFAULT_OVERHEAD_FRAC:.0%} of weights for runtime buffers "
+            "(peak memory not measured)"
+        ),
+    )
 
 
 def fit(model_profile: ModelProfile, source: str | None = None) -> PerfModel:
@@ -106,16 +115,24 @@ def fit(model_profile: ModelProfile, source: str | None = None) -> PerfModel:
     mp = model_profile
     mid = mp.model.id
     where = f" in {source}" if source else ""
-    pre = [(p.prompt_tokens, p.prefill_s.value, _cv(p.prefill_s)) for p in mp.prefill
-           if p.prefill_s.value is not None and p.prefill_s.value > 0]
+    pre = [
+        (p.prompt_tokens, p.prefill_s.value, _cv(p.prefill_s))
+        for p in mp.prefill
+        if p.prefill_s.value is not None and p.prefill_s.value > 0
+    ]
     unified = mp.kv_layout == "unified"
     # KV cells each sequence attends during the timed steps (mean): its own depth, or, with a
     # unified cache, the shared prompt plus all n sequences' generated tokens
-    dec = [(d.n, d.context_tokens + (d.n if unified else 1) * (max(d.steps, 1) - 1) / 2, d.step_s.value, _cv(d.step_s))
-           for d in mp.decode if d.step_s.value is not None and d.step_s.value > 0]
+    dec = [
+        (d.n, d.context_tokens + (d.n if unified else 1) * (max(d.steps, 1) - 1) / 2, d.step_s.value, _cv(d.step_s))
+        for d in mp.decode
+        if d.step_s.value is not None and d.step_s.value > 0
+    ]
     if not pre or not dec:
-        raise SchemaError(f"profile{where} has no measured {'prefill' if not pre else 'decode'} points for model {mid!r}",
-                          fix=f"re-run `edgekit profile --model {mid}`")
+        raise SchemaError(
+            f"profile{where} has no measured {'prefill' if not pre else 'decode'} points for model {mid!r}",
+            fix=f"re-run `edgekit profile --model {mid}`",
+        )
     notes: list[str] = []
     # prefill: columns I^2, I, 1
     I = np.array([p[0] for p in pre], float)
@@ -133,8 +150,10 @@ def fit(model_profile: ModelProfile, source: str | None = None) -> PerfModel:
     td = np.array([d[2] for d in dec], float)
     Xd = np.stack([np.ones_like(n), n, n * ctx], axis=1)
     cols_d = [0, 1, 2]
-    for drop, why in ((1, "beta (per-sequence cost) not separable: no n > 1 points; weights assumed streamed once per step"),
-                      (2, "gamma (per-KV-token cost) not separable: no spread of contexts")):
+    for drop, why in (
+        (1, "beta (per-sequence cost) not separable: no n > 1 points; weights assumed streamed once per step"),
+        (2, "gamma (per-KV-token cost) not separable: no spread of contexts"),
+    ):
         if np.linalg.matrix_rank(Xd[:, cols_d] / np.abs(Xd[:, cols_d]).max(axis=0)) < len(cols_d):
             cols_d.remove(drop)
             notes.append(why)
@@ -151,32 +170,67 @@ def fit(model_profile: ModelProfile, source: str | None = None) -> PerfModel:
     if unified:
         notes.append("unified KV cache: attention term gamma*n*(prompt + n*generated)")
     pm = PerfModel(
-        model_id=mid, quant=mp.model.quant, sha256=mp.model.sha256, a=a, b=b, c=c, alpha=alpha, beta=beta, gamma=gamma,
-        method=f"fitted from measured profile {source or '(unsaved)'}", figure_method="estimated",
-        rel_unc_prefill=r_p, rel_unc_decode=r_d, rel_unc_batch=BATCH_EXTRAPOLATION_UNC, max_n_measured=int(n.max()),
+        model_id=mid,
+        quant=mp.model.quant,
+        sha256=mp.model.sha256,
+        a=a,
+        b=b,
+        c=c,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        method=f"fitted from measured profile {source or '(unsaved)'}",
+        figure_method="estimated",
+        rel_unc_prefill=r_p,
+        rel_unc_decode=r_d,
+        rel_unc_batch=BATCH_EXTRAPOLATION_UNC,
+        max_n_measured=int(n.max()),
         interval_how=f"prefill +-{r_p:.1%}: {how_p}; decode +-{r_d:.1%}: {how_d}; "
-                     f"+{BATCH_EXTRAPOLATION_UNC:.0%} for n > {int(n.max())}",
-        weights_bytes=w, kv_bytes_per_token=kv, overhead_bytes=over, memory_how=mem_how, source=source, notes=notes,
-        n_knots=n_knots, base_knots=[knots[k] for k in n_knots] if n_knots else None, kv_unified=unified,
-        residuals={"prefill": {"prompt_tokens": I.tolist(), "measured_s": t.tolist(), "rel_err": rel_p.tolist()},
-                   "decode": {"n": n.tolist(), "context_tokens": ctx.tolist(), "measured_s": td.tolist(),
-                              "rel_err": rel_d.tolist()}},
+        f"+{BATCH_EXTRAPOLATION_UNC:.0%} for n > {int(n.max())}",
+        weights_bytes=w,
+        kv_bytes_per_token=kv,
+        overhead_bytes=over,
+        memory_how=mem_how,
+        source=source,
+        notes=notes,
+        n_knots=n_knots,
+        base_knots=[knots[k] for k in n_knots] if n_knots else None,
+        kv_unified=unified,
+        residuals={
+            "prefill": {"prompt_tokens": I.tolist(), "measured_s": t.tolist(), "rel_err": rel_p.tolist()},
+            "decode": {
+                "n": n.tolist(),
+                "context_tokens": ctx.tolist(),
+                "measured_s": td.tolist(),
+                "rel_err": rel_d.tolist(),
+            },
+        },
     )
     if mp.estimate is not None:  # points timed on block slices, extrapolated to the whole depth
         est = mp.estimate
-        pm.method = (f"estimated (block slices: blocks {est.blocks_one} and {est.blocks_k} of {est.n_layer} timed on this "
-                     f"device, extrapolated to {est.n_layer} blocks, in {source or '(unsaved)'})")
+        pm.method = (
+            f"estimated (block slices: blocks {est.blocks_one} and {est.blocks_k} of {est.n_layer} timed on this "
+            f"device, extrapolated to {est.n_layer} blocks, in {source or '(unsaved)'})"
+        )
         pm.rel_unc_prefill += est.rel_unc_prefill
         pm.rel_unc_decode += est.rel_unc_decode
-        pm.interval_how += (f"; + prefill {est.rel_unc_prefill:.0%}, decode {est.rel_unc_decode:.0%} for the "
-                            f"extrapolation from slices ({est.how})")
+        pm.interval_how += (
+            f"; + prefill {est.rel_unc_prefill:.0%}, decode {est.rel_unc_decode:.0%} for the "
+            f"extrapolation from slices ({est.how})"
+        )
     e = mp.energy
-    if e is not None and e.prefill_energy_per_token_mj.value is not None and e.decode_energy_per_token_mj.value is not None:
+    if (
+        e is not None
+        and e.prefill_energy_per_token_mj.value is not None
+        and e.decode_energy_per_token_mj.value is not None
+    ):
         pm.energy_mode = "per_token"
         pm.e_prefill_tok_j = e.prefill_energy_per_token_mj.value / 1e3
         pm.e_decode_tok_j = e.decode_energy_per_token_mj.value / 1e3
-        pm.energy_how = (f"profile energy per token ({e.prefill_energy_per_token_mj.method}, meter {e.meter}) x tokens; "
-                         "decode scaled with n by the step-time ratio (assumption)")
+        pm.energy_how = (
+            f"profile energy per token ({e.prefill_energy_per_token_mj.method}, meter {e.meter}) x tokens; "
+            "decode scaled with n by the step-time ratio (assumption)"
+        )
     elif e is not None:
         pm.energy_how = f"unavailable: energy per token not measured (meter {e.meter})"
     return pm
@@ -190,26 +244,50 @@ def _from_published(mp: ModelProfile, source: str | None) -> PerfModel:
         a, b, c, pad = float(pl["a"]), float(pl["b"]), float(pl["c"]), int(pl["pad_to"])
         n0, m = float(dl["n"]), float(dl["m"])
     except (KeyError, TypeError, ValueError) as ex:
-        raise SchemaError(f"published_model of {mp.model.id!r}{' in ' + source if source else ''} lacks {ex}",
-                          fix="regenerate the reference profile with `python -m edgekit.profile.reference`") from ex
+        raise SchemaError(
+            f"published_model of {mp.model.id!r}{' in ' + source if source else ''} lacks {ex}",
+            fix="regenerate the reference profile with `python -m edgekit.profile.reference`",
+        ) from ex
     w, kv, over, mem_how = memory_terms(mp)
     pm = PerfModel(
-        model_id=mp.model.id, quant=mp.model.quant, sha256=mp.model.sha256, a=a, b=b, c=c, pad_to=pad,
-        alpha=n0, beta=0.0, gamma=m, method=f"published ({cite})", figure_method="published",
-        rel_unc_prefill=PUBLISHED_REL_UNC, rel_unc_decode=PUBLISHED_REL_UNC, rel_unc_batch=PUBLISHED_BATCH_UNC,
+        model_id=mp.model.id,
+        quant=mp.model.quant,
+        sha256=mp.model.sha256,
+        a=a,
+        b=b,
+        c=c,
+        pad_to=pad,
+        alpha=n0,
+        beta=0.0,
+        gamma=m,
+        method=f"published ({cite})",
+        figure_method="published",
+        rel_unc_prefill=PUBLISHED_REL_UNC,
+        rel_unc_decode=PUBLISHED_REL_UNC,
+        rel_unc_batch=PUBLISHED_BATCH_UNC,
         max_n_measured=1,
-        interval_how=(f"assumed +-{PUBLISHED_REL_UNC:.0%} (the source publishes no error band in readable form), "
-                      f"+{PUBLISHED_BATCH_UNC:.0%} for n > 1 (not covered by the source)"),
-        weights_bytes=w, kv_bytes_per_token=kv, overhead_bytes=over, memory_how=mem_how, source=source,
-        notes=["n > 1: the published n=1 step cost is paid once per batched step, the context term per sequence "
-               "(edgekit assumption; the source covers batch 1 only)"],
+        interval_how=(
+            f"assumed +-{PUBLISHED_REL_UNC:.0%} (the source publishes no error band in readable form), "
+            f"+{PUBLISHED_BATCH_UNC:.0%} for n > 1 (not covered by the source)"
+        ),
+        weights_bytes=w,
+        kv_bytes_per_token=kv,
+        overhead_bytes=over,
+        memory_how=mem_how,
+        source=source,
+        notes=[
+            "n > 1: the published n=1 step cost is paid once per batched step, the context term per sequence "
+            "(edgekit assumption; the source covers batch 1 only)"
+        ],
     )
     if "prefill_power" in d and "decode_power" in d:
         pm.energy_mode = "published_power"
         pm.published_model = d
-        pm.energy_how = (f"published power fits x predicted time ({cite}); decode power for O >= "
-                         f"{d['decode_power'].get('switch_output_tokens')} held at its O = 64 value (the source's "
-                         "long-decode parameters are not published in readable form); same power assumed for n > 1")
+        pm.energy_how = (
+            f"published power fits x predicted time ({cite}); decode power for O >= "
+            f"{d['decode_power'].get('switch_output_tokens')} held at its O = 64 value (the source's "
+            "long-decode parameters are not published in readable form); same power assumed for n > 1"
+        )
     if mp.prefill:
         ip = np.array([p.prompt_tokens for p in mp.prefill], float)
         tp = np.array([p.prefill_s.value for p in mp.prefill], float)

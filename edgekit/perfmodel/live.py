@@ -23,7 +23,7 @@ import math
 import statistics
 import threading
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any
 
 from edgekit.figures import Figure, estimated
 from edgekit.perfmodel.model import PerfModel
@@ -53,11 +53,20 @@ class LiveCorrection:
         self.requests = 0
 
     # -- updates ---------------------------------------------------------------------------------
-    def update(self, *, measured_prefill_s: Optional[float] = None, predicted_prefill_s: Optional[float] = None,
-               measured_decode_s: Optional[float] = None, predicted_decode_s: Optional[float] = None) -> dict:
+    def update(
+        self,
+        *,
+        measured_prefill_s: float | None = None,
+        predicted_prefill_s: float | None = None,
+        measured_decode_s: float | None = None,
+        predicted_decode_s: float | None = None,
+    ) -> dict:
         """One request. A part enters only when both its times are finite and >= MIN_PART_S.
         Returns the raw ratios that entered ({part: ratio}); empty when nothing did."""
-        pairs = {"prefill": (measured_prefill_s, predicted_prefill_s), "decode": (measured_decode_s, predicted_decode_s)}
+        pairs = {
+            "prefill": (measured_prefill_s, predicted_prefill_s),
+            "decode": (measured_decode_s, predicted_decode_s),
+        }
         used = {}
         with self._lock:
             for p, (m, pr) in pairs.items():
@@ -109,7 +118,7 @@ class LiveCorrection:
         kp, kd = self.factors()
         return f"k=prefill {kp:.3g}, decode {kd:.3g}, from {self.requests} request(s)"
 
-    def corrected(self, prediction: Any, note: Optional[str] = None) -> Figure:
+    def corrected(self, prediction: Any, note: str | None = None) -> Figure:
         """A prediction with ``prefill_s`` and ``decode_s`` (a perfmodel Prediction or a plan's Predicted),
         corrected: an estimated Figure that says so."""
         v = self.corrected_s(float(prediction.prefill_s), float(prediction.decode_s))
@@ -118,14 +127,26 @@ class LiveCorrection:
     # -- (de)serialisation -------------------------------------------------------------------------------
     def snapshot(self) -> dict:
         with self._lock:
-            return {"alpha": self.alpha, "clamp": [self.lo, self.hi], "min_samples": self.min_samples,
-                    "requests": self.requests,
-                    **{p: {"factor": math.exp(self._log[p]) if self._n[p] >= self.min_samples else 1.0,
-                           "ewma": math.exp(self._log[p]), "samples": self._n[p], "active": self._n[p] >= self.min_samples,
-                           "last_ratio": self._last[p], "warmup_log_ratios": list(self._warm[p])} for p in PARTS}}
+            return {
+                "alpha": self.alpha,
+                "clamp": [self.lo, self.hi],
+                "min_samples": self.min_samples,
+                "requests": self.requests,
+                **{
+                    p: {
+                        "factor": math.exp(self._log[p]) if self._n[p] >= self.min_samples else 1.0,
+                        "ewma": math.exp(self._log[p]),
+                        "samples": self._n[p],
+                        "active": self._n[p] >= self.min_samples,
+                        "last_ratio": self._last[p],
+                        "warmup_log_ratios": list(self._warm[p]),
+                    }
+                    for p in PARTS
+                },
+            }
 
     @classmethod
-    def restore(cls, snap: dict) -> "LiveCorrection":
+    def restore(cls, snap: dict) -> LiveCorrection:
         c = cls(alpha=snap["alpha"], lo=snap["clamp"][0], hi=snap["clamp"][1], min_samples=snap["min_samples"])
         for p in PARTS:
             s = snap[p]
@@ -141,8 +162,15 @@ def scale_model(pm: PerfModel, prefill: float, decode: float, why: str = "live c
     """``pm`` on a device ``prefill`` x slower at prefill and ``decode`` x slower per decode step."""
     if prefill == 1.0 and decode == 1.0:
         return pm
-    return replace(pm, a=pm.a * prefill, b=pm.b * prefill, c=pm.c * prefill, alpha=pm.alpha * decode,
-                   beta=pm.beta * decode, gamma=pm.gamma * decode,
-                   base_knots=[x * decode for x in pm.base_knots] if pm.base_knots else pm.base_knots,
-                   method=f"{pm.method}, x {why} (prefill {prefill:.3g}, decode {decode:.3g})",
-                   figure_method="estimated")
+    return replace(
+        pm,
+        a=pm.a * prefill,
+        b=pm.b * prefill,
+        c=pm.c * prefill,
+        alpha=pm.alpha * decode,
+        beta=pm.beta * decode,
+        gamma=pm.gamma * decode,
+        base_knots=[x * decode for x in pm.base_knots] if pm.base_knots else pm.base_knots,
+        method=f"{pm.method}, x {why} (prefill {prefill:.3g}, decode {decode:.3g})",
+        figure_method="estimated",
+    )

@@ -35,7 +35,7 @@ n beyond the largest n measured); ``interval_how`` says where the widths come fr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 
@@ -54,8 +54,8 @@ class Prediction:
     latency_hi_s: float  # upper end: used as p95
     prefill_s: float
     decode_s: float
-    energy_j: Optional[float]
-    memory_bytes: Optional[float]
+    energy_j: float | None
+    memory_bytes: float | None
     method: str  # "fitted from measured profile ...", "published (...)", "estimated (cross-model ...)"
     figure_method: Literal["estimated", "published"]
     interval_how: str
@@ -94,29 +94,29 @@ class PerfModel:
     method: str
     pad_to: int = 1
     figure_method: Literal["estimated", "published"] = "estimated"
-    quant: Optional[str] = None
-    sha256: Optional[str] = None
+    quant: str | None = None
+    sha256: str | None = None
     rel_unc_prefill: float = 0.1
     rel_unc_decode: float = 0.1
     rel_unc_batch: float = 0.0
     max_n_measured: int = 1
     interval_how: str = ""
     # energy: per_token (J/prompt token, J/generated token at n=1), power (W), published_power (dict)
-    energy_mode: Optional[EnergyMode] = None
-    e_prefill_tok_j: Optional[float] = None
-    e_decode_tok_j: Optional[float] = None
-    p_prefill_w: Optional[float] = None
-    p_decode_w: Optional[float] = None
-    published_model: Optional[dict] = None
+    energy_mode: EnergyMode | None = None
+    e_prefill_tok_j: float | None = None
+    e_decode_tok_j: float | None = None
+    p_prefill_w: float | None = None
+    p_decode_w: float | None = None
+    published_model: dict | None = None
     energy_how: str = "no energy figures in the profile"
     # memory
-    weights_bytes: Optional[float] = None
-    kv_bytes_per_token: Optional[float] = None
-    overhead_bytes: Optional[float] = None
+    weights_bytes: float | None = None
+    kv_bytes_per_token: float | None = None
+    overhead_bytes: float | None = None
     memory_how: str = "model size unknown"
-    source: Optional[str] = None  # profile path
-    n_knots: Optional[list] = None  # measured n (sorted)
-    base_knots: Optional[list] = None  # measured step cost at those n, attention term removed
+    source: str | None = None  # profile path
+    n_knots: list | None = None  # measured n (sorted)
+    base_knots: list | None = None  # measured step cost at those n, attention term removed
     kv_unified: bool = False
     residuals: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -180,8 +180,15 @@ class PerfModel:
         hi = pre * (1 + r_p) + dec * (1 + r_d)
         energy = self._energy(prompt_tokens, steps, n, pre, dec, mean_tokens)
         mem = self._memory(prompt_tokens, n, budget)
-        return {"prefill_s": pre, "decode_s": dec, "total_s": total, "lo_s": lo, "hi_s": hi,
-                "energy_j": energy, "memory_bytes": mem}
+        return {
+            "prefill_s": pre,
+            "decode_s": dec,
+            "total_s": total,
+            "lo_s": lo,
+            "hi_s": hi,
+            "energy_j": energy,
+            "memory_bytes": mem,
+        }
 
     def _energy(self, prompt_tokens, steps, n, pre, dec, mean_tokens):
         nan = np.full_like(np.asarray(n, dtype=float), np.nan)
@@ -207,23 +214,48 @@ class PerfModel:
         return self.weights_bytes + kv + (self.overhead_bytes or 0.0)
 
     # ---- one configuration ---------------------------------------------------------------
-    def predict(self, prompt_tokens: float, budget: int, n: int = 1, expected_steps: float | None = None,
-                mean_tokens: float | None = None) -> Prediction:
+    def predict(
+        self,
+        prompt_tokens: float,
+        budget: int,
+        n: int = 1,
+        expected_steps: float | None = None,
+        mean_tokens: float | None = None,
+    ) -> Prediction:
         steps = float(budget if expected_steps is None else expected_steps)
-        r = self.predict_arrays(np.array([prompt_tokens]), np.array([steps]), np.array([n]), np.array([budget]),
-                                None if mean_tokens is None else np.array([mean_tokens]))
+        r = self.predict_arrays(
+            np.array([prompt_tokens]),
+            np.array([steps]),
+            np.array([n]),
+            np.array([budget]),
+            None if mean_tokens is None else np.array([mean_tokens]),
+        )
         e = float(r["energy_j"][0])
         m = float(r["memory_bytes"][0])
         return Prediction(
-            latency_s=float(r["total_s"][0]), latency_lo_s=float(r["lo_s"][0]), latency_hi_s=float(r["hi_s"][0]),
-            prefill_s=float(r["prefill_s"][0]), decode_s=float(r["decode_s"][0]),
-            energy_j=None if np.isnan(e) else e, memory_bytes=None if np.isnan(m) else m,
+            latency_s=float(r["total_s"][0]),
+            latency_lo_s=float(r["lo_s"][0]),
+            latency_hi_s=float(r["hi_s"][0]),
+            prefill_s=float(r["prefill_s"][0]),
+            decode_s=float(r["decode_s"][0]),
+            energy_j=None if np.isnan(e) else e,
+            memory_bytes=None if np.isnan(m) else m,
             method=self.method_for(n),
             figure_method=self.figure_method if n <= self.max_n_measured else "estimated",
-            interval_how=self.interval_how, energy_how=self.energy_how, memory_how=self.memory_how,
-            inputs={"profile": self.source, "model": self.model_id, "quant": self.quant,
-                    "prompt_tokens": prompt_tokens, "budget": budget, "n": n, "steps": steps,
-                    "mean_tokens": mean_tokens, "coefficients": self.coefficients()},
+            interval_how=self.interval_how,
+            energy_how=self.energy_how,
+            memory_how=self.memory_how,
+            inputs={
+                "profile": self.source,
+                "model": self.model_id,
+                "quant": self.quant,
+                "prompt_tokens": prompt_tokens,
+                "budget": budget,
+                "n": n,
+                "steps": steps,
+                "mean_tokens": mean_tokens,
+                "coefficients": self.coefficients(),
+            },
         )
 
     def method_for(self, n: float) -> str:
@@ -234,8 +266,20 @@ class PerfModel:
         return f"{self.method}; n={n:g} extrapolated beyond measured n<={self.max_n_measured}"
 
     def coefficients(self) -> dict:
-        return {"prefill": {"a": self.a, "b": self.b, "c": self.c, "pad_to": self.pad_to},
-                "step": {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma,
-                         "n_knots": self.n_knots, "base_knots": self.base_knots, "kv_unified": self.kv_unified},
-                "rel_unc": {"prefill": self.rel_unc_prefill, "decode": self.rel_unc_decode,
-                            "batch": self.rel_unc_batch, "max_n_measured": self.max_n_measured}}
+        return {
+            "prefill": {"a": self.a, "b": self.b, "c": self.c, "pad_to": self.pad_to},
+            "step": {
+                "alpha": self.alpha,
+                "beta": self.beta,
+                "gamma": self.gamma,
+                "n_knots": self.n_knots,
+                "base_knots": self.base_knots,
+                "kv_unified": self.kv_unified,
+            },
+            "rel_unc": {
+                "prefill": self.rel_unc_prefill,
+                "decode": self.rel_unc_decode,
+                "batch": self.rel_unc_batch,
+                "max_n_measured": self.max_n_measured,
+            },
+        }

@@ -60,7 +60,9 @@ def prefill_power_w(pm: dict, input_tokens):
     if p.get("type") == "piecewise_log":
         thr = float(p["threshold"])
         return np.where(i <= thr, float(p["constant"]), float(p["a"]) * np.log(i) + float(p["b"]))
-    raise SchemaError(f"published_model.prefill_power.type {p.get('type')!r} is unknown", fix="regenerate the reference profile")
+    raise SchemaError(
+        f"published_model.prefill_power.type {p.get('type')!r} is unknown", fix="regenerate the reference profile"
+    )
 
 
 def decode_power_w(pm: dict, output_tokens):

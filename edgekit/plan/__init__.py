@@ -1,10 +1,10 @@
 """Planner: model x quantization x budget x n under a latency target (and energy / memory caps).
 
-    plan(profile, tables, latency_target_s, percentile=50, energy_cap_j=None, memory_cap_gb=None,
-         model_map=None, *, profile_path=None, table_paths=None, model_infos=None,
-         sequences_leave=False, extractor_kinds=None) -> PlanResult
-    to_plan_file(result) -> PlanFile;  PlanFile.save(path);  load_plan(path)
-    render_frontier(result) -> rich.table.Table;  plot_pareto(result, path) -> Path
+plan(profile, tables, latency_target_s, percentile=50, energy_cap_j=None, memory_cap_gb=None,
+     model_map=None, *, profile_path=None, table_paths=None, model_infos=None,
+     sequences_leave=False, extractor_kinds=None) -> PlanResult
+to_plan_file(result) -> PlanFile;  PlanFile.save(path);  load_plan(path)
+render_frontier(result) -> rich.table.Table;  plot_pareto(result, path) -> Path
 """
 
 from edgekit.plan.export import to_plan_file
@@ -12,5 +12,15 @@ from edgekit.plan.planner import InfeasibleTarget, PlanResult, extractor_for, pl
 from edgekit.plan.render import plot_pareto, render_frontier
 from edgekit.schemas.plan import PLAN_SCHEMA_VERSION, PlanFile, load_plan
 
-__all__ = ["plan", "PlanResult", "InfeasibleTarget", "extractor_for", "render_frontier", "plot_pareto",
-           "PlanFile", "load_plan", "to_plan_file", "PLAN_SCHEMA_VERSION"]
+__all__ = [
+    "plan",
+    "PlanResult",
+    "InfeasibleTarget",
+    "extractor_for",
+    "render_frontier",
+    "plot_pareto",
+    "PlanFile",
+    "load_plan",
+    "to_plan_file",
+    "PLAN_SCHEMA_VERSION",
+]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from edgekit import calibrate as risk
 from edgekit.engines.openai import OpenAIEngine
@@ -33,30 +34,34 @@ Progress = Callable[[int, int], None]
 class CalibrationRun:
     plan_path: str
     task: str
-    alpha: Optional[float] = None
-    delta: Optional[float] = None
-    offload_budget: Optional[float] = None
-    score: Optional[str] = None  # None: the best of SCORES on the calibration set
-    split: Optional[str] = None
-    limit: Optional[int] = None
-    cloud_url: Optional[str] = None
-    cloud_model: Optional[str] = None
-    output: Optional[str] = None  # default: the plan file itself (written atomically)
-    threads: Optional[int] = None
+    alpha: float | None = None
+    delta: float | None = None
+    offload_budget: float | None = None
+    score: str | None = None  # None: the best of SCORES on the calibration set
+    split: str | None = None
+    limit: int | None = None
+    cloud_url: str | None = None
+    cloud_model: str | None = None
+    output: str | None = None  # default: the plan file itself (written atomically)
+    threads: int | None = None
     seed: int = 0
     records: list[dict] = field(default_factory=list)
 
 
 def _check_settings(c: CalibrationRun) -> None:
     if c.alpha is None and c.offload_budget is None:
-        raise UsageError("nothing to calibrate for", fix="pass --alpha A --delta D (risk guarantee) and/or --offload-budget B")
+        raise UsageError(
+            "nothing to calibrate for", fix="pass --alpha A --delta D (risk guarantee) and/or --offload-budget B"
+        )
     if (c.alpha is None) != (c.delta is None):
         raise UsageError("--alpha and --delta go together", fix="pass both, e.g. --alpha 0.1 --delta 0.05")
     for name, v in (("alpha", c.alpha), ("delta", c.delta)):
         if v is not None and not 0 < v < 1:
             raise UsageError(f"--{name} must be in (0, 1), got {v}", fix=f"pass e.g. --{name} 0.1")
     if c.offload_budget is not None and not 0 <= c.offload_budget <= 1:
-        raise UsageError(f"--offload-budget must be in [0, 1], got {c.offload_budget}", fix="pass e.g. --offload-budget 0.2")
+        raise UsageError(
+            f"--offload-budget must be in [0, 1], got {c.offload_budget}", fix="pass e.g. --offload-budget 0.2"
+        )
     if c.score is not None and c.score not in SCORES:
         raise UsageError(f"unknown score {c.score!r}", fix=f"use one of {', '.join(SCORES)}")
 
@@ -77,8 +82,10 @@ def _load_partial(path: Path, settings: dict) -> dict[str, dict]:
     except (ValueError, IndexError):
         head = None
     if not isinstance(head, dict) or head.get("settings") != settings:
-        raise UsageError(f"{path} holds a calibration run with other settings or problems",
-                         fix=f"delete {path} to start over, or rerun with the same plan, task and split")
+        raise UsageError(
+            f"{path} holds a calibration run with other settings or problems",
+            fix=f"delete {path} to start over, or rerun with the same plan, task and split",
+        )
     done = {}
     for ln in lines[1:]:
         try:
@@ -89,7 +96,7 @@ def _load_partial(path: Path, settings: dict) -> dict[str, dict]:
     return done
 
 
-def _cloud(c: CalibrationRun, plan) -> Optional[OpenAIEngine]:
+def _cloud(c: CalibrationRun, plan) -> OpenAIEngine | None:
     url = c.cloud_url or (plan.cloud.base_url if plan.cloud else None)
     if not url:
         return None
@@ -101,12 +108,14 @@ def _cloud(c: CalibrationRun, plan) -> Optional[OpenAIEngine]:
         list(eng.generate([{"role": "user", "content": "hi"}], SamplingOptions(max_tokens=1)))
     except FetchError as e:
         eng.close()
-        raise UsageError(f"the cloud is unreachable at calibration time: {e.message}",
-                         fix="start the server / check --cloud-url, or calibrate without --cloud-url") from None
+        raise UsageError(
+            f"the cloud is unreachable at calibration time: {e.message}",
+            fix="start the server / check --cloud-url, or calibrate without --cloud-url",
+        ) from None
     return eng
 
 
-def calibrate(c: CalibrationRun, progress: Optional[Progress] = None) -> tuple[OffloadCalibration, Path]:
+def calibrate(c: CalibrationRun, progress: Progress | None = None) -> tuple[OffloadCalibration, Path]:
     _check_settings(c)
     plan = load_plan(c.plan_path)
     # the problems rendered with the plan's template: the same prompts its accuracy table measured
@@ -115,15 +124,23 @@ def calibrate(c: CalibrationRun, progress: Optional[Progress] = None) -> tuple[O
     if c.alpha is not None:
         need = risk.min_calibration_size(c.alpha, c.delta)
         if n < need:
-            raise UsageError(f"the calibration set has {n} labelled problems; alpha={c.alpha}, delta={c.delta} need at least {need}",
-                             fix=f"use more problems (--split/--limit) or a larger alpha/delta")
+            raise UsageError(
+                f"the calibration set has {n} labelled problems; alpha={c.alpha}, delta={c.delta} need at least {need}",
+                fix="use more problems (--split/--limit) or a larger alpha/delta",
+            )
     model = planned_model(plan)
     check_plan_model(plan, model)
     cloud = _cloud(c, plan)
     opts = plan.chosen.options.replace(seed=c.seed)
-    settings = {"plan_model": model, "model_sha256": plan.chosen.model_sha256, "options": opts.model_dump(mode="json"),
-                "task": task.name, "split": task.split, "problems_sha256": _problems_hash(task.problems),
-                "cloud": cloud.label if cloud else None}
+    settings = {
+        "plan_model": model,
+        "model_sha256": plan.chosen.model_sha256,
+        "options": opts.model_dump(mode="json"),
+        "task": task.name,
+        "split": task.split,
+        "problems_sha256": _problems_hash(task.problems),
+        "cloud": cloud.label if cloud else None,
+    }
     out = Path(c.output or c.plan_path)
     part = out.with_name(out.name + ".calibration.partial.jsonl")
     done = _load_partial(part, settings)
@@ -136,8 +153,12 @@ def calibrate(c: CalibrationRun, progress: Optional[Progress] = None) -> tuple[O
                 if p.id in done:
                     continue
                 r = rt.generate(p.messages(), opts)
-                rec: dict[str, Any] = {"id": p.id, "answer": r.answer, "correct": task.is_correct(p, r.answer),
-                                       **{s: score_of(r, s) for s in SCORES[:3]}}
+                rec: dict[str, Any] = {
+                    "id": p.id,
+                    "answer": r.answer,
+                    "correct": task.is_correct(p, r.answer),
+                    **{s: score_of(r, s) for s in SCORES[:3]},
+                }
                 if cloud_rt is not None:
                     cr = cloud_rt.generate(p.messages(), opts.replace(n=1, temperature=0.0))
                     rec["cloud_correct"] = task.is_correct(p, cr.answer)
@@ -154,10 +175,20 @@ def calibrate(c: CalibrationRun, progress: Optional[Progress] = None) -> tuple[O
     step = max(1, len(d["curve"]) // 200)  # a plan keeps at most ~200 curve points
     d["curve"] = [pt for i, pt in enumerate(d["curve"]) if i % step == 0 or pt["threshold"] == d["threshold"]]
     cal_model = OffloadCalibration(**d, model_sha256=plan.chosen.model_sha256)
-    new = plan.model_copy(update={"offload": cal_model, "cloud": CloudRef(
-        base_url=cloud.base_url if cloud else (plan.cloud.base_url if plan.cloud else None),
-        model=cloud.model if cloud else (plan.cloud.model if plan.cloud else None),
-        latency_s=(cloud.latency.p95() if cloud and cloud.latency.count else (plan.cloud.latency_s if plan.cloud else None)))})
+    new = plan.model_copy(
+        update={
+            "offload": cal_model,
+            "cloud": CloudRef(
+                base_url=cloud.base_url if cloud else (plan.cloud.base_url if plan.cloud else None),
+                model=cloud.model if cloud else (plan.cloud.model if plan.cloud else None),
+                latency_s=(
+                    cloud.latency.p95()
+                    if cloud and cloud.latency.count
+                    else (plan.cloud.latency_s if plan.cloud else None)
+                ),
+            ),
+        }
+    )
     path = save_atomic(new, out, "plan")
     part.unlink(missing_ok=True)
     c.records = records
@@ -168,7 +199,11 @@ def choose(records: list[dict], c: CalibrationRun):
     """Pick the score (given, or the best on this set) and the threshold."""
     correct = [bool(r["correct"]) for r in records]
     cloud = [bool(r["cloud_correct"]) for r in records] if records and "cloud_correct" in records[0] else None
-    names = [c.score] if c.score else [s for s in SCORES[:3] if all(r.get(s) is not None or r["answer"] is None for r in records)]
+    names = (
+        [c.score]
+        if c.score
+        else [s for s in SCORES[:3] if all(r.get(s) is not None or r["answer"] is None for r in records)]
+    )
 
     def scores(name):
         # no answer -> below every real score (the runtime always offloads those: only less risk)
@@ -179,11 +214,19 @@ def choose(records: list[dict], c: CalibrationRun):
     best = None
     for name in names:
         if c.alpha is not None:
-            cal = risk.ltt_threshold(scores(name), correct, c.alpha, c.delta, score_name=name, cloud_correct=cloud,
-                                     max_offload=c.offload_budget)
+            cal = risk.ltt_threshold(
+                scores(name),
+                correct,
+                c.alpha,
+                c.delta,
+                score_name=name,
+                cloud_correct=cloud,
+                max_offload=c.offload_budget,
+            )
         else:
-            cal = risk.conformal_offload_threshold(scores(name), c.offload_budget, score_name=name, cloud_correct=cloud,
-                                                   correct=correct)
+            cal = risk.conformal_offload_threshold(
+                scores(name), c.offload_budget, score_name=name, cloud_correct=cloud, correct=correct
+            )
         key = (-cal.offload_rate, -cal.local_wrong_rate) if c.alpha is not None else (-cal.local_wrong_rate,)
         if best is None or key > best[0]:
             best = (key, cal)

@@ -20,7 +20,6 @@ estimates by how much (bootstrap of the maximum over the feasible configurations
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -56,7 +55,7 @@ class Comparison:
 class Comparator:
     """Per-problem scores of a plan's candidates and their pairwise comparisons (cached)."""
 
-    def __init__(self, res: "PlanResult"):
+    def __init__(self, res: PlanResult):
         self.res = res
         self._pairs: dict[tuple[int, int], Pairing] = {}
         self._full: dict[tuple[int, int, str], np.ndarray] = {}
@@ -72,9 +71,11 @@ class Comparator:
         if key not in self._pairs:
             a, b = self.res.tables[key[0]], self.res.tables[key[1]]
             if key[0] == key[1]:
-                self._pairs[key] = (Pairing(tuple(sorted(self._pos[ti])), f"paired on {len(a.problems)} problems (one table)")
-                                    if len(a.problems) >= MIN_SHARED else
-                                    pairing(a, b, (self.name(ti), self.name(tj))))
+                self._pairs[key] = (
+                    Pairing(tuple(sorted(self._pos[ti])), f"paired on {len(a.problems)} problems (one table)")
+                    if len(a.problems) >= MIN_SHARED
+                    else pairing(a, b, (self.name(ti), self.name(tj)))
+                )
             else:
                 self._pairs[key] = pairing(a, b, (self.name(key[0]), self.name(key[1])))
         return self._pairs[key]
@@ -126,12 +127,26 @@ class Comparator:
         for n, (j, p) in enumerate(zip(others, pairs)):
             how = f"{p.why}; {BOOT_HOW if p.paired else UNPAIRED_HOW}"
             saving, material, what = savings(self.res, i, j)
-            out.append(Comparison(i, j, float(d[n]), float(lo[n]), float(hi[n]), p.paired, len(p.ids) if p.ids else 0, how,
-                                  verdict(float(lo[n]), float(hi[n])), saving, material, what))
+            out.append(
+                Comparison(
+                    i,
+                    j,
+                    float(d[n]),
+                    float(lo[n]),
+                    float(hi[n]),
+                    p.paired,
+                    len(p.ids) if p.ids else 0,
+                    how,
+                    verdict(float(lo[n]), float(hi[n])),
+                    saving,
+                    material,
+                    what,
+                )
+            )
         return out
 
 
-def material_mask(res: "PlanResult", cands: np.ndarray, ref: int) -> np.ndarray:
+def material_mask(res: PlanResult, cands: np.ndarray, ref: int) -> np.ndarray:
     """Which of ``cands`` are cheaper than ``ref`` beyond the predictions' own intervals (latency; energy with an
     energy cap; memory, by ``MEMORY_MATERIAL``, with a memory cap)."""
     p = res.pred
@@ -139,27 +154,31 @@ def material_mask(res: "PlanResult", cands: np.ndarray, ref: int) -> np.ndarray:
     if res.energy_cap_j is not None:
         e = p["energy_j"]
         with np.errstate(invalid="ignore", divide="ignore"):
-            ok |= np.nan_to_num(e[cands] * p["hi_s"][cands] / p["total_s"][cands], nan=np.inf) < \
-                np.nan_to_num(e[ref] * p["lo_s"][ref] / p["total_s"][ref], nan=-np.inf)
+            ok |= np.nan_to_num(e[cands] * p["hi_s"][cands] / p["total_s"][cands], nan=np.inf) < np.nan_to_num(
+                e[ref] * p["lo_s"][ref] / p["total_s"][ref], nan=-np.inf
+            )
     if res.memory_cap_gb is not None:
         ok |= p["memory_bytes"][cands] <= (1 - MEMORY_MATERIAL) * p["memory_bytes"][ref]
     return ok
 
 
-def savings(res: "PlanResult", i: int, j: int) -> tuple[float, bool, str]:
+def savings(res: PlanResult, i: int, j: int) -> tuple[float, bool, str]:
     """(latency of j minus latency of i, is the faster one's saving material, in words from i's side)."""
     lat, p = res.latency, res.pred
     s = float(lat[j] - lat[i])
     fast, slow = (i, j) if s >= 0 else (j, i)
     material = bool(p["hi_s"][fast] < p["lo_s"][slow])
-    what = (f"{abs(s):.2f} s {'faster' if s >= 0 else 'slower'}, "
-            + ("beyond both prediction intervals" if material else "inside the prediction intervals (not material)"))
+    what = f"{abs(s):.2f} s {'faster' if s >= 0 else 'slower'}, " + (
+        "beyond both prediction intervals" if material else "inside the prediction intervals (not material)"
+    )
     if bool(material_mask(res, np.array([fast]), slow)[0]) and not material:
         material, what = True, what + "; cheaper in energy or memory beyond the threshold (cap set)"
     return s, material, what
 
 
-def choose(res: "PlanResult", cmp: Comparator, idx: np.ndarray, best: int, frontier: np.ndarray) -> tuple[int, Optional[str]]:
+def choose(
+    res: PlanResult, cmp: Comparator, idx: np.ndarray, best: int, frontier: np.ndarray
+) -> tuple[int, str | None]:
     """The configuration to run among feasible ``idx`` (``best``: the most accurate; ``frontier``: the feasible
     Pareto frontier) and why, when it is not ``best``."""
     if res.prefer != "cheaper":
@@ -178,13 +197,15 @@ def choose(res: "PlanResult", cmp: Comparator, idx: np.ndarray, best: int, front
         _, lo, hi, _ = cmp.intervals(c, higher)
         if ((lo <= 0) & (hi >= 0)).all():
             cm = cmp.compare(best, [c])[0]
-            return c, (f"chose {res.label(c)} over the most accurate {res.label(best)}: a tie (its lead "
-                       f"{_pts(cm.diff)} points [{_pts(cm.lo)}, {_pts(cm.hi)}], {cm.how.split(';')[0]}) and a material "
-                       f"saving ({savings(res, c, best)[2]}); --prefer most-accurate to override")
+            return c, (
+                f"chose {res.label(c)} over the most accurate {res.label(best)}: a tie (its lead "
+                f"{_pts(cm.diff)} points [{_pts(cm.lo)}, {_pts(cm.hi)}], {cm.how.split(';')[0]}) and a material "
+                f"saving ({savings(res, c, best)[2]}); --prefer most-accurate to override"
+            )
     return best, None
 
 
-def competitors(res: "PlanResult", cmp: Comparator, chosen: int) -> list[Comparison]:
+def competitors(res: PlanResult, cmp: Comparator, chosen: int) -> list[Comparison]:
     """The chosen configuration against the feasible competitors within reach: the most accurate and the feasible
     frontier, the closest in accuracy first (at most ``MAX_COMPETITORS``)."""
     feas = np.nonzero(res.feasible)[0]
@@ -196,7 +217,7 @@ def competitors(res: "PlanResult", cmp: Comparator, chosen: int) -> list[Compari
     return cmp.compare(chosen, pool[:MAX_COMPETITORS])
 
 
-def optimism(res: "PlanResult", cmp: Comparator, chosen: int) -> Optional[tuple[float, int]]:
+def optimism(res: PlanResult, cmp: Comparator, chosen: int) -> tuple[float, int] | None:
     """Bootstrap estimate of the chosen table accuracy's selection optimism (fraction) and how many feasible
     configurations it is the best of: E*[max over configurations of the resampled accuracy] minus the observed
     maximum, over the feasible configurations paired with the chosen one on all its table's problems."""

@@ -9,18 +9,38 @@ from edgekit.plan.planner import PlanResult
 from edgekit.schemas import __version__
 from edgekit.schemas.formats import answer_grammar
 from edgekit.schemas.options import SamplingOptions
-from edgekit.schemas.plan import Caps, ChosenConfig, CloudRef, Competitor, FrontierPoint, PlanFile, PlannerInputs, \
-    Predicted, ProfileRef
+from edgekit.schemas.plan import (
+    Caps,
+    ChosenConfig,
+    CloudRef,
+    Competitor,
+    FrontierPoint,
+    PlanFile,
+    PlannerInputs,
+    Predicted,
+    ProfileRef,
+)
 
 # accuracy-table aggregation -> how the runtime aggregates (pass@k needs the verifier pass@k assumes)
-RUNTIME_AGGREGATE = {"greedy": "majority", "majority": "majority", "first_verified": "first_verified",
-                     "pass@k": "first_verified"}
+RUNTIME_AGGREGATE = {
+    "greedy": "majority",
+    "majority": "majority",
+    "first_verified": "first_verified",
+    "pass@k": "first_verified",
+}
 
 
 def chosen_options(c: dict) -> SamplingOptions:
     grammar = answer_grammar(c["extractor"], c["answer_format"]) if c.get("answer_format") else None
-    return SamplingOptions.build(n=c["n"], max_tokens=c["budget"], temperature=c["temperature"], top_p=c["top_p"],
-                                 aggregate=RUNTIME_AGGREGATE[c["aggregation"]], extractor=c["extractor"], grammar=grammar)
+    return SamplingOptions.build(
+        n=c["n"],
+        max_tokens=c["budget"],
+        temperature=c["temperature"],
+        top_p=c["top_p"],
+        aggregate=RUNTIME_AGGREGATE[c["aggregation"]],
+        extractor=c["extractor"],
+        grammar=grammar,
+    )
 
 
 def _opt(x: float, scale: float = 1.0):
@@ -32,16 +52,28 @@ def frontier_points(res: PlanResult) -> list[FrontierPoint]:
     for i in res.frontier:
         i = int(i)
         c = res.config(i)
-        pts.append(FrontierPoint(
-            model_id=c["model_id"], quant=c["quant"], prompt_template=c["prompt_template"] + (f"+{c['answer_format']}" if c.get("answer_format") else ""),
-            temperature=c["temperature"],
-            budget=c["budget"], n=c["n"], aggregation=c["aggregation"], accuracy=float(res.accuracy[i]),
-            accuracy_lo=_opt(res.acc_lo[i]) if res.acc_lo is not None else None,
-            accuracy_hi=_opt(res.acc_hi[i]) if res.acc_hi is not None else None,
-            accuracy_method="estimated" if "accuracy: prior" in res.rests_on(i) else "measured",
-            latency_s=float(res.latency[i]), latency_p50_s=float(res.pred["total_s"][i]),
-            energy_j=_opt(res.pred["energy_j"][i]), memory_gb=_opt(res.pred["memory_bytes"][i], 1e9),
-            meets_target=bool(res.feasible[i]), chosen=res.chosen == i, method=res.method(i)))
+        pts.append(
+            FrontierPoint(
+                model_id=c["model_id"],
+                quant=c["quant"],
+                prompt_template=c["prompt_template"] + (f"+{c['answer_format']}" if c.get("answer_format") else ""),
+                temperature=c["temperature"],
+                budget=c["budget"],
+                n=c["n"],
+                aggregation=c["aggregation"],
+                accuracy=float(res.accuracy[i]),
+                accuracy_lo=_opt(res.acc_lo[i]) if res.acc_lo is not None else None,
+                accuracy_hi=_opt(res.acc_hi[i]) if res.acc_hi is not None else None,
+                accuracy_method="estimated" if "accuracy: prior" in res.rests_on(i) else "measured",
+                latency_s=float(res.latency[i]),
+                latency_p50_s=float(res.pred["total_s"][i]),
+                energy_j=_opt(res.pred["energy_j"][i]),
+                memory_gb=_opt(res.pred["memory_bytes"][i], 1e9),
+                meets_target=bool(res.feasible[i]),
+                chosen=res.chosen == i,
+                method=res.method(i),
+            )
+        )
     return pts
 
 
@@ -50,12 +82,28 @@ def competitors(res: PlanResult) -> list[Competitor]:
     for cm in res.competitors():
         j = cm.other
         c = res.config(j)
-        out.append(Competitor(config=res.label(j) + f" {c['prompt_template']} T={c['temperature']:g}", model_id=c["model_id"],
-                              prompt_template=c["prompt_template"], budget=c["budget"], n=c["n"],
-                              aggregation=c["aggregation"], temperature=c["temperature"], accuracy=float(res.accuracy[j]),
-                              latency_s=float(res.latency[j]), diff=cm.diff, diff_lo=cm.lo, diff_hi=cm.hi,
-                              paired=cm.paired, n_shared=cm.n_shared, verdict=cm.verdict,
-                              latency_saving_s=cm.latency_saving_s, saving_material=cm.material, how=cm.how))
+        out.append(
+            Competitor(
+                config=res.label(j) + f" {c['prompt_template']} T={c['temperature']:g}",
+                model_id=c["model_id"],
+                prompt_template=c["prompt_template"],
+                budget=c["budget"],
+                n=c["n"],
+                aggregation=c["aggregation"],
+                temperature=c["temperature"],
+                accuracy=float(res.accuracy[j]),
+                latency_s=float(res.latency[j]),
+                diff=cm.diff,
+                diff_lo=cm.lo,
+                diff_hi=cm.hi,
+                paired=cm.paired,
+                n_shared=cm.n_shared,
+                verdict=cm.verdict,
+                latency_saving_s=cm.latency_saving_s,
+                saving_material=cm.material,
+                how=cm.how,
+            )
+        )
     return out
 
 
@@ -63,9 +111,12 @@ def _optimism(res: PlanResult) -> dict:
     o = res.optimism()
     if o is None:
         return {}
-    return {"accuracy_optimism": o[0], "accuracy_selected_from": o[1],
-            "accuracy_optimism_how": f"estimated: bootstrap of the maximum over the {o[1]} feasible configurations "
-                                     "measured on the same problems (E*[max] - max); a held-out run is the measured check"}
+    return {
+        "accuracy_optimism": o[0],
+        "accuracy_selected_from": o[1],
+        "accuracy_optimism_how": f"estimated: bootstrap of the maximum over the {o[1]} feasible configurations "
+        "measured on the same problems (E*[max] - max); a held-out run is the measured check",
+    }
 
 
 def based_on(res: PlanResult) -> list[str]:
@@ -76,11 +127,16 @@ def based_on(res: PlanResult) -> list[str]:
     else:
         out.append(f"measured profile {res.profile_path or '(unsaved)'} of {p.device.name}")
     out.append("prompt length = the accuracy table's mean prompt tokens")
-    out.append("finished sequences leave the batch (mean_tokens)" if res.sequences_leave
-               else "all n sequences stay in the batch for the row's expected decode steps (conservative)")
+    out.append(
+        "finished sequences leave the batch (mean_tokens)"
+        if res.sequences_leave
+        else "all n sequences stay in the batch for the row's expected decode steps (conservative)"
+    )
     for pm in {id(pm): pm for pm in res.perf_models if pm is not None}.values():
-        out.append(f"{pm.model_id}: latency {pm.method}; interval {pm.interval_how}; energy {pm.energy_how}; "
-                   f"memory {pm.memory_how}")
+        out.append(
+            f"{pm.model_id}: latency {pm.method}; interval {pm.interval_how}; energy {pm.energy_how}; "
+            f"memory {pm.memory_how}"
+        )
         out.extend(f"{pm.model_id}: {n}" for n in pm.notes)
     out.extend(res.notes)
     out.extend(f"warning: {w}" for w in res.warnings)
@@ -91,8 +147,14 @@ def _mixture(res: PlanResult) -> dict:
     j = res.joint
     if j is None:
         return {}
-    return {"system_accuracy": j.system_accuracy, "system_accuracy_lo": j.accuracy_lo, "system_accuracy_hi": j.accuracy_hi,
-            "offload_rate": j.offload_rate, "expected_latency_s": j.expected_s, "mixture_p95_s": j.p95_s}
+    return {
+        "system_accuracy": j.system_accuracy,
+        "system_accuracy_lo": j.accuracy_lo,
+        "system_accuracy_hi": j.accuracy_hi,
+        "offload_rate": j.offload_rate,
+        "expected_latency_s": j.expected_s,
+        "mixture_p95_s": j.p95_s,
+    }
 
 
 def to_plan_file(res: PlanResult) -> PlanFile:
@@ -103,28 +165,53 @@ def to_plan_file(res: PlanResult) -> PlanFile:
     pr = res.prediction(i)
     tpath = c.pop("table_path")
     return PlanFile(
-        edgekit_version=__version__, target_s=res.target_s, percentile=res.percentile,
+        edgekit_version=__version__,
+        target_s=res.target_s,
+        percentile=res.percentile,
         caps=Caps(energy_j=res.energy_cap_j, memory_gb=res.memory_cap_gb),
-        profile=ProfileRef(path=res.profile_path, device=res.profile.device.name, kind=res.profile.kind,
-                           source=res.profile.source),
+        profile=ProfileRef(
+            path=res.profile_path, device=res.profile.device.name, kind=res.profile.kind, source=res.profile.source
+        ),
         tables=[t for t in res.table_paths if t],
-        chosen=ChosenConfig(**c, table_path=tpath, prompt=query_template(c["prompt_template"], c["extractor"]),
-                            options=chosen_options(c)),
+        chosen=ChosenConfig(
+            **c,
+            table_path=tpath,
+            prompt=query_template(c["prompt_template"], c["extractor"]),
+            options=chosen_options(c),
+        ),
         predicted=Predicted(
-            latency_s=pr.latency_figure(), latency_lo_s=pr.latency_lo_s, latency_hi_s=pr.latency_hi_s,
-            latency_at_percentile_s=float(res.latency[i]), interval_how=pr.interval_how, prefill_s=pr.prefill_s,
-            decode_s=pr.decode_s, energy_j=pr.energy_figure(), memory_gb=pr.memory_figure(),
+            latency_s=pr.latency_figure(),
+            latency_lo_s=pr.latency_lo_s,
+            latency_hi_s=pr.latency_hi_s,
+            latency_at_percentile_s=float(res.latency[i]),
+            interval_how=pr.interval_how,
+            prefill_s=pr.prefill_s,
+            decode_s=pr.decode_s,
+            energy_j=pr.energy_figure(),
+            memory_gb=pr.memory_figure(),
             accuracy=float(res.accuracy[i]),
             accuracy_lo=float(res.acc_lo[i]) if res.acc_lo is not None else None,
             accuracy_hi=float(res.acc_hi[i]) if res.acc_hi is not None else None,
-            accuracy_interval_how=res.interval_how + (
+            accuracy_interval_how=res.interval_how
+            + (
                 f"; scaled by the prior's factor {res.variant(i).prior.factor:.3f} and widened by "
-                f"+-{float(res.variant(i).prior.widen(res.accuracy[i] / res.variant(i).prior.factor)):.3f}" if "accuracy: prior" in res.rests_on(i) else ""),
+                f"+-{float(res.variant(i).prior.widen(res.accuracy[i] / res.variant(i).prior.factor)):.3f}"
+                if "accuracy: prior" in res.rests_on(i)
+                else ""
+            ),
             accuracy_source=res.accuracy_source(i),
-            method=pr.method, rests_on=res.rests_on(i), **_mixture(res), **_optimism(res)),
-        frontier=frontier_points(res), based_on=based_on(res),
-        planner=PlannerInputs(prefer=res.prefer, sequences_leave=res.sequences_leave), **_offload(res),
-        selection=res.why_chosen, competitors=competitors(res))
+            method=pr.method,
+            rests_on=res.rests_on(i),
+            **_mixture(res),
+            **_optimism(res),
+        ),
+        frontier=frontier_points(res),
+        based_on=based_on(res),
+        planner=PlannerInputs(prefer=res.prefer, sequences_leave=res.sequences_leave),
+        **_offload(res),
+        selection=res.why_chosen,
+        competitors=competitors(res),
+    )
 
 
 def _offload(res: PlanResult) -> dict:

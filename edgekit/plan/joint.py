@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -47,12 +46,19 @@ class JointChoice:
     notes: list[str] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)
 
-    def calibration(self, model_sha256: Optional[str]) -> OffloadCalibration:
+    def calibration(self, model_sha256: str | None) -> OffloadCalibration:
         return OffloadCalibration(
-            method="planned-from-tables", score=self.score, threshold=self.threshold, n_calibration=0,
-            offload_rate=self.offload_rate, local_wrong_rate=self.local_wrong_rate,
+            method="planned-from-tables",
+            score=self.score,
+            threshold=self.threshold,
+            n_calibration=0,
+            offload_rate=self.offload_rate,
+            local_wrong_rate=self.local_wrong_rate,
             guarantee="no guarantee holds: the threshold was chosen on the accuracy tables' problems by the planner "
-                      "(run `edgekit calibrate` on held-out data for one)", model_sha256=model_sha256, curve=self.curve)
+            "(run `edgekit calibrate` on held-out data for one)",
+            model_sha256=model_sha256,
+            curve=self.curve,
+        )
 
 
 def cloud_correctness(table: AccuracyTable) -> dict[str, bool]:
@@ -87,8 +93,14 @@ def _pool(p: ProblemRecord, budget: int, k: int, greedy: bool, rng: random.Rando
     return out
 
 
-def joint_plan(res: PlanResult, cloud: AccuracyTable, cloud_latency_s: float, offload_budget: Optional[float] = None,
-               subsets: int = 32, seed: int = 0) -> JointChoice:
+def joint_plan(
+    res: PlanResult,
+    cloud: AccuracyTable,
+    cloud_latency_s: float,
+    offload_budget: float | None = None,
+    subsets: int = 32,
+    seed: int = 0,
+) -> JointChoice:
     if cloud_latency_s is None or not cloud_latency_s > 0:
         raise UsageError("joint planning needs the cloud's measured latency", fix="pass --cloud-latency 1.2s")
     if offload_budget is not None and not 0 <= offload_budget <= 1:
@@ -104,10 +116,16 @@ def joint_plan(res: PlanResult, cloud: AccuracyTable, cloud_latency_s: float, of
             continue
         missing = [p.id for p in t.problems if p.id not in cc]
         if missing:
-            raise SchemaError(f"the cloud table {cloud.task} ({cloud.model_id}) lacks {len(missing)} of the problems of "
-                              f"{t.model_id}'s table (e.g. {missing[0]})",
-                              fix="evaluate the cloud on the same task and split (`edgekit eval --engine openai --split ...`)")
-        rows = [(lc, s, cc[p.id]) for p in t.problems for lc, s in _pool(p, r.budget, r.k, r.aggregation == "greedy", rng, subsets)]
+            raise SchemaError(
+                f"the cloud table {cloud.task} ({cloud.model_id}) lacks {len(missing)} of the problems of "
+                f"{t.model_id}'s table (e.g. {missing[0]})",
+                fix="evaluate the cloud on the same task and split (`edgekit eval --engine openai --split ...`)",
+            )
+        rows = [
+            (lc, s, cc[p.id])
+            for p in t.problems
+            for lc, s in _pool(p, r.budget, r.k, r.aggregation == "greedy", rng, subsets)
+        ]
         lc = np.array([x[0] for x in rows], bool)
         cl = np.array([x[2] for x in rows], bool)
         sc = np.array([-np.inf if x[1] is None else x[1] for x in rows], float)
@@ -123,9 +141,11 @@ def joint_plan(res: PlanResult, cloud: AccuracyTable, cloud_latency_s: float, of
                 continue
             best.append((acc, -exp_s, i, float(tau), rate, float((~off & ~lc).mean()), exp_s, p95_s))
     if not best:
-        raise UsageError(f"no local configuration and threshold meet {res.target_s:g} s"
-                         + (f" within an offload budget of {offload_budget:g}" if offload_budget is not None else ""),
-                         fix="raise the latency target or the offload budget")
+        raise UsageError(
+            f"no local configuration and threshold meet {res.target_s:g} s"
+            + (f" within an offload budget of {offload_budget:g}" if offload_budget is not None else ""),
+            fix="raise the latency target or the offload budget",
+        )
     n_prob = {int(res.table[b[2]]): res.tables[int(res.table[b[2]])].n_problems for b in best}
     accs = np.array([b[0] for b in best])
     lo, hi = wilson(accs, np.array([n_prob[int(res.table[b[2]])] for b in best]))
@@ -134,14 +154,32 @@ def joint_plan(res: PlanResult, cloud: AccuracyTable, cloud_latency_s: float, of
     pick = min(near, key=lambda j: (best[j][6], -best[j][0]))
     acc, _, i, tau, rate, wrong, exp_s, p95_s = best[pick]
     score = "mean_logprob" if int(res.n[i]) == 1 else "vote_share"
-    notes = [f"offload planned jointly: keep local iff {score} >= {tau:.4g}; offload rate {rate:.0%}, system accuracy "
-             f"{acc:.3f} [{lo[pick]:.3f}, {hi[pick]:.3f}] on the tables' problems, expected latency {exp_s:.3g} s "
-             f"(local + offload rate x cloud {cloud_latency_s:.3g} s), p95 {p95_s:.3g} s"]
+    notes = [
+        f"offload planned jointly: keep local iff {score} >= {tau:.4g}; offload rate {rate:.0%}, system accuracy "
+        f"{acc:.3f} [{lo[pick]:.3f}, {hi[pick]:.3f}] on the tables' problems, expected latency {exp_s:.3g} s "
+        f"(local + offload rate x cloud {cloud_latency_s:.3g} s), p95 {p95_s:.3g} s"
+    ]
     if pick != top:
-        notes.append(f"the most accurate pair ({best[top][0]:.3f}, {best[top][6]:.3g} s) is inside the noise of the chosen "
-                     "one: the cheaper pair is taken")
-    curve = [{"threshold": b[3], "offload_rate": b[4], "local_wrong_rate": b[5], "system_accuracy": b[0]}
-             for b in sorted(best, key=lambda b: -b[3]) if b[2] == i]
-    return JointChoice(candidate=i, score=score, threshold=tau, offload_rate=rate, local_wrong_rate=wrong,
-                       system_accuracy=acc, accuracy_lo=float(lo[pick]), accuracy_hi=float(hi[pick]), expected_s=exp_s,
-                       p95_s=p95_s, notes=notes, curve=curve)
+        notes.append(
+            f"the most accurate pair ({best[top][0]:.3f}, {best[top][6]:.3g} s) is inside the noise of the chosen "
+            "one: the cheaper pair is taken"
+        )
+    curve = [
+        {"threshold": b[3], "offload_rate": b[4], "local_wrong_rate": b[5], "system_accuracy": b[0]}
+        for b in sorted(best, key=lambda b: -b[3])
+        if b[2] == i
+    ]
+    return JointChoice(
+        candidate=i,
+        score=score,
+        threshold=tau,
+        offload_rate=rate,
+        local_wrong_rate=wrong,
+        system_accuracy=acc,
+        accuracy_lo=float(lo[pick]),
+        accuracy_hi=float(hi[pick]),
+        expected_s=exp_s,
+        p95_s=p95_s,
+        notes=notes,
+        curve=curve,
+    )

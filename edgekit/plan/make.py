@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from edgekit.errors import SchemaError, UsageError
-from edgekit.schemas.table import load_table
 from edgekit.plan.export import to_plan_file
 from edgekit.plan.joint import joint_plan
-from edgekit.plan.this_device import cores_scale, device_notes
 from edgekit.plan.planner import PlanResult, plan
+from edgekit.plan.this_device import cores_scale, device_notes
 from edgekit.plan.variants import list_variant_cards, variant_candidates
 from edgekit.schemas.checks import check_base_url, check_output_path, check_positive
 from edgekit.schemas.profile import ModelInfo, load_profile
+from edgekit.schemas.table import load_table
 
 
 def _model_infos(tables, profiled: set | None = None) -> dict[str, ModelInfo]:
@@ -33,23 +33,48 @@ def _model_infos(tables, profiled: set | None = None) -> dict[str, ModelInfo]:
                 raise SchemaError(
                     f"model {t.model_id} (table {t.task}) is not in the profile and not in the model cache: its size, "
                     "layers and KV bytes for a cross-model estimate come from its GGUF header",
-                    fix=f"run `edgekit models pull {t.model_id}` or `edgekit profile --model {t.model_id}`")
+                    fix=f"run `edgekit models pull {t.model_id}` or `edgekit profile --model {t.model_id}`",
+                )
             continue
         g = read_gguf(cached_path(e))
-        out[t.model_id] = ModelInfo(id=e.id, sha256=e.sha256, arch=g.arch, quant=g.quant, n_params=e.n_params,
-                                    size_bytes=g.tensor_bytes, n_layer=g.n_layer, n_embd=g.n_embd, n_head_kv=g.n_head_kv,
-                                    n_embd_head=g.head_dim, kv_bytes_per_token=g.kv_bytes_per_token())
+        out[t.model_id] = ModelInfo(
+            id=e.id,
+            sha256=e.sha256,
+            arch=g.arch,
+            quant=g.quant,
+            n_params=e.n_params,
+            size_bytes=g.tensor_bytes,
+            n_layer=g.n_layer,
+            n_embd=g.n_embd,
+            n_head_kv=g.n_head_kv,
+            n_embd_head=g.head_dim,
+            kv_bytes_per_token=g.kv_bytes_per_token(),
+        )
     return out
 
 
-def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], latency_target_s: float, *,
-              percentile: int = 50, energy_cap_j: Optional[float] = None, memory_cap_gb: Optional[float] = None,
-              output: Optional[str | Path] = None, plot: Optional[str | Path] = None,
-              sequences_leave: bool = False, prefer: str = "cheaper", cloud_table: Optional[str | Path] = None,
-              cloud_latency_s: Optional[float] = None, offload_budget: Optional[float] = None,
-              cloud_url: Optional[str] = None, cloud_model: Optional[str] = None,
-              variants: Optional[str | Path] = None, confirm: bool = False,
-              profile_fn=None, cores_available: Optional[int] = None) -> tuple[PlanResult, Optional[Path]]:
+def make_plan(
+    profile_path: str | Path,
+    table_paths: Sequence[str | Path],
+    latency_target_s: float,
+    *,
+    percentile: int = 50,
+    energy_cap_j: float | None = None,
+    memory_cap_gb: float | None = None,
+    output: str | Path | None = None,
+    plot: str | Path | None = None,
+    sequences_leave: bool = False,
+    prefer: str = "cheaper",
+    cloud_table: str | Path | None = None,
+    cloud_latency_s: float | None = None,
+    offload_budget: float | None = None,
+    cloud_url: str | None = None,
+    cloud_model: str | None = None,
+    variants: str | Path | None = None,
+    confirm: bool = False,
+    profile_fn=None,
+    cores_available: int | None = None,
+) -> tuple[PlanResult, Path | None]:
     """``variants``: a folder of variant cards, "auto" for the quantize cache, None for none.
     ``confirm``: when the chosen configuration's latency rests on a cross-model or block-slice estimate, quick-profile
     that model into ``profile_path`` (appended) and plan again (at most twice); ``profile_fn`` replaces
@@ -57,16 +82,21 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
     if not table_paths:
         raise UsageError("no accuracy table given", fix="pass --accuracy TABLE.json (build one with `edgekit eval`)")
     if latency_target_s is None or not math.isfinite(latency_target_s) or latency_target_s <= 0:
-        raise UsageError(f"latency target must be a finite number > 0 s, got {latency_target_s}",
-                         fix="pass e.g. --latency-target 2s")
+        raise UsageError(
+            f"latency target must be a finite number > 0 s, got {latency_target_s}", fix="pass e.g. --latency-target 2s"
+        )
     if percentile not in (50, 95):
         raise UsageError(f"percentile must be 50 or 95, got {percentile}", fix="pass --percentile 50 or 95")
     check_positive(energy_cap_j, "--energy-cap", "joules per query", "5")
     check_positive(memory_cap_gb, "--memory-cap", "GB", "4")
     if cloud_table is None and (offload_budget is not None or cloud_latency_s is not None):
-        raise UsageError("--offload-budget / --cloud-latency need --cloud-table", fix="pass --cloud-table CLOUD_TABLE.json")
+        raise UsageError(
+            "--offload-budget / --cloud-latency need --cloud-table", fix="pass --cloud-table CLOUD_TABLE.json"
+        )
     if offload_budget is not None and not (math.isfinite(offload_budget) and 0 <= offload_budget <= 1):
-        raise UsageError(f"offload budget must be in [0, 1], got {offload_budget}", fix="pass e.g. --offload-budget 0.2")
+        raise UsageError(
+            f"offload budget must be in [0, 1], got {offload_budget}", fix="pass e.g. --offload-budget 0.2"
+        )
     check_base_url(cloud_url, "--cloud-url")
     # the files we will write are checked before any work
     if output:
@@ -74,7 +104,9 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
     if plot:
         check_output_path(plot, "--plot", "pareto.png")
     table_paths = _unique(table_paths)
-    profile = load_profile(profile_path)  # before the tables: named first when both are missing (the command line's order)
+    profile = load_profile(
+        profile_path
+    )  # before the tables: named first when both are missing (the command line's order)
     scale, scale_note = cores_scale(profile, cores_available)
     tables = [load_table(p) for p in table_paths]
     auto = variants is not None and str(variants) == "auto"
@@ -85,13 +117,27 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
         infos = _model_infos(tables, {m.model.id for m in profile.complete_models()})
         base_infos = {**infos, **{m.model.id: m.model for m in profile.complete_models()}}
         vs = variant_candidates(cards, tables, [str(p) for p in table_paths], base_infos) if cards else []
-        res = plan(profile, tables, latency_target_s, percentile=percentile, energy_cap_j=energy_cap_j,
-                   memory_cap_gb=memory_cap_gb, profile_path=str(profile_path), table_paths=[str(p) for p in table_paths],
-                   model_infos=infos, sequences_leave=sequences_leave, prefer=prefer, variants=vs, perf_scale=scale)
+        res = plan(
+            profile,
+            tables,
+            latency_target_s,
+            percentile=percentile,
+            energy_cap_j=energy_cap_j,
+            memory_cap_gb=memory_cap_gb,
+            profile_path=str(profile_path),
+            table_paths=[str(p) for p in table_paths],
+            model_infos=infos,
+            sequences_leave=sequences_leave,
+            prefer=prefer,
+            variants=vs,
+            perf_scale=scale,
+        )
         res.notes.extend(device_notes(profile) + ([scale_note] if scale_note else []))
         if cards:
-            res.notes.append(f"{len(cards)} variant card(s) read; {sum(v.prior is not None for v in vs)} candidate table(s) "
-                             "use an accuracy prior")
+            res.notes.append(
+                f"{len(cards)} variant card(s) read; {sum(v.prior is not None for v in vs)} candidate table(s) "
+                "use an accuracy prior"
+            )
         res.notes.extend(confirmed)
         latency_from = [r for r in res.rests_on(res.chosen) if r.startswith("latency:")]
         if not confirm or not latency_from or len(confirmed) >= 2:
@@ -100,13 +146,20 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
         spec = c["model_path"] or c["model_id"]
         _confirm_profile(spec, profile_path, profile, profile_fn)
         profile = load_profile(profile_path)  # with the entry --confirm appended
-        confirmed.append(f"--confirm: quick-profiled {spec} into {profile_path} (its latency was a "
-                         f"{latency_from[0].split(': ', 1)[1]}) and planned again")
+        confirmed.append(
+            f"--confirm: quick-profiled {spec} into {profile_path} (its latency was a "
+            f"{latency_from[0].split(': ', 1)[1]}) and planned again"
+        )
     if cloud_table is not None:
         res.joint = joint_plan(res, load_table(cloud_table), cloud_latency_s, offload_budget)
         res.chosen = res.joint.candidate
         res.notes.extend(res.joint.notes)
-        res.cloud = {"base_url": cloud_url, "model": cloud_model, "latency_s": cloud_latency_s, "accuracy_table": str(cloud_table)}
+        res.cloud = {
+            "base_url": cloud_url,
+            "model": cloud_model,
+            "latency_s": cloud_latency_s,
+            "accuracy_table": str(cloud_table),
+        }
     written = None
     if output:
         pf = to_plan_file(res)
@@ -121,8 +174,10 @@ def make_plan(profile_path: str | Path, table_paths: Sequence[str | Path], laten
 def _confirm_profile(spec: str, profile_path, profile, profile_fn) -> None:
     """Quick-profile ``spec`` on this device, appended to the plan's profile (what --confirm runs)."""
     if profile.kind != "measured":
-        raise UsageError(f"--confirm measures this machine, but {profile_path} is a {profile.kind} profile",
-                         fix="plan with a profile measured here, or drop --confirm")
+        raise UsageError(
+            f"--confirm measures this machine, but {profile_path} is a {profile.kind} profile",
+            fix="plan with a profile measured here, or drop --confirm",
+        )
     if profile_fn is None:
         from edgekit.profile.sweep import SweepConfig, profile_model
 

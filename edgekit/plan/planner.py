@@ -17,30 +17,36 @@ the plan lists the chosen configuration against its feasible competitors (``Plan
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from edgekit.errors import EdgekitError, SchemaError, UsageError
 from edgekit.figures import wilson
-from edgekit.plan.compare import Comparator, choose
-from edgekit.schemas.table import AccuracyTable
 from edgekit.perfmodel import DeviceModel, PerfModel, Prediction, fit, fit_device
 from edgekit.perfmodel.device import predict_variant, same_architecture
 from edgekit.perfmodel.live import scale_model
+from edgekit.plan.compare import Comparator, choose
 from edgekit.schemas.profile import DeviceProfile, ModelInfo
+from edgekit.schemas.table import AccuracyTable
 
 TIE_EPS = 1e-9
 VERIFIER_AGGS = ("pass@k", "first_verified")
-EXTRACTOR_BY_TASK = {"object_counting": "number", "gsm8k": "number", "date_understanding": "choice",
-                     "strategyqa": "yesno", "humaneval": "code", "mbpp": "code"}
+EXTRACTOR_BY_TASK = {
+    "object_counting": "number",
+    "gsm8k": "number",
+    "date_understanding": "choice",
+    "strategyqa": "yesno",
+    "humaneval": "code",
+    "mbpp": "code",
+}
 
 
 class InfeasibleTarget(EdgekitError):
     """No configuration meets the target / caps. ``result`` holds the candidates for display."""
 
-    def __init__(self, message: str, fix: str | None = None, result: "PlanResult | None" = None):
+    def __init__(self, message: str, fix: str | None = None, result: PlanResult | None = None):
         super().__init__(message, fix)
         self.result = result
 
@@ -58,11 +64,11 @@ def extractor_for(task: str, overrides: Mapping[str, str] | Callable[[str], str 
 class PlanResult:
     profile: DeviceProfile
     tables: list[AccuracyTable]
-    perf_models: list[Optional[PerfModel]]  # one per table (None: a cached variant left out, see notes)
+    perf_models: list[PerfModel | None]  # one per table (None: a cached variant left out, see notes)
     target_s: float
     percentile: int
-    energy_cap_j: Optional[float]
-    memory_cap_gb: Optional[float]
+    energy_cap_j: float | None
+    memory_cap_gb: float | None
     table: np.ndarray  # per candidate: index into tables
     row: np.ndarray  # index into tables[t].rows
     budget: np.ndarray
@@ -76,26 +82,29 @@ class PlanResult:
     caps_ok: np.ndarray
     feasible: np.ndarray
     frontier: np.ndarray  # candidate indices on the accuracy/latency Pareto frontier, by latency
-    chosen: Optional[int] = None
-    profile_path: Optional[str] = None
-    table_paths: list[Optional[str]] = field(default_factory=list)
+    chosen: int | None = None
+    profile_path: str | None = None
+    table_paths: list[str | None] = field(default_factory=list)
     sequences_leave: bool = False
     extractor_overrides: object = None
     notes: list[str] = field(default_factory=list)
-    acc_lo: Optional[np.ndarray] = None  # 95 % Wilson interval over the table's problems
-    acc_hi: Optional[np.ndarray] = None
-    most_accurate: Optional[int] = None  # the most accurate feasible candidate (may differ from chosen)
+    acc_lo: np.ndarray | None = None  # 95 % Wilson interval over the table's problems
+    acc_hi: np.ndarray | None = None
+    most_accurate: int | None = None  # the most accurate feasible candidate (may differ from chosen)
     prefer: str = "cheaper"
     joint: object = None  # plan.joint.JointChoice when offload was planned jointly
-    cloud: Optional[dict] = None  # base_url, model, latency_s, accuracy_table
+    cloud: dict | None = None  # base_url, model, latency_s, accuracy_table
     variants: list = field(default_factory=list)  # per table: plan.variants.Variant or None
-    acc_hi_tie: Optional[np.ndarray] = None  # upper end without a prior's widening (ties never favour a prior)
-    selection: Optional[tuple[int, str]] = None  # (candidate, why) when the planner took a cheaper one than the most accurate
+    acc_hi_tie: np.ndarray | None = None  # upper end without a prior's widening (ties never favour a prior)
+    selection: tuple[int, str] | None = (
+        None  # (candidate, why) when the planner took a cheaper one than the most accurate
+    )
 
     @property
-    def why_chosen(self) -> Optional[str]:
+    def why_chosen(self) -> str | None:
         """Why the chosen configuration is not the most accurate one (None when it is, or another step chose it)."""
         return self.selection[1] if self.selection and self.selection[0] == self.chosen else None
+
     warnings: list[str] = field(default_factory=list)  # one line each (tables on different task-file versions)
     comparator: object = None  # plan.compare.Comparator: per-problem scores and paired comparisons (cached)
     _competitors: dict = field(default_factory=dict, repr=False)
@@ -111,7 +120,7 @@ class PlanResult:
             self._competitors[self.chosen] = competitors(self, self.comparator, self.chosen)
         return self._competitors[self.chosen]
 
-    def optimism(self) -> Optional[tuple[float, int]]:
+    def optimism(self) -> tuple[float, int] | None:
         """(estimated selection optimism of the chosen table accuracy, out of how many configurations) or None."""
         from edgekit.plan.compare import optimism
 
@@ -159,15 +168,25 @@ class PlanResult:
         r = t.rows[int(self.row[i])]
         greedy = r.aggregation == "greedy"
         v = self.variant(i)
-        return {"model_id": t.model_id, "model_sha256": t.model_sha256 or self.perf_models[int(self.table[i])].sha256,
-                "quant": t.quant, "task": t.task, "prompt_template": t.prompt_template, "answer_format": t.answer_format,
-                "temperature": 0.0 if greedy else t.temperature, "top_p": t.top_p, "budget": r.budget,
-                "n": int(self.n[i]), "aggregation": r.aggregation,
-                "extractor": extractor_for(t.task, self.extractor_overrides), "backend": t.backend,
-                "table_path": self.table_paths[int(self.table[i])] if self.table_paths else None,
-                "variant_id": v.card.card.variant_id if v else None,
-                "variant_card_sha256": v.card.sha256 if v else None,
-                "model_path": str(v.card.card.path) if v else None}
+        return {
+            "model_id": t.model_id,
+            "model_sha256": t.model_sha256 or self.perf_models[int(self.table[i])].sha256,
+            "quant": t.quant,
+            "task": t.task,
+            "prompt_template": t.prompt_template,
+            "answer_format": t.answer_format,
+            "temperature": 0.0 if greedy else t.temperature,
+            "top_p": t.top_p,
+            "budget": r.budget,
+            "n": int(self.n[i]),
+            "aggregation": r.aggregation,
+            "extractor": extractor_for(t.task, self.extractor_overrides),
+            "backend": t.backend,
+            "table_path": self.table_paths[int(self.table[i])] if self.table_paths else None,
+            "variant_id": v.card.card.variant_id if v else None,
+            "variant_card_sha256": v.card.sha256 if v else None,
+            "model_path": str(v.card.card.path) if v else None,
+        }
 
     def label(self, i: int) -> str:
         c = self.config(i)
@@ -198,23 +217,39 @@ def _pareto(lat: np.ndarray, acc: np.ndarray, idx: np.ndarray, energy: np.ndarra
     return order[a > best_before]
 
 
-def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target_s: float, percentile: int = 50,
-         energy_cap_j: float | None = None, memory_cap_gb: float | None = None,
-         model_map: Mapping[str, str] | None = None, *, profile_path: str | None = None,
-         table_paths: Sequence[str | None] | None = None, model_infos: Mapping[str, ModelInfo] | None = None,
-         sequences_leave: bool = False, extractor_kinds=None, prefer: str = "cheaper",
-         variants: Sequence = (), perf_scale: tuple[float, float] | None = None) -> PlanResult:
+def plan(
+    profile: DeviceProfile,
+    tables: Sequence[AccuracyTable],
+    latency_target_s: float,
+    percentile: int = 50,
+    energy_cap_j: float | None = None,
+    memory_cap_gb: float | None = None,
+    model_map: Mapping[str, str] | None = None,
+    *,
+    profile_path: str | None = None,
+    table_paths: Sequence[str | None] | None = None,
+    model_infos: Mapping[str, ModelInfo] | None = None,
+    sequences_leave: bool = False,
+    extractor_kinds=None,
+    prefer: str = "cheaper",
+    variants: Sequence = (),
+    perf_scale: tuple[float, float] | None = None,
+) -> PlanResult:
     """Pick the most accurate configuration meeting ``latency_target_s`` at ``percentile`` (50 or 95).
     ``perf_scale`` = (prefill, decode): the device runs that much slower than profiled (live correction)."""
     if not latency_target_s or not math.isfinite(latency_target_s) or latency_target_s <= 0:
-        raise UsageError(f"latency target must be a finite number > 0 s, got {latency_target_s}", fix="pass e.g. --latency-target 2s")
+        raise UsageError(
+            f"latency target must be a finite number > 0 s, got {latency_target_s}", fix="pass e.g. --latency-target 2s"
+        )
     if prefer not in ("cheaper", "most-accurate"):
         raise UsageError(f"prefer must be 'cheaper' or 'most-accurate', got {prefer!r}", fix="pass --prefer cheaper")
     if percentile not in (50, 95):
         raise UsageError(f"percentile must be 50 or 95, got {percentile}", fix="pass --percentile 50 or 95")
     for name, cap in (("energy cap", energy_cap_j), ("memory cap", memory_cap_gb)):
         if cap is not None and (not math.isfinite(cap) or cap <= 0):
-            raise UsageError(f"{name} must be a finite number > 0, got {cap}", fix=f"omit the {name} or pass a positive value")
+            raise UsageError(
+                f"{name} must be a finite number > 0, got {cap}", fix=f"omit the {name} or pass a positive value"
+            )
     if not tables:
         raise UsageError("no accuracy tables given", fix="pass at least one table built by `edgekit eval`")
     tpaths = list(table_paths) if table_paths else [None] * len(tables)
@@ -245,12 +280,20 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
         # a measured entry (by id, then by file hash) before an estimate from block slices of the same file
         for entries in (profile.measured_models(), [m for m in complete if m.estimate is not None]):
             mp = next((m for m in entries if m.model.id == pid), None)
-            if (mp is not None and t.model_sha256 and mp.model.sha256 and mp.model.sha256 != t.model_sha256 and not mapped
-                    and (t.quant or "").lower() == (mp.model.quant or t.quant or "").lower()):
+            if (
+                mp is not None
+                and t.model_sha256
+                and mp.model.sha256
+                and mp.model.sha256 != t.model_sha256
+                and not mapped
+                and (t.quant or "").lower() == (mp.model.quant or t.quant or "").lower()
+            ):
                 # the same name and type, another file (a variant remade with --force, a re-downloaded model):
                 # its timings are not this file's (another type is the error below)
-                msg = (f"profile entry {mp.model.id!r} is of another file (sha256 {mp.model.sha256[:12]}…, the table's "
-                       f"is {t.model_sha256[:12]}…): not used for it")
+                msg = (
+                    f"profile entry {mp.model.id!r} is of another file (sha256 {mp.model.sha256[:12]}…, the table's "
+                    f"is {t.model_sha256[:12]}…): not used for it"
+                )
                 if msg not in notes:
                     notes.append(msg)
                 mp = None
@@ -260,25 +303,31 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
                 break
         part = next((m for m in profile.partial_models() if m.model.id == pid), None)
         if mp is None and part is not None:
-            raise SchemaError(f"profile {ppath} has only a partial entry for {pid} (the sweep stopped early: "
-                              f"{'; '.join((part.gaps or [])[:2])})",
-                              fix=f"complete it: `edgekit profile --model {pid} --append --output {ppath}`")
+            raise SchemaError(
+                f"profile {ppath} has only a partial entry for {pid} (the sweep stopped early: "
+                f"{'; '.join((part.gaps or [])[:2])})",
+                fix=f"complete it: `edgekit profile --model {pid} --append --output {ppath}`",
+            )
         ids = ", ".join(m.model.id for m in complete) or "none"
         tname = tpath or f"for task {t.task}"
         if mp is not None:
             if t.quant and mp.model.quant and t.quant.lower() != mp.model.quant.lower() and not mapped:
-                raise SchemaError(f"accuracy table {tname} is for {t.model_id!r} {t.quant}, profile {ppath} measured "
-                                  f"{mp.model.id!r} {mp.model.quant}",
-                                  fix=f"profile the {t.quant} file, or map it explicitly with --model-map {t.model_id}=<id>")
+                raise SchemaError(
+                    f"accuracy table {tname} is for {t.model_id!r} {t.quant}, profile {ppath} measured "
+                    f"{mp.model.id!r} {mp.model.quant}",
+                    fix=f"profile the {t.quant} file, or map it explicitly with --model-map {t.model_id}=<id>",
+                )
             if mp.model.id not in cache:
                 cache[mp.model.id] = fit(mp, profile_path)
             return cache[mp.model.id]
         if len(profile.measured_models()) >= 2:
             info = model_infos.get(t.model_id)
             if info is None:
-                raise SchemaError(f"accuracy table {tname} is for model {t.model_id!r}, which profile {ppath} lacks "
-                                  f"(has: {ids}); a cross-model estimate needs its size and parameter count",
-                                  fix=f"profile it (`edgekit profile --model {t.model_id}`) or pass its model info")
+                raise SchemaError(
+                    f"accuracy table {tname} is for model {t.model_id!r}, which profile {ppath} lacks "
+                    f"(has: {ids}); a cross-model estimate needs its size and parameter count",
+                    fix=f"profile it (`edgekit profile --model {t.model_id}`) or pass its model info",
+                )
             if not device:
                 device.append(fit_device(profile, profile_path))
             key = "cross:" + t.model_id
@@ -291,11 +340,13 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
                 cache[key] = device[0].predict_model(info)
                 notes.append(f"{t.model_id}: {cache[key].method}; interval {cache[key].interval_how}")
             return cache[key]
-        raise SchemaError(f"accuracy table {tname} is for model {t.model_id!r} but profile {ppath} has only {ids}",
-                          fix=f"run `edgekit profile --model {t.model_id}` on this device, or map it with "
-                              f"--model-map {t.model_id}=<profile model id>")
+        raise SchemaError(
+            f"accuracy table {tname} is for model {t.model_id!r} but profile {ppath} has only {ids}",
+            fix=f"run `edgekit profile --model {t.model_id}` on this device, or map it with "
+            f"--model-map {t.model_id}=<profile model id>",
+        )
 
-    pms: list[Optional[PerfModel]] = []
+    pms: list[PerfModel | None] = []
     for t, p, v in zip(tables, tpaths, var_of):
         try:
             pms.append(resolve(t, p))
@@ -306,8 +357,10 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
             notes.append(f"variant {t.model_id} left out: {e.message}")
     if perf_scale is not None:
         pms = [None if pm is None else scale_model(pm, *perf_scale) for pm in pms]
-        notes.append(f"device speed scaled by a live correction: prefill x{perf_scale[0]:.3g}, decode x{perf_scale[1]:.3g} "
-                     "(measured on the served model, assumed to hold for every model)")
+        notes.append(
+            f"device speed scaled by a live correction: prefill x{perf_scale[0]:.3g}, decode x{perf_scale[1]:.3g} "
+            "(measured on the served model, assumed to hold for every model)"
+        )
     cols: dict[str, list] = {k: [] for k in ("table", "row", "budget", "n", "steps", "mean", "acc", "I", "P")}
     skipped = 0
     for ti, t in enumerate(tables):
@@ -318,23 +371,31 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
                 skipped += 1
                 continue
             n = 1 if r.aggregation == "greedy" else r.k
-            for k, v in zip(cols, (ti, ri, r.budget, n, r.expected_steps, r.mean_tokens, r.accuracy, t.prompt_tokens_mean,
-                                   t.n_problems)):
+            for k, v in zip(
+                cols,
+                (ti, ri, r.budget, n, r.expected_steps, r.mean_tokens, r.accuracy, t.prompt_tokens_mean, t.n_problems),
+            ):
                 cols[k].append(v)
     if skipped:
         notes.append(f"{skipped} pass@k/first_verified row(s) skipped: their tables have no verifier")
     if not cols["acc"]:
-        raise UsageError("no plannable rows in the accuracy tables", fix="evaluate majority/greedy rows, or a task with a verifier")
+        raise UsageError(
+            "no plannable rows in the accuracy tables", fix="evaluate majority/greedy rows, or a task with a verifier"
+        )
     A = {k: np.asarray(v, dtype=int if k in ("table", "row") else float) for k, v in cols.items()}
     base_acc = A["acc"]
     A["acc"] = base_acc * factor[A["table"]]
-    pred = {k: np.empty(len(A["acc"])) for k in ("prefill_s", "decode_s", "total_s", "lo_s", "hi_s", "energy_j", "memory_bytes")}
+    pred = {
+        k: np.empty(len(A["acc"]))
+        for k in ("prefill_s", "decode_s", "total_s", "lo_s", "hi_s", "energy_j", "memory_bytes")
+    }
     for ti, pm in enumerate(pms):
         sel = np.nonzero(A["table"] == ti)[0]
         if sel.size == 0 or pm is None:
             continue
-        out = pm.predict_arrays(A["I"][sel], A["steps"][sel], A["n"][sel], A["budget"][sel],
-                                A["mean"][sel] if sequences_leave else None)
+        out = pm.predict_arrays(
+            A["I"][sel], A["steps"][sel], A["n"][sel], A["budget"][sel], A["mean"][sel] if sequences_leave else None
+        )
         for k in pred:
             pred[k][sel] = out[k]
     lat = pred["total_s"] if percentile == 50 else pred["hi_s"]
@@ -347,13 +408,35 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
         caps_ok &= np.nan_to_num(pred["memory_bytes"], nan=np.inf) <= memory_cap_gb * 1e9
     feasible = caps_ok & (lat <= latency_target_s)
     frontier = _pareto(lat, A["acc"], np.nonzero(caps_ok)[0], pred["energy_j"])
-    res = PlanResult(profile=profile, tables=list(tables), perf_models=pms, target_s=float(latency_target_s),
-                     percentile=percentile, energy_cap_j=energy_cap_j, memory_cap_gb=memory_cap_gb, table=A["table"],
-                     row=A["row"], budget=A["budget"], n=A["n"], steps=A["steps"], mean_tokens=A["mean"],
-                     accuracy=A["acc"], prompt_tokens=A["I"], pred=pred, latency=lat, caps_ok=caps_ok,
-                     feasible=feasible, frontier=frontier, profile_path=profile_path, table_paths=tpaths,
-                     sequences_leave=sequences_leave, extractor_overrides=extractor_kinds, notes=notes, prefer=prefer,
-                     variants=var_of)
+    res = PlanResult(
+        profile=profile,
+        tables=list(tables),
+        perf_models=pms,
+        target_s=float(latency_target_s),
+        percentile=percentile,
+        energy_cap_j=energy_cap_j,
+        memory_cap_gb=memory_cap_gb,
+        table=A["table"],
+        row=A["row"],
+        budget=A["budget"],
+        n=A["n"],
+        steps=A["steps"],
+        mean_tokens=A["mean"],
+        accuracy=A["acc"],
+        prompt_tokens=A["I"],
+        pred=pred,
+        latency=lat,
+        caps_ok=caps_ok,
+        feasible=feasible,
+        frontier=frontier,
+        profile_path=profile_path,
+        table_paths=tpaths,
+        sequences_leave=sequences_leave,
+        extractor_overrides=extractor_kinds,
+        notes=notes,
+        prefer=prefer,
+        variants=var_of,
+    )
     res.comparator = cmp = Comparator(res)
     for a in range(len(tables)):  # tables of the same task on different versions of its file: one warning each
         for b in range(a + 1, len(tables)):
@@ -370,8 +453,11 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
     res.acc_lo, res.acc_hi = np.clip(lo * f - w, 0, 1), np.clip(hi * f + w, 0, 1)
     res.acc_hi_tie = np.where(is_prior, A["acc"], res.acc_hi)  # a prior never wins a tie on its widened upper end
     if not caps_ok.any():
-        raise InfeasibleTarget(f"no configuration meets the caps ({_fmt_caps(energy_cap_j, memory_cap_gb)})",
-                               fix="raise the caps, or evaluate smaller models / budgets / n", result=res)
+        raise InfeasibleTarget(
+            f"no configuration meets the caps ({_fmt_caps(energy_cap_j, memory_cap_gb)})",
+            fix="raise the caps, or evaluate smaller models / budgets / n",
+            result=res,
+        )
     if not feasible.any():
         cand = np.nonzero(caps_ok)[0]
         f = int(cand[np.argmin(lat[cand])])
@@ -379,7 +465,9 @@ def plan(profile: DeviceProfile, tables: Sequence[AccuracyTable], latency_target
         raise InfeasibleTarget(
             f"no configuration meets {latency_target_s:g} s at p{percentile}{' within ' + caps if caps else ''}; "
             f"the fastest is {res.label(f)} at {lat[f]:.3g} s",
-            fix=f"raise the target to at least {lat[f]:.3g} s, or evaluate a smaller model or shorter budgets", result=res)
+            fix=f"raise the target to at least {lat[f]:.3g} s, or evaluate a smaller model or shorter budgets",
+            result=res,
+        )
     idx = np.nonzero(feasible)[0]
     res.most_accurate = best = _cheapest(idx[A["acc"][idx] >= A["acc"][idx].max() - TIE_EPS], lat, pred["energy_j"])
     res.chosen, why = choose(res, res.comparator, idx, best, _pareto(lat, A["acc"], idx, pred["energy_j"]))

@@ -39,7 +39,7 @@ WIDE = 150  # below this terminal width the frontier is printed in the narrow la
 
 
 def _model(mid: str) -> str:
-    return mid[:-len("-instruct")] if mid.endswith("-instruct") else mid
+    return mid[: -len("-instruct")] if mid.endswith("-instruct") else mid
 
 
 def short_label(res: PlanResult, i: int) -> str:
@@ -47,7 +47,9 @@ def short_label(res: PlanResult, i: int) -> str:
     c = res.config(i)
     quants = {res.tables[int(t)].quant for t in np.unique(res.table[res.frontier])} if res.frontier.size else set()
     q = f" {c['quant']}" if len(quants) > 1 and c["quant"] else ""
-    agg = {"majority": "maj", "greedy": "greedy", "pass@k": "pass@k", "first_verified": "1st-verified"}[c["aggregation"]]
+    agg = {"majority": "maj", "greedy": "greedy", "pass@k": "pass@k", "first_verified": "1st-verified"}[
+        c["aggregation"]
+    ]
     return f"{_model(c['model_id'])}{q} B={c['budget']} n={c['n']} {agg}"
 
 
@@ -59,25 +61,56 @@ def render_frontier(res: PlanResult, width: int | None = None) -> Table:
     p = f"p{res.percentile}"
     title = f"Accuracy vs latency frontier on {res.profile.device.name} ({res.profile.kind} profile), target {res.target_s:g} s at {p}"
     tab = Table(title=title)
-    for col in ("", "model", "quant", "B", "n", "aggregation", "accuracy [95 % CI]", "acc. from", f"latency {p}",
-                "p50 (interval)", "energy", "memory", "method"):
+    for col in (
+        "",
+        "model",
+        "quant",
+        "B",
+        "n",
+        "aggregation",
+        "accuracy [95 % CI]",
+        "acc. from",
+        f"latency {p}",
+        "p50 (interval)",
+        "energy",
+        "memory",
+        "method",
+    ):
         tab.add_column(col, justify="right" if col in ("B", "n", "accuracy") else "left")
     for i in res.frontier:
         i = int(i)
         c = res.config(i)
         mark = "*" if res.chosen == i else ("ok" if res.feasible[i] else "")
         pred = res.pred
-        tab.add_row(mark, c["model_id"], c["quant"] or "", str(c["budget"]), str(c["n"]), c["aggregation"],
-                    _acc(res, i), "prior" if "accuracy: prior" in res.rests_on(i) else "table", _fmt(res.latency[i], "s"),
-                    f"{pred['total_s'][i]:.3g} ({pred['lo_s'][i]:.3g}-{pred['hi_s'][i]:.3g})",
-                    _fmt(pred["energy_j"][i], "J"), _fmt(pred["memory_bytes"][i] / 1e9, "GB"), _short(res.method(i)))
+        tab.add_row(
+            mark,
+            c["model_id"],
+            c["quant"] or "",
+            str(c["budget"]),
+            str(c["n"]),
+            c["aggregation"],
+            _acc(res, i),
+            "prior" if "accuracy: prior" in res.rests_on(i) else "table",
+            _fmt(res.latency[i], "s"),
+            f"{pred['total_s'][i]:.3g} ({pred['lo_s'][i]:.3g}-{pred['hi_s'][i]:.3g})",
+            _fmt(pred["energy_j"][i], "J"),
+            _fmt(pred["memory_bytes"][i] / 1e9, "GB"),
+            _short(res.method(i)),
+        )
     return tab
 
 
 def _narrow(res: PlanResult) -> Table:
     p = f"p{res.percentile}"
-    tab = Table(title=f"Frontier on {res.profile.device.name}, target {res.target_s:g} s at {p}", box=box.SIMPLE_HEAD,
-                pad_edge=False, show_edge=False, padding=(0, 1), title_justify="left", caption_justify="left")
+    tab = Table(
+        title=f"Frontier on {res.profile.device.name}, target {res.target_s:g} s at {p}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        padding=(0, 1),
+        title_justify="left",
+        caption_justify="left",
+    )
     caps = [("energy", "energy_j", "J", 1.0)] if res.energy_cap_j is not None else []
     caps += [("memory", "memory_bytes", "GB", 1e9)] if res.memory_cap_gb is not None else []
     for col in ["", "configuration", "acc % [CI]", f"{p} s (range)"] + [c[0] for c in caps]:
@@ -94,8 +127,10 @@ def _narrow(res: PlanResult) -> Table:
         lat = f"{s(res.latency[i])} ({s(res.pred['lo_s'][i])}-{s(res.pred['hi_s'][i])})"
         lat += "~" if any(r.startswith("latency") for r in rests) else ""
         tab.add_row(mark, short_label(res, i), acc, lat, *[_fmt(res.pred[k][i] / d, u, 2) for _, k, u, d in caps])
-    tab.caption = ("~ estimated (latency: cross-model or block-slice estimate; accuracy: a prior), else measured; "
-                   "* chosen, ok meets the target; every column in plan.json `frontier`")
+    tab.caption = (
+        "~ estimated (latency: cross-model or block-slice estimate; accuracy: a prior), else measured; "
+        "* chosen, ok meets the target; every column in plan.json `frontier`"
+    )
     return tab
 
 
@@ -107,17 +142,28 @@ def why_lines(res: PlanResult) -> list[str]:
     if res.why_chosen:
         out = [f"why: {res.why_chosen}"]
     elif res.chosen != res.most_accurate:
-        out = ["why: chosen with offload planned jointly (see the notes)" if res.joint is not None else
-               "why: not the most accurate feasible configuration (see the notes)"]
+        out = [
+            "why: chosen with offload planned jointly (see the notes)"
+            if res.joint is not None
+            else "why: not the most accurate feasible configuration (see the notes)"
+        ]
     elif res.prefer == "cheaper":
-        out = ["why: the most accurate feasible configuration; no cheaper one is both tied with it and cheaper beyond "
-               "the latency prediction intervals"]
+        out = [
+            "why: the most accurate feasible configuration; no cheaper one is both tied with it and cheaper beyond "
+            "the latency prediction intervals"
+        ]
     else:
         out = ["why: the most accurate feasible configuration (--prefer most-accurate)"]
     for cm in res.competitors():
-        how = f"paired, {cm.n_shared} problems" if cm.paired else "unpaired: " + cm.how.split(";")[0].removeprefix("unpaired: ")
-        out.append(f"  vs {short_label(res, cm.other)} ({100 * res.accuracy[cm.other]:.1f} %): "
-                   f"{100 * cm.diff:+.1f} pts [{100 * cm.lo:+.1f}, {100 * cm.hi:+.1f}] ({how}): {cm.verdict}; {cm.saving_how}")
+        how = (
+            f"paired, {cm.n_shared} problems"
+            if cm.paired
+            else "unpaired: " + cm.how.split(";")[0].removeprefix("unpaired: ")
+        )
+        out.append(
+            f"  vs {short_label(res, cm.other)} ({100 * res.accuracy[cm.other]:.1f} %): "
+            f"{100 * cm.diff:+.1f} pts [{100 * cm.lo:+.1f}, {100 * cm.hi:+.1f}] ({how}): {cm.verdict}; {cm.saving_how}"
+        )
     return out
 
 
@@ -126,8 +172,10 @@ def accuracy_line(res: PlanResult, heldout: tuple | None = None) -> str | None:
     o = res.optimism()
     if o is None:
         return None
-    line = (f"the table accuracy {100 * res.accuracy[res.chosen]:.1f} % is the best of {o[1]} feasible estimates on the "
-            f"same problems: optimistic (estimated +{100 * o[0]:.1f} pts by bootstrap)")
+    line = (
+        f"the table accuracy {100 * res.accuracy[res.chosen]:.1f} % is the best of {o[1]} feasible estimates on the "
+        f"same problems: optimistic (estimated +{100 * o[0]:.1f} pts by bootstrap)"
+    )
     if heldout is not None:
         line += f"; held out: {100 * heldout[0]:.1f} % [{100 * heldout[1]:.1f}, {100 * heldout[2]:.1f}] ({heldout[3]})"
     else:
@@ -155,11 +203,27 @@ def plot_pareto(res: PlanResult, path: str | Path) -> Path:
         ax.step(res.latency[fr], res.accuracy[fr], where="post", color="tab:blue", lw=1.5)
         ax.scatter(res.latency[fr], res.accuracy[fr], s=18, color="tab:blue", label="Pareto frontier")
         if res.acc_lo is not None and res.acc_hi is not None:
-            ax.errorbar(res.latency[fr], res.accuracy[fr], yerr=[res.accuracy[fr] - res.acc_lo[fr], res.acc_hi[fr] - res.accuracy[fr]],
-                        fmt="none", ecolor="tab:blue", alpha=0.5, capsize=2, lw=0.8, label="95 % interval (eval set)")
+            ax.errorbar(
+                res.latency[fr],
+                res.accuracy[fr],
+                yerr=[res.accuracy[fr] - res.acc_lo[fr], res.acc_hi[fr] - res.accuracy[fr]],
+                fmt="none",
+                ecolor="tab:blue",
+                alpha=0.5,
+                capsize=2,
+                lw=0.8,
+                label="95 % interval (eval set)",
+            )
     if res.chosen is not None:
-        ax.scatter([res.latency[res.chosen]], [res.accuracy[res.chosen]], s=120, marker="*", color="tab:orange",
-                   zorder=5, label=f"chosen: {res.label(res.chosen)}")
+        ax.scatter(
+            [res.latency[res.chosen]],
+            [res.accuracy[res.chosen]],
+            s=120,
+            marker="*",
+            color="tab:orange",
+            zorder=5,
+            label=f"chosen: {res.label(res.chosen)}",
+        )
     ax.axvline(res.target_s, color="tab:green", ls="--", lw=1, label=f"target {res.target_s:g} s")
     lat = res.latency[np.isfinite(res.latency) & (res.latency > 0)]
     if lat.size and lat.max() / lat.min() > 30:

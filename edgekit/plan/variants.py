@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
-from edgekit.models.variants import variants_dir
 from edgekit.errors import EdgekitError, UsageError
+from edgekit.models.variants import variants_dir
 from edgekit.schemas.profile import ModelInfo
 from edgekit.schemas.quant import VariantCard, load_card
 from edgekit.schemas.table import AccuracyTable
@@ -48,7 +48,7 @@ class AccuracyPrior:
     factor: float  # multiplies the base table's accuracy (and its Wilson interval)
     floor: float  # half-width added on each side: mult * max(floor, base accuracy * (1 - factor))
     how: str  # "prior from <base table> and KL=... vs <reference>"
-    kl: Optional[float] = None  # the KL delta used (nats); None when assumed
+    kl: float | None = None  # the KL delta used (nats); None when assumed
     mult: float = 1.0
 
     def widen(self, base_accuracy):
@@ -62,10 +62,10 @@ class AccuracyPrior:
 class Variant:
     card: LoadedCard
     table: AccuracyTable  # a copy of the base table renamed to the variant, or the variant's own table
-    table_path: Optional[str]  # the base table's path (prior) or the variant's own table's path
+    table_path: str | None  # the base table's path (prior) or the variant's own table's path
     info: ModelInfo  # for the cross-model prediction when the profile lacks the variant
-    prior: Optional[AccuracyPrior] = None  # None: accuracy measured in the variant's own table
-    table_index: Optional[int] = None  # index of the variant's own table among the tables passed
+    prior: AccuracyPrior | None = None  # None: accuracy measured in the variant's own table
+    table_index: int | None = None  # index of the variant's own table among the tables passed
 
 
 def default_variants_dir() -> Path:
@@ -73,13 +73,15 @@ def default_variants_dir() -> Path:
     return variants_dir()
 
 
-def list_variant_cards(directory: str | Path | None = None, skipped: Optional[list] = None) -> list[LoadedCard]:
+def list_variant_cards(directory: str | Path | None = None, skipped: list | None = None) -> list[LoadedCard]:
     """Every ``*.card.json`` under ``directory`` (default: the quantize cache), sorted by path.
     The one place where the planner learns which variants exist. With ``skipped`` (a list), an
     unreadable card is recorded there ("path: why") instead of raising."""
     d = Path(directory) if directory is not None else default_variants_dir()
     if directory is not None and not d.is_dir():
-        raise UsageError(f"--variants {d} is not a folder", fix="pass the folder edgekit quantize wrote (with *.card.json)")
+        raise UsageError(
+            f"--variants {d} is not a folder", fix="pass the folder edgekit quantize wrote (with *.card.json)"
+        )
     out = []
     for p in sorted(d.rglob("*.card.json")) if d.is_dir() else []:
         try:
@@ -92,13 +94,14 @@ def list_variant_cards(directory: str | Path | None = None, skipped: Optional[li
     return out
 
 
-def _kl(fig) -> Optional[float]:
+def _kl(fig) -> float | None:
     v = None if fig is None else fig.value
     return float(v) if v is not None and math.isfinite(v) and v >= 0 else None
 
 
-def accuracy_prior(card: VariantCard, by_id: Mapping[str, VariantCard], base_card: Optional[VariantCard],
-                   base_label: str) -> AccuracyPrior:
+def accuracy_prior(
+    card: VariantCard, by_id: Mapping[str, VariantCard], base_card: VariantCard | None, base_label: str
+) -> AccuracyPrior:
     """Heuristic accuracy prior of a variant relative to its base model's table (not a measurement).
 
     dKL = KL(ref || variant) - KL(ref || table's file), both measured against the same reference on the
@@ -128,24 +131,37 @@ def accuracy_prior(card: VariantCard, by_id: Mapping[str, VariantCard], base_car
     if kl is not None:
         d = max(kl - (base_kl or 0.0), 0.0)
         f = math.exp(-PRIOR_C * d)
-        return AccuracyPrior(f, PRIOR_MIN_WIDEN, f"prior from {base_label} and KL={kl:.4g} nats vs {ref}"
-                             f"{base_note} (heuristic: accuracy x exp(-{PRIOR_C:g} x dKL))", d)
+        return AccuracyPrior(
+            f,
+            PRIOR_MIN_WIDEN,
+            f"prior from {base_label} and KL={kl:.4g} nats vs {ref}"
+            f"{base_note} (heuristic: accuracy x exp(-{PRIOR_C:g} x dKL))",
+            d,
+        )
     ppl = q.ppl.value if q is not None and q.ppl is not None else None
     ref_card = by_id.get(q.reference) if q is not None and q.reference else None
     ref_ppl = ref_card.quality.ppl.value if ref_card is not None and ref_card.quality is not None else None
     if ppl and ref_ppl and ppl > 0 and ref_ppl > 0:
         d = max(math.log(ppl / ref_ppl), 0.0)
         f = math.exp(-PRIOR_C * d)
-        return AccuracyPrior(f, PRIOR_MIN_WIDEN,
-                             f"prior from {base_label} and ln(ppl ratio)={d:.4g} ({ppl:.4g} vs {ref_ppl:.4g} for {ref}; "
-                             f"no KL: interval widened x{PPL_WIDEN_FACTOR:g}) (heuristic: accuracy x exp(-{PRIOR_C:g} x d))", d,
-                             PPL_WIDEN_FACTOR)
+        return AccuracyPrior(
+            f,
+            PRIOR_MIN_WIDEN,
+            f"prior from {base_label} and ln(ppl ratio)={d:.4g} ({ppl:.4g} vs {ref_ppl:.4g} for {ref}; "
+            f"no KL: interval widened x{PPL_WIDEN_FACTOR:g}) (heuristic: accuracy x exp(-{PRIOR_C:g} x d))",
+            d,
+            PPL_WIDEN_FACTOR,
+        )
     f = math.exp(-PRIOR_C * NO_REPORT_KL)
-    return AccuracyPrior(f, NO_REPORT_WIDEN, f"prior from {base_label} with no quality report: assumed KL={NO_REPORT_KL:g} "
-                         f"nats and +-{NO_REPORT_WIDEN:.0%} (heuristic; measure it with edgekit quantize --quality)")
+    return AccuracyPrior(
+        f,
+        NO_REPORT_WIDEN,
+        f"prior from {base_label} with no quality report: assumed KL={NO_REPORT_KL:g} "
+        f"nats and +-{NO_REPORT_WIDEN:.0%} (heuristic; measure it with edgekit quantize --quality)",
+    )
 
 
-def variant_info(lc: LoadedCard, base: Optional[ModelInfo]) -> ModelInfo:
+def variant_info(lc: LoadedCard, base: ModelInfo | None) -> ModelInfo:
     """The variant's facts for a cross-model prediction: its GGUF header when the file is readable,
     else its base model's architecture with the card's size and type."""
     c = lc.card
@@ -156,23 +172,40 @@ def variant_info(lc: LoadedCard, base: Optional[ModelInfo]) -> ModelInfo:
         from edgekit.models.gguf import read_gguf
 
         g = read_gguf(p)
-        return ModelInfo(id=c.variant_id, sha256=c.sha256, arch=g.arch, quant=c.type,
-                         n_params=base.n_params if base else None, size_bytes=g.tensor_bytes, n_layer=g.n_layer,
-                         n_embd=g.n_embd, n_head_kv=g.n_head_kv, n_embd_head=g.head_dim,
-                         kv_bytes_per_token=g.kv_bytes_per_token())
+        return ModelInfo(
+            id=c.variant_id,
+            sha256=c.sha256,
+            arch=g.arch,
+            quant=c.type,
+            n_params=base.n_params if base else None,
+            size_bytes=g.tensor_bytes,
+            n_layer=g.n_layer,
+            n_embd=g.n_embd,
+            n_head_kv=g.n_head_kv,
+            n_embd_head=g.head_dim,
+            kv_bytes_per_token=g.kv_bytes_per_token(),
+        )
     upd = {"id": c.variant_id, "sha256": c.sha256, "quant": c.type, "size_bytes": c.size_bytes}
     return base.model_copy(update=upd) if base is not None else ModelInfo(**upd)
 
 
-def variant_candidates(cards: Sequence[LoadedCard], tables: Sequence[AccuracyTable], table_paths: Sequence[Optional[str]],
-                       base_infos: Mapping[str, ModelInfo]) -> list[Variant]:
+def variant_candidates(
+    cards: Sequence[LoadedCard],
+    tables: Sequence[AccuracyTable],
+    table_paths: Sequence[str | None],
+    base_infos: Mapping[str, ModelInfo],
+) -> list[Variant]:
     """One Variant per (card, own table) or (card, base table): what the planner adds as candidates."""
     by_id = {lc.card.variant_id: lc.card for lc in cards}
     by_sha = {lc.card.sha256: lc.card for lc in cards}
     out: list[Variant] = []
     for lc in cards:
         c = lc.card
-        own = [i for i, t in enumerate(tables) if t.model_id == c.variant_id or (t.model_sha256 and t.model_sha256 == c.sha256)]
+        own = [
+            i
+            for i, t in enumerate(tables)
+            if t.model_id == c.variant_id or (t.model_sha256 and t.model_sha256 == c.sha256)
+        ]
         base_info = base_infos.get(c.base_model)
         info = variant_info(lc, base_info)
         if own:

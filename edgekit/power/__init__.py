@@ -59,12 +59,26 @@ def estimated_cpu_power_mw(tdp_w: float, cpu_percent: float) -> Figure:
     if not 0 <= cpu_percent <= 100:
         raise UsageError(f"CPU load must be 0..100 %, got {cpu_percent}", fix="pass psutil.cpu_percent()")
     return estimated(
-        tdp_w * 1000.0 * cpu_percent / 100.0, "mW", how="CPU load × TDP",
+        tdp_w * 1000.0 * cpu_percent / 100.0,
+        "mW",
+        how="CPU load × TDP",
         note=f"{cpu_percent:.0f}% of {tdp_w:g} W TDP; not a measurement",
     )
 
 
 __all__ = [
-    "EnergyWindow", "JetsonMeter", "NullMeter", "NvmlMeter", "PowerMeter", "PowerSampler", "RaplMeter",
-    "Reading", "best_meter", "decode_reasons", "detect_meters", "estimated_cpu_power_mw", "is_jetson", "trapezoid_mj",
+    "EnergyWindow",
+    "JetsonMeter",
+    "NullMeter",
+    "NvmlMeter",
+    "PowerMeter",
+    "PowerSampler",
+    "RaplMeter",
+    "Reading",
+    "best_meter",
+    "decode_reasons",
+    "detect_meters",
+    "estimated_cpu_power_mw",
+    "is_jetson",
+    "trapezoid_mj",
 ]

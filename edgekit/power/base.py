@@ -18,9 +18,9 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
 
 from edgekit.figures import Figure, unavailable
 
@@ -30,8 +30,8 @@ class Reading:
     """One poll of a meter. ``t`` is ``time.monotonic()`` seconds."""
 
     t: float
-    energy_mj: Optional[float] = None  # cumulative, monotonic (counter meters)
-    power_mw: Optional[float] = None  # instantaneous total
+    energy_mj: float | None = None  # cumulative, monotonic (counter meters)
+    power_mw: float | None = None  # instantaneous total
     components_energy_mj: dict[str, float] = field(default_factory=dict)  # cumulative per domain
     components_power_mw: dict[str, float] = field(default_factory=dict)  # instantaneous per rail
 
@@ -41,16 +41,16 @@ class PowerMeter(ABC):
 
     name: str = "meter"
     available: bool = False
-    why_unavailable: Optional[str] = None
-    fix: Optional[str] = None
+    why_unavailable: str | None = None
+    fix: str | None = None
     has_energy_counter: bool = False  # True: read_energy_mj() is a hardware counter
 
     @abstractmethod
-    def read_energy_mj(self) -> Optional[float]:
+    def read_energy_mj(self) -> float | None:
         """Cumulative energy since an arbitrary origin (wrap-around handled); None without a counter."""
 
     @abstractmethod
-    def read_power_mw(self) -> Optional[float]:
+    def read_power_mw(self) -> float | None:
         """Instantaneous power (or mean over the last short interval); None when unavailable."""
 
     def read(self) -> Reading:
@@ -64,10 +64,15 @@ class PowerMeter(ABC):
         pass
 
     def describe(self) -> dict:
-        return {"name": self.name, "available": self.available, "why_unavailable": self.why_unavailable, "fix": self.fix}
+        return {
+            "name": self.name,
+            "available": self.available,
+            "why_unavailable": self.why_unavailable,
+            "fix": self.fix,
+        }
 
     @contextmanager
-    def window(self, interval_s: float = 0.05) -> Iterator["EnergyWindow"]:
+    def window(self, interval_s: float = 0.05) -> Iterator[EnergyWindow]:
         """Measure energy over the ``with`` block (background sampling thread)."""
         w = EnergyWindow(meter=self.name)
         sampler = PowerSampler(self, interval_s=interval_s)
@@ -109,11 +114,11 @@ class PowerSampler:
         self.interval_s = float(interval_s)
         self.readings: list[tuple[int, Reading]] = []  # (segment, reading)
         self.errors: list[tuple[float, str]] = []  # (t, "ErrorType: message")
-        self.t_start: Optional[float] = None
-        self.t_stop: Optional[float] = None
+        self.t_start: float | None = None
+        self.t_stop: float | None = None
         self._segment = 0
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def poll(self) -> None:
@@ -133,14 +138,14 @@ class PowerSampler:
         while not self._stop.wait(self.interval_s):
             self.poll()
 
-    def start(self) -> "PowerSampler":
+    def start(self) -> PowerSampler:
         self.t_start = time.monotonic()
         self.poll()
         self._thread = threading.Thread(target=self._run, name=f"edgekit-power-{self.meter.name}", daemon=True)
         self._thread.start()
         return self
 
-    def stop(self) -> "PowerSampler":
+    def stop(self) -> PowerSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -158,7 +163,7 @@ class PowerSampler:
     def samples(self) -> list[tuple[float, float]]:
         """(t, power_mw) samples. Counter meters without a power reading: mean power between polls."""
         out: list[tuple[float, float]] = []
-        prev: Optional[tuple[int, Reading]] = None
+        prev: tuple[int, Reading] | None = None
         for seg, r in self.readings:
             if r.power_mw is not None:
                 out.append((r.t, r.power_mw))
@@ -181,18 +186,18 @@ class EnergyWindow:
     """Energy over a time window. Filled when the ``with meter.window()`` block exits."""
 
     meter: str
-    energy_mj: Optional[float] = None
-    duration_s: Optional[float] = None  # wall time of the window
-    covered_s: Optional[float] = None  # time the energy figure actually covers (< duration on gaps)
-    mean_power_mw: Optional[float] = None  # energy_mj / covered_s
+    energy_mj: float | None = None
+    duration_s: float | None = None  # wall time of the window
+    covered_s: float | None = None  # time the energy figure actually covers (< duration on gaps)
+    mean_power_mw: float | None = None  # energy_mj / covered_s
     method: str = "unavailable"  # "counter" | "integrated" | "unavailable"
     components: dict[str, float] = field(default_factory=dict)  # energy per domain/rail, mJ
     samples: list[tuple[float, float]] = field(default_factory=list)  # (t, power_mw)
     complete: bool = False
-    gap_reason: Optional[str] = None
+    gap_reason: str | None = None
     errors: list[tuple[float, str]] = field(default_factory=list)
 
-    def fill(self, s: PowerSampler) -> "EnergyWindow":
+    def fill(self, s: PowerSampler) -> EnergyWindow:
         m = s.meter
         self.duration_s = (s.t_stop or 0.0) - (s.t_start or 0.0)
         self.samples = s.samples
@@ -236,7 +241,9 @@ class EnergyWindow:
         if self.errors:
             t0 = s.t_start or 0.0
             first_err = self.errors[0]
-            gaps.append(f"{len(self.errors)} failed sensor read(s), first at +{first_err[0] - t0:.2f} s: {first_err[1]}")
+            gaps.append(
+                f"{len(self.errors)} failed sensor read(s), first at +{first_err[0] - t0:.2f} s: {first_err[1]}"
+            )
         if self.energy_mj is None:
             gaps.append("fewer than two good readings in the window")
         elif self.errors and self.duration_s:
@@ -249,15 +256,22 @@ class EnergyWindow:
         if self.energy_mj is None:
             return unavailable("mJ", self.gap_reason or "no energy reading")
         return Figure(
-            value=self.energy_mj, unit="mJ", method="measured", reps=1,
-            source=f"{self.meter} ({self.method})", note=None if self.complete else f"incomplete: {self.gap_reason}",
+            value=self.energy_mj,
+            unit="mJ",
+            method="measured",
+            reps=1,
+            source=f"{self.meter} ({self.method})",
+            note=None if self.complete else f"incomplete: {self.gap_reason}",
         )
 
     def power_figure(self) -> Figure:
         if self.mean_power_mw is None:
             return unavailable("mW", self.gap_reason or "no power reading")
         return Figure(
-            value=self.mean_power_mw, unit="mW", method="measured", reps=1,
+            value=self.mean_power_mw,
+            unit="mW",
+            method="measured",
+            reps=1,
             source=f"{self.meter} ({self.method}, mean over {self.covered_s:.2f} s)",
             note=None if self.complete else f"incomplete: {self.gap_reason}",
         )

@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from edgekit.power.base import PowerMeter, Reading
 
@@ -46,7 +45,7 @@ class Rail:
     layout: str  # "hwmon" | "iio"
     voltage_path: Path  # mV
     current_path: Path  # mA
-    power_path: Optional[Path] = None  # mW (iio only)
+    power_path: Path | None = None  # mW (iio only)
 
     def power_mw(self) -> float:
         if self.power_path is not None:
@@ -97,7 +96,7 @@ class JetsonMeter(PowerMeter):
         self.root = Path(sysfs_root)
         self.available, self.why_unavailable, self.fix = False, None, None
         self.total_method = ""
-        self.input_rail: Optional[str] = None
+        self.input_rail: str | None = None
         try:
             self.rails = find_rails(self.root)
         except PermissionError:
@@ -124,11 +123,11 @@ class JetsonMeter(PowerMeter):
         total = comps[self.input_rail] if self.input_rail else sum(comps.values())
         return Reading(t=t, power_mw=total, components_power_mw=comps)
 
-    def read_power_mw(self) -> Optional[float]:
+    def read_power_mw(self) -> float | None:
         return self.read().power_mw if self.available else None
 
     def read_components_power_mw(self) -> dict[str, float]:
         return self.read().components_power_mw if self.available else {}
 
-    def read_energy_mj(self) -> Optional[float]:
+    def read_energy_mj(self) -> float | None:
         return None  # no counter: use window(), which integrates polled power

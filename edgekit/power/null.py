@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from edgekit.power.base import PowerMeter
 
 
 class NullMeter(PowerMeter):
     name = "null"
 
-    def __init__(self, reason: str = "no power sensor found", fix: Optional[str] = None):
+    def __init__(self, reason: str = "no power sensor found", fix: str | None = None):
         self.available = False
         self.why_unavailable = reason
         self.fix = fix
 
-    def read_energy_mj(self) -> Optional[float]:
+    def read_energy_mj(self) -> float | None:
         return None
 
-    def read_power_mw(self) -> Optional[float]:
+    def read_power_mw(self) -> float | None:
         return None

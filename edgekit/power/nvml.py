@@ -9,7 +9,7 @@ The ``nvml`` argument accepts any module-like object with the pynvml API (tests 
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 from edgekit.power.base import PowerMeter, Reading
 
@@ -41,7 +41,7 @@ def _text(x: Any) -> str:
     return x.decode(errors="replace") if isinstance(x, bytes) else str(x)
 
 
-def load_nvml(nvml: Any = None) -> tuple[Any, Optional[str], Optional[str]]:
+def load_nvml(nvml: Any = None) -> tuple[Any, str | None, str | None]:
     """Import (unless given) and ``nvmlInit`` NVML. Returns (module or None, why, fix)."""
     if nvml is None:
         try:
@@ -52,7 +52,11 @@ def load_nvml(nvml: Any = None) -> tuple[Any, Optional[str], Optional[str]]:
     try:
         nvml.nvmlInit()
     except err as e:
-        return None, f"NVML init failed ({_text(e)}): no NVIDIA driver", "install the NVIDIA driver (not needed without an NVIDIA GPU)"
+        return (
+            None,
+            f"NVML init failed ({_text(e)}): no NVIDIA driver",
+            "install the NVIDIA driver (not needed without an NVIDIA GPU)",
+        )
     except OSError as e:
         return None, f"NVML library not loadable ({e}): no NVIDIA driver", "install the NVIDIA driver"
     return nvml, None, None
@@ -90,7 +94,10 @@ class NvmlMeter(PowerMeter):
             self.total_method = "NVML total energy counter"
         except self._err as e:
             if not _not_supported(n, e):
-                self.why_unavailable, self.fix = f"NVML energy counter failed: {_text(e)}", "check `nvidia-smi -q -d POWER`"
+                self.why_unavailable, self.fix = (
+                    f"NVML energy counter failed: {_text(e)}",
+                    "check `nvidia-smi -q -d POWER`",
+                )
                 return
         try:
             n.nvmlDeviceGetPowerUsage(self.handle)
@@ -102,7 +109,10 @@ class NvmlMeter(PowerMeter):
                     self.why_unavailable, self.fix = JETSON_WHY, "use JetsonMeter (INA3221 rails)"
                     return
             else:
-                self.why_unavailable, self.fix = f"NVML power usage failed: {_text(e)}", "check `nvidia-smi -q -d POWER`"
+                self.why_unavailable, self.fix = (
+                    f"NVML power usage failed: {_text(e)}",
+                    "check `nvidia-smi -q -d POWER`",
+                )
                 return
         self.available = True
 
@@ -117,25 +127,27 @@ class NvmlMeter(PowerMeter):
             p = None
         return Reading(t=t, energy_mj=e, power_mw=p)
 
-    def read_energy_mj(self) -> Optional[float]:
+    def read_energy_mj(self) -> float | None:
         if not (self.available and self.has_energy_counter):
             return None
         return float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle))
 
-    def read_power_mw(self) -> Optional[float]:
+    def read_power_mw(self) -> float | None:
         if not self.available:
             return None
         return float(self._nvml.nvmlDeviceGetPowerUsage(self.handle))
 
-    def temperature_c(self) -> Optional[float]:
+    def temperature_c(self) -> float | None:
         if self.handle is None:
             return None
         try:
-            return float(self._nvml.nvmlDeviceGetTemperature(self.handle, getattr(self._nvml, "NVML_TEMPERATURE_GPU", 0)))
+            return float(
+                self._nvml.nvmlDeviceGetTemperature(self.handle, getattr(self._nvml, "NVML_TEMPERATURE_GPU", 0))
+            )
         except (self._err, AttributeError):
             return None
 
-    def memory_used_mb(self) -> Optional[float]:
+    def memory_used_mb(self) -> float | None:
         """Device memory in use on this GPU, MiB (``nvmlDeviceGetMemoryInfo().used``: every process
         on the GPU, the CUDA contexts included); None where NVML cannot say."""
         if self.handle is None:
@@ -150,7 +162,9 @@ class NvmlMeter(PowerMeter):
         if self.handle is None:
             return []
         n = self._nvml
-        fn = getattr(n, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(n, "nvmlDeviceGetCurrentClocksThrottleReasons", None)
+        fn = getattr(n, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
+            n, "nvmlDeviceGetCurrentClocksThrottleReasons", None
+        )
         if fn is None:
             return []
         try:
@@ -160,7 +174,13 @@ class NvmlMeter(PowerMeter):
 
     def gpu_info(self) -> dict:
         """name, memory_total_mb, power_limit_mw, driver (None where NVML cannot say)."""
-        info: dict = {"index": self.index, "name": None, "memory_total_mb": None, "power_limit_mw": None, "driver": None}
+        info: dict = {
+            "index": self.index,
+            "name": None,
+            "memory_total_mb": None,
+            "power_limit_mw": None,
+            "driver": None,
+        }
         if self.handle is None:
             return info
         n, h = self._nvml, self.handle
@@ -188,7 +208,7 @@ class NvmlMeter(PowerMeter):
             self.available = False
 
 
-def nvml_gpus(nvml: Any = None) -> tuple[list[dict], Optional[str]]:
+def nvml_gpus(nvml: Any = None) -> tuple[list[dict], str | None]:
     """Every NVIDIA GPU's :meth:`NvmlMeter.gpu_info`, or ([], why)."""
     mod, why, _fix = load_nvml(nvml)
     if mod is None:

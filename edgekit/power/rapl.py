@@ -23,8 +23,8 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from edgekit.power.base import PowerMeter, Reading
 
@@ -47,7 +47,7 @@ class _Zone:
         self.label = label  # "package-0", "package-0/dram", "dram"
         self.kind = kind  # "package" | "dram" | "psys" | "sub"
         self.max_range_uj = max_range_uj
-        self.last_raw_uj: Optional[int] = None
+        self.last_raw_uj: int | None = None
         self.acc_uj = 0  # cumulative since the first read
 
 
@@ -57,14 +57,16 @@ class RaplMeter(PowerMeter):
     name = "rapl"
     has_energy_counter = True
 
-    def __init__(self, sysfs_root: str | Path = "/", include_dram: bool = False, reader: Optional[Callable[[Path], str]] = None):
+    def __init__(
+        self, sysfs_root: str | Path = "/", include_dram: bool = False, reader: Callable[[Path], str] | None = None
+    ):
         self.root = Path(sysfs_root)
         self.include_dram = include_dram
         self._read = reader or _read_text
         self._lock = threading.Lock()
         self.zones: list[_Zone] = []
         self.total_method = ""
-        self._last: Optional[tuple[float, float]] = None  # (t, energy_mj) of the last poll
+        self._last: tuple[float, float] | None = None  # (t, energy_mj) of the last poll
         self.available, self.why_unavailable, self.fix = False, None, None
         try:
             self._discover()
@@ -140,7 +142,7 @@ class RaplMeter(PowerMeter):
             self._last = (t, total)
         return Reading(t=t, energy_mj=total, components_energy_mj=comps)
 
-    def read_energy_mj(self) -> Optional[float]:
+    def read_energy_mj(self) -> float | None:
         if not self.available:
             return None
         return self.read().energy_mj
@@ -148,7 +150,7 @@ class RaplMeter(PowerMeter):
     def read_components_energy_mj(self) -> dict[str, float]:
         return self.read().components_energy_mj if self.available else {}
 
-    def read_power_mw(self) -> Optional[float]:
+    def read_power_mw(self) -> float | None:
         """Mean power since the previous poll if it was 10 ms - 5 s ago, else over a fresh 50 ms."""
         if not self.available:
             return None

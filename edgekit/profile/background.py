@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Optional
 
 from edgekit.errors import UsageError
 
@@ -36,19 +35,26 @@ class Background:
     def __init__(self, spec: str):
         spec = (spec or "").strip()
         if not spec:
-            raise UsageError("--background needs a number of busy workers or a command", fix='pass --background 1 or --background "CMD"')
-        self.workers: Optional[int] = None
-        self.command: Optional[str] = None
+            raise UsageError(
+                "--background needs a number of busy workers or a command",
+                fix='pass --background 1 or --background "CMD"',
+            )
+        self.workers: int | None = None
+        self.command: str | None = None
         if spec.isdigit():
             self.workers = int(spec)
             if not 1 <= self.workers <= 256:
-                raise UsageError(f"--background {spec}: the number of busy workers must be in 1..256", fix="pass --background 1")
+                raise UsageError(
+                    f"--background {spec}: the number of busy workers must be in 1..256", fix="pass --background 1"
+                )
         else:
             self.command = spec
             try:
                 argv = shlex.split(spec)
             except ValueError as e:
-                raise UsageError(f"--background command does not parse: {e}", fix='quote the command: --background "CMD ARGS"') from None
+                raise UsageError(
+                    f"--background command does not parse: {e}", fix='quote the command: --background "CMD ARGS"'
+                ) from None
             if not argv:
                 raise UsageError("--background command is empty", fix='pass --background "CMD"')
         self.procs: list[subprocess.Popen] = []
@@ -56,24 +62,41 @@ class Background:
     def describe(self) -> str:
         return f"{self.workers} busy worker(s)" if self.workers else f"command {self.command!r}"
 
-    def start(self) -> "Background":
-        argvs = [[sys.executable, "-c", BUSY]] * (self.workers or 0) if self.workers else [shlex.split(self.command or "")]
+    def start(self) -> Background:
+        argvs = (
+            [[sys.executable, "-c", BUSY]] * (self.workers or 0) if self.workers else [shlex.split(self.command or "")]
+        )
         for argv in argvs:
             try:
-                p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True, preexec_fn=_die_with_parent)
+                p = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
             except OSError as e:
                 self.stop()
-                raise UsageError(f"--background command failed to start: {e}", fix="check the command and its PATH") from None
+                raise UsageError(
+                    f"--background command failed to start: {e}", fix="check the command and its PATH"
+                ) from None
             self.procs.append(p)
         time.sleep(0.3)
         dead = [p for p in self.procs if p.poll() is not None]
         if dead:
-            err = (dead[0].stderr.read() or b"").decode(errors="replace").strip().splitlines()[-1:] if dead[0].stderr else []
+            err = (
+                (dead[0].stderr.read() or b"").decode(errors="replace").strip().splitlines()[-1:]
+                if dead[0].stderr
+                else []
+            )
             self.stop()
-            raise UsageError(f"--background {self.describe()} exited at once (code {dead[0].returncode}"
-                             + (f": {err[0][:160]}" if err else "") + "); the profile was not started",
-                             fix="pass a command that keeps running (it is stopped when the sweep ends)")
+            raise UsageError(
+                f"--background {self.describe()} exited at once (code {dead[0].returncode}"
+                + (f": {err[0][:160]}" if err else "")
+                + "); the profile was not started",
+                fix="pass a command that keeps running (it is stopped when the sweep ends)",
+            )
         return self
 
     def stop(self) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Optional
 
 from edgekit.engines.base import TokenPrompt
 from edgekit.figures import measured
@@ -35,9 +34,9 @@ def _engine_step_s(eng, prompt: list[int], steps: int, reps: int = 3) -> float:
 
 
 class Loaded:
-    def __init__(self, spec: Optional[str]):
+    def __init__(self, spec: str | None):
         self.bg = Background(spec) if spec else None
-        self.share: Optional[CpuShare] = None
+        self.share: CpuShare | None = None
         if self.bg is not None and self.bg.command:  # a command that cannot start fails now, before the profile starts
             self.bg.start()
             self.bg.stop()
@@ -49,11 +48,16 @@ class Loaded:
         if pin is not None and sweep.cfg.threads is None:
             usable = eng.threading()["usable"]
             scaling = {}
-            for k in range(1, usable + 1):  # measured reference step at each thread count: what --cores-available scales by
+            for k in range(
+                1, usable + 1
+            ):  # measured reference step at each thread count: what --cores-available scales by
                 sweep.progress(f"thread scaling ({k} of {usable} threads)", k - 1, usable)
                 pin(k)
-                scaling[k] = measured([_engine_step_s(eng, ref_prompt, sweep.cfg.decode_steps) for _ in range(2)], "s",
-                                      source=f"reference decode n=1, {sweep.cfg.decode_steps} steps, {k} thread(s)")
+                scaling[k] = measured(
+                    [_engine_step_s(eng, ref_prompt, sweep.cfg.decode_steps) for _ in range(2)],
+                    "s",
+                    source=f"reference decode n=1, {sweep.cfg.decode_steps} steps, {k} thread(s)",
+                )
             pin(None)
             mp.thread_scaling = scaling
         mp.threading = eng.threading()["how"] if hasattr(eng, "threading") else None
@@ -64,16 +68,23 @@ class Loaded:
         self.bg.start()
         self.share = CpuShare(usable_cpus().affinity)
         sweep.drift_first = sweep.ref_decode(ref_prompt)  # the loaded reference: drift is judged against it
-        mp.background = BackgroundLoad(workers=self.bg.workers, command=self.bg.command,
-                                       slowdown=measured([sweep.drift_first / idle], "x",
-                                                         source="reference decode step with the load / without it, this sweep"))
+        mp.background = BackgroundLoad(
+            workers=self.bg.workers,
+            command=self.bg.command,
+            slowdown=measured(
+                [sweep.drift_first / idle], "x", source="reference decode step with the load / without it, this sweep"
+            ),
+        )
 
     def end(self, mp: ModelProfile) -> None:
         if self.share is not None and mp.background is not None:
             others = self.share.sample()
             if others is not None:
-                mp.background.others_cores = measured([others], "cores", source="/proc/stat busy time of the usable CPUs "
-                                                      "minus this process's own, over the sweep")
+                mp.background.others_cores = measured(
+                    [others],
+                    "cores",
+                    source="/proc/stat busy time of the usable CPUs minus this process's own, over the sweep",
+                )
 
     def stop(self) -> None:
         if self.bg is not None:

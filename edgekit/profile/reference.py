@@ -26,45 +26,102 @@ import json
 import sys
 from pathlib import Path
 
-from edgekit.schemas import __version__
 from edgekit.figures import published, unavailable
 from edgekit.perfmodel import published as pub
-from edgekit.schemas.profile import DecodePoint, DeviceInfo, DeviceProfile, EnergyInfo, ModelInfo, ModelProfile, PrefillPoint
+from edgekit.schemas import __version__
+from edgekit.schemas.profile import (
+    DecodePoint,
+    DeviceInfo,
+    DeviceProfile,
+    EnergyInfo,
+    ModelInfo,
+    ModelProfile,
+    PrefillPoint,
+)
 
 CITATION = "EdgeReasoning, arXiv 2511.01866"
-SOURCE = ("EdgeReasoning: characterizing reasoning LLM deployment on edge GPUs, arXiv 2511.01866; "
-          "github.com/edge-inference/edgereasoning latency_model.py (latency fits) and config/analytic.yaml "
-          "(power fits). Jetson AGX Orin 64 GB, MAXN, vLLM, FP16, batch 1.")
+SOURCE = (
+    "EdgeReasoning: characterizing reasoning LLM deployment on edge GPUs, arXiv 2511.01866; "
+    "github.com/edge-inference/edgereasoning latency_model.py (latency fits) and config/analytic.yaml "
+    "(power fits). Jetson AGX Orin 64 GB, MAXN, vLLM, FP16, batch 1."
+)
 SETUP = "Jetson AGX Orin 64 GB, nvpmodel MAXN, vLLM, FP16 weights, batch 1"
 REFERENCE_CREATED = "2026-11-27T00:00:00+00:00"  # when this reference was assembled (keeps the JSON reproducible)
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "profiles" / "jetson-agx-orin-64gb-published.json"
 
-LONG_DECODE_NOTE = ("decode power for O >= 65 output tokens: the source models P(t) = P_inf - dP*exp(-t/tau), but "
-                    "the per-model P_inf, dP, tau are not published in readable form; edgekit uses the O < 65 fit "
-                    "a*ln(O) + b at O = 64 as a constant for long decodes")
-ARCH_NOTE = ("architecture dimensions (layers, width, KV heads, head dim) are from the models' Hugging Face "
-             "config.json, not from EdgeReasoning; KV bytes per token assume an FP16 cache")
+LONG_DECODE_NOTE = (
+    "decode power for O >= 65 output tokens: the source models P(t) = P_inf - dP*exp(-t/tau), but "
+    "the per-model P_inf, dP, tau are not published in readable form; edgekit uses the O < 65 fit "
+    "a*ln(O) + b at O = 64 as a constant for long decodes"
+)
+ARCH_NOTE = (
+    "architecture dimensions (layers, width, KV heads, head dim) are from the models' Hugging Face "
+    "config.json, not from EdgeReasoning; KV bytes per token assume an FP16 cache"
+)
 
 # (id, source name, hf repo, arch, params, n_layer, n_embd, n_head_kv, head_dim, prefill a b c, decode n m,
 #  prefill power, decode power a b)
 _MODELS = [
-    ("deepseek-r1-distill-qwen-1.5b", "DSR1-Qwen-1.5B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "qwen2", 1.78e9,
-     28, 1536, 2, 128, (1.5635548753756998e-07, 2.309554283403154e-06, 0.04598102600399947),
-     (0.023633865754453625, 1.4968086938621786e-07),
-     {"type": "linear", "slope": 6.68749014794967e-05, "intercept": 5.499357133701591},
-     (3.2137108442982796, 0.7565375896390953), (128, 1152)),
-    ("deepseek-r1-distill-llama-8b", "DSR1-Llama-8B", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "llama", 8.03e9,
-     32, 4096, 8, 128, (6.645207285297158e-07, 0.0002903545130874798, 0.10380849913420899),
-     (0.10038429572372025, 6.920219504432032e-07),
-     {"type": "piecewise_log", "threshold": 800, "constant": 5.6577142857142855, "a": 9.337806581499883,
-      "b": -52.218272155944696},
-     (2.701709095219641, 8.806744003175773), (256, 1152)),
-    ("deepseek-r1-distill-qwen-14b", "DSR1-Qwen-14B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "qwen2", 14.8e9,
-     48, 5120, 8, 128, (1.233003335291953e-06, 0.0005304540126753786, 0.18858145785250313),
-     (0.18655369142562853, 1.1301658358203775e-06),
-     {"type": "piecewise_log", "threshold": 800, "constant": 10.258142857142857, "a": 8.772487572371094,
-      "b": -40.77528971889581},
-     (1.6193869347921934, 16.88683031734797), (128, 1152)),
+    (
+        "deepseek-r1-distill-qwen-1.5b",
+        "DSR1-Qwen-1.5B",
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+        "qwen2",
+        1.78e9,
+        28,
+        1536,
+        2,
+        128,
+        (1.5635548753756998e-07, 2.309554283403154e-06, 0.04598102600399947),
+        (0.023633865754453625, 1.4968086938621786e-07),
+        {"type": "linear", "slope": 6.68749014794967e-05, "intercept": 5.499357133701591},
+        (3.2137108442982796, 0.7565375896390953),
+        (128, 1152),
+    ),
+    (
+        "deepseek-r1-distill-llama-8b",
+        "DSR1-Llama-8B",
+        "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+        "llama",
+        8.03e9,
+        32,
+        4096,
+        8,
+        128,
+        (6.645207285297158e-07, 0.0002903545130874798, 0.10380849913420899),
+        (0.10038429572372025, 6.920219504432032e-07),
+        {
+            "type": "piecewise_log",
+            "threshold": 800,
+            "constant": 5.6577142857142855,
+            "a": 9.337806581499883,
+            "b": -52.218272155944696,
+        },
+        (2.701709095219641, 8.806744003175773),
+        (256, 1152),
+    ),
+    (
+        "deepseek-r1-distill-qwen-14b",
+        "DSR1-Qwen-14B",
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B",
+        "qwen2",
+        14.8e9,
+        48,
+        5120,
+        8,
+        128,
+        (1.233003335291953e-06, 0.0005304540126753786, 0.18858145785250313),
+        (0.18655369142562853, 1.1301658358203775e-06),
+        {
+            "type": "piecewise_log",
+            "threshold": 800,
+            "constant": 10.258142857142857,
+            "a": 8.772487572371094,
+            "b": -40.77528971889581,
+        },
+        (1.6193869347921934, 16.88683031734797),
+        (128, 1152),
+    ),
 ]
 
 PREFILL_POINTS = (128, 256, 384, 512, 640, 768, 896, 1024, 1152, 2048, 4096)
@@ -75,14 +132,23 @@ REF_INPUT, REF_CONTEXT, REF_OUTPUT = 512, 512, 64  # where the single-number ene
 def published_model(row) -> dict:
     (_, name, hf, _, _, _, _, _, _, (a, b, c), (n, m), ppow, (da, db), in_range) = row
     return {
-        "citation": CITATION, "source": SOURCE, "setup": SETUP, "source_model_name": name, "hf_repo": hf,
+        "citation": CITATION,
+        "source": SOURCE,
+        "setup": SETUP,
+        "source_model_name": name,
+        "hf_repo": hf,
         "units": {"time": "s", "power": "W", "length": "tokens"},
         "sweep_ranges": {"input_tokens": list(in_range), "output_tokens": [1, 2176]},
         "prefill_latency": {"a": a, "b": b, "c": c, "pad_to": 128, "form": "a*Ip^2 + b*Ip + c, Ip = ceil(I/128)*128"},
         "decode_latency": {"n": n, "m": m, "form": "O*(n + m*I + m*(O-1)/2); token j costs n + m*(I + j)"},
         "prefill_power": dict(ppow),
-        "decode_power": {"a": da, "b": db, "switch_output_tokens": 65, "form": "a*ln(O) + b for O < 65",
-                         "long_decode": LONG_DECODE_NOTE},
+        "decode_power": {
+            "a": da,
+            "b": db,
+            "switch_output_tokens": 65,
+            "form": "a*ln(O) + b for O < 65",
+            "long_decode": LONG_DECODE_NOTE,
+        },
     }
 
 
@@ -94,14 +160,25 @@ def _model_profile(row) -> ModelProfile:
     for I in PREFILL_POINTS:
         t = float(pub.prefill_s(pm, I))
         note = None if in_lo <= I <= in_hi else f"outside the source's input sweep {in_lo}-{in_hi}: extrapolated"
-        prefill.append(PrefillPoint(prompt_tokens=I, prefill_s=published(t, "s", CITATION, note=note),
-                                    prefill_tok_s=published(I / t, "tok/s", CITATION, note=note)))
+        prefill.append(
+            PrefillPoint(
+                prompt_tokens=I,
+                prefill_s=published(t, "s", CITATION, note=note),
+                prefill_tok_s=published(I / t, "tok/s", CITATION, note=note),
+            )
+        )
     decode = []
     for C in DECODE_CONTEXTS:
         t = float(pub.decode_token_s(pm, C))
-        decode.append(DecodePoint(context_tokens=C, n=1, steps=1,
-                                  step_s=published(t, "s", CITATION, note="n + m*context (per-token decode cost)"),
-                                  decode_tok_s=published(1 / t, "tok/s", CITATION)))
+        decode.append(
+            DecodePoint(
+                context_tokens=C,
+                n=1,
+                steps=1,
+                step_s=published(t, "s", CITATION, note="n + m*context (per-token decode cost)"),
+                decode_tok_s=published(1 / t, "tok/s", CITATION),
+            )
+        )
     p_pre = float(pub.prefill_power_w(pm, REF_INPUT))
     p_dec = float(pub.decode_power_w(pm, REF_OUTPUT))
     e_pre = float(pub.prefill_energy_j(pm, REF_INPUT)) / REF_INPUT
@@ -109,34 +186,67 @@ def _model_profile(row) -> ModelProfile:
     energy = EnergyInfo(
         meter="published",
         idle_power_mw=unavailable("mW", "idle power is not given by the source"),
-        prefill_power_mw=published(p_pre * 1e3, "mW", CITATION, note=f"prefill power fit at I={REF_INPUT}; varies with I "
-                                   "(published_model.prefill_power); whether idle power is included is not stated"),
+        prefill_power_mw=published(
+            p_pre * 1e3,
+            "mW",
+            CITATION,
+            note=f"prefill power fit at I={REF_INPUT}; varies with I "
+            "(published_model.prefill_power); whether idle power is included is not stated",
+        ),
         decode_power_mw=published(p_dec * 1e3, "mW", CITATION, note=LONG_DECODE_NOTE),
-        prefill_energy_per_token_mj=published(e_pre * 1e3, "mJ", CITATION,
-                                              note=f"power x prefill time / I at I={REF_INPUT} (derived from the fits)"),
-        decode_energy_per_token_mj=published(e_dec * 1e3, "mJ", CITATION,
-                                             note=f"decode power at O={REF_OUTPUT} x token time at context {REF_CONTEXT}"),
+        prefill_energy_per_token_mj=published(
+            e_pre * 1e3, "mJ", CITATION, note=f"power x prefill time / I at I={REF_INPUT} (derived from the fits)"
+        ),
+        decode_energy_per_token_mj=published(
+            e_dec * 1e3, "mJ", CITATION, note=f"decode power at O={REF_OUTPUT} x token time at context {REF_CONTEXT}"
+        ),
         note="energies derived by edgekit as published power x published time; " + LONG_DECODE_NOTE,
     )
-    info = ModelInfo(id=mid, arch=arch, quant="FP16", n_params=params, size_bytes=int(round(2 * params)),
-                     n_layer=n_layer, n_embd=n_embd, n_head_kv=n_kv, n_embd_head=hd,
-                     kv_bytes_per_token=float(2 * n_layer * n_kv * hd * 2))
-    return ModelProfile(model=info, prefill=prefill, decode=decode, energy=energy, published_model=pm,
-                        gaps=["load time: not in the source", "peak memory: not in the source (edgekit estimates it)",
-                              "idle power: not in the source",
-                              "n > 1 parallel sequences: not in the source's latency model (batch 1)",
-                              LONG_DECODE_NOTE])
+    info = ModelInfo(
+        id=mid,
+        arch=arch,
+        quant="FP16",
+        n_params=params,
+        size_bytes=int(round(2 * params)),
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head_kv=n_kv,
+        n_embd_head=hd,
+        kv_bytes_per_token=float(2 * n_layer * n_kv * hd * 2),
+    )
+    return ModelProfile(
+        model=info,
+        prefill=prefill,
+        decode=decode,
+        energy=energy,
+        published_model=pm,
+        gaps=[
+            "load time: not in the source",
+            "peak memory: not in the source (edgekit estimates it)",
+            "idle power: not in the source",
+            "n > 1 parallel sequences: not in the source's latency model (batch 1)",
+            LONG_DECODE_NOTE,
+        ],
+    )
 
 
 def build_orin_reference(created: str = REFERENCE_CREATED) -> DeviceProfile:
     return DeviceProfile(
-        kind="published", created=created, edgekit_version=__version__,
-        device=DeviceInfo(name="Jetson AGX Orin 64GB", jetson_model="Jetson AGX Orin 64GB", nvpmodel_mode="MAXN",
-                          gpu_offload=True),
-        models=[_model_profile(r) for r in _MODELS], source=SOURCE,
-        notes=[f"published reference: {SETUP}; every figure is from the source's fits or derived from them",
-               LONG_DECODE_NOTE, ARCH_NOTE, "size_bytes = 2 bytes x parameters (FP16)",
-               "prefill points above the source's input sweep (2048, 4096) are extrapolations of the fit"],
+        kind="published",
+        created=created,
+        edgekit_version=__version__,
+        device=DeviceInfo(
+            name="Jetson AGX Orin 64GB", jetson_model="Jetson AGX Orin 64GB", nvpmodel_mode="MAXN", gpu_offload=True
+        ),
+        models=[_model_profile(r) for r in _MODELS],
+        source=SOURCE,
+        notes=[
+            f"published reference: {SETUP}; every figure is from the source's fits or derived from them",
+            LONG_DECODE_NOTE,
+            ARCH_NOTE,
+            "size_bytes = 2 bytes x parameters (FP16)",
+            "prefill points above the source's input sweep (2048, 4096) are extrapolations of the fit",
+        ],
     )
 
 

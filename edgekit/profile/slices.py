@@ -27,14 +27,14 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from edgekit import engines
 from edgekit.errors import EdgekitError, UsageError
 from edgekit.figures import Figure, unavailable
-from edgekit.schemas.profile import DecodePoint, DeviceProfile, ModelProfile, PrefillPoint, SliceEstimate
 from edgekit.profile.sweep import ProfileInterrupted, SweepConfig, check_writable, profile_model
+from edgekit.schemas.profile import DecodePoint, DeviceProfile, ModelProfile, PrefillPoint, SliceEstimate
 
 # Extrapolation uncertainty added to the fit's interval (relative), per part. Set from
 # benchmarks/perfmodel_validation.py --slices on the 2-core CI VM (2026-11-27): see benchmarks/README.md.
@@ -54,7 +54,9 @@ def _extrapolate(a: Figure, b: Figure, factor: float, unit: str, how: str) -> tu
     clamped = any(yb < ya for ya, yb in zip(xa, xb))
     mean = statistics.fmean(est)
     cv = statistics.stdev(est) / mean if len(est) > 1 and mean else None
-    fig = Figure(value=statistics.median(est), unit=unit, method="estimated", reps=len(est), samples=est, cv=cv, source=how)
+    fig = Figure(
+        value=statistics.median(est), unit=unit, method="estimated", reps=len(est), samples=est, cv=cv, source=how
+    )
     return fig, clamped
 
 
@@ -78,22 +80,50 @@ def combine(one: ModelProfile, many: ModelProfile, n_layer: int, k: int, how: st
     def rate(tokens: int, fig: Figure, source: str) -> Figure:
         return Figure(value=tokens / fig.value, unit="tok/s", method="estimated", source=source)
 
-    prefill = [PrefillPoint(prompt_tokens=p.prompt_tokens, prefill_s=fig,
-                            prefill_tok_s=rate(p.prompt_tokens, fig, "prompt tokens / prefill_s"))
-               for p, fig in points(one.prefill, many.prefill, lambda p: p.prompt_tokens, lambda p: p.prefill_s,
-                                    lambda p: f"prefill {p.prompt_tokens}")]
-    decode = [DecodePoint(context_tokens=d.context_tokens, n=d.n, steps=d.steps, step_s=fig,
-                          decode_tok_s=rate(d.n, fig, "n / step_s"))
-              for d, fig in points(one.decode, many.decode, lambda d: (d.context_tokens, d.n), lambda d: d.step_s,
-                                   lambda d: f"decode ctx={d.context_tokens} n={d.n}")]
+    prefill = [
+        PrefillPoint(
+            prompt_tokens=p.prompt_tokens,
+            prefill_s=fig,
+            prefill_tok_s=rate(p.prompt_tokens, fig, "prompt tokens / prefill_s"),
+        )
+        for p, fig in points(
+            one.prefill,
+            many.prefill,
+            lambda p: p.prompt_tokens,
+            lambda p: p.prefill_s,
+            lambda p: f"prefill {p.prompt_tokens}",
+        )
+    ]
+    decode = [
+        DecodePoint(
+            context_tokens=d.context_tokens, n=d.n, steps=d.steps, step_s=fig, decode_tok_s=rate(d.n, fig, "n / step_s")
+        )
+        for d, fig in points(
+            one.decode,
+            many.decode,
+            lambda d: (d.context_tokens, d.n),
+            lambda d: d.step_s,
+            lambda d: f"decode ctx={d.context_tokens} n={d.n}",
+        )
+    ]
     return prefill, decode, clamped
 
 
-def estimate_by_slices(model: str, cfg: Optional[SweepConfig] = None, *, blocks: int = DEFAULT_BLOCKS,
-                       output: Optional[str | Path] = None, existing: Optional[DeviceProfile] = None,
-                       progress: Optional[Callable[[str, int, int], None]] = None, device_name: Optional[str] = None,
-                       sysfs_root: str = "/", nvml=None, meter=None, workdir: Optional[str | Path] = None,
-                       warn: Optional[Callable[[str], None]] = None) -> DeviceProfile:
+def estimate_by_slices(
+    model: str,
+    cfg: SweepConfig | None = None,
+    *,
+    blocks: int = DEFAULT_BLOCKS,
+    output: str | Path | None = None,
+    existing: DeviceProfile | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    device_name: str | None = None,
+    sysfs_root: str = "/",
+    nvml=None,
+    meter=None,
+    workdir: str | Path | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> DeviceProfile:
     """Sweep a 1-block and a ``blocks``-block slice of ``model`` and add the extrapolated entry
     (labelled ``estimate``) to ``existing`` (or a new profile); saved to ``output`` when given."""
     from edgekit.device.detect import detect_device
@@ -104,7 +134,9 @@ def estimate_by_slices(model: str, cfg: Optional[SweepConfig] = None, *, blocks:
 
     cfg = cfg or SweepConfig.quick()
     if engines.canonical(cfg.engine) != "llama.cpp":
-        raise UsageError("--slices works on GGUF models (llama.cpp engine)", fix="drop --engine, or profile the whole model")
+        raise UsageError(
+            "--slices works on GGUF models (llama.cpp engine)", fix="drop --engine, or profile the whole model"
+        )
     out = Path(output) if output else None
     if out is not None:
         check_writable(out)
@@ -113,15 +145,23 @@ def estimate_by_slices(model: str, cfg: Optional[SweepConfig] = None, *, blocks:
     info = model_info(resolved, g)
     L = g.n_layer or 0
     if L < MIN_LAYERS or blocks > L // 2:
-        raise UsageError(f"{resolved.id} has {L} blocks: a {blocks}-block slice would save little over the whole model",
-                         fix=f"profile it whole (`edgekit profile --model {model} --quick`)" +
-                             ("" if L < MIN_LAYERS else f", or pass --slice-blocks {max(2, L // 2)} or fewer"))
+        raise UsageError(
+            f"{resolved.id} has {L} blocks: a {blocks}-block slice would save little over the whole model",
+            fix=f"profile it whole (`edgekit profile --model {model} --quick`)"
+            + ("" if L < MIN_LAYERS else f", or pass --slice-blocks {max(2, L // 2)} or fewer"),
+        )
     if existing is not None:
-        have = [m for m in existing.measured_models() if m.model.id == info.id or (info.sha256 and m.model.sha256 == info.sha256)]
+        have = [
+            m
+            for m in existing.measured_models()
+            if m.model.id == info.id or (info.sha256 and m.model.sha256 == info.sha256)
+        ]
         if have:
-            raise UsageError(f"{out or 'the profile'} already has a measured entry for {info.id}; an estimate from slices "
-                             "would not replace a measurement", fix="drop --slices (re-measure it), or write the estimate "
-                                                                     "to another --output")
+            raise UsageError(
+                f"{out or 'the profile'} already has a measured entry for {info.id}; an estimate from slices "
+                "would not replace a measurement",
+                fix="drop --slices (re-measure it), or write the estimate to another --output",
+            )
     one, many = slice_blocks(L, blocks)
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="edgekit-slices-", dir=workdir))
@@ -129,8 +169,10 @@ def estimate_by_slices(model: str, cfg: Optional[SweepConfig] = None, *, blocks:
     stage = "slicing"
     try:
         if shutil.disk_usage(tmp).free < resolved.path.stat().st_size:
-            raise UsageError(f"not enough free space in {tmp.parent} for two slices of {resolved.path.name}",
-                             fix="set TMPDIR to a folder with as much free space as the model file")
+            raise UsageError(
+                f"not enough free space in {tmp.parent} for two slices of {resolved.path.name}",
+                fix="set TMPDIR to a folder with as much free space as the model file",
+            )
         sizes = []
         for i, bl in enumerate((one, many)):
             stage = f"slice {i + 1}/2 ({len(bl)} block{'s' if len(bl) > 1 else ''})"
@@ -143,42 +185,79 @@ def estimate_by_slices(model: str, cfg: Optional[SweepConfig] = None, *, blocks:
                 if progress:
                     progress(f"{_s}: {what}", done, total)
 
-            prof = profile_model(str(path), dataclasses.replace(cfg), sysfs_root=sysfs_root, nvml=nvml, meter=meter,
-                                 progress=sub, warn=warn)
+            prof = profile_model(
+                str(path),
+                dataclasses.replace(cfg),
+                sysfs_root=sysfs_root,
+                nvml=nvml,
+                meter=meter,
+                progress=sub,
+                warn=warn,
+            )
             entries.append(prof.models[-1])
             path.unlink()
     except KeyboardInterrupt:
-        raise ProfileInterrupted(f"slice estimate of {info.id} interrupted at {stage}; nothing saved (an estimate is all "
-                                 f"or nothing){f', {out} unchanged' if out is not None and out.exists() else ''}") from None
+        raise ProfileInterrupted(
+            f"slice estimate of {info.id} interrupted at {stage}; nothing saved (an estimate is all "
+            f"or nothing){f', {out} unchanged' if out is not None and out.exists() else ''}"
+        ) from None
     except EdgekitError as e:
-        e.message = (f"slice estimate of {info.id} stopped at {stage}: {e.message}; nothing saved"
-                     f"{f', {out} unchanged' if out is not None and out.exists() else ''}")
+        e.message = (
+            f"slice estimate of {info.id} stopped at {stage}: {e.message}; nothing saved"
+            f"{f', {out} unchanged' if out is not None and out.exists() else ''}"
+        )
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    how = (f"{(L - 1) / (len(many) - 1):.3g} x (blocks {many} - block {one}) + block {one}, slices timed here "
-           f"({'/'.join(f'{s / 1e6:.0f}' for s in sizes)} MB)")
+    how = (
+        f"{(L - 1) / (len(many) - 1):.3g} x (blocks {many} - block {one}) + block {one}, slices timed here "
+        f"({'/'.join(f'{s / 1e6:.0f}' for s in sizes)} MB)"
+    )
     prefill, decode, clamped = combine(entries[0], entries[1], L, len(many), how)
     if not prefill or not decode:
-        raise EdgekitError(f"slice estimate of {info.id}: the two slice sweeps share no prefill or decode point; nothing saved")
+        raise EdgekitError(
+            f"slice estimate of {info.id}: the two slice sweeps share no prefill or decode point; nothing saved"
+        )
     a = entries[0]
     mp = ModelProfile(
-        model=info, threads=a.threads, gpu_layers=a.gpu_layers, n_ctx=a.n_ctx, kv_layout=a.kv_layout, prefill=prefill, decode=decode,
+        model=info,
+        threads=a.threads,
+        gpu_layers=a.gpu_layers,
+        n_ctx=a.n_ctx,
+        kv_layout=a.kv_layout,
+        prefill=prefill,
+        decode=decode,
         load_s=unavailable("s", "not measured: estimated from block slices"),
-        peak_rss_mb=unavailable("MB", "not measured: estimated from block slices (memory = weights + KV + overhead "
-                                      "by the planner's model)"),
-        peak_vram_mb=a.peak_vram_mb, drift=a.drift,
-        gaps=["estimate: every time is extrapolated from a 1-block and a "
-              f"{len(many)}-block slice of the file; load time, peak memory and energy are not estimated "
-              f"(measure the whole model: `edgekit profile --model {model} --quick --append`)"],
-        estimate=SliceEstimate(n_layer=L, blocks_one=one, blocks_k=many, slice_bytes=sizes,
-                               rel_unc_prefill=SLICE_UNC["prefill"], rel_unc_decode=SLICE_UNC["decode"], how=SLICE_UNC_HOW,
-                               seconds=round(time.perf_counter() - t0, 1)))
+        peak_rss_mb=unavailable(
+            "MB", "not measured: estimated from block slices (memory = weights + KV + overhead by the planner's model)"
+        ),
+        peak_vram_mb=a.peak_vram_mb,
+        drift=a.drift,
+        gaps=[
+            "estimate: every time is extrapolated from a 1-block and a "
+            f"{len(many)}-block slice of the file; load time, peak memory and energy are not estimated "
+            f"(measure the whole model: `edgekit profile --model {model} --quick --append`)"
+        ],
+        estimate=SliceEstimate(
+            n_layer=L,
+            blocks_one=one,
+            blocks_k=many,
+            slice_bytes=sizes,
+            rel_unc_prefill=SLICE_UNC["prefill"],
+            rel_unc_decode=SLICE_UNC["decode"],
+            how=SLICE_UNC_HOW,
+            seconds=round(time.perf_counter() - t0, 1),
+        ),
+    )
     if clamped:
-        mp.gaps.append("noise: the k-block slice timed no slower than the 1-block slice at " + ", ".join(clamped) +
-                       " (block cost clamped at 0 there)")
-    profile = existing or DeviceProfile(device=detect_device(sysfs_root=sysfs_root, nvml=nvml).to_device_info(),
-                                        edgekit_version=__version__)
+        mp.gaps.append(
+            "noise: the k-block slice timed no slower than the 1-block slice at "
+            + ", ".join(clamped)
+            + " (block cost clamped at 0 there)"
+        )
+    profile = existing or DeviceProfile(
+        device=detect_device(sysfs_root=sysfs_root, nvml=nvml).to_device_info(), edgekit_version=__version__
+    )
     if device_name:
         profile.device.name = device_name
     # replaces an earlier estimate of the model (never a measured entry: refused above); partial entries stay

@@ -14,11 +14,29 @@ top-1 agreement, stored in the cards): :mod:`edgekit.quantize.quality`.
 from edgekit.models.variants import find_variant, list_variants
 from edgekit.quantize.dequant import dequantize, reference_note
 from edgekit.quantize.ladder import (
-    OUTPUT_FORMATS, QuantizeOptions, QuantizeResult, gguf_types, parse_targets, quantize, register_format,
+    OUTPUT_FORMATS,
+    QuantizeOptions,
+    QuantizeResult,
+    gguf_types,
+    parse_targets,
+    quantize,
+    register_format,
 )
 from edgekit.quantize.source import Source, estimate_bytes, resolve_source
 
 __all__ = [
-    "quantize", "dequantize", "list_variants", "find_variant", "QuantizeResult", "QuantizeOptions", "OUTPUT_FORMATS",
-    "register_format", "gguf_types", "parse_targets", "resolve_source", "Source", "estimate_bytes", "reference_note",
+    "quantize",
+    "dequantize",
+    "list_variants",
+    "find_variant",
+    "QuantizeResult",
+    "QuantizeOptions",
+    "OUTPUT_FORMATS",
+    "register_format",
+    "gguf_types",
+    "parse_targets",
+    "resolve_source",
+    "Source",
+    "estimate_bytes",
+    "reference_note",
 ]

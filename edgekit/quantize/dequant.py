@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Optional
 
 import numpy as np
 
@@ -33,8 +32,9 @@ F16_FILE_TYPE = 1  # llama_ftype MOSTLY_F16
 
 def _gguf():
     try:
-        import gguf
         from importlib.metadata import version
+
+        import gguf
 
         return gguf, version("gguf")
     except ImportError as e:
@@ -45,22 +45,28 @@ def reference_note(quant: str) -> str:
     return f"reference is a dequantized {quant} model; absolute quality is relative to it"
 
 
-def dequantize(source: str, *, force: bool = False, free_bytes: Optional[FreeBytes] = None) -> QuantizeResult:
+def dequantize(source: str, *, force: bool = False, free_bytes: FreeBytes | None = None) -> QuantizeResult:
     """Write an F16 GGUF of quantized ``source`` (catalogue id, variant id, GGUF path) as variant
     ``<base>-f16`` with a card that names what it was dequantized from."""
     gguf, gguf_version = _gguf()
     src = resolve_source(source)
     if src.is_float:
-        raise UsageError(f"{src.spec} is already a float model ({src.quant}); there is nothing to dequantize",
-                         fix=f"quantize it directly: `edgekit quantize {src.spec} --to Q8_0,Q4_K_M`")
+        raise UsageError(
+            f"{src.spec} is already a float model ({src.quant}); there is nothing to dequantize",
+            fix=f"quantize it directly: `edgekit quantize {src.spec} --to Q8_0,Q4_K_M`",
+        )
     dest = variant_file(src.base_model, "F16")
     card, action = _existing(dest, src.sha256, src.spec, "F16", force)
     if card is not None:
         return QuantizeResult(card.variant_id, "F16", dest, card_path_for(dest), "exists", card.size_bytes, 0.0, card)
     sweep_partials(dest.parent)
     n_el = int(src.info.extra.get("n_elements", 0))
-    check_disk(dest.parent, int(n_el * 2 * 1.05) + int(src.info.extra.get("header_bytes", 0)),
-               f"the F16 reference of {src.base_model}", free_bytes)
+    check_disk(
+        dest.parent,
+        int(n_el * 2 * 1.05) + int(src.info.extra.get("header_bytes", 0)),
+        f"the F16 reference of {src.base_model}",
+        free_bytes,
+    )
     t0 = time.perf_counter()
     with partial_for(dest) as tmp:
         counts = _write_f16(gguf, src.path, tmp)
@@ -71,11 +77,18 @@ def dequantize(source: str, *, force: bool = False, free_bytes: Optional[FreeByt
     quant = src.quant or "quantized"
     lineage = src.dequantized_from or quant
     new = VariantCard(
-        variant_id=variant_id(src.base_model, "F16"), base_model=src.base_model, format="gguf", type="F16",
-        path=str(dest), size_bytes=size, sha256=digest, source=src.source_info().model_copy(update={"dequantized_from": quant}),
+        variant_id=variant_id(src.base_model, "F16"),
+        base_model=src.base_model,
+        format="gguf",
+        type="F16",
+        path=str(dest),
+        size_bytes=size,
+        sha256=digest,
+        source=src.source_info().model_copy(update={"dequantized_from": quant}),
         tools=tool_versions(gguf=gguf_version),
         params={"tool": "gguf.quants.dequantize", "tensors": counts},
-        notes=[reference_note(lineage)])
+        notes=[reference_note(lineage)],
+    )
     register(new, digest)
     dt = time.perf_counter() - t0
     log.info("%s: %s (%d bytes, %.1f s)", new.variant_id, dest, size, dt)
@@ -88,8 +101,9 @@ def _write_f16(gguf, src_path, out_path) -> dict[str, int]:
     try:
         reader = gguf.GGUFReader(str(src_path), "r")
     except Exception as e:  # noqa: BLE001 - gguf raises ValueError and friends on a bad file
-        raise GGUFError(f"{src_path}: the gguf package cannot read it ({type(e).__name__}: {e})",
-                        fix="pass a whole GGUF model") from e
+        raise GGUFError(
+            f"{src_path}: the gguf package cannot read it ({type(e).__name__}: {e})", fix="pass a whole GGUF model"
+        ) from e
     arch = str(reader.fields["general.architecture"].contents())
     writer = gguf.GGUFWriter(str(out_path), arch)
     for f in reader.fields.values():
@@ -128,8 +142,10 @@ def _write_f16(gguf, src_path, out_path) -> dict[str, int]:
             try:
                 arr = gguf.quants.dequantize(t.data, t.tensor_type)
             except NotImplementedError as e:
-                raise UsageError(f"{t.name}: the gguf package cannot dequantize {t.tensor_type.name} tensors",
-                                 fix="dequantize a model in a more common type (Q4_0, Q4_1, Q8_0, K-quants)") from e
+                raise UsageError(
+                    f"{t.name}: the gguf package cannot dequantize {t.tensor_type.name} tensors",
+                    fix="dequantize a model in a more common type (Q4_0, Q4_1, Q8_0, K-quants)",
+                ) from e
             arr = arr.astype(np.float16)
         elif t.tensor_type == T.BF16:
             arr = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)

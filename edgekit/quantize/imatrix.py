@@ -20,8 +20,10 @@ from edgekit.errors import UsageError
 
 
 def _bad(path: Path, why: str) -> UsageError:
-    return UsageError(f"{path} is not an importance matrix: {why}",
-                      fix="pass the imatrix.gguf or imatrix.dat written by llama-imatrix for this model")
+    return UsageError(
+        f"{path} is not an importance matrix: {why}",
+        fix="pass the imatrix.gguf or imatrix.dat written by llama-imatrix for this model",
+    )
 
 
 def read_imatrix(path: str | Path) -> dict[str, np.ndarray]:
@@ -86,7 +88,7 @@ def _read_legacy(p: Path) -> dict[str, np.ndarray]:
         (ln,) = take("<i")
         if not 0 < ln < 4096 or pos + ln > len(buf):
             raise _bad(p, "bad entry name")
-        name = buf[pos: pos + ln].decode("utf-8", errors="replace")
+        name = buf[pos : pos + ln].decode("utf-8", errors="replace")
         pos += ln
         ncall, nval = take("<ii")
         if nval <= 0 or pos + 4 * nval > len(buf):

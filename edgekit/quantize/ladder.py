@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -27,7 +27,13 @@ from edgekit.models import check_gguf, variant_file, variant_id
 from edgekit.models.integrity import sha256_file
 from edgekit.models.variants import check_variant, register
 from edgekit.quantize.source import (
-    FreeBytes, Source, check_disk, estimate_bytes, partial_for, resolve_source, sweep_partials,
+    FreeBytes,
+    Source,
+    check_disk,
+    estimate_bytes,
+    partial_for,
+    resolve_source,
+    sweep_partials,
 )
 from edgekit.schemas import __version__ as edgekit_version
 from edgekit.schemas.quant import VariantCard, card_path_for, load_card
@@ -39,10 +45,10 @@ log = logging.getLogger("edgekit.quantize")
 class QuantizeOptions:
     threads: int = 0  # 0: llama.cpp's default (all cores)
     allow_requantize: bool = False
-    imatrix: Optional[Path] = None
+    imatrix: Path | None = None
     force: bool = False
-    free_bytes: Optional[FreeBytes] = None  # injectable free-space probe (tests)
-    warn: Optional[Callable[[str], None]] = None  # called at once with each warning (default: the logger)
+    free_bytes: FreeBytes | None = None  # injectable free-space probe (tests)
+    warn: Callable[[str], None] | None = None  # called at once with each warning (default: the logger)
 
 
 @dataclass
@@ -62,12 +68,12 @@ class QuantizeResult:
 # options) -> QuantizeResult, or "module:function" imported on first use (so a built-in format such as
 # "onnx-int8": "edgekit.quantize.onnx_int8:quantize_onnx_int8" costs nothing until asked for).
 FormatHandler = Callable[[str, str, QuantizeOptions], QuantizeResult]
-OUTPUT_FORMATS: dict[str, Union[str, FormatHandler]] = {
+OUTPUT_FORMATS: dict[str, str | FormatHandler] = {
     "onnx-int8": "edgekit.quantize.onnx_export:quantize_onnx_int8",  # needs the [onnx] extra
 }
 
 
-def register_format(name: str, handler: Union[str, FormatHandler]) -> None:
+def register_format(name: str, handler: str | FormatHandler) -> None:
     """Add an output format reachable as ``--to NAME`` (e.g. ``onnx-int8``)."""
     OUTPUT_FORMATS[name.lower()] = handler
 
@@ -113,15 +119,29 @@ def tool_versions(**extra: str) -> dict[str, str]:
     return {"edgekit": edgekit_version, "llama-cpp-python": version(), **extra}
 
 
-def quantize(source: str, to: str | Sequence[str], *, threads: int = 0, allow_requantize: bool = False,
-             imatrix: Optional[str | Path] = None, force: bool = False,
-             free_bytes: Optional[FreeBytes] = None, warn: Optional[Callable[[str], None]] = None) -> list[QuantizeResult]:
+def quantize(
+    source: str,
+    to: str | Sequence[str],
+    *,
+    threads: int = 0,
+    allow_requantize: bool = False,
+    imatrix: str | Path | None = None,
+    force: bool = False,
+    free_bytes: FreeBytes | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> list[QuantizeResult]:
     """Quantize ``source`` (catalogue id, variant id, GGUF path) to every type in ``to``; returns one
     result per type, in order. Each output is a registered variant (``edgekit models list``).
     ``warn(msg)`` hears each warning as it arises (e.g. requantizing); they are also on each result."""
     targets = parse_targets(to)
-    opts = QuantizeOptions(threads=threads, allow_requantize=allow_requantize,
-                           imatrix=Path(imatrix).expanduser() if imatrix else None, force=force, free_bytes=free_bytes, warn=warn)
+    opts = QuantizeOptions(
+        threads=threads,
+        allow_requantize=allow_requantize,
+        imatrix=Path(imatrix).expanduser() if imatrix else None,
+        force=force,
+        free_bytes=free_bytes,
+        warn=warn,
+    )
     if threads < 0:
         raise UsageError(f"--threads must be >= 0, got {threads}", fix="pass --threads 4 (0: all cores)")
     if opts.imatrix is not None and not opts.imatrix.is_file():
@@ -137,8 +157,9 @@ def quantize(source: str, to: str | Sequence[str], *, threads: int = 0, allow_re
     return [results[t] for t in targets]
 
 
-def _existing(dest: Path, src_sha256: Optional[str], src_label: str, type_name: str, force: bool,
-              imatrix_sha: Optional[str] = None) -> tuple[Optional[VariantCard], str]:
+def _existing(
+    dest: Path, src_sha256: str | None, src_label: str, type_name: str, force: bool, imatrix_sha: str | None = None
+) -> tuple[VariantCard | None, str]:
     """(card to reuse, action): ("exists" with the card when it matches this source (``src_sha256``, named
     ``src_label`` in errors) and its file or folder; else the action the new output reports). Refuses to
     replace a variant made from another source. Serves every output format (GGUF files, ONNX folders)."""
@@ -154,19 +175,23 @@ def _existing(dest: Path, src_sha256: Optional[str], src_label: str, type_name: 
     if check_variant(card, raise_corrupt=False).status != "verified":
         return None, "remade"
     if card.source.sha256 != src_sha256 or card.type != type_name:
-        raise UsageError(f"{card.variant_id} already exists, made from {card.source.model_id or card.source.path} "
-                         f"(sha256 {str(card.source.sha256)[:12]}…), not from {src_label}",
-                         fix="pass --force to replace it, or `edgekit models rm " + card.variant_id + "` first")
+        raise UsageError(
+            f"{card.variant_id} already exists, made from {card.source.model_id or card.source.path} "
+            f"(sha256 {str(card.source.sha256)[:12]}…), not from {src_label}",
+            fix="pass --force to replace it, or `edgekit models rm " + card.variant_id + "` first",
+        )
     had = (card.params.get("imatrix") or {}).get("sha256") if isinstance(card.params.get("imatrix"), dict) else None
     if had != imatrix_sha:
         made = f"with importance matrix {had[:12]}…" if had else "without an importance matrix"
         now = "another importance matrix" if imatrix_sha else "no importance matrix"
-        raise UsageError(f"{card.variant_id} already exists, made {made}; this run asks for {now}",
-                         fix="pass --force to replace it, or `edgekit models rm " + card.variant_id + "` first")
+        raise UsageError(
+            f"{card.variant_id} already exists, made {made}; this run asks for {now}",
+            fix="pass --force to replace it, or `edgekit models rm " + card.variant_id + "` first",
+        )
     return card, "exists"
 
 
-def _load_imatrix(opts: QuantizeOptions) -> tuple[Optional[dict[str, np.ndarray]], Optional[dict]]:
+def _load_imatrix(opts: QuantizeOptions) -> tuple[dict[str, np.ndarray] | None, dict | None]:
     if opts.imatrix is None:
         return None, None
     from edgekit.quantize.imatrix import read_imatrix
@@ -185,7 +210,8 @@ def _gguf_ladder(src: Source, types: list[str], opts: QuantizeOptions) -> list[Q
             raise UsageError(
                 f"{src.spec} is already quantized ({what}); quantizing it again compounds the error",
                 fix=f"make a float reference first (`edgekit quantize {src.spec} --dequantize`, then quantize "
-                    f"{variant_id(src.base_model, 'F16')}), or pass --allow-requantize")
+                f"{variant_id(src.base_model, 'F16')}), or pass --allow-requantize",
+            )
         warnings.append(f"requantizing a {what} model: every output's quality is capped by the {what} source")
         (opts.warn or log.warning)(warnings[-1])
     imatrix_sha = sha256_file(opts.imatrix) if opts.imatrix is not None and opts.imatrix.is_file() else None
@@ -197,20 +223,28 @@ def _gguf_ladder(src: Source, types: list[str], opts: QuantizeOptions) -> list[Q
     sweep_partials(variant_file(src.base_model, "x").parent)
     need = sum(estimate_bytes(src.info, t) for t, _, card, _ in todo if card is None)
     if need:
-        check_disk(variant_file(src.base_model, "x").parent, need, f"{src.base_model} in "
-                   + ", ".join(t for t, _, c, _ in todo if c is None), opts.free_bytes)
+        check_disk(
+            variant_file(src.base_model, "x").parent,
+            need,
+            f"{src.base_model} in " + ", ".join(t for t, _, c, _ in todo if c is None),
+            opts.free_bytes,
+        )
     imatrix, imatrix_info = _load_imatrix(opts) if any(c is None for _, _, c, _ in todo) else (None, None)
     out = []
     for t, dest, card, action in todo:
         if card is not None:
-            out.append(QuantizeResult(card.variant_id, t, dest, card_path_for(dest), "exists", card.size_bytes, 0.0,
-                                      card, list(warnings)))
+            out.append(
+                QuantizeResult(
+                    card.variant_id, t, dest, card_path_for(dest), "exists", card.size_bytes, 0.0, card, list(warnings)
+                )
+            )
             continue
         check_disk(dest.parent, estimate_bytes(src.info, t), f"{src.base_model} in {t}", opts.free_bytes)
         t0 = time.perf_counter()
         with partial_for(dest) as tmp:
-            quantize_gguf(src.path, tmp, t, threads=opts.threads, allow_requantize=opts.allow_requantize,
-                          imatrix=imatrix)
+            quantize_gguf(
+                src.path, tmp, t, threads=opts.threads, allow_requantize=opts.allow_requantize, imatrix=imatrix
+            )
             check_gguf(tmp)  # a whole GGUF before it gets the final name
             digest = sha256_file(tmp)
             size = tmp.stat().st_size
@@ -219,11 +253,24 @@ def _gguf_ladder(src: Source, types: list[str], opts: QuantizeOptions) -> list[Q
         if not src.is_float:
             notes.append(f"requantized from {src.quant or 'a quantized model'}: quality is capped by the source")
         new = VariantCard(
-            variant_id=variant_id(src.base_model, t), base_model=src.base_model, format="gguf", type=t,
-            path=str(dest), size_bytes=size, sha256=digest, source=src.source_info(), tools=tool_versions(),
-            params={"tool": "llama_model_quantize", "llama_ftype": FTYPES[t], "threads": opts.threads,
-                    "allow_requantize": opts.allow_requantize, "imatrix": imatrix_info},
-            notes=notes)
+            variant_id=variant_id(src.base_model, t),
+            base_model=src.base_model,
+            format="gguf",
+            type=t,
+            path=str(dest),
+            size_bytes=size,
+            sha256=digest,
+            source=src.source_info(),
+            tools=tool_versions(),
+            params={
+                "tool": "llama_model_quantize",
+                "llama_ftype": FTYPES[t],
+                "threads": opts.threads,
+                "allow_requantize": opts.allow_requantize,
+                "imatrix": imatrix_info,
+            },
+            notes=notes,
+        )
         register(new, digest)
         dt = time.perf_counter() - t0
         log.info("%s: %s (%d bytes, %.1f s)", new.variant_id, dest, size, dt)

@@ -34,15 +34,15 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from edgekit import engines
 from edgekit.errors import BackendError, EdgekitError, UsageError
 from edgekit.models.folder_hash import EXTERNAL_DATA, folder_sha256, onnx_files
 from edgekit.models.gguf import read_gguf
 from edgekit.models.integrity import sha256_file
-from edgekit.models.variants import variants_dir
 from edgekit.models.store import resolve
+from edgekit.models.variants import variants_dir
 from edgekit.schemas.quant import SourceInfo, VariantCard, card_path_for
 
 log = logging.getLogger("edgekit.quantize")
@@ -88,18 +88,24 @@ def variant_folder(base_model: str) -> Path:
 
 
 # -- source ------------------------------------------------------------------------------------
-def _source(source: str) -> tuple[Optional[Path], Path, SourceInfo, str]:
+def _source(source: str) -> tuple[Path | None, Path, SourceInfo, str]:
     """(gguf file or None, load dir, SourceInfo, base model id) of ``source``."""
     p = Path(source).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
-            raise UsageError(f"{p} is neither a Hugging Face model folder (no config.json) nor a GGUF file",
-                             fix="pass a folder with config.json + weights, a .gguf file or a catalogue id")
+            raise UsageError(
+                f"{p} is neither a Hugging Face model folder (no config.json) nor a GGUF file",
+                fix="pass a folder with config.json + weights, a .gguf file or a catalogue id",
+            )
         return None, p, SourceInfo(path=str(p.resolve())), p.name.lower()
     r = resolve(source)
     info = read_gguf(r.path)
-    src = SourceInfo(path=str(r.path), sha256=r.sha256 or sha256_file(r.path), quant=info.quant,
-                     model_id=r.entry.id if r.entry else None)
+    src = SourceInfo(
+        path=str(r.path),
+        sha256=r.sha256 or sha256_file(r.path),
+        quant=info.quant,
+        model_id=r.entry.id if r.entry else None,
+    )
     base = r.entry.id if r.entry else r.path.stem.lower()
     return r.path, r.path.parent, src, base
 
@@ -141,8 +147,10 @@ def load_tokenizer(spec: str | Path, gguf_info: Any = None):
             else:
                 tok = AutoTokenizer.from_pretrained(str(p))
     except Exception as e:  # noqa: BLE001 - an unsupported tokenizer is the user's to fix
-        raise UsageError(f"could not load a tokenizer from {p} ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
-                         fix="pass a GGUF whose architecture transformers supports, or a folder with tokenizer files") from e
+        raise UsageError(
+            f"could not load a tokenizer from {p} ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
+            fix="pass a GGUF whose architecture transformers supports, or a folder with tokenizer files",
+        ) from e
     if p.is_file():
         meta = (gguf_info or read_gguf(p)).metadata
         if "tokenizer.ggml.add_bos_token" in meta:
@@ -166,16 +174,25 @@ def check_tokenizer(tokenizer: Any, gguf_path: Path, label: str = "the exported 
         i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
         raise TokenizerMismatch(
             f"tokenizer mismatch: {label} and the GGUF {gguf_path.name} (llama.cpp) tokenise the probe text differently "
-            f"from token {i} ({len(got)} vs {len(want)} ids; got {got[i:i + 3]}, llama.cpp {want[i:i + 3]})",
-            fix="export with the GGUF's own tokenizer (drop tokenizer=), or pass the tokenizer folder that belongs to this model")
+            f"from token {i} ({len(got)} vs {len(want)} ids; got {got[i : i + 3]}, llama.cpp {want[i : i + 3]})",
+            fix="export with the GGUF's own tokenizer (drop tokenizer=), or pass the tokenizer folder that belongs to this model",
+        )
     return want
 
 
 # -- export ------------------------------------------------------------------------------------
-def export_onnx_int8(source: str, out_dir: Optional[str | Path] = None, *, tokenizer: Optional[str | Path] = None,
-                     base_model: Optional[str] = None, per_channel: bool = True,
-                     keep_float: tuple[str, ...] = KEEP_FLOAT, keep_fp32: bool = False,
-                     force: bool = False, opset: Optional[int] = None) -> VariantCard:
+def export_onnx_int8(
+    source: str,
+    out_dir: str | Path | None = None,
+    *,
+    tokenizer: str | Path | None = None,
+    base_model: str | None = None,
+    per_channel: bool = True,
+    keep_float: tuple[str, ...] = KEEP_FLOAT,
+    keep_fp32: bool = False,
+    force: bool = False,
+    opset: int | None = None,
+) -> VariantCard:
     """Export ``source`` (catalogue id, .gguf path, or Hugging Face model folder) to an int8 ONNX
     folder with KV cache and write its card. ``out_dir``: the folder to create (default
     ``<cache>/models/variants/<base>-onnx-int8``); it must not exist unless ``force``.
@@ -193,7 +210,11 @@ def export_onnx_int8(source: str, out_dir: Optional[str | Path] = None, *, token
     tok = load_tokenizer(tokenizer if tokenizer is not None else (gguf_path or load_dir), gguf_info)
     probe_ids = None
     if gguf_path is not None:
-        label = f"the tokenizer from {Path(tokenizer).name}" if tokenizer is not None else "the tokenizer transformers rebuilt"
+        label = (
+            f"the tokenizer from {Path(tokenizer).name}"
+            if tokenizer is not None
+            else "the tokenizer transformers rebuilt"
+        )
         probe_ids = check_tokenizer(tok, gguf_path, label)
     model = _load_model(gguf_path, load_dir)
     load_s = time.perf_counter() - t0
@@ -222,39 +243,66 @@ def export_onnx_int8(source: str, out_dir: Optional[str | Path] = None, *, token
         raise
     files = onnx_files(out)
     card = VariantCard(
-        variant_id=f"{base}-{TYPE}", base_model=base, format="onnx", type=TYPE, path=str(out.resolve()),
-        size_bytes=sum(p.stat().st_size for p in files), sha256=folder_sha256(out), source=src, tools=tool_versions(),
-        params={"task": "text-generation-with-past", "opset": opset_used, "weight_type": "QInt8", "op_types": ["MatMul"],
-                "per_channel": per_channel, "float32_matmuls": {"match": list(keep_float), "count": len(kept)},
-                "activations": "dynamic uint8", "kv_dtype": "float32",
-                "files": [p.name for p in files], "tokenizer": str(tokenizer) if tokenizer else "source",
-                "tokenizer_probe_ids": probe_ids, "load_s": round(load_s, 2), "export_s": round(export_s, 2),
-                "quantize_s": round(quant_s, 2)},
-        notes=([f"weights dequantized from {src.quant} to float32 before export: quality is relative to the "
-                f"{src.quant} GGUF, not to the original model"] if src.quant else []),
+        variant_id=f"{base}-{TYPE}",
+        base_model=base,
+        format="onnx",
+        type=TYPE,
+        path=str(out.resolve()),
+        size_bytes=sum(p.stat().st_size for p in files),
+        sha256=folder_sha256(out),
+        source=src,
+        tools=tool_versions(),
+        params={
+            "task": "text-generation-with-past",
+            "opset": opset_used,
+            "weight_type": "QInt8",
+            "op_types": ["MatMul"],
+            "per_channel": per_channel,
+            "float32_matmuls": {"match": list(keep_float), "count": len(kept)},
+            "activations": "dynamic uint8",
+            "kv_dtype": "float32",
+            "files": [p.name for p in files],
+            "tokenizer": str(tokenizer) if tokenizer else "source",
+            "tokenizer_probe_ids": probe_ids,
+            "load_s": round(load_s, 2),
+            "export_s": round(export_s, 2),
+            "quantize_s": round(quant_s, 2),
+        },
+        notes=(
+            [
+                f"weights dequantized from {src.quant} to float32 before export: quality is relative to the "
+                f"{src.quant} GGUF, not to the original model"
+            ]
+            if src.quant
+            else []
+        ),
     )
     card.save(card_path_for(out))
     return card
 
 
-def _load_model(gguf_path: Optional[Path], load_dir: Path):
+def _load_model(gguf_path: Path | None, load_dir: Path):
     from transformers import AutoModelForCausalLM
 
     where = gguf_path or load_dir
     try:
         with _quiet():
             if gguf_path is not None:
-                return AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype="float32")
+                return AutoModelForCausalLM.from_pretrained(
+                    str(gguf_path.parent), gguf_file=gguf_path.name, dtype="float32"
+                )
             return AutoModelForCausalLM.from_pretrained(str(load_dir), dtype="float32")
     except EdgekitError:
         raise
     except Exception as e:  # noqa: BLE001 - unsupported arch / quant type: one line
-        raise UsageError(f"transformers could not load {where} ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
-                         fix="use a GGUF whose architecture and tensor types transformers can dequantize "
-                             "(llama, qwen2, gemma3 ...), or a Hugging Face model folder") from e
+        raise UsageError(
+            f"transformers could not load {where} ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
+            fix="use a GGUF whose architecture and tensor types transformers can dequantize "
+            "(llama, qwen2, gemma3 ...), or a Hugging Face model folder",
+        ) from e
 
 
-def _export(model: Any, tok: Any, dest: Path, opset: Optional[int]) -> tuple[float, Optional[int]]:
+def _export(model: Any, tok: Any, dest: Path, opset: int | None) -> tuple[float, int | None]:
     """optimum's exporter on an in-memory model (saved to a folder first: the exporter loads by path)."""
     from optimum.exporters.onnx import main_export
 
@@ -264,20 +312,34 @@ def _export(model: Any, tok: Any, dest: Path, opset: Optional[int]) -> tuple[flo
         model.save_pretrained(str(staged))
         tok.save_pretrained(str(staged))
         try:
-            main_export(str(staged), output=str(dest), task="text-generation-with-past", device="cpu",
-                        do_validation=False, opset=opset)
+            main_export(
+                str(staged),
+                output=str(dest),
+                task="text-generation-with-past",
+                device="cpu",
+                do_validation=False,
+                opset=opset,
+            )
         except Exception as e:  # noqa: BLE001
-            raise BackendError(f"optimum could not export this model to ONNX ({type(e).__name__}: "
-                               f"{str(e).splitlines()[0][:160] if str(e) else ''})",
-                               fix="check that optimum-onnx supports the architecture; EDGEKIT_DEBUG=1 shows its log") from e
+            raise BackendError(
+                f"optimum could not export this model to ONNX ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:160] if str(e) else ''})",
+                fix="check that optimum-onnx supports the architecture; EDGEKIT_DEBUG=1 shows its log",
+            ) from e
         finally:
             shutil.rmtree(staged, ignore_errors=True)
     used = None
     try:
         import onnx
 
-        used = max((o.version for o in onnx.load(str(dest / "model.onnx"), load_external_data=False).opset_import
-                    if o.domain in ("", "ai.onnx")), default=None)
+        used = max(
+            (
+                o.version
+                for o in onnx.load(str(dest / "model.onnx"), load_external_data=False).opset_import
+                if o.domain in ("", "ai.onnx")
+            ),
+            default=None,
+        )
     except Exception:  # noqa: BLE001 - the opset is a card detail
         pass
     return time.perf_counter() - t0, used
@@ -294,16 +356,33 @@ def _quantize(src_dir: Path, dest_dir: Path, per_channel: bool, keep_float: tupl
     kept = [n.name for n in graph.node if n.op_type == "MatMul" and any(k in n.name for k in keep_float)]
     big = any(p.name.endswith(EXTERNAL_DATA) for p in src_dir.iterdir())
     with _quiet():
-        quantize_dynamic(str(model), str(dest_dir / "model.onnx"), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         op_types_to_quantize=["MatMul"], nodes_to_exclude=kept, use_external_data_format=big)
+        quantize_dynamic(
+            str(model),
+            str(dest_dir / "model.onnx"),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=kept,
+            use_external_data_format=big,
+        )
     return kept
 
 
-__all__ = ["export_onnx_int8", "check_tokenizer", "load_tokenizer", "folder_sha256", "onnx_files", "variant_folder",
-           "TokenizerMismatch", "TYPE", "PROBE", "INSTALL"]
+__all__ = [
+    "export_onnx_int8",
+    "check_tokenizer",
+    "load_tokenizer",
+    "folder_sha256",
+    "onnx_files",
+    "variant_folder",
+    "TokenizerMismatch",
+    "TYPE",
+    "PROBE",
+    "INSTALL",
+]
 
 
-def quantize_onnx_int8(source: str, target: str, opts) -> "QuantizeResult":
+def quantize_onnx_int8(source: str, target: str, opts) -> QuantizeResult:
     """``edgekit quantize SOURCE --to onnx-int8``: the handler registered in the quantize ladder's
     OUTPUT_FORMATS. An existing folder is treated as the ladder treats its files (``ladder._existing``):
     reused when its card matches this source and its files hash to the card, remade when broken,
@@ -319,8 +398,10 @@ def quantize_onnx_int8(source: str, target: str, opts) -> "QuantizeResult":
     cp = card_path_for(out)
     old, action = _existing(out, src.sha256, src.model_id or src.path, TYPE, opts.force)
     if old is not None:
-        return QuantizeResult(old.variant_id, old.type, Path(old.path), cp, action, old.size_bytes,
-                              time.perf_counter() - t0, old)
+        return QuantizeResult(
+            old.variant_id, old.type, Path(old.path), cp, action, old.size_bytes, time.perf_counter() - t0, old
+        )
     card = export_onnx_int8(source, out, force=True)
-    return QuantizeResult(card.variant_id, card.type, Path(card.path), cp, action, card.size_bytes,
-                          time.perf_counter() - t0, card)
+    return QuantizeResult(
+        card.variant_id, card.type, Path(card.path), cp, action, card.size_bytes, time.perf_counter() - t0, card
+    )

@@ -38,10 +38,10 @@ import io
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -70,13 +70,15 @@ class Text:
     sha256: str
 
 
-def load_text(path: Optional[str | Path] = None) -> Text:
+def load_text(path: str | Path | None = None) -> Text:
     """The shipped text (default) or a UTF-8 file; sha256 of its bytes."""
     p = Path(path) if path is not None else DEFAULT_TEXT
     if p.is_dir():
         raise UsageError(f"--text {p} is a directory", fix="pass a UTF-8 text file")
     if not p.is_file():
-        raise UsageError(f"text file {p} does not exist", fix="pass --text FILE (UTF-8), or leave it out for the shipped text")
+        raise UsageError(
+            f"text file {p} does not exist", fix="pass --text FILE (UTF-8), or leave it out for the shipped text"
+        )
     data = p.read_bytes()
     try:
         text = data.decode("utf-8")
@@ -99,7 +101,7 @@ def check_n_ctx(n_ctx: object) -> int:
     return n_ctx
 
 
-def _open(model: str, n_ctx: int, n_batch: int, threads: Optional[int]):
+def _open(model: str, n_ctx: int, n_batch: int, threads: int | None):
     """A llama.cpp engine sized for scoring: one sequence, a context of one window."""
     eng = engines.create("llama.cpp", model, n_ctx=n_ctx, max_n=1, n_batch=n_batch, threads=threads)
     if not hasattr(eng, "token_logprobs"):  # pragma: no cover - a plugin registered under the built-in name
@@ -108,7 +110,7 @@ def _open(model: str, n_ctx: int, n_batch: int, threads: Optional[int]):
     return eng
 
 
-def _vocab_size(eng) -> Optional[int]:
+def _vocab_size(eng) -> int | None:
     """Vocabulary size from the GGUF header (``tokenizer.ggml.tokens``: '<array of N strings>')."""
     v = eng.gguf.get("tokenizer.ggml.tokens")
     if isinstance(v, list):
@@ -122,7 +124,7 @@ def _model_sha256(eng) -> str:
     return eng.model_info.sha256 or sha256_file(eng.path)
 
 
-def _tokens(eng, text: Text, limit_tokens: Optional[int]) -> list[int]:
+def _tokens(eng, text: Text, limit_tokens: int | None) -> list[int]:
     ids = eng.tokenize(text.text, add_special=True)
     if limit_tokens is not None:
         if not isinstance(limit_tokens, int) or limit_tokens < 1:
@@ -136,8 +138,14 @@ def _ppl_figure(logprob: np.ndarray, source: str) -> Figure:
     mean = float(nll.mean())
     se = float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
     lo, hi = math.exp(mean - 1.96 * se), math.exp(mean + 1.96 * se)
-    return Figure(value=math.exp(mean), unit="ppl", method="measured", reps=1, source=source,
-                  note=f"mean NLL {mean:.4f} nats/token, 95 % interval of the mean over tokens: ppl {lo:.3f}..{hi:.3f}")
+    return Figure(
+        value=math.exp(mean),
+        unit="ppl",
+        method="measured",
+        reps=1,
+        source=source,
+        note=f"mean NLL {mean:.4f} nats/token, 95 % interval of the mean over tokens: ppl {lo:.3f}..{hi:.3f}",
+    )
 
 
 def _source(text: Text, n: int, n_ctx: int) -> str:
@@ -145,9 +153,16 @@ def _source(text: Text, n: int, n_ctx: int) -> str:
 
 
 # ----------------------------------------------------------------------------- reference
-def reference_topk(model: str, out_path: str | Path, *, text: Optional[str | Path] = None, n_ctx: int = DEFAULT_N_CTX,
-                   top_k: int = DEFAULT_TOP_K, limit_tokens: Optional[int] = None,
-                   threads: Optional[int] = None) -> tuple[Path, QualityReport]:
+def reference_topk(
+    model: str,
+    out_path: str | Path,
+    *,
+    text: str | Path | None = None,
+    n_ctx: int = DEFAULT_N_CTX,
+    top_k: int = DEFAULT_TOP_K,
+    limit_tokens: int | None = None,
+    threads: int | None = None,
+) -> tuple[Path, QualityReport]:
     """Score ``text`` with the reference ``model`` once and save its top-k distributions to ``out_path`` (.npz).
 
     Returns the path and the reference's own report (perplexity only). ``limit_tokens`` keeps the
@@ -165,17 +180,36 @@ def reference_topk(model: str, out_path: str | Path, *, text: Optional[str | Pat
         r = eng.token_logprobs(ids, n_ctx=n_ctx, top_k=top_k)
         mi = eng.model_info
         meta = {
-            "kind": REF_KIND, "version": REF_VERSION, "text_name": t.name, "text_sha256": t.sha256,
-            "n_text_tokens": len(ids), "limit_tokens": limit_tokens, "n_scored": int(len(r.targets)),
-            "n_ctx": n_ctx, "n_batch": n_batch, "top_k": top_k, "n_vocab": r.n_vocab, "add_bos": r.add_bos,
-            "model": mi.id, "model_path": str(eng.path), "model_sha256": _model_sha256(eng), "quant": mi.quant,
-            "llama_cpp": eng.info.version, "threads": eng.info.threads,
+            "kind": REF_KIND,
+            "version": REF_VERSION,
+            "text_name": t.name,
+            "text_sha256": t.sha256,
+            "n_text_tokens": len(ids),
+            "limit_tokens": limit_tokens,
+            "n_scored": int(len(r.targets)),
+            "n_ctx": n_ctx,
+            "n_batch": n_batch,
+            "top_k": top_k,
+            "n_vocab": r.n_vocab,
+            "add_bos": r.add_bos,
+            "model": mi.id,
+            "model_path": str(eng.path),
+            "model_sha256": _model_sha256(eng),
+            "quant": mi.quant,
+            "llama_cpp": eng.info.version,
+            "threads": eng.info.threads,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     finally:
         eng.close()
-    arrays = {"tokens": np.asarray(ids, np.int32), "targets": r.targets, "logprob": r.logprob, "argmax": r.argmax,
-              "top_ids": r.top_ids, "top_logprobs": r.top_logprobs}
+    arrays = {
+        "tokens": np.asarray(ids, np.int32),
+        "targets": r.targets,
+        "logprob": r.logprob,
+        "argmax": r.argmax,
+        "top_ids": r.top_ids,
+        "top_logprobs": r.top_logprobs,
+    }
     path = _save_npz(Path(out_path), arrays, meta)
     return path, reference_report(path)
 
@@ -226,10 +260,16 @@ def reference_report(path: str | Path) -> QualityReport:
     m = ref.meta
     t = Text(name=m["text_name"], text="", sha256=m["text_sha256"])
     tail = 1.0 - np.exp(ref.top_logprobs.astype(np.float64)).sum(axis=1)
-    return QualityReport(text_name=m["text_name"], text_sha256=m["text_sha256"], n_tokens=m["n_scored"], n_ctx=m["n_ctx"],
-                         reference=None, ppl=_ppl_figure(ref.logprob, _source(t, m["n_scored"], m["n_ctx"])),
-                         note=f"reference {m['model']} ({m.get('quant')}, sha256 {str(m['model_sha256'])[:12]}); "
-                              f"top-{m['top_k']} holds {100 * (1 - tail.mean()):.2f} % of its probability on average")
+    return QualityReport(
+        text_name=m["text_name"],
+        text_sha256=m["text_sha256"],
+        n_tokens=m["n_scored"],
+        n_ctx=m["n_ctx"],
+        reference=None,
+        ppl=_ppl_figure(ref.logprob, _source(t, m["n_scored"], m["n_ctx"])),
+        note=f"reference {m['model']} ({m.get('quant')}, sha256 {str(m['model_sha256'])[:12]}); "
+        f"top-{m['top_k']} holds {100 * (1 - tail.mean()):.2f} % of its probability on average",
+    )
 
 
 # ----------------------------------------------------------------------------- KL
@@ -248,8 +288,14 @@ def kl_topk_tail(ref_top_logprobs: np.ndarray, var_logprobs_at: np.ndarray, floo
     return np.maximum(head + p_rest * (np.log(p_rest) - np.log(q_rest)), 0.0)
 
 
-def measure_quality(variant_model: str, reference: str | Path, *, text: Optional[str | Path] = None,
-                    threads: Optional[int] = None, reference_name: Optional[str] = None) -> QualityReport:
+def measure_quality(
+    variant_model: str,
+    reference: str | Path,
+    *,
+    text: str | Path | None = None,
+    threads: int | None = None,
+    reference_name: str | None = None,
+) -> QualityReport:
     """Perplexity of ``variant_model`` on the reference's text, KL(reference || variant) and top-1
     agreement, from one pass of the variant. ``text``: the text file, when the reference was not
     made from the shipped one (its sha256 must match)."""
@@ -261,8 +307,11 @@ def measure_quality(variant_model: str, reference: str | Path, *, text: Optional
         raise UsageError(f"the reference was made from {m['text_name']}; pass that text", fix="pass --text FILE")
     t = load_text(text)
     if t.sha256 != m["text_sha256"]:
-        raise UsageError(f"text mismatch: {t.name} (sha256 {t.sha256[:12]}) is not the reference's text "
-                         f"{m['text_name']} (sha256 {m['text_sha256'][:12]})", fix="pass the text the reference was made from")
+        raise UsageError(
+            f"text mismatch: {t.name} (sha256 {t.sha256[:12]}) is not the reference's text "
+            f"{m['text_name']} (sha256 {m['text_sha256'][:12]})",
+            fix="pass the text the reference was made from",
+        )
     n_ctx = int(m["n_ctx"])
     eng = _open(variant_model, n_ctx, int(m["n_batch"]), threads)
     try:
@@ -270,20 +319,28 @@ def measure_quality(variant_model: str, reference: str | Path, *, text: Optional
         sha = _model_sha256(eng)
         nv = _vocab_size(eng)
         if nv is not None and nv != m["n_vocab"]:
-            raise UsageError(f"tokenizer mismatch: the reference ({m['model']}) has a {m['n_vocab']}-token vocabulary, "
-                             f"{mi.id} has {nv}", fix="compare variants of one model family; make a reference from "
-                                                     "the variant's own base model")
+            raise UsageError(
+                f"tokenizer mismatch: the reference ({m['model']}) has a {m['n_vocab']}-token vocabulary, "
+                f"{mi.id} has {nv}",
+                fix="compare variants of one model family; make a reference from the variant's own base model",
+            )
         ids = _tokens(eng, t, m["limit_tokens"])
         if len(ids) != len(ref.tokens) or not np.array_equal(np.asarray(ids, np.int32), ref.tokens):
-            diff = next((i for i, (a, b) in enumerate(zip(ids, ref.tokens.tolist())) if a != b), min(len(ids), len(ref.tokens)))
-            raise UsageError(f"tokenizer mismatch: {mi.id} tokenizes {t.name} differently from the reference "
-                             f"({m['model']}), first at token {diff}", fix="compare variants of one model family; make a "
-                                                                          "reference from the variant's own base model")
+            diff = next(
+                (i for i, (a, b) in enumerate(zip(ids, ref.tokens.tolist())) if a != b), min(len(ids), len(ref.tokens))
+            )
+            raise UsageError(
+                f"tokenizer mismatch: {mi.id} tokenizes {t.name} differently from the reference "
+                f"({m['model']}), first at token {diff}",
+                fix="compare variants of one model family; make a reference from the variant's own base model",
+            )
         r = eng.token_logprobs(ids, n_ctx=n_ctx, top_k=0, at_ids=ref.top_ids)
         if r.n_vocab != m["n_vocab"] or r.add_bos != m["add_bos"]:
-            raise UsageError(f"tokenizer mismatch: the reference ({m['model']}) has vocabulary {m['n_vocab']} "
-                             f"(BOS {m['add_bos']}), {mi.id} has {r.n_vocab} (BOS {r.add_bos})",
-                             fix="compare variants of one model family")
+            raise UsageError(
+                f"tokenizer mismatch: the reference ({m['model']}) has vocabulary {m['n_vocab']} "
+                f"(BOS {m['add_bos']}), {mi.id} has {r.n_vocab} (BOS {r.add_bos})",
+                fix="compare variants of one model family",
+            )
     finally:
         eng.close()
     kl = kl_topk_tail(ref.top_logprobs, r.at_logprobs)
@@ -293,21 +350,39 @@ def measure_quality(variant_model: str, reference: str | Path, *, text: Optional
     approx = f"on the reference's top-{m['top_k']} tokens + one tail bin: a lower bound of the full-vocabulary KL"
     ref_ppl = math.exp(-float(ref.logprob.astype(np.float64).mean()))
     return QualityReport(
-        text_name=t.name, text_sha256=t.sha256, n_tokens=n, n_ctx=n_ctx,
-        reference=reference_name or m["model"],  # the reference's id (a variant id when it is one: the planner looks it up)
+        text_name=t.name,
+        text_sha256=t.sha256,
+        n_tokens=n,
+        n_ctx=n_ctx,
+        reference=reference_name
+        or m["model"],  # the reference's id (a variant id when it is one: the planner looks it up)
         ppl=_ppl_figure(r.logprob, src),
         kl_mean=Figure(value=float(kl.mean()), unit="nats", method="measured", reps=1, source=src, note=approx),
-        kl_p99=Figure(value=float(np.quantile(kl, 0.99)), unit="nats", method="measured", reps=1, source=src, note=approx),
-        top1_agree=Figure(value=agree, unit="fraction", method="measured", reps=1, source=src,
-                          note="share of scored tokens whose argmax equals the reference's"),
+        kl_p99=Figure(
+            value=float(np.quantile(kl, 0.99)), unit="nats", method="measured", reps=1, source=src, note=approx
+        ),
+        top1_agree=Figure(
+            value=agree,
+            unit="fraction",
+            method="measured",
+            reps=1,
+            source=src,
+            note="share of scored tokens whose argmax equals the reference's",
+        ),
         note=f"reference {m['model']} ({m.get('quant')}, {Path(m['model_path']).name}, sha256 "
-             f"{str(m['model_sha256'])[:12]}) ppl {ref_ppl:.4f}; variant {mi.id} ({mi.quant}, sha256 {sha[:12]}); "
-             f"reference file {ref.path.name}",
+        f"{str(m['model_sha256'])[:12]}) ppl {ref_ppl:.4f}; variant {mi.id} ({mi.quant}, sha256 {sha[:12]}); "
+        f"reference file {ref.path.name}",
     )
 
 
-def perplexity(model: str, *, text: Optional[str | Path] = None, n_ctx: int = DEFAULT_N_CTX,
-               limit_tokens: Optional[int] = None, threads: Optional[int] = None) -> QualityReport:
+def perplexity(
+    model: str,
+    *,
+    text: str | Path | None = None,
+    n_ctx: int = DEFAULT_N_CTX,
+    limit_tokens: int | None = None,
+    threads: int | None = None,
+) -> QualityReport:
     """Perplexity of ``model`` alone (no reference)."""
     check_n_ctx(n_ctx)
     t = load_text(text)
@@ -318,12 +393,17 @@ def perplexity(model: str, *, text: Optional[str | Path] = None, n_ctx: int = DE
         mi, sha = eng.model_info, _model_sha256(eng)
     finally:
         eng.close()
-    return QualityReport(text_name=t.name, text_sha256=t.sha256, n_tokens=len(r.targets), n_ctx=n_ctx,
-                         ppl=_ppl_figure(r.logprob, _source(t, len(r.targets), n_ctx)),
-                         note=f"{mi.id} ({mi.quant}, sha256 {sha[:12]})")
+    return QualityReport(
+        text_name=t.name,
+        text_sha256=t.sha256,
+        n_tokens=len(r.targets),
+        n_ctx=n_ctx,
+        ppl=_ppl_figure(r.logprob, _source(t, len(r.targets), n_ctx)),
+        note=f"{mi.id} ({mi.quant}, sha256 {sha[:12]})",
+    )
 
 
-def _card_path(spec: str | Path) -> tuple[str, Optional[Path]]:
+def _card_path(spec: str | Path) -> tuple[str, Path | None]:
     """(what to load, the card to update or None) for a variant id or a file path."""
     card = find_variant(str(spec))
     if card is not None:
@@ -332,8 +412,14 @@ def _card_path(spec: str | Path) -> tuple[str, Optional[Path]]:
     return str(spec), (cp if cp.is_file() else None)
 
 
-def evaluate_variants(reference: str | Path, variants: Sequence[str | Path], *, text: Optional[str | Path] = None,
-                      threads: Optional[int] = None, write_cards: bool = True) -> dict[str, QualityReport]:
+def evaluate_variants(
+    reference: str | Path,
+    variants: Sequence[str | Path],
+    *,
+    text: str | Path | None = None,
+    threads: int | None = None,
+    write_cards: bool = True,
+) -> dict[str, QualityReport]:
     """``edgekit quantize --eval``: measure every variant (id or path) against one reference file;
     where a variant has a card (``<file>.card.json``), store the report in it (``card.quality``)."""
     out: dict[str, QualityReport] = {}
@@ -348,16 +434,22 @@ def evaluate_variants(reference: str | Path, variants: Sequence[str | Path], *, 
     return out
 
 
-def evaluate_quantized(source: str, variants: Sequence[str | Path], out_dir: str | Path, *,
-                       limit_tokens: Optional[int] = None, threads: Optional[int] = None,
-                       ) -> tuple[Path, QualityReport, dict[str, QualityReport]]:
+def evaluate_quantized(
+    source: str,
+    variants: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    limit_tokens: int | None = None,
+    threads: int | None = None,
+) -> tuple[Path, QualityReport, dict[str, QualityReport]]:
     """Make a reference from ``source`` (saved in ``out_dir`` as ``<source>.quality-ref.npz``, reusable with
     ``edgekit eval --perplexity VARIANT --reference``), record its own perplexity in its card when it
     is a variant (e.g. the F16 reference), then measure and record every variant against it."""
     model, src_card = _card_path(source)
     stem = Path(model).name.removesuffix(".gguf")
-    ref_path, ref_rep = reference_topk(model, Path(out_dir) / f"{stem}.quality-ref.npz", limit_tokens=limit_tokens,
-                                       threads=threads)
+    ref_path, ref_rep = reference_topk(
+        model, Path(out_dir) / f"{stem}.quality-ref.npz", limit_tokens=limit_tokens, threads=threads
+    )
     if src_card is not None:
         card = load_card(src_card)
         card.quality = ref_rep

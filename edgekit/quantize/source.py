@@ -11,9 +11,9 @@ import contextlib
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 from edgekit.errors import EdgekitError, ModelNotFound, UsageError
 from edgekit.models import CATALOG, GGUFInfo, check_gguf, find_variant, resolve
@@ -27,11 +27,39 @@ _FLOAT_TENSOR_IDS = frozenset({0, 1, 30})  # ggml F32, F16, BF16
 # effective bits per weight of the quantized (2-D) tensors, with some room for the mixes llama.cpp
 # picks (K-quants keep some tensors at higher precision); 1-D tensors stay F32
 BPW = {
-    "F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_1": 6.0, "Q5_0": 5.5, "Q5_K_M": 5.7,
-    "Q5_K_S": 5.5, "Q4_1": 5.0, "Q4_0": 4.5, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "Q3_K_L": 4.3, "Q3_K_M": 3.9,
-    "Q3_K_S": 3.5, "Q2_K": 3.4, "Q2_K_S": 3.0, "IQ4_XS": 4.25, "IQ4_NL": 4.5, "IQ3_M": 3.7, "IQ3_S": 3.44,
-    "IQ3_XS": 3.3, "IQ3_XXS": 3.06, "IQ2_M": 2.7, "IQ2_S": 2.5, "IQ2_XS": 2.31, "IQ2_XXS": 2.06, "IQ1_M": 1.75,
-    "IQ1_S": 1.56, "TQ1_0": 1.69, "TQ2_0": 2.06, "MXFP4_MOE": 4.25,
+    "F32": 32,
+    "F16": 16,
+    "BF16": 16,
+    "Q8_0": 8.5,
+    "Q6_K": 6.6,
+    "Q5_1": 6.0,
+    "Q5_0": 5.5,
+    "Q5_K_M": 5.7,
+    "Q5_K_S": 5.5,
+    "Q4_1": 5.0,
+    "Q4_0": 4.5,
+    "Q4_K_M": 4.9,
+    "Q4_K_S": 4.6,
+    "Q3_K_L": 4.3,
+    "Q3_K_M": 3.9,
+    "Q3_K_S": 3.5,
+    "Q2_K": 3.4,
+    "Q2_K_S": 3.0,
+    "IQ4_XS": 4.25,
+    "IQ4_NL": 4.5,
+    "IQ3_M": 3.7,
+    "IQ3_S": 3.44,
+    "IQ3_XS": 3.3,
+    "IQ3_XXS": 3.06,
+    "IQ2_M": 2.7,
+    "IQ2_S": 2.5,
+    "IQ2_XS": 2.31,
+    "IQ2_XXS": 2.06,
+    "IQ1_M": 1.75,
+    "IQ1_S": 1.56,
+    "TQ1_0": 1.69,
+    "TQ2_0": 2.06,
+    "MXFP4_MOE": 4.25,
 }
 MARGIN = 1.15  # on the estimate: the mix can put more tensors at higher precision than the table says
 FREE_ENV = "EDGEKIT_FREE_BYTES"  # tests only: pretend the disk has this many bytes free
@@ -45,9 +73,9 @@ class Source:
     info: GGUFInfo
     sha256: str
     base_model: str  # the family the outputs belong to (catalogue id, or the file's stem)
-    quant: Optional[str]  # "Q4_1", "F16", ... (general.file_type, else from tensor types)
-    model_id: Optional[str] = None  # catalogue or variant id
-    dequantized_from: Optional[str] = None  # lineage carried from an F16 reference's card
+    quant: str | None  # "Q4_1", "F16", ... (general.file_type, else from tensor types)
+    model_id: str | None = None  # catalogue or variant id
+    dequantized_from: str | None = None  # lineage carried from an F16 reference's card
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -57,11 +85,16 @@ class Source:
         return set(self.info.extra.get("tensor_types", {})) <= _FLOAT_TENSOR_IDS
 
     def source_info(self) -> SourceInfo:
-        return SourceInfo(path=str(self.path), sha256=self.sha256, quant=self.quant, model_id=self.model_id,
-                          dequantized_from=self.dequantized_from)
+        return SourceInfo(
+            path=str(self.path),
+            sha256=self.sha256,
+            quant=self.quant,
+            model_id=self.model_id,
+            dequantized_from=self.dequantized_from,
+        )
 
 
-def _quant_of(info: GGUFInfo) -> Optional[str]:
+def _quant_of(info: GGUFInfo) -> str | None:
     q = info.quant
     if q is not None and not q.startswith("ftype"):
         return q
@@ -71,8 +104,9 @@ def _quant_of(info: GGUFInfo) -> Optional[str]:
     return q  # None: unknown; quantized tensors present and no file type recorded
 
 
-_QUANT_SUFFIX = re.compile(r"[-._](" + "|".join(sorted(map(re.escape, FILE_TYPES.values()), key=len, reverse=True))
-                           + r")$", re.IGNORECASE)
+_QUANT_SUFFIX = re.compile(
+    r"[-._](" + "|".join(sorted(map(re.escape, FILE_TYPES.values()), key=len, reverse=True)) + r")$", re.IGNORECASE
+)
 
 
 def base_name_for(path: Path) -> str:
@@ -93,12 +127,23 @@ def resolve_source(spec: str) -> Source:
         card = _card_for_file(Path(spec).expanduser())
     if card is not None:
         if card.format != "gguf":
-            raise UsageError(f"{card.variant_id} is a {card.format} variant; GGUF types need a GGUF source",
-                             fix="quantize from the GGUF model it was made from")
+            raise UsageError(
+                f"{card.variant_id} is a {card.format} variant; GGUF types need a GGUF source",
+                fix="quantize from the GGUF model it was made from",
+            )
         r = resolve(card.variant_id)
         info = check_gguf(r.path)
-        return Source(spec, r.path, info, card.sha256, card.base_model, card.type, card.variant_id,
-                      card.source.dequantized_from, [n for n in card.notes if "dequantized" in n])
+        return Source(
+            spec,
+            r.path,
+            info,
+            card.sha256,
+            card.base_model,
+            card.type,
+            card.variant_id,
+            card.source.dequantized_from,
+            [n for n in card.notes if "dequantized" in n],
+        )
     p = Path(spec).expanduser()
     if not spec.startswith("hf:") and not p.exists():
         if p.suffix == ".gguf" or os.sep in spec:
@@ -111,7 +156,7 @@ def resolve_source(spec: str) -> Source:
     return Source(spec, info.path.resolve(), info, sha256_file(info.path), base_name_for(info.path), _quant_of(info))
 
 
-def _card_for_file(p: Path) -> Optional[VariantCard]:
+def _card_for_file(p: Path) -> VariantCard | None:
     from edgekit.models import list_variants
 
     rp = p.resolve()
@@ -142,12 +187,14 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(p).free
 
 
-def check_disk(folder: Path, need: int, what: str, free: Optional[FreeBytes] = None) -> None:
+def check_disk(folder: Path, need: int, what: str, free: FreeBytes | None = None) -> None:
     have = (free or free_bytes)(folder)
     if have < need:
-        raise EdgekitError(f"not enough disk space in {folder} for {what}: about {need / 1e6:,.0f} MB needed, "
-                           f"{have / 1e6:,.0f} MB free; nothing was written",
-                           fix="free some space, or set EDGEKIT_HOME to a folder on a bigger disk")
+        raise EdgekitError(
+            f"not enough disk space in {folder} for {what}: about {need / 1e6:,.0f} MB needed, "
+            f"{have / 1e6:,.0f} MB free; nothing was written",
+            fix="free some space, or set EDGEKIT_HOME to a folder on a bigger disk",
+        )
 
 
 def sweep_partials(folder: Path) -> None:

@@ -5,5 +5,15 @@ from edgekit.runtime.core import DEFAULT_MODEL, Runtime
 from edgekit.schemas.options import CancelToken, SamplingOptions
 from edgekit.schemas.result import Confidence, Result, Sample, Timings
 
-__all__ = ["Runtime", "DEFAULT_MODEL", "SamplingOptions", "CancelToken", "Result", "Sample", "Timings", "Confidence",
-           "get_extractor", "majority_vote"]
+__all__ = [
+    "Runtime",
+    "DEFAULT_MODEL",
+    "SamplingOptions",
+    "CancelToken",
+    "Result",
+    "Sample",
+    "Timings",
+    "Confidence",
+    "get_extractor",
+    "majority_vote",
+]

@@ -15,22 +15,45 @@ import json
 import random
 import re
 from collections import Counter
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
 
 from edgekit.errors import UsageError
 
-Extractor = Callable[[str], Optional[str]]
+Extractor = Callable[[str], str | None]
 
 _MARKER = re.compile(r"(?:final answer|answer\s*(?:is|:|=)|answer\s*\*\*\s*:?|\\boxed\{)", re.I)
 
 _UNITS = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-    "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
-    "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "a dozen": 12, "dozen": 12,
+    "zero": 0,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "thirteen": 13,
+    "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
+    "seventeen": 17,
+    "eighteen": 18,
+    "nineteen": 19,
+    "a dozen": 12,
+    "dozen": 12,
 }
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 _WORD_NUM = (
-    r"(?:(?:" + "|".join(_TENS) + r")(?:[\s-](?:" + "|".join(k for k in _UNITS if _UNITS[k] < 10 and k != "zero") + r"))?"
+    r"(?:(?:"
+    + "|".join(_TENS)
+    + r")(?:[\s-](?:"
+    + "|".join(k for k in _UNITS if _UNITS[k] < 10 and k != "zero")
+    + r"))?"
     r"|" + "|".join(sorted(_UNITS, key=len, reverse=True)) + r")(?:\s+hundred)?"
 )
 _NUM = re.compile(r"(?<![\w.])(-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?)(?![\w])|\b(" + _WORD_NUM + r")\b", re.I)
@@ -62,13 +85,13 @@ def _norm_number(s: str) -> str:
     return repr(v).rstrip("0").rstrip(".")
 
 
-def _after_marker(text: str) -> Optional[str]:
+def _after_marker(text: str) -> str | None:
     ms = list(_MARKER.finditer(text))
-    return text[ms[-1].end():] if ms else None
+    return text[ms[-1].end() :] if ms else None
 
 
-def extract_number(text: str) -> Optional[str]:
-    def scan(s: str, first: bool) -> Optional[str]:
+def extract_number(text: str) -> str | None:
+    def scan(s: str, first: bool) -> str | None:
         ms = list(_NUM.finditer(s))
         if not ms:
             return None
@@ -83,10 +106,14 @@ def extract_number(text: str) -> Optional[str]:
     return scan(text, first=False)
 
 
-_CHOICE_PATTERNS = [re.compile(r"\(([A-Z])\)"), re.compile(r"(?<![A-Za-z])([A-Z])[).:](?=\s|$)"), re.compile(r"^\s*([A-Z])\s*$", re.M)]
+_CHOICE_PATTERNS = [
+    re.compile(r"\(([A-Z])\)"),
+    re.compile(r"(?<![A-Za-z])([A-Z])[).:](?=\s|$)"),
+    re.compile(r"^\s*([A-Z])\s*$", re.M),
+]
 
 
-def extract_choice(text: str) -> Optional[str]:
+def extract_choice(text: str) -> str | None:
     tail = _after_marker(text)
     if tail is not None:
         m = re.search(r"\(?\b([A-Z])\b\)?", tail)
@@ -103,7 +130,7 @@ def extract_choice(text: str) -> Optional[str]:
 _YESNO = re.compile(r"\b(yes|no|true|false)\b", re.I)
 
 
-def extract_yesno(text: str) -> Optional[str]:
+def extract_yesno(text: str) -> str | None:
     tail = _after_marker(text)
     src = tail if tail is not None and _YESNO.search(tail) else text
     lead = re.match(r"\W*(yes|no|true|false)\b", text, re.I)
@@ -120,7 +147,7 @@ def extract_yesno(text: str) -> Optional[str]:
 _CODE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
 
 
-def extract_code(text: str) -> Optional[str]:
+def extract_code(text: str) -> str | None:
     m = _CODE.search(text)
     if m:
         return m.group(1).strip("\n")
@@ -128,7 +155,7 @@ def extract_code(text: str) -> Optional[str]:
     return m.group(1).strip("\n") if m else None
 
 
-def extract_text(text: str) -> Optional[str]:
+def extract_text(text: str) -> str | None:
     t = (_after_marker(text) or text).strip().strip(".").strip()
     return " ".join(t.lower().split()) or None
 
@@ -139,7 +166,7 @@ def regex_extractor(pattern: str) -> Extractor:
     except re.error as e:
         raise UsageError(f"bad regex extractor {pattern!r}: {e}", fix="pass a valid Python regular expression") from e
 
-    def ex(text: str) -> Optional[str]:
+    def ex(text: str) -> str | None:
         ms = list(rx.finditer(text))
         if not ms:
             return None
@@ -152,7 +179,7 @@ def regex_extractor(pattern: str) -> Extractor:
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n?(.*?)\n?```\s*$", re.S)
 
 
-def extract_json(text: str) -> Optional[str]:
+def extract_json(text: str) -> str | None:
     """The sample's JSON value in canonical form (sorted keys, no spaces), so that majority vote
     compares parsed values, not strings. None when the text is not one JSON value."""
     t = text.strip()
@@ -166,7 +193,7 @@ def extract_json(text: str) -> Optional[str]:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def json_answer(text: str, schema: Optional[dict]) -> tuple[Optional[str], Optional[str]]:
+def json_answer(text: str, schema: dict | None) -> tuple[str | None, str | None]:
     """(canonical JSON answer or None, why not): parses, then validates against ``schema``."""
     ans = extract_json(text)
     if ans is None:
@@ -193,19 +220,21 @@ EXTRACTORS: dict[str, Extractor] = {
 }
 
 
-def get_extractor(kind: Union[str, Extractor, None]) -> Extractor:
+def get_extractor(kind: str | Extractor | None) -> Extractor:
     if kind is None:
         return extract_number
     if callable(kind):
         return kind
     if kind.startswith("regex:"):
-        return regex_extractor(kind[len("regex:"):])
+        return regex_extractor(kind[len("regex:") :])
     if kind in EXTRACTORS:
         return EXTRACTORS[kind]
-    raise UsageError(f"unknown extractor {kind!r}", fix=f"use one of {', '.join(EXTRACTORS)}, regex:<pattern>, or a callable")
+    raise UsageError(
+        f"unknown extractor {kind!r}", fix=f"use one of {', '.join(EXTRACTORS)}, regex:<pattern>, or a callable"
+    )
 
 
-def quantile(xs: Sequence[float], q: float) -> Optional[float]:
+def quantile(xs: Sequence[float], q: float) -> float | None:
     """Linear-interpolated quantile (the confidence scores' "low logprob" is quantile(token logprobs, 0.1))."""
     if not xs:
         return None
@@ -216,7 +245,7 @@ def quantile(xs: Sequence[float], q: float) -> Optional[float]:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def majority_vote(answers: Sequence[Optional[str]], seed: Optional[int] = None) -> tuple[Optional[str], int, list[str]]:
+def majority_vote(answers: Sequence[str | None], seed: int | None = None) -> tuple[str | None, int, list[str]]:
     """Return (winner, votes for it, tied answers). Ties: uniform random, seeded."""
     counts = Counter(a for a in answers if a is not None)
     if not counts:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Union
 
 from edgekit import engines
 from edgekit.engines.base import Engine, TokenPrompt
@@ -53,8 +54,15 @@ class Runtime:
     >>> r.answer, r.confidence.agreement, r.timings.total_s
     """
 
-    def __init__(self, model: Union[str, Engine] = DEFAULT_MODEL, *, engine: str = "llama.cpp",
-                 cloud: Optional[Engine] = None, offload: Union[Offload, str, None] = None, **engine_options: Any):
+    def __init__(
+        self,
+        model: str | Engine = DEFAULT_MODEL,
+        *,
+        engine: str = "llama.cpp",
+        cloud: Engine | None = None,
+        offload: Offload | str | None = None,
+        **engine_options: Any,
+    ):
         """``model``: a model id / path for ``engine`` (a registered engine name), or an Engine
         instance. ``engine_options`` go to the engine (llama.cpp: threads, n_ctx, max_n,
         gpu_layers, flash_attn, progress; openai: base_url, api_key_env, ...).
@@ -69,20 +77,24 @@ class Runtime:
         self._closed = False
         if isinstance(model, Engine):
             if engine_options:
-                raise UsageError(f"options {', '.join(engine_options)} apply when Runtime loads the engine",
-                                 fix="pass them to the engine's constructor instead")
+                raise UsageError(
+                    f"options {', '.join(engine_options)} apply when Runtime loads the engine",
+                    fix="pass them to the engine's constructor instead",
+                )
             self.engine = model
         else:
             self.engine = engines.create(engine, model, **{k: v for k, v in engine_options.items() if v is not None})
         self.calls = 0
-        self.offload: Optional[Offload] = None
-        self._cloud_rt: Optional[Runtime] = None
+        self.offload: Offload | None = None
+        self._cloud_rt: Runtime | None = None
         if isinstance(offload, Offload):
             self.offload = offload
         elif cloud is not None:
             self.offload = Offload(cloud=cloud, mode=offload or "auto")  # type: ignore[arg-type]
         elif offload not in (None, "never"):
-            raise UsageError(f"offload={offload!r} needs a cloud engine", fix="pass cloud=OpenAIEngine(...) or offload='never'")
+            raise UsageError(
+                f"offload={offload!r} needs a cloud engine", fix="pass cloud=OpenAIEngine(...) or offload='never'"
+            )
         if self.offload is not None:
             self._cloud_rt = Runtime(self.offload.cloud)
 
@@ -109,10 +121,12 @@ class Runtime:
 
     def _check_open(self) -> None:
         if self._closed or self._closing:
-            raise UsageError("runtime is closed", fix="create a new Runtime; do not use one after close() or its with-block")
+            raise UsageError(
+                "runtime is closed", fix="create a new Runtime; do not use one after close() or its with-block"
+            )
 
     # -- prompt ------------------------------------------------------------------------------
-    def prompt_tokens(self, prompt: Messages, chat: bool = True, system: Optional[str] = None) -> list[int]:
+    def prompt_tokens(self, prompt: Messages, chat: bool = True, system: str | None = None) -> list[int]:
         """Token ids of the rendered prompt (engines with token counting)."""
         self._check_open()
         opts = SamplingOptions.build(chat=chat, system=system)
@@ -129,10 +143,17 @@ class Runtime:
             return self.engine.count_tokens(as_messages(prompt), SamplingOptions.build(chat=chat))
 
     # -- generate ----------------------------------------------------------------------------
-    def generate(self, prompt: Optional[Messages] = None, options: Optional[SamplingOptions] = None, *,
-                 cancel: Optional[CancelToken] = None, verifier: Optional[Verifier] = None,
-                 extractor: Union[str, Extractor, None, object] = ..., prompt_tokens: Optional[list[int]] = None,
-                 **overrides: Any) -> Result:
+    def generate(
+        self,
+        prompt: Messages | None = None,
+        options: SamplingOptions | None = None,
+        *,
+        cancel: CancelToken | None = None,
+        verifier: Verifier | None = None,
+        extractor: str | Extractor | None | object = ...,
+        prompt_tokens: list[int] | None = None,
+        **overrides: Any,
+    ) -> Result:
         """Draw n samples in one batch and aggregate them.
 
         ``options`` (or keyword overrides of its fields: ``n=8, max_tokens=128, seed=0, ...``)
@@ -153,7 +174,9 @@ class Runtime:
         if overrides:
             opts = opts.replace(**overrides)
         if opts.aggregate == "first_verified" and verifier is None:
-            raise UsageError("aggregate='first_verified' needs a verifier", fix="pass verifier=callable(sample) -> bool")
+            raise UsageError(
+                "aggregate='first_verified' needs a verifier", fix="pass verifier=callable(sample) -> bool"
+            )
         self.engine.check(opts)
         if prompt_tokens is not None:
             if not self.engine.capabilities.token_input:
@@ -167,13 +190,16 @@ class Runtime:
             extract: Extractor = lambda text: json_answer(text, opts.json_schema)[0]  # noqa: E731
         else:
             extract = custom_extract or get_extractor(opts.extractor)
+
         def run_local(o: SamplingOptions, t0: float = t_call) -> Result:
             if self.engine.capabilities.concurrent > 1:  # the engine batches concurrent calls itself
                 with self._idle:
                     self._check_open()
                     self._in_flight += 1
                 try:
-                    res = self._generate(src, o, t0, time.perf_counter(), cancel, verifier, extract, custom_extract is not None)
+                    res = self._generate(
+                        src, o, t0, time.perf_counter(), cancel, verifier, extract, custom_extract is not None
+                    )
                 finally:
                     with self._idle:
                         self._in_flight -= 1
@@ -191,8 +217,17 @@ class Runtime:
             return route(self, src, opts, lambda o: run_local(o, time.perf_counter()), self._cloud_rt)
         return run_local(opts)
 
-    def _generate(self, src: Any, opts: SamplingOptions, t_call: float, t_start: float, token: Optional[CancelToken],
-                  verifier: Optional[Verifier], extract: Extractor, custom: bool) -> Result:
+    def _generate(
+        self,
+        src: Any,
+        opts: SamplingOptions,
+        t_call: float,
+        t_start: float,
+        token: CancelToken | None,
+        verifier: Verifier | None,
+        extract: Extractor,
+        custom: bool,
+    ) -> Result:
         n = opts.n
         state: dict[str, Any] = {"verified": None, "deadline": False}
 
@@ -211,7 +246,7 @@ class Runtime:
             run_opts = opts.model_copy(update={"deadline_s": max(1e-3, opts.deadline_s - (t_start - t_call))})
         ids: list[list[int]] = [[] for _ in range(n)]
         lps: list[list[float]] = [[] for _ in range(n)]
-        samples: list[Optional[Sample]] = [None] * n
+        samples: list[Sample | None] = [None] * n
         t_prefill_done = t_first = None
         n_prompt = len(src.ids) if isinstance(src, TokenPrompt) else None
         answering = opts.aggregate != "none" or custom or opts.extractor is not None or opts.json_schema is not None
@@ -227,10 +262,15 @@ class Runtime:
             elif ev.kind == "finish":
                 if t_first is None:
                     t_first = time.perf_counter()
-                s = Sample(index=ev.seq, text=ev.text, tokens=ev.tokens, finish_reason=ev.reason,
-                           token_ids=ev.token_ids if ev.token_ids is not None else ids[ev.seq],
-                           logprobs=ev.logprobs if ev.logprobs is not None else lps[ev.seq],
-                           tokens_estimated=ev.tokens_estimated)
+                s = Sample(
+                    index=ev.seq,
+                    text=ev.text,
+                    tokens=ev.tokens,
+                    finish_reason=ev.reason,
+                    token_ids=ev.token_ids if ev.token_ids is not None else ids[ev.seq],
+                    logprobs=ev.logprobs if ev.logprobs is not None else lps[ev.seq],
+                    tokens_estimated=ev.tokens_estimated,
+                )
                 # Only a sample that finished within max_tokens counts: a truncated one carries no
                 # answer and is never verified (the tables' rule, edgekit.schemas.table.within_budget).
                 if ev.reason == "stop" and answering:
@@ -250,10 +290,17 @@ class Runtime:
         t_first = t_first or t_end
         n_prompt = n_prompt or 0
         timings = Timings(
-            load_s=self.load_s, queue_s=t_start - t_call, prefill_s=t_first - t_start, decode_s=t_end - t_first,
-            total_s=t_end - t_start, prompt_tokens=n_prompt, generated_tokens=gen,
+            load_s=self.load_s,
+            queue_s=t_start - t_call,
+            prefill_s=t_first - t_start,
+            decode_s=t_end - t_first,
+            total_s=t_end - t_start,
+            prompt_tokens=n_prompt,
+            generated_tokens=gen,
             steps=max((s.tokens for s in done), default=0),
-            prefill_tok_s=n_prompt / (t_prefill_done - t_start) if t_prefill_done and t_prefill_done > t_start and n_prompt else None,
+            prefill_tok_s=n_prompt / (t_prefill_done - t_start)
+            if t_prefill_done and t_prefill_done > t_start and n_prompt
+            else None,
             decode_tok_s=(gen - len(done)) / (t_end - t_first) if t_end > t_first and gen > len(done) else None,
             kernels=(self.engine.info.extra or {}).get("kernels"),
             threads=getattr(getattr(self.engine, "tuner", None), "threads", None),
@@ -270,7 +317,9 @@ class Runtime:
         if opts.json_schema is not None:
             bad = sum(1 for s in done if s.finish_reason == "stop" and s.answer is None)
             if bad:
-                res.flags.append(f"schema: {bad}/{len(done)} finished sample(s) did not validate (no answer taken from them)")
+                res.flags.append(
+                    f"schema: {bad}/{len(done)} finished sample(s) did not validate (no answer taken from them)"
+                )
         return res
 
     def _aggregate(self, samples: list[Sample], opts: SamplingOptions) -> Result:
@@ -279,7 +328,9 @@ class Runtime:
         answer = None
         chosen: list[Sample] = []
         if opts.aggregate == "majority":
-            winner, votes, tied = majority_vote([s.answer for s in samples if s.finish_reason != "cancelled"], opts.seed)
+            winner, votes, tied = majority_vote(
+                [s.answer for s in samples if s.finish_reason != "cancelled"], opts.seed
+            )
             answer = winner
             conf.votes = votes
             conf.tied = tied if len(tied) > 1 else []
@@ -294,7 +345,11 @@ class Runtime:
         elif samples:  # none: the first sample
             chosen = [min(samples, key=lambda s: s.index)]
             answer = chosen[0].answer if chosen[0].answer is not None else chosen[0].text
-            conf.votes = sum(1 for s in samples if s.answer is not None and s.answer == chosen[0].answer) if chosen[0].answer else 1
+            conf.votes = (
+                sum(1 for s in samples if s.answer is not None and s.answer == chosen[0].answer)
+                if chosen[0].answer
+                else 1
+            )
         text = chosen[0].text if chosen else None
         toks = [lp for s in chosen for lp in s.logprobs]
         if toks:
@@ -307,10 +362,21 @@ class Runtime:
             flags.append(f"budget: {k}/{n} sample(s) hit max_tokens before finishing (no answer taken from them)")
         if opts.aggregate == "first_verified" and not conf.verified:
             flags.append("unverified")
-        return Result(model=self.model_id, answer=answer, text=text, aggregate=opts.aggregate,
-                      samples=sorted(samples, key=lambda s: s.index), confidence=conf, timings=Timings(), n=opts.n,
-                      max_tokens=opts.max_tokens, temperature=opts.effective_temperature, seed=opts.seed, flags=flags,
-                      options=opts)
+        return Result(
+            model=self.model_id,
+            answer=answer,
+            text=text,
+            aggregate=opts.aggregate,
+            samples=sorted(samples, key=lambda s: s.index),
+            confidence=conf,
+            timings=Timings(),
+            n=opts.n,
+            max_tokens=opts.max_tokens,
+            temperature=opts.effective_temperature,
+            seed=opts.seed,
+            flags=flags,
+            options=opts,
+        )
 
     # -- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -328,7 +394,7 @@ class Runtime:
         if self._cloud_rt is not None:
             self._cloud_rt.close()
 
-    def __enter__(self) -> "Runtime":
+    def __enter__(self) -> Runtime:
         return self
 
     def __exit__(self, *exc: object) -> None:

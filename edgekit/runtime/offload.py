@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 from edgekit.engines.base import Engine
 from edgekit.errors import EdgekitError, UsageError
@@ -23,7 +22,7 @@ from edgekit.schemas.offload import DEFAULT_THRESHOLDS, NO_GUARANTEE, SCORES, Mo
 from edgekit.schemas.result import Result
 
 
-def score_of(res: Result, name: str, weights: Optional[list[float]] = None) -> Optional[float]:
+def score_of(res: Result, name: str, weights: list[float] | None = None) -> float | None:
     """The confidence score ``name`` of a local result (None: no answer, always offloaded)."""
     c = res.confidence
     if res.answer is None:
@@ -49,10 +48,10 @@ class Offload:
 
     cloud: Engine
     mode: Mode = "auto"
-    calibration: Optional[OffloadCalibration] = None
-    score: Optional[str] = None  # default: the calibration's, else vote_share (n > 1) / mean_logprob (n = 1)
-    threshold: Optional[float] = None  # default: the calibration's, else DEFAULT_THRESHOLDS[score]
-    local_predicted_s: Optional[float] = None  # from a plan: pre-route when it exceeds the deadline
+    calibration: OffloadCalibration | None = None
+    score: str | None = None  # default: the calibration's, else vote_share (n > 1) / mean_logprob (n = 1)
+    threshold: float | None = None  # default: the calibration's, else DEFAULT_THRESHOLDS[score]
+    local_predicted_s: float | None = None  # from a plan: pre-route when it exceeds the deadline
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -61,7 +60,7 @@ class Offload:
         if self.score is not None and self.score not in SCORES:
             raise UsageError(f"unknown offload score {self.score!r}", fix=f"use one of {', '.join(SCORES)}")
 
-    def rule(self, n: int) -> tuple[str, float, bool, Optional[str]]:
+    def rule(self, n: int) -> tuple[str, float, bool, str | None]:
         """(score, threshold, calibrated?, guarantee sentence)."""
         cal = self.calibration
         if cal is not None and self.threshold is None and (self.score is None or self.score == cal.score):
@@ -73,7 +72,7 @@ class Offload:
             raise UsageError(f"score {score!r} has no default threshold", fix="pass a threshold or calibrate")
         return score, DEFAULT_THRESHOLDS[score], False, NO_GUARANTEE
 
-    def expected_cloud_s(self) -> Optional[float]:
+    def expected_cloud_s(self) -> float | None:
         lat = getattr(self.cloud, "latency", None)
         return lat.p95() if lat is not None else None
 
@@ -87,15 +86,16 @@ def route(rt, prompt, opts, run_local, cloud_rt) -> Result:
     off: Offload = rt.offload
     t_call = time.perf_counter()
 
-    def left() -> Optional[float]:
+    def left() -> float | None:
         return None if opts.deadline_s is None else opts.deadline_s - (time.perf_counter() - t_call)
 
     score_name, tau, calibrated, guarantee = off.rule(opts.n)
-    info = OffloadInfo(mode=off.mode, score=score_name, threshold=tau, calibrated=calibrated, guarantee=guarantee,
-                       reason="")
+    info = OffloadInfo(
+        mode=off.mode, score=score_name, threshold=tau, calibrated=calibrated, guarantee=guarantee, reason=""
+    )
     cloud_opts = opts.replace(n=1, temperature=0.0, aggregate="majority")
 
-    def ask_cloud() -> Optional[Result]:
+    def ask_cloud() -> Result | None:
         remaining = left()
         o = cloud_opts if remaining is None else cloud_opts.model_copy(update={"deadline_s": max(0.05, remaining)})
         t0 = time.perf_counter()
@@ -111,11 +111,20 @@ def route(rt, prompt, opts, run_local, cloud_rt) -> Result:
             return None
         return r
 
-    pre = off.mode == "always" or (off.mode == "auto" and off.local_predicted_s is not None and opts.deadline_s is not None
-                                   and off.local_predicted_s > opts.deadline_s)
+    pre = off.mode == "always" or (
+        off.mode == "auto"
+        and off.local_predicted_s is not None
+        and opts.deadline_s is not None
+        and off.local_predicted_s > opts.deadline_s
+    )
     if pre:
-        info.reason = "mode always" if off.mode == "always" else (
-            f"pre-routed: the plan predicts {off.local_predicted_s:.2f} s locally, above the {opts.deadline_s:.2f} s deadline")
+        info.reason = (
+            "mode always"
+            if off.mode == "always"
+            else (
+                f"pre-routed: the plan predicts {off.local_predicted_s:.2f} s locally, above the {opts.deadline_s:.2f} s deadline"
+            )
+        )
         r = ask_cloud()
         if r is not None:
             return _finish(r, "cloud", info)
@@ -141,7 +150,8 @@ def route(rt, prompt, opts, run_local, cloud_rt) -> Result:
     remaining = left()
     if remaining is not None and (remaining <= 0.05 or (expected is not None and expected > remaining)):
         info.reason = f"{why}, but kept local: {remaining:.2f} s left before the deadline" + (
-            f", the cloud's p95 is {expected:.2f} s" if expected is not None else "")
+            f", the cloud's p95 is {expected:.2f} s" if expected is not None else ""
+        )
         return _finish(local, "local", info, flag="offload skipped: deadline")
     r = ask_cloud()
     if r is None:
@@ -151,7 +161,7 @@ def route(rt, prompt, opts, run_local, cloud_rt) -> Result:
     return _finish(r, "cloud", info)
 
 
-def _finish(res: Result, source: str, info: OffloadInfo, flag: Optional[str] = None) -> Result:
+def _finish(res: Result, source: str, info: OffloadInfo, flag: str | None = None) -> Result:
     res.source = source  # type: ignore[assignment]
     res.offload = info
     if flag:

@@ -13,7 +13,6 @@ that finishes carries an answer. Whether that helps *accuracy* is what `edgekit 
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 from edgekit.errors import UsageError
 
@@ -25,15 +24,20 @@ ANSWER_RULES = {
 _FMT = re.compile(r"^(answer|reason:(\d{1,5}))$")
 
 
-def check_format(fmt: str, kind: Optional[str]) -> None:
+def check_format(fmt: str, kind: str | None) -> None:
     if not _FMT.match(fmt or ""):
-        raise UsageError(f"unknown answer format {fmt!r}", fix="use --constrain answer or --constrain reason:<chars>, e.g. reason:400")
+        raise UsageError(
+            f"unknown answer format {fmt!r}",
+            fix="use --constrain answer or --constrain reason:<chars>, e.g. reason:400",
+        )
     if kind not in ANSWER_RULES:
-        raise UsageError(f"--constrain applies to number, choice and yes/no tasks, not {kind or 'this'} task",
-                         fix="drop --constrain for code and free-text tasks")
+        raise UsageError(
+            f"--constrain applies to number, choice and yes/no tasks, not {kind or 'this'} task",
+            fix="drop --constrain for code and free-text tasks",
+        )
 
 
-def answer_grammar(kind: Optional[str], fmt: str) -> str:
+def answer_grammar(kind: str | None, fmt: str) -> str:
     """The GBNF grammar for answers of ``kind`` in format ``fmt``."""
     check_format(fmt, kind)
     m = _FMT.match(fmt)
@@ -41,7 +45,7 @@ def answer_grammar(kind: Optional[str], fmt: str) -> str:
     rules = [f"answer ::= {ANSWER_RULES[kind]}"]  # type: ignore[index]
     if m.group(2):
         chars = int(m.group(2))
-        rules.insert(0, f'root ::= reason "\\nAnswer: " answer')
+        rules.insert(0, 'root ::= reason "\\nAnswer: " answer')
         rules.append(f"reason ::= [^\\x00]{{0,{chars}}}")
     else:
         rules.insert(0, 'root ::= "Answer: " answer')

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,15 +24,15 @@ class OffloadCalibration(_M):
     method: str  # ltt-binomial | ltt-hb | conformal-offload-budget | default-uncalibrated
     score: str
     threshold: float  # keep local iff score >= threshold
-    alpha: Optional[float] = None
-    delta: Optional[float] = None
+    alpha: float | None = None
+    delta: float | None = None
     n_calibration: int = 0
-    offload_rate: Optional[float] = None
-    local_wrong_rate: Optional[float] = None
-    p_value: Optional[float] = None
+    offload_rate: float | None = None
+    local_wrong_rate: float | None = None
+    p_value: float | None = None
     guarantee: str
-    weights: Optional[list[float]] = None  # combined score: logistic weights over SCORES[:3] + bias
-    model_sha256: Optional[str] = None  # the local model it was calibrated for
+    weights: list[float] | None = None  # combined score: logistic weights over SCORES[:3] + bias
+    model_sha256: str | None = None  # the local model it was calibrated for
     curve: list[dict] = Field(default_factory=list)
 
 
@@ -40,14 +40,14 @@ class OffloadInfo(_M):
     """Why a query was answered where it was."""
 
     mode: Mode
-    score: Optional[str] = None
-    score_value: Optional[float] = None
-    threshold: Optional[float] = None
+    score: str | None = None
+    score_value: float | None = None
+    threshold: float | None = None
     calibrated: bool = False
-    guarantee: Optional[str] = None
+    guarantee: str | None = None
     reason: str
-    local_s: Optional[float] = None  # local generation wall time
-    cloud_s: Optional[float] = None  # cloud call wall time (incl. retries)
-    cloud_expected_s: Optional[float] = None  # the cloud latency estimate used for the deadline decision
-    local_answer: Optional[str] = None
-    cloud_error: Optional[str] = None  # one line, never the API key
+    local_s: float | None = None  # local generation wall time
+    cloud_s: float | None = None  # cloud call wall time (incl. retries)
+    cloud_expected_s: float | None = None  # the cloud latency estimate used for the deadline decision
+    local_answer: str | None = None
+    cloud_error: str | None = None  # one line, never the API key

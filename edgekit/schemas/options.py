@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -56,20 +56,20 @@ class SamplingOptions(BaseModel):
 
     max_tokens: int = Field(256, ge=1, le=MAX_TOKENS_CAP, description="token budget per sample")
     n: int = Field(1, ge=1, le=MAX_N_CAP, description="parallel samples, decoded in one batch")
-    temperature: Optional[float] = Field(None, ge=0, le=10, description="unset: 0 (greedy) for n=1, 0.8 for n>1")
+    temperature: float | None = Field(None, ge=0, le=10, description="unset: 0 (greedy) for n=1, 0.8 for n>1")
     top_p: float = Field(0.95, gt=0, le=1)
     top_k: int = Field(40, ge=0)
     min_p: float = Field(0.05, ge=0, le=1)
-    seed: Optional[int] = Field(None, ge=0, le=SEED_MAX, description="per-sample streams are spawned from it")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="per-sample streams are spawned from it")
     stop: list[str] = Field(default_factory=list, max_length=16)
     logprobs: bool = True
     aggregate: Aggregate = "majority"
-    extractor: Optional[str] = "number"
-    system: Optional[str] = None
+    extractor: str | None = "number"
+    system: str | None = None
     chat: bool = True  # apply the model's chat template
-    deadline_s: Optional[float] = Field(None, gt=0, description="cancel unfinished samples after this many seconds")
-    json_schema: Optional[dict[str, Any]] = None  # constrain every sample to this JSON schema
-    grammar: Optional[str] = None  # or to this GBNF grammar (llama.cpp engines)
+    deadline_s: float | None = Field(None, gt=0, description="cancel unfinished samples after this many seconds")
+    json_schema: dict[str, Any] | None = None  # constrain every sample to this JSON schema
+    grammar: str | None = None  # or to this GBNF grammar (llama.cpp engines)
     ignore_eos: bool = False  # profiling: decode through end-of-generation tokens
 
     @field_validator("stop")
@@ -81,12 +81,12 @@ class SamplingOptions(BaseModel):
 
     @field_validator("extractor")
     @classmethod
-    def _extractor(cls, v: Optional[str]) -> Optional[str]:
+    def _extractor(cls, v: str | None) -> str | None:
         if v is None or v in EXTRACTORS:
             return v
         if v.startswith("regex:"):
             try:
-                re.compile(v[len("regex:"):])
+                re.compile(v[len("regex:") :])
             except re.error as e:
                 raise ValueError(f"bad regular expression: {e}") from None
             return v
@@ -94,13 +94,13 @@ class SamplingOptions(BaseModel):
 
     @field_validator("grammar")
     @classmethod
-    def _grammar(cls, v: Optional[str]) -> Optional[str]:
+    def _grammar(cls, v: str | None) -> str | None:
         if v is not None and not re.search(r"^\s*root\s*::=", v, re.M):
             raise ValueError("a GBNF grammar needs a 'root ::= ...' rule")
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SamplingOptions":
+    def _consistent(self) -> SamplingOptions:
         if self.json_schema is not None and self.grammar is not None:
             raise ValueError(_SCHEMA_AND_GRAMMAR)
         return self
@@ -116,14 +116,14 @@ class SamplingOptions(BaseModel):
     def constrained(self) -> bool:
         return self.json_schema is not None or self.grammar is not None
 
-    def replace(self, **changes: Any) -> "SamplingOptions":
+    def replace(self, **changes: Any) -> SamplingOptions:
         """A validated copy with ``changes`` applied (bad values raise UsageError)."""
         data = self.model_dump(exclude_unset=True)
         data.update(changes)
         return SamplingOptions.build(**data)
 
     @classmethod
-    def build(cls, **values: Any) -> "SamplingOptions":
+    def build(cls, **values: Any) -> SamplingOptions:
         """Validate ``values``; the first problem becomes a one-line UsageError naming the fix."""
         try:
             return cls(**values)
@@ -131,22 +131,33 @@ class SamplingOptions(BaseModel):
             raise options_error(e) from None
 
 
-def options_error(e: ValidationError, flags: Optional[dict[str, str]] = None) -> UsageError:
+def options_error(e: ValidationError, flags: dict[str, str] | None = None) -> UsageError:
     """One line for the first error of a pydantic ValidationError on SamplingOptions."""
     err = e.errors()[0]
     if not err.get("loc"):  # a model-level rule: two options that cannot go together
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        return UsageError(f"conflicting options: {msg}", fix=_CONFLICT_FIX.get(msg, "drop one of the conflicting options"))
+        return UsageError(
+            f"conflicting options: {msg}", fix=_CONFLICT_FIX.get(msg, "drop one of the conflicting options")
+        )
     field = str(err["loc"][0])
     flag, hint = _FLAGS.get(field, (f"--{field.replace('_', '-')}", "a valid value"))
     if flags and field in flags:
         flag = flags[field]
     got = err.get("input")
     ctx = err.get("ctx") or {}
-    short = {"greater_than_equal": "must be >= {ge}", "less_than_equal": "must be <= {le}", "greater_than": "must be > {gt}",
-             "less_than": "must be < {lt}", "finite_number": "must be a finite number", "int_parsing": "must be an integer",
-             "int_from_float": "must be an integer", "float_parsing": "must be a number", "bool_parsing": "must be true or false",
-             "too_long": "has too many entries (at most {max_length})", "literal_error": "must be {expected}"}
+    short = {
+        "greater_than_equal": "must be >= {ge}",
+        "less_than_equal": "must be <= {le}",
+        "greater_than": "must be > {gt}",
+        "less_than": "must be < {lt}",
+        "finite_number": "must be a finite number",
+        "int_parsing": "must be an integer",
+        "int_from_float": "must be an integer",
+        "float_parsing": "must be a number",
+        "bool_parsing": "must be true or false",
+        "too_long": "has too many entries (at most {max_length})",
+        "literal_error": "must be {expected}",
+    }
     kind = err.get("type", "")
     msg = short[kind].format(**ctx) if kind in short else str(err.get("msg", "invalid")).removeprefix("Value error, ")
     if err.get("type") == "extra_forbidden":
@@ -166,7 +177,7 @@ class CancelToken:
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self.reason: Optional[str] = None
+        self.reason: str | None = None
 
     def cancel(self, reason: str = "cancelled") -> None:
         self.reason = self.reason or reason

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgekit.jsonio import load_versioned, save_atomic
-from edgekit.schemas.table import Aggregation
 from edgekit.figures import Figure
+from edgekit.jsonio import load_versioned, save_atomic
 from edgekit.schemas.offload import OffloadCalibration
 from edgekit.schemas.options import SamplingOptions
+from edgekit.schemas.table import Aggregation
 
 PLAN_SCHEMA_VERSION = 2  # 2: chosen.prompt and chosen.options (the plan carries its own prompt and sampling)
 
@@ -27,37 +27,37 @@ class _M(BaseModel):
 
 
 class Caps(_M):
-    energy_j: Optional[float] = None
-    memory_gb: Optional[float] = None
+    energy_j: float | None = None
+    memory_gb: float | None = None
 
 
 class ProfileRef(_M):
-    path: Optional[str] = None
+    path: str | None = None
     device: str
     kind: Literal["measured", "published"]
-    source: Optional[str] = None  # citation for published profiles
+    source: str | None = None  # citation for published profiles
 
 
 class ChosenConfig(_M):
     model_id: str
-    model_sha256: Optional[str] = None
-    quant: Optional[str] = None
+    model_sha256: str | None = None
+    quant: str | None = None
     task: str
     prompt_template: str
-    answer_format: Optional[str] = None  # grammar-constrained answers (schemas.formats); None: free text
+    answer_format: str | None = None  # grammar-constrained answers (schemas.formats); None: free text
     temperature: float
     top_p: float = 1.0
     budget: int  # max_tokens per sample
     n: int  # parallel samples
     aggregation: Aggregation
-    extractor: Optional[ExtractorKind] = None
+    extractor: ExtractorKind | None = None
     backend: str = "llama.cpp"
-    table_path: Optional[str] = None
+    table_path: str | None = None
     prompt: str = "{question}"  # the rendered prompt template; {question} is the user's query
     # a quantized variant (edgekit quantize): its id, the sha256 of its card file, and the file to run
-    variant_id: Optional[str] = None
-    variant_card_sha256: Optional[str] = None
-    model_path: Optional[str] = None
+    variant_id: str | None = None
+    variant_card_sha256: str | None = None
+    model_path: str | None = None
     options: SamplingOptions  # exactly how `edgekit run --plan` samples and aggregates
 
 
@@ -72,29 +72,29 @@ class Predicted(_M):
     energy_j: Figure
     memory_gb: Figure
     accuracy: float  # from the accuracy table row (eval set)
-    accuracy_lo: Optional[float] = None  # 95 % interval (accuracy_interval_how)
-    accuracy_hi: Optional[float] = None
-    accuracy_interval_how: Optional[str] = None
+    accuracy_lo: float | None = None  # 95 % interval (accuracy_interval_how)
+    accuracy_hi: float | None = None
+    accuracy_interval_how: str | None = None
     accuracy_source: str
     method: str  # how latency was predicted: "fitted from measured profile ...", "published (...)", ...
     # what the choice rests on besides measurements: "latency: cross-model estimate", "accuracy: prior"
     rests_on: list[str] = Field(default_factory=list)
     # with offload planned jointly (local + cloud mixture), on the tables' problems
-    system_accuracy: Optional[float] = None
-    system_accuracy_lo: Optional[float] = None
-    system_accuracy_hi: Optional[float] = None
-    offload_rate: Optional[float] = None
-    expected_latency_s: Optional[float] = None  # local + offload rate x cloud latency
-    mixture_p95_s: Optional[float] = None
+    system_accuracy: float | None = None
+    system_accuracy_lo: float | None = None
+    system_accuracy_hi: float | None = None
+    offload_rate: float | None = None
+    expected_latency_s: float | None = None  # local + offload rate x cloud latency
+    mixture_p95_s: float | None = None
     # the table accuracy is the largest of many noisy estimates: optimistic (plan.compare.optimism)
-    accuracy_selected_from: Optional[int] = None  # feasible configurations it was the best of
-    accuracy_optimism: Optional[float] = None  # estimated: bootstrap of the maximum over them
-    accuracy_optimism_how: Optional[str] = None
+    accuracy_selected_from: int | None = None  # feasible configurations it was the best of
+    accuracy_optimism: float | None = None  # estimated: bootstrap of the maximum over them
+    accuracy_optimism_how: str | None = None
     # a held-out measurement of the chosen configuration (a verify run), shown next to the table figure
-    heldout_accuracy: Optional[float] = None
-    heldout_accuracy_lo: Optional[float] = None
-    heldout_accuracy_hi: Optional[float] = None
-    heldout_how: Optional[str] = None
+    heldout_accuracy: float | None = None
+    heldout_accuracy_lo: float | None = None
+    heldout_accuracy_hi: float | None = None
+    heldout_how: str | None = None
 
 
 class Competitor(_M):
@@ -122,30 +122,30 @@ class Competitor(_M):
 
 class FrontierPoint(_M):
     model_id: str
-    quant: Optional[str] = None
+    quant: str | None = None
     prompt_template: str
     temperature: float
     budget: int
     n: int
     aggregation: Aggregation
     accuracy: float
-    accuracy_lo: Optional[float] = None
-    accuracy_hi: Optional[float] = None
+    accuracy_lo: float | None = None
+    accuracy_hi: float | None = None
     accuracy_method: Literal["measured", "estimated"] = "measured"  # estimated: a variant's prior
     latency_s: float  # at the plan's percentile
     latency_p50_s: float
-    energy_j: Optional[float] = None
-    memory_gb: Optional[float] = None
+    energy_j: float | None = None
+    memory_gb: float | None = None
     meets_target: bool
     chosen: bool = False
     method: str
 
 
 class CloudRef(_M):
-    base_url: Optional[str] = None
-    model: Optional[str] = None
-    latency_s: Optional[float] = None  # measured p95 of the cloud endpoint (planning and deadline decisions)
-    accuracy_table: Optional[str] = None
+    base_url: str | None = None
+    model: str | None = None
+    latency_s: float | None = None  # measured p95 of the cloud endpoint (planning and deadline decisions)
+    accuracy_table: str | None = None
 
 
 class PlannerInputs(_M):
@@ -153,14 +153,14 @@ class PlannerInputs(_M):
 
     prefer: Literal["cheaper", "most-accurate"] = "cheaper"
     sequences_leave: bool = False
-    replanned: Optional[str] = None  # set by a live re-plan: when, why and the correction factors used
-    perf_scale: Optional[list[float]] = None  # [prefill, decode]: the predictions assume a device this much slower
+    replanned: str | None = None  # set by a live re-plan: when, why and the correction factors used
+    perf_scale: list[float] | None = None  # [prefill, decode]: the predictions assume a device this much slower
 
 
 class PlanFile(_M):
     schema_version: int = PLAN_SCHEMA_VERSION
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    edgekit_version: Optional[str] = None
+    edgekit_version: str | None = None
     target_s: float
     percentile: Literal[50, 95]
     caps: Caps = Field(default_factory=Caps)
@@ -170,10 +170,10 @@ class PlanFile(_M):
     predicted: Predicted
     frontier: list[FrontierPoint] = Field(default_factory=list)
     based_on: list[str] = Field(default_factory=list)  # "published data ...", assumptions, cross-model estimates
-    cloud: Optional[CloudRef] = None  # where low-confidence queries go
-    offload: Optional[OffloadCalibration] = None  # the calibrated threshold (edgekit calibrate)
-    planner: Optional[PlannerInputs] = None  # absent in plans written before live re-planning
-    selection: Optional[str] = None  # why the chosen configuration is not the most accurate one
+    cloud: CloudRef | None = None  # where low-confidence queries go
+    offload: OffloadCalibration | None = None  # the calibrated threshold (edgekit calibrate)
+    planner: PlannerInputs | None = None  # absent in plans written before live re-planning
+    selection: str | None = None  # why the chosen configuration is not the most accurate one
     competitors: list[Competitor] = Field(default_factory=list)  # the chosen one against feasible competitors
 
     def save(self, path: str | Path) -> Path:

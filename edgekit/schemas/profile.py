@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,48 +27,48 @@ class _M(BaseModel):
 class GPUInfo(_M):
     index: int
     name: str
-    memory_total_mb: Optional[float] = None
-    power_limit_mw: Optional[float] = None
-    driver: Optional[str] = None
+    memory_total_mb: float | None = None
+    power_limit_mw: float | None = None
+    driver: str | None = None
 
 
 class DeviceInfo(_M):
     name: str  # human name: "2-core Xeon 2.5 GHz (CI machine kind)", "Jetson AGX Orin 64GB"
-    hostname: Optional[str] = None
-    cpu_model: Optional[str] = None
-    cpu_cores_physical: Optional[int] = None
-    cpu_cores_logical: Optional[int] = None
-    cpu_freq_mhz: Optional[float] = None
-    ram_total_mb: Optional[float] = None
+    hostname: str | None = None
+    cpu_model: str | None = None
+    cpu_cores_physical: int | None = None
+    cpu_cores_logical: int | None = None
+    cpu_freq_mhz: float | None = None
+    ram_total_mb: float | None = None
     gpus: list[GPUInfo] = Field(default_factory=list)
-    jetson_model: Optional[str] = None
-    jetson_release: Optional[str] = None
-    nvpmodel_mode: Optional[str] = None
-    llama_build: Optional[str] = None  # "cpu", "cuda", "metal", ...
-    llama_cpp_python: Optional[str] = None
-    gpu_offload: Optional[bool] = None
-    cpu_isa: Optional[list[str]] = None  # instruction sets llama.cpp cares about (AVX2, AVX512, AMX_TILE, ...)
+    jetson_model: str | None = None
+    jetson_release: str | None = None
+    nvpmodel_mode: str | None = None
+    llama_build: str | None = None  # "cpu", "cuda", "metal", ...
+    llama_cpp_python: str | None = None
+    gpu_offload: bool | None = None
+    cpu_isa: list[str] | None = None  # instruction sets llama.cpp cares about (AVX2, AVX512, AMX_TILE, ...)
 
 
 class ModelInfo(_M):
     id: str  # catalogue id, "hf:..." or a file name
-    sha256: Optional[str] = None
-    arch: Optional[str] = None  # GGUF general.architecture
-    quant: Optional[str] = None  # "Q4_K_M", "FP16", ...
-    n_params: Optional[float] = None
-    size_bytes: Optional[int] = None  # weights on disk / streamed per decode step
-    n_layer: Optional[int] = None
-    n_embd: Optional[int] = None
-    n_head_kv: Optional[int] = None
-    n_embd_head: Optional[int] = None  # head dim (for KV bytes per token)
-    kv_bytes_per_token: Optional[float] = None
-    n_ctx_train: Optional[int] = None
+    sha256: str | None = None
+    arch: str | None = None  # GGUF general.architecture
+    quant: str | None = None  # "Q4_K_M", "FP16", ...
+    n_params: float | None = None
+    size_bytes: int | None = None  # weights on disk / streamed per decode step
+    n_layer: int | None = None
+    n_embd: int | None = None
+    n_head_kv: int | None = None
+    n_embd_head: int | None = None  # head dim (for KV bytes per token)
+    kv_bytes_per_token: float | None = None
+    n_ctx_train: int | None = None
 
 
 class PrefillPoint(_M):
     prompt_tokens: int
     prefill_s: Figure  # time to process the prompt = time to first token (no sampling)
-    ttft_s: Optional[Figure] = None  # prefill + first sampled token, when measured separately
+    ttft_s: Figure | None = None  # prefill + first sampled token, when measured separately
     prefill_tok_s: Figure
 
 
@@ -83,18 +83,18 @@ class DecodePoint(_M):
 class EnergyInfo(_M):
     meter: str  # "nvml:0", "rapl", "jetson-ina3221", "null", "published"
     idle_power_mw: Figure
-    prefill_power_mw: Optional[Figure] = None  # above idle
-    decode_power_mw: Optional[Figure] = None  # above idle
+    prefill_power_mw: Figure | None = None  # above idle
+    decode_power_mw: Figure | None = None  # above idle
     prefill_energy_per_token_mj: Figure
     decode_energy_per_token_mj: Figure  # per generated token, n = 1
-    note: Optional[str] = None
+    note: str | None = None
 
 
 class DriftReport(_M):
-    decode_drift_pct: Optional[float] = None  # first vs last repetition of the reference decode
-    cpu_freq_start_mhz: Optional[float] = None
-    cpu_freq_min_mhz: Optional[float] = None
-    max_temp_c: Optional[float] = None
+    decode_drift_pct: float | None = None  # first vs last repetition of the reference decode
+    cpu_freq_start_mhz: float | None = None
+    cpu_freq_min_mhz: float | None = None
+    max_temp_c: float | None = None
     throttle_reasons: list[str] = Field(default_factory=list)
     flagged: bool = False
     reasons: list[str] = Field(default_factory=list)
@@ -104,6 +104,7 @@ class SliceEstimate(_M):
     """How an estimated entry was made (``edgekit profile --slices``): its points were timed on a
     1-block and a k-block slice of the file and extrapolated to the whole depth,
     ``t = t_1 + (n_layer - 1) * (t_k - t_1) / (k - 1)``."""
+
     method: Literal["block-slices"] = "block-slices"
     n_layer: int
     blocks_one: list[int]
@@ -112,48 +113,48 @@ class SliceEstimate(_M):
     rel_unc_prefill: float  # extrapolation uncertainty added to the fit's own interval (relative)
     rel_unc_decode: float
     how: str  # where those widths come from
-    seconds: Optional[float] = None  # wall time of the whole estimate (slicing + two sweeps)
+    seconds: float | None = None  # wall time of the whole estimate (slicing + two sweeps)
 
 
 class BackgroundLoad(_M):
     """What shared the CPU during a sweep made with ``edgekit profile --background``."""
 
-    workers: Optional[int] = None  # busy-loop processes started by edgekit
-    command: Optional[str] = None  # or the user's own command
-    others_cores: Optional[Figure] = None  # CPU cores the others used during the sweep (/proc/stat)
-    slowdown: Optional[Figure] = None  # reference decode step, loaded / idle (measured in this sweep)
+    workers: int | None = None  # busy-loop processes started by edgekit
+    command: str | None = None  # or the user's own command
+    others_cores: Figure | None = None  # CPU cores the others used during the sweep (/proc/stat)
+    slowdown: Figure | None = None  # reference decode step, loaded / idle (measured in this sweep)
 
 
 class ModelProfile(_M):
     model: ModelInfo
-    threads: Optional[int] = None
-    kernels: Optional[str] = None  # llama.cpp kernel configuration the probe chose (default / plain)
-    threading: Optional[str] = None  # thread policy in force: "auto: 2 of 2 usable (adaptive)", ...
+    threads: int | None = None
+    kernels: str | None = None  # llama.cpp kernel configuration the probe chose (default / plain)
+    threading: str | None = None  # thread policy in force: "auto: 2 of 2 usable (adaptive)", ...
     # reference decode step (n=1) at each thread count, measured: what --cores-available scales by
-    thread_scaling: Optional[dict[int, Figure]] = None
-    background: Optional[BackgroundLoad] = None  # set on a profile measured beside other load
-    gpu_layers: Optional[int] = None  # llama.cpp layers offloaded to the GPU (-1: all); absent: the default, 0
-    n_ctx: Optional[int] = None
-    load_s: Optional[Figure] = None
+    thread_scaling: dict[int, Figure] | None = None
+    background: BackgroundLoad | None = None  # set on a profile measured beside other load
+    gpu_layers: int | None = None  # llama.cpp layers offloaded to the GPU (-1: all); absent: the default, 0
+    n_ctx: int | None = None
+    load_s: Figure | None = None
     prefill: list[PrefillPoint] = Field(default_factory=list)
     decode: list[DecodePoint] = Field(default_factory=list)
-    peak_rss_mb: Optional[Figure] = None
-    peak_vram_mb: Optional[Figure] = None
-    energy: Optional[EnergyInfo] = None
-    drift: Optional[DriftReport] = None
+    peak_rss_mb: Figure | None = None
+    peak_vram_mb: Figure | None = None
+    energy: EnergyInfo | None = None
+    drift: DriftReport | None = None
     # Closed-form models from a publication (reference profiles): free-form, documented there.
-    published_model: Optional[dict] = None
+    published_model: dict | None = None
     # "unified": all n sequences share one KV buffer and each attends over every used cell
     # (edgekit's llama.cpp runtime); None/"per-sequence": each attends over its own cells only.
-    kv_layout: Optional[str] = None
+    kv_layout: str | None = None
     gaps: list[str] = Field(default_factory=list)  # labelled gaps: what could not be measured and why
     # True: the sweep stopped early (interrupted or failed); ``gaps`` names the missing points and
     # repetitions. Absent (None) means complete, so complete entries serialise as before.
     # A partial entry is kept beside the complete entry of the same model, never in its place.
-    partial: Optional[bool] = None
+    partial: bool | None = None
     # Set on an entry estimated from block slices (not a measurement of the whole model); absent on
     # measured entries. An estimate never replaces a measured entry; a measured sweep replaces it.
-    estimate: Optional[SliceEstimate] = None
+    estimate: SliceEstimate | None = None
 
     @property
     def is_partial(self) -> bool:
@@ -164,10 +165,10 @@ class DeviceProfile(_M):
     schema_version: int = PROFILE_SCHEMA_VERSION
     kind: Literal["measured", "published"] = "measured"
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    edgekit_version: Optional[str] = None
+    edgekit_version: str | None = None
     device: DeviceInfo
     models: list[ModelProfile] = Field(default_factory=list)
-    source: Optional[str] = None  # citation for published profiles
+    source: str | None = None  # citation for published profiles
     notes: list[str] = Field(default_factory=list)
 
     def measured_models(self) -> list[ModelProfile]:
@@ -212,7 +213,13 @@ class DeviceProfile(_M):
 def load_profile(path: str | Path) -> DeviceProfile:
     """Load a profile; complete entries come first (stable), so a reader that takes the first entry
     of a model gets the complete one. Partial entries stay in ``models``: check ``is_partial``."""
-    prof = load_versioned(path, DeviceProfile, "profile", PROFILE_SCHEMA_VERSION, "edgekit profile",
-                          "pass a path from `ls profiles/` or run `edgekit profile`")
+    prof = load_versioned(
+        path,
+        DeviceProfile,
+        "profile",
+        PROFILE_SCHEMA_VERSION,
+        "edgekit profile",
+        "pass a path from `ls profiles/` or run `edgekit profile`",
+    )
     prof.models.sort(key=lambda m: m.is_partial)
     return prof

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,10 +33,10 @@ class SourceInfo(_M):
     """The file (or folder) a variant was made from."""
 
     path: str
-    sha256: Optional[str] = None  # of the file; for a folder, of its sorted (name, sha256) listing
-    quant: Optional[str] = None  # the source's own type: "F16", "Q4_K_M", ...
-    model_id: Optional[str] = None  # catalogue id when the source is a catalogue model
-    dequantized_from: Optional[str] = None  # set on an F16 reference made by --dequantize: the 4-bit type it came from
+    sha256: str | None = None  # of the file; for a folder, of its sorted (name, sha256) listing
+    quant: str | None = None  # the source's own type: "F16", "Q4_K_M", ...
+    model_id: str | None = None  # catalogue id when the source is a catalogue model
+    dequantized_from: str | None = None  # set on an F16 reference made by --dequantize: the 4-bit type it came from
 
 
 class QualityReport(_M):
@@ -46,12 +46,12 @@ class QualityReport(_M):
     text_sha256: str
     n_tokens: int  # tokens scored (the second half of each n_ctx window, as llama-perplexity does)
     n_ctx: int  # window length used
-    reference: Optional[str] = None  # variant id / path of the reference; None when this is the reference
+    reference: str | None = None  # variant id / path of the reference; None when this is the reference
     ppl: Figure  # perplexity (unit "ppl")
-    kl_mean: Optional[Figure] = None  # mean KL(ref || variant) over scored tokens, nats (unit "nats")
-    kl_p99: Optional[Figure] = None
-    top1_agree: Optional[Figure] = None  # fraction of tokens where argmax matches the reference (unit "fraction")
-    note: Optional[str] = None
+    kl_mean: Figure | None = None  # mean KL(ref || variant) over scored tokens, nats (unit "nats")
+    kl_p99: Figure | None = None
+    top1_agree: Figure | None = None  # fraction of tokens where argmax matches the reference (unit "fraction")
+    note: str | None = None
 
 
 class VariantCard(_M):
@@ -68,8 +68,10 @@ class VariantCard(_M):
     tools: dict[str, str] = Field(default_factory=dict)  # {"llama-cpp-python": "0.3.36", "edgekit": ..., "gguf": ...}
     params: dict[str, object] = Field(default_factory=dict)  # threads, imatrix path+sha, allow_requantize ...
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    quality: Optional[QualityReport] = None
-    notes: list[str] = Field(default_factory=list)  # e.g. "reference is a dequantized Q4_1 model: quality is relative to it"
+    quality: QualityReport | None = None
+    notes: list[str] = Field(
+        default_factory=list
+    )  # e.g. "reference is a dequantized Q4_1 model: quality is relative to it"
 
     def save(self, path: str | Path) -> Path:
         return save_atomic(self, path, "variant card")
@@ -81,5 +83,11 @@ def card_path_for(variant_path: str | Path) -> Path:
 
 
 def load_card(path: str | Path) -> VariantCard:
-    return load_versioned(path, VariantCard, "variant card", CARD_SCHEMA_VERSION,
-                          remake="edgekit quantize SOURCE --to TYPE", missing_fix="run edgekit quantize to make the variant")
+    return load_versioned(
+        path,
+        VariantCard,
+        "variant card",
+        CARD_SCHEMA_VERSION,
+        remake="edgekit quantize SOURCE --to TYPE",
+        missing_fix="run edgekit quantize to make the variant",
+    )

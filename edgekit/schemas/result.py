@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,19 +23,19 @@ class Sample(_M):
     finish_reason: FinishReason  # stop: EOS or a stop sequence; budget: max_tokens; cancelled: batch ended early
     token_ids: list[int] = Field(default_factory=list)
     logprobs: list[float] = Field(default_factory=list)  # chosen-token log-probabilities (model distribution)
-    answer: Optional[str] = None  # extracted answer
-    verified: Optional[bool] = None  # first_verified: the verifier's verdict, if it was asked
+    answer: str | None = None  # extracted answer
+    verified: bool | None = None  # first_verified: the verifier's verdict, if it was asked
     tokens_estimated: bool = False  # the engine could not count tokens (len(text)/4)
 
 
 class Confidence(_M):
     votes: int = 0  # samples agreeing with the answer
     n: int = 0  # samples drawn
-    vote_share: Optional[float] = None  # votes / n
+    vote_share: float | None = None  # votes / n
     tied: list[str] = Field(default_factory=list)  # answers tied for first place (if a tie was broken)
-    mean_logprob: Optional[float] = None  # mean chosen-token logprob over the agreeing samples
-    low_logprob: Optional[float] = None  # 10 % quantile of those token logprobs
-    verified: Optional[bool] = None  # first_verified: did any sample pass?
+    mean_logprob: float | None = None  # mean chosen-token logprob over the agreeing samples
+    low_logprob: float | None = None  # 10 % quantile of those token logprobs
+    verified: bool | None = None  # first_verified: did any sample pass?
 
     @property
     def agreement(self) -> str:
@@ -53,18 +53,20 @@ class Timings(_M):
     prompt_tokens: int = 0
     generated_tokens: int = 0  # over all samples
     steps: int = 0  # batched decode steps
-    prefill_tok_s: Optional[float] = None
-    decode_tok_s: Optional[float] = None  # aggregate over samples: generated tokens / (prefill first token excluded) decode_s
-    kernels: Optional[str] = None  # llama.cpp kernel configuration the probe chose: default / plain
-    threads: Optional[int] = None  # CPU threads in force at the end of the call (adaptive unless --threads)
+    prefill_tok_s: float | None = None
+    decode_tok_s: float | None = (
+        None  # aggregate over samples: generated tokens / (prefill first token excluded) decode_s
+    )
+    kernels: str | None = None  # llama.cpp kernel configuration the probe chose: default / plain
+    threads: int | None = None  # CPU threads in force at the end of the call (adaptive unless --threads)
 
 
 class Result(_M):
     model: str
     engine: str = "llama.cpp"
     source: Source = "local"  # local | cloud | local-fallback (the cloud failed or ran out of time)
-    answer: Optional[str]  # aggregated answer (extracted), or the text for aggregate="none" with n=1
-    text: Optional[str] = None  # full text of the sample the answer came from
+    answer: str | None  # aggregated answer (extracted), or the text for aggregate="none" with n=1
+    text: str | None = None  # full text of the sample the answer came from
     aggregate: str
     samples: list[Sample]
     confidence: Confidence
@@ -72,8 +74,8 @@ class Result(_M):
     n: int
     max_tokens: int
     temperature: float
-    seed: Optional[int] = None
+    seed: int | None = None
     flags: list[str] = Field(default_factory=list)  # e.g. "offloaded", "deadline", "unverified"
     extra: dict = Field(default_factory=dict)
-    options: Optional[SamplingOptions] = None  # the options this result was drawn with
-    offload: Optional[OffloadInfo] = None  # routing decision, when a cloud engine is configured
+    options: SamplingOptions | None = None  # the options this result was drawn with
+    offload: OffloadInfo | None = None  # routing decision, when a cloud engine is configured

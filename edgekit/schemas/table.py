@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,12 +60,12 @@ class _M(BaseModel):
 
 
 class SampleRecord(_M):
-    answer: Optional[str] = None  # extracted answer (None: nothing extracted)
+    answer: str | None = None  # extracted answer (None: nothing extracted)
     correct: bool
     tokens: int  # generated tokens
     finished: bool  # stopped by itself (EOS/stop) within max_tokens
-    mean_logprob: Optional[float] = None  # mean chosen-token logprob (confidence input for offload planning)
-    low_logprob: Optional[float] = None  # 10 % quantile of the sample's token logprobs
+    mean_logprob: float | None = None  # mean chosen-token logprob (confidence input for offload planning)
+    low_logprob: float | None = None  # 10 % quantile of the sample's token logprobs
 
 
 class ProblemRecord(_M):
@@ -73,7 +73,7 @@ class ProblemRecord(_M):
     target: str  # reference answer (or "tests" for code tasks)
     prompt_tokens: int
     samples: list[SampleRecord] = Field(default_factory=list)
-    greedy: Optional[SampleRecord] = None
+    greedy: SampleRecord | None = None
 
 
 class AccuracyRow(_M):
@@ -90,17 +90,21 @@ class AccuracyRow(_M):
 class AccuracyTable(_M):
     schema_version: int = ACCURACY_SCHEMA_VERSION
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    edgekit_version: Optional[str] = None
+    edgekit_version: str | None = None
     task: str
-    split: Optional[str] = None  # e.g. "0:40" (which problems)
+    split: str | None = None  # e.g. "0:40" (which problems)
     model_id: str
-    model_sha256: Optional[str] = None
-    quant: Optional[str] = None
+    model_sha256: str | None = None
+    quant: str | None = None
     backend: str = "llama.cpp"  # or "openai:<base_url>"
     prompt_template: str
-    answer_format: Optional[str] = None  # None: free text; "answer" / "reason:<chars>": grammar-constrained (schemas.formats)
-    task_sha256: Optional[str] = None  # hash over the evaluated problems' ids, prompts and targets (evaluate.tasks.Task.sha256)
-    task_file_sha256: Optional[str] = None  # the task file's hash, any template or split (Task.source_sha256): its version
+    answer_format: str | None = (
+        None  # None: free text; "answer" / "reason:<chars>": grammar-constrained (schemas.formats)
+    )
+    task_sha256: str | None = (
+        None  # hash over the evaluated problems' ids, prompts and targets (evaluate.tasks.Task.sha256)
+    )
+    task_file_sha256: str | None = None  # the task file's hash, any template or split (Task.source_sha256): its version
     temperature: float
     top_p: float = 1.0
     n_samples: int  # N drawn per problem
@@ -117,8 +121,11 @@ class AccuracyTable(_M):
 
 
 def load_table(path: str | Path) -> AccuracyTable:
-    t = load_versioned(path, AccuracyTable, "accuracy table", ACCURACY_SCHEMA_VERSION, "edgekit eval",
-                       "build one with `edgekit eval`")
+    t = load_versioned(
+        path, AccuracyTable, "accuracy table", ACCURACY_SCHEMA_VERSION, "edgekit eval", "build one with `edgekit eval`"
+    )
     if not t.rows:
-        raise SchemaError(f"accuracy table {path} is empty (no rows)", fix="rebuild it with `edgekit eval` on at least one problem")
+        raise SchemaError(
+            f"accuracy table {path} is empty (no rows)", fix="rebuild it with `edgekit eval` on at least one problem"
+        )
     return t

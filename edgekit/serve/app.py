@@ -14,7 +14,8 @@ import hmac
 import json
 import logging
 import time
-from typing import Any, AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -23,7 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgekit.errors import EdgekitError
 from edgekit.serve.health import health
 from edgekit.serve.metrics import CONTENT_TYPE
-from edgekit.serve.responses import Chunker, body as response_body, new_id
+from edgekit.serve.responses import Chunker, new_id
+from edgekit.serve.responses import body as response_body
 from edgekit.serve.schemas import ApiError, ChatRequest, CompletionRequest, messages_of, parse, prompt_of, runtime_error
 from edgekit.serve.service import Job, Service
 
@@ -37,7 +39,7 @@ def error_response(e: ApiError) -> JSONResponse:
 class Guard:
     """Pure ASGI middleware (keeps ``receive`` untouched for disconnect detection): API key and body-size cap."""
 
-    def __init__(self, app: Any, svc: Service, api_key: Optional[str]):
+    def __init__(self, app: Any, svc: Service, api_key: str | None):
         self.app, self.svc = app, svc
         self._key = hashlib.sha256(api_key.encode()).digest() if api_key else None
 
@@ -58,8 +60,12 @@ class Guard:
         err = None
         if not self.authorized(headers):
             self.svc.metrics.rejected.labels("unauthorized").inc()
-            err = ApiError(401, "missing or incorrect API key: send 'Authorization: Bearer <key>'", code="invalid_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
+            err = ApiError(
+                401,
+                "missing or incorrect API key: send 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         else:
             length = next((v for k, v in headers if k.lower() == b"content-length"), None)
             try:
@@ -70,8 +76,13 @@ class Guard:
                 err = _too_large(self.svc)
             elif self.svc.draining and scope.get("path") not in ("/healthz", "/metrics"):
                 self.svc.metrics.rejected.labels("draining").inc()
-                err = ApiError(503, "the server is shutting down (draining in-flight requests)", type="server_error",
-                               code="draining", headers={"Retry-After": "5", "Connection": "close"})
+                err = ApiError(
+                    503,
+                    "the server is shutting down (draining in-flight requests)",
+                    type="server_error",
+                    code="draining",
+                    headers={"Retry-After": "5", "Connection": "close"},
+                )
         ep = _endpoint(scope.get("path", ""))
         if err is not None:
             self.svc.metrics.requests.labels(ep, str(err.status)).inc()
@@ -94,11 +105,22 @@ class Guard:
 
 def _too_large(svc: Service) -> ApiError:
     svc.metrics.rejected.labels("body_too_large").inc()
-    return ApiError(413, f"the request body exceeds this server's cap of {svc.limits.max_body_bytes} bytes",
-                    code="request_too_large")
+    return ApiError(
+        413,
+        f"the request body exceeds this server's cap of {svc.limits.max_body_bytes} bytes",
+        code="request_too_large",
+    )
 
 
-KNOWN = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/metrics", "/admin/replan", "/admin/live")
+KNOWN = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/healthz",
+    "/metrics",
+    "/admin/replan",
+    "/admin/live",
+)
 
 
 def _endpoint(path: str) -> str:
@@ -121,8 +143,11 @@ async def read_json(request: Request, svc: Service) -> Any:
     try:  # a lone UTF-16 surrogate escape ("\ud800") is valid JSON but not text: it would fail in the tokenizer
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise ApiError(400, "the request body contains a lone UTF-16 surrogate (e.g. \\ud800), which is not text",
-                       code="invalid_value") from None
+        raise ApiError(
+            400,
+            "the request body contains a lone UTF-16 surrogate (e.g. \\ud800), which is not text",
+            code="invalid_value",
+        ) from None
     except (ValueError, RecursionError) as e:
         raise ApiError(400, f"the request body is not valid JSON ({type(e).__name__})", code="invalid_json") from None
     return body
@@ -137,7 +162,7 @@ async def _watch_disconnect(request: Request, job: Job) -> None:
         await asyncio.sleep(0.05)  # not expected after the body was read; never spin
 
 
-def build_app(svc: Service, *, api_key: Optional[str] = None) -> Any:
+def build_app(svc: Service, *, api_key: str | None = None) -> Any:
     app = FastAPI(title="edgekit serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.svc = svc
 
@@ -148,13 +173,21 @@ def build_app(svc: Service, *, api_key: Optional[str] = None) -> Any:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         kind = "not_found" if e.status_code == 404 else "method_not_allowed" if e.status_code == 405 else "http_error"
-        return error_response(ApiError(e.status_code, f"{request.method} {request.url.path[:100]}: {e.detail}", code=kind))
+        return error_response(
+            ApiError(e.status_code, f"{request.method} {request.url.path[:100]}: {e.detail}", code=kind)
+        )
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, e: Exception) -> JSONResponse:  # a bug: say so, in the same format
         log.exception("internal error on %s", request.url.path)
-        return error_response(ApiError(500, f"internal error: {type(e).__name__} (a bug: please report it)",
-                                       type="server_error", code="internal_error"))
+        return error_response(
+            ApiError(
+                500,
+                f"internal error: {type(e).__name__} (a bug: please report it)",
+                type="server_error",
+                code="internal_error",
+            )
+        )
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -230,8 +263,17 @@ def build_app(svc: Service, *, api_key: Optional[str] = None) -> Any:
             ek = svc.observe(job, res)
             _log(job, res)
             if not job.stream:
-                return JSONResponse(response_body(res, chat=job.chat, model=svc.model_id, rid=rid, edgekit=ek,
-                                                  tokens=job.tokens, want_logprobs=job.want_logprobs))
+                return JSONResponse(
+                    response_body(
+                        res,
+                        chat=job.chat,
+                        model=svc.model_id,
+                        rid=rid,
+                        edgekit=ek,
+                        tokens=job.tokens,
+                        want_logprobs=job.want_logprobs,
+                    )
+                )
             ch = Chunker(chat=job.chat, model=svc.model_id, rid=rid, stop=job.options.stop)
             parts = ch.finish(res, ek, job.tokens, job.want_logprobs, _usage_wanted(req))
             return _sse(_iter(parts))
@@ -246,8 +288,12 @@ def build_app(svc: Service, *, api_key: Optional[str] = None) -> Any:
             raise runtime_error(e, job.chat, job.options) from None
         except (TypeError, ValueError, KeyError, RecursionError) as e:
             if job.options.json_schema is not None:  # a schema the grammar converter cannot handle
-                raise ApiError(400, f"the JSON schema cannot be turned into a grammar ({type(e).__name__})",
-                               param="response_format", code="invalid_value") from None
+                raise ApiError(
+                    400,
+                    f"the JSON schema cannot be turned into a grammar ({type(e).__name__})",
+                    param="response_format",
+                    code="invalid_value",
+                ) from None
             raise
 
     async def _stream(queue: asyncio.Queue, job: Job, req: Any, watcher: asyncio.Task) -> AsyncIterator[str]:
@@ -266,8 +312,13 @@ def build_app(svc: Service, *, api_key: Optional[str] = None) -> Any:
                     except Exception as e:  # noqa: BLE001 - headers are sent: the error goes in the stream
                         if not isinstance(e, ApiError):
                             log.error("generation failed mid-stream: %s", type(e).__name__, exc_info=e)
-                        err = e if isinstance(e, ApiError) else ApiError(500, f"internal error: {type(e).__name__}",
-                                                                         type="server_error", code="internal_error")
+                        err = (
+                            e
+                            if isinstance(e, ApiError)
+                            else ApiError(
+                                500, f"internal error: {type(e).__name__}", type="server_error", code="internal_error"
+                            )
+                        )
                         finished = True
                         for part in Chunker.error(err.body()):
                             yield part
@@ -285,8 +336,17 @@ def build_app(svc: Service, *, api_key: Optional[str] = None) -> Any:
 
     def _log(job: Job, res: Any) -> None:
         t = res.timings
-        log.info("%s n=%d source=%s tokens=%d+%d queue=%.3fs total=%.3fs flags=%s", "chat" if job.chat else "completion",
-                 job.options.n, res.source, t.prompt_tokens, t.generated_tokens, t.queue_s, t.total_s, res.flags)
+        log.info(
+            "%s n=%d source=%s tokens=%d+%d queue=%.3fs total=%.3fs flags=%s",
+            "chat" if job.chat else "completion",
+            job.options.n,
+            res.source,
+            t.prompt_tokens,
+            t.generated_tokens,
+            t.queue_s,
+            t.total_s,
+            res.flags,
+        )
         if svc.log_prompts:
             log.info("request %s answer=%r texts=%r", id(job), res.answer, [s.text for s in res.samples])
 
@@ -304,4 +364,6 @@ async def _iter(parts: list[str]) -> AsyncIterator[str]:
 
 
 def _sse(gen: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

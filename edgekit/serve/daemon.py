@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from edgekit import engines
 from edgekit.errors import UsageError
@@ -32,21 +32,23 @@ log = logging.getLogger("edgekit.serve")
 
 @dataclass
 class ServeConfig:
-    model: Optional[str] = None  # default: the plan's model, else the catalogue default
-    plan: Optional[str] = None
+    model: str | None = None  # default: the plan's model, else the catalogue default
+    plan: str | None = None
     engine: str = "llama.cpp"
     engine_options: dict = field(default_factory=dict)  # e.g. base_url for the openai engine
     host: str = "127.0.0.1"
     port: int = 8080
-    api_key: Optional[str] = None
+    api_key: str | None = None
     log_prompts: bool = False
     limits: Limits = field(default_factory=Limits)
-    threads: Optional[int] = None
+    threads: int | None = None
     n_ctx: int = 4096
-    max_seqs: int = 8  # llama.cpp: rows decoded together across requests (continuous batching); 1 = one request at a time
-    cloud_url: Optional[str] = None
-    cloud_model: Optional[str] = None
-    offload: Optional[str] = None
+    max_seqs: int = (
+        8  # llama.cpp: rows decoded together across requests (continuous batching); 1 = one request at a time
+    )
+    cloud_url: str | None = None
+    cloud_model: str | None = None
+    offload: str | None = None
     drain_timeout_s: float = 120.0
     live: LiveSettings = field(default_factory=LiveSettings.from_env)  # live latency model, --replan
 
@@ -76,15 +78,19 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as e:
-        raise UsageError(f"cannot resolve --host {host!r}: {e.strerror}", fix="pass an IP address, e.g. 127.0.0.1") from None
+        raise UsageError(
+            f"cannot resolve --host {host!r}: {e.strerror}", fix="pass an IP address, e.g. 127.0.0.1"
+        ) from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(addr)
     except OSError as e:
         sock.close()
-        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}",
-                         fix="choose another --port, or stop the process that holds it") from None
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}",
+            fix="choose another --port, or stop the process that holds it",
+        ) from None
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
@@ -98,16 +104,20 @@ def load(cfg: ServeConfig, progress: Any = None) -> Service:
     model = cfg.model
     if plan is not None:
         if model is not None and model not in (plan.chosen.model_id, planned_model(plan)):
-            raise UsageError(f"--plan runs {plan.chosen.model_id}, but -m names {model}",
-                             fix="drop -m (the plan names its model) or re-plan for that model")
+            raise UsageError(
+                f"--plan runs {plan.chosen.model_id}, but -m names {model}",
+                fix="drop -m (the plan names its model) or re-plan for that model",
+            )
         model = planned_model(plan)
         note = check_plan_model(plan, model)
         if note:
             log.warning("%s", note)
         base = plan.chosen.options
         if base.aggregate == "first_verified":
-            raise UsageError("the plan aggregates with first_verified, which needs a verifier for every request",
-                             fix="re-plan with majority voting, or use the library with a verifier")
+            raise UsageError(
+                "the plan aggregates with first_verified, which needs a verifier for every request",
+                fix="re-plan with majority voting, or use the library with a verifier",
+            )
         lim.max_n = max(lim.max_n, base.n)
         if base.max_tokens > lim.max_tokens_cap:
             log.warning("raising --max-tokens-cap to the plan's budget of %d", base.max_tokens)
@@ -116,15 +126,26 @@ def load(cfg: ServeConfig, progress: Any = None) -> Service:
         from edgekit.models.catalog import DEFAULT_MODEL  # noqa: PLC0415
 
         model = DEFAULT_MODEL
-    off = build_offload(Query(prompt="", model=model, plan=cfg.plan, cloud_url=cfg.cloud_url, cloud_model=cfg.cloud_model,
-                         offload=cfg.offload), plan, base)
+    off = build_offload(
+        Query(
+            prompt="",
+            model=model,
+            plan=cfg.plan,
+            cloud_url=cfg.cloud_url,
+            cloud_model=cfg.cloud_model,
+            offload=cfg.offload,
+        ),
+        plan,
+        base,
+    )
     opts = {"threads": cfg.threads, "n_ctx": cfg.n_ctx, "max_n": lim.max_n, "progress": progress, **cfg.engine_options}
     if engines.canonical(cfg.engine) == "llama.cpp":
         opts["max_seqs"] = cfg.max_seqs
     engine = engines.create(cfg.engine, model, **{k: v for k, v in opts.items() if v is not None})
     rt = Runtime(engine, offload=off)
-    return Service(rt, limits=lim, plan=plan, plan_path=cfg.plan, base_options=base, log_prompts=cfg.log_prompts,
-                   live=cfg.live)
+    return Service(
+        rt, limits=lim, plan=plan, plan_path=cfg.plan, base_options=base, log_prompts=cfg.log_prompts, live=cfg.live
+    )
 
 
 def _server_class() -> Any:
@@ -137,7 +158,7 @@ def _server_class() -> Any:
             super().__init__(config)
             self.svc = svc
             self.drain_timeout_s = drain_timeout_s
-            self.drain_deadline: Optional[float] = None
+            self.drain_deadline: float | None = None
 
         def handle_exit(self, sig: int, frame: Any) -> None:  # not re-raised after shutdown: exit 0
             if self.svc.draining:
@@ -153,8 +174,11 @@ def _server_class() -> Any:
                 if self.svc.idle:
                     self.should_exit = True
                 elif self.drain_deadline is not None and time.monotonic() > self.drain_deadline:
-                    log.warning("drain timeout (%.0f s): stopping with %d request(s) in flight", self.drain_timeout_s,
-                                self.svc.admitted)
+                    log.warning(
+                        "drain timeout (%.0f s): stopping with %d request(s) in flight",
+                        self.drain_timeout_s,
+                        self.svc.admitted,
+                    )
                     self.should_exit = True
             return await super().on_tick(counter)
 
@@ -167,8 +191,11 @@ def prepare(cfg: ServeConfig, progress: Any = None) -> tuple[socket.socket, Serv
     if cfg.limits.max_queue < 0:
         raise UsageError(f"--max-queue must be >= 0, got {cfg.limits.max_queue}", fix="pass --max-queue 16")
     if not is_loopback(cfg.host) and not cfg.api_key:
-        print(f"warning: listening on {cfg.host} without an API key: anyone who can reach this port can use the "
-              "model (set EDGEKIT_API_KEY or --api-key)", file=sys.stderr)
+        print(
+            f"warning: listening on {cfg.host} without an API key: anyone who can reach this port can use the "
+            "model (set EDGEKIT_API_KEY or --api-key)",
+            file=sys.stderr,
+        )
     if cfg.plan:
         load_plan(cfg.plan)  # fail fast, before binding
     sock = bind(cfg.host, cfg.port)
@@ -187,17 +214,31 @@ def run(cfg: ServeConfig, sock: socket.socket, svc: Service) -> int:
         from edgekit.serve.app import build_app  # noqa: PLC0415
 
         app = build_app(svc, api_key=cfg.api_key)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10,
-                                timeout_keep_alive=5, lifespan="off")
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=10,
+            timeout_keep_alive=5,
+            lifespan="off",
+        )
         server = _server_class()(config, svc, cfg.drain_timeout_s)
         if hasattr(signal, "SIGHUP"):  # re-plan at the corrected speed, off the event loop
-            signal.signal(signal.SIGHUP, lambda sig, frame: threading.Thread(
-                target=svc.live.replan, args=("sighup",), name="edgekit-replan", daemon=True).start())
+            signal.signal(
+                signal.SIGHUP,
+                lambda sig, frame: threading.Thread(
+                    target=svc.live.replan, args=("sighup",), name="edgekit-replan", daemon=True
+                ).start(),
+            )
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        print(f"edgekit serve: {svc.model_id} on http://{shown}:{port}/v1 (queue {cfg.limits.max_queue}, "
-              f"{'batching ' + str(svc.slots) + ' rows' if svc.slots > 1 else 'one request at a time'}, "
-              f"auth {'on' if cfg.api_key else 'off'}, load {svc.rt.load_s:.2f} s)", file=sys.stderr, flush=True)
+        print(
+            f"edgekit serve: {svc.model_id} on http://{shown}:{port}/v1 (queue {cfg.limits.max_queue}, "
+            f"{'batching ' + str(svc.slots) + ' rows' if svc.slots > 1 else 'one request at a time'}, "
+            f"auth {'on' if cfg.api_key else 'off'}, load {svc.rt.load_s:.2f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
         server.run(sockets=[sock])
     finally:
         sock.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 
@@ -36,12 +36,16 @@ def probe_cloud(base_url: str, timeout_s: float = 1.0) -> dict:
 def health(svc: Any) -> dict:
     rt = svc.rt
     loaded = not rt.closed
-    cloud: Optional[dict] = None
+    cloud: dict | None = None
     if rt.offload is not None:
         eng = rt.offload.cloud
         url = getattr(eng, "base_url", None)
-        cloud = {"configured": True, "url": url, "mode": rt.offload.mode,
-                 "circuit": getattr(getattr(eng, "breaker", None), "state", None)}
+        cloud = {
+            "configured": True,
+            "url": url,
+            "mode": rt.offload.mode,
+            "circuit": getattr(getattr(eng, "breaker", None), "state", None),
+        }
         if url:
             cloud.update(probe_cloud(url))
     status = "ok" if loaded and not svc.draining else ("draining" if svc.draining else "unavailable")

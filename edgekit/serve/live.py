@@ -34,14 +34,15 @@ import math
 import os
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.perfmodel import PerfModel, fit
 from edgekit.perfmodel.live import LiveCorrection
-from edgekit.plan.replan import _find, config_label, replan as plan_replan
+from edgekit.plan.replan import _find, config_label
+from edgekit.plan.replan import replan as plan_replan
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import PlanFile
 from edgekit.schemas.profile import load_profile
@@ -66,7 +67,7 @@ class LiveSettings:
     slowdown: float = 1.0  # test hook (EDGEKIT_TEST_SLOWDOWN)
 
     @classmethod
-    def from_env(cls, **kw: Any) -> "LiveSettings":
+    def from_env(cls, **kw: Any) -> LiveSettings:
         s = cls(**kw)
         raw = os.environ.get(ENV_SLOWDOWN)
         if raw:
@@ -79,25 +80,27 @@ class LiveSettings:
         return s
 
 
-def _prompt_bytes(prompt: Any, system: Optional[str]) -> int:
+def _prompt_bytes(prompt: Any, system: str | None) -> int:
     if isinstance(prompt, str):
         return len(prompt.encode())
     return sum(len(str(m.get("content", "")).encode()) for m in prompt) + len((system or "").encode())
 
 
 class LiveLatency:
-    def __init__(self, svc: Any, settings: Optional[LiveSettings] = None):
+    def __init__(self, svc: Any, settings: LiveSettings | None = None):
         self.svc = svc
         self.s = settings or LiveSettings()
-        self.corr = LiveCorrection(alpha=self.s.alpha, lo=self.s.clamp[0], hi=self.s.clamp[1], min_samples=self.s.min_samples)
-        self.original: Optional[PlanFile] = svc.plan
-        self.pm: Optional[PerfModel] = None
-        self.disabled: Optional[str] = None
+        self.corr = LiveCorrection(
+            alpha=self.s.alpha, lo=self.s.clamp[0], hi=self.s.clamp[1], min_samples=self.s.min_samples
+        )
+        self.original: PlanFile | None = svc.plan
+        self.pm: PerfModel | None = None
+        self.disabled: str | None = None
         self._over = self._under = 0
-        self._k_at_replan: Optional[tuple[float, float]] = None
+        self._k_at_replan: tuple[float, float] | None = None
         self._busy = threading.Lock()
         self._count_lock = threading.Lock()  # requests finish in several worker threads (continuous batching)
-        self.last_replan: Optional[dict] = None
+        self.last_replan: dict | None = None
         m = svc.metrics
         for p in ("prefill", "decode"):
             m.live_factor.labels(p).set_function(lambda p=p: self.corr.factor(p))
@@ -113,18 +116,27 @@ class LiveLatency:
             self.disabled = f"live latency model off: {e}"
             log.warning("%s", self.disabled)
         if self.s.slowdown != 1.0:
-            log.warning("%s=%g: measured times fed to the live correction are scaled (a test hook)", ENV_SLOWDOWN,
-                        self.s.slowdown)
+            log.warning(
+                "%s=%g: measured times fed to the live correction are scaled (a test hook)",
+                ENV_SLOWDOWN,
+                self.s.slowdown,
+            )
 
     @staticmethod
-    def _fit(plan: PlanFile, plan_path: Optional[str]) -> PerfModel:
+    def _fit(plan: PlanFile, plan_path: str | None) -> PerfModel:
         if not plan.profile.path:
             raise EdgekitError("the plan does not record its profile file")
         path = _find(plan.profile.path, plan_path, "profile")
         prof = load_profile(path)
         c = plan.chosen
-        mp = next((m for m in prof.complete_models() if m.model.id == c.model_id or
-                   (c.model_sha256 and m.model.sha256 == c.model_sha256)), None)
+        mp = next(
+            (
+                m
+                for m in prof.complete_models()
+                if m.model.id == c.model_id or (c.model_sha256 and m.model.sha256 == c.model_sha256)
+            ),
+            None,
+        )
         if mp is None:
             raise EdgekitError(f"profile {path} has no measured entry for {c.model_id}")
         return fit(mp, path)
@@ -134,10 +146,10 @@ class LiveLatency:
         return self.disabled is None
 
     # -- the configuration in force ------------------------------------------------------------------
-    def config(self) -> Optional[str]:
+    def config(self) -> str | None:
         return config_label(self.svc.plan) if self.svc.plan is not None else None
 
-    def corrected_config_s(self, plan: Optional[PlanFile] = None) -> Optional[float]:
+    def corrected_config_s(self, plan: PlanFile | None = None) -> float | None:
         """A plan's predicted latency at its percentile x the live correction (the interval is scaled with it).
         A re-planned plan's predictions already assume a slowed device (``planner.perf_scale``): that scale
         is divided out first, so the correction is applied once."""
@@ -152,10 +164,17 @@ class LiveLatency:
         return pr.latency_at_percentile_s * self.corr.corrected_s(pr.prefill_s / s0[0], pr.decode_s / s0[1]) / point
 
     # -- admission ------------------------------------------------------------------------------------
-    def admit(self, opts: SamplingOptions, prompt: Any, explicit_max_tokens: bool, param: str) -> tuple[SamplingOptions, Optional[str]]:
+    def admit(
+        self, opts: SamplingOptions, prompt: Any, explicit_max_tokens: bool, param: str
+    ) -> tuple[SamplingOptions, str | None]:
         dl = opts.deadline_s
-        if (not self.enabled or dl is None or not self.corr.any_active or self.svc.rt.offload is not None
-                or self.pm is None):
+        if (
+            not self.enabled
+            or dl is None
+            or not self.corr.any_active
+            or self.svc.rt.offload is not None
+            or self.pm is None
+        ):
             return opts, None
         i = math.ceil(_prompt_bytes(prompt, opts.system) / BYTES_PER_TOKEN)
         kp, kd = self.corr.factors()
@@ -165,19 +184,26 @@ class LiveLatency:
             return opts, None
         fits = np.nonzero(c <= dl)[0]
         best = int(fits[-1]) + 1 if fits.size else 0
-        why = (f"the corrected prediction for max_tokens={opts.max_tokens}, n={opts.n} is {c[-1]:.3g} s, above the "
-               f"{dl:g} s deadline ({self.corr.label()})")
+        why = (
+            f"the corrected prediction for max_tokens={opts.max_tokens}, n={opts.n} is {c[-1]:.3g} s, above the "
+            f"{dl:g} s deadline ({self.corr.label()})"
+        )
         if best >= 1 and not explicit_max_tokens:
             self.svc.metrics.admission.labels("shrunk").inc()
             return opts.model_copy(update={"max_tokens": best}), f"max_tokens {opts.max_tokens} -> {best}: {why}"
         self.svc.metrics.admission.labels("refused").inc()
         fix = f"; max_tokens <= {best} fits" if best >= 1 else "; no budget fits: raise the deadline"
-        raise ApiError(503, f"refused before any work: {why}{fix}", param=param if best >= 1 else "edgekit.deadline_s",
-                       type="server_error", code="deadline_unmeetable",
-                       headers={"Retry-After": str(max(1, math.ceil(float(c[-1]) - dl)))})
+        raise ApiError(
+            503,
+            f"refused before any work: {why}{fix}",
+            param=param if best >= 1 else "edgekit.deadline_s",
+            type="server_error",
+            code="deadline_unmeetable",
+            headers={"Retry-After": str(max(1, math.ceil(float(c[-1]) - dl)))},
+        )
 
     # -- after each generation (worker thread) ------------------------------------------------------------
-    def update(self, job: Any, res: "Result") -> Optional[dict]:
+    def update(self, job: Any, res: Result) -> dict | None:
         t = res.timings
         if not self.enabled or self.pm is None or res.source == "cloud" or t.steps <= 0 or not res.samples:
             return None
@@ -189,23 +215,34 @@ class LiveLatency:
         dec = float(self.pm.decode_s(i, s, n, min(mean, s) if n > 1 else None))
         corrected = self.corr.corrected(_Parts(pre, dec), note="made before this request's own measurement")
         m_pre, m_dec = t.prefill_s * self.s.slowdown, t.decode_s * self.s.slowdown
-        used = self.corr.update(measured_prefill_s=m_pre, predicted_prefill_s=pre,
-                                measured_decode_s=m_dec if s > 0 else None, predicted_decode_s=dec if s > 0 else None)
+        used = self.corr.update(
+            measured_prefill_s=m_pre,
+            predicted_prefill_s=pre,
+            measured_decode_s=m_dec if s > 0 else None,
+            predicted_decode_s=dec if s > 0 else None,
+        )
         for part, r in used.items():
             self.svc.metrics.live_ratio.labels(part).observe(r)
         self._offload_prediction()
         self._maybe_auto()
-        return {"predicted_s": pre + dec, "predicted_how": f"plan model ({self.pm.method}) at this request's "
-                f"{i} prompt tokens, {s} decode steps after the first token, n={n}",
-                "corrected": corrected.model_dump(), "measured_s": m_pre + m_dec,
-                "measured_how": "timings.prefill_s + timings.decode_s" + (
-                    f" x {self.s.slowdown:g} ({ENV_SLOWDOWN}, a test hook)" if self.s.slowdown != 1.0 else ""),
-                "ratio": {k: round(v, 4) for k, v in used.items()}, "correction": self.corr.snapshot()}
+        return {
+            "predicted_s": pre + dec,
+            "predicted_how": f"plan model ({self.pm.method}) at this request's "
+            f"{i} prompt tokens, {s} decode steps after the first token, n={n}",
+            "corrected": corrected.model_dump(),
+            "measured_s": m_pre + m_dec,
+            "measured_how": "timings.prefill_s + timings.decode_s"
+            + (f" x {self.s.slowdown:g} ({ENV_SLOWDOWN}, a test hook)" if self.s.slowdown != 1.0 else ""),
+            "ratio": {k: round(v, 4) for k, v in used.items()},
+            "correction": self.corr.snapshot(),
+        }
 
     def _offload_prediction(self) -> None:
         off = self.svc.rt.offload
         if off is not None and off.local_predicted_s is not None:
-            off.local_predicted_s = self.corrected_config_s()  # the runtime's pre-route decision uses the corrected model
+            off.local_predicted_s = (
+                self.corrected_config_s()
+            )  # the runtime's pre-route decision uses the corrected model
 
     def _maybe_auto(self) -> None:
         p = self.svc.plan
@@ -213,16 +250,20 @@ class LiveLatency:
             return
         target = p.target_s
         cur = self.corrected_config_s() or 0.0
-        back = self.original is not None and p is not self.original and \
-            (self.corrected_config_s(self.original) or math.inf) < target * (1 - self.s.margin)
+        back = (
+            self.original is not None
+            and p is not self.original
+            and (self.corrected_config_s(self.original) or math.inf) < target * (1 - self.s.margin)
+        )
         k = self.corr.factors()
         with self._count_lock:
             self._over = self._over + 1 if cur > target * (1 + self.s.margin) else 0
             self._under = self._under + 1 if back else 0
             if max(self._over, self._under) < self.s.after:
                 return
-            if self._k_at_replan is not None and max(abs(math.log(a / b)) for a, b in zip(k, self._k_at_replan)) <= \
-                    math.log(1 + self.s.margin):
+            if self._k_at_replan is not None and max(
+                abs(math.log(a / b)) for a, b in zip(k, self._k_at_replan)
+            ) <= math.log(1 + self.s.margin):
                 return  # hysteresis: the device has not changed enough since the last re-plan
             self._over = self._under = 0
         threading.Thread(target=self.replan, args=("auto",), name="edgekit-replan", daemon=True).start()
@@ -259,10 +300,16 @@ class LiveLatency:
             msg = f"{msg}; not applied: n={new.n} exceeds this server's --max-n {svc.limits.max_n}"
         m.replans.labels(trigger, outcome).inc()
         log.warning("live %s", msg)
-        self.last_replan = {"trigger": trigger, "outcome": outcome, "message": msg,
-                            "config": r.config if swap else self.config(), "previous": r.previous,
-                            "other_model": r.other_model, "meets_target": r.meets_target,
-                            "factors": {"prefill": k[0], "decode": k[1]}}
+        self.last_replan = {
+            "trigger": trigger,
+            "outcome": outcome,
+            "message": msg,
+            "config": r.config if swap else self.config(),
+            "previous": r.previous,
+            "other_model": r.other_model,
+            "meets_target": r.meets_target,
+            "factors": {"prefill": k[0], "decode": k[1]},
+        }
         if swap:
             svc.limits.max_tokens_cap = max(svc.limits.max_tokens_cap, new.max_tokens)
             m.plan_predicted.set(r.plan.predicted.latency_at_percentile_s)
@@ -270,10 +317,16 @@ class LiveLatency:
         return self.last_replan
 
     def status(self) -> dict:
-        return {"enabled": self.enabled, "disabled": self.disabled, "config": self.config(),
-                "target_s": self.svc.plan.target_s if self.svc.plan else None,
-                "corrected_config_s": self.corrected_config_s(), "correction": self.corr.snapshot(),
-                "auto_replan": self.s.auto_replan, "last_replan": self.last_replan}
+        return {
+            "enabled": self.enabled,
+            "disabled": self.disabled,
+            "config": self.config(),
+            "target_s": self.svc.plan.target_s if self.svc.plan else None,
+            "corrected_config_s": self.corrected_config_s(),
+            "correction": self.corr.snapshot(),
+            "auto_replan": self.s.auto_replan,
+            "last_replan": self.last_replan,
+        }
 
 
 @dataclass

@@ -11,7 +11,7 @@ Extension: an ``edgekit`` object in the body (the SDK's ``extra_body={"edgekit":
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -24,8 +24,16 @@ JSON_OBJECT_SCHEMA: dict = {"type": "object"}  # response_format json_object: an
 class ApiError(Exception):
     """An HTTP error in OpenAI's format."""
 
-    def __init__(self, status: int, message: str, *, param: Optional[str] = None, code: Optional[str] = None,
-                 type: str = "invalid_request_error", headers: Optional[dict[str, str]] = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
         self.headers = headers or {}
@@ -46,75 +54,75 @@ class TextPart(_Strict):
 class Message(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[dict]]
-    name: Optional[str] = None
+    content: str | list[dict]
+    name: str | None = None
 
 
 class JsonSchemaSpec(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", protected_namespaces=())
-    name: Optional[str] = None
-    schema_: Optional[dict] = Field(None, alias="schema")
-    strict: Optional[bool] = None
+    name: str | None = None
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
 
 
 class ResponseFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: Optional[JsonSchemaSpec] = None
+    json_schema: JsonSchemaSpec | None = None
 
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
-    include_usage: Optional[bool] = None
+    include_usage: bool | None = None
 
 
 class EdgekitExt(_Strict):
-    deadline_s: Optional[float] = None
-    aggregate: Optional[Literal["majority", "none"]] = None
+    deadline_s: float | None = None
+    aggregate: Literal["majority", "none"] | None = None
     # named extractors only: a client-supplied regex would run on every sample (ReDoS)
-    extractor: Optional[Literal["number", "choice", "yesno", "code", "text", "json"]] = None
-    top_k: Optional[int] = Field(None, ge=0, le=2**31 - 1)
-    min_p: Optional[float] = None
-    ignore_eos: Optional[bool] = None
+    extractor: Literal["number", "choice", "yesno", "code", "text", "json"] | None = None
+    top_k: int | None = Field(None, ge=0, le=2**31 - 1)
+    min_p: float | None = None
+    ignore_eos: bool | None = None
 
 
 class _Common(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", protected_namespaces=())
     model: str
-    max_tokens: Optional[int] = None
-    n: Optional[int] = None
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
-    seed: Optional[int] = None
-    stop: Union[str, list[str], None] = None
-    stream: Optional[bool] = None
-    stream_options: Optional[StreamOptions] = None
-    frequency_penalty: Optional[float] = None
-    presence_penalty: Optional[float] = None
-    logit_bias: Optional[dict] = None
-    edgekit: Optional[EdgekitExt] = None
+    max_tokens: int | None = None
+    n: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict | None = None
+    edgekit: EdgekitExt | None = None
 
 
 class ChatRequest(_Common):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = None
-    logprobs: Optional[bool] = None
-    top_logprobs: Optional[int] = None
-    response_format: Optional[ResponseFormat] = None
-    tools: Optional[Any] = None
-    tool_choice: Optional[Any] = None
-    functions: Optional[Any] = None
-    function_call: Optional[Any] = None
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: Any | None = None
+    tool_choice: Any | None = None
+    functions: Any | None = None
+    function_call: Any | None = None
 
 
 class CompletionRequest(_Common):
-    prompt: Union[str, list[str]]
-    logprobs: Optional[int] = None
-    echo: Optional[bool] = None
-    suffix: Optional[str] = None
-    best_of: Optional[int] = None
+    prompt: str | list[str]
+    logprobs: int | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: int | None = None
 
 
-def _param(loc: tuple) -> Optional[str]:
+def _param(loc: tuple) -> str | None:
     if not loc:
         return None
     out = str(loc[0])
@@ -138,7 +146,9 @@ def parse(cls: type[BaseModel], body: Any) -> Any:
             msg = f"missing required parameter {param!r}"
         else:
             msg = f"invalid {param}: {err.get('msg', 'invalid value')}"
-        raise ApiError(400, msg[:300], param=param, code="missing_required_parameter" if kind == "missing" else "invalid_value") from None
+        raise ApiError(
+            400, msg[:300], param=param, code="missing_required_parameter" if kind == "missing" else "invalid_value"
+        ) from None
 
 
 def messages_of(req: ChatRequest) -> list[dict]:
@@ -151,8 +161,12 @@ def messages_of(req: ChatRequest) -> list[dict]:
             for j, part in enumerate(m.content):
                 if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                     kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    raise ApiError(400, f"only text content parts are supported, got {str(kind)[:40]!r}",
-                                   param=f"messages[{i}].content[{j}]", code="unsupported_content")
+                    raise ApiError(
+                        400,
+                        f"only text content parts are supported, got {str(kind)[:40]!r}",
+                        param=f"messages[{i}].content[{j}]",
+                        code="unsupported_content",
+                    )
                 parts.append(part["text"])
             text = "".join(parts)
         out.append({"role": "system" if m.role == "developer" else m.role, "content": text})
@@ -165,7 +179,9 @@ def prompt_of(req: CompletionRequest) -> str:
     p = req.prompt
     if isinstance(p, list):
         if len(p) != 1:
-            raise ApiError(400, f"one prompt per request is supported, got {len(p)}", param="prompt", code="unsupported_value")
+            raise ApiError(
+                400, f"one prompt per request is supported, got {len(p)}", param="prompt", code="unsupported_value"
+            )
         p = p[0]
     if not p.strip():
         raise ApiError(400, "the prompt is empty", param="prompt", code="invalid_value")
@@ -176,36 +192,63 @@ def _refuse_unsupported(req: _Common) -> None:
     for name in ("frequency_penalty", "presence_penalty"):
         v = getattr(req, name)
         if v not in (None, 0, 0.0):
-            raise ApiError(400, f"{name} is not supported (the samplers are top-k/top-p/min-p/temperature)", param=name,
-                           code="unsupported_parameter")
+            raise ApiError(
+                400,
+                f"{name} is not supported (the samplers are top-k/top-p/min-p/temperature)",
+                param=name,
+                code="unsupported_parameter",
+            )
     if req.logit_bias:
         raise ApiError(400, "logit_bias is not supported", param="logit_bias", code="unsupported_parameter")
     if isinstance(req, ChatRequest):
         for name in ("tools", "functions", "function_call"):
             if getattr(req, name) not in (None, [], "none"):
-                raise ApiError(400, f"{name} is not supported by edgekit serve", param=name, code="unsupported_parameter")
+                raise ApiError(
+                    400, f"{name} is not supported by edgekit serve", param=name, code="unsupported_parameter"
+                )
         if req.tool_choice not in (None, "none", "auto"):
-            raise ApiError(400, "tool_choice is not supported by edgekit serve", param="tool_choice", code="unsupported_parameter")
+            raise ApiError(
+                400, "tool_choice is not supported by edgekit serve", param="tool_choice", code="unsupported_parameter"
+            )
         if req.top_logprobs:
-            raise ApiError(400, "top_logprobs is not supported: edgekit returns the chosen token's logprob only "
-                                "(pass logprobs=true without top_logprobs)", param="top_logprobs", code="unsupported_parameter")
+            raise ApiError(
+                400,
+                "top_logprobs is not supported: edgekit returns the chosen token's logprob only "
+                "(pass logprobs=true without top_logprobs)",
+                param="top_logprobs",
+                code="unsupported_parameter",
+            )
     else:
         if req.logprobs:
-            raise ApiError(400, "logprobs > 0 (top alternatives) is not supported: pass logprobs=0 for the chosen "
-                                "tokens' logprobs", param="logprobs", code="unsupported_parameter")
+            raise ApiError(
+                400,
+                "logprobs > 0 (top alternatives) is not supported: pass logprobs=0 for the chosen tokens' logprobs",
+                param="logprobs",
+                code="unsupported_parameter",
+            )
         if req.echo:
             raise ApiError(400, "echo is not supported", param="echo", code="unsupported_parameter")
         if req.suffix:
             raise ApiError(400, "suffix is not supported", param="suffix", code="unsupported_parameter")
         if req.best_of not in (None, 1) and req.best_of != req.n:
-            raise ApiError(400, "best_of is not supported (use n: all samples are returned)", param="best_of",
-                           code="unsupported_parameter")
+            raise ApiError(
+                400,
+                "best_of is not supported (use n: all samples are returned)",
+                param="best_of",
+                code="unsupported_parameter",
+            )
 
 
 # SamplingOptions field -> the request parameter to name in an error
-_PARAMS = {"deadline_s": "edgekit.deadline_s", "json_schema": "response_format", "aggregate": "edgekit.aggregate",
-           "extractor": "edgekit.extractor", "top_k": "edgekit.top_k", "min_p": "edgekit.min_p",
-           "ignore_eos": "edgekit.ignore_eos"}
+_PARAMS = {
+    "deadline_s": "edgekit.deadline_s",
+    "json_schema": "response_format",
+    "aggregate": "edgekit.aggregate",
+    "extractor": "edgekit.extractor",
+    "top_k": "edgekit.top_k",
+    "min_p": "edgekit.min_p",
+    "ignore_eos": "edgekit.ignore_eos",
+}
 
 
 def explicit_options(req: _Common, *, max_n: int, max_tokens_cap: int) -> tuple[dict[str, Any], dict[str, str]]:
@@ -220,13 +263,15 @@ def explicit_options(req: _Common, *, max_n: int, max_tokens_cap: int) -> tuple[
     params["max_tokens"] = mt_name
     if mt is not None:
         if mt > max_tokens_cap:
-            raise ApiError(400, f"{mt_name}={mt} exceeds this server's cap of {max_tokens_cap}", param=mt_name,
-                           code="over_cap")
+            raise ApiError(
+                400, f"{mt_name}={mt} exceeds this server's cap of {max_tokens_cap}", param=mt_name, code="over_cap"
+            )
         kw["max_tokens"] = mt
     if req.n is not None:
         if req.n > max_n:
-            raise ApiError(400, f"n={req.n} exceeds this server's cap of {max_n} samples per request", param="n",
-                           code="over_cap")
+            raise ApiError(
+                400, f"n={req.n} exceeds this server's cap of {max_n} samples per request", param="n", code="over_cap"
+            )
         kw["n"] = req.n
     for name in ("temperature", "top_p", "seed"):
         if getattr(req, name) is not None:
@@ -239,8 +284,12 @@ def explicit_options(req: _Common, *, max_n: int, max_tokens_cap: int) -> tuple[
             kw["json_schema"] = dict(JSON_OBJECT_SCHEMA)
         else:
             if rf.json_schema is None or rf.json_schema.schema_ is None:
-                raise ApiError(400, "response_format json_schema needs json_schema.schema", param="response_format",
-                               code="invalid_value")
+                raise ApiError(
+                    400,
+                    "response_format json_schema needs json_schema.schema",
+                    param="response_format",
+                    code="invalid_value",
+                )
             kw["json_schema"] = check_schema(rf.json_schema.schema_)
         kw["extractor"] = "json"
     if req.edgekit is not None:
@@ -254,9 +303,13 @@ def check_schema(schema: dict) -> dict:
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as e:
-        raise ApiError(400, f"invalid JSON schema: {e.message[:200]}", param="response_format", code="invalid_value") from None
+        raise ApiError(
+            400, f"invalid JSON schema: {e.message[:200]}", param="response_format", code="invalid_value"
+        ) from None
     except (RecursionError, TypeError, ValueError, LookupError) as e:
-        raise ApiError(400, f"invalid JSON schema: {type(e).__name__}", param="response_format", code="invalid_value") from None
+        raise ApiError(
+            400, f"invalid JSON schema: {type(e).__name__}", param="response_format", code="invalid_value"
+        ) from None
     return schema
 
 
@@ -271,13 +324,14 @@ def build_options(base: SamplingOptions, changes: dict[str, Any], params: dict[s
         field = str(err["loc"][0]) if err.get("loc") else None
         flags = {k: params.get(k, k) for k in SamplingOptions.model_fields}
         ue = options_error(e, flags=flags)
-        raise ApiError(400, ue.one_line()[:300], param=params.get(field, field) if field else None,
-                       code="invalid_value") from None
+        raise ApiError(
+            400, ue.one_line()[:300], param=params.get(field, field) if field else None, code="invalid_value"
+        ) from None
     except (TypeError, ValueError, RecursionError) as e:
         raise ApiError(400, f"invalid options: {type(e).__name__}", code="invalid_value") from None
 
 
-def runtime_error(e: EdgekitError, chat: bool, opts: Optional[SamplingOptions]) -> ApiError:
+def runtime_error(e: EdgekitError, chat: bool, opts: SamplingOptions | None) -> ApiError:
     """A UsageError/ContextOverflow from the runtime or engine, as a 400 naming the likely field; any
     other EdgekitError (the backend failed) is the server's problem: 500."""
     msg = e.one_line()

@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 from edgekit.engines.base import Event
 from edgekit.runtime import Runtime
@@ -35,10 +36,10 @@ from edgekit.serve.tap import TapEngine
 class Limits:
     max_queue: int = 16  # requests waiting beside the ones being generated
     max_body_bytes: int = 1 << 20
-    max_prompt_tokens: Optional[int] = 2048
+    max_prompt_tokens: int | None = 2048
     max_tokens_cap: int = 1024
     max_n: int = 8
-    deadline_s: Optional[float] = None  # default per-request deadline (else the plan's latency target)
+    deadline_s: float | None = None  # default per-request deadline (else the plan's latency target)
 
 
 @dataclass
@@ -53,13 +54,13 @@ class Job:
     ignored: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
     token: CancelToken = field(default_factory=CancelToken)
-    max_prompt_tokens: Optional[int] = None
-    push: Optional[Callable[[tuple], None]] = None  # streaming: events to the event loop
+    max_prompt_tokens: int | None = None
+    push: Callable[[tuple], None] | None = None  # streaming: events to the event loop
     started: bool = False
     announced: bool = False
-    tokens: dict[int, list[tuple[str, Optional[float]]]] = field(default_factory=dict)  # per sample: (piece, logprob)
+    tokens: dict[int, list[tuple[str, float | None]]] = field(default_factory=dict)  # per sample: (piece, logprob)
     live: dict = field(default_factory=dict)  # live latency model: admission note, predicted / corrected / measured
-    _svc: Optional["Service"] = None
+    _svc: Service | None = None
 
     # -- Listener (called in the worker thread, under the runtime's lock) -------------------
     def on_start(self) -> None:
@@ -85,9 +86,18 @@ class Job:
 class Service:
     """A warm Runtime behind a bounded queue. ``runtime``'s engine is wrapped in a :class:`TapEngine`."""
 
-    def __init__(self, runtime: Runtime, *, limits: Optional[Limits] = None, plan: Optional[PlanFile] = None,
-                 plan_path: Optional[str] = None, base_options: Optional[SamplingOptions] = None,
-                 metrics: Optional[Metrics] = None, log_prompts: bool = False, live: Optional[LiveSettings] = None):
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        limits: Limits | None = None,
+        plan: PlanFile | None = None,
+        plan_path: str | None = None,
+        base_options: SamplingOptions | None = None,
+        metrics: Metrics | None = None,
+        log_prompts: bool = False,
+        live: LiveSettings | None = None,
+    ):
         self.rt = runtime
         if not isinstance(runtime.engine, TapEngine):
             runtime.engine = TapEngine(runtime.engine)
@@ -107,9 +117,11 @@ class Service:
         self._lock = threading.Lock()
         self.admitted = 0  # waiting + running
         self.waiting = 0
-        self._ewma_s: Optional[float] = None
+        self._ewma_s: float | None = None
         self.slots = max(1, runtime.engine.capabilities.concurrent)  # requests the engine decodes at once
-        self.executor = ThreadPoolExecutor(max_workers=self.limits.max_queue + self.slots + 2, thread_name_prefix="edgekit-serve")
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.limits.max_queue + self.slots + 2, thread_name_prefix="edgekit-serve"
+        )
         self.metrics.bind(self)
         self.live = LiveLatency(self, live)
 
@@ -121,8 +133,13 @@ class Service:
     def admit(self, job: Job) -> None:
         if self.draining:
             self.metrics.rejected.labels("draining").inc()
-            raise ApiError(503, "the server is shutting down (draining in-flight requests)", type="server_error",
-                           code="draining", headers={"Retry-After": "5", "Connection": "close"})
+            raise ApiError(
+                503,
+                "the server is shutting down (draining in-flight requests)",
+                type="server_error",
+                code="draining",
+                headers={"Retry-After": "5", "Connection": "close"},
+            )
         with self._lock:
             if self.admitted >= self.limits.max_queue + self.slots:
                 full = True
@@ -132,9 +149,14 @@ class Service:
                 self.waiting += 1
         if full:
             self.metrics.rejected.labels("queue_full").inc()
-            raise ApiError(503, f"the queue is full ({self.limits.max_queue} request(s) waiting for the model, {self.slots} "
-                                f"in generation); retry later",
-                           type="server_error", code="queue_full", headers={"Retry-After": str(self.retry_after_s())})
+            raise ApiError(
+                503,
+                f"the queue is full ({self.limits.max_queue} request(s) waiting for the model, {self.slots} "
+                f"in generation); retry later",
+                type="server_error",
+                code="queue_full",
+                headers={"Retry-After": str(self.retry_after_s())},
+            )
         job._svc = self
 
     def _started(self) -> None:
@@ -154,8 +176,12 @@ class Service:
     # -- requests -> jobs ---------------------------------------------------------------------
     def check_model(self, model: str) -> None:
         if model not in self.aliases:
-            raise ApiError(404, f"the model {model[:80]!r} does not exist on this server; it serves {self.model_id!r}",
-                           param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"the model {model[:80]!r} does not exist on this server; it serves {self.model_id!r}",
+                param="model",
+                code="model_not_found",
+            )
 
     def job(self, req: Any, prompt: Any, chat: bool) -> Job:
         lim = self.limits
@@ -164,7 +190,9 @@ class Service:
         overrides: list[str] = []
         if self.plan is not None:
             base = self.plan.chosen.options
-            overrides = [f"{k}={v!r} (plan: {getattr(base, k)!r})" for k, v in explicit.items() if getattr(base, k) != v]
+            overrides = [
+                f"{k}={v!r} (plan: {getattr(base, k)!r})" for k, v in explicit.items() if getattr(base, k) != v
+            ]
         if deadline is None:
             deadline = lim.deadline_s if lim.deadline_s is not None else (self.plan.target_s if self.plan else None)
         if deadline is not None:
@@ -173,20 +201,40 @@ class Service:
             explicit["chat"] = False
         opts = build_options(self.base, explicit, params)
         if opts.aggregate == "first_verified":
-            raise ApiError(400, "aggregate first_verified needs a verifier, which an HTTP request cannot carry",
-                           param="edgekit.aggregate", code="unsupported_value")
+            raise ApiError(
+                400,
+                "aggregate first_verified needs a verifier, which an HTTP request cannot carry",
+                param="edgekit.aggregate",
+                code="unsupported_value",
+            )
         if opts.max_tokens > lim.max_tokens_cap:  # the base (plan) may exceed a lowered cap
-            raise ApiError(400, f"max_tokens={opts.max_tokens} exceeds this server's cap of {lim.max_tokens_cap}",
-                           param=params["max_tokens"], code="over_cap")
+            raise ApiError(
+                400,
+                f"max_tokens={opts.max_tokens} exceeds this server's cap of {lim.max_tokens_cap}",
+                param=params["max_tokens"],
+                code="over_cap",
+            )
         if opts.n > lim.max_n:
             raise ApiError(400, f"n={opts.n} exceeds this server's cap of {lim.max_n}", param="n", code="over_cap")
         if self.plan is not None:
             prompt = self._apply_template(prompt)
         opts, admission = self.live.admit(opts, prompt, "max_tokens" in explicit, params["max_tokens"])
-        logprobs = bool(req.logprobs) if isinstance(req, ChatRequest) else (isinstance(req, CompletionRequest) and req.logprobs == 0)
-        return Job(prompt=prompt, options=opts, chat=chat, stream=bool(req.stream), want_logprobs=logprobs,
-                   ignored=sorted(req.model_extra or {}), overrides=overrides, max_prompt_tokens=lim.max_prompt_tokens,
-                   live={"admission": admission} if admission else {})
+        logprobs = (
+            bool(req.logprobs)
+            if isinstance(req, ChatRequest)
+            else (isinstance(req, CompletionRequest) and req.logprobs == 0)
+        )
+        return Job(
+            prompt=prompt,
+            options=opts,
+            chat=chat,
+            stream=bool(req.stream),
+            want_logprobs=logprobs,
+            ignored=sorted(req.model_extra or {}),
+            overrides=overrides,
+            max_prompt_tokens=lim.max_prompt_tokens,
+            live={"admission": admission} if admission else {},
+        )
 
     def _apply_template(self, prompt: Any) -> Any:
         tmpl = self.plan.chosen.prompt  # type: ignore[union-attr]
@@ -230,7 +278,11 @@ class Service:
         predicted = note = None
         if self.plan is not None:
             if job.overrides:
-                note = "the plan's latency prediction does not apply: options differ from the plan's (" + "; ".join(job.overrides) + ")"
+                note = (
+                    "the plan's latency prediction does not apply: options differ from the plan's ("
+                    + "; ".join(job.overrides)
+                    + ")"
+                )
             elif res.source != "local":
                 note = "the plan's latency prediction is for local generation"
             else:
@@ -242,16 +294,27 @@ class Service:
         return {
             "source": res.source,
             "answer": res.answer,
-            "confidence": {"votes": c.votes, "n": c.n, "vote_share": c.vote_share, "mean_logprob": c.mean_logprob,
-                           "low_logprob": c.low_logprob, "tied": c.tied},
+            "confidence": {
+                "votes": c.votes,
+                "n": c.n,
+                "vote_share": c.vote_share,
+                "mean_logprob": c.mean_logprob,
+                "low_logprob": c.low_logprob,
+                "tied": c.tied,
+            },
             "score": off.score if off else None,
             "score_value": off.score_value if off else None,
             "threshold": off.threshold if off else None,
             "offload_reason": off.reason if off else None,
             "timings": t.model_dump(),
-            "latency": {"measured_s": t.total_s, "queue_s": t.queue_s, "predicted_s": predicted,
-                        "corrected_s": self.live.corrected_config_s() if predicted is not None and self.live.enabled else None,
-                        "percentile": self.plan.percentile if predicted is not None else None, "note": note},
+            "latency": {
+                "measured_s": t.total_s,
+                "queue_s": t.queue_s,
+                "predicted_s": predicted,
+                "corrected_s": self.live.corrected_config_s() if predicted is not None and self.live.enabled else None,
+                "percentile": self.plan.percentile if predicted is not None else None,
+                "note": note,
+            },
             "deadline_s": job.options.deadline_s,
             "finish_reasons": [s.finish_reason for s in res.samples],
             "flags": res.flags,

@@ -12,8 +12,9 @@ engine or runtime changes), and a place to refuse an over-long prompt under the 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Protocol
+from typing import Any, Protocol
 
 from edgekit.engines.base import Cancel, Engine, Event, Prompt, TokenPrompt
 from edgekit.errors import UsageError
@@ -25,7 +26,7 @@ class PromptTooLong(UsageError):
 
 
 class Listener(Protocol):
-    max_prompt_tokens: Optional[int]
+    max_prompt_tokens: int | None
 
     def on_start(self) -> None: ...
 
@@ -80,8 +81,8 @@ class TapEngine(Engine):
         finally:
             self._local.listener = None
 
-    def generate(self, prompt: Prompt, options: SamplingOptions, cancel: Optional[Cancel] = None) -> Iterator[Event]:
-        lis: Optional[Listener] = getattr(self._local, "listener", None)
+    def generate(self, prompt: Prompt, options: SamplingOptions, cancel: Cancel | None = None) -> Iterator[Event]:
+        lis: Listener | None = getattr(self._local, "listener", None)
         if lis is None:
             return self.inner.generate(prompt, options, cancel)
         concurrent = self.inner.capabilities.concurrent > 1
@@ -95,8 +96,10 @@ class TapEngine(Engine):
             if size > cap and self.inner.capabilities.token_count:  # a token is at least one byte: count only then
                 k = self.inner.count_tokens(prompt, options)
                 if k > cap:
-                    raise PromptTooLong(f"the prompt has {k} tokens, above this server's cap of {cap}",
-                                        fix="shorten the prompt (or start the server with a larger --max-prompt-tokens)")
+                    raise PromptTooLong(
+                        f"the prompt has {k} tokens, above this server's cap of {cap}",
+                        fix="shorten the prompt (or start the server with a larger --max-prompt-tokens)",
+                    )
         events = self.inner.generate(prompt, options, cancel)
         with self._count:
             self.batches += 1
@@ -111,7 +114,7 @@ class TapEngine(Engine):
             lis.on_event(ev)
             yield ev
 
-    def batching_stats(self) -> Optional[dict]:
+    def batching_stats(self) -> dict | None:
         fn = getattr(self.inner, "batching_stats", None)
         return fn() if fn is not None else None
 
