@@ -158,6 +158,9 @@ class LlamaCppEngine(Engine):
         t0 = time.perf_counter()
         try:
             self._load(str(resolved.path), n_ctx, threads, max(max_n, rows), n_batch, gpu_layers, flash_attn)
+            t_warm = time.perf_counter()
+            self._core.warm_up()  # the first request then costs what later ones do
+            self.warmup_s = time.perf_counter() - t_warm
             ctx = self._core._ctx
             self.tuner = ThreadTuner(
                 usable.count,

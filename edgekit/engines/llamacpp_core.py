@@ -235,6 +235,18 @@ class BatchDecoder:
                 fix="lower n or --max-tokens, or raise --ctx",
             )
 
+    def warm_up(self) -> None:
+        """One throw-away decode right after loading (llama.cpp's own tools do the same): it pages
+        the mapped weights in and starts the thread pool, so the first request costs what later
+        ones do. Measured here (Qwen2.5-Coder-0.5B, 2-core EPYC): without it the first short
+        request took 0.34-0.87 s against 0.32 s for the next ones. The cost lands in load time."""
+        bos = ll.llama_vocab_bos(self._vocab)
+        eos = ll.llama_vocab_eos(self._vocab)
+        toks = [t for t in (bos, eos) if t >= 0] or [0]
+        self._prefill(toks, None)
+        ll.llama_synchronize(self._ctx)
+        ll.llama_memory_clear(self._mem, True)
+
     def _prefill(self, prompt: list[int], cancel: Cancel | None) -> bool:
         """Decode ``prompt`` on sequence 0 in n_batch chunks, logits for its last token only.
         ``cancel`` (a deadline) is polled between chunks; False when it ended the prefill."""
