@@ -16,20 +16,27 @@ import tempfile
 import time
 from pathlib import Path
 
-QUESTIONS = [
-    "I have a chair, two tables, and three beds. How many objects do I have?",
-    "I have a cat, a dog, and two fish. How many animals do I have?",
-    "I have three apples, a banana, and two pears. How many fruits do I have?",
-    "I have a piano, two flutes, and a violin. How many musical instruments do I have?",
-    "I have four carrots and a stalk of celery. How many vegetables do I have?",
-]
-
 
 def cli(*args: str) -> str:
     p = subprocess.run([sys.executable, "-m", "edgekit.cli.main", *args], capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"edgekit {' '.join(args[:2])} failed: {p.stderr.strip()[-400:]}")
     return p.stdout
+
+
+def held_out_questions(table: dict, problems: str) -> list[str]:
+    """The table's own task, problems outside the table's split: the prompt lengths the plan's
+    prediction speaks for (hand-written short questions under-run the task's mean prompt)."""
+    from edgekit.evaluate.tasks import load_task
+
+    task = load_task(table["task"], "terse", split=problems)
+    a, _, b = (table.get("split") or "0:0").partition(":")
+    used = set(range(int(a or 0), int(b or 0)))
+    keep = [p for i, p in enumerate(task.problems, start=task.offset) if i not in used]
+    if not keep:
+        raise SystemExit(f"--problems {problems} lies inside the table's split {table.get('split')}")
+    suffix = task.template_text.split("{question}", 1)[1].replace("{options}", "")
+    return [p.prompt[: -len(suffix)] if suffix and p.prompt.endswith(suffix) else p.prompt for p in keep]
 
 
 def main() -> None:
@@ -39,9 +46,11 @@ def main() -> None:
     ap.add_argument("--target", default="2s")
     ap.add_argument("--background", type=int, default=1)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--problems", default="100:130", help="held-out problems of the table's task (a:b)")
     ap.add_argument("--profile", help="reuse a loaded profile made earlier (skips the profiling step)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    questions = held_out_questions(json.loads(Path(a.table).read_text()), a.problems)
     tmp = Path(tempfile.mkdtemp(prefix="loaded-plan-"))
     t0 = time.time()
     if a.profile:
@@ -73,23 +82,29 @@ def main() -> None:
         time.sleep(0.5)
         # cold: `edgekit run --plan` (a new process per query: the first forward pass of a freshly mapped model)
         for i in range(a.runs):
-            r = json.loads(cli("run", QUESTIONS[i % len(QUESTIONS)], "--plan", str(tmp / "plan.json"), "--json"))
+            r = json.loads(cli("run", questions[i % len(questions)], "--plan", str(tmp / "plan.json"), "--json"))
             cold.append(
                 {
                     "total_s": r["timings"]["total_s"],
                     "predicted_s": r["extra"].get("predicted_latency_s"),
                     "threads": r["timings"].get("threads"),
                     "tokens": r["timings"]["generated_tokens"],
+                    "prompt_tokens": r["timings"]["prompt_tokens"],
                 }
             )
         # warm: one process answering query after query (an embedding app, the daemon), the plan's own options
         with Runtime(chosen.get("model_path") or chosen["model_id"]) as rt:
             opts = SamplingOptions(**chosen["options"])
-            rt.generate(QUESTIONS[0], opts)
+            rt.generate(chosen["prompt"].format(question=questions[-1]), opts)
             for i in range(a.runs):
-                r = rt.generate(chosen["prompt"].format(question=QUESTIONS[i % len(QUESTIONS)]), opts)
+                r = rt.generate(chosen["prompt"].format(question=questions[i % len(questions)]), opts)
                 warm.append(
-                    {"total_s": r.timings.total_s, "threads": r.timings.threads, "tokens": r.timings.generated_tokens}
+                    {
+                        "total_s": r.timings.total_s,
+                        "threads": r.timings.threads,
+                        "tokens": r.timings.generated_tokens,
+                        "prompt_tokens": r.timings.prompt_tokens,
+                    }
                 )
     finally:
         for b in busy:
@@ -111,8 +126,8 @@ def main() -> None:
         json.dumps(doc, indent=1, default=str)
         if a.json
         else "\n".join(
-            f"{name}: predicted {pred:.2f} s, measured median {doc[name]['measured_median_s']:.2f} s over {a.runs} runs beside "
-            f"{a.background} busy worker(s): error {100 * doc[name]['error']:+.1f} %"
+            f"{name}: predicted {pred:.2f} s, measured median {doc[name]['measured_median_s']:.2f} s "
+            f"over {a.runs} runs beside {a.background} busy worker(s): error {100 * doc[name]['error']:+.1f} %"
             for name in ("cold", "warm")
         )
     )

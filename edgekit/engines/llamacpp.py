@@ -158,9 +158,6 @@ class LlamaCppEngine(Engine):
         t0 = time.perf_counter()
         try:
             self._load(str(resolved.path), n_ctx, threads, max(max_n, rows), n_batch, gpu_layers, flash_attn)
-            t_warm = time.perf_counter()
-            self._core.warm_up()  # the first request then costs what later ones do
-            self.warmup_s = time.perf_counter() - t_warm
             ctx = self._core._ctx
             self.tuner = ThreadTuner(
                 usable.count,
@@ -168,6 +165,10 @@ class LlamaCppEngine(Engine):
                 fixed=None if adaptive else (fixed or threads),
                 cpus=usable.affinity,
             )
+            t_warm = time.perf_counter()
+            self._core.warm_up()  # the first request then costs what later ones do
+            self.warmup_s = time.perf_counter() - t_warm
+            self.tuner.check(force=True)  # first look at the load, over the warm-up's window
             self._core.tuner = self.tuner
             reg = peers.register(f"llama.cpp {resolved.id}")
             self._stack.callback(peers.unregister, reg)

@@ -91,15 +91,17 @@ class ThreadTuner:
         )
         self._next = time.monotonic() + interval_s
 
-    def check(self) -> int:
-        """Re-decide if ``interval_s`` has passed; returns the thread count in force."""
+    def check(self, force: bool = False) -> int:
+        """Re-decide if ``interval_s`` has passed (or now, with ``force``: the engine's first look,
+        over its warm-up decode, so a loaded machine's first request does not start with a thread
+        too many); returns the thread count in force."""
         if self._share is None or self.usable <= 1 or self.pinned is not None:
             return self.threads
         now = time.monotonic()
-        if now < self._next:
+        if now < self._next and not force:
             return self.threads
         self._next = now + self.interval_s
-        others = self._share.sample()
+        others = self._share.sample(0.02 if force else 0.05)
         if others is None:
             return self.threads
         self.others = others
