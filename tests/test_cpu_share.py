@@ -255,3 +255,20 @@ def test_priority_idle_applies_to_the_threads_llama_cpp_starts(smol_path):
     p = subprocess.run([sys.executable, "-c", code, str(smol_path)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-300:]
     assert p.stdout.strip().splitlines()[-1] == f"[{os.SCHED_IDLE}]"
+
+
+def test_the_first_look_is_forced_so_a_loaded_machine_starts_with_fewer_threads():
+    # the engine calls check(force=True) after its warm-up decode: without the force, the first
+    # request of a fresh process would run inside the interval with every usable thread
+    calls = []
+    t = ThreadTuner(2, calls.append, interval_s=60.0, share=FakeShare([1.0, 1.0]))
+    assert t.check() == 2 and calls == []  # inside the interval: no look
+    assert t.check(force=True) == 1 and calls == [1]
+
+
+def test_the_engine_decides_its_threads_before_the_first_request(smol_path):
+    from edgekit.engines.llamacpp import LlamaCppEngine
+
+    with LlamaCppEngine(str(smol_path), max_n=1, n_ctx=256) as e:
+        assert e.warmup_s > 0  # one throw-away decode at load: the first request costs what later ones do
+        assert e.tuner.others is not None or e.tuner.usable <= 1 or e.tuner.fixed  # looked at the load already
