@@ -227,12 +227,15 @@ def median_or_none(xs: Iterable[float | None]) -> float | None:
 def run_main(main: Callable[..., int | None], argv: Sequence[str] | None = None) -> None:
     """Run ``main(argv)`` and exit with its return code. An edgekit error (a problem the user can fix) becomes
     ``error: <message> (fix: ...)`` and its exit code; any other exception one ``error:`` line and exit 1
-    (``EDGEKIT_DEBUG=1``: the traceback instead); Ctrl-C exits 130."""
+    (``EDGEKIT_DEBUG=1``: the traceback instead); Ctrl-C exits 130; a closed stdout (``| head``) exits 1 quietly."""
     try:
         code = main(argv)
     except KeyboardInterrupt:
         log("interrupted")
         code = 130
+    except BrokenPipeError:  # stdout closed early (`| head`): no error line, no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     except Exception as e:  # noqa: BLE001 - a benchmark's last line of defence: one line, not a traceback
         if os.environ.get("EDGEKIT_DEBUG"):
             raise
