@@ -54,8 +54,8 @@ def main(argv=None) -> int:
                 f"({threads} threads); plain {p['decode_tok_s']} / {p['batch4_tok_s']}"
             )
     doc = {"cpu": cpu_model(), "threads": threads, "reps": a.reps, "rows": rows}
-    cols = ["model", Col("quant", lambda r: r["quant"] or "?"), "plain_over_default_decode:.3f"]
-    cols.append("plain_over_default_batch4:.3f")
+    quant = Col("quant", lambda r: r["quant"] or "?")
+    cols = ["model", quant, "plain_over_default_decode:.3f", "plain_over_default_batch4:.3f"]
     emit(doc, a.json, lambda: print_table(rows, cols))
     return 0
 
