@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -138,11 +139,13 @@ def test_loopback_server_is_killed_when_the_block_raises_and_keeps_its_log():
     os.unlink(srv.log_path)
 
 
-def test_loopback_server_that_exits_early_fails_with_its_log_tail():
+def test_loopback_server_that_exits_early_fails_with_its_log_tail(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the kept log lands here
     cmd = [sys.executable, "-c", "import sys; print('cannot start: port {port}'); sys.exit(3)"]
     with pytest.raises(RuntimeError, match=r"exited with code 3 .*cannot start"):
         with bc.loopback_server(cmd, timeout=30):
             pass
+    assert [p.name.startswith("edgekit-bench-server-") for p in tmp_path.iterdir()] == [True]
 
 
 def test_loopback_server_kills_a_server_that_ignores_sigterm(tmp_path):
