@@ -15,13 +15,12 @@ generated token, raw and above the idle power measured before the runs, with the
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 import time
 
 import llama_cpp as ll
+from _common import TableStream, emit, median_or_none, parser, run_main
 
 from edgekit.engines.llamacpp import default_threads
 from edgekit.models import resolve
@@ -46,7 +45,7 @@ def sequential_rate(llm, n: int, budget: int, seed: int, prompt_text: str) -> tu
         llm.set_seed(seed + i)
         first = last = None
         count = 0
-        for chunk in llm.create_completion(
+        for _chunk in llm.create_completion(
             prompt_text,
             max_tokens=budget,
             stream=True,
@@ -160,17 +159,19 @@ def energy_row(windows: list, idle_mw, tokens: list[int]) -> dict:
     }
 
 
+def run_meta(a, threads: int, **extra) -> dict:
+    """What a run's JSON says besides its rows (here and in daemon_batching.py): model, budget, threads, ``extra``,
+    the llama-cpp-python version."""
+    return {"model": a.model, "budget": a.budget, "threads": threads, **extra, "llama_cpp_python": ll.__version__}
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    ap = parser(__doc__, reps=1, model="qwen2.5-coder-0.5b-instruct", threads=True)
     ap.add_argument("--budget", type=int, default=128)
     ap.add_argument("--ns", default="1,2,4,8,16")
-    ap.add_argument("--reps", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded to the GPU in every path (-1: all)")
     ap.add_argument("--paths", default="edgekit,raw,sequential", help="comma list of edgekit, raw, sequential")
     ap.add_argument("--energy", action="store_true", help="J/token of each edgekit generate (best power meter)")
-    ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     ns = [int(x) for x in a.ns.split(",")]
     paths = [p.strip() for p in a.paths.split(",") if p.strip()]
@@ -201,7 +202,10 @@ def main(argv=None) -> int:
     if llm:
         sequential_rate(llm, 1, 8, 0, prompt_text)
     rows = []
-    nan = float("nan")
+    table = TableStream(
+        enabled=not a.json,
+        cols=["n", "edgekit_tok_s:.1f", "sequential_tok_s:.1f", "raw_tok_s:.1f", "a_over_b:.2f", "a_over_c:.2f"],
+    )
     for n in ns:
         e, s, r = [], [], []
         toks = {"edgekit": [], "sequential": [], "raw": []}
@@ -227,8 +231,8 @@ def main(argv=None) -> int:
         row = {
             "n": n,
             "edgekit_tok_s": statistics.median(e),
-            "sequential_tok_s": statistics.median(s) if s else None,
-            "raw_tok_s": statistics.median(r) if r else None,
+            "sequential_tok_s": median_or_none(s),
+            "raw_tok_s": median_or_none(r),
             "reps": a.reps,
             "samples": {"edgekit": e, "sequential": s, "raw": r},
             "tokens": toks,
@@ -238,31 +242,20 @@ def main(argv=None) -> int:
         if meter is not None:
             row.update(energy_row(windows, idle_mw, toks["edgekit"]))
         rows.append(row)
-        if not a.json:
-            f = lambda v: nan if v is None else v  # noqa: E731
-            print(
-                f"n={n:2d}  edgekit {row['edgekit_tok_s']:6.1f}  sequential {f(row['sequential_tok_s']):6.1f}  "
-                f"raw {f(row['raw_tok_s']):6.1f} tok/s   a/b {f(row['a_over_b']):.2f}  a/c {f(row['a_over_c']):.2f}",
-                flush=True,
-            )
-    meta = {
-        "model": a.model,
-        "budget": a.budget,
-        "threads": threads,
-        "prompt_tokens": len(prompt_tokens),
-        "gpu_layers": a.gpu_layers,
-        "paths": paths,
-        "build": rt.engine.info.build,
-        "n_ctx": n_ctx,
-        "method": f"measured, median of {a.reps} rep(s); decode tok/s excludes prefill and each sequence's first token",
-        "llama_cpp_python": ll.__version__,
-    }
-    if a.json:
-        print(json.dumps({"rows": rows, **meta}, indent=1))
-    else:
-        print(json.dumps(meta))
+        table.row(row)
+    meta = run_meta(
+        a,
+        threads,
+        prompt_tokens=len(prompt_tokens),
+        gpu_layers=a.gpu_layers,
+        paths=paths,
+        build=rt.engine.info.build,
+        n_ctx=n_ctx,
+        method=f"measured, median of {a.reps} rep(s); decode tok/s excludes prefill and each sequence's first token",
+    )
+    emit({"rows": rows, **meta}, a.json, json.dumps(meta))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
