@@ -14,6 +14,8 @@ the device runs off its profile (a slowed or noisy machine); on a quiet machine 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +43,11 @@ def main(argv=None) -> int:
     ap.add_argument("--interval", type=float, default=0.0, help="seconds between requests")
     ap.add_argument("--max-tokens", type=int, default=4)
     ap.add_argument("--alpha", type=float, default=0.2)
+    ap.add_argument("--step-at", type=int, help="start --background busy workers before this request (0-based)")
+    ap.add_argument("--background", type=int, default=1, help="busy workers started at --step-at")
+    ap.add_argument("--within", type=float, default=0.15, help="convergence: corrected error at most this, to the end")
     a = ap.parse_args(argv)
+    threads = a.threads or None  # --threads 0: edgekit's adaptive thread count (the daemon's default)
 
     from fastapi.testclient import TestClient
 
@@ -54,7 +60,7 @@ def main(argv=None) -> int:
     path = Path(a.plan) if a.plan else default_plan(Path(tempfile.mkdtemp()))
     plan = load_plan(path)
     svc = Service(
-        Runtime(plan.chosen.model_id, threads=a.threads, n_ctx=1024),
+        Runtime(plan.chosen.model_id, threads=threads, n_ctx=1024),
         limits=Limits(max_tokens_cap=max(a.max_tokens, 1024)),
         plan=plan,
         plan_path=str(path),
@@ -65,8 +71,11 @@ def main(argv=None) -> int:
         return 2
     c = TestClient(build_app(svc))
     rows = []
+    busy: list[subprocess.Popen] = []
     t0 = time.time()
     for i in range(a.requests):
+        if a.step_at is not None and i == a.step_at:
+            busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.background)]
         body = {
             "model": plan.chosen.model_id,
             "max_tokens": a.max_tokens,
@@ -85,8 +94,12 @@ def main(argv=None) -> int:
                 "k_decode": ek["correction"]["decode"]["factor"],
             }
         )
+        rows[-1]["loaded"] = bool(busy)
         if i + 1 < a.requests:
             time.sleep(a.interval)
+    for b in busy:
+        b.kill()
+        b.wait()
     svc.rt.close()
     svc.close()
     acting = [r for r in rows[svc.live.s.min_samples :]]
@@ -102,8 +115,28 @@ def main(argv=None) -> int:
         "median_rel_error_corrected": err("corrected_s"),
         "over_requests": len(acting),
     }
+    if a.step_at is not None:
+        out["step"] = convergence(rows, a.step_at, a.within, a.background)
     emit(out, a.json, lambda: print_text(out))
     return 0
+
+
+def convergence(rows: list[dict], k: int, within: float, workers: int) -> dict:
+    """After a step in background load at request k: the first request from which the corrected
+    prediction stays within ``within`` of the measured time to the end, in requests and seconds."""
+    rel = [abs(r["corrected_s"] - r["measured_s"]) / r["measured_s"] for r in rows]
+    after = range(k, len(rows))
+    j = next((i for i in after if all(e <= within for e in rel[i:])), None)
+    plan_err = median_or_none(abs(r["predicted_s"] - r["measured_s"]) / r["measured_s"] for r in rows[k:])
+    return {
+        "at_request": k,
+        "workers": workers,
+        "within": within,
+        "converged_after_requests": None if j is None else j - k,
+        "converged_after_s": None if j is None else round(rows[j]["t_s"] - rows[k]["t_s"], 2),
+        "median_rel_error_plan_after_step": plan_err,
+        "median_rel_error_corrected_after_step": median_or_none(rel[k:]),
+    }
 
 
 def print_text(out: dict) -> None:
@@ -115,6 +148,13 @@ def print_text(out: dict) -> None:
         f"plan model {fmt(out['median_rel_error_plan'])}, "
         f"corrected {fmt(out['median_rel_error_corrected'])}"
     )
+    if "step" in out:
+        st = out["step"]
+        print(
+            f"step to {st['workers']} busy worker(s) at request {st['at_request']}: corrected within "
+            f"{100 * st['within']:.0f} % after {st['converged_after_requests']} request(s) "
+            f"({st['converged_after_s']} s); plan model off by {fmt(st['median_rel_error_plan_after_step'])} after it"
+        )
 
 
 if __name__ == "__main__":
