@@ -127,6 +127,7 @@ def convergence(rows: list[dict], k: int, within: float, workers: int) -> dict:
     rel = [abs(r["corrected_s"] - r["measured_s"]) / r["measured_s"] for r in rows]
     after = range(k, len(rows))
     j = next((i for i in after if all(e <= within for e in rel[i:])), None)
+    first = next((i for i in after if rel[i] <= within), None)
     plan_err = median_or_none(abs(r["predicted_s"] - r["measured_s"]) / r["measured_s"] for r in rows[k:])
     return {
         "at_request": k,
@@ -134,6 +135,8 @@ def convergence(rows: list[dict], k: int, within: float, workers: int) -> dict:
         "within": within,
         "converged_after_requests": None if j is None else j - k,
         "converged_after_s": None if j is None else round(rows[j]["t_s"] - rows[k]["t_s"], 2),
+        "first_within_after_requests": None if first is None else first - k,
+        "share_within_after_step": sum(e <= within for e in rel[k:]) / max(1, len(rel) - k),
         "median_rel_error_plan_after_step": plan_err,
         "median_rel_error_corrected_after_step": median_or_none(rel[k:]),
     }
@@ -153,7 +156,8 @@ def print_text(out: dict) -> None:
         print(
             f"step to {st['workers']} busy worker(s) at request {st['at_request']}: corrected within "
             f"{100 * st['within']:.0f} % after {st['converged_after_requests']} request(s) "
-            f"({st['converged_after_s']} s); plan model off by {fmt(st['median_rel_error_plan_after_step'])} after it"
+            f"({st['converged_after_s']} s), {100 * st['share_within_after_step']:.0f} % of requests within after the "
+            f"step; plan model off by {fmt(st['median_rel_error_plan_after_step'])} after it"
         )
 
 

@@ -45,7 +45,8 @@ def main() -> int:
     for c in r.choices:
         print(f"sample {c.index} ({c.finish_reason}): {c.message.content!r}")
     print(
-        f"answer {ek['answer']!r}, agreement {ek['confidence']['votes']}/{ek['confidence']['n']}, source {ek['source']}, "
+        f"answer {ek['answer']!r}, agreement {ek['confidence']['votes']}/{ek['confidence']['n']}, "
+        f"source {ek['source']}, "
         f"{ek['timings']['total_s']:.2f}s, tokens {r.usage.completion_tokens}"
     )
 

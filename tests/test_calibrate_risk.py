@@ -322,9 +322,9 @@ def test_refusals_name_the_fix():
     rng = np.random.default_rng(0)
     s, c = rng.random(100), rng.integers(0, 2, 100)
     for bad in (0, 1, -0.1, 1.5, float("nan"), "x"):
-        _refused(lambda: ltt_threshold(s, c, bad, 0.1, score_name="s"), "alpha")
-        _refused(lambda: ltt_threshold(s, c, 0.1, bad, score_name="s"), "delta")
-        _refused(lambda: min_calibration_size(bad, 0.1), "alpha")
+        _refused(lambda bad=bad: ltt_threshold(s, c, bad, 0.1, score_name="s"), "alpha")
+        _refused(lambda bad=bad: ltt_threshold(s, c, 0.1, bad, score_name="s"), "delta")
+        _refused(lambda bad=bad: min_calibration_size(bad, 0.1), "alpha")
     _refused(lambda: ltt_threshold(s, None, 0.1, 0.1, score_name="s"), "no labels")
     _refused(lambda: ltt_threshold(s, c[:-1], 0.1, 0.1, score_name="s"), "99 labels for 100 scores")
     _refused(lambda: ltt_threshold(np.where(np.arange(100) == 3, np.nan, s), c, 0.1, 0.1, score_name="s"), "NaN")
@@ -336,8 +336,8 @@ def test_refusals_name_the_fix():
     )
     _refused(lambda: ltt_threshold(s, c, 0.1, 0.1, score_name="s", pvalue="normal"), "p-value")
     for bad in (-0.1, 1.1, float("nan")):
-        _refused(lambda: conformal_offload_threshold(s, bad, score_name="s"), "offload_budget", "[0, 1]")
-        _refused(lambda: ltt_threshold(s, c, 0.1, 0.1, score_name="s", max_offload=bad), "max_offload")
+        _refused(lambda bad=bad: conformal_offload_threshold(s, bad, score_name="s"), "offload_budget", "[0, 1]")
+        _refused(lambda bad=bad: ltt_threshold(s, c, 0.1, 0.1, score_name="s", max_offload=bad), "max_offload")
     _refused(lambda: ltt_threshold(s, c, 0.1, 0.1, score_name="s", cloud_correct=1.2), "cloud")
     _refused(lambda: binomial_pvalue(-1, 10, 0.1), "losses")
 

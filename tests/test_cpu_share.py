@@ -77,7 +77,10 @@ def test_the_wait_policy_is_set_before_llama_cpp_loads_and_read_back_from_libgom
     shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2, reason="needs taskset and 2+ CPUs"
 )
 def test_an_affinity_limited_process_gets_one_thread(smol_path):
-    code = "from edgekit.runtime import Runtime; import json,sys; rt=Runtime(sys.argv[1], n_ctx=256); print(json.dumps(rt.engine.threading()))"
+    code = (
+        "from edgekit.runtime import Runtime; import json,sys; rt=Runtime(sys.argv[1], n_ctx=256); "
+        "print(json.dumps(rt.engine.threading()))"
+    )
     p = subprocess.run(
         ["taskset", "-c", "0", sys.executable, "-c", code, str(smol_path)], capture_output=True, text=True, timeout=300
     )
@@ -122,7 +125,7 @@ def test_cpu_share_counts_others_but_not_lower_priority_work(tmp_path):
     for niced, want in ((False, 0.5), (True, 1.5)):
         own = [0.0]
         write(0, 0)
-        share = CpuShare([0, 1], tmp_path, own_cpu_s=lambda: own[0])
+        share = CpuShare([0, 1], tmp_path, own_cpu_s=lambda own=own: own[0])
         share._niced = niced
         share._last = share._read()
         # one second later: per CPU 0.5 s user (0.25 s of each ours) and 0.5 s of work at nice > 0
@@ -158,7 +161,10 @@ def test_thread_tuner_gives_up_a_taken_core_and_takes_it_back():
 def test_registry_sees_a_live_peer_and_forgets_a_dead_one(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path))
     monkeypatch.setenv("EDGEKIT_PEER_REGISTRY", "on")
-    code = "from edgekit.host import peers; import time; peers.register('test peer'); print('up', flush=True); time.sleep(120)"
+    code = (
+        "from edgekit.host import peers; import time; peers.register('test peer'); "
+        "print('up', flush=True); time.sleep(120)"
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ})
     try:
         assert child.stdout.readline().strip() == "up"
@@ -172,7 +178,10 @@ def test_registry_sees_a_live_peer_and_forgets_a_dead_one(tmp_path, monkeypatch)
 
 def test_a_second_process_warns(smol_path, tmp_path):
     env = {**os.environ, "EDGEKIT_HOME": str(tmp_path), "EDGEKIT_PEER_REGISTRY": "on"}
-    code = "from edgekit.host import peers; import time; peers.register('llama.cpp other'); print('up', flush=True); time.sleep(300)"
+    code = (
+        "from edgekit.host import peers; import time; peers.register('llama.cpp other'); "
+        "print('up', flush=True); time.sleep(300)"
+    )
     first = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert first.stdout.readline().strip() == "up"

@@ -41,7 +41,10 @@ def fake_llama(offload: bool, info: bytes, version: str = "0.3.36"):
     )
 
 
-CUDA_INFO = b"CPU : NEON = 1 | ARM_FMA = 1 | FP16_VA = 1 | DOTPROD = 1 | LLAMAFILE = 1 | OPENMP = 1 | CUDA : ARCHS = 870 | USE_GRAPHS = 1 | PEER_MAX_BATCH_SIZE = 128 | "
+CUDA_INFO = (
+    b"CPU : NEON = 1 | ARM_FMA = 1 | FP16_VA = 1 | DOTPROD = 1 | LLAMAFILE = 1 | OPENMP = 1 | "
+    b"CUDA : ARCHS = 870 | USE_GRAPHS = 1 | PEER_MAX_BATCH_SIZE = 128 | "
+)
 
 
 def test_detect_device_orin_fixture():

@@ -12,11 +12,11 @@ from edgekit.errors import SchemaError, UsageError
 from edgekit.perfmodel import synthetic as sy
 from edgekit.plan import InfeasibleTarget, load_plan, plot_pareto, render_frontier, to_plan_file
 from edgekit.plan import plan as plan_any
+from edgekit.schemas.profile import ModelInfo, load_profile
 from edgekit.schemas.table import AccuracyRow, AccuracyTable
 
 # these tests check the optimiser itself: the most accurate feasible configuration
 plan = functools.partial(plan_any, prefer="most-accurate")
-from edgekit.schemas.profile import ModelInfo, load_profile
 
 ORIN = Path(__file__).resolve().parents[1] / "profiles" / "jetson-agx-orin-64gb-published.json"
 # prefill = 0.05 + 1e-3 * I ; step = 0.02 + 0.001 * n (gamma = 0): hand-computable

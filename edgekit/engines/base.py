@@ -33,7 +33,7 @@ class TokenPrompt:
     ids: tuple[int, ...]
 
 
-Prompt = Union[Sequence[Message], TokenPrompt]
+Prompt = Union[Sequence[Message], TokenPrompt]  # noqa: UP007 - a runtime alias: `X | Y` of a generic fails on 3.10
 
 
 @dataclass(frozen=True)

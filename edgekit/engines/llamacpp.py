@@ -281,7 +281,8 @@ class LlamaCppEngine(Engine):
         need, n_ctx = n_prompt + n * max_tokens, self._live().n_ctx
         if need > n_ctx:
             raise ContextOverflow(
-                f"prompt ({n_prompt} tokens) + {n} samples x {max_tokens}-token budget = {need} tokens exceeds the context of {n_ctx}",
+                f"prompt ({n_prompt} tokens) + {n} samples x {max_tokens}-token budget = {need} tokens "
+                f"exceeds the context of {n_ctx}",
                 fix=f"lower --max-tokens or --n, shorten the prompt, or raise the context (ctx >= {need})",
             )
 

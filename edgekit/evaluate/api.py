@@ -23,10 +23,9 @@ def default_output(
     task: str, model: str, template: str | None, temperature: float, answer_format: str | None = None
 ) -> Path:
     safe = lambda s: "".join(c if c.isalnum() or c in ".-_" else "_" for c in s)  # noqa: E731
-    return (
-        Path("tables")
-        / f"{safe(task)}--{safe(Path(model).stem if model.endswith('.gguf') else model)}--{template or 'default'}{'+' + safe(answer_format) if answer_format else ''}--t{temperature:g}.json"
-    )
+    name = safe(Path(model).stem if model.endswith(".gguf") else model)
+    fmt = "+" + safe(answer_format) if answer_format else ""
+    return Path("tables") / f"{safe(task)}--{name}--{template or 'default'}{fmt}--t{temperature:g}.json"
 
 
 def evaluate(

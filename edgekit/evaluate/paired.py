@@ -131,7 +131,8 @@ def separation(t: AccuracyTable) -> str | None:
     if t.n_problems < MIN_SHARED or not t.problems:
         return (
             f"{t.n_problems} problems are too few to separate these rows (the 95 % intervals span about "
-            f"±{100 * 1.96 * 0.5 / max(t.n_problems, 1) ** 0.5:.0f} points at 50 %): add problems (--limit, --target-width)"
+            f"±{100 * 1.96 * 0.5 / max(t.n_problems, 1) ** 0.5:.0f} points at 50 %): "
+            "add problems (--limit, --target-width)"
         )
     best = max(rows, key=lambda r: r.accuracy)
     ids = tuple(p.id for p in t.problems)
@@ -146,4 +147,7 @@ def separation(t: AccuracyTable) -> str | None:
             f"on {t.n_problems} problems no row is separated from the best ({name}, paired bootstrap, 95 %): the "
             "table cannot rank its rows; add problems (--limit, --target-width)"
         )
-    return f"{below} of {len(others)} rows are below the best ({name}) beyond noise ({t.n_problems} problems, paired bootstrap, 95 %)"
+    return (
+        f"{below} of {len(others)} rows are below the best ({name}) beyond noise "
+        f"({t.n_problems} problems, paired bootstrap, 95 %)"
+    )

@@ -111,7 +111,8 @@ def _read_partial(path: Path, settings: dict) -> tuple[dict[str, ProblemRecord],
             raise UsageError(
                 f"the task's problems changed since partial run {path} started ({len(done)} problems done; "
                 f"task_sha256 {had[:12]}…, now {now[:12]}…): its records would be mixed with other problems",
-                fix=f"restore the task file as it was to continue, or start over with --no-resume (deletes {path.name})",
+                fix="restore the task file as it was to continue, or start over with --no-resume "
+                f"(deletes {path.name})",
             )
     diff = [f"{k} {header.get(k)!r} (now {v!r})" for k, v in settings.items() if header.get(k) != v]
     if diff:
@@ -281,7 +282,7 @@ def run_eval(
     total = len(task.problems)
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) if task.has_verifier else None
     try:
-        for i, problem in enumerate(task.problems):
+        for problem in task.problems:
             if problem.id in done:
                 continue
             ps = problem_seed(seed, problem.id)

@@ -132,6 +132,7 @@ def warn_if_shared(others: list[dict], adaptive: bool) -> None:
     how = (
         "threads follow the free cores, so each keeps about its share"
         if adaptive
-        else "--threads is fixed, so the processes may slow each other down a lot (leave --threads out to share adaptively)"
+        else "--threads is fixed, so the processes may slow each other down a lot "
+        "(leave --threads out to share adaptively)"
     )
     log.warning("%d other edgekit process(es) hold a model on this machine: %s; %s", len(others), pids, how)

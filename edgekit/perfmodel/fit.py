@@ -102,7 +102,8 @@ def memory_terms(mp: ModelProfile) -> tuple[float | None, float | None, float | 
         kv,
         DEFAULT_OVERHEAD_FRAC * w,
         (
-            f"estimated: weights + KV ({kv_how}) x (I + n*B) + {DEFAULT_OVERHEAD_FRAC:.0%} of weights for runtime buffers "
+            f"estimated: weights + KV ({kv_how}) x (I + n*B) + {DEFAULT_OVERHEAD_FRAC:.0%} of weights "
+            "for runtime buffers "
             "(peak memory not measured)"
         ),
     )

@@ -14,7 +14,8 @@ same), and every ratio is clamped to [lo, hi] before it enters, so one outlier (
 request that waited on swap) moves k by at most a factor (hi)**alpha, and k itself never leaves
 [lo, hi]. Until ``min_samples`` requests have been seen a factor is not applied (k = 1: the plan's
 model as is); the median over those first requests starts the average, so one slow first request
-(page cache still cold after loading the model) does not set it. Thread-safe; ``snapshot()`` is a plain dict and ``restore()`` reads it back.
+(page cache still cold after loading the model) does not set it. Thread-safe; ``snapshot()`` is a
+plain dict and ``restore()`` reads it back.
 """
 
 from __future__ import annotations

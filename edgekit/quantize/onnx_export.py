@@ -34,7 +34,10 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgekit.quantize.ladder import QuantizeResult
 
 from edgekit import engines
 from edgekit.errors import BackendError, EdgekitError, UsageError
@@ -173,9 +176,11 @@ def check_tokenizer(tokenizer: Any, gguf_path: Path, label: str = "the exported 
     if got != want:
         i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
         raise TokenizerMismatch(
-            f"tokenizer mismatch: {label} and the GGUF {gguf_path.name} (llama.cpp) tokenise the probe text differently "
+            f"tokenizer mismatch: {label} and the GGUF {gguf_path.name} (llama.cpp) "
+            "tokenise the probe text differently "
             f"from token {i} ({len(got)} vs {len(want)} ids; got {got[i : i + 3]}, llama.cpp {want[i : i + 3]})",
-            fix="export with the GGUF's own tokenizer (drop tokenizer=), or pass the tokenizer folder that belongs to this model",
+            fix="export with the GGUF's own tokenizer (drop tokenizer=), "
+            "or pass the tokenizer folder that belongs to this model",
         )
     return want
 
