@@ -18,24 +18,18 @@ Reads the cache (EDGEKIT_HOME or ~/.cache/edgekit); writes only the model's mani
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
 import platform
-import statistics
-import sys
 import time
+
+from _common import Col, emit, log, parser, print_table, run_main, summarize
 
 
 def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from edgekit.host.cpu import cpu_model
+
+    return cpu_model() or platform.processor() or platform.machine()
 
 
 def _hash_read(path, bufsize: int) -> str:
@@ -47,22 +41,19 @@ def _hash_read(path, bufsize: int) -> str:
 
 
 def _summary(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+    return summarize(xs).spread("n")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="catalogue id (must be cached)")
-    ap.add_argument("--reps", type=int, default=7)
+    ap = parser(__doc__, reps=7, model="qwen2.5-coder-0.5b-instruct", helps={"model": "catalogue id (must be cached)"})
     ap.add_argument("--calls", type=int, default=200, help="resolve() calls per repetition for (a)")
-    ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
 
     from edgekit.models import CATALOG, integrity, store
 
     entry = CATALOG.get(a.model)
     if entry is None or not store.cached_path(entry).exists():
-        print(f"error: {a.model} is not cached (fix: run `edgekit models pull {a.model}`)", file=sys.stderr)
+        log(f"error: {a.model} is not cached (fix: run `edgekit models pull {a.model}`)")
         return 2
     path = store.cached_path(entry)
     t0 = time.perf_counter()
@@ -116,29 +107,34 @@ def main(argv=None) -> int:
         "c_read_1mib_s": _summary(mib1_s),
         "goals": {"a_resolve_ms<=5": _summary(resolve_ms)["median"] <= 5.0, "b_full_verify_s<=2": ver["median"] <= 2.0},
     }
-    if a.json:
-        print(json.dumps(out, indent=2))
-        return 0
-    print(
-        f"{a.model}: {size / 1e6:.0f} MB; {out['machine']['cpu']}, {out['machine']['cores']} cores; "
-        f"{a.reps} interleaved reps (median [min-max])"
-    )
-
-    def row(name, s, unit, scale=1.0):
-        print(f"  {name:<44} {s['median'] * scale:8.3f} {unit}  [{s['min'] * scale:.3f}-{s['max'] * scale:.3f}]")
-
-    row("(a) resolve() per load, cheap check", out["a_resolve_ms"], "ms")
-    row("(a) integrity.cheap_check alone", out["a_cheap_check_ms"], "ms")
-    row("(b) full verify (8 MiB readinto sha256)", out["b_full_verify_s"], "s")
-    row("(c) hashlib.file_digest (256 KiB)", out["c_file_digest_256k_s"], "s")
-    row("(c) 1 MiB read() loop", out["c_read_1mib_s"], "s")
-    print(
-        f"  full verify throughput {out['b_full_verify_s']['GB_per_s']:.2f} GB/s; first rep {first_verify_s:.3f} s; "
-        f"goals: resolve ≤ 5 ms {'met' if out['goals']['a_resolve_ms<=5'] else 'NOT met'}, "
-        f"verify ≤ 2 s {'met' if out['goals']['b_full_verify_s<=2'] else 'NOT met'}"
-    )
+    emit(out, a.json, lambda: print_text(out), indent=2)
     return 0
 
 
+def print_text(out: dict) -> None:
+    m, b = out["machine"], out["b_full_verify_s"]
+    print(
+        f"{out['model']}: {out['file_bytes'] / 1e6:.0f} MB; {m['cpu']}, {m['cores']} cores; "
+        f"{out['reps']} interleaved reps (median [min-max])"
+    )
+    rows = [
+        ("(a) resolve() per load, cheap check", "a_resolve_ms", "ms"),
+        ("(a) integrity.cheap_check alone", "a_cheap_check_ms", "ms"),
+        ("(b) full verify (8 MiB readinto sha256)", "b_full_verify_s", "s"),
+        ("(c) hashlib.file_digest (256 KiB)", "c_file_digest_256k_s", "s"),
+        ("(c) 1 MiB read() loop", "c_read_1mib_s", "s"),
+    ]
+    print_table(
+        [{"what": what, "unit": unit, **out[k]} for what, k, unit in rows],
+        ["what", "median:.3f", "unit", Col("min-max", lambda r: f"[{r['min']:.3f}-{r['max']:.3f}]")],
+    )
+    g = out["goals"]
+    print(
+        f"full verify throughput {b['GB_per_s']:.2f} GB/s; first rep {b['first_s']:.3f} s; "
+        f"goals: resolve ≤ 5 ms {'met' if g['a_resolve_ms<=5'] else 'NOT met'}, "
+        f"verify ≤ 2 s {'met' if g['b_full_verify_s<=2'] else 'NOT met'}"
+    )
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

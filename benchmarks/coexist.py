@@ -18,7 +18,6 @@ Run it on an otherwise quiet machine: anything else computing is part of the mea
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -27,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import emit, log, parser, print_table, run_main
 
 from edgekit.host.cpu import cpu_model
 
@@ -104,12 +105,12 @@ def measure(situation: str, policy: str, args) -> list[dict]:
     return out
 
 
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        return child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
-    ap.add_argument("--reps", type=int, default=2)
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--child"]:
+        child(argv[1], int(argv[2]), int(argv[3]), argv[4])
+        return 0
+    ap = parser(__doc__, reps=2, model="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--gens", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=240)
@@ -119,8 +120,7 @@ def main() -> None:
         default="old,new",
         help="old, new, and spin3k/spin30k/spin100k/spin300k (adaptive threads with that spin count)",
     )
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     sits = [s for s in args.situations.split(",") if s]
     pols = [p for p in args.policies.split(",") if p]
     bad = [p for p in pols if p not in POLICIES and p not in EXTRA]
@@ -133,11 +133,9 @@ def main() -> None:
                 for i, m in enumerate(measure(sit, pol, args)):
                     raw.append({"rep": rep, "situation": sit, "policy": pol, "process": i, **m})
                     if not args.json:
-                        print(
+                        log(
                             f"rep {rep} {sit:6s} {pol}: {m['decode_tok_s']:6.1f} tok/s, {m['total_s']:.2f} s, "
-                            f"threads {m.get('threads')}",
-                            file=sys.stderr,
-                            flush=True,
+                            f"threads {m.get('threads')}"
                         )
     alone = {(r["rep"], r["policy"]): r["decode_tok_s"] for r in raw if r["situation"] == "alone"}
     rows = []
@@ -171,21 +169,21 @@ def main() -> None:
         "summary": summary,
         "raw": raw,
     }
-    if args.json:
-        print(json.dumps(doc, indent=1))
-        return
-    print(f"{'situation':10s} {'policy':6s} {'decode tok/s':>12s} {'total s':>8s} {'x alone':>8s} {'min':>6s}")
-    for r in rows:
-        oa = "-" if r["over_alone"] is None else f"{r['over_alone']:.2f}"
-        mn = "-" if r["over_alone_min"] is None else f"{r['over_alone_min']:.2f}"
-        print(f"{r['situation']:10s} {r['policy']:6s} {r['decode_tok_s']:12.1f} {r['total_s']:8.2f} {oa:>8s} {mn:>6s}")
+    emit(doc, args.json, lambda: print_text(rows, summary))
+    return 0
+
+
+def print_text(rows: list[dict], summary: dict) -> None:
+    print_table(
+        rows, ["situation", "policy", "decode_tok_s:.1f", "total_s:.2f", "over_alone:.2f", "over_alone_min:.2f"]
+    )
     if summary["new_alone_over_old_alone"] is not None:
         print(
             f"idle: new / old = {summary['new_alone_over_old_alone']:.3f} (per repetition: "
-            + ", ".join(f"{x:.3f}" for x in idle)
+            + ", ".join(f"{x:.3f}" for x in summary["per_rep"])
             + ")"
         )
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

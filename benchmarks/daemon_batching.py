@@ -1,7 +1,8 @@
 """Continuous batching of different requests: c concurrent clients (n=1 each) vs a bare llama.cpp
 batched loop at n=c vs the same requests served one at a time. Interleaved, in one process.
 
-    python benchmarks/daemon_batching.py [--model qwen2.5-coder-0.5b-instruct] [--cs 1,4,8] [--budget 128] [--reps 3] [--json]
+    python benchmarks/daemon_batching.py [--model qwen2.5-coder-0.5b-instruct] [--cs 1,4,8] [--budget 128]
+        [--reps 3] [--json]
     python benchmarks/daemon_batching.py --smoke          # SmolLM2, c in {1,2}, 8 tokens: checks that it runs
 
 (a) batched: c threads call ``Runtime.generate`` at once on a llama.cpp engine with continuous
@@ -23,23 +24,18 @@ makespan (a request served one at a time behind all the others).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Col, TableStream, emit, median_or_none, parser, run_main
+from parallel_sampling import PROMPT, SAMPLING, RawLoop, run_meta
 
-import llama_cpp as ll  # noqa: E402
-from parallel_sampling import PROMPT, SAMPLING, RawLoop  # noqa: E402
-
-from edgekit.engines.llamacpp import LlamaCppEngine, default_threads  # noqa: E402
-from edgekit.models import resolve  # noqa: E402
-from edgekit.runtime import Runtime  # noqa: E402
-from edgekit.serve.tap import TapEngine  # noqa: E402
+from edgekit.engines.llamacpp import LlamaCppEngine, default_threads
+from edgekit.models import resolve
+from edgekit.runtime import Runtime
+from edgekit.serve.tap import TapEngine
 
 TOPICS = [
     "a red-black tree",
@@ -127,14 +123,10 @@ def sequential(rt: Runtime, c: int, budget: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    ap = parser(__doc__, reps=3, model="qwen2.5-coder-0.5b-instruct", threads=True)
     ap.add_argument("--budget", type=int, default=128)
     ap.add_argument("--cs", default="1,4,8")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--smoke", action="store_true", help="SmolLM2, c in {1,2}, 8 tokens, 1 rep: checks that it runs")
-    ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     if a.smoke:
         a.model, a.budget, a.cs, a.reps = "smollm2-135m-instruct", 8, "1,2", 1
@@ -159,9 +151,16 @@ def main(argv=None) -> int:
             res[c]["b"].append(raw.rate(prompt_tokens, c, a.budget, 1000 * rep)[0])
             res[c]["c"].append(sequential(serial, c, a.budget))
     rows = []
+    med = median_or_none
+    makespan = lambda key: lambda r: statistics.median(max(x) for x in r[key])  # noqa: E731
+    table = TableStream(
+        enabled=not a.json,
+        cols=["c", "a_batched_tok_s:.1f", "a_steady_tok_s:.1f", "b_bare_tok_s:.1f", "c_sequential_tok_s:.1f"]
+        + ["a_over_b:.2f", "a_over_c:.2f", Col("makespan_a_s", makespan("finish_a_s"), ".2f")]
+        + [Col("makespan_sequential_s", makespan("finish_sequential_s"), ".2f"), "later_than_sequential_fifo"],
+    )
     for c in cs:
         A, B, C = res[c]["a"], res[c]["b"], res[c]["c"]
-        med = lambda xs: statistics.median([x for x in xs if x is not None]) if any(x is not None for x in xs) else None  # noqa: E731
         row = {
             "c": c,
             "a_batched_tok_s": med([x["tok_s"] for x in A]),
@@ -185,31 +184,21 @@ def main(argv=None) -> int:
         row["later_than_sequential_fifo"] = later_fifo
         row["all_before_sequential_makespan"] = [max(x["finish_s"]) <= max(y["finish_s"]) for x, y in zip(A, C)]
         rows.append(row)
-        if not a.json:
-            f = lambda v: f"{v:6.1f}" if v is not None else "   n/a"  # noqa: E731
-            print(
-                f"c={c:2d}  batched {f(row['a_batched_tok_s'])} (steady {f(row['a_steady_tok_s'])})  bare {f(row['b_bare_tok_s'])}  "
-                f"sequential {f(row['c_sequential_tok_s'])} tok/s   a/b {row['a_over_b'] or 0:.2f}  a/c {row['a_over_c'] or 0:.2f}   "
-                f"makespan a {statistics.median(max(x['finish_s']) for x in A):.2f}s vs seq "
-                f"{statistics.median(max(y['finish_s']) for y in C):.2f}s  later than FIFO slot: {later_fifo}",
-                flush=True,
-            )
-    meta = {
-        "model": a.model,
-        "budget": a.budget,
-        "threads": threads,
-        "n_ctx_batched": n_ctx,
-        "max_seqs": cmax,
-        "method": f"measured, median of {a.reps} interleaved rep(s); decode tok/s excludes each sequence's first token; "
-        "(a) in-process Runtime+TapEngine clients of the continuous-batching engine, (b) bare RawLoop at n=c "
+        table.row(row)
+    meta = run_meta(
+        a,
+        threads,
+        n_ctx_batched=n_ctx,
+        max_seqs=cmax,
+        method=f"measured, median of {a.reps} interleaved rep(s); decode tok/s excludes each sequence's first "
+        "token; (a) in-process Runtime+TapEngine clients of the continuous-batching engine, (b) bare RawLoop at n=c "
         "(shared prompt), (c) one request at a time on a serialised engine",
-        "llama_cpp_python": ll.__version__,
-    }
-    print(json.dumps({"rows": rows, **meta}, indent=1) if a.json else json.dumps(meta))
+    )
+    emit({"rows": rows, **meta}, a.json, json.dumps(meta))
     for rt in (serial, conc):
         rt.close()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

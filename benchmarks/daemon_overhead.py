@@ -16,48 +16,63 @@ Goal: p50 added <= 5 ms.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
-import sys
-import threading
 import time
 
-
-def quartiles(xs: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(xs, n=4, method="inclusive")
-    return q[0], statistics.median(xs), q[2]
+from _common import emit, inprocess_server, parser, run_main, summarize
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--reps", type=int, default=40)
+def main(argv=None) -> int:
+    ap = parser(__doc__, reps=40, model="smollm2-135m-instruct", threads=True)
     ap.add_argument("--max-tokens", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--stream", action="store_true", help="measure the SSE path instead of plain JSON")
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
-
-    import httpx
-    import uvicorn
+    a = ap.parse_args(argv)
 
     from edgekit.runtime import Runtime
-    from edgekit.schemas.options import SamplingOptions
     from edgekit.serve.app import build_app
-    from edgekit.serve.daemon import bind
     from edgekit.serve.service import Limits, Service
 
     rt = Runtime(a.model, n_ctx=1024, max_n=1, threads=a.threads)
     svc = Service(rt, limits=Limits(max_queue=4))
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(svc), log_level="warning", access_log=False, lifespan="off"))
-    th = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    th.start()
-    while not server.started:
-        time.sleep(0.01)
+    with inprocess_server(build_app(svc)) as srv:
+        d_s, h_s, diffs, outside = measure(a, rt, srv.url)
+    rt.close()
+
+    ms = lambda x: round(1000 * x, 3)  # noqa: E731
+    added, out_gen = summarize(diffs), summarize(outside)
+    out = {
+        "p50_added_ms": ms(added.median),
+        "added_iqr_ms": [ms(added.q1), ms(added.q3)],
+        "outside_generation_p50_ms": ms(out_gen.median),
+        "outside_generation_iqr_ms": [ms(out_gen.q1), ms(out_gen.q3)],
+        "direct_p50_ms": ms(statistics.median(d_s)),
+        "http_p50_ms": ms(statistics.median(h_s)),
+        "reps": a.reps,
+        "model": rt.model_id,
+        "max_tokens": a.max_tokens,
+        "stream": a.stream,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "goal_ms": 5.0,
+    }
+    text = (
+        f"direct p50 {out['direct_p50_ms']} ms, HTTP p50 {out['http_p50_ms']} ms ({a.reps} interleaved pairs, "
+        f"{rt.model_id}, max_tokens {a.max_tokens}{', SSE' if a.stream else ''})\n"
+        f"added by the daemon: p50 {out['p50_added_ms']} ms "
+        f"(IQR {out['added_iqr_ms'][0]} .. {out['added_iqr_ms'][1]}); "
+        f"outside generation: p50 {out['outside_generation_p50_ms']} ms; goal <= 5 ms; load {out['load_avg_1m']}"
+    )
+    emit(out, a.json, text, indent=None)
+    return 0
+
+
+def measure(a, rt, url: str) -> tuple[list, list, list, list]:
+    """Interleaved pairs of the same request, direct call and HTTP round trip (order alternating): seconds of each,
+    their differences, and the HTTP time outside the generation the server measured."""
+    import httpx
+
+    from edgekit.schemas.options import SamplingOptions
 
     question = "How many wheels do 4 cars have?"
     opts = SamplingOptions.build(max_tokens=a.max_tokens, ignore_eos=True)
@@ -68,7 +83,7 @@ def main() -> int:
         "stream": a.stream,
         "edgekit": {"ignore_eos": True},
     }
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", timeout=120)
+    client = httpx.Client(base_url=url + "/v1", timeout=120)
 
     def direct() -> float:
         t0 = time.perf_counter()
@@ -102,40 +117,9 @@ def main() -> int:
         h_s.append(h)
         diffs.append(h - d)
         outside.append(o)
-    server.should_exit = True
-    th.join(10)
-    rt.close()
-
-    ms = lambda x: round(1000 * x, 3)  # noqa: E731
-    q1, p50, q3 = quartiles(diffs)
-    o1, o50, o3 = quartiles(outside)
-    out = {
-        "p50_added_ms": ms(p50),
-        "added_iqr_ms": [ms(q1), ms(q3)],
-        "outside_generation_p50_ms": ms(o50),
-        "outside_generation_iqr_ms": [ms(o1), ms(o3)],
-        "direct_p50_ms": ms(statistics.median(d_s)),
-        "http_p50_ms": ms(statistics.median(h_s)),
-        "reps": a.reps,
-        "model": rt.model_id,
-        "max_tokens": a.max_tokens,
-        "stream": a.stream,
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-        "goal_ms": 5.0,
-    }
-    if a.json:
-        print(json.dumps(out))
-    else:
-        print(
-            f"direct p50 {out['direct_p50_ms']} ms, HTTP p50 {out['http_p50_ms']} ms ({a.reps} interleaved pairs, "
-            f"{rt.model_id}, max_tokens {a.max_tokens}{', SSE' if a.stream else ''})"
-        )
-        print(
-            f"added by the daemon: p50 {out['p50_added_ms']} ms (IQR {out['added_iqr_ms'][0]} .. {out['added_iqr_ms'][1]}); "
-            f"outside generation: p50 {out['outside_generation_p50_ms']} ms; goal <= 5 ms; load {out['load_avg_1m']}"
-        )
-    return 0
+    client.close()
+    return d_s, h_s, diffs, outside
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -13,17 +13,17 @@ answer lengths between questions.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
+from _common import log, median_or_none, parser, run_main, write_json
+
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, json_flag=False, out=True, helps={"out": "write the check (JSON) to this file"})
     ap.add_argument("--plan", required=True)
     ap.add_argument(
         "--profile", required=True, help="the profile the plan was made from (for the step-matched prediction)"
@@ -31,7 +31,6 @@ def main(argv=None) -> int:
     ap.add_argument("--questions", type=int, default=6)
     ap.add_argument("--gpu-layers", type=int, default=None)
     ap.add_argument("--edgekit", default=None, help="the edgekit command (default: this Python's -m edgekit.cli.main)")
-    ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
 
     from edgekit.evaluate.tasks import load_task
@@ -59,7 +58,7 @@ def main(argv=None) -> int:
             rows.append(
                 {"id": prob.id, "error": (r.stderr.strip().splitlines() or ["?"])[-1], "returncode": r.returncode}
             )
-            print(f"{prob.id}: FAILED {rows[-1]['error']}", file=sys.stderr, flush=True)
+            log(f"{prob.id}: FAILED {rows[-1]['error']}")
             continue
         res = json.loads(r.stdout)
         t = res["timings"]
@@ -83,15 +82,13 @@ def main(argv=None) -> int:
         row["rel_error"] = (row["measured_s"] - predicted) / predicted
         row["step_matched_rel_error"] = (row["measured_s"] - matched.latency_s) / matched.latency_s
         rows.append(row)
-        print(
+        log(
             f"{prob.id}: measured {row['measured_s']:.3f} s (steps {row['steps']}, prompt {row['prompt_tokens']}) "
             f"predicted {predicted:.3f} s ({100 * row['rel_error']:+.1f} %), step-matched {matched.latency_s:.3f} s "
-            f"({100 * row['step_matched_rel_error']:+.1f} %)",
-            file=sys.stderr,
-            flush=True,
+            f"({100 * row['step_matched_rel_error']:+.1f} %)"
         )
     ok = [r for r in rows if "measured_s" in r]
-    med = statistics.median([r["measured_s"] for r in ok]) if ok else None
+    med = median_or_none(r["measured_s"] for r in ok)
     out = {
         "plan": a.plan,
         "profile": a.profile,
@@ -110,18 +107,17 @@ def main(argv=None) -> int:
         "predicted_p50_s": plan.predicted.latency_s.value,
         "predicted_interval_s": [plan.predicted.latency_lo_s, plan.predicted.latency_hi_s],
         "prediction_method": plan.predicted.method,
-        "expected_steps_note": "the plan predicts with the table's expected steps (max over the n samples, mean over its problems)",
+        "expected_steps_note": "the plan predicts with the table's expected steps (max over the n samples, "
+        "mean over its problems)",
         "measured_median_s": med,
         "median_rel_error": None if med is None else (med - predicted) / predicted,
-        "step_matched_median_abs_rel_error": statistics.median([abs(r["step_matched_rel_error"]) for r in ok])
-        if ok
-        else None,
+        "step_matched_median_abs_rel_error": median_or_none(abs(r["step_matched_rel_error"]) for r in ok),
         "within_15pct": None if med is None else abs(med - predicted) / predicted <= 0.15,
         "questions": rows,
-        "method": "measured: one `edgekit run --plan --json` process per question (timings.total_s, model load excluded)",
+        "method": "measured: one `edgekit run --plan --json` process per question (timings.total_s, "
+        "model load excluded)",
     }
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write_json(a.out, out)
     if med is not None:
         print(
             f"plan check: predicted p{plan.percentile} {predicted:.3f} s, measured median {med:.3f} s over {len(ok)} "
@@ -134,4 +130,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -11,12 +11,12 @@ summary, the parallel-sampling rows, GPU memory per configuration, the plan chec
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 import tarfile
 from pathlib import Path
+
+from _common import log, parser, run_main, write_json
 
 
 def _read(p: Path) -> str:
@@ -47,7 +47,7 @@ def versions(text: str) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, json_flag=False)
     ap.add_argument("--stage1", required=True)
     ap.add_argument("--stage2", required=True)
     ap.add_argument("--name", default="nvidia-h200", help="file name of the profile (profiles/<name>.json)")
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     v = versions(text)
     prof = load_profile(d2 / "profile.json")
     if prof.kind != "measured" or not prof.measured_models():
-        print("the stage2 profile has no complete measured entry; not written", file=sys.stderr)
+        log("the stage2 profile has no complete measured entry; not written")
         return 1
     mp = prof.measured_models()[0]
     gpu = prof.device.gpus[0].name if prof.device.gpus else "GPU"
@@ -83,7 +83,8 @@ def main(argv=None) -> int:
         "plain attention), so f16 KV cache only",
         f"{mp.model.id}: gpu_layers={mp.gpu_layers} (all layers); energy from NVML "
         f"({(mp.energy.decode_energy_per_token_mj.source if mp.energy else None) or 'unavailable'}); peak GPU memory "
-        f"{mp.peak_vram_mb.value if mp.peak_vram_mb else None} MB ({mp.peak_vram_mb.source if mp.peak_vram_mb else ''})",
+        f"{mp.peak_vram_mb.value if mp.peak_vram_mb else None} MB "
+        f"({mp.peak_vram_mb.source if mp.peak_vram_mb else ''})",
     ]
     if summary.get("n32_over_n1") is not None:
         prof.notes.append(
@@ -110,10 +111,10 @@ def main(argv=None) -> int:
             except ValueError:
                 res[k[:-5]] = {"unparsed": txt[:2000]}
     rpath = Path(a.results) / f"gpu_check_{a.name}.json"
-    rpath.write_text(json.dumps(res, indent=1) + "\n")
+    write_json(rpath, res)
     print(f"wrote {out} and {rpath}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -11,10 +11,7 @@ is the ratio of medians. Run it on a quiet machine.
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import sys
+from _common import Col, emit, log, median_or_none, parser, print_table, run_main
 
 from edgekit.engines.llamacpp_probe import run_child
 from edgekit.host.cpu import cpu_model, usable_cpus
@@ -23,12 +20,10 @@ from edgekit.models.gguf import check_gguf
 from edgekit.models.store import resolve
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None) -> int:
+    ap = parser(__doc__, reps=3)
     ap.add_argument("models", nargs="*", default=["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"])
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     threads = usable_cpus().count
     rows = []
     for spec in a.models:
@@ -44,8 +39,8 @@ def main() -> None:
             row[c] = {
                 "ok": len(ok) == len(vs),
                 "how": sorted({v.how for v in vs}),
-                "decode_tok_s": statistics.median(v.decode_tok_s for v in ok) if ok else None,
-                "batch4_tok_s": statistics.median(v.batch_tok_s for v in ok) if ok else None,
+                "decode_tok_s": median_or_none(v.decode_tok_s for v in ok),
+                "batch4_tok_s": median_or_none(v.batch_tok_s for v in ok),
                 "decode_samples": [v.decode_tok_s for v in ok],
             }
         d, p = row["default"], row["plain"]
@@ -54,22 +49,16 @@ def main() -> None:
             row["plain_over_default_batch4"] = p["batch4_tok_s"] / d["batch4_tok_s"]
         rows.append(row)
         if not a.json:
-            print(
+            log(
                 f"{spec} ({quant}): default {d['decode_tok_s']} tok/s n=1 (1 thread), {d['batch4_tok_s']} tok/s 4 rows "
-                f"({threads} threads); plain {p['decode_tok_s']} / {p['batch4_tok_s']}",
-                file=sys.stderr,
+                f"({threads} threads); plain {p['decode_tok_s']} / {p['batch4_tok_s']}"
             )
     doc = {"cpu": cpu_model(), "threads": threads, "reps": a.reps, "rows": rows}
-    print(
-        json.dumps(doc, indent=1)
-        if a.json
-        else "\n".join(
-            f"{r['model']:32s} {r['quant'] or '?':8s} plain/default: decode {r.get('plain_over_default_decode', float('nan')):.3f}"
-            f", 4 rows {r.get('plain_over_default_batch4', float('nan')):.3f}"
-            for r in rows
-        )
-    )
+    quant = Col("quant", lambda r: r["quant"] or "?")
+    cols = ["model", quant, "plain_over_default_decode:.3f", "plain_over_default_batch4:.3f"]
+    emit(doc, a.json, lambda: print_table(rows, cols))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

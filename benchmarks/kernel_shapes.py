@@ -15,16 +15,14 @@ prefill 5.2 ps/el at width 576 vs 2.3 at 1536 on the CI VM).
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import emit, log, parser, run_main
 
 SHAPES = {  # name: (width E, FFN F, blocks L, heads, KV heads)
     "smollm2-135m": (576, 1536, 8, 9, 3),
@@ -143,10 +141,8 @@ def time_model(ll, path: Path, reps: int, I: int = 256, steps: int = 8, threads:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, reps=3)
     ap.add_argument("--types", default="F16,Q8_0,Q4_0,Q4_K,Q5_0,Q6_K,Q4_1")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     import llama_cpp as ll
 
@@ -181,11 +177,9 @@ def main(argv=None) -> int:
                 )
                 if typ != "F16":
                     dst.unlink()
-                print(
+                log(
                     f"{name:<14} {typ:<5} prefill {rows[-1]['prefill_ps_per_el']:6.2f}  decode n=1 "
-                    f"{rows[-1]['decode_n1_ps_per_el']:6.2f}  n=4 {rows[-1]['decode_n4_ps_per_el']:6.2f} ps/element",
-                    file=sys.stderr,
-                    flush=True,
+                    f"{rows[-1]['decode_n1_ps_per_el']:6.2f}  n=4 {rows[-1]['decode_n4_ps_per_el']:6.2f} ps/element"
                 )
             src.unlink()
     spread = {}
@@ -199,14 +193,10 @@ def main(argv=None) -> int:
         "method": f"measured: median over {a.reps} reps of llama_decode wall time (256-token prefill; 8 decode "
         "steps at n=1 and n=4), synthetic random-weight llama blocks quantized pure, 2 threads",
     }
-    if a.json:
-        print(json.dumps(out, indent=1))
-    else:
-        print(
-            "max/min prefill cost per element across shapes: " + ", ".join(f"{k} {v:.2f}x" for k, v in spread.items())
-        )
+    text = "max/min prefill cost per element across shapes: " + ", ".join(f"{k} {v:.2f}x" for k, v in spread.items())
+    emit(out, a.json, text)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -14,16 +14,13 @@ the device runs off its profile (a slowed or noisy machine); on a quiet machine 
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import emit, log, median_or_none, parser, print_table, run_main
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def default_plan(tmp: Path) -> Path:
@@ -37,16 +34,14 @@ def default_plan(tmp: Path) -> Path:
     return written
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> int:
+    ap = parser(__doc__, threads=2)
     ap.add_argument("--plan", help="plan file (default: SmolLM2 on profiles/ci-2core-amd-epyc.json)")
     ap.add_argument("--requests", type=int, default=6)
     ap.add_argument("--interval", type=float, default=0.0, help="seconds between requests")
     ap.add_argument("--max-tokens", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--alpha", type=float, default=0.2)
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
 
     from fastapi.testclient import TestClient
 
@@ -66,7 +61,7 @@ def main() -> int:
         live=LiveSettings(alpha=a.alpha),
     )
     if not svc.live.enabled:
-        print(f"error: {svc.live.disabled}", file=sys.stderr)
+        log(f"error: {svc.live.disabled}")
         return 2
     c = TestClient(build_app(svc))
     rows = []
@@ -97,8 +92,7 @@ def main() -> int:
     acting = [r for r in rows[svc.live.s.min_samples :]]
 
     def err(key: str) -> float | None:
-        e = [abs(r[key] - r["measured_s"]) / r["measured_s"] for r in acting if r["measured_s"] > 0]
-        return statistics.median(e) if e else None
+        return median_or_none(abs(r[key] - r["measured_s"]) / r["measured_s"] for r in acting if r["measured_s"] > 0)
 
     out = {
         "plan": str(path),
@@ -108,22 +102,20 @@ def main() -> int:
         "median_rel_error_corrected": err("corrected_s"),
         "over_requests": len(acting),
     }
-    if a.json:
-        print(json.dumps(out, indent=1))
-    else:
-        print(f"{'t_s':>7} {'plan_s':>8} {'corr_s':>8} {'meas_s':>8} {'k_pre':>6} {'k_dec':>6}")
-        for r in rows:
-            print(
-                f"{r['t_s']:7.1f} {r['predicted_s']:8.3f} {r['corrected_s']:8.3f} {r['measured_s']:8.3f} "
-                f"{r['k_prefill']:6.2f} {r['k_decode']:6.2f}"
-            )
-        fmt = lambda x: "n/a" if x is None else f"{100 * x:.0f} %"  # noqa: E731
-        print(
-            f"median |error| over {len(acting)} request(s) once acting: plan model {fmt(out['median_rel_error_plan'])}, "
-            f"corrected {fmt(out['median_rel_error_corrected'])}"
-        )
+    emit(out, a.json, lambda: print_text(out))
     return 0
 
 
+def print_text(out: dict) -> None:
+    cols = ["t_s:.1f", "predicted_s:.3f", "corrected_s:.3f", "measured_s:.3f", "k_prefill:.2f", "k_decode:.2f"]
+    print_table(out["requests"], cols)
+    fmt = lambda x: "n/a" if x is None else f"{100 * x:.0f} %"  # noqa: E731
+    print(
+        f"median |error| over {out['over_requests']} request(s) once acting: "
+        f"plan model {fmt(out['median_rel_error_plan'])}, "
+        f"corrected {fmt(out['median_rel_error_corrected'])}"
+    )
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -7,7 +7,6 @@ that profile, then run the plan beside the same load and compare measured with p
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -15,6 +14,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import emit, parser, run_main
 
 
 def cli(*args: str) -> str:
@@ -39,17 +40,15 @@ def held_out_questions(table: dict, problems: str) -> list[str]:
     return [p.prompt[: -len(suffix)] if suffix and p.prompt.endswith(suffix) else p.prompt for p in keep]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+def main(argv=None) -> int:
+    ap = parser(__doc__, model="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--table", default="tables/object_counting-qwen0.5b-terse.json")
     ap.add_argument("--target", default="2s")
     ap.add_argument("--background", type=int, default=1)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--problems", default="100:130", help="held-out problems of the table's task (a:b)")
     ap.add_argument("--profile", help="reuse a loaded profile made earlier (skips the profiling step)")
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     questions = held_out_questions(json.loads(Path(a.table).read_text()), a.problems)
     tmp = Path(tempfile.mkdtemp(prefix="loaded-plan-"))
     t0 = time.time()
@@ -122,16 +121,20 @@ def main() -> None:
     for name, rows in (("cold", cold), ("warm", warm)):
         meas = statistics.median(x["total_s"] for x in rows)
         doc[name] = {"measured_median_s": meas, "error": (meas - pred) / pred if pred else None, "runs": rows}
-    print(
-        json.dumps(doc, indent=1, default=str)
-        if a.json
-        else "\n".join(
-            f"{name}: predicted {pred:.2f} s, measured median {doc[name]['measured_median_s']:.2f} s "
-            f"over {a.runs} runs beside {a.background} busy worker(s): error {100 * doc[name]['error']:+.1f} %"
-            for name in ("cold", "warm")
-        )
+    emit(
+        doc,
+        a.json,
+        lambda: print(
+            "\n".join(
+                f"{name}: predicted {pred:.2f} s, measured median {doc[name]['measured_median_s']:.2f} s over {a.runs} "
+                f"runs beside {a.background} busy worker(s): error {100 * doc[name]['error']:+.1f} %"
+                for name in ("cold", "warm")
+            )
+        ),
+        default=str,
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,15 +20,13 @@ answer every held-out problem; the records are kept in a JSONL file (resumable),
 
 from __future__ import annotations
 
-import argparse
 import json
-import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import emit, log, loopback_server, parser, run_main
 
 SCORES = ("vote_share", "mean_logprob", "low_logprob")
 
@@ -76,47 +74,14 @@ def record(args) -> list[dict]:
                         **{s: score_of(r, s) for s in SCORES},
                     }
                 )
-                print(
-                    f"local {i + 1}/{len(todo)} {t.name} {p.id}: {r.answer} ({r.timings.total_s:.1f} s)",
-                    file=sys.stderr,
-                )
+                log(f"local {i + 1}/{len(todo)} {t.name} {p.id}: {r.answer} ({r.timings.total_s:.1f} s)")
     todo = [(t, p) for t in tasks for p in t.problems if (t.name, p.id, "cloud") not in done]
     if todo:
-        port = 18000 + random.randrange(1000)
         path = str(resolve(args.cloud).path)
-        log = open(out.with_suffix(".server.log"), "w")
-        srv = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                path,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--n_ctx",
-                "4096",
-                "--n_threads",
-                str(args.threads),
-                "--model_alias",
-                "cloud",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            import httpx
-
-            url = f"http://127.0.0.1:{port}/v1"
-            for _ in range(240):
-                try:
-                    if httpx.get(url + "/models", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.5)
-            cloud = Runtime(OpenAIEngine("cloud", base_url=url))
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", path, "--host", "127.0.0.1", "--port", "{port}"]
+        cmd += ["--n_ctx", "4096", "--n_threads", str(args.threads), "--model_alias", "cloud"]
+        with loopback_server(cmd, ready_path="/v1/models", timeout=300, name="llama_cpp.server") as srv:
+            cloud = Runtime(OpenAIEngine("cloud", base_url=srv.url + "/v1"))
             for i, (t, p) in enumerate(todo):
                 opts = cloud_opts.replace(extractor={"number": "number", "choice": "choice", "yesno": "yesno"}[t.kind])
                 t0 = time.perf_counter()
@@ -131,10 +96,7 @@ def record(args) -> list[dict]:
                         "latency_s": time.perf_counter() - t0,
                     }
                 )
-                print(f"cloud {i + 1}/{len(todo)} {t.name} {p.id}: {r.answer}", file=sys.stderr)
-        finally:
-            srv.terminate()
-            srv.wait(20)
+                log(f"cloud {i + 1}/{len(todo)} {t.name} {p.id}: {r.answer}")
     return [done[k] for k in sorted(done)]
 
 
@@ -212,29 +174,24 @@ def analyse(records: list[dict], args) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None) -> int:
+    ap = parser(__doc__, paragraph=True, threads=2)
     ap.add_argument("--tasks", nargs="+", default=["bigbench:object_counting"])
     ap.add_argument("--split", default="40:100", help="held-out problems (the tables use 0:30)")
     ap.add_argument("--local", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--cloud", default="qwen2.5-coder-1.5b-instruct")
     ap.add_argument("--n", type=int, default=3)
     ap.add_argument("--budget", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--alpha", type=float, default=0.3)
     ap.add_argument("--delta", type=float, default=0.1)
     ap.add_argument("--splits", type=int, default=100)
     ap.add_argument("--records", default="benchmarks/results/offload_records.jsonl")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     Path(args.records).parent.mkdir(parents=True, exist_ok=True)
     rows = analyse(record(args), args)
-    if args.json:
-        print(json.dumps([r for r in rows if "apgr" in r and r["score"] != "random"], indent=1))
-        return
-    for r in rows:
-        print(r)
+    emit([r for r in rows if "apgr" in r and r["score"] != "random"], args.json, "\n".join(str(r) for r in rows))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

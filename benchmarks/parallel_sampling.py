@@ -25,14 +25,13 @@ step time = decode time / (steps - 1), ratio = constrained / unconstrained, medi
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 import time
 
 import llama_cpp as ll
 import numpy as np
+from _common import TableStream, emit, median_or_none, parser, run_main
 
 from edgekit.engines.llamacpp import default_threads
 from edgekit.host.cpu import cpu_model
@@ -72,7 +71,7 @@ def sequential_rate(llm, n: int, budget: int, seed: int, prompt_text: str) -> tu
         llm.set_seed(seed + i)
         first = last = None
         count = 0
-        for chunk in llm.create_completion(
+        for _chunk in llm.create_completion(
             prompt_text,
             max_tokens=budget,
             stream=True,
@@ -294,13 +293,16 @@ def grammar_ratios(rt: Runtime, reps: int, n: int = 8) -> dict:
     return {"n": n, **out}
 
 
+def run_meta(a, threads: int, **extra) -> dict:
+    """What a run's JSON says besides its rows (here and in daemon_batching.py): model, budget, threads, ``extra``,
+    the llama-cpp-python version."""
+    return {"model": a.model, "budget": a.budget, "threads": threads, **extra, "llama_cpp_python": ll.__version__}
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    ap = parser(__doc__, reps=1, model="qwen2.5-coder-0.5b-instruct", threads=True)
     ap.add_argument("--budget", type=int, default=128)
     ap.add_argument("--ns", default="1,2,4,8,16")
-    ap.add_argument("--reps", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded to the GPU in every path (-1: all)")
     ap.add_argument(
         "--paths", default="edgekit,raw,native,sequential", help="comma list of edgekit, raw, native, sequential"
@@ -310,7 +312,6 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--no-sequential", action="store_true", help="skip the sequential high-level calls (the slow column)"
     )
-    ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     ns = [int(x) for x in a.ns.split(",")]
     paths = [p.strip() for p in a.paths.split(",") if p.strip()]
@@ -350,7 +351,19 @@ def main(argv=None) -> int:
     if llm:
         sequential_rate(llm, 1, 8, 0, prompt_text)
     rows = []
-    nan = float("nan")
+    table = TableStream(
+        enabled=not a.json,
+        cols=[
+            "n",
+            "edgekit_tok_s:.1f",
+            "sequential_tok_s:.1f",
+            "raw_tok_s:.1f",
+            "native_tok_s:.1f",
+            "a_over_b:.2f",
+            "a_over_c:.2f",
+            "a_over_native:.3f",
+        ],
+    )
     for n in ns:
         e, s, r, nat = [], [], [], []
         toks = {"edgekit": [], "sequential": [], "raw": [], "native": []}
@@ -380,9 +393,9 @@ def main(argv=None) -> int:
         row = {
             "n": n,
             "edgekit_tok_s": statistics.median(e),
-            "sequential_tok_s": statistics.median(s) if s else None,
-            "raw_tok_s": statistics.median(r) if r else None,
-            "native_tok_s": statistics.median(nat) if nat else None,
+            "sequential_tok_s": median_or_none(s),
+            "raw_tok_s": median_or_none(r),
+            "native_tok_s": median_or_none(nat),
             "reps": a.reps,
             "samples": {"edgekit": e, "sequential": s, "raw": r, "native": nat},
             "tokens": toks,
@@ -394,14 +407,7 @@ def main(argv=None) -> int:
         if meter is not None:
             row.update(energy_row(windows, idle_mw, toks["edgekit"]))
         rows.append(row)
-        f = lambda v: nan if v is None else v  # noqa: E731 - a missing path prints as nan
-        print(
-            f"n={n:2d}  edgekit {row['edgekit_tok_s']:6.1f}  sequential {f(row['sequential_tok_s']):6.1f}  "
-            f"raw {f(row['raw_tok_s']):6.1f}  native {f(row['native_tok_s']):6.1f} tok/s   "
-            f"a/b {f(row['a_over_b']):.2f}  a/c {f(row['a_over_c']):.2f}  a/native {f(row['a_over_native']):.3f}",
-            flush=True,
-            file=sys.stderr if a.json else sys.stdout,
-        )
+        table.row(row)
     gram = grammar_ratios(rt, a.reps) if a.grammar else None
     if gram is not None and not a.json:
         print(
@@ -409,27 +415,22 @@ def main(argv=None) -> int:
             f"robot-action schema step ratio {gram['schema_step_ratio']:.2f} (constrained / unconstrained)",
             flush=True,
         )
-    meta = {
-        "model": a.model,
-        "budget": a.budget,
-        "threads": threads,
-        "prompt_tokens": len(prompt_tokens),
-        "gpu_layers": a.gpu_layers,
-        "paths": paths,
-        "build": rt.engine.info.build,
-        "n_ctx": n_ctx,
-        "cpu": cpu_model(),
-        "method": f"measured, median of {a.reps} rep(s); decode tok/s excludes prefill and each sequence's first token",
-        "llama_cpp_python": ll.__version__,
-    }
+    meta = run_meta(
+        a,
+        threads,
+        prompt_tokens=len(prompt_tokens),
+        gpu_layers=a.gpu_layers,
+        paths=paths,
+        build=rt.engine.info.build,
+        n_ctx=n_ctx,
+        cpu=cpu_model(),
+        method=f"measured, median of {a.reps} rep(s); decode tok/s excludes prefill and each sequence's first token",
+    )
     if gram is not None:
         meta["grammar"] = gram
-    if a.json:
-        print(json.dumps({"rows": rows, **meta}, indent=1))
-    else:
-        print(json.dumps(meta))
+    emit({"rows": rows, **meta}, a.json, json.dumps(meta))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

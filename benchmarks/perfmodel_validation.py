@@ -31,14 +31,13 @@ configuration is reported beside it (cross_model_*), so both are judged on the s
 
 from __future__ import annotations
 
-import argparse
-import json
 import socket
 import statistics
-import sys
 from types import SimpleNamespace
 
-from edgekit.errors import EdgekitError, UsageError
+from _common import Col, emit, log, parser, print_table, run_main
+
+from edgekit.errors import UsageError
 from edgekit.models.catalog import CATALOG
 from edgekit.perfmodel import fit, fit_device
 from edgekit.profile.sweep import FILLER
@@ -68,10 +67,6 @@ METHOD = (
     "one untimed warm-up per model; predicted: PerfModel.predict(I, B, n, expected_steps=B).latency_s "
     "(fit() of the model's profile entry; fit_device(profile).predict_model(GGUF ModelInfo) for unprofiled models)"
 )
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def filler_tokens(rt, n: int) -> list[int]:
@@ -206,7 +201,8 @@ def variant_models(profile, profile_path: str, folder: str):
 
 
 def slice_model(profile, spec: str, blocks: int):
-    """(PerfModel fitted to a block-slice estimate of ``spec`` made now, seconds it took); the profile is not changed."""
+    """(PerfModel fitted to a block-slice estimate of ``spec`` made now, seconds it took); the profile is not
+    changed."""
     import time
 
     from edgekit.profile.slices import estimate_by_slices
@@ -223,7 +219,7 @@ def mape(rows: list[dict]):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, reps=3)
     ap.add_argument("--profile", required=True, help="device profile JSON measured on this machine")
     ap.add_argument(
         "--models",
@@ -235,8 +231,6 @@ def main(argv=None) -> int:
         default=None,
         help="a catalogue model NOT in the profile (cross-model estimate; needs >= 2 profiled models)",
     )
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--json", action="store_true")
     ap.add_argument(
         "--variants",
         default=None,
@@ -258,12 +252,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--smoke", action="store_true", help="tiny run: 2 configurations per profiled model, 1 unprofiled, 1 rep"
     )
-    a = ap.parse_args(argv)
-    try:
-        return run(a)
-    except EdgekitError as e:
-        log(f"error: {e.one_line()}")
-        return e.exit_code
+    return run(ap.parse_args(argv))
 
 
 def run_leave_one_out(a) -> int:
@@ -272,15 +261,15 @@ def run_leave_one_out(a) -> int:
     out = leave_one_out(load_profile(a.profile), CONFIGS + UNPROFILED_CONFIGS, a.profile)
     out["goal"] = {"coverage": 0.90, "mape_pct": 15.0}
     out["meets_goal"] = all(out[k]["coverage"] >= 0.90 and out[k]["mape_pct"] <= 15.0 for k in ("points", "configs"))
-    if a.json:
-        print(json.dumps(out, indent=1))
-        return 0
-    print(f"{'held-out model':<30} {'kind':<7} {'config':<22} {'predicted_s':>11} {'measured_s':>10} {'error %':>8} in")
-    for r in out["rows"]:
-        print(
-            f"{r['model']:<30} {r['kind']:<7} {r['config']:<22} {r['predicted_s']:>11.4f} {r['measured_s']:>10.4f} "
-            f"{r['error_pct']:>+8.1f} {'y' if r['covered'] else 'N'}"
-        )
+    emit(out, a.json, lambda: print_loo(out))
+    return 0
+
+
+def print_loo(out: dict) -> None:
+    covered = Col("covered", lambda r: "y" if r["covered"] else "N")
+    print_table(
+        out["rows"], ["model", "kind", "config", "predicted_s:.4f", "measured_s:.4f", "error_pct:+.1f", covered]
+    )
     for k, what in (
         ("points", "recorded sweep points (measured)"),
         ("configs", "configurations vs the model's own fit"),
@@ -298,7 +287,6 @@ def run_leave_one_out(a) -> int:
         )
     print(f"goal: coverage >= 90 %, MAPE <= 15 %: {'met' if out['meets_goal'] else 'NOT met'}")
     print(f"method: {out['method']}")
-    return 0
 
 
 def run(a) -> int:
@@ -309,7 +297,8 @@ def run(a) -> int:
     profile = load_profile(a.profile)
     if profile.kind != "measured":
         log(
-            f"warning: {a.profile} is a {profile.kind} profile; its predictions are for {profile.device.name}, not this machine"
+            f"warning: {a.profile} is a {profile.kind} profile; its predictions are for {profile.device.name}, "
+            "not this machine"
         )
     elif profile.device.hostname and profile.device.hostname != socket.gethostname():
         log(f"warning: {a.profile} was measured on host {profile.device.hostname}, this is {socket.gethostname()}")
@@ -377,21 +366,22 @@ def run(a) -> int:
     if cm:
         out["cross_model_mape"] = statistics.fmean(abs(r["cross_model_error_pct"]) for r in cm)
         out["cross_model_coverage"] = sum(r["cross_model_covered"] for r in cm) / len(cm)
-    if a.json:
-        print(json.dumps(out, indent=1))
-        return 0
-    print(f"{'model':<30} {'config':<20} {'off-sweep':<11} {'predicted_s':>11} {'measured_s':>10} {'error %':>8}")
-    for r in rows:
-        print(
-            f"{r['model']:<30} {r['config']:<20} {r['off_sweep'] or '-':<11} {r['predicted_s']:>11.3f} "
-            f"{r['measured_s']:>10.3f} {r['error_pct']:>+8.1f}"
-        )
+    emit(out, a.json, lambda: print_run(out))
+    return 0
+
+
+def print_run(out: dict) -> None:
+    rows, slice_s = out["rows"], out["slice_seconds"] or {}
+    prof = [r for r in rows if r["profiled"]]
+    unprof = [r for r in rows if not r["profiled"]]
+    print_table(rows, ["model", "config", "off_sweep", "predicted_s:.3f", "measured_s:.3f", "error_pct:+.1f"])
     fmt = lambda x: "n/a" if x is None else f"{x:.1f} %"  # noqa: E731
     print(
-        f"MAPE {fmt(out['mape'])} over {len(rows)} configurations (profiled {fmt(out['mape_profiled'])} over {len(prof)}, "
+        f"MAPE {fmt(out['mape'])} over {len(rows)} configurations "
+        f"(profiled {fmt(out['mape_profiled'])} over {len(prof)}, "
         f"unprofiled {fmt(out['mape_unprofiled'])} over {len(unprof)}); goal: <= 10 %"
     )
-    if a.slices and unprof:
+    if out["slices"] and unprof:
         print(
             f"block-slice estimates: MAPE {fmt(out['mape_unprofiled'])}, interval coverage "
             f"{100 * out['coverage_unprofiled']:.0f} % over {len(unprof)}; slicing took "
@@ -403,12 +393,11 @@ def run(a) -> int:
         )
     elif unprof:
         print(
-            f"cross-model interval coverage {100 * out['coverage_unprofiled']:.0f} % over {len(unprof)} (goal: >= 90 %, "
-            "cross-model MAPE <= 15 %)"
+            f"cross-model interval coverage {100 * out['coverage_unprofiled']:.0f} % over {len(unprof)} "
+            "(goal: >= 90 %, cross-model MAPE <= 15 %)"
         )
     print(f"method: {out['method']}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -18,8 +18,8 @@ graded with Task.is_correct.
 (model, template, answer_format, T, top_p). Then nothing is run here: every feasible configuration's held-out
 accuracy is read from them (exact expected accuracy over the held-out sample pool, the eval's estimators), and
 each target reports the plan, the naive choice and the best feasible configuration held out, and the paired
-test (on the tune tables) of plan vs naive. Reported: accuracy, mean Result.timings.total_s, and the planner's predictions
-(table accuracy; p50 point latency). A configuration that recurs is run once. Infeasible targets
+test (on the tune tables) of plan vs naive. Reported: accuracy, mean Result.timings.total_s, and the planner's
+predictions (table accuracy; p50 point latency). A configuration that recurs is run once. Infeasible targets
 are recorded and not run.  --smoke: the first 2 targets and the first 2 held-out problems.
 Goals: plan beats naive by >= 5 points where sampling helps; predicted accuracy within +-5 points;
 predicted latency within 10 %.
@@ -27,15 +27,14 @@ predicted latency within 10 %.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
-import sys
 
 import numpy as np
+from _common import emit, log, parser, run_main
 
-from edgekit.errors import EdgekitError, UsageError
+from edgekit.errors import UsageError
 from edgekit.evaluate.paired import BOOT_HOW, boot_weights, paired_diff, table_scores
 from edgekit.evaluate.runner import problem_seed
 from edgekit.evaluate.tasks import complete_program, load_task
@@ -46,10 +45,6 @@ from edgekit.plan.make import make_plan
 from edgekit.plan.planner import InfeasibleTarget
 from edgekit.schemas.profile import load_profile
 from edgekit.schemas.table import load_table
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def short(c: dict) -> str:
@@ -127,7 +122,7 @@ def run_config(rt, task, cfg: dict, table_seed: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--profile", required=True)
     ap.add_argument(
         "--accuracy", nargs="+", required=True, help="accuracy tables built with `edgekit eval` on other problems"
@@ -147,14 +142,8 @@ def main(argv=None) -> int:
         help="accuracy tables built on the held-out split with the tune tables' settings: read every feasible "
         "configuration's held-out accuracy from them instead of running",
     )
-    ap.add_argument("--json", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="first 2 targets, first 2 held-out problems")
-    a = ap.parse_args(argv)
-    try:
-        return run(a)
-    except EdgekitError as e:
-        log(f"error: {e.one_line()}")
-        return e.exit_code
+    return run(ap.parse_args(argv))
 
 
 def same_settings(t, h) -> bool:
@@ -289,9 +278,11 @@ def run_heldout(a, profile, targets) -> int:
         "best = the feasible configuration with the highest held-out accuracy (itself a maximum over many "
         "noisy held-out figures); plan vs naive on the tune tables = the planner's paired comparison",
     }
-    if a.json:
-        print(json.dumps({"rows": rows, **meta}, indent=1))
-        return 0
+    emit({"rows": rows, **meta}, a.json, lambda: print_heldout(rows, meta))
+    return 0
+
+
+def print_heldout(rows: list[dict], meta: dict) -> None:
     for r in rows:
         print(f"target {r['target_s']:g} s: plan {r.get('plan')}")
         if "plan_heldout_acc" not in r:
@@ -310,11 +301,11 @@ def run_heldout(a, profile, targets) -> int:
         bp = r.get("heldout_best_minus_plan")
         if bp:
             print(
-                f"  held out, best - plan paired: {100 * bp['diff']:+.1f} pts [{100 * bp['lo']:+.1f}, {100 * bp['hi']:+.1f}] "
-                f"on {bp['n_problems']} problems; the best's selection optimism ~{r['heldout_best_optimism_pts']:.1f} pts"
+                f"  held out, best - plan paired: {100 * bp['diff']:+.1f} pts "
+                f"[{100 * bp['lo']:+.1f}, {100 * bp['hi']:+.1f}] on {bp['n_problems']} problems; "
+                f"the best's selection optimism ~{r['heldout_best_optimism_pts']:.1f} pts"
             )
     print(json.dumps(meta))
-    return 0
 
 
 def run(a) -> int:
@@ -336,7 +327,8 @@ def run(a) -> int:
     for p, t in tables.items():
         if overlap(t.split, a.split, total):
             log(
-                f"warning: table {p} was built on problems {t.split or 'all'}, which overlap the held-out split {a.split}"
+                f"warning: table {p} was built on problems {t.split or 'all'}, "
+                f"which overlap the held-out split {a.split}"
             )
     # 1. plan every target first (cheap), so each model is loaded once with a large enough n / context
     rows, jobs = [], {}
@@ -418,9 +410,11 @@ def run(a) -> int:
         "answer; latency = mean Result.timings.total_s (after one warm-up per model); predicted accuracy = the "
         "accuracy table row; predicted latency = the planner's p50 point prediction",
     }
-    if a.json:
-        print(json.dumps({"rows": rows, **meta}, indent=1))
-        return 0
+    emit({"rows": rows, **meta}, a.json, lambda: print_run(rows, meta))
+    return 0
+
+
+def print_run(rows: list[dict], meta: dict) -> None:
     f = lambda x, s="{:.3f}": "-" if x is None else s.format(x)  # noqa: E731
     for r in rows:
         print(f"target {r['target_s']:g} s")
@@ -428,7 +422,8 @@ def run(a) -> int:
         if r["plan_acc"] is not None:
             print(
                 f"         acc {f(r['plan_acc'])} (pred {f(r['plan_pred_acc'])}, {r['plan_acc_err_pts']:+.1f} pts)   "
-                f"latency {f(r['plan_latency_s'])} s (pred {f(r['plan_pred_latency_s'])} s, {r['plan_latency_err_pct']:+.1f} %)"
+                f"latency {f(r['plan_latency_s'])} s "
+                f"(pred {f(r['plan_pred_latency_s'])} s, {r['plan_latency_err_pct']:+.1f} %)"
             )
         print(f"  naive: {r['naive']}" + (f"  [{r['naive_note']}]" if r["naive_note"] else ""))
         print(
@@ -438,8 +433,7 @@ def run(a) -> int:
         if r.get("gain_pts") is not None:
             print(f"  plan - naive: {r['gain_pts']:+.1f} accuracy points on {r['n_problems']} held-out problems")
     print(json.dumps(meta))
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

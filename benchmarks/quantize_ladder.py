@@ -24,14 +24,14 @@ decode at n=1, higher perplexity) does not hold, with the likely reason.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import Col, emit, log, parser, print_table, run_main, summarize
 
 DEFAULT_TYPES = "Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,Q3_K_M,Q2_K"
 PROMPT = (
@@ -173,13 +173,6 @@ def build_ladder(model: str, types: str, onnx: bool, smoke: bool) -> tuple[list[
     return rows, ref_npz
 
 
-def _stat(xs: list) -> dict:
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return {"median": None, "min": None, "max": None, "reps": 0}
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "reps": len(xs)}
-
-
 def shape_checks(rows: list[dict]) -> list[str]:
     """Where smaller files do not decode faster (n=1) or do not lose perplexity, and the likely reason."""
     out = []
@@ -214,20 +207,18 @@ def shape_checks(rows: list[dict]) -> list[str]:
     return out
 
 
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--_child":
-        kind, spec = sys.argv[2], json.loads(sys.argv[3])
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--_child"]:
+        kind, spec = argv[1], json.loads(argv[2])
         print(json.dumps(measure(spec) if kind == "speed" else quality(spec)))
-        return
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct")
+        return 0
+    ap = parser(__doc__, reps=3, model="smollm2-135m-instruct")
     ap.add_argument("--types", default=DEFAULT_TYPES)
     ap.add_argument("--onnx", action="store_true", help="also the ONNX int8 variant (needs the [onnx] extra)")
-    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--budget", type=int, default=64, help="tokens per sample in the decode runs")
-    ap.add_argument("--json", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="Q8_0,Q2_K only, 1 rep, 16 tokens, 1024 text tokens")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.smoke:
         a.types, a.reps, a.budget = "Q8_0,Q2_K", 1, 16
     t_start = time.time()
@@ -238,14 +229,11 @@ def main() -> None:
         for r in order:
             spec = {"model": r["path"], "engine": r["engine"], "budget": a.budget, "n8": 8}
             runs[r["variant"]].append(_child("speed", spec))
-            print(
-                f"rep {rep + 1}/{a.reps} {r['variant']}: {runs[r['variant']][-1]['decode_tok_s']:.1f} tok/s",
-                file=sys.stderr,
-            )
+            log(f"rep {rep + 1}/{a.reps} {r['variant']}: {runs[r['variant']][-1]['decode_tok_s']:.1f} tok/s")
     for r in rows:
         for k in ("load_s", "prefill_tok_s", "decode_tok_s", "decode_tok_s_n8", "peak_rss_bytes"):
-            s = _stat([x[k] for x in runs[r["variant"]]])
-            r[k], r[k + "_range"] = s["median"], [s["min"], s["max"]]
+            s = summarize(x[k] for x in runs[r["variant"]])
+            r[k], r[k + "_range"] = s.median, [s.min, s.max]
         r["reps"] = a.reps
         qd = _child(
             "quality",
@@ -277,22 +265,19 @@ def main() -> None:
         "rows": rows,
         "shape": shape,
     }
-    if a.json:
-        print(json.dumps(doc, indent=2))
-        return
-    print(f"{a.model}: {a.reps} reps, {a.budget} tokens/sample; {doc['how']}")
-    hdr = f"{'variant':44s} {'size MB':>8s} {'load s':>7s} {'prefill':>8s} {'dec n=1':>8s} {'dec n=8':>8s} {'RSS MB':>7s} {'ppl':>8s} {'KL':>8s}"
-    print(hdr)
-    for r in rows:
-        f = lambda v, d=1: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
-        print(
-            f"{r['variant']:44s} {r['size_bytes'] / 1e6:8.1f} {f(r['load_s'], 2):>7s} {f(r['prefill_tok_s']):>8s} "
-            f"{f(r['decode_tok_s']):>8s} {f(r['decode_tok_s_n8']):>8s} {f(r['peak_rss_bytes'] and r['peak_rss_bytes'] / 1e6, 0):>7s} "
-            f"{f(r['ppl'], 3):>8s} {f(r['kl'], 4):>8s}"
-        )
-    for s in shape or ["expected shape holds: smaller files decode faster at n=1 and have higher perplexity"]:
+    emit(doc, a.json, lambda: print_text(doc), indent=2)
+    return 0
+
+
+def print_text(doc: dict) -> None:
+    print(f"{doc['model']}: {doc['reps']} reps, {doc['budget']} tokens/sample; {doc['how']}")
+    size = Col("size_mb", lambda r: r["size_bytes"] / 1e6, ".1f")
+    rss = Col("peak_rss_mb", lambda r: r["peak_rss_bytes"] and r["peak_rss_bytes"] / 1e6, ".0f")
+    speed = ["load_s:.2f", "prefill_tok_s:.1f", "decode_tok_s:.1f", "decode_tok_s_n8:.1f"]
+    print_table(doc["rows"], ["variant", size, *speed, rss, "ppl:.3f", "kl:.4f"])
+    for s in doc["shape"] or ["expected shape holds: smaller files decode faster at n=1 and have higher perplexity"]:
         print("shape:", s)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

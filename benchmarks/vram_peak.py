@@ -11,12 +11,12 @@ command still runs and the file says why nothing was measured. Exits with the co
 
 from __future__ import annotations
 
-import argparse
-import json
 import subprocess
 import sys
 import threading
 import time
+
+from _common import log, parser, run_main, write_json
 
 
 def _children(pid: int) -> set[int]:
@@ -31,11 +31,13 @@ def _children(pid: int) -> set[int]:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv:
-        print("usage: vram_peak.py --out FILE [--label L] [--interval S] -- COMMAND...", file=sys.stderr)
+        if "-h" in argv or "--help" in argv:
+            print(__doc__)
+            return 0
+        log("usage: vram_peak.py --out FILE [--label L] [--interval S] -- COMMAND...")
         return 2
     cut = argv.index("--")
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
+    ap = parser(__doc__, json_flag=False, out=True, helps={"out": "write the record (JSON) to this file"})
     ap.add_argument("--label", default=None)
     ap.add_argument("--interval", type=float, default=0.02)
     a = ap.parse_args(argv[:cut])
@@ -100,16 +102,13 @@ def main(argv=None) -> int:
         }
     )
     m.close()
-    with open(a.out, "w") as f:
-        json.dump(rec, f, indent=1)
-    print(
+    write_json(a.out, rec)
+    log(
         f"vram_peak[{a.label or cmd[0]}]: peak-before {rec['gpu_mem_peak_minus_before_mib']} MiB, process "
-        f"{rec['process_gpu_mem_peak_mib']} MiB, energy {rec['gpu_energy_j']} J, {wall:.1f} s, rc {rc}",
-        file=sys.stderr,
-        flush=True,
+        f"{rec['process_gpu_mem_peak_mib']} MiB, energy {rec['gpu_energy_j']} J, {wall:.1f} s, rc {rc}"
     )
     return rc
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
