@@ -17,12 +17,11 @@ Python-heavy groups; the ratios between groups, not the absolute figures, are th
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import json
 import pstats
-import sys
 
+from _common import emit, parser, print_table, run_main
 from parallel_sampling import GRAMMAR, GRAMMAR_PROMPT, PROMPT, SAMPLING  # run as a script: its folder is on sys.path
 
 from edgekit.engines.llamacpp import default_threads  # noqa: E402
@@ -69,13 +68,10 @@ def profile(rt: Runtime, n: int, budget: int, grammar: bool) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    ap = parser(__doc__, model="qwen2.5-coder-0.5b-instruct", threads=True)
     ap.add_argument("--budget", type=int, default=64)
     ap.add_argument("--ns", default="1,2,4,8,16")
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--grammar", action="store_true", help="constrain to the two-option answer grammar")
-    ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     ns = [int(x) for x in a.ns.split(",")]
     threads = a.threads or default_threads()
@@ -89,21 +85,12 @@ def main(argv=None) -> int:
         "grammar": a.grammar,
         "method": "measured: cProfile inclusive times over one Runtime.generate per n (seed 7), ms per decode step",
     }
-    if a.json:
-        print(json.dumps({"rows": rows, **meta}, indent=1))
-    else:
-        print(
-            f"{'n':>3} {'steps':>5} {'total':>8} {'decode':>8} {'sample':>8} {'logprobs':>8} {'accept':>8} {'rest':>8}  outside decode"
-        )
-        for r in rows:
-            print(
-                f"{r['n']:3d} {r['steps']:5d} {r['total_ms']:8.2f} {r['decode_ms']:8.2f} {r['sample_ms']:8.2f} "
-                f"{r['logprobs_ms']:8.2f} {r['accept_ms']:8.2f} {r['rest_ms']:8.2f}  {r['outside_decode_pct']:5.1f} %"
-            )
-        print(json.dumps(meta))
+    cols = ["n", "steps", "total_ms:.2f", "decode_ms:.2f", "sample_ms:.2f", "logprobs_ms:.2f", "accept_ms:.2f"]
+    cols += ["rest_ms:.2f", "outside_decode_pct:.1f"]
+    emit({"rows": rows, **meta}, a.json, lambda: (print_table(rows, cols), print(json.dumps(meta))))
     rt.close()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
