@@ -1,16 +1,26 @@
-"""Aggregate decode tokens/s of n parallel samples: edgekit vs sequential high-level calls vs a
-bare low-level batched loop (the backend's limit). One prompt, one budget, n in {1,2,4,8,16}.
+"""Aggregate decode tokens/s of n parallel samples: edgekit vs sequential high-level calls vs two
+bare low-level batched loops (the backend's limit). One prompt, one budget, n in {1,2,4,8,16}.
 
     python benchmarks/parallel_sampling.py [--model qwen2.5-coder-0.5b-instruct] [--reps 2] [--json]
     python benchmarks/parallel_sampling.py --gpu-layers -1 --ns 32 --energy --paths edgekit,raw   # on a GPU
 
-Decode tok/s everywhere = tokens after each sequence's first / time from the first token to
-the last (prefill excluded), summed over the n samples. Median over --reps.
+    python benchmarks/parallel_sampling.py --grammar [--reps 5]   # constrained vs unconstrained step time, n=8
 
---gpu-layers offloads layers in all three paths (-1: all; a CUDA/Metal build). --energy measures
-the energy of each edgekit generate with the best power meter (NVML on an NVIDIA GPU): J per
-generated token, raw and above the idle power measured before the runs, with the meter's method.
---paths picks the paths (default all three); the sequential path is the slowest at large n.
+Decode tok/s everywhere = tokens after each sequence's first / time from the first token to
+the last (prefill excluded), summed over the n samples. Median over --reps; within a rep the
+loops run interleaved (edgekit, raw, native, sequential) for each n.
+
+- raw (``RawLoop``): this benchmark's own bare loop (prompt tokens tagged with all n sequence ids).
+- native (``NativeLoop``): an independent bare loop written the way llama.cpp's ``batched``
+  example is: prompt once on sequence 0, ``llama_memory_seq_cp`` to the others, numpy views on
+  the batch arrays, llama.cpp's native sampler chain per row (``llama_sampler_sample``: top-k,
+  top-p, min-p, temperature, dist, edgekit's settings), an EOG check and nothing else per token.
+  It loads with the kernel configuration edgekit's probe chose, so both run the same kernels.
+
+``--grammar``: at n=8, edgekit's time per decode step constrained by the two-option answer grammar
+and by a robot-action JSON schema, each against the same call unconstrained for the same number of
+steps (``ignore_eos``, every row decoding every step: the unconstrained side never has fewer rows);
+step time = decode time / (steps - 1), ratio = constrained / unconstrained, median over --reps.
 """
 
 from __future__ import annotations
@@ -20,9 +30,11 @@ import statistics
 import time
 
 import llama_cpp as ll
+import numpy as np
 from _common import TableStream, emit, median_or_none, parser, run_main
 
 from edgekit.engines.llamacpp import default_threads
+from edgekit.host.cpu import cpu_model
 from edgekit.models import resolve
 from edgekit.runtime import Runtime
 
@@ -31,6 +43,20 @@ PROMPT = (
     "traversal. Include type hints and a docstring for every method."
 )  # long answers: samples rarely stop early
 SAMPLING = dict(temperature=0.8, top_p=0.95, top_k=40, min_p=0.05)
+GRAMMAR = 'root ::= "yes" | "no"'  # the two-option answer grammar
+GRAMMAR_PROMPT = "Is the sky blue on a clear day? Answer yes or no."
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "action": {"enum": ["move", "grip", "release", "stop"]},
+        "x": {"type": "number"},
+        "y": {"type": "number"},
+        "speed": {"type": "number"},
+    },
+    "required": ["action", "x", "y", "speed"],
+    "additionalProperties": False,
+}  # a robot action
+SCHEMA_PROMPT = "The red cube is at (0.4, -0.2). Give the robot arm's next action as JSON."
 
 
 def edgekit_rate(rt: Runtime, n: int, budget: int, seed: int) -> tuple[float, int]:
@@ -159,6 +185,114 @@ def energy_row(windows: list, idle_mw, tokens: list[int]) -> dict:
     }
 
 
+class NativeLoop:
+    """An independent bare batched loop: llama.cpp's ``batched`` example with the native sampler chain."""
+
+    def __init__(self, path: str, threads: int, n_ctx: int, max_n: int, gpu_layers: int = 0):
+        from edgekit.engines.llamacpp_probe import choose_for  # the kernels edgekit runs (extra buffer types or not)
+
+        ll.llama_backend_init()
+        mp = ll.llama_model_default_params()
+        mp.n_gpu_layers = gpu_layers
+        mp.use_extra_bufts = choose_for(path, threads=threads, gpu_layers=gpu_layers).use_extra_bufts
+        self.model = ll.llama_model_load_from_file(path.encode(), mp)
+        cp = ll.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, 512, 512, max_n
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.kv_unified = True
+        cp.flash_attn_type = 0 if not ll.llama_supports_gpu_offload() else -1
+        self.ctx = ll.llama_init_from_model(self.model, cp)
+        self.vocab = ll.llama_model_get_vocab(self.model)
+        self.mem = ll.llama_get_memory(self.ctx)
+        self.cap = 512
+        self.batch = ll.llama_batch_init(self.cap, 0, 1)
+        b = self.batch
+        self.tok = np.ctypeslib.as_array(b.token, shape=(self.cap,))
+        self.pos = np.ctypeslib.as_array(b.pos, shape=(self.cap,))
+        np.ctypeslib.as_array(b.n_seq_id, shape=(self.cap,))[:] = 1
+        self.want = np.ctypeslib.as_array(b.logits, shape=(self.cap,))
+        self.seq = [b.seq_id[i] for i in range(self.cap)]
+
+    def rate(self, prompt_tokens: list[int], n: int, budget: int, seed: int) -> tuple[float, int]:
+        ll.llama_memory_clear(self.mem, True)
+        P = len(prompt_tokens)
+        self.tok[:P] = prompt_tokens
+        self.pos[:P] = np.arange(P)
+        self.want[:P] = 0
+        self.want[P - 1] = 1
+        for i in range(P):
+            self.seq[i][0] = 0
+        self.batch.n_tokens = P
+        assert ll.llama_decode(self.ctx, self.batch) == 0
+        for s in range(1, n):
+            ll.llama_memory_seq_cp(self.mem, 0, s, -1, -1)
+        chains = []
+        for s in range(n):
+            ch = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+            for smp in (
+                ll.llama_sampler_init_top_k(SAMPLING["top_k"]),
+                ll.llama_sampler_init_top_p(SAMPLING["top_p"], 1),
+                ll.llama_sampler_init_min_p(SAMPLING["min_p"], 1),
+                ll.llama_sampler_init_temp(SAMPLING["temperature"]),
+                ll.llama_sampler_init_dist(seed + s),
+            ):
+                ll.llama_sampler_chain_add(ch, smp)
+            chains.append(ch)
+        live = list(range(n))
+        out = [-1] * n  # logits row of each sequence
+        count = [0] * n
+        total, t_first = 0, None
+        while live:
+            nxt = []
+            for s in live:
+                t = ll.llama_sampler_sample(chains[s], self.ctx, out[s])
+                if t_first is None:
+                    t_first = time.perf_counter()
+                if ll.llama_vocab_is_eog(self.vocab, t):
+                    continue
+                count[s] += 1
+                total += 1
+                if count[s] < budget:
+                    nxt.append(s)
+                    self.tok[len(nxt) - 1] = t
+            live = nxt
+            if not live:
+                break
+            for j, s in enumerate(live):
+                self.pos[j] = P + count[s] - 1
+                self.seq[j][0] = s
+                out[s] = j
+            self.want[: len(live)] = 1
+            self.batch.n_tokens = len(live)
+            assert ll.llama_decode(self.ctx, self.batch) == 0
+        t_end = time.perf_counter()
+        for ch in chains:
+            ll.llama_sampler_free(ch)
+        return (total - n) / (t_end - t_first), total
+
+
+def step_time(rt: Runtime, prompt: str, n: int, seed: int, **kw) -> tuple[float, int]:
+    r = rt.generate(prompt, n=n, seed=seed, aggregate="none", extractor=None, **SAMPLING, **kw)
+    return r.timings.decode_s / max(r.timings.steps - 1, 1), r.timings.steps
+
+
+def grammar_ratios(rt: Runtime, reps: int, n: int = 8) -> dict:
+    """Constrained vs unconstrained step time at n, interleaved per rep, for the grammar and the schema."""
+    out = {}
+    for name, prompt, kw, budget in (
+        ("step_ratio", GRAMMAR_PROMPT, {"grammar": GRAMMAR}, 8),
+        ("schema_step_ratio", SCHEMA_PROMPT, {"json_schema": SCHEMA}, 64),
+    ):
+        ratios, con, unc = [], [], []
+        for rep in range(reps):
+            c, steps = step_time(rt, prompt, n, 100 + rep, max_tokens=budget, **kw)
+            u, _ = step_time(rt, prompt, n, 100 + rep, max_tokens=max(steps, 2), ignore_eos=True)
+            con.append(c), unc.append(u), ratios.append(c / u)
+        out[name] = statistics.median(ratios)
+        out[name.replace("ratio", "s")] = {"constrained": con, "unconstrained": unc}
+    return {"n": n, **out}
+
+
 def run_meta(a, threads: int, **extra) -> dict:
     """What a run's JSON says besides its rows (here and in daemon_batching.py): model, budget, threads, ``extra``,
     the llama-cpp-python version."""
@@ -170,23 +304,36 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=int, default=128)
     ap.add_argument("--ns", default="1,2,4,8,16")
     ap.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded to the GPU in every path (-1: all)")
-    ap.add_argument("--paths", default="edgekit,raw,sequential", help="comma list of edgekit, raw, sequential")
+    ap.add_argument(
+        "--paths", default="edgekit,raw,native,sequential", help="comma list of edgekit, raw, native, sequential"
+    )
     ap.add_argument("--energy", action="store_true", help="J/token of each edgekit generate (best power meter)")
+    ap.add_argument("--grammar", action="store_true", help="also constrained vs unconstrained step time at n=8")
+    ap.add_argument(
+        "--no-sequential", action="store_true", help="skip the sequential high-level calls (the slow column)"
+    )
     a = ap.parse_args(argv)
     ns = [int(x) for x in a.ns.split(",")]
     paths = [p.strip() for p in a.paths.split(",") if p.strip()]
-    if "edgekit" not in paths or not set(paths) <= {"edgekit", "raw", "sequential"}:
-        ap.error("--paths: a comma list of edgekit, raw, sequential that includes edgekit")
+    if "edgekit" not in paths or not set(paths) <= {"edgekit", "raw", "native", "sequential"}:
+        ap.error("--paths: a comma list of edgekit, raw, native, sequential that includes edgekit")
     threads = a.threads or default_threads()
     path = str(resolve(a.model).path)
     n_ctx = 512 + max(ns) * a.budget
-    rt = Runtime(path, threads=threads, n_ctx=n_ctx, max_n=max(max(ns), 2), gpu_layers=a.gpu_layers)
+    rt = Runtime(
+        path,
+        threads=threads,
+        n_ctx=max(n_ctx, 1024 + 8 * 64),
+        max_n=max(max(ns), 8 if a.grammar else 2),
+        gpu_layers=a.gpu_layers,
+    )
     prompt_tokens = rt.prompt_tokens(PROMPT)
     prompt_text, _ = rt.engine.render_chat([{"role": "user", "content": PROMPT}])
     raw = RawLoop(path, threads, n_ctx, max(max(ns), 2), a.gpu_layers) if "raw" in paths else None
+    native = NativeLoop(path, threads, n_ctx, max(max(ns), 2), a.gpu_layers) if "native" in paths else None
     llm = (
         ll.Llama(model_path=path, n_ctx=512 + a.budget, n_threads=threads, n_gpu_layers=a.gpu_layers, verbose=False)
-        if "sequential" in paths
+        if "sequential" in paths and not a.no_sequential
         else None
     )
     meter = idle_mw = None
@@ -199,16 +346,27 @@ def main(argv=None) -> int:
     edgekit_rate(rt, 2, 8, 0)
     if raw:
         raw.rate(prompt_tokens, 2, 8, 0)
+    if native:
+        native.rate(prompt_tokens, 2, 8, 0)
     if llm:
         sequential_rate(llm, 1, 8, 0, prompt_text)
     rows = []
     table = TableStream(
         enabled=not a.json,
-        cols=["n", "edgekit_tok_s:.1f", "sequential_tok_s:.1f", "raw_tok_s:.1f", "a_over_b:.2f", "a_over_c:.2f"],
+        cols=[
+            "n",
+            "edgekit_tok_s:.1f",
+            "sequential_tok_s:.1f",
+            "raw_tok_s:.1f",
+            "native_tok_s:.1f",
+            "a_over_b:.2f",
+            "a_over_c:.2f",
+            "a_over_native:.3f",
+        ],
     )
     for n in ns:
-        e, s, r = [], [], []
-        toks = {"edgekit": [], "sequential": [], "raw": []}
+        e, s, r, nat = [], [], [], []
+        toks = {"edgekit": [], "sequential": [], "raw": [], "native": []}
         windows = []
         for rep in range(a.reps):
             seed = 1000 * rep
@@ -224,6 +382,10 @@ def main(argv=None) -> int:
                 x, k = raw.rate(prompt_tokens, n, a.budget, seed)
                 r.append(x)
                 toks["raw"].append(k)
+            if native:
+                x, k = native.rate(prompt_tokens, n, a.budget, seed)
+                nat.append(x)
+                toks["native"].append(k)
             if llm:
                 x, k = sequential_rate(llm, n, a.budget, seed, prompt_text)
                 s.append(x)
@@ -233,16 +395,26 @@ def main(argv=None) -> int:
             "edgekit_tok_s": statistics.median(e),
             "sequential_tok_s": median_or_none(s),
             "raw_tok_s": median_or_none(r),
+            "native_tok_s": median_or_none(nat),
             "reps": a.reps,
-            "samples": {"edgekit": e, "sequential": s, "raw": r},
+            "samples": {"edgekit": e, "sequential": s, "raw": r, "native": nat},
             "tokens": toks,
         }
         row["a_over_b"] = row["edgekit_tok_s"] / row["sequential_tok_s"] if s else None
         row["a_over_c"] = row["edgekit_tok_s"] / row["raw_tok_s"] if r else None
+        row["a_over_native"] = row["edgekit_tok_s"] / row["native_tok_s"] if nat else None
+        row["a_over_native_per_rep"] = [x / y for x, y in zip(e, nat)]
         if meter is not None:
             row.update(energy_row(windows, idle_mw, toks["edgekit"]))
         rows.append(row)
         table.row(row)
+    gram = grammar_ratios(rt, a.reps) if a.grammar else None
+    if gram is not None and not a.json:
+        print(
+            f"grammar n={gram['n']}: two-option step ratio {gram['step_ratio']:.2f}, "
+            f"robot-action schema step ratio {gram['schema_step_ratio']:.2f} (constrained / unconstrained)",
+            flush=True,
+        )
     meta = run_meta(
         a,
         threads,
@@ -251,8 +423,11 @@ def main(argv=None) -> int:
         paths=paths,
         build=rt.engine.info.build,
         n_ctx=n_ctx,
+        cpu=cpu_model(),
         method=f"measured, median of {a.reps} rep(s); decode tok/s excludes prefill and each sequence's first token",
     )
+    if gram is not None:
+        meta["grammar"] = gram
     emit({"rows": rows, **meta}, a.json, json.dumps(meta))
     return 0
 

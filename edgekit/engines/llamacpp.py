@@ -303,7 +303,7 @@ class LlamaCppEngine(Engine):
                 samplers.append(dec._sampler(options, seed, grammar))
         except BaseException:
             for smp in samplers:
-                _ll.llama_sampler_free(smp)
+                smp.free()
             raise
         return self._sched.submit(ids, options, samplers, cancel)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgekit.engines.base import Cancel, Event
-from edgekit.errors import BackendError, UsageError
+from edgekit.errors import BackendError
 from edgekit.host.threads import apply_before_load
 from edgekit.schemas.options import SamplingOptions
 
@@ -37,6 +37,9 @@ _REQUIRED = [
     "llama_vocab_is_eog",
     "llama_get_logits_ith",
     "llama_sampler_init_grammar",
+    "llama_sampler_apply",
+    "llama_sampler_accept",
+    "llama_get_logits",
 ]
 _missing = [f for f in _REQUIRED if not hasattr(ll, f)]
 if _missing:  # the KV-cache API was renamed twice; fail clearly rather than mid-decode
@@ -44,6 +47,8 @@ if _missing:  # the KV-cache API was renamed twice; fail clearly rather than mid
         f"llama-cpp-python {getattr(ll, '__version__', '?')} lacks {', '.join(_missing)}",
         fix='install a tested version: pip install "llama-cpp-python>=0.3.36,<0.4"',
     )
+
+from edgekit.engines.llamacpp_sample import BlockSampler, RowSampler  # noqa: E402 - after the version check
 
 
 def build_kind() -> str:
@@ -84,7 +89,7 @@ class Row:
         self.index, self.seq, self.o = index, seq, o
         self.dec = codecs.getincrementaldecoder("utf-8")("replace")
         self.text, self.count, self.last = "", 0, -1
-        self.bidx = -1  # batch index of this row's logits in the last decode
+        self.bidx = -1  # this row's logits row (output index) in the last decode
         self.max_stop = max((len(x) for x in o.stop), default=0)
 
     def accept(self, t: int, logprob: float | None, d: BatchDecoder, out: list) -> bool:
@@ -134,6 +139,7 @@ class BatchDecoder:
         self._want = np.ctypeslib.as_array(b.logits, shape=(self._cap,))
         self._nseq[:] = 1
         self._piece_buf = ctypes.create_string_buffer(256)
+        self.sampling = BlockSampler(self._n_vocab)
         self.tuner = None  # edgekit.host.load.ThreadTuner: re-sizes the thread pool between decodes
 
     def free(self) -> None:
@@ -195,33 +201,8 @@ class BatchDecoder:
         return r.prompt, bool(getattr(r, "added_special", False))
 
     # -- generation ------------------------------------------------------------------------
-    def _sampler(self, o: SamplingOptions, seed: int, grammar: str | None):
-        params = ll.llama_sampler_chain_default_params()
-        params.no_perf = True
-        chain = ll.llama_sampler_chain_init(params)
-        add = lambda s: ll.llama_sampler_chain_add(chain, s)  # noqa: E731
-        if grammar is not None:
-            g = ll.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
-            if not g:
-                ll.llama_sampler_free(chain)
-                raise UsageError(
-                    "llama.cpp rejected the grammar (it does not parse)",
-                    fix="check the GBNF grammar / JSON schema; EDGEKIT_DEBUG=1 shows llama.cpp's reason",
-                )
-            add(g)
-        t = o.effective_temperature
-        if t <= 0:
-            add(ll.llama_sampler_init_greedy())
-            return chain
-        if o.top_k > 0:
-            add(ll.llama_sampler_init_top_k(o.top_k))
-        if o.top_p < 1.0:
-            add(ll.llama_sampler_init_top_p(o.top_p, 1))
-        if o.min_p > 0:
-            add(ll.llama_sampler_init_min_p(o.min_p, 1))
-        add(ll.llama_sampler_init_temp(t))
-        add(ll.llama_sampler_init_dist(seed))
-        return chain
+    def _sampler(self, o: SamplingOptions, seed: int, grammar: str | None) -> RowSampler:
+        return RowSampler(self._vocab, o, seed, grammar)
 
     def _decode(self, k: int) -> None:
         if self.tuner is not None:
@@ -287,19 +268,36 @@ class BatchDecoder:
             yield from self._steps(P, n, o, samplers, cancel, vocab, seq_id)
         finally:
             for smp in samplers:
-                ll.llama_sampler_free(smp)
+                smp.free()
             ll.llama_memory_clear(mem, True)
+
+    def sample(self, rows: list, samplers: list, n_out: int, want_lp: bool) -> list:
+        """(token, logprob or None) for every row from the last decode's ``n_out`` logits rows;
+        ``row.bidx`` is the row's logits row, ``samplers[i]`` row i's :class:`RowSampler`."""
+        smp = self.sampling
+        smp.new_step()
+        block = smp.block(self._ctx, n_out)
+        m = block.max(axis=1)
+        lse = smp.lse(block, m) if want_lp else None
+        out = []
+        for r, rs in zip(rows, samplers):
+            b = r.bidx
+            row = block[b]
+            t = smp.pick(rs, row, float(m[b]))
+            out.append((t, float(row[t] - lse[b]) if lse is not None else None))
+        return out
 
     def _steps(self, P, n, o: SamplingOptions, samplers, cancel, vocab, seq_id) -> Iterator[Event]:
         rows = [Row(s, s, o) for s in range(n)]
-        live = rows
-        idx = {s: -1 for s in range(n)}  # logits row per sequence: first the prompt's last (only) output row
+        for r in rows:
+            r.bidx = 0  # first step: every sequence reads the prompt's last (only) logits row
+        live, n_out = rows, 1
         out: list[Event] = []
+        tok, pos, want = self._tok, self._pos, self._want
         while live:
             # 2. sample one token for every live sequence from the last decode's logits
-            toks = {r.index: ll.llama_sampler_sample(samplers[r.index], self._ctx, idx[r.index]) for r in live}
-            lps = self._logprobs([r.index for r in live], idx, toks) if o.logprobs else {}
-            still = [r for r in live if r.accept(toks[r.index], lps.get(r.index), self, out)]
+            picks = self.sample(live, [samplers[r.index] for r in live], n_out, o.logprobs)
+            still = [r for r, (t, lp) in zip(live, picks) if r.accept(t, lp, self, out)]
             yield from out
             out.clear()
             live = still
@@ -309,14 +307,15 @@ class BatchDecoder:
                 for r in live:
                     yield r.cancelled()
                 break
-            # 3. one decode for all live sequences
+            # 3. one decode for all live sequences; batch row j holds live sequence j's logits
             for j, r in enumerate(live):
-                self._tok[j] = r.last
-                self._pos[j] = P + r.count - 1
+                tok[j] = r.last
+                pos[j] = P + r.count - 1
                 seq_id[j][0] = r.seq
-                self._want[j] = 1
-            self._decode(len(live))
-            idx = {r.index: j for j, r in enumerate(live)}  # batch row j holds live sequence j's logits
+                want[j] = 1
+                r.bidx = j
+            n_out = len(live)
+            self._decode(n_out)
 
     # -- teacher-forced scoring (one sequence) ----------------------------------------------
     def score(self, prompt: list[int], continuation: list[int]) -> Scored:
@@ -351,17 +350,3 @@ class BatchDecoder:
         finally:
             ll.llama_memory_clear(mem, True)
         return out
-
-    def _logprobs(self, live, idx, toks) -> dict:
-        """Chosen-token log-probabilities under the raw (unconstrained) model distribution."""
-        nv = self._n_vocab
-        if len(set(idx.values())) == 1:  # first step: every sequence reads the prompt's last row
-            row = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, next(iter(idx.values()))), shape=(nv,))
-            m = row.max()
-            lse = m + np.log(np.exp(row - m).sum())
-            return {s: float(row[toks[s]] - lse) for s in live}
-        k = len(live)
-        block = np.ctypeslib.as_array(ll.llama_get_logits(self._ctx), shape=(k, nv))
-        m = block.max(axis=1, keepdims=True)
-        lse = (m + np.log(np.exp(block - m).sum(axis=1, keepdims=True)))[:, 0]
-        return {s: float(block[idx[s], toks[s]] - lse[idx[s]]) for s in live}

@@ -109,6 +109,7 @@ class Scheduler:
         self._kv_free = dec.n_ctx
         self._ids = 0
         self._stop = False
+        self._n_out = 0  # logits rows of the last decode
         self._mem = ll.llama_get_memory(dec._ctx)
         ll.llama_memory_clear(self._mem, True)
         self._thread = threading.Thread(target=self._loop, name="edgekit-llama-batch", daemon=True)
@@ -119,7 +120,7 @@ class Scheduler:
         with self._cv:
             if self._stop:
                 for s in samplers:
-                    ll.llama_sampler_free(s)
+                    s.free()
                 raise UsageError("engine is closed", fix="create a new Runtime/engine; do not use one after close()")
             self._ids += 1
             req = _Req(self._ids, ids, o, samplers, cancel)
@@ -196,13 +197,15 @@ class Scheduler:
     def _step(self) -> None:
         out: list[Event] = []
         # 1. sample every live row; retire finished rows and cancelled requests
+        rows = [r for req in self._running for r in req.live]
+        smps = [req.samplers[r.index] for req in self._running for r in req.live]
+        want_lp = any(req.o.logprobs for req in self._running)
+        picks = iter(self._dec.sample(rows, smps, self._n_out, want_lp) if rows else ())
         for req in list(self._running):
-            lse: dict | None = {} if req.o.logprobs else None
             still = []
             for r in req.live:
-                tok = ll.llama_sampler_sample(req.samplers[r.index], self._dec._ctx, r.bidx)
-                lp = self._logprob(r.bidx, tok, lse) if lse is not None else None
-                if r.accept(tok, lp, self._dec, out):
+                tok, lp = next(picks)
+                if r.accept(tok, lp if req.o.logprobs else None, self._dec, out):
                     still.append(r)
                 else:
                     self._free_row(req, r)
@@ -251,9 +254,10 @@ class Scheduler:
             for r in req.live:
                 d._tok[j], d._pos[j], d._want[j] = r.last, P + r.count - 1, 1
                 seq_id[j][0] = r.seq
-                r.bidx = j
+                r.bidx = j  # every token before it wants logits: batch index j is output row j
                 j += 1
         n_rows = j
+        n_out = j
         budget = min(self.prefill_chunk, d._cap - j)
         done: list[_Req] = []
         users = sum(1 for req in self._running if req.live)
@@ -274,8 +278,10 @@ class Scheduler:
             users += 1
             if req.pos == P:
                 d._want[j - 1] = 1
-                req.last_bidx = j - 1
+                req.last_bidx = n_out  # its logits row: after the live rows and earlier completed prompts
+                n_out += 1
                 done.append(req)
+        self._n_out = 0
         if j == 0:
             with self._cv:
                 stuck = (
@@ -292,6 +298,7 @@ class Scheduler:
                 self._close_req(stuck)
             return
         d._decode(j)
+        self._n_out = n_out
         st = self.stats
         st.steps += 1
         st.row_tokens += n_rows
@@ -308,15 +315,6 @@ class Scheduler:
             req.live = list(req.rows)
             self._running.append(req)
             req.q.put([Event("prefill", prompt_tokens=len(req.ids), queue_s=req.t_admit - req.t_submit)])  # type: ignore[operator]
-
-    def _logprob(self, b: int, tok: int, cache: dict) -> float:
-        """The chosen token's log-probability under the raw (unconstrained) logits of batch row
-        ``b``; the log-sum-exp is computed once per logits row (n samples share the prompt's)."""
-        row = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._dec._ctx, b), shape=(self._dec._n_vocab,))
-        if b not in cache:
-            m = row.max()
-            cache[b] = m + np.log(np.exp(row - m).sum())
-        return float(row[tok] - cache[b])
 
     def _free_row(self, req: _Req, r: Row) -> None:
         ll.llama_memory_seq_rm(self._mem, r.seq, -1, -1)
@@ -347,7 +345,7 @@ class Scheduler:
         if not req.over:
             req.over = True
             for s in req.samplers:
-                ll.llama_sampler_free(s)
+                s.free()
             req.samplers = []
             req.q.put(_END)
 

@@ -1,0 +1,258 @@
+"""Per-row sampling over one decode's logits block, for the llama.cpp engine's batch loop.
+
+Private to the llama.cpp engine (:mod:`edgekit.engines.llamacpp_core` and the scheduler use it).
+
+Each sample (row) owns a :class:`RowSampler`: llama.cpp's native chain (top-k, top-p, min-p,
+temperature, seeded dist; or greedy) and, when constrained, a separate native grammar sampler.
+:class:`BlockSampler` picks every row's token from the logits block of the last ``llama_decode``
+and gives the same token llama.cpp's chain would give over the full vocabulary -- with the
+grammar first in the chain, as edgekit built it before -- from much less work:
+
+- **Greedy**: ``argmax`` of the raw row (llama.cpp's greedy keeps the first maximum, as numpy
+  does). Constrained: the argmax is checked alone against the grammar (a one-token candidate
+  array through the grammar sampler); if it is rejected, the tokens within a band below the row
+  maximum are checked, and the first valid maximum is taken; the whole vocabulary is checked only
+  when no token of the band is valid. The first valid maximum is the greedy token of the
+  grammar-first chain, so the output is the same token, always.
+- **Sampling (T > 0)**: the chain runs on a candidate array: the (valid) tokens whose logit is
+  within a band below the row maximum, in token-id order, the order of the full array. The band
+  is used only when it provably holds everything the full-vocabulary chain would keep
+  (:func:`band_decides`): with top-k, k (valid) tokens above the band's floor; otherwise the top-p
+  cut (with the mass below the band bounded) or the min-p floor must fall inside the band. Then
+  top-k, top-p, min-p, temperature and dist see the same tokens in the same order and draw the
+  same token from the same random state; otherwise the next band, and at last the full vocabulary
+  (the grammar applied to all of it first, as before). Seeded runs are therefore token-for-token
+  those of the full chain (up to exact logit ties at the top-k boundary, which llama.cpp's
+  partial sort breaks in an unspecified order), not merely equal in distribution.
+
+The grammar is thus applied only to the few tokens near the top of the distribution, and to the
+whole vocabulary only when none of them decides the step (llama.cpp's ``common_sampler`` checks
+the sampled token alone and resamples on rejection, which for a truncated chain -- top-k, top-p,
+min-p -- is *not* the grammar-first distribution: a valid token drawn from the unconstrained
+nucleus is kept with the unconstrained nucleus's probability).
+
+Log-probabilities (raw distribution, what the confidence score reads) need one log-sum-exp per
+logits row: computed once per row in numpy over the contiguous block, into a reused buffer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+
+from edgekit.errors import BackendError, UsageError
+from edgekit.host.threads import apply_before_load
+from edgekit.schemas.options import SamplingOptions
+
+apply_before_load()  # before llama.cpp's library loads (see llamacpp_core)
+try:
+    import llama_cpp as ll
+except ImportError as e:  # pragma: no cover - install problem
+    raise BackendError("llama-cpp-python is not installed", fix='pip install "llama-cpp-python>=0.3.36,<0.4"') from e
+
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+BANDS = (8.0, 16.0)  # logit distances below the row maximum tried before the whole vocabulary
+_EPS = 1e-4  # margin on top-p's cumulative-mass test (llama.cpp sums in float32)
+
+
+class RowSampler:
+    """One sample's native samplers: the chain (no grammar in it) and the grammar, if any."""
+
+    __slots__ = ("chain", "grammar", "greedy", "top_k", "top_p", "min_p", "key")
+
+    def __init__(self, vocab, o: SamplingOptions, seed: int, grammar: str | None):
+        self.grammar = None
+        self.key = (grammar, 0)  # the grammar and a hash of the tokens it accepted: equal keys, equal state
+        if grammar is not None:
+            self.grammar = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            if not self.grammar:
+                self.grammar = None
+                raise UsageError(
+                    "llama.cpp rejected the grammar (it does not parse)",
+                    fix="check the GBNF grammar / JSON schema; EDGEKIT_DEBUG=1 shows llama.cpp's reason",
+                )
+        params = ll.llama_sampler_chain_default_params()
+        params.no_perf = True
+        self.chain = ll.llama_sampler_chain_init(params)
+        t = o.effective_temperature
+        self.greedy = t <= 0
+        self.top_k, self.top_p, self.min_p = o.top_k, o.top_p, o.min_p
+        add = lambda s: ll.llama_sampler_chain_add(self.chain, s)  # noqa: E731
+        if self.greedy:
+            add(ll.llama_sampler_init_greedy())
+            return
+        if o.top_k > 0:
+            add(ll.llama_sampler_init_top_k(o.top_k))
+        if o.top_p < 1.0:
+            add(ll.llama_sampler_init_top_p(o.top_p, 1))
+        if o.min_p > 0:
+            add(ll.llama_sampler_init_min_p(o.min_p, 1))
+        add(ll.llama_sampler_init_temp(t))
+        add(ll.llama_sampler_init_dist(seed))
+
+    def free(self) -> None:
+        if self.chain:
+            ll.llama_sampler_free(self.chain)
+            self.chain = None
+        if self.grammar:
+            ll.llama_sampler_free(self.grammar)
+            self.grammar = None
+
+
+def band_decides(lv: np.ndarray, floor: float, unknown: int, top_k: int, top_p: float, min_p: float) -> bool:
+    """True when the chain top-k -> top-p -> min-p keeps the same tokens from ``lv`` (the logits
+    of every candidate at or above ``floor``) as from the full candidate set, which adds at most
+    ``unknown`` tokens below ``floor`` (that count only where top-k leaves room for them)."""
+    n = len(lv)
+    if n == 0:
+        return False
+    if top_k > 0:
+        if n >= top_k:
+            return True  # the top k are all above the floor
+        unknown = min(unknown, top_k - n)
+    if unknown <= 0:
+        return True
+    top = float(lv.max())
+    floor_cut = min_p > 0 and floor <= top + math.log(min_p)  # min-p drops every token below the floor
+    if top_p >= 1.0:
+        return floor_cut
+    srt = np.sort(lv.astype(np.float64))[::-1]
+    cum = np.cumsum(np.exp(srt - top))
+    z_lo = cum[-1]
+    z_hi = z_lo + unknown * math.exp(floor - top)
+    keep_lo = int(np.searchsorted(cum, top_p * z_lo * (1 - _EPS))) + 1  # the fewest top-p may keep
+    hi = int(np.searchsorted(cum, top_p * z_hi * (1 + _EPS)))
+    if hi < n and keep_lo == hi + 1:
+        return True  # top-p keeps the same prefix whatever the mass below the floor
+    if floor_cut:  # min-p cuts no later than top-p can: the kept tokens are the min-p prefix
+        kept_by_min_p = int(np.count_nonzero(srt >= top + math.log(min_p)))
+        return kept_by_min_p <= keep_lo
+    return False
+
+
+class BlockSampler:
+    """Buffers and counters for picking tokens from a decode's logits (one per context)."""
+
+    def __init__(self, n_vocab: int):
+        self.nv = n_vocab
+        self._cand = np.empty(n_vocab, TOKEN_DATA)
+        self._cand_ptr = self._cand.ctypes.data_as(ll.llama_token_data_p)
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._arr = ll.llama_token_data_array()
+        self._arr_ref = ctypes.byref(self._arr)
+        self._buf = np.empty((0, n_vocab), np.float32)
+        self.counts = {"argmax": 0, "band": 0, "full": 0, "grammar_checks": 0, "grammar_full": 0}
+        self._seen: dict = {}  # (grammar, state) -> its valid ids over the whole vocabulary, this step
+
+    def new_step(self) -> None:
+        self._seen.clear()
+
+    # -- the logits block ------------------------------------------------------------------
+    def block(self, ctx, rows: int) -> np.ndarray:
+        """The first ``rows`` output rows of the last decode's logits (a view, no copy)."""
+        return np.ctypeslib.as_array(ll.llama_get_logits(ctx), shape=(rows, self.nv))
+
+    def lse(self, block: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """Per-row log-sum-exp (float32, the same operations the engine always used)."""
+        k = block.shape[0]
+        if self._buf.shape[0] < k:
+            self._buf = np.empty((k, self.nv), np.float32)
+        buf = self._buf[:k]
+        mk = m[:, None]
+        np.subtract(block, mk, out=buf)
+        np.exp(buf, out=buf)
+        return (mk + np.log(buf.sum(axis=1, keepdims=True)))[:, 0]
+
+    # -- native samplers on candidate arrays -----------------------------------------------
+    def _load(self, ids: np.ndarray, row: np.ndarray) -> None:
+        k = len(ids)
+        c = self._cand[:k]
+        c["id"] = ids
+        c["logit"] = row[ids]
+        c["p"] = 0.0
+        a = self._arr
+        a.data, a.size, a.selected, a.sorted = self._cand_ptr, k, -1, False
+
+    def _valid(self, grammar, ids: np.ndarray, row: np.ndarray) -> np.ndarray:
+        """The ids of ``ids`` the grammar accepts next (one native apply over them)."""
+        self._load(ids, row)
+        ll.llama_sampler_apply(grammar, self._arr_ref)
+        self.counts["grammar_checks"] += 1
+        c = self._cand[: self._arr.size]
+        return c["id"][c["logit"] != -np.inf].copy()
+
+    def _chain(self, rs: RowSampler, ids: np.ndarray, row: np.ndarray) -> int:
+        self._load(ids, row)
+        ll.llama_sampler_apply(rs.chain, self._arr_ref)
+        sel = self._arr.selected
+        if sel < 0:  # pragma: no cover - a chain always ends in a selecting sampler
+            raise BackendError("llama.cpp's sampler chain selected no token", fix="report this bug")
+        return int(self._cand["id"][sel])
+
+    def _full(self, rs: RowSampler, row: np.ndarray) -> int:
+        """The whole vocabulary: the grammar's valid tokens (once per grammar state and step: rows
+        in the same state share them), then the chain."""
+        self.counts["full"] += 1
+        if rs.grammar is None:
+            return self._chain(rs, self._ids, row)
+        v = self._seen.get(rs.key)
+        if v is None:
+            self.counts["grammar_full"] += 1
+            v = self._seen[rs.key] = self._valid(rs.grammar, self._ids, row)
+        if not len(v):  # nothing is valid: what llama.cpp's grammar-first chain does then
+            self._load(self._ids, row)
+            ll.llama_sampler_apply(rs.grammar, self._arr_ref)
+            ll.llama_sampler_apply(rs.chain, self._arr_ref)
+            return int(self._cand["id"][max(self._arr.selected, 0)])
+        return self._chain(rs, v, row)
+
+    def pick(self, rs: RowSampler, row: np.ndarray, top: float) -> int:
+        """The token row ``row`` (raw logits, maximum ``top``) gives sample ``rs``; accepted into
+        its samplers (the grammar advances exactly once)."""
+        tok = self._pick(rs, row, top)
+        if rs.grammar is not None:
+            ll.llama_sampler_accept(rs.grammar, tok)
+            rs.key = (rs.key[0], hash((rs.key[1], tok)))
+        ll.llama_sampler_accept(rs.chain, tok)
+        return tok
+
+    def _pick(self, rs: RowSampler, row: np.ndarray, top: float) -> int:
+        g = rs.grammar
+        if rs.greedy:
+            t = int(row.argmax())
+            if g is None or len(self._valid(g, self._ids[t : t + 1], row)):
+                self.counts["argmax"] += 1
+                return t
+            for d in BANDS:
+                ids = np.flatnonzero(row >= top - d).astype(np.int32)
+                if len(ids) > self.nv // 8:
+                    break
+                v = self._valid(g, ids, row)
+                if len(v):  # every token above the first valid maximum is in the band
+                    self.counts["band"] += 1
+                    return int(v[int(row[v].argmax())])
+            return self._full(rs, row)
+        floors = [top - d for d in BANDS]
+        while floors:
+            floor = floors.pop(0)
+            ids = np.flatnonzero(row >= floor).astype(np.int32)
+            if len(ids) > self.nv // 8:
+                break  # a flat distribution: the whole vocabulary costs little more
+            if rs.top_k > 0 and g is None and len(ids) < rs.top_k:
+                continue
+            unknown = self.nv - len(ids)
+            if g is not None:
+                ids = self._valid(g, ids, row)
+            lv = row[ids]
+            if band_decides(lv, floor, unknown, rs.top_k, rs.top_p, rs.min_p):
+                self.counts["band"] += 1
+                return self._chain(rs, ids, row)
+            if (
+                len(ids) and rs.min_p > 0
+            ):  # min-p's own floor under the best valid token decides, if anything short of all
+                need = float(lv.max()) + math.log(rs.min_p) - 1e-3
+                if need < floor and (not floors or need > floors[0]):
+                    floors.insert(0, need)
+        return self._full(rs, row)
