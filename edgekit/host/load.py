@@ -54,6 +54,10 @@ class CpuShare:
                 busy += f[0] + (f[1] if self._niced else 0) + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)
         return time.monotonic(), busy / _TICK, self._own()
 
+    def age_s(self) -> float:
+        """Seconds since the previous look (0 when there was none)."""
+        return time.monotonic() - self._last[0] if self._last is not None else 0.0
+
     def sample(self, min_window_s: float = 0.05) -> float | None:
         now = self._read()
         if now is None or self._last is None:
@@ -100,8 +104,10 @@ class ThreadTuner:
         now = time.monotonic()
         if now < self._next and not force:
             return self.threads
-        self._next = now + self.interval_s
-        others = self._share.sample(0.02 if force else 0.05)
+        if force:  # a window of a few clock ticks (10 ms each) at least: a short warm-up waits out the rest
+            time.sleep(max(0.0, 0.05 - getattr(self._share, "age_s", lambda: 0.05)()))
+        self._next = time.monotonic() + self.interval_s
+        others = self._share.sample()
         if others is None:
             return self.threads
         self.others = others
