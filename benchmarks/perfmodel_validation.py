@@ -25,7 +25,7 @@ Goal (cross-model): interval coverage >= 90 %, MAPE <= 15 %. See edgekit/perfmod
 
 --slices predicts each --unprofiled model and variant from a block-slice estimate made during the run
 (`edgekit profile --slices`: a 1-block and a k-block slice of the file swept and extrapolated in depth,
-edgekit/profile/slices.py) instead of across models; the cross-model prediction of the same
+edgekit/profile/slice_estimate.py) instead of across models; the cross-model prediction of the same
 configuration is reported beside it (cross_model_*), so both are judged on the same measurements.
 """
 
@@ -205,7 +205,7 @@ def slice_model(profile, spec: str, blocks: int):
     changed."""
     import time
 
-    from edgekit.profile.slices import estimate_by_slices
+    from edgekit.profile.slice_estimate import estimate_by_slices
 
     t0 = time.perf_counter()
     est = estimate_by_slices(spec, blocks=blocks, existing=profile.model_copy(deep=True))

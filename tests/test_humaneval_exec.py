@@ -20,8 +20,9 @@ import psutil
 import pytest
 
 from edgekit.errors import UsageError
-from edgekit.evaluate import humaneval_exec
-from edgekit.evaluate.humaneval_exec import check_program, sandbox_status
+from edgekit.evaluate import tasks
+from edgekit.evaluate.humaneval import check as parent_side
+from edgekit.evaluate.humaneval import check_program, sandbox_status
 
 CHECK_ONE = "def check(candidate):\n    assert candidate() == 1\n"
 SANDBOX_OK, SANDBOX_DESC = sandbox_status()
@@ -558,7 +559,7 @@ def test_sandbox_status_says_what_is_contained():
 
 
 def test_without_a_sandbox_running_model_code_needs_an_opt_in(monkeypatch):
-    monkeypatch.setattr(humaneval_exec, "sandbox_status", lambda: (False, "rlimits only (test): NOT contained: all"))
+    monkeypatch.setattr(parent_side, "sandbox_status", lambda: (False, "rlimits only (test): NOT contained: all"))
     with pytest.raises(UsageError) as e:
         check_program("def f():\n    return 1\n", CHECK_ONE, "f")
     assert "bubblewrap" in e.value.fix and "--allow-code-execution" in e.value.fix
@@ -574,9 +575,7 @@ def test_humaneval_task_verifies_extracted_completions(problems, monkeypatch):
     from edgekit.runtime.aggregate import get_extractor
 
     if not SANDBOX_OK:  # tasks.py does not pass the opt-in (yet); allow it for this test only
-        monkeypatch.setattr(
-            humaneval_exec, "check_program", functools.partial(humaneval_exec.check_program, allow_unsandboxed=True)
-        )
+        monkeypatch.setattr(tasks, "check_program", functools.partial(check_program, allow_unsandboxed=True))
     task = load_task("humaneval", limit=3)
     for prob, raw in zip(task.problems, problems):
         body_only = f"Here you go:\n```python\n{raw['canonical_solution']}```\n"

@@ -336,7 +336,7 @@ def test_sensor_vanishes_mid_run_records_gap(tmp_path):
     time.sleep(0.15)
     (root / "sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon1/curr1_input").unlink()
     time.sleep(0.15)
-    assert s._thread.is_alive()  # the failing reads did not kill the thread
+    assert s.running  # the failing reads did not kill the thread
     s.stop()
     assert len(s.errors) >= 3 and all("FileNotFoundError" in e for _, e in s.errors)
     with m.window(interval_s=0.01) as w:  # every read fails now
@@ -459,3 +459,35 @@ def test_estimated_cpu_power_is_labelled():
         estimated_cpu_power_mw(65, 150)
     with pytest.raises(UsageError):
         estimated_cpu_power_mw(0, 50)
+
+
+def test_periodic_thread_ticks_until_stopped_and_surfaces_what_escapes():
+    from edgekit.power.periodic import PeriodicThread
+
+    ticks = []
+    t = PeriodicThread(lambda: ticks.append(1), 0.01, "test-ticker")
+    t.start()
+    assert ticks == [1]  # one tick in start(), before the thread runs
+    time.sleep(0.1)
+    assert t.running
+    with pytest.raises(RuntimeError):
+        t.start()
+    t.stop()
+    assert not t.running and len(ticks) >= 4  # the thread's ticks and one in stop()
+    n = len(ticks)
+    time.sleep(0.05)
+    assert len(ticks) == n  # stopped: no more ticks
+
+    calls = []
+
+    def boom():
+        calls.append(1)
+        if len(calls) > 1:  # the thread's first tick
+            raise ValueError("sensor driver bug")
+
+    t = PeriodicThread(boom, 0.01, "test-ticker")
+    t.start()
+    time.sleep(0.05)
+    assert not t.running and len(calls) == 2  # the escaped exception ended the thread...
+    with pytest.raises(ValueError, match="sensor driver bug"):
+        t.stop()  # ...and is raised here, in the caller's thread

@@ -14,7 +14,7 @@ from edgekit.errors import UsageError
 from edgekit.figures import measured
 from edgekit.models.slices import slice_blocks, write_slice
 from edgekit.perfmodel import fit
-from edgekit.profile.slices import SLICE_UNC, combine, estimate_by_slices
+from edgekit.profile.slice_estimate import SLICE_UNC, combine, estimate_by_slices
 from edgekit.profile.sweep import ProfileInterrupted, SweepConfig, profile_model
 from edgekit.schemas.profile import DecodePoint, ModelInfo, ModelProfile, PrefillPoint, SliceEstimate, load_profile
 

@@ -141,7 +141,7 @@ def register(app: typer.Typer) -> None:
                     bar.console.print(f"warning: {msg}", soft_wrap=True, markup=False, highlight=False)
 
                 if slices:
-                    from edgekit.profile.slices import estimate_by_slices
+                    from edgekit.profile.slice_estimate import estimate_by_slices
 
                     prof = estimate_by_slices(
                         model,

@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 
 from edgekit.power.nvml import NvmlMeter
+from edgekit.power.periodic import PeriodicThread
 
 _IGNORED_ZONES = {"pmic-die"}
 
@@ -41,8 +42,7 @@ class ThermalSampler:
         if nvml is not None or self.real_root:
             g = NvmlMeter(gpu_index, nvml=nvml)
             self._gpu = g if g.handle is not None else None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._ticker = PeriodicThread(self.sample, self.interval_s, "edgekit-thermal")
         self._lock = threading.Lock()
 
     # -- sources -----------------------------------------------------------------------------
@@ -102,22 +102,12 @@ class ThermalSampler:
             self.samples.append(s)
         return s
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample()
-
     def start(self) -> ThermalSampler:
-        self.sample()
-        self._thread = threading.Thread(target=self._run, name="edgekit-thermal", daemon=True)
-        self._thread.start()
+        self._ticker.start()
         return self
 
     def stop(self) -> ThermalSampler:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        self.sample()
+        self._ticker.stop()
         return self
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgekit import engines
 from edgekit.errors import UsageError
-from edgekit.evaluate.humaneval_exec import FIX, sandbox_status
+from edgekit.evaluate.humaneval import FIX, sandbox_status
 from edgekit.evaluate.runner import Progress, check_resume, run_eval, task_settings
 from edgekit.evaluate.tasks import load_task
 from edgekit.host.threads import check_threads as check_usable_threads

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from edgekit.errors import UsageError
-from edgekit.evaluate.humaneval_exec import check_program
+from edgekit.evaluate.humaneval import check_program
 
 KNOWN_TASKS = (
     "bigbench:object_counting",

@@ -6,7 +6,7 @@ every per-block array (a metadata array with one entry per block) are cut to mat
 are copied as they are, so each kept block has the file's own quant types and shapes.
 
 ``edgekit profile --slices`` times a 1-block and a k-block slice and extrapolates to the whole
-depth (see :mod:`edgekit.profile.slices`): seconds on files that would take minutes to profile, and
+depth (see :mod:`edgekit.profile.slice_estimate`): seconds on files that would take minutes to profile, and
 the kernels timed are the model's own (per-type CPU kernel speed varies 2x with matrix width, so no
 device-wide per-type table predicts it; benchmarks/README.md).
 """

@@ -17,7 +17,7 @@ width E, KV bytes per token.
 Rough on CPUs: a quant type's kernel speed depends on the matrix shape (benchmarks/kernel_shapes.py),
 so on the CI VM these estimates were ~80 % off on quantized variants (benchmarks/README.md). An entry
 estimated from two block slices of the file itself (``edgekit profile --slices``,
-:mod:`edgekit.profile.slices`) was within 15 % there; the planner prefers any profile entry to this.
+:mod:`edgekit.profile.slice_estimate`) was within 15 % there; the planner prefers any profile entry to this.
 
 A quantized variant of a profiled model (same n_layer, n_embd, KV bytes) is predicted by
 :func:`predict_variant` instead: the base model's own measured fit, decode step shifted by k_n x

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from edgekit.figures import Figure, unavailable
+from edgekit.power.periodic import PeriodicThread
 
 
 @dataclass
@@ -117,9 +118,12 @@ class PowerSampler:
         self.t_start: float | None = None
         self.t_stop: float | None = None
         self._segment = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._ticker = PeriodicThread(self.poll, self.interval_s, f"edgekit-power-{meter.name}")
         self._lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._ticker.running
 
     def poll(self) -> None:
         if not self.meter.available:
@@ -134,22 +138,13 @@ class PowerSampler:
         with self._lock:
             self.readings.append((self._segment, r))
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.poll()
-
     def start(self) -> PowerSampler:
         self.t_start = time.monotonic()
-        self.poll()
-        self._thread = threading.Thread(target=self._run, name=f"edgekit-power-{self.meter.name}", daemon=True)
-        self._thread.start()
+        self._ticker.start()
         return self
 
     def stop(self) -> PowerSampler:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.poll()
+        self._ticker.stop()
         self.t_stop = time.monotonic()
         return self
 
@@ -253,25 +248,21 @@ class EnergyWindow:
         return self
 
     def energy_figure(self) -> Figure:
-        if self.energy_mj is None:
-            return unavailable("mJ", self.gap_reason or "no energy reading")
-        return Figure(
-            value=self.energy_mj,
-            unit="mJ",
-            method="measured",
-            reps=1,
-            source=f"{self.meter} ({self.method})",
-            note=None if self.complete else f"incomplete: {self.gap_reason}",
-        )
+        return self._figure(self.energy_mj, "mJ", "no energy reading", f"{self.meter} ({self.method})")
 
     def power_figure(self) -> Figure:
-        if self.mean_power_mw is None:
-            return unavailable("mW", self.gap_reason or "no power reading")
+        source = f"{self.meter} ({self.method}, mean over {self.covered_s or 0:.2f} s)"  # shown only with a reading
+        return self._figure(self.mean_power_mw, "mW", "no power reading", source)
+
+    def _figure(self, value: float | None, unit: str, missing: str, source: str) -> Figure:
+        """One window reading as a figure: measured once (noted incomplete after a gap), or unavailable."""
+        if value is None:
+            return unavailable(unit, self.gap_reason or missing)
         return Figure(
-            value=self.mean_power_mw,
-            unit="mW",
+            value=value,
+            unit=unit,
             method="measured",
             reps=1,
-            source=f"{self.meter} ({self.method}, mean over {self.covered_s:.2f} s)",
+            source=source,
             note=None if self.complete else f"incomplete: {self.gap_reason}",
         )

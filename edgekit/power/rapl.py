@@ -68,13 +68,7 @@ class RaplMeter(PowerMeter):
         self.total_method = ""
         self._last: tuple[float, float] | None = None  # (t, energy_mj) of the last poll
         self.available, self.why_unavailable, self.fix = False, None, None
-        try:
-            self._discover()
-        except PermissionError:
-            self.why_unavailable, self.fix = NOPERM_WHY, NOPERM_FIX
-            return
-        except (OSError, ValueError) as e:
-            self.why_unavailable, self.fix = f"RAPL powercap files unreadable: {e}", NODIR_FIX
+        if not self._readable(self._discover, "RAPL powercap files unreadable", NODIR_FIX):
             return
         if not self.zones:
             self.why_unavailable, self.fix = NODIR_WHY, NODIR_FIX
@@ -82,19 +76,26 @@ class RaplMeter(PowerMeter):
         if not any(z.kind == "package" for z in self.zones):
             self.why_unavailable, self.fix = "RAPL has no package-N zone", NODIR_FIX
             return
-        try:
-            self.read()  # first read: sets the counter origin; PermissionError surfaces here
-        except PermissionError:
-            self.why_unavailable, self.fix = NOPERM_WHY, NOPERM_FIX
-            return
-        except (OSError, ValueError) as e:
-            self.why_unavailable, self.fix = f"RAPL energy_uj unreadable: {e}", NOPERM_FIX
+        # the first read sets the counter origin; PermissionError surfaces here
+        if not self._readable(self.read, "RAPL energy_uj unreadable", NOPERM_FIX):
             return
         self.available = True
         summed = [z.label for z in self.zones if self._in_total(z)]
         self.total_method = "sum of RAPL zones: " + " + ".join(summed)
         if not self.include_dram and any(z.kind in ("dram",) or z.label.endswith("/dram") for z in self.zones):
             self.total_method += " (DRAM reported as a component, not in the total)"
+
+    def _readable(self, step: Callable[[], object], unreadable: str, fix: str) -> bool:
+        """Run ``step``; on a read failure mark the meter unavailable (why and fix) and return False."""
+        try:
+            step()
+        except PermissionError:
+            self.why_unavailable, self.fix = NOPERM_WHY, NOPERM_FIX
+            return False
+        except (OSError, ValueError) as e:
+            self.why_unavailable, self.fix = f"{unreadable}: {e}", fix
+            return False
+        return True
 
     def _discover(self) -> None:
         base = self.root / "sys/class/powercap"

@@ -1,8 +1,8 @@
 """The sweep's view of a shared CPU: thread scaling of the reference decode, and (with
 ``--background``) the load it runs beside, the cores the others used and the slowdown.
 
-Kept out of :mod:`edgekit.profile.sweep`, which calls :meth:`Loaded.begin` after its idle
-reference decode and :meth:`Loaded.end` / :meth:`Loaded.stop` when it finishes."""
+:class:`edgekit.profile.latency.Sweep` calls :meth:`Loaded.begin` after its idle reference decode;
+:func:`edgekit.profile.sweep.profile_model` calls :meth:`Loaded.end` / :meth:`Loaded.stop` when it finishes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""bubblewrap and process-tree helpers for :mod:`edgekit.evaluate.humaneval_exec` (design notes there)."""
+"""bubblewrap (command line, probe) and the checker's process tree (find, stop, kill); design notes:
+:mod:`edgekit.evaluate.humaneval`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgekit.evaluate.exec_harness import sanitize
+from edgekit.evaluate.humaneval.wire import sanitize
 
 TMPFS_BYTES = 64 * 1024**2
 INNER_PROGDIR = "/tmp/program"  # where the program directory appears inside the sandbox
