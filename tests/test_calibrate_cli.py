@@ -102,7 +102,7 @@ def test_unreachable_cloud_is_refused_before_any_work(smol_plan):
 
 
 def test_plan_calibrated_for_another_model_is_refused(smol_plan, tmp_path):
-    from edgekit.plan.apply import Query, run_query
+    from edgekit.runtime.query import Query, run_query
 
     d = json.loads(smol_plan.read_text())
     d["offload"] = {

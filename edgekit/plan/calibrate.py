@@ -20,9 +20,9 @@ from edgekit.engines.openai import OpenAIEngine
 from edgekit.errors import FetchError, UsageError
 from edgekit.evaluate.tasks import load_task
 from edgekit.jsonio import append_jsonl, save_atomic
-from edgekit.plan.apply import check_plan_model, planned_model
 from edgekit.runtime import Runtime
 from edgekit.runtime.offload import score_of
+from edgekit.runtime.query import check_plan_model
 from edgekit.schemas.offload import SCORES, OffloadCalibration
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import CloudRef, load_plan
@@ -128,7 +128,7 @@ def calibrate(c: CalibrationRun, progress: Progress | None = None) -> tuple[Offl
                 f"the calibration set has {n} labelled problems; alpha={c.alpha}, delta={c.delta} need at least {need}",
                 fix="use more problems (--split/--limit) or a larger alpha/delta",
             )
-    model = planned_model(plan)
+    model = plan.planned_model()
     check_plan_model(plan, model)
     cloud = _cloud(c, plan)
     opts = plan.chosen.options.replace(seed=c.seed)
@@ -149,7 +149,7 @@ def calibrate(c: CalibrationRun, progress: Progress | None = None) -> tuple[Offl
     with Runtime(model, threads=c.threads, max_n=opts.n, n_ctx=max(2048, 1024 + opts.n * opts.max_tokens)) as rt:
         cloud_rt = Runtime(cloud) if cloud else None
         try:
-            for i, p in enumerate(task.problems):
+            for p in task.problems:
                 if p.id in done:
                     continue
                 r = rt.generate(p.messages(), opts)
