@@ -165,7 +165,7 @@ def make_plan(
         pf = to_plan_file(res)
         written = pf.save(output)
     if plot:
-        from edgekit.plan.render import plot_pareto
+        from edgekit.plan.pareto_plot import plot_pareto
 
         plot_pareto(res, plot)
     return res, written
