@@ -11,13 +11,13 @@ from edgekit.plan.export import to_plan_file
 from edgekit.plan.joint import joint_plan
 from edgekit.plan.planner import PlanResult, plan
 from edgekit.plan.this_device import cores_scale, device_notes
-from edgekit.plan.variants import list_variant_cards, variant_candidates
+from edgekit.plan.variant_candidates import list_variant_cards, variant_candidates
 from edgekit.schemas.checks import check_base_url, check_output_path, check_positive
 from edgekit.schemas.profile import ModelInfo, load_profile
 from edgekit.schemas.table import load_table
 
 
-def _model_infos(tables, profiled: set | None = None) -> dict[str, ModelInfo]:
+def catalogue_model_infos(tables, profiled: set | None = None) -> dict[str, ModelInfo]:
     """Size/arch facts of catalogue models (for cross-model estimates), from cached GGUF headers."""
     from edgekit.models.catalog import CATALOG
     from edgekit.models.gguf import read_gguf
@@ -114,7 +114,7 @@ def make_plan(
     cards = [] if variants is None else list_variant_cards(None if auto else variants, skipped if auto else None)
     confirmed: list[str] = [f"variant card skipped: {s}" for s in skipped]
     for _ in range(3):
-        infos = _model_infos(tables, {m.model.id for m in profile.complete_models()})
+        infos = catalogue_model_infos(tables, {m.model.id for m in profile.complete_models()})
         base_infos = {**infos, **{m.model.id: m.model for m in profile.complete_models()}}
         vs = variant_candidates(cards, tables, [str(p) for p in table_paths], base_infos) if cards else []
         res = plan(

@@ -22,7 +22,7 @@ from edgekit.host.threads import check_threads as check_usable_threads
 from edgekit.models.catalog import DEFAULT_MODEL
 from edgekit.models.store import Progress, resolve
 from edgekit.runtime.core import Runtime
-from edgekit.runtime.offload import Offload
+from edgekit.runtime.routing import Offload
 from edgekit.schemas.checks import check_base_url, check_ctx, check_gpu_layers, check_text, check_threads
 from edgekit.schemas.offload import SCORES
 from edgekit.schemas.options import SamplingOptions

@@ -7,7 +7,7 @@ becomes candidates when its ``base_model`` has an accuracy table:
   when one is given; else a **prior** from each base table (:func:`accuracy_prior`), labelled
   ``estimated (prior from <base table> and KL=... vs <reference>)`` with a widened interval;
 - speed and memory: the profile's entry for the variant (matched by sha256 or id) when profiled, else
-  a cross-model prediction from its GGUF facts (:mod:`edgekit.perfmodel.device`); memory = file size
+  a cross-model prediction from its GGUF facts (:mod:`edgekit.perfmodel.cross_model`); memory = file size
   + KV cache + overhead.
 
 Where variant cards come from is decided in one place, :func:`list_variant_cards` (a directory of

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit import calibrate as risk
+from edgekit.calibrate import conformal_offload_threshold, ltt_threshold, min_calibration_size
 from edgekit.engines.openai import OpenAIEngine
 from edgekit.errors import FetchError, UsageError
 from edgekit.evaluate.tasks import load_task
 from edgekit.jsonio import append_jsonl, save_atomic
 from edgekit.runtime import Runtime
-from edgekit.runtime.offload import score_of
 from edgekit.runtime.query import check_plan_model
+from edgekit.runtime.routing import score_of
 from edgekit.schemas.offload import SCORES, OffloadCalibration
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import CloudRef, load_plan
@@ -122,7 +122,7 @@ def calibrate(c: CalibrationRun, progress: Progress | None = None) -> tuple[Offl
     task = load_task(c.task, template=plan.chosen.prompt_template, split=c.split, limit=c.limit)
     n = len(task.problems)
     if c.alpha is not None:
-        need = risk.min_calibration_size(c.alpha, c.delta)
+        need = min_calibration_size(c.alpha, c.delta)
         if n < need:
             raise UsageError(
                 f"the calibration set has {n} labelled problems; alpha={c.alpha}, delta={c.delta} need at least {need}",
@@ -214,7 +214,7 @@ def choose(records: list[dict], c: CalibrationRun):
     best = None
     for name in names:
         if c.alpha is not None:
-            cal = risk.ltt_threshold(
+            cal = ltt_threshold(
                 scores(name),
                 correct,
                 c.alpha,
@@ -224,7 +224,7 @@ def choose(records: list[dict], c: CalibrationRun):
                 max_offload=c.offload_budget,
             )
         else:
-            cal = risk.conformal_offload_threshold(
+            cal = conformal_offload_threshold(
                 scores(name), c.offload_budget, score_name=name, cloud_correct=cloud, correct=correct
             )
         key = (-cal.offload_rate, -cal.local_wrong_rate) if c.alpha is not None else (-cal.local_wrong_rate,)
