@@ -37,19 +37,7 @@ def catalogue_model_infos(tables, profiled: set | None = None) -> dict[str, Mode
                 )
             continue
         g = read_gguf(cached_path(e))
-        out[t.model_id] = ModelInfo(
-            id=e.id,
-            sha256=e.sha256,
-            arch=g.arch,
-            quant=g.quant,
-            n_params=e.n_params,
-            size_bytes=g.tensor_bytes,
-            n_layer=g.n_layer,
-            n_embd=g.n_embd,
-            n_head_kv=g.n_head_kv,
-            n_embd_head=g.head_dim,
-            kv_bytes_per_token=g.kv_bytes_per_token(),
-        )
+        out[t.model_id] = ModelInfo(id=e.id, sha256=e.sha256, quant=g.quant, n_params=e.n_params, **g.shape())
     return out
 
 
