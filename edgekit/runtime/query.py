@@ -1,5 +1,6 @@
-"""Answer one query, with or without a plan file: what `edgekit run` calls (the daemon and `edgekit
-calibrate` use its checks and offload set-up). The runtime floor: no planner, no terminal rendering.
+"""Answer one query, with or without a plan file: what `edgekit run` calls (the daemon uses its plan-model
+check and offload set-up, `edgekit calibrate` its plan-model check). The runtime floor: no planner, no
+terminal rendering.
 
 A plan file carries everything it needs: the model (and its sha256), the rendered prompt
 template, and the :class:`SamplingOptions` to run with. Options given explicitly next to a plan
