@@ -36,7 +36,7 @@ def record(args) -> list[dict]:
     from edgekit.evaluate.tasks import load_task
     from edgekit.models import resolve
     from edgekit.runtime import Runtime
-    from edgekit.runtime.offload import score_of
+    from edgekit.runtime.routing import score_of
     from edgekit.schemas.options import SamplingOptions
 
     out = Path(args.records)

@@ -81,12 +81,12 @@ def filler_tokens(rt, n: int) -> list[int]:
 def gguf_model_info(model_id: str):
     """ModelInfo from the cached GGUF header, built exactly as `edgekit plan` builds it for cross-model estimates."""
     from edgekit.models.store import resolve
-    from edgekit.plan.make import _model_infos
+    from edgekit.plan.make import catalogue_model_infos
 
     if model_id not in CATALOG:
         raise UsageError(f"--unprofiled {model_id!r} is not a catalogue model", fix=f"use one of {', '.join(CATALOG)}")
     resolve(model_id)  # pulls it if missing (it is run below anyway)
-    info = _model_infos([SimpleNamespace(model_id=model_id)]).get(model_id)
+    info = catalogue_model_infos([SimpleNamespace(model_id=model_id)]).get(model_id)
     if info is None:
         raise UsageError(f"could not read the GGUF header of {model_id}", fix=f"run `edgekit models pull {model_id}`")
     return info
@@ -180,8 +180,8 @@ def variant_models(profile, profile_path: str, folder: str):
     anchored on the profiled base model when its architecture matches, else across models from its GGUF facts."""
     from pathlib import Path
 
-    from edgekit.perfmodel.device import predict_variant, same_architecture
-    from edgekit.plan.variants import list_variant_cards, variant_info
+    from edgekit.perfmodel.cross_model import predict_variant, same_architecture
+    from edgekit.plan.variant_candidates import list_variant_cards, variant_info
 
     dm = fit_device(profile, profile_path)
     complete = {m.model.id: m for m in profile.measured_models()}

@@ -603,7 +603,7 @@ OWNED = [
     "edgekit/evaluate/tasks.py",
     "edgekit/evaluate/api.py",
     "edgekit/plan/make.py",
-    "edgekit/plan/apply.py",
+    "edgekit/runtime/query.py",
     "edgekit/plan/planner.py",
     "edgekit/schemas/checks.py",
     "edgekit/schemas/options.py",

@@ -11,7 +11,7 @@ from conftest import SMOL, free_port
 
 from edgekit.errors import SchemaError, UsageError
 from edgekit.models.catalog import CATALOG
-from edgekit.plan.calibrate import CalibrationRun, calibrate
+from edgekit.plan.offload_threshold import CalibrationRun, calibrate
 from edgekit.schemas.plan import load_plan
 
 FIXTURE = Path(__file__).parent / "fixtures" / "plan-v2.json"
@@ -102,7 +102,7 @@ def test_unreachable_cloud_is_refused_before_any_work(smol_plan):
 
 
 def test_plan_calibrated_for_another_model_is_refused(smol_plan, tmp_path):
-    from edgekit.plan.apply import Query, run_query
+    from edgekit.runtime.query import Query, run_query
 
     d = json.loads(smol_plan.read_text())
     d["offload"] = {
@@ -122,7 +122,7 @@ def test_plan_calibrated_for_another_model_is_refused(smol_plan, tmp_path):
 
 def test_auto_without_calibration_says_no_guarantee(smol_rt):
     from edgekit.engines.openai import OpenAIEngine
-    from edgekit.runtime.offload import Offload
+    from edgekit.runtime.routing import Offload
 
     off = Offload(cloud=OpenAIEngine("m", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0))
     sc, tau, calibrated, guarantee = off.rule(4)

@@ -13,6 +13,7 @@ import psutil
 import pytest
 from rich.console import Console
 
+from edgekit.cli.render_device import render_device
 from edgekit.device import (
     ThermalSampler,
     detect_device,
@@ -20,7 +21,6 @@ from edgekit.device import (
     nvpmodel_mode,
     parse_nvpmodel_query,
     parse_tegra_release,
-    render_device,
 )
 from edgekit.device.sysinfo import cpu_model, guess_llama_build
 from edgekit.power.nvml import JETSON_WHY

@@ -1,4 +1,4 @@
-"""The live correction (edgekit.perfmodel.live): a bounded log-space EWMA of measured / predicted."""
+"""The live correction (edgekit.perfmodel.correction): a bounded log-space EWMA of measured / predicted."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from edgekit.perfmodel.live import LiveCorrection, scale_model
+from edgekit.perfmodel.correction import LiveCorrection, scale_model
 
 
 def feed(c: LiveCorrection, ratio: float, times: int = 1, part: str = "both") -> None:

@@ -18,7 +18,7 @@ from conftest import free_port
 from edgekit.engines.llamacpp import LlamaCppEngine
 from edgekit.engines.openai import OpenAIEngine
 from edgekit.runtime import Runtime
-from edgekit.runtime.offload import Offload
+from edgekit.runtime.routing import Offload
 
 KEY = "sk-edgekit-test-secret-7731"
 Q = "What is 2 + 3? Answer with a number."

@@ -223,7 +223,7 @@ def test_eval_prints_every_accuracy_with_its_interval_and_whether_rows_separate(
 def test_the_frontier_fits_80_columns_and_the_why_lines_name_each_competitor(prof):
     from rich.console import Console
 
-    from edgekit.plan.render import render_frontier, why_lines
+    from edgekit.cli.render_plan import render_frontier, why_lines
 
     small = pool_table("small", set(range(14)) | {16})
     big = pool_table("big", set(range(16)))
@@ -256,7 +256,7 @@ def test_the_task_file_hash_is_the_same_for_every_template_and_split():
 
 
 def test_the_chosen_accuracy_is_marked_optimistic_and_a_heldout_figure_is_shown_beside_it(prof):
-    from edgekit.plan.render import accuracy_line
+    from edgekit.cli.render_plan import accuracy_line
 
     res = plan(prof, [pool_table("small", set(range(14)) | {16}), pool_table("big", set(range(16)))], 5.0)
     line = accuracy_line(res)

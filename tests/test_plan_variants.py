@@ -13,7 +13,13 @@ from edgekit.figures import measured
 from edgekit.plan import to_plan_file
 from edgekit.plan.make import make_plan
 from edgekit.plan.planner import plan
-from edgekit.plan.variants import NO_REPORT_WIDEN, PRIOR_C, accuracy_prior, list_variant_cards, variant_candidates
+from edgekit.plan.variant_candidates import (
+    NO_REPORT_WIDEN,
+    PRIOR_C,
+    accuracy_prior,
+    list_variant_cards,
+    variant_candidates,
+)
 from edgekit.schemas.profile import load_profile
 from edgekit.schemas.quant import QualityReport, SourceInfo, VariantCard
 from edgekit.schemas.table import load_table

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgekit.cli.render_plan import render_frontier
 from edgekit.errors import SchemaError, UsageError
 from edgekit.perfmodel import synthetic as sy
-from edgekit.plan import InfeasibleTarget, load_plan, plot_pareto, render_frontier, to_plan_file
+from edgekit.plan import InfeasibleTarget, load_plan, plot_pareto, to_plan_file
 from edgekit.plan import plan as plan_any
 from edgekit.schemas.profile import ModelInfo, load_profile
 from edgekit.schemas.table import AccuracyRow, AccuracyTable

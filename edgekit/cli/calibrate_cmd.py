@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         conformal quantile (offload budget); save threshold, guarantee and curve into the plan."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        from edgekit.plan.calibrate import CalibrationRun, calibrate
+        from edgekit.plan.offload_threshold import CalibrationRun, calibrate
 
         run = CalibrationRun(
             plan_path=plan,

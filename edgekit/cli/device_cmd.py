@@ -11,7 +11,8 @@ def register(app: typer.Typer) -> None:
     @app.command("device")
     def device(json_out: bool = typer.Option(False, "--json", help="machine-readable output")):
         """CPU, RAM, GPUs, Jetson, llama.cpp build and readable power sensors (with fixes)."""
-        from edgekit.device import detect_device, render_device
+        from edgekit.cli.render_device import render_device
+        from edgekit.device import detect_device
 
         report = detect_device()
         if json_out:

@@ -56,7 +56,8 @@ def register(app: typer.Typer) -> None:
         prefer: str = typer.Option(
             "cheaper",
             "--prefer",
-            help="cheaper: a cheaper configuration only when tied with the most accurate (paired over shared problems) and cheaper beyond the latency prediction intervals | most-accurate",
+            help="cheaper: a cheaper configuration only when tied with the most accurate (paired over shared "
+            "problems) and cheaper beyond the latency prediction intervals | most-accurate",
         ),
         cloud_table: str | None = typer.Option(
             None,
@@ -86,14 +87,15 @@ def register(app: typer.Typer) -> None:
         cores_available: int | None = typer.Option(
             None,
             "--cores-available",
-            help="plan for a shared CPU: only this many of the profile's cores are free (scaled by the profile's measured thread scaling)",
+            help="plan for a shared CPU: only this many of the profile's cores are free (scaled by the profile's "
+            "measured thread scaling)",
         ),
         json_out: bool = typer.Option(False, "--json"),
     ):
         """Enumerate model x quantization x budget x n x aggregation; keep what fits; pick the most accurate."""
+        from edgekit.cli.render_plan import accuracy_line, render_frontier, why_lines
         from edgekit.plan.export import to_plan_file
         from edgekit.plan.make import make_plan, parse_duration
-        from edgekit.plan.render import accuracy_line, render_frontier, why_lines
 
         res, written = make_plan(
             profile,
@@ -123,8 +125,8 @@ def register(app: typer.Typer) -> None:
         console.print(render_frontier(res, console.width))
         c, p = pf.chosen, pf.predicted
         console.print(
-            f"[bold]chosen:[/bold] {c.model_id} (quant {c.quant}) · {c.prompt_template} · budget {c.budget} · n={c.n} · "
-            f"{c.aggregation} · T={c.temperature}"
+            f"[bold]chosen:[/bold] {c.model_id} (quant {c.quant}) · {c.prompt_template} · budget {c.budget} · "
+            f"n={c.n} · {c.aggregation} · T={c.temperature}"
         )
         console.print(
             f"predicted: latency {p.latency_s.value:.2f} s [{p.latency_lo_s:.2f}, {p.latency_hi_s:.2f}] ({p.method}); "
@@ -157,8 +159,8 @@ def register(app: typer.Typer) -> None:
             )
             if "cross-model" in why:
                 hint += (
-                    f" (on a large model, `edgekit profile --model {c.model_id} --slices --append -o {profile}` estimates it "
-                    "from two block slices of its file in seconds)"
+                    f" (on a large model, `edgekit profile --model {c.model_id} --slices --append -o {profile}` "
+                    "estimates it from two block slices of its file in seconds)"
                 )
             console.print(
                 f"[yellow]note:[/yellow] the chosen {why.split(':')[0]} rests on {what}{hint}", highlight=False

@@ -98,13 +98,15 @@ def register(app: typer.Typer) -> None:
         threshold: float | None = typer.Option(
             None,
             "--threshold",
-            help="keep local iff score >= threshold (default: the plan's calibrated one; else a default with no guarantee)",
+            help="keep local iff score >= threshold (default: the plan's calibrated one; "
+            "else a default with no guarantee)",
         ),
         threads: int | None = typer.Option(None, help="CPU threads (default: the usable CPUs, adaptive to other load)"),
         priority: str = typer.Option(
             "normal",
             "--priority",
-            help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep precedence",
+            help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops "
+            "keep precedence",
         ),
         gpu_layers: int | None = typer.Option(
             None,
@@ -118,7 +120,7 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="print the whole Result as JSON"),
     ):
         """Answer PROMPT on this device; prints the answer, agreement and timings."""
-        from edgekit.plan.apply import Query, check_query, run_query
+        from edgekit.runtime.query import Query, check_query, run_query
 
         check_text(prompt, "the prompt")
         check_text(system, "--system")
@@ -193,8 +195,9 @@ def render_result(res) -> None:
     console.print(agree)
     dec = f"{t.decode_tok_s:.1f} tok/s aggregate" if t.decode_tok_s else "-"
     console.print(
-        f"measured (1 run, wall clock): prefill {t.prefill_s:.2f} s ({t.prompt_tokens} tok) · decode {t.decode_s:.2f} s "
-        f"({t.generated_tokens} tok over {res.n} samples, {dec}) · total {t.total_s:.2f} s · model load {t.load_s:.2f} s"
+        f"measured (1 run, wall clock): prefill {t.prefill_s:.2f} s ({t.prompt_tokens} tok) · "
+        f"decode {t.decode_s:.2f} s ({t.generated_tokens} tok over {res.n} samples, {dec}) · "
+        f"total {t.total_s:.2f} s · model load {t.load_s:.2f} s"
     )
     pred = res.extra.get("predicted_latency_s")
     if pred is not None:

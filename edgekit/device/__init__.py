@@ -4,13 +4,6 @@ from edgekit.device.detect import DeviceReport, SensorStatus, detect_device
 from edgekit.device.sysinfo import llama_build, nvpmodel_mode, parse_nvpmodel_query, parse_tegra_release
 from edgekit.device.thermal import ThermalSampler
 
-
-def render_device(report):  # lazy: keeps rich out of plain imports
-    from edgekit.device.render import render_device as _render
-
-    return _render(report)
-
-
 __all__ = [
     "DeviceReport",
     "SensorStatus",
@@ -20,5 +13,4 @@ __all__ = [
     "nvpmodel_mode",
     "parse_nvpmodel_query",
     "parse_tegra_release",
-    "render_device",
 ]

@@ -23,7 +23,7 @@ from edgekit.host.cpu import isa_flags, usable_cpus
 from edgekit.host.threads import policy
 from edgekit.power import JetsonMeter, NullMeter, RaplMeter, detect_meters, is_jetson
 from edgekit.power.nvml import nvml_gpus
-from edgekit.schemas.profile import DeviceInfo, GPUInfo
+from edgekit.schemas.profile import DeviceFacts, DeviceInfo, GPUInfo
 
 
 class SensorStatus(BaseModel):
@@ -37,27 +37,16 @@ class SensorStatus(BaseModel):
     energy_counter: bool = False
 
 
-class DeviceReport(BaseModel):
+class DeviceReport(DeviceFacts):
+    """The detected device: :class:`DeviceFacts` (``cpu_freq_mhz`` the current frequency, from psutil) plus
+    what only detection knows: sensors, notes, llama.cpp's build details and CPU support."""
+
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    hostname: str | None = None
-    cpu_model: str | None = None
-    cpu_cores_physical: int | None = None
-    cpu_cores_logical: int | None = None
-    cpu_freq_mhz: float | None = None  # current, psutil
     cpu_freq_max_mhz: float | None = None  # 0/unknown on many VMs -> None
-    ram_total_mb: float | None = None
-    gpus: list[GPUInfo] = Field(default_factory=list)
     nvml_note: str | None = None  # why no NVIDIA GPU was listed
     is_jetson: bool = False
-    jetson_model: str | None = None
-    jetson_release: str | None = None
-    nvpmodel_mode: str | None = None
     nvpmodel_note: str | None = None
-    llama_build: str | None = None
-    llama_cpp_python: str | None = None
-    gpu_offload: bool | None = None
     llama_system_info: str | None = None
     llama_note: str | None = None
     power_sensors: list[SensorStatus] = Field(default_factory=list)
@@ -76,24 +65,10 @@ class DeviceReport(BaseModel):
         return self.model_dump_json(indent=indent)
 
     def to_device_info(self) -> DeviceInfo:
-        freq = self.cpu_freq_max_mhz or self.cpu_freq_mhz
-        return DeviceInfo(
-            name=self.name,
-            hostname=self.hostname,
-            cpu_model=self.cpu_model,
-            cpu_cores_physical=self.cpu_cores_physical,
-            cpu_cores_logical=self.cpu_cores_logical,
-            cpu_freq_mhz=freq,
-            ram_total_mb=self.ram_total_mb,
-            gpus=list(self.gpus),
-            jetson_model=self.jetson_model,
-            jetson_release=self.jetson_release,
-            nvpmodel_mode=self.nvpmodel_mode,
-            llama_build=self.llama_build,
-            llama_cpp_python=self.llama_cpp_python,
-            gpu_offload=self.gpu_offload,
-            cpu_isa=[k for k, v in self.cpu_isa.items() if v] or None,
-        )
+        """The profile's record: the shared facts, the maximum frequency where known, the ISA flags set."""
+        facts = self.model_dump(include=set(DeviceFacts.model_fields))
+        facts["cpu_freq_mhz"] = self.cpu_freq_max_mhz or self.cpu_freq_mhz
+        return DeviceInfo(**facts, cpu_isa=[k for k, v in self.cpu_isa.items() if v] or None)
 
     @property
     def available_sensors(self) -> list[SensorStatus]:

@@ -53,7 +53,7 @@ _state = {"ready": False, "interrupted": False}
 
 
 @_ll.llama_log_callback
-def _log_to_logging(level, text, user_data):  # noqa: ARG001 - ctypes callback
+def log_to_logging(level, text, user_data):  # noqa: ARG001 - ctypes callback
     try:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s", text.decode("utf-8", errors="replace").rstrip("\n"))
@@ -80,7 +80,7 @@ def _raise_if_interrupted() -> None:
 
 def _init_backend() -> None:
     if not _state["ready"]:
-        _ll.llama_log_set(_log_to_logging, ctypes.c_void_p(0))
+        _ll.llama_log_set(log_to_logging, ctypes.c_void_p(0))
         _ll.llama_backend_init()
         _state["ready"] = True
     if os.environ.get("EDGEKIT_DEBUG") and not log.handlers and not logging.getLogger().handlers:

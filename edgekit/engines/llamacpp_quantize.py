@@ -158,7 +158,7 @@ def _restore_log() -> None:
     try:
         from edgekit.engines import llamacpp
 
-        ll.llama_log_set(llamacpp._log_to_logging, ctypes.c_void_p(0))
-        _LOG_HOOK["cb"] = llamacpp._log_to_logging
+        ll.llama_log_set(llamacpp.log_to_logging, ctypes.c_void_p(0))
+        _LOG_HOOK["cb"] = llamacpp.log_to_logging
     except Exception:  # noqa: BLE001 - the engine's log hook is a nicety here
         pass

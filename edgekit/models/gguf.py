@@ -222,6 +222,18 @@ class GGUFInfo:
         vl = self.arch_key("attention.value_length", self.head_dim)
         return float(self.n_layer * self.n_head_kv * (kl + vl) * bytes_per_elem)
 
+    def shape(self) -> dict[str, Any]:
+        """The size and shape facts a profile's ``ModelInfo`` takes from this header (cross-model estimates)."""
+        return {
+            "arch": self.arch,
+            "size_bytes": self.tensor_bytes,
+            "n_layer": self.n_layer,
+            "n_embd": self.n_embd,
+            "n_head_kv": self.n_head_kv,
+            "n_embd_head": self.head_dim,
+            "kv_bytes_per_token": self.kv_bytes_per_token(),
+        }
+
 
 class _Reader:
     def __init__(self, buf, path: Path):

@@ -337,17 +337,11 @@ def model_info(resolved: ResolvedModel, g) -> ModelInfo:
     return ModelInfo(
         id=resolved.id,
         sha256=resolved.sha256,
-        arch=g.arch,
         quant=g.quant,
         # a catalogue model's published count; any other GGUF (a variant, a local file): its tensors' elements
         n_params=resolved.entry.n_params if resolved.entry else (float((g.extra or {}).get("n_elements") or 0) or None),
-        size_bytes=g.tensor_bytes,
-        n_layer=g.n_layer,
-        n_embd=g.n_embd,
-        n_head_kv=g.n_head_kv,
-        n_embd_head=g.head_dim,
-        kv_bytes_per_token=g.kv_bytes_per_token(),
         n_ctx_train=g.arch_key("context_length"),
+        **g.shape(),
     )
 
 

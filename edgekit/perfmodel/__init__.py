@@ -7,7 +7,7 @@ PerfModel.predict(prompt_tokens, budget, n=1, expected_steps=None, mean_tokens=N
 PerfModel.predict_arrays(...)                       vectorised over candidates (the planner uses it)
 """
 
-from edgekit.perfmodel.device import DeviceModel, fit_device, predict_model
+from edgekit.perfmodel.cross_model import DeviceModel, fit_device, predict_model
 from edgekit.perfmodel.fit import fit
 from edgekit.perfmodel.model import PerfModel, Prediction
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import statistics
 
 from edgekit.errors import SchemaError
-from edgekit.perfmodel.device import fit_device, usable_models
+from edgekit.perfmodel.cross_model import fit_device, usable_models
 from edgekit.perfmodel.fit import fit
 from edgekit.schemas.profile import DeviceProfile
 

@@ -124,7 +124,7 @@ def device_truth(
     k_c=1e-11,
 ) -> dict:
     """Coefficients of a model on a device that follows the cross-model structure of
-    :mod:`edgekit.perfmodel.device` exactly: prefill a, b, c proportional to the block parameters
+    :mod:`edgekit.perfmodel.cross_model` exactly: prefill a, b, c proportional to the block parameters
     F = 12*L*E^2 (b: 2 FLOPs per parameter per token at ``flops``), step cost affine in file size."""
     F = 12.0 * n_layer * n_embd**2
     return {

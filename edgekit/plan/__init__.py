@@ -4,12 +4,12 @@ plan(profile, tables, latency_target_s, percentile=50, energy_cap_j=None, memory
      model_map=None, *, profile_path=None, table_paths=None, model_infos=None,
      sequences_leave=False, extractor_kinds=None) -> PlanResult
 to_plan_file(result) -> PlanFile;  PlanFile.save(path);  load_plan(path)
-render_frontier(result) -> rich.table.Table;  plot_pareto(result, path) -> Path
+plot_pareto(result, path) -> Path  (the terminal table: edgekit.cli.render_plan.render_frontier)
 """
 
 from edgekit.plan.export import to_plan_file
+from edgekit.plan.pareto_plot import plot_pareto
 from edgekit.plan.planner import InfeasibleTarget, PlanResult, extractor_for, plan
-from edgekit.plan.render import plot_pareto, render_frontier
 from edgekit.schemas.plan import PLAN_SCHEMA_VERSION, PlanFile, load_plan
 
 __all__ = [
@@ -17,7 +17,6 @@ __all__ = [
     "PlanResult",
     "InfeasibleTarget",
     "extractor_for",
-    "render_frontier",
     "plot_pareto",
     "PlanFile",
     "load_plan",

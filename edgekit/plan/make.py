@@ -11,13 +11,13 @@ from edgekit.plan.export import to_plan_file
 from edgekit.plan.joint import joint_plan
 from edgekit.plan.planner import PlanResult, plan
 from edgekit.plan.this_device import cores_scale, device_notes
-from edgekit.plan.variants import list_variant_cards, variant_candidates
+from edgekit.plan.variant_candidates import list_variant_cards, variant_candidates
 from edgekit.schemas.checks import check_base_url, check_output_path, check_positive
 from edgekit.schemas.profile import ModelInfo, load_profile
 from edgekit.schemas.table import load_table
 
 
-def _model_infos(tables, profiled: set | None = None) -> dict[str, ModelInfo]:
+def catalogue_model_infos(tables, profiled: set | None = None) -> dict[str, ModelInfo]:
     """Size/arch facts of catalogue models (for cross-model estimates), from cached GGUF headers."""
     from edgekit.models.catalog import CATALOG
     from edgekit.models.gguf import read_gguf
@@ -37,19 +37,7 @@ def _model_infos(tables, profiled: set | None = None) -> dict[str, ModelInfo]:
                 )
             continue
         g = read_gguf(cached_path(e))
-        out[t.model_id] = ModelInfo(
-            id=e.id,
-            sha256=e.sha256,
-            arch=g.arch,
-            quant=g.quant,
-            n_params=e.n_params,
-            size_bytes=g.tensor_bytes,
-            n_layer=g.n_layer,
-            n_embd=g.n_embd,
-            n_head_kv=g.n_head_kv,
-            n_embd_head=g.head_dim,
-            kv_bytes_per_token=g.kv_bytes_per_token(),
-        )
+        out[t.model_id] = ModelInfo(id=e.id, sha256=e.sha256, quant=g.quant, n_params=e.n_params, **g.shape())
     return out
 
 
@@ -114,7 +102,7 @@ def make_plan(
     cards = [] if variants is None else list_variant_cards(None if auto else variants, skipped if auto else None)
     confirmed: list[str] = [f"variant card skipped: {s}" for s in skipped]
     for _ in range(3):
-        infos = _model_infos(tables, {m.model.id for m in profile.complete_models()})
+        infos = catalogue_model_infos(tables, {m.model.id for m in profile.complete_models()})
         base_infos = {**infos, **{m.model.id: m.model for m in profile.complete_models()}}
         vs = variant_candidates(cards, tables, [str(p) for p in table_paths], base_infos) if cards else []
         res = plan(
@@ -165,7 +153,7 @@ def make_plan(
         pf = to_plan_file(res)
         written = pf.save(output)
     if plot:
-        from edgekit.plan.render import plot_pareto
+        from edgekit.plan.pareto_plot import plot_pareto
 
         plot_pareto(res, plot)
     return res, written

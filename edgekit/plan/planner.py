@@ -25,8 +25,8 @@ import numpy as np
 from edgekit.errors import EdgekitError, SchemaError, UsageError
 from edgekit.figures import wilson
 from edgekit.perfmodel import DeviceModel, PerfModel, Prediction, fit, fit_device
-from edgekit.perfmodel.device import predict_variant, same_architecture
-from edgekit.perfmodel.live import scale_model
+from edgekit.perfmodel.correction import scale_model
+from edgekit.perfmodel.cross_model import predict_variant, same_architecture
 from edgekit.plan.compare import Comparator, choose
 from edgekit.schemas.profile import DeviceProfile, ModelInfo
 from edgekit.schemas.table import AccuracyTable
@@ -94,7 +94,7 @@ class PlanResult:
     prefer: str = "cheaper"
     joint: object = None  # plan.joint.JointChoice when offload was planned jointly
     cloud: dict | None = None  # base_url, model, latency_s, accuracy_table
-    variants: list = field(default_factory=list)  # per table: plan.variants.Variant or None
+    variants: list = field(default_factory=list)  # per table: plan.variant_candidates.Variant or None
     acc_hi_tie: np.ndarray | None = None  # upper end without a prior's widening (ties never favour a prior)
     selection: tuple[int, str] | None = (
         None  # (candidate, why) when the planner took a cheaper one than the most accurate
@@ -254,7 +254,7 @@ def plan(
         raise UsageError("no accuracy tables given", fix="pass at least one table built by `edgekit eval`")
     tpaths = list(table_paths) if table_paths else [None] * len(tables)
     tables = list(tables)
-    # quantized variants (plan.variants): their own tables, or base tables renamed with an accuracy prior
+    # quantized variants (plan.variant_candidates): their own tables, or base tables renamed with an accuracy prior
     var_of: list = [None] * len(tables)
     model_infos = dict(model_infos or {})
     bases = {v.table.model_id: v.card.card.base_model for v in variants}

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgekit.errors import SchemaError
 from edgekit.plan.export import to_plan_file
-from edgekit.plan.make import _model_infos
+from edgekit.plan.make import catalogue_model_infos
 from edgekit.plan.planner import InfeasibleTarget, PlanResult
 from edgekit.plan.planner import plan as run_planner
 from edgekit.schemas.plan import PlanFile, PlannerInputs
@@ -45,7 +45,7 @@ def config_label(p: PlanFile) -> str:
     )
 
 
-def _find(path: str, plan_path: str | None, what: str) -> str:
+def find_input(path: str, plan_path: str | None, what: str) -> str:
     p = Path(path)
     if p.exists():
         return str(p)
@@ -70,7 +70,11 @@ def inputs(p: PlanFile, plan_path: str | None = None) -> tuple[str, list[str], P
             "cannot re-plan: the plan does not record its accuracy tables", fix="re-plan with `edgekit plan`"
         )
     ins = p.planner or PlannerInputs(sequences_leave=any("finished sequences leave" in b for b in p.based_on))
-    return _find(p.profile.path, plan_path, "profile"), [_find(t, plan_path, "accuracy table") for t in p.tables], ins
+    return (
+        find_input(p.profile.path, plan_path, "profile"),
+        [find_input(t, plan_path, "accuracy table") for t in p.tables],
+        ins,
+    )
 
 
 def _fastest(res: PlanResult) -> int:
@@ -91,7 +95,7 @@ def replan(p: PlanFile, plan_path: str | None, model_id: str, scale: tuple[float
         prefer=ins.prefer,
         perf_scale=scale,
     )
-    infos = _model_infos(tables)
+    infos = catalogue_model_infos(tables)
     other = None
     try:
         every = run_planner(profile, tables, p.target_s, table_paths=list(p.tables), model_infos=infos, **kw)

@@ -21,7 +21,7 @@ from edgekit.errors import BackendError, GGUFError, UsageError
 from edgekit.models import check_gguf, variant_file, variant_id
 from edgekit.models.integrity import sha256_file
 from edgekit.models.variants import register
-from edgekit.quantize.ladder import QuantizeResult, _existing, tool_versions
+from edgekit.quantize.ladder import QuantizeResult, existing_variant, tool_versions
 from edgekit.quantize.source import FreeBytes, check_disk, partial_for, resolve_source, sweep_partials
 from edgekit.schemas.quant import VariantCard, card_path_for
 
@@ -56,7 +56,7 @@ def dequantize(source: str, *, force: bool = False, free_bytes: FreeBytes | None
             fix=f"quantize it directly: `edgekit quantize {src.spec} --to Q8_0,Q4_K_M`",
         )
     dest = variant_file(src.base_model, "F16")
-    card, action = _existing(dest, src.sha256, src.spec, "F16", force)
+    card, action = existing_variant(dest, src.sha256, src.spec, "F16", force)
     if card is not None:
         return QuantizeResult(card.variant_id, "F16", dest, card_path_for(dest), "exists", card.size_bytes, 0.0, card)
     sweep_partials(dest.parent)

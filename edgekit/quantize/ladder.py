@@ -157,7 +157,7 @@ def quantize(
     return [results[t] for t in targets]
 
 
-def _existing(
+def existing_variant(
     dest: Path, src_sha256: str | None, src_label: str, type_name: str, force: bool, imatrix_sha: str | None = None
 ) -> tuple[VariantCard | None, str]:
     """(card to reuse, action): ("exists" with the card when it matches this source (``src_sha256``, named
@@ -218,7 +218,7 @@ def _gguf_ladder(src: Source, types: list[str], opts: QuantizeOptions) -> list[Q
     todo = []
     for t in types:
         dest = variant_file(src.base_model, t)
-        card, action = _existing(dest, src.sha256, src.spec, t, opts.force, imatrix_sha)
+        card, action = existing_variant(dest, src.sha256, src.spec, t, opts.force, imatrix_sha)
         todo.append((t, dest, card, action))
     sweep_partials(variant_file(src.base_model, "x").parent)
     need = sum(estimate_bytes(src.info, t) for t, _, card, _ in todo if card is None)

@@ -389,19 +389,19 @@ __all__ = [
 
 def quantize_onnx_int8(source: str, target: str, opts) -> QuantizeResult:
     """``edgekit quantize SOURCE --to onnx-int8``: the handler registered in the quantize ladder's
-    OUTPUT_FORMATS. An existing folder is treated as the ladder treats its files (``ladder._existing``):
+    OUTPUT_FORMATS. An existing folder is treated as the ladder treats its files (``ladder.existing_variant``):
     reused when its card matches this source and its files hash to the card, remade when broken,
     refused when made from another source; ``--force`` remakes it."""
     import time
 
-    from edgekit.quantize.ladder import QuantizeResult, _existing
+    from edgekit.quantize.ladder import QuantizeResult, existing_variant
 
     t0 = time.perf_counter()
     _need_extra()
     _, _, src, base = _source(source)
     out = variant_folder(base)
     cp = card_path_for(out)
-    old, action = _existing(out, src.sha256, src.model_id or src.path, TYPE, opts.force)
+    old, action = existing_variant(out, src.sha256, src.model_id or src.path, TYPE, opts.force)
     if old is not None:
         return QuantizeResult(
             old.variant_id, old.type, Path(old.path), cp, action, old.size_bytes, time.perf_counter() - t0, old

@@ -25,7 +25,7 @@ from edgekit import engines
 from edgekit.engines.base import Engine, TokenPrompt
 from edgekit.errors import UsageError
 from edgekit.runtime.aggregate import Extractor, get_extractor, json_answer, majority_vote, quantile
-from edgekit.runtime.offload import Offload, route
+from edgekit.runtime.routing import Offload, route
 from edgekit.schemas.options import CancelToken, SamplingOptions
 from edgekit.schemas.profile import ModelInfo
 from edgekit.schemas.result import Confidence, Result, Sample, Timings

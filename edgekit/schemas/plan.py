@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -175,6 +175,18 @@ class PlanFile(_M):
     planner: PlannerInputs | None = None  # absent in plans written before live re-planning
     selection: str | None = None  # why the chosen configuration is not the most accurate one
     competitors: list[Competitor] = Field(default_factory=list)  # the chosen one against feasible competitors
+
+    def planned_model(self) -> str:
+        """The model this plan runs: a quantized variant runs from its file, a catalogue model by its id."""
+        return self.chosen.model_path or self.chosen.model_id
+
+    def options_with(self, explicit: dict[str, Any], model: str | None = None) -> tuple[SamplingOptions, list[str]]:
+        """The plan's options with the explicit ones applied over them, and what was overridden (in words)."""
+        base = self.chosen.options
+        overrides = [f"{k}={v!r} (plan: {getattr(base, k)!r})" for k, v in explicit.items() if getattr(base, k) != v]
+        if model is not None and model not in (self.chosen.model_id, self.planned_model()):
+            overrides.insert(0, f"model={model} (plan: {self.chosen.model_id})")
+        return base.replace(**explicit) if explicit else base, overrides
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file, then rename). Nulls are kept (Figure.value may be null)."""

@@ -32,7 +32,10 @@ class GPUInfo(_M):
     driver: str | None = None
 
 
-class DeviceInfo(_M):
+class DeviceFacts(_M):
+    """What a device is: shared by the profile's record (:class:`DeviceInfo`) and the detected report
+    (``edgekit.device.detect.DeviceReport``, which adds sensors, notes and CPU support)."""
+
     name: str  # human name: "2-core Xeon 2.5 GHz (CI machine kind)", "Jetson AGX Orin 64GB"
     hostname: str | None = None
     cpu_model: str | None = None
@@ -47,6 +50,9 @@ class DeviceInfo(_M):
     llama_build: str | None = None  # "cpu", "cuda", "metal", ...
     llama_cpp_python: str | None = None
     gpu_offload: bool | None = None
+
+
+class DeviceInfo(DeviceFacts):
     cpu_isa: list[str] | None = None  # instruction sets llama.cpp cares about (AVX2, AVX512, AMX_TILE, ...)
 
 

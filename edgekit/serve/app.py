@@ -26,8 +26,8 @@ from edgekit.serve.health import health
 from edgekit.serve.metrics import CONTENT_TYPE
 from edgekit.serve.responses import Chunker, new_id
 from edgekit.serve.responses import body as response_body
-from edgekit.serve.schemas import ApiError, ChatRequest, CompletionRequest, messages_of, parse, prompt_of, runtime_error
 from edgekit.serve.service import Job, Service
+from edgekit.serve.wire import ApiError, ChatRequest, CompletionRequest, messages_of, parse, prompt_of, runtime_error
 
 log = logging.getLogger("edgekit.serve")
 
@@ -242,7 +242,7 @@ def build_app(svc: Service, *, api_key: str | None = None) -> Any:
         try:
             fut = loop.run_in_executor(svc.executor, svc.work, job)
         except RuntimeError:  # executor shut down
-            svc._release(job)
+            svc.release(job)
             raise ApiError(503, "the server is shutting down", type="server_error", code="draining") from None
         fut.add_done_callback(lambda f: queue.put_nowait(("done", f)))
         watcher = asyncio.create_task(_watch_disconnect(request, job))

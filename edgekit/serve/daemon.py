@@ -20,8 +20,8 @@ from typing import Any
 
 from edgekit import engines
 from edgekit.errors import UsageError
-from edgekit.plan.apply import Query, build_offload, check_plan_model, planned_model
 from edgekit.runtime import Runtime
+from edgekit.runtime.query import Query, build_offload, check_plan_model
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import load_plan
 from edgekit.serve.live import LiveSettings
@@ -103,12 +103,12 @@ def load(cfg: ServeConfig, progress: Any = None) -> Service:
     base = SamplingOptions()
     model = cfg.model
     if plan is not None:
-        if model is not None and model not in (plan.chosen.model_id, planned_model(plan)):
+        if model is not None and model not in (plan.chosen.model_id, plan.planned_model()):
             raise UsageError(
                 f"--plan runs {plan.chosen.model_id}, but -m names {model}",
                 fix="drop -m (the plan names its model) or re-plan for that model",
             )
-        model = planned_model(plan)
+        model = plan.planned_model()
         note = check_plan_model(plan, model)
         if note:
             log.warning("%s", note)

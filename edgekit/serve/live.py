@@ -3,7 +3,7 @@
 After every local generation the daemon compares the measured prefill and decode times with what
 the plan's performance model (fitted from the plan's profile) predicts for *that* request (its
 prompt tokens, decode steps and n) and feeds the ratios to a bounded EWMA
-(:class:`edgekit.perfmodel.live.LiveCorrection`). The corrected model is then used for
+(:class:`edgekit.perfmodel.correction.LiveCorrection`). The corrected model is then used for
 
 - the response's ``edgekit.live`` object: predicted (plan model), corrected prediction, measured;
 - ``/metrics``: correction factors, per-request ratios, the corrected latency of the plan config
@@ -40,13 +40,13 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.perfmodel import PerfModel, fit
-from edgekit.perfmodel.live import LiveCorrection
-from edgekit.plan.replan import _find, config_label
+from edgekit.perfmodel.correction import LiveCorrection
+from edgekit.plan.replan import config_label, find_input
 from edgekit.plan.replan import replan as plan_replan
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import PlanFile
 from edgekit.schemas.profile import load_profile
-from edgekit.serve.schemas import ApiError
+from edgekit.serve.wire import ApiError
 
 if TYPE_CHECKING:
     from edgekit.schemas.result import Result
@@ -126,7 +126,7 @@ class LiveLatency:
     def _fit(plan: PlanFile, plan_path: str | None) -> PerfModel:
         if not plan.profile.path:
             raise EdgekitError("the plan does not record its profile file")
-        path = _find(plan.profile.path, plan_path, "profile")
+        path = find_input(plan.profile.path, plan_path, "profile")
         prof = load_profile(path)
         c = plan.chosen
         mp = next(

@@ -28,8 +28,8 @@ from edgekit.schemas.plan import PlanFile
 from edgekit.schemas.result import Result
 from edgekit.serve.live import LiveLatency, LiveSettings
 from edgekit.serve.metrics import Metrics
-from edgekit.serve.schemas import ApiError, ChatRequest, CompletionRequest, build_options, explicit_options
 from edgekit.serve.tap import TapEngine
+from edgekit.serve.wire import ApiError, ChatRequest, CompletionRequest, build_options, explicit_options
 
 
 @dataclass
@@ -163,7 +163,7 @@ class Service:
         with self._lock:
             self.waiting -= 1
 
-    def _release(self, job: Job) -> None:
+    def release(self, job: Job) -> None:
         with self._lock:
             self.admitted -= 1
             if not job.started:
@@ -255,7 +255,7 @@ class Service:
             self._record(job, res)
             return res
         finally:
-            self._release(job)
+            self.release(job)
 
     def _record(self, job: Job, res: Result) -> None:
         """Metrics of every generation, including those whose client has gone."""

@@ -7,7 +7,7 @@ becomes candidates when its ``base_model`` has an accuracy table:
   when one is given; else a **prior** from each base table (:func:`accuracy_prior`), labelled
   ``estimated (prior from <base table> and KL=... vs <reference>)`` with a widened interval;
 - speed and memory: the profile's entry for the variant (matched by sha256 or id) when profiled, else
-  a cross-model prediction from its GGUF facts (:mod:`edgekit.perfmodel.device`); memory = file size
+  a cross-model prediction from its GGUF facts (:mod:`edgekit.perfmodel.cross_model`); memory = file size
   + KV cache + overhead.
 
 Where variant cards come from is decided in one place, :func:`list_variant_cards` (a directory of
@@ -173,17 +173,7 @@ def variant_info(lc: LoadedCard, base: ModelInfo | None) -> ModelInfo:
 
         g = read_gguf(p)
         return ModelInfo(
-            id=c.variant_id,
-            sha256=c.sha256,
-            arch=g.arch,
-            quant=c.type,
-            n_params=base.n_params if base else None,
-            size_bytes=g.tensor_bytes,
-            n_layer=g.n_layer,
-            n_embd=g.n_embd,
-            n_head_kv=g.n_head_kv,
-            n_embd_head=g.head_dim,
-            kv_bytes_per_token=g.kv_bytes_per_token(),
+            id=c.variant_id, sha256=c.sha256, quant=c.type, n_params=base.n_params if base else None, **g.shape()
         )
     upd = {"id": c.variant_id, "sha256": c.sha256, "quant": c.type, "size_bytes": c.size_bytes}
     return base.model_copy(update=upd) if base is not None else ModelInfo(**upd)

@@ -1,4 +1,6 @@
-"""Run one query, optionally under a plan file: what `edgekit run` calls (and, next, the daemon).
+"""Answer one query, with or without a plan file: what `edgekit run` calls (the daemon uses its plan-model
+check and offload set-up, `edgekit calibrate` its plan-model check). The runtime floor: no planner, no
+terminal rendering.
 
 A plan file carries everything it needs: the model (and its sha256), the rendered prompt
 template, and the :class:`SamplingOptions` to run with. Options given explicitly next to a plan
@@ -20,8 +22,8 @@ from edgekit.errors import EdgekitError, SchemaError, UsageError
 from edgekit.host.threads import check_threads as check_usable_threads
 from edgekit.models.catalog import DEFAULT_MODEL
 from edgekit.models.store import Progress, resolve
-from edgekit.runtime import Runtime
-from edgekit.runtime.offload import Offload
+from edgekit.runtime.core import Runtime
+from edgekit.runtime.routing import Offload
 from edgekit.schemas.checks import check_base_url, check_ctx, check_gpu_layers, check_text, check_threads
 from edgekit.schemas.offload import SCORES
 from edgekit.schemas.options import SamplingOptions
@@ -48,11 +50,6 @@ class Query:
 
 
 log = logging.getLogger("edgekit")
-
-
-def planned_model(plan) -> str:
-    """The model a plan runs: a quantized variant runs from its file, a catalogue model by its id."""
-    return plan.chosen.model_path or plan.chosen.model_id
 
 
 def check_query(q: Query) -> None:
@@ -138,15 +135,6 @@ def check_plan_model(p: PlanFile, model: str) -> str | None:
     return None
 
 
-def plan_options(p: PlanFile, explicit: dict[str, Any], model: str | None) -> tuple[SamplingOptions, list[str]]:
-    """The plan's options with the explicit ones applied over them, and what was overridden."""
-    base = p.chosen.options
-    overrides = [f"{k}={v!r} (plan: {getattr(base, k)!r})" for k, v in explicit.items() if getattr(base, k) != v]
-    if model is not None and model not in (p.chosen.model_id, planned_model(p)):
-        overrides.insert(0, f"model={model} (plan: {p.chosen.model_id})")
-    return base.replace(**explicit) if explicit else base, overrides
-
-
 def build_offload(
     q: Query, p: PlanFile | None, opts: SamplingOptions, overrides: list[str] | None = None
 ) -> Offload | None:
@@ -180,8 +168,8 @@ def build_offload(
             update={
                 "method": "calibrated-for-other-options",
                 "guarantee": (
-                    "no guarantee holds: the threshold was calibrated for the plan's configuration, and this query overrides "
-                    + "; ".join(overrides)
+                    "no guarantee holds: the threshold was calibrated for the plan's configuration, "
+                    "and this query overrides " + "; ".join(overrides)
                 ),
             }
         )
@@ -208,8 +196,8 @@ def run_query(q: Query, progress: Progress | None = None, warn: Callable[[str], 
     p = None
     if q.plan:
         p = load_plan(q.plan)
-        opts, overrides = plan_options(p, q.options, q.model)
-        planned = planned_model(p)
+        opts, overrides = p.options_with(q.options, q.model)
+        planned = p.planned_model()
         model = q.model or planned
         if (
             model == planned

@@ -1,4 +1,4 @@
-"""Rich rendering of a :class:`DeviceReport` (the CLI prints it; no CLI code here)."""
+"""`edgekit device` in the terminal: a :class:`DeviceReport` as rich tables."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def render_device(report: DeviceReport) -> Group:
             t.add_row(
                 f"GPU {g.index}",
                 f"{g.name}, {_v(g.memory_total_mb, 'MB', '{:.0f}')}, "
-                f"limit {_v(None if g.power_limit_mw is None else g.power_limit_mw / 1000, 'W', '{:.0f}')}, driver {_v(g.driver)}",
+                f"limit {_v(None if g.power_limit_mw is None else g.power_limit_mw / 1000, 'W', '{:.0f}')}, "
+                f"driver {_v(g.driver)}",
             )
     else:
         t.add_row("NVIDIA GPU", f"none ({r.nvml_note})" if r.nvml_note else "none")

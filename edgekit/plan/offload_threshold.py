@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit import calibrate as risk
+from edgekit.calibrate import conformal_offload_threshold, ltt_threshold, min_calibration_size
 from edgekit.engines.openai import OpenAIEngine
 from edgekit.errors import FetchError, UsageError
 from edgekit.evaluate.tasks import load_task
 from edgekit.jsonio import append_jsonl, save_atomic
-from edgekit.plan.apply import check_plan_model, planned_model
 from edgekit.runtime import Runtime
-from edgekit.runtime.offload import score_of
+from edgekit.runtime.query import check_plan_model
+from edgekit.runtime.routing import score_of
 from edgekit.schemas.offload import SCORES, OffloadCalibration
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import CloudRef, load_plan
@@ -122,13 +122,13 @@ def calibrate(c: CalibrationRun, progress: Progress | None = None) -> tuple[Offl
     task = load_task(c.task, template=plan.chosen.prompt_template, split=c.split, limit=c.limit)
     n = len(task.problems)
     if c.alpha is not None:
-        need = risk.min_calibration_size(c.alpha, c.delta)
+        need = min_calibration_size(c.alpha, c.delta)
         if n < need:
             raise UsageError(
                 f"the calibration set has {n} labelled problems; alpha={c.alpha}, delta={c.delta} need at least {need}",
                 fix="use more problems (--split/--limit) or a larger alpha/delta",
             )
-    model = planned_model(plan)
+    model = plan.planned_model()
     check_plan_model(plan, model)
     cloud = _cloud(c, plan)
     opts = plan.chosen.options.replace(seed=c.seed)
@@ -149,7 +149,7 @@ def calibrate(c: CalibrationRun, progress: Progress | None = None) -> tuple[Offl
     with Runtime(model, threads=c.threads, max_n=opts.n, n_ctx=max(2048, 1024 + opts.n * opts.max_tokens)) as rt:
         cloud_rt = Runtime(cloud) if cloud else None
         try:
-            for i, p in enumerate(task.problems):
+            for p in task.problems:
                 if p.id in done:
                     continue
                 r = rt.generate(p.messages(), opts)
@@ -214,7 +214,7 @@ def choose(records: list[dict], c: CalibrationRun):
     best = None
     for name in names:
         if c.alpha is not None:
-            cal = risk.ltt_threshold(
+            cal = ltt_threshold(
                 scores(name),
                 correct,
                 c.alpha,
@@ -224,7 +224,7 @@ def choose(records: list[dict], c: CalibrationRun):
                 max_offload=c.offload_budget,
             )
         else:
-            cal = risk.conformal_offload_threshold(
+            cal = conformal_offload_threshold(
                 scores(name), c.offload_budget, score_name=name, cloud_correct=cloud, correct=correct
             )
         key = (-cal.offload_rate, -cal.local_wrong_rate) if c.alpha is not None else (-cal.local_wrong_rate,)
