@@ -152,7 +152,7 @@ def main(argv=None) -> int:
             res[c]["c"].append(sequential(serial, c, a.budget))
     rows = []
     med = median_or_none
-    makespan = lambda key: lambda r: statistics.median(max(x) for x in r[key])  # noqa: E731
+    makespan = lambda key: lambda r: statistics.median(max(x) for x in r[key])
     table = TableStream(
         enabled=not a.json,
         cols=["c", "a_batched_tok_s:.1f", "a_steady_tok_s:.1f", "b_bare_tok_s:.1f", "c_sequential_tok_s:.1f"]

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         d_s, h_s, diffs, outside = measure(a, rt, srv.url)
     rt.close()
 
-    ms = lambda x: round(1000 * x, 3)  # noqa: E731
+    ms = lambda x: round(1000 * x, 3)
     added, out_gen = summarize(diffs), summarize(outside)
     out = {
         "p50_added_ms": ms(added.median),

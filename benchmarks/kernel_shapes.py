@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     ll.llama_backend_init()
 
     @ll.llama_log_callback
-    def quiet(level, text, user_data):  # noqa: ARG001
+    def quiet(level, text, user_data):
         pass
 
     ll.llama_log_set(quiet, ctypes.c_void_p(0))

@@ -145,7 +145,7 @@ def convergence(rows: list[dict], k: int, within: float, workers: int) -> dict:
 def print_text(out: dict) -> None:
     cols = ["t_s:.1f", "predicted_s:.3f", "corrected_s:.3f", "measured_s:.3f", "k_prefill:.2f", "k_decode:.2f"]
     print_table(out["requests"], cols)
-    fmt = lambda x: "n/a" if x is None else f"{100 * x:.0f} %"  # noqa: E731
+    fmt = lambda x: "n/a" if x is None else f"{100 * x:.0f} %"
     print(
         f"median |error| over {out['over_requests']} request(s) once acting: "
         f"plan model {fmt(out['median_rel_error_plan'])}, "

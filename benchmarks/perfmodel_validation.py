@@ -375,7 +375,7 @@ def print_run(out: dict) -> None:
     prof = [r for r in rows if r["profiled"]]
     unprof = [r for r in rows if not r["profiled"]]
     print_table(rows, ["model", "config", "off_sweep", "predicted_s:.3f", "measured_s:.3f", "error_pct:+.1f"])
-    fmt = lambda x: "n/a" if x is None else f"{x:.1f} %"  # noqa: E731
+    fmt = lambda x: "n/a" if x is None else f"{x:.1f} %"
     print(
         f"MAPE {fmt(out['mape'])} over {len(rows)} configurations "
         f"(profiled {fmt(out['mape_profiled'])} over {len(prof)}, "

@@ -85,7 +85,7 @@ def naive_choice(res, profile, target: float) -> tuple[int, str]:
             "the accuracy tables have no greedy rows at their max_tokens",
             fix="build the tables with `edgekit eval` (greedy samples are on by default)",
         )
-    size = lambda i: model_size(res.config(i)["model_id"], profile)  # noqa: E731
+    size = lambda i: model_size(res.config(i)["model_id"], profile)
     fits = [i for i in greedy if res.caps_ok[i] and res.latency[i] <= target]
     if fits:  # largest model; ties: first table given
         return min(fits, key=lambda i: (tuple(-x for x in size(i)), int(res.table[i]))), ""
@@ -287,7 +287,7 @@ def print_heldout(rows: list[dict], meta: dict) -> None:
         print(f"target {r['target_s']:g} s: plan {r.get('plan')}")
         if "plan_heldout_acc" not in r:
             continue
-        f = lambda x: "-" if x is None else f"{100 * x:.1f} %"  # noqa: E731
+        f = lambda x: "-" if x is None else f"{100 * x:.1f} %"
         for who in ("plan", "naive", "best"):
             print(f"  {who:5s} {r[who]:60s} table {f(r[who + '_table_acc'])}  held out {f(r[who + '_heldout_acc'])}")
         tv = r["tables_plan_vs_naive"]
@@ -415,7 +415,7 @@ def run(a) -> int:
 
 
 def print_run(rows: list[dict], meta: dict) -> None:
-    f = lambda x, s="{:.3f}": "-" if x is None else s.format(x)  # noqa: E731
+    f = lambda x, s="{:.3f}": "-" if x is None else s.format(x)
     for r in rows:
         print(f"target {r['target_s']:g} s")
         print(f"  plan : {r.get('plan', '-')}")

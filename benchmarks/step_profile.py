@@ -24,9 +24,9 @@ import pstats
 from _common import emit, parser, print_table, run_main
 from parallel_sampling import GRAMMAR, GRAMMAR_PROMPT, PROMPT, SAMPLING  # run as a script: its folder is on sys.path
 
-from edgekit.engines.llamacpp import default_threads  # noqa: E402
-from edgekit.models import resolve  # noqa: E402
-from edgekit.runtime import Runtime  # noqa: E402
+from edgekit.engines.llamacpp import default_threads
+from edgekit.models import resolve
+from edgekit.runtime import Runtime
 
 # (file suffix, function) -> inclusive time; works on this branch and on the loop before it
 DECODE = [("llamacpp_core.py", "_decode")]

@@ -24,7 +24,7 @@ def _children(pid: int) -> set[int]:
         import psutil
 
         return {pid} | {c.pid for c in psutil.Process(pid).children(recursive=True)}
-    except Exception:  # noqa: BLE001 - the process may be gone
+    except Exception:
         return {pid}
 
 
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
                     )
                     if own and (peak[1] is None or own > peak[1]):
                         peak[1] = own
-                except Exception:  # noqa: BLE001 - not supported in every VM / container
+                except Exception:
                     pass
             stop.wait(a.interval)
 

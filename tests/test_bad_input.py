@@ -408,7 +408,7 @@ def test_plan_accuracy_takes_several_files_after_one_flag(tmp_path):
     assert one.returncode == 0 and two.returncode == 0 and late.returncode == 0, one.stderr + two.stderr + late.stderr
     a, b = json.loads(one.stdout), json.loads(two.stdout)
     assert a["tables"] == b["tables"] == ["a.json", "b.json"]
-    drop = lambda p: {k: v for k, v in p.items() if k != "created"}  # noqa: E731
+    drop = lambda p: {k: v for k, v in p.items() if k != "created"}
     assert drop(a) == drop(b)
     assert drop(json.loads((tmp_path / "one.json").read_text())) == drop(
         json.loads((tmp_path / "two.json").read_text())

@@ -130,7 +130,7 @@ def test_loopback_server_is_ready_and_killed_on_exit(tmp_path):
 
 
 def test_loopback_server_is_killed_when_the_block_raises_and_keeps_its_log():
-    cmd = lambda port: [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]  # noqa: E731
+    cmd = lambda port: [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
     with pytest.raises(RuntimeError, match="inside"):
         with bc.loopback_server(cmd, timeout=30) as srv:
             raise RuntimeError("inside")

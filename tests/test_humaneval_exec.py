@@ -290,7 +290,10 @@ def test_large_test_source_and_large_values(mode):
 
 def test_program_exceptions_keep_their_type(mode):
     program = "def f():\n    raise ValueError('bad input')\n"
-    test = "def check(candidate):\n    try:\n        candidate()\n    except ValueError:\n        return\n    assert False\n"
+    test = (
+        "def check(candidate):\n    try:\n        candidate()\n"
+        "    except ValueError:\n        return\n    assert False\n"
+    )
     assert run(mode, program, test) == (True, "passed")
     ok, reason = run(mode, program)
     assert not ok and reason == "failed: ValueError: bad input"
@@ -407,7 +410,10 @@ def test_memory_limit(mode):
 
 def test_sockets_are_disabled(mode):
     # Creating a socket needs no network, so without the audit hook this check would pass.
-    program = "import socket\ndef f():\n    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n    s.close()\n    return 1\n"
+    program = (
+        "import socket\ndef f():\n    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n"
+        "    s.close()\n    return 1\n"
+    )
     ok, reason = run(mode, program)
     assert not ok and "network access is disabled" in reason
     program = "import _socket\ndef f():\n    _socket.socket()\n    return 1\n"

@@ -38,7 +38,7 @@ class FaultProxy:
             def log_message(self, *a):  # quiet
                 pass
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 proxy.auth.append(self.headers.get("authorization", ""))
                 mode = self.path.split("/")[1]

@@ -141,7 +141,7 @@ def test_int8_close_to_the_gguf(onnx_rt, smol_rt):
     (the model it was dequantized from; measured about 1.1x)."""
     ids = smol_rt.engine.tokenize(TEXT, add_special=False)
     assert onnx_rt.engine.tokenize(TEXT, add_special=False) == ids
-    ppl = lambda lps: math.exp(-sum(lps) / len(lps))  # noqa: E731
+    ppl = lambda lps: math.exp(-sum(lps) / len(lps))
     ref = ppl(smol_rt.engine.score(ids[:1], ids[1:]))
     got = ppl(onnx_rt.engine.score(ids[:1], ids[1:]))
     print(f"\nppl on {len(ids) - 1} tokens: Q4_1 GGUF {ref:.2f}, onnx int8 {got:.2f}")

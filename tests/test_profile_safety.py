@@ -21,7 +21,7 @@ import pytest
 
 from edgekit.errors import EdgekitError, SchemaError, UsageError
 from edgekit.profile.sweep import ProfileInterrupted, SweepConfig, partial_path, profile_model
-from edgekit.schemas.profile import DeviceProfile, load_profile  # noqa: F401
+from edgekit.schemas.profile import DeviceProfile, load_profile
 
 SMOL = "smollm2-135m-instruct"
 REPO = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 openai = pytest.importorskip("openai")
 
-from conftest import free_port  # noqa: E402
+from conftest import free_port  # noqa: E402 - after the importorskip of the optional serve extras
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOL = "smollm2-135m-instruct"

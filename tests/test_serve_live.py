@@ -19,10 +19,10 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
-from conftest import free_port  # noqa: E402
-from fake_engine import FakeEngine  # noqa: E402
+from conftest import free_port
+from fake_engine import FakeEngine
 
-from edgekit.engines import Event  # noqa: E402
+from edgekit.engines import Event
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOL = "smollm2-135m-instruct"

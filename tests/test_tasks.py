@@ -90,7 +90,7 @@ def test_terse_template():
 def test_correctness_with_runtime_extractors():
     oc = load_task("object_counting")
     p = oc.problems[1]  # nine objects
-    ex = lambda text: oc.extract(text, p, get_extractor)  # noqa: E731
+    ex = lambda text: oc.extract(text, p, get_extractor)
     assert oc.is_correct(p, ex("Let me count: car, toaster... that is 9.\nAnswer: 9"))
     assert oc.is_correct(p, ex("There are nine objects."))
     assert oc.is_correct(p, "9.0") and oc.is_correct(p, "nine")
@@ -200,10 +200,10 @@ def test_split_and_limit():
 
 
 # ----------------------------------------------------------------------------- runner (fake engine)
-from fake_engine import FakeEngine  # noqa: E402
+from fake_engine import FakeEngine  # noqa: E402 - the runner section of this file starts here
 
 
-def FakeSampler(fail_after_calls=None):  # noqa: N802 - a Runtime over the scripted engine
+def FakeSampler(fail_after_calls=None):
     from edgekit.runtime import Runtime
 
     return Runtime(FakeEngine(fail_after_calls=fail_after_calls))

@@ -33,7 +33,10 @@ def register(app: typer.Typer) -> None:
     def eval_cmd(
         task: str | None = typer.Argument(
             None,
-            help="bigbench:object_counting | bigbench:date_understanding | bigbench:strategyqa | humaneval | jsonl:PATH (or --perplexity MODEL)",
+            help=(
+                "bigbench:object_counting | bigbench:date_understanding | bigbench:strategyqa | humaneval | "
+                "jsonl:PATH (or --perplexity MODEL)"
+            ),
         ),
         model: str = typer.Option(
             DEFAULT_MODEL, "--model", "-m", help="model id/path, or the server's model name with --backend openai"
@@ -61,17 +64,26 @@ def register(app: typer.Typer) -> None:
         priority: str = typer.Option(
             "normal",
             "--priority",
-            help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep precedence",
+            help=(
+                "normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep "
+                "precedence"
+            ),
         ),
         constrain: str | None = typer.Option(
             None,
             "--constrain",
-            help="grammar-constrained answers: 'answer' (just the answer) or 'reason:<chars>' (bounded reasoning, then the answer)",
+            help=(
+                "grammar-constrained answers: 'answer' (just the answer) or 'reason:<chars>' (bounded reasoning, "
+                "then the answer)"
+            ),
         ),
         target_width: str | None = typer.Option(
             None,
             "--target-width",
-            help="add problems in batches until the 95 % intervals of the configurations near the best are this narrow (e.g. 10pts) or separate",
+            help=(
+                "add problems in batches until the 95 % intervals of the configurations near the best are this "
+                "narrow (e.g. 10pts) or separate"
+            ),
         ),
         batch: int = typer.Option(10, "--batch", help="with --target-width: problems added between checks"),
         allow_code_execution: bool = typer.Option(
@@ -84,7 +96,10 @@ def register(app: typer.Typer) -> None:
         perplexity: str | None = typer.Option(
             None,
             "--perplexity",
-            help="instead of a task: perplexity of this model (id/path) on a fixed text, and KL divergence to --reference",
+            help=(
+                "instead of a task: perplexity of this model (id/path) on a fixed text, and KL divergence to "
+                "--reference"
+            ),
         ),
         text: str | None = typer.Option(
             None, "--text", help="with --perplexity: UTF-8 text file (default: the shipped public-domain text)"
@@ -92,7 +107,10 @@ def register(app: typer.Typer) -> None:
         reference: str | None = typer.Option(
             None,
             "--reference",
-            help="with --perplexity: reference .npz (from --make-reference) to measure KL divergence and top-1 agreement against",
+            help=(
+                "with --perplexity: reference .npz (from --make-reference) to measure KL divergence and top-1 "
+                "agreement against"
+            ),
         ),
         make_reference: bool = typer.Option(
             False,
@@ -234,8 +252,11 @@ def render_table(t) -> None:
 
     rows = sorted((r for r in t.rows if r.budget == t.max_tokens), key=lambda r: (r.aggregation, r.k))
     tab = Table(
-        title=f"{t.task} · {t.model_id} · {t.prompt_template}{' + ' + t.answer_format if t.answer_format else ''} · T={t.temperature} · {t.n_problems} problems "
-        f"(measured on this eval set; budget {t.max_tokens})"
+        title=(
+            f"{t.task} · {t.model_id} · {t.prompt_template}{' + ' + t.answer_format if t.answer_format else ''} · "
+            f"T={t.temperature} · {t.n_problems} problems "
+            f"(measured on this eval set; budget {t.max_tokens})"
+        )
     )
     for c in (
         "aggregation",

@@ -35,7 +35,7 @@ _interrupt = {"reported": False}
 
 def _reports_interrupts(callback):
     @functools.wraps(callback)  # typer reads the parameters through __wrapped__
-    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003
+    def wrapper(*args, **kwargs):
         try:
             return callback(*args, **kwargs)
         except KeyboardInterrupt:
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:  # outside a command (while parsing, importing)
         rv = 130
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         if hasattr(e, "exit_code") and hasattr(e, "format_message"):  # click/typer usage errors
             if type(e).__name__ == "NoArgsIsHelpError":  # the help was printed
                 sys.exit(0)

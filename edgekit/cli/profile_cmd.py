@@ -25,7 +25,7 @@ def _ints(s: str | None) -> list[int] | None:
     except ValueError:
         from edgekit.errors import UsageError
 
-        raise UsageError(f"expected comma-separated integers, got {s!r}", fix="e.g. --ns 1,2,4,8")
+        raise UsageError(f"expected comma-separated integers, got {s!r}", fix="e.g. --ns 1,2,4,8") from None
 
 
 def default_output(model: str, host: str) -> Path:
@@ -61,7 +61,10 @@ def register(app: typer.Typer) -> None:
         priority: str = typer.Option(
             "normal",
             "--priority",
-            help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep precedence",
+            help=(
+                "normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep "
+                "precedence"
+            ),
         ),
         gpu_layers: int | None = typer.Option(
             None,
@@ -75,7 +78,10 @@ def register(app: typer.Typer) -> None:
         device_name: str | None = typer.Option(None, help="name of this device in the profile"),
         append: bool = typer.Option(
             False,
-            help="add the model to an existing profile at --output (a run that stops early adds a partial entry and keeps the complete one)",
+            help=(
+                "add the model to an existing profile at --output (a run that stops early adds a partial entry and "
+                "keeps the complete one)"
+            ),
         ),
         slices: bool = typer.Option(
             False,
@@ -204,7 +210,7 @@ def register(app: typer.Typer) -> None:
                     + (f", {out} unchanged" if out.exists() else "")
                 )
             print(f"interrupted: {' '.join(what.split())}", file=sys.stderr)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
 
 
 def _iqr_ms(f) -> str:
@@ -215,8 +221,8 @@ def render_profile(prof, mp, out) -> None:
     how = (
         "measured: median of reps, IQR"
         if mp.estimate is None
-        else f"ESTIMATED from block slices {mp.estimate.blocks_one} and {mp.estimate.blocks_k} of {mp.estimate.n_layer}, "
-        f"extrapolated in depth: median of paired reps"
+        else f"ESTIMATED from block slices {mp.estimate.blocks_one} and {mp.estimate.blocks_k} "
+        f"of {mp.estimate.n_layer}, extrapolated in depth: median of paired reps"
     )
     t = Table(title=f"{mp.model.id} on {prof.device.name} ({how})")
     for c in ("point", "time", "IQR", "tok/s", "reps"):
@@ -257,7 +263,8 @@ def render_profile(prof, mp, out) -> None:
     if mp.peak_vram_mb and mp.peak_vram_mb.value is not None:
         layers = "all" if mp.gpu_layers is not None and mp.gpu_layers < 0 else mp.gpu_layers
         console.print(
-            f"peak GPU memory {mp.peak_vram_mb.value:.0f} MB, {layers} layer(s) offloaded ({mp.peak_vram_mb.describe()})"
+            f"peak GPU memory {mp.peak_vram_mb.value:.0f} MB, {layers} layer(s) offloaded "
+            f"({mp.peak_vram_mb.describe()})"
         )
     if mp.energy:
         e = mp.energy

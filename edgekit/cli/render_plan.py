@@ -118,7 +118,7 @@ def _narrow(res: PlanResult) -> Table:
     caps += [("memory", "memory_bytes", "GB", 1e9)] if res.memory_cap_gb is not None else []
     for col in ["", "configuration", "acc % [CI]", f"{p} s (range)"] + [c[0] for c in caps]:
         tab.add_column(col, no_wrap=True)
-    s = lambda x: f"{x:.2f}" if x < 10 else f"{x:.1f}"  # noqa: E731
+    s = lambda x: f"{x:.2f}" if x < 10 else f"{x:.1f}"
     for i in res.frontier:
         i = int(i)
         mark = "*" if res.chosen == i else ("ok" if res.feasible[i] else "")

@@ -63,7 +63,10 @@ def register(app: typer.Typer) -> None:
         priority: str = typer.Option(
             "normal",
             "--priority",
-            help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep precedence",
+            help=(
+                "normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep "
+                "precedence"
+            ),
         ),
         engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | openai | a plugin's name"),
         base_url: str | None = typer.Option(None, "--base-url", help="openai engine: the upstream server"),
@@ -85,7 +88,10 @@ def register(app: typer.Typer) -> None:
         replan: bool = typer.Option(
             False,
             "--replan",
-            help="with --plan: re-plan automatically when the live-corrected latency of the configuration in force exceeds the target (SIGHUP and POST /admin/replan re-plan on demand)",
+            help=(
+                "with --plan: re-plan automatically when the live-corrected latency of the configuration in force "
+                "exceeds the target (SIGHUP and POST /admin/replan re-plan on demand)"
+            ),
         ),
         replan_margin: float = typer.Option(
             0.2, "--replan-margin", help="--replan acts when the corrected latency is above target x (1 + margin)"
@@ -95,13 +101,13 @@ def register(app: typer.Typer) -> None:
             0.2, "--live-alpha", help="weight of the newest request in the live correction (EWMA)"
         ),
     ):
-        """Serve the model over an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models, /healthz, /metrics."""
-        from edgekit.errors import UsageError  # noqa: PLC0415
-        from edgekit.serve.daemon import ServeConfig, check_serve_deps, prepare, run  # noqa: PLC0415
+        """Serve the model over an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models, /healthz, /metrics."""  # noqa: E501 - one line: the command's help
+        from edgekit.errors import UsageError
+        from edgekit.serve.daemon import ServeConfig, check_serve_deps, prepare, run
 
         check_serve_deps()
-        from edgekit.serve.live import LiveSettings  # noqa: PLC0415
-        from edgekit.serve.service import Limits  # noqa: PLC0415
+        from edgekit.serve.live import LiveSettings
+        from edgekit.serve.service import Limits
 
         for name, v, lo in (
             ("--max-n", max_n, 1),

@@ -124,19 +124,19 @@ def llama_build(module: Any = None) -> dict:
         except ImportError as e:
             out["note"] = f"llama_cpp is not importable ({e}); llama-cpp-python is not installed or is being installed"
             return out
-        except Exception as e:  # noqa: BLE001 - a broken shared library raises OSError/RuntimeError
+        except Exception as e:
             out["note"] = f"llama_cpp failed to load: {type(e).__name__}: {e}"
             return out
     out["version"] = getattr(module, "__version__", None)
     notes = []
     try:
         out["gpu_offload"] = bool(module.llama_supports_gpu_offload())
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         notes.append(f"llama_supports_gpu_offload failed: {e}")
     try:
         info = module.llama_print_system_info()
         out["system_info"] = (info.decode(errors="replace") if isinstance(info, bytes) else str(info)).strip()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         notes.append(f"llama_print_system_info failed: {e}")
     build, note = guess_llama_build(out["system_info"] or "", out["gpu_offload"])
     out["build"] = build

@@ -73,14 +73,14 @@ class _LastLines:
         self.lines: collections.deque[str] = collections.deque(maxlen=20)
 
         @ll.llama_log_callback
-        def cb(level, text, user_data):  # noqa: ARG001 - ctypes callback
+        def cb(level, text, user_data):
             try:
                 s = text.decode("utf-8", errors="replace").rstrip("\n")
                 if s.strip():
                     self.lines.append(s.strip())
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("%s", s)
-            except BaseException:  # noqa: BLE001 - never raise into C
+            except BaseException:
                 pass
 
         self.cb = cb
@@ -125,7 +125,7 @@ def quantize_gguf(
     def work():
         try:
             result["rc"] = ll.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             result["exc"] = e
         if cancelled.is_set():  # the caller gave up: remove what the C call wrote
             out.unlink(missing_ok=True)
@@ -160,5 +160,5 @@ def _restore_log() -> None:
 
         ll.llama_log_set(llamacpp.log_to_logging, ctypes.c_void_p(0))
         _LOG_HOOK["cb"] = llamacpp.log_to_logging
-    except Exception:  # noqa: BLE001 - the engine's log hook is a nicety here
+    except Exception:
         pass

@@ -79,7 +79,7 @@ class RowSampler:
         t = o.effective_temperature
         self.greedy = t <= 0
         self.top_k, self.top_p, self.min_p = o.top_k, o.top_p, o.min_p
-        add = lambda s: ll.llama_sampler_chain_add(self.chain, s)  # noqa: E731
+        add = lambda s: ll.llama_sampler_chain_add(self.chain, s)
         if self.greedy:
             add(ll.llama_sampler_init_greedy())
             return

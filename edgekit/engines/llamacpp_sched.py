@@ -184,13 +184,13 @@ class Scheduler:
                 fn, fut = task
                 try:
                     fut.set_result(fn())
-                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                except BaseException as e:
                     fut.set_exception(e)
                 ll.llama_memory_clear(self._mem, True)
                 continue
             try:
                 self._step()
-            except BaseException as e:  # noqa: BLE001 - a failed decode fails the requests in it, not the worker
+            except BaseException as e:
                 self._fail_all(e)
         self._shutdown()
 

@@ -167,7 +167,7 @@ class OnnxEngine(Engine):
         so.log_severity_level = 3
         try:
             self._sess = ort.InferenceSession(str(folder / "model.onnx"), so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - a corrupt or foreign graph: one line
+        except Exception as e:
             raise BackendError(
                 f"onnxruntime could not load {folder / 'model.onnx'} ({type(e).__name__})",
                 fix="remake the folder with `edgekit quantize SOURCE --to onnx-int8 --force`",
@@ -408,7 +408,7 @@ class OnnxEngine(Engine):
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 
@@ -422,5 +422,5 @@ def _default_threads() -> int:
         import psutil
 
         return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return max(1, os.cpu_count() or 1)

@@ -22,7 +22,7 @@ from edgekit.schemas.table import AccuracyTable
 def default_output(
     task: str, model: str, template: str | None, temperature: float, answer_format: str | None = None
 ) -> Path:
-    safe = lambda s: "".join(c if c.isalnum() or c in ".-_" else "_" for c in s)  # noqa: E731
+    safe = lambda s: "".join(c if c.isalnum() or c in ".-_" else "_" for c in s)
     name = safe(Path(model).stem if model.endswith(".gguf") else model)
     fmt = "+" + safe(answer_format) if answer_format else ""
     return Path("tables") / f"{safe(task)}--{name}--{template or 'default'}{fmt}--t{temperature:g}.json"

@@ -192,7 +192,7 @@ def _physical() -> int | None:
         import psutil
 
         return psutil.cpu_count(logical=False)
-    except Exception:  # noqa: BLE001 - psutil can fail in odd sandboxes
+    except Exception:
         return None
 
 

@@ -106,7 +106,7 @@ def write_slice(src: str | Path, dst: str | Path, blocks: list[int]) -> int:
             if m is None or int(m.group(1)) in keep:
                 new = name if m is None else f"blk.{keep[int(m.group(1))]}.{m.group(2)}"
                 plan.append((new, dims, ttype, lay.data_start + offset, nbytes))
-        pad = lambda n: -n % lay.align  # noqa: E731
+        pad = lambda n: -n % lay.align
         infos, at = [], 0
         for name, dims, ttype, _, nbytes in plan:
             infos.append(_str(name.encode()) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, ttype, at))

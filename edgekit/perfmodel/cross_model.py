@@ -128,7 +128,8 @@ class DeviceModel:
         kv, kv_how = kv_bytes(info)
         if info.size_bytes is None or info.n_params is None or kv is None:
             raise SchemaError(
-                f"cannot estimate model {info.id!r} across models: size_bytes, n_params and KV bytes per token are needed",
+                f"cannot estimate model {info.id!r} across models: size_bytes, n_params and KV bytes per token are "
+                "needed",
                 fix=f"profile {info.id} on this device (`edgekit profile --model {info.id} --quick --append`)",
             )
         if self.use_dims and not (info.n_layer and info.n_embd):
@@ -239,7 +240,7 @@ def _device(profile: DeviceProfile, mps: list[ModelProfile], source: str | None)
     size = np.array([float(i.size_bytes) for i in infos])
     F = np.array([layer_params(i)[0] for i in infos])
     kv = np.array([kv_bytes(i)[0] for i in infos])
-    g = lambda k: np.array([getattr(p, k) for p in pms])  # noqa: E731
+    g = lambda k: np.array([getattr(p, k) for p in pms])
     # prefill: the device's curve per unit of block parameters, averaged over the profiled models
     cf = {k: [float(np.mean(g(k) / F)), 0.0] for k in ("a", "b", "c")}
     cf.update(
@@ -300,7 +301,8 @@ def fit_device(profile: DeviceProfile, source: str | None = None) -> DeviceModel
     where = f" {source}" if source else ""
     if len(mps) < 2:
         raise SchemaError(
-            f"profile{where} has {len(mps)} model(s) with size, parameter count and KV bytes; a cross-model estimate needs 2",
+            f"profile{where} has {len(mps)} model(s) with size, parameter count and KV bytes; a cross-model estimate "
+            "needs 2",
             fix="profile a second model on this device (`edgekit profile --model ... --quick --append`)",
         )
     dm = _device(profile, mps, source)

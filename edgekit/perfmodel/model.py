@@ -144,7 +144,7 @@ class PerfModel:
             # base(last - P)) + base(last - P + r) - base(last - P)
             m = np.maximum(n - last, 0.0)
             q, r = np.floor(m / P), np.mod(m, P)
-            at = lambda x: np.interp(x, kn, kb)  # noqa: E731
+            at = lambda x: np.interp(x, kn, kb)
             above = kb[-1] + q * (kb[-1] - at(last - P)) + at(last - P + r) - at(last - P)
         return np.where(n > kn[-1], above, np.where(n < kn[0], lin, inside))
 

@@ -20,10 +20,15 @@ estimates by how much (bootstrap of the maximum over the feasible configurations
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit.evaluate.estimators import problem_scores
+
+if TYPE_CHECKING:  # planner imports this module: the type only, no import cycle at run time
+    from edgekit.plan.planner import PlanResult
+
 from edgekit.evaluate.paired import BOOT_HOW, MIN_SHARED, Pairing, boot_weights, newcombe, paired_diff, pairing, verdict
 
 # ``"PlanResult"`` annotations name edgekit.plan.planner.PlanResult; not imported (planner imports this module)

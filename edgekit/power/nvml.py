@@ -201,7 +201,7 @@ class NvmlMeter(PowerMeter):
         if self._nvml is not None:
             try:
                 self._nvml.nvmlShutdown()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
             self._nvml = None
             self.handle = None
@@ -220,7 +220,7 @@ def nvml_gpus(nvml: Any = None) -> tuple[list[dict], str | None]:
     finally:
         try:
             mod.nvmlShutdown()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
     out = []
     for i in range(count):

@@ -56,5 +56,5 @@ class PeriodicThread:
         try:
             while not self._stop.wait(self.interval_s):
                 self.tick()
-        except BaseException as e:  # noqa: BLE001 - raised again by stop(), in the caller's thread
+        except BaseException as e:
             self._error = e

@@ -1,6 +1,6 @@
 """Estimate a model's profile from two block slices of its file (``edgekit profile --slices``).
 
-Why: the cross-model predictor (``perfmodel.device``) scales profiled models by file size and
+Why: the cross-model predictor (``perfmodel.cross_model``) scales profiled models by file size and
 block FLOPs, but on CPUs the speed of a quant type's kernel depends on the matrix shape as much as
 on the type (benchmarks/README.md: per-element cost of one type varies 2x with width on the CI VM),
 and a "Q4_K_M" file of one model holds other tensor types than another's. So instead of predicting

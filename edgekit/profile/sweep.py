@@ -114,7 +114,7 @@ def profile_model(
     try:
         sweep.run(mp)
         sweep.background.end(mp)
-    except BaseException as e:  # noqa: BLE001 -- whatever stops the sweep, what it measured is saved below
+    except BaseException as e:
         failure = e
     finally:
         sweep.background.stop()  # never leaves a worker behind

@@ -46,7 +46,7 @@ def _read_gguf(p: Path) -> dict[str, np.ndarray]:
 
     try:
         r = gguf.GGUFReader(str(p), "r")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _bad(p, f"unreadable GGUF ({type(e).__name__})") from e
     tensors = {t.name: t for t in r.tensors}
     out = {}

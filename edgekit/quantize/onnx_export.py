@@ -149,7 +149,7 @@ def load_tokenizer(spec: str | Path, gguf_info: Any = None):
                 tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
             else:
                 tok = AutoTokenizer.from_pretrained(str(p))
-    except Exception as e:  # noqa: BLE001 - an unsupported tokenizer is the user's to fix
+    except Exception as e:
         raise UsageError(
             f"could not load a tokenizer from {p} ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
             fix="pass a GGUF whose architecture transformers supports, or a folder with tokenizer files",
@@ -299,7 +299,7 @@ def _load_model(gguf_path: Path | None, load_dir: Path):
             return AutoModelForCausalLM.from_pretrained(str(load_dir), dtype="float32")
     except EdgekitError:
         raise
-    except Exception as e:  # noqa: BLE001 - unsupported arch / quant type: one line
+    except Exception as e:
         raise UsageError(
             f"transformers could not load {where} ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
             fix="use a GGUF whose architecture and tensor types transformers can dequantize "
@@ -325,7 +325,7 @@ def _export(model: Any, tok: Any, dest: Path, opset: int | None) -> tuple[float,
                 do_validation=False,
                 opset=opset,
             )
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise BackendError(
                 f"optimum could not export this model to ONNX ({type(e).__name__}: "
                 f"{str(e).splitlines()[0][:160] if str(e) else ''})",
@@ -345,7 +345,7 @@ def _export(model: Any, tok: Any, dest: Path, opset: int | None) -> tuple[float,
             ),
             default=None,
         )
-    except Exception:  # noqa: BLE001 - the opset is a card detail
+    except Exception:
         pass
     return time.perf_counter() - t0, used
 

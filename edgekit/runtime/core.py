@@ -24,15 +24,15 @@ from typing import Any, Union
 from edgekit import engines
 from edgekit.engines.base import Engine, TokenPrompt
 from edgekit.errors import UsageError
+from edgekit.models.catalog import DEFAULT_MODEL
 from edgekit.runtime.aggregate import Extractor, get_extractor, json_answer, majority_vote, quantile
 from edgekit.runtime.routing import Offload, route
 from edgekit.schemas.options import CancelToken, SamplingOptions
 from edgekit.schemas.profile import ModelInfo
 from edgekit.schemas.result import Confidence, Result, Sample, Timings
 
-Messages = Union[str, Sequence[dict]]
+Messages = Union[str, Sequence[dict]]  # noqa: UP007 - a runtime alias: `X | Y` of a generic fails on 3.10
 Verifier = Callable[[Sample], bool]
-from edgekit.models.catalog import DEFAULT_MODEL
 
 
 def as_messages(prompt: Messages) -> list[dict]:
@@ -159,8 +159,9 @@ class Runtime:
         ``options`` (or keyword overrides of its fields: ``n=8, max_tokens=128, seed=0, ...``)
         say how; see :class:`SamplingOptions`. aggregate: "majority" (vote over extracted
         answers), "first_verified" (the first sample to finish within max_tokens that ``verifier``
-        accepts -- a truncated sample is never verified; the rest of the batch is cancelled), "none". ``deadline_s``: seconds from this call after which
-        unfinished samples are cancelled (flag "deadline"). ``cancel``: a :class:`CancelToken`.
+        accepts -- a truncated sample is never verified; the rest of the batch is cancelled), "none".
+        ``deadline_s``: seconds from this call after which unfinished samples are cancelled (flag
+        "deadline"). ``cancel``: a :class:`CancelToken`.
         """
         t_call = time.perf_counter()
         self._check_open()
@@ -187,7 +188,7 @@ class Runtime:
         else:
             src = as_messages(prompt)
         if opts.json_schema is not None:
-            extract: Extractor = lambda text: json_answer(text, opts.json_schema)[0]  # noqa: E731
+            extract: Extractor = lambda text: json_answer(text, opts.json_schema)[0]
         else:
             extract = custom_extract or get_extractor(opts.extractor)
 

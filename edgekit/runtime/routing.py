@@ -101,7 +101,7 @@ def route(rt, prompt, opts, run_local, cloud_rt) -> Result:
         t0 = time.perf_counter()
         try:
             r = cloud_rt.generate(prompt, o)
-        except Exception as e:  # noqa: BLE001 - any cloud failure falls back to the local answer
+        except Exception as e:
             info.cloud_s = time.perf_counter() - t0
             info.cloud_error = _one_line(e)
             return None
@@ -122,7 +122,8 @@ def route(rt, prompt, opts, run_local, cloud_rt) -> Result:
             "mode always"
             if off.mode == "always"
             else (
-                f"pre-routed: the plan predicts {off.local_predicted_s:.2f} s locally, above the {opts.deadline_s:.2f} s deadline"
+                f"pre-routed: the plan predicts {off.local_predicted_s:.2f} s locally, above the "
+                f"{opts.deadline_s:.2f} s deadline"
             )
         )
         r = ask_cloud()

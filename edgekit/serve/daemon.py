@@ -123,7 +123,7 @@ def load(cfg: ServeConfig, progress: Any = None) -> Service:
             log.warning("raising --max-tokens-cap to the plan's budget of %d", base.max_tokens)
             lim.max_tokens_cap = base.max_tokens
     if model is None:
-        from edgekit.models.catalog import DEFAULT_MODEL  # noqa: PLC0415
+        from edgekit.models.catalog import DEFAULT_MODEL
 
         model = DEFAULT_MODEL
     off = build_offload(
@@ -149,7 +149,7 @@ def load(cfg: ServeConfig, progress: Any = None) -> Service:
 
 
 def _server_class() -> Any:
-    import uvicorn  # noqa: PLC0415
+    import uvicorn
 
     class DrainingServer(uvicorn.Server):
         """uvicorn, but the first SIGTERM/SIGINT drains (503 to new requests) instead of closing the socket."""
@@ -209,9 +209,9 @@ def prepare(cfg: ServeConfig, progress: Any = None) -> tuple[socket.socket, Serv
 def run(cfg: ServeConfig, sock: socket.socket, svc: Service) -> int:
     """Serve until a signal, drain, free the model; 0 on a clean stop."""
     try:
-        import uvicorn  # noqa: PLC0415
+        import uvicorn
 
-        from edgekit.serve.app import build_app  # noqa: PLC0415
+        from edgekit.serve.app import build_app
 
         app = build_app(svc, api_key=cfg.api_key)
         config = uvicorn.Config(

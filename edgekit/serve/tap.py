@@ -1,8 +1,9 @@
 """A transparent engine wrapper that lets the daemon watch one call's events (token streaming).
 
 ``Runtime.generate`` runs the engine in the calling thread (holding the runtime's lock, unless
-the engine batches concurrent calls itself) and keeps the engine's events to itself. The daemon calls ``generate`` from a worker thread per
-request, so a *thread-local* listener set around that call sees exactly that call's events: the
+the engine batches concurrent calls itself) and keeps the engine's events to itself. The daemon
+calls ``generate`` from a worker thread per request, so a *thread-local* listener set around that
+call sees exactly that call's events: the
 moment it holds the model (queue wait over: the call reaching a serialised engine, or a
 continuous-batching engine's first event), every token as it is decoded (SSE streaming without
 engine or runtime changes), and a place to refuse an over-long prompt under the lock. A

@@ -298,7 +298,7 @@ def explicit_options(req: _Common, *, max_n: int, max_tokens_cap: int) -> tuple[
 
 
 def check_schema(schema: dict) -> dict:
-    import jsonschema  # noqa: PLC0415
+    import jsonschema
 
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)

@@ -153,7 +153,7 @@ def judge(test_src, entry_point, rpc):
         if not callable(check):
             return False, "NameError: the test defines no check()"
         check(rpc.proxy(entry_point))
-    except BaseException as e:  # noqa: BLE001
+    except BaseException as e:
         text = getattr(e, "text", None) or (str(e) if isinstance(e, ProgramExit) else None)
         if text is None:
             msg = sanitize(str(e))

@@ -127,7 +127,7 @@ def worker(cfg, req_r, resp_w):
         with open("program.py", encoding="utf-8") as f:
             src = f.read()
         exec(compile(src, "program.py", "exec", dont_inherit=True, optimize=0), ns)
-    except BaseException as e:  # noqa: BLE001 - any way out of the program is reported
+    except BaseException as e:
         send(resp_w, {"exc": describe(e)})
         os._exit(1)
     send(resp_w, {"ready": True})
@@ -157,7 +157,7 @@ def worker(cfg, req_r, resp_w):
             else:
                 args, kwargs = decode(msg["args"]), decode(msg["kwargs"])
                 reply = {"ok": encode(table[msg["name"]](*args, **kwargs))}
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             reply = {"exc": describe(e)}
         send(resp_w, reply)
         if "exc" in reply and reply["exc"]["exit"]:
