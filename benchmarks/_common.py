@@ -236,7 +236,7 @@ def run_main(main: Callable[..., int | None], argv: Sequence[str] | None = None)
     except BrokenPipeError:  # stdout closed early (`| head`): no error line, no traceback at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 1
-    except Exception as e:
+    except Exception as e:  # a benchmark's last line of defence: one line, not a traceback
         if os.environ.get("EDGEKIT_DEBUG"):
             raise
         one_line = getattr(e, "one_line", None)

@@ -24,7 +24,7 @@ def _children(pid: int) -> set[int]:
         import psutil
 
         return {pid} | {c.pid for c in psutil.Process(pid).children(recursive=True)}
-    except Exception:
+    except Exception:  # the process may be gone
         return {pid}
 
 
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
                     )
                     if own and (peak[1] is None or own > peak[1]):
                         peak[1] = own
-                except Exception:
+                except Exception:  # not supported in every VM / container
                     pass
             stop.wait(a.interval)
 

@@ -47,7 +47,7 @@ def rt_sched():
     r.close()
 
 
-def reference_pick(self, rs, row, top):
+def reference_pick(self, rs, row, top):  # BlockSampler.pick's signature
     """The old path: the whole row, grammar first, then the chain, on one array; accept once."""
     self._load(self._ids, row)
     if rs.grammar is not None:

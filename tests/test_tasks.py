@@ -203,7 +203,7 @@ def test_split_and_limit():
 from fake_engine import FakeEngine  # noqa: E402 - the runner section of this file starts here
 
 
-def FakeSampler(fail_after_calls=None):
+def FakeSampler(fail_after_calls=None):  # a Runtime over the scripted engine
     from edgekit.runtime import Runtime
 
     return Runtime(FakeEngine(fail_after_calls=fail_after_calls))

@@ -124,7 +124,7 @@ def llama_build(module: Any = None) -> dict:
         except ImportError as e:
             out["note"] = f"llama_cpp is not importable ({e}); llama-cpp-python is not installed or is being installed"
             return out
-        except Exception as e:
+        except Exception as e:  # a broken shared library raises OSError/RuntimeError
             out["note"] = f"llama_cpp failed to load: {type(e).__name__}: {e}"
             return out
     out["version"] = getattr(module, "__version__", None)

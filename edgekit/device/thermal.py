@@ -94,7 +94,7 @@ class ThermalSampler:
                 "throttle_reasons": self._gpu.throttle_reasons() if self._gpu is not None else [],
                 "gpu_mem_used_mb": self._gpu.memory_used_mb() if self._gpu is not None else None,
             }
-        except Exception as e:
+        except Exception as e:  # never crash the sampling thread
             with self._lock:
                 self.errors.append(f"{type(e).__name__}: {e}")
             return {}

@@ -55,7 +55,7 @@ def _load_plugins() -> None:
             continue
         try:
             _registered[ep.name] = ep.load()
-        except Exception as e:
+        except Exception as e:  # a broken plugin must not take the others down
             _plugin_errors[ep.name] = f"{type(e).__name__}: {e}"
             log.info("engine plugin %r (%s) failed to import: %s", ep.name, ep.value, e)  # named in lookup errors
 

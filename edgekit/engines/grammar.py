@@ -87,14 +87,14 @@ def schema_to_grammar(schema: dict) -> str:
     """GBNF for ``schema``; UsageError (with the reason) when it cannot be enforced."""
     _walk(schema, "#")
     try:
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
+        from llama_cpp.llama_grammar import json_schema_to_gbnf  # only when constraining
     except ImportError as e:  # pragma: no cover - install problem
         raise UsageError(
             "JSON schema constraints need llama-cpp-python", fix='pip install "llama-cpp-python>=0.3.36,<0.4"'
         ) from e
     try:
         return json_schema_to_gbnf(json.dumps(schema))
-    except Exception as e:
+    except Exception as e:  # the converter raises AssertionError/ValueError/KeyError
         reason = " ".join(str(e).split())[:160] or type(e).__name__
         raise UsageError(
             f"JSON schema cannot be turned into a grammar ({reason}); refusing to generate unconstrained",

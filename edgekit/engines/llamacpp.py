@@ -53,18 +53,18 @@ _state = {"ready": False, "interrupted": False}
 
 
 @_ll.llama_log_callback
-def log_to_logging(level, text, user_data):
+def log_to_logging(level, text, user_data):  # ctypes callback
     try:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s", text.decode("utf-8", errors="replace").rstrip("\n"))
     except KeyboardInterrupt:  # raised by the SIGINT handler while inside C: remember, never swallow
         _state["interrupted"] = True
-    except Exception:
+    except Exception:  # a logging failure must not break inference
         pass
 
 
 @ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_float, ctypes.c_void_p)
-def _load_progress(progress, user_data):
+def _load_progress(progress, user_data):  # ctypes callback; False aborts the load
     try:
         return not _state["interrupted"]
     except KeyboardInterrupt:
@@ -348,7 +348,7 @@ class LlamaCppEngine(Engine):
         """Log-probabilities of a text's tokens in llama-perplexity windows of ``n_ctx`` (second half
         of each window scored), with the top-k of each distribution and, optionally, the
         log-probabilities of given ids: :func:`edgekit.engines.llamacpp_logits.window_logprobs`."""
-        from edgekit.engines.llamacpp_logits import window_logprobs
+        from edgekit.engines.llamacpp_logits import window_logprobs  # only quality measurement
 
         dec = self._live()
         return window_logprobs(

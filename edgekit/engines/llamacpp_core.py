@@ -190,7 +190,7 @@ class BatchDecoder:
             if len(messages) == 1 and messages[0].get("role") == "user":
                 return str(messages[0]["content"]), False
             return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:", False
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # jinja2 only when templating
 
         fmt = Jinja2ChatFormatter(
             template=tmpl,

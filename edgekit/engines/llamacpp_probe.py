@@ -253,7 +253,7 @@ def choose(
 def choose_for(path: str, *, threads: int = 1, gpu_layers: int = 0) -> Choice:
     """:func:`choose` for a GGUF file: what any llama.cpp user in this process (a bare ``llama_cpp.Llama``,
     ``python -m llama_cpp.server``) should set ``use_extra_bufts`` to on this CPU."""
-    from edgekit.engines.llamacpp_core import ll
+    from edgekit.engines.llamacpp_core import ll  # applies the thread policy first
     from edgekit.models.gguf import check_gguf
 
     info = check_gguf(path)

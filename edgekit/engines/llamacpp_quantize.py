@@ -73,14 +73,14 @@ class _LastLines:
         self.lines: collections.deque[str] = collections.deque(maxlen=20)
 
         @ll.llama_log_callback
-        def cb(level, text, user_data):
+        def cb(level, text, user_data):  # ctypes callback
             try:
                 s = text.decode("utf-8", errors="replace").rstrip("\n")
                 if s.strip():
                     self.lines.append(s.strip())
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("%s", s)
-            except BaseException:
+            except BaseException:  # never raise into C
                 pass
 
         self.cb = cb
@@ -160,5 +160,5 @@ def _restore_log() -> None:
 
         ll.llama_log_set(llamacpp.log_to_logging, ctypes.c_void_p(0))
         _LOG_HOOK["cb"] = llamacpp.log_to_logging
-    except Exception:
+    except Exception:  # the engine's log hook is a nicety here
         pass

@@ -184,13 +184,13 @@ class Scheduler:
                 fn, fut = task
                 try:
                     fut.set_result(fn())
-                except BaseException as e:
+                except BaseException as e:  # handed to the caller
                     fut.set_exception(e)
                 ll.llama_memory_clear(self._mem, True)
                 continue
             try:
                 self._step()
-            except BaseException as e:
+            except BaseException as e:  # a failed decode fails the requests in it, not the worker
                 self._fail_all(e)
         self._shutdown()
 

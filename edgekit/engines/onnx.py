@@ -167,7 +167,7 @@ class OnnxEngine(Engine):
         so.log_severity_level = 3
         try:
             self._sess = ort.InferenceSession(str(folder / "model.onnx"), so, providers=["CPUExecutionProvider"])
-        except Exception as e:
+        except Exception as e:  # a corrupt or foreign graph: one line
             raise BackendError(
                 f"onnxruntime could not load {folder / 'model.onnx'} ({type(e).__name__})",
                 fix="remake the folder with `edgekit quantize SOURCE --to onnx-int8 --force`",

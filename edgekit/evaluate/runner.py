@@ -86,7 +86,7 @@ def _read_partial(path: Path, settings: dict) -> tuple[dict[str, ProblemRecord],
         try:
             d = json.loads(ln)
             rec = ProblemRecord.model_validate(d["problem"])
-        except Exception as e:
+        except Exception as e:  # any damage: a torn last line is expected after a kill
             if all(not x.strip() for x in body[i + 1 :]):
                 _rewrite(path, lines[: i + 1])  # drop the torn tail so appends stay line-aligned
                 break

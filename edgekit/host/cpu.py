@@ -192,7 +192,7 @@ def _physical() -> int | None:
         import psutil
 
         return psutil.cpu_count(logical=False)
-    except Exception:
+    except Exception:  # psutil can fail in odd sandboxes
         return None
 
 

@@ -130,7 +130,7 @@ class PowerSampler:
             return
         try:
             r = self.meter.read()
-        except Exception as e:
+        except Exception as e:  # a sensor failure must not crash the run
             with self._lock:
                 self.errors.append((time.monotonic(), f"{type(e).__name__}: {e}"))
                 self._segment += 1

@@ -56,5 +56,5 @@ class PeriodicThread:
         try:
             while not self._stop.wait(self.interval_s):
                 self.tick()
-        except BaseException as e:
+        except BaseException as e:  # raised again by stop(), in the caller's thread
             self._error = e

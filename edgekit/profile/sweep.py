@@ -114,7 +114,7 @@ def profile_model(
     try:
         sweep.run(mp)
         sweep.background.end(mp)
-    except BaseException as e:
+    except BaseException as e:  # whatever stops the sweep, what it measured is saved below
         failure = e
     finally:
         sweep.background.stop()  # never leaves a worker behind

@@ -100,7 +100,7 @@ def _write_f16(gguf, src_path, out_path) -> dict[str, int]:
     T = gguf.GGMLQuantizationType
     try:
         reader = gguf.GGUFReader(str(src_path), "r")
-    except Exception as e:
+    except Exception as e:  # gguf raises ValueError and friends on a bad file
         raise GGUFError(
             f"{src_path}: the gguf package cannot read it ({type(e).__name__}: {e})", fix="pass a whole GGUF model"
         ) from e

@@ -149,7 +149,7 @@ def load_tokenizer(spec: str | Path, gguf_info: Any = None):
                 tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
             else:
                 tok = AutoTokenizer.from_pretrained(str(p))
-    except Exception as e:
+    except Exception as e:  # an unsupported tokenizer is the user's to fix
         raise UsageError(
             f"could not load a tokenizer from {p} ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
             fix="pass a GGUF whose architecture transformers supports, or a folder with tokenizer files",
@@ -299,7 +299,7 @@ def _load_model(gguf_path: Path | None, load_dir: Path):
             return AutoModelForCausalLM.from_pretrained(str(load_dir), dtype="float32")
     except EdgekitError:
         raise
-    except Exception as e:
+    except Exception as e:  # unsupported arch / quant type: one line
         raise UsageError(
             f"transformers could not load {where} ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
             fix="use a GGUF whose architecture and tensor types transformers can dequantize "
@@ -345,7 +345,7 @@ def _export(model: Any, tok: Any, dest: Path, opset: int | None) -> tuple[float,
             ),
             default=None,
         )
-    except Exception:
+    except Exception:  # the opset is a card detail
         pass
     return time.perf_counter() - t0, used
 

@@ -199,7 +199,7 @@ def json_answer(text: str, schema: dict | None) -> tuple[str | None, str | None]
     if ans is None:
         return None, "not valid JSON"
     if schema is not None:
-        import jsonschema
+        import jsonschema  # only for constrained outputs
 
         try:
             jsonschema.validate(json.loads(ans), schema)

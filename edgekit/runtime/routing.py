@@ -101,7 +101,7 @@ def route(rt, prompt, opts, run_local, cloud_rt) -> Result:
         t0 = time.perf_counter()
         try:
             r = cloud_rt.generate(prompt, o)
-        except Exception as e:
+        except Exception as e:  # any cloud failure falls back to the local answer
             info.cloud_s = time.perf_counter() - t0
             info.cloud_error = _one_line(e)
             return None

@@ -309,7 +309,7 @@ def build_app(svc: Service, *, api_key: str | None = None) -> Any:
                 elif item[0] == "done":
                     try:
                         res = _result(item[1], job)
-                    except Exception as e:
+                    except Exception as e:  # headers are sent: the error goes in the stream
                         if not isinstance(e, ApiError):
                             log.error("generation failed mid-stream: %s", type(e).__name__, exc_info=e)
                         err = (

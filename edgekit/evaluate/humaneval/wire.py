@@ -153,6 +153,6 @@ def recv(fd):
 def describe(e):
     try:
         msg = f"{e.msg} (line {e.lineno})" if isinstance(e, SyntaxError) else str(e)
-    except BaseException:
+    except BaseException:  # a hostile __str__
         msg = ""
     return {"type": type(e).__name__, "message": sanitize(msg), "exit": not isinstance(e, Exception)}

@@ -127,7 +127,7 @@ def worker(cfg, req_r, resp_w):
         with open("program.py", encoding="utf-8") as f:
             src = f.read()
         exec(compile(src, "program.py", "exec", dont_inherit=True, optimize=0), ns)
-    except BaseException as e:
+    except BaseException as e:  # any way out of the program is reported
         send(resp_w, {"exc": describe(e)})
         os._exit(1)
     send(resp_w, {"ready": True})
