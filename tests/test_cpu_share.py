@@ -140,6 +140,9 @@ class FakeShare:
     def __init__(self, values):
         self.values = list(values)
 
+    def age_s(self):
+        return 1.0  # a window long enough: the forced look does not wait
+
     def sample(self, min_window_s=0.05):
         return self.values.pop(0)
 

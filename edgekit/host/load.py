@@ -105,7 +105,7 @@ class ThreadTuner:
         if now < self._next and not force:
             return self.threads
         if force:  # a window of a few clock ticks (10 ms each) at least: a short warm-up waits out the rest
-            time.sleep(max(0.0, 0.05 - getattr(self._share, "age_s", lambda: 0.05)()))
+            time.sleep(max(0.0, 0.05 - self._share.age_s()))
         self._next = time.monotonic() + self.interval_s
         others = self._share.sample()
         if others is None:
