@@ -30,6 +30,7 @@ from pathlib import Path
 from _common import emit, log, parser, print_table, run_main
 
 from edgekit.host.cpu import cpu_model
+from edgekit.profile.background import Background
 
 PROMPT = "Write one sentence about robots."
 SITUATIONS = ("alone", "busy1", "busy2", "peer")
@@ -69,9 +70,8 @@ def child(model: str, tokens: int, gens: int, go: str) -> None:
 def measure(situation: str, policy: str, args) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "EDGEKIT_THREADING")}
     env.update({**POLICIES, **EXTRA}[policy])
-    busy = []
-    for _ in range({"busy1": 1, "busy2": 2}.get(situation, 0)):
-        busy.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+    workers = {"busy1": 1, "busy2": 2}.get(situation, 0)
+    busy = Background(str(workers)).start() if workers else None  # edgekit's own busy workers
     with tempfile.TemporaryDirectory() as tmp:
         go = os.path.join(tmp, "go")
         n = 2 if situation == "peer" else 1
@@ -99,9 +99,8 @@ def measure(situation: str, policy: str, args) -> list[dict]:
                 out.append(
                     {"decode_tok_s": 0.0, "total_s": float("nan"), "threads": None, "note": "timed out or failed"}
                 )
-    for b in busy:
-        b.kill()
-        b.wait()
+    if busy is not None:
+        busy.stop()
     return out
 
 

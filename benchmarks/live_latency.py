@@ -14,13 +14,13 @@ the device runs off its profile (a slowed or noisy machine); on a quiet machine 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from _common import emit, log, median_or_none, parser, print_table, run_main
+
+from edgekit.profile.background import Background
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,41 +71,44 @@ def main(argv=None) -> int:
         return 2
     c = TestClient(build_app(svc))
     rows = []
-    busy: list[subprocess.Popen] = []
+    busy: Background | None = None
     t0 = time.time()
-    for i in range(a.requests):
-        if a.step_at is not None and i == a.step_at:
-            busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.background)]
-        body = {
-            "model": plan.chosen.model_id,
-            "max_tokens": a.max_tokens,
-            "edgekit": {"deadline_s": 3600},
-            "messages": [{"role": "user", "content": f"A box has {i + 3} red and {i + 5} blue balls. How many balls?"}],
-        }
-        ek = c.post("/v1/chat/completions", json=body).json()["edgekit"]["live"]
-        rows.append(
-            {
-                "t_s": round(time.time() - t0, 2),
-                "predicted_s": ek["predicted_s"],
-                "corrected_s": ek["corrected"]["value"],
-                "measured_s": ek["measured_s"],
-                "active": ek["correction"]["decode"]["active"],
-                "k_prefill": ek["correction"]["prefill"]["factor"],
-                "k_decode": ek["correction"]["decode"]["factor"],
+    try:
+        for i in range(a.requests):
+            if a.step_at is not None and i == a.step_at:
+                busy = Background(str(a.background)).start()  # edgekit's own busy workers (profile --background)
+            body = {
+                "model": plan.chosen.model_id,
+                "max_tokens": a.max_tokens,
+                "edgekit": {"deadline_s": 3600},
+                "messages": [
+                    {"role": "user", "content": f"A box has {i + 3} red and {i + 5} blue balls. How many balls?"}
+                ],
             }
-        )
-        rows[-1]["loaded"] = bool(busy)
-        if i + 1 < a.requests:
-            time.sleep(a.interval)
-    for b in busy:
-        b.kill()
-        b.wait()
+            ek = c.post("/v1/chat/completions", json=body).json()["edgekit"]["live"]
+            rows.append(
+                {
+                    "t_s": round(time.time() - t0, 2),
+                    "predicted_s": ek["predicted_s"],
+                    "corrected_s": ek["corrected"]["value"],
+                    "measured_s": ek["measured_s"],
+                    "active": ek["correction"]["decode"]["active"],
+                    "k_prefill": ek["correction"]["prefill"]["factor"],
+                    "k_decode": ek["correction"]["decode"]["factor"],
+                    "loaded": busy is not None,
+                }
+            )
+            if i + 1 < a.requests:
+                time.sleep(a.interval)
+    finally:  # the busy workers never outlive the run
+        if busy is not None:
+            busy.stop()
     svc.rt.close()
     svc.close()
     acting = [r for r in rows[svc.live.s.min_samples :]]
 
     def err(key: str) -> float | None:
-        return median_or_none(abs(r[key] - r["measured_s"]) / r["measured_s"] for r in acting if r["measured_s"] > 0)
+        return median_or_none(rel_err(r, key) for r in acting if r["measured_s"] > 0)
 
     out = {
         "plan": str(path),
@@ -121,14 +124,19 @@ def main(argv=None) -> int:
     return 0
 
 
+def rel_err(row: dict, key: str) -> float:
+    """|prediction - measured| / measured for one request row."""
+    return abs(row[key] - row["measured_s"]) / row["measured_s"]
+
+
 def convergence(rows: list[dict], k: int, within: float, workers: int) -> dict:
     """After a step in background load at request k: the first request from which the corrected
     prediction stays within ``within`` of the measured time to the end, in requests and seconds."""
-    rel = [abs(r["corrected_s"] - r["measured_s"]) / r["measured_s"] for r in rows]
+    rel = [rel_err(r, "corrected_s") for r in rows]
     after = range(k, len(rows))
     j = next((i for i in after if all(e <= within for e in rel[i:])), None)
     first = next((i for i in after if rel[i] <= within), None)
-    plan_err = median_or_none(abs(r["predicted_s"] - r["measured_s"]) / r["measured_s"] for r in rows[k:])
+    plan_err = median_or_none(rel_err(r, "predicted_s") for r in rows[k:])
     return {
         "at_request": k,
         "workers": workers,

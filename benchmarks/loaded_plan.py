@@ -17,6 +17,8 @@ from pathlib import Path
 
 from _common import emit, parser, run_main
 
+from edgekit.profile.background import Background
+
 
 def cli(*args: str) -> str:
     p = subprocess.run([sys.executable, "-m", "edgekit.cli.main", *args], capture_output=True, text=True)
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
     from edgekit.schemas.options import SamplingOptions
 
     chosen = plan["chosen"]
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.background)]
+    busy = Background(str(a.background)).start()  # edgekit's own busy workers (profile --background)
     cold, warm = [], []
     try:
         time.sleep(0.5)
@@ -106,8 +108,7 @@ def main(argv=None) -> int:
                     }
                 )
     finally:
-        for b in busy:
-            b.kill()
+        busy.stop()
     pred = cold[0]["predicted_s"]
     doc = {
         "model": a.model,
