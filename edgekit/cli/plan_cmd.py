@@ -59,6 +59,12 @@ def register(app: typer.Typer) -> None:
             help="cheaper: a cheaper configuration only when tied with the most accurate (paired over shared "
             "problems) and cheaper beyond the latency prediction intervals | most-accurate",
         ),
+        stop_rules: str = typer.Option(
+            "decided",
+            "--stop-rules",
+            help="stopping rules to consider for majority votes, ';'-separated: none | decided | beta:<c> | "
+            "adaptive:<n0>,<n_max>[,<c>] (replayed from each table's samples)",
+        ),
         cloud_table: str | None = typer.Option(
             None,
             "--cloud-table",
@@ -95,7 +101,7 @@ def register(app: typer.Typer) -> None:
         """Enumerate model x quantization x budget x n x aggregation; keep what fits; pick the most accurate."""
         from edgekit.cli.render_plan import accuracy_line, render_frontier, why_lines
         from edgekit.plan.export import to_plan_file
-        from edgekit.plan.make import make_plan, parse_duration
+        from edgekit.plan.make import make_plan, parse_duration, parse_rule_list
 
         res, written = make_plan(
             profile,
@@ -108,6 +114,7 @@ def register(app: typer.Typer) -> None:
             plot=plot,
             sequences_leave=sequences_leave,
             prefer=prefer,
+            stop_rules=parse_rule_list(stop_rules),
             cloud_table=cloud_table,
             cloud_latency_s=parse_duration(cloud_latency, "--cloud-latency") if cloud_latency is not None else None,
             offload_budget=offload_budget,
@@ -126,7 +133,7 @@ def register(app: typer.Typer) -> None:
         c, p = pf.chosen, pf.predicted
         console.print(
             f"[bold]chosen:[/bold] {c.model_id} (quant {c.quant}) · {c.prompt_template} · budget {c.budget} · "
-            f"n={c.n} · {c.aggregation} · T={c.temperature}"
+            f"n={c.n} · {c.aggregation}{f' (stop {c.stop_rule})' if c.stop_rule else ''} · T={c.temperature}"
         )
         console.print(
             f"predicted: latency {p.latency_s.value:.2f} s [{p.latency_lo_s:.2f}, {p.latency_hi_s:.2f}] ({p.method}); "

@@ -50,7 +50,8 @@ def short_label(res: PlanResult, i: int) -> str:
     agg = {"majority": "maj", "greedy": "greedy", "pass@k": "pass@k", "first_verified": "1st-verified"}[
         c["aggregation"]
     ]
-    return f"{_model(c['model_id'])}{q} B={c['budget']} n={c['n']} {agg}"
+    stop = f" stop:{c['stop_rule']}" if c.get("stop_rule") else ""
+    return f"{_model(c['model_id'])}{q} B={c['budget']} n={c['n']} {agg}{stop}"
 
 
 def render_frontier(res: PlanResult, width: int | None = None) -> Table:
@@ -91,7 +92,7 @@ def render_frontier(res: PlanResult, width: int | None = None) -> Table:
             c["quant"] or "",
             str(c["budget"]),
             str(c["n"]),
-            c["aggregation"],
+            c["aggregation"] + (f", stop {c['stop_rule']}" if c.get("stop_rule") else ""),
             _acc(res, i),
             "prior" if "accuracy: prior" in res.rests_on(i) else "table",
             _fmt(res.latency[i], "s"),

@@ -66,6 +66,12 @@ def register(app: typer.Typer) -> None:
         extractor: str | None = typer.Option(
             None, help="number | choice | yesno | code | text | json | regex:<pattern> [default: number]"
         ),
+        stop_rule: str | None = typer.Option(
+            None,
+            "--stop-rule",
+            help="stop the vote early: none | decided (exact) | beta:<c> | adaptive:<n0>,<n_max>[,<c>] "
+            "[default: the plan's, else none]",
+        ),
         stop: list[str] | None = typer.Option(None, "--stop", help="stop sequence (repeatable)"),
         system: str | None = typer.Option(None, help="system message"),
         deadline: float | None = typer.Option(
@@ -137,6 +143,7 @@ def register(app: typer.Typer) -> None:
             "stop": list(stop) if stop else None,
             "system": system,
             "deadline_s": deadline,
+            "stop_rule": stop_rule,
         }
         if json_schema is not None:
             given["json_schema"] = _json_arg(json_schema, "--json-schema")
@@ -193,6 +200,17 @@ def render_result(res) -> None:
     if c.mean_logprob is not None:
         agree += f" · mean token logprob {c.mean_logprob:.2f} (p10 {c.low_logprob:.2f})"
     console.print(agree)
+    st = res.stopping
+    if st is not None:
+        what = (
+            f"stopped the vote after {st.counted} of {res.n} samples (the rest cancelled)"
+            if st.stopped
+            else f"all {st.counted} samples counted"
+        )
+        grown = (
+            f"; started {st.started} ({'grew' if st.grown else 'no growth'})" if st.rule.startswith("adaptive") else ""
+        )
+        console.print(f"stop rule {st.rule}: {what}{grown}")
     dec = f"{t.decode_tok_s:.1f} tok/s aggregate" if t.decode_tok_s else "-"
     console.print(
         f"measured (1 run, wall clock): prefill {t.prefill_s:.2f} s ({t.prompt_tokens} tok) · "

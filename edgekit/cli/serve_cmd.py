@@ -10,6 +10,7 @@ import typer
 from edgekit.cli.output import PullProgress
 from edgekit.host.threads import set_priority
 from edgekit.models.catalog import DEFAULT_MODEL
+from edgekit.schemas.options import SamplingOptions
 
 
 def register(app: typer.Typer) -> None:
@@ -52,6 +53,12 @@ def register(app: typer.Typer) -> None:
             None,
             "--deadline",
             help="default per-request deadline in seconds [default: the plan's latency target, else none]",
+        ),
+        stop_rule: str | None = typer.Option(
+            None,
+            "--stop-rule",
+            help="default stopping rule of a request's vote: none | decided | beta:<c> | adaptive:<n0>,<n_max> "
+            "[default: the plan's, else none]",
         ),
         ctx: int = typer.Option(
             4096,
@@ -148,7 +155,10 @@ def register(app: typer.Typer) -> None:
             max_tokens_cap=max_tokens_cap,
             max_n=max_n,
             deadline_s=deadline,
+            stop_rule=stop_rule,
         )
+        if stop_rule is not None:
+            SamplingOptions.build(stop_rule=stop_rule)  # a misspelt rule fails here, before the model loads
         cfg = ServeConfig(
             model=model,
             plan=plan,

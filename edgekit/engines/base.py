@@ -24,6 +24,7 @@ from edgekit.schemas.profile import ModelInfo
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 Cancel = Callable[[], bool]  # polled once per decode step; True ends the batch
+Grow = Callable[[], int]  # polled once per decode step: samples that should have started (Capabilities.grow)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class Capabilities:
     # generate() is thread-safe and the runtime stops serialising calls: concurrent requests share
     # decode steps, and the engine reports each request's wait for a free slot as Event.queue_s.
     concurrent: int = 1
+    # generate() takes ``grow``: a callable polled once per decode step that returns how many of the n samples
+    # should have started; samples beyond it wait and join later sharing the prompt's KV cells (adaptive stopping)
+    grow: bool = False
 
 
 @dataclass

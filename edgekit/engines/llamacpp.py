@@ -31,6 +31,7 @@ from edgekit.engines.base import (
     Engine,
     EngineInfo,
     Event,
+    Grow,
     Prompt,
     TokenPrompt,
     chat_messages,
@@ -209,6 +210,7 @@ class LlamaCppEngine(Engine):
             seed=True,
             n_ctx=self._core.n_ctx,
             concurrent=rows or 1,
+            grow=True,
         )
 
     def _load(
@@ -287,7 +289,9 @@ class LlamaCppEngine(Engine):
             )
 
     # -- generation ------------------------------------------------------------------------
-    def generate(self, prompt: Prompt, options: SamplingOptions, cancel: Cancel | None = None) -> Iterator[Event]:
+    def generate(
+        self, prompt: Prompt, options: SamplingOptions, cancel: Cancel | None = None, grow: Grow | None = None
+    ) -> Iterator[Event]:
         dec = self._live()
         self.check(options)
         ids = self.prompt_ids(prompt, options)
@@ -296,7 +300,7 @@ class LlamaCppEngine(Engine):
         self.check_fits(len(ids), options.n, options.max_tokens)
         grammar = grammar_for(options)  # fails closed: a schema without a grammar is refused here
         if self._sched is None:
-            return dec.stream(ids, options, grammar, cancel)
+            return dec.stream(ids, options, grammar, cancel, grow)
         samplers: list = []
         try:  # built here, in the caller's thread: a grammar llama.cpp rejects fails this call only
             for seed in core.sample_seeds(options.seed, options.n):
@@ -305,7 +309,7 @@ class LlamaCppEngine(Engine):
             for smp in samplers:
                 smp.free()
             raise
-        return self._sched.submit(ids, options, samplers, cancel)
+        return self._sched.submit(ids, options, samplers, cancel, grow)
 
     def pin_threads(self, k: int | None) -> None:
         """Hold llama.cpp's thread count at ``k`` (profiling's thread scaling); None: back to normal."""

@@ -141,6 +141,8 @@ class BatchDecoder:
         self._piece_buf = ctypes.create_string_buffer(256)
         self.sampling = BlockSampler(self._n_vocab)
         self.tuner = None  # edgekit.host.load.ThreadTuner: re-sizes the thread pool between decodes
+        self.prefill_tokens = 0  # prompt tokens decoded by stream() since load (a test counts them)
+        self.regrow_tokens = 0  # prompt-last tokens decoded again for samples that joined late (adaptive)
 
     def free(self) -> None:
         if self._batch is not None:
@@ -248,10 +250,15 @@ class BatchDecoder:
         return True
 
     def stream(
-        self, prompt: list[int], o: SamplingOptions, grammar: str | None, cancel: Cancel | None
+        self,
+        prompt: list[int],
+        o: SamplingOptions,
+        grammar: str | None,
+        cancel: Cancel | None,
+        grow: Callable[[], int] | None = None,
     ) -> Iterator[Event]:
         n, P = o.n, len(prompt)
-        mem, vocab, seq_id = self._mem, self._vocab, self._batch.seq_id
+        mem, seq_id = self._mem, self._batch.seq_id
         ll.llama_memory_clear(mem, True)
         samplers: list = []
         try:
@@ -265,7 +272,8 @@ class BatchDecoder:
             for s in range(1, n):  # share the prompt's cells (unified KV: no copy of data)
                 ll.llama_memory_seq_cp(mem, 0, s, -1, -1)
             yield Event("prefill", prompt_tokens=P)
-            yield from self._steps(P, n, o, samplers, cancel, vocab, seq_id)
+            self.prefill_tokens += P
+            yield from self._steps(prompt, n, o, samplers, cancel, grow, seq_id)
         finally:
             for smp in samplers:
                 smp.free()
@@ -287,11 +295,13 @@ class BatchDecoder:
             out.append((t, float(row[t] - lse[b]) if lse is not None else None))
         return out
 
-    def _steps(self, P, n, o: SamplingOptions, samplers, cancel, vocab, seq_id) -> Iterator[Event]:
+    def _steps(self, prompt, n, o: SamplingOptions, samplers, cancel, grow, seq_id) -> Iterator[Event]:
+        P = len(prompt)
         rows = [Row(s, s, o) for s in range(n)]
         for r in rows:
             r.bidx = 0  # first step: every sequence reads the prompt's last (only) logits row
-        live, n_out = rows, 1
+        started = n if grow is None else max(1, min(n, grow()))
+        live, n_out = rows[:started], 1
         out: list[Event] = []
         tok, pos, want = self._tok, self._pos, self._want
         while live:
@@ -301,11 +311,17 @@ class BatchDecoder:
             yield from out
             out.clear()
             live = still
-            if not live:
+            if not live and started >= n:
                 break
             if cancel is not None and cancel():
-                for r in live:
+                for r in live + rows[started:]:
                     yield r.cancelled()
+                break
+            more = rows[started : max(started, min(n, grow()))] if grow is not None else []
+            if not live and not more:
+                if started < n:  # nothing running and nothing asked for: the rest never start
+                    for r in rows[started:]:
+                        yield r.cancelled()
                 break
             # 3. one decode for all live sequences; batch row j holds live sequence j's logits
             for j, r in enumerate(live):
@@ -314,7 +330,18 @@ class BatchDecoder:
                 seq_id[j][0] = r.seq
                 want[j] = 1
                 r.bidx = j
-            n_out = len(live)
+            j = len(live)
+            for r in more:  # samples joining late: their sequence holds the prompt's cells (copied at prefill);
+                # its last cell is decoded again, alone, for the logits their first token is sampled from
+                ll.llama_memory_seq_rm(self._mem, r.seq, P - 1, -1)
+                tok[j], pos[j], want[j] = prompt[-1], P - 1, 1
+                seq_id[j][0] = r.seq
+                r.bidx = j
+                j += 1
+            self.regrow_tokens += len(more)
+            started += len(more)
+            live = live + more
+            n_out = j
             self._decode(n_out)
 
     # -- teacher-forced scoring (one sequence) ----------------------------------------------

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.engines.base import Cancel, Event
+from edgekit.engines.base import Cancel, Event, Grow
 from edgekit.engines.llamacpp_core import BatchDecoder, Row, ll
 from edgekit.errors import BackendError, UsageError
 from edgekit.schemas.options import SamplingOptions
@@ -54,6 +54,7 @@ class SchedulerStats:
     admitted: int = 0
     finished: int = 0
     cancelled: int = 0
+    regrow_tokens: int = 0  # prompt-last tokens decoded again for rows that joined late (adaptive stopping)
 
 
 class _Req:
@@ -74,10 +75,17 @@ class _Req:
         "abandoned",
         "over",
         "id",
+        "grow",
+        "started",
+        "joining",
     )
 
-    def __init__(self, rid: int, ids: list[int], o: SamplingOptions, samplers: list, cancel: Cancel | None):
-        self.id, self.ids, self.o, self.samplers, self.cancel = rid, ids, o, samplers, cancel
+    def __init__(
+        self, rid: int, ids: list[int], o: SamplingOptions, samplers: list, cancel: Cancel | None, grow: Grow | None
+    ):
+        self.id, self.ids, self.o, self.samplers, self.cancel, self.grow = rid, ids, o, samplers, cancel, grow
+        self.started = o.n  # rows started (adaptive stopping: fewer at first, the rest join when grow() asks)
+        self.joining: list[Row] = []  # rows that join at the next decode (their prompt-last token decoded again)
         self.q: SimpleQueue = SimpleQueue()
         self.t_submit = time.perf_counter()
         self.t_admit: float | None = None
@@ -116,14 +124,16 @@ class Scheduler:
         self._thread.start()
 
     # -- any thread ---------------------------------------------------------------------------
-    def submit(self, ids: list[int], o: SamplingOptions, samplers: list, cancel: Cancel | None) -> Iterator[Event]:
+    def submit(
+        self, ids: list[int], o: SamplingOptions, samplers: list, cancel: Cancel | None, grow: Grow | None = None
+    ) -> Iterator[Event]:
         with self._cv:
             if self._stop:
                 for s in samplers:
                     s.free()
                 raise UsageError("engine is closed", fix="create a new Runtime/engine; do not use one after close()")
             self._ids += 1
-            req = _Req(self._ids, ids, o, samplers, cancel)
+            req = _Req(self._ids, ids, o, samplers, cancel, grow)
             self._waiting.append(req)
             self._cv.notify()
         return self._events(req)
@@ -210,18 +220,23 @@ class Scheduler:
                 else:
                     self._free_row(req, r)
             req.live = still
-            if still and req.stop_asked():
-                out.extend(r.cancelled() for r in still)
-                for r in still:
+            unstarted = req.rows[req.started :]
+            if (still or unstarted) and req.stop_asked():
+                out.extend(r.cancelled() for r in still + unstarted)
+                for r in still + unstarted:
                     self._free_row(req, r)
-                req.live = []
+                req.live, req.started = [], req.o.n
                 self.stats.cancelled += 1
+            elif unstarted and req.grow is not None:
+                w = max(req.started, min(req.o.n, req.grow()))
+                req.joining, req.started = req.rows[req.started : w], w
             if out:
                 req.q.put(out)
                 out = []
-            if not req.live:
+            if not req.live and not req.joining and req.started >= req.o.n:
                 self._running.remove(req)
                 self._retire(req)
+            # (no live rows but some not started: parked until the consumer's rule grows the batch or stops it)
         for req in list(self._prefilling):
             if req.stop_asked():
                 self._prefilling.remove(req)
@@ -256,6 +271,15 @@ class Scheduler:
                 seq_id[j][0] = r.seq
                 r.bidx = j  # every token before it wants logits: batch index j is output row j
                 j += 1
+            for r in req.joining:  # late rows: their sequence holds the prompt's cells (copied when it completed);
+                # its last cell is decoded again for the logits their first token is sampled from
+                ll.llama_memory_seq_rm(self._mem, r.seq, P - 1, -1)
+                d._tok[j], d._pos[j], d._want[j] = req.ids[-1], P - 1, 1
+                seq_id[j][0] = r.seq
+                r.bidx = j
+                j += 1
+            self.stats.regrow_tokens += len(req.joining)
+            req.live, req.joining = req.live + req.joining, []
         n_rows = j
         n_out = j
         budget = min(self.prefill_chunk, d._cap - j)
@@ -282,6 +306,9 @@ class Scheduler:
                 n_out += 1
                 done.append(req)
         self._n_out = 0
+        if j == 0 and self._running:  # only parked requests: wait for their consumers' decisions
+            time.sleep(0.0005)
+            return
         if j == 0:
             with self._cv:
                 stuck = (
@@ -312,7 +339,9 @@ class Scheduler:
                 ll.llama_memory_seq_cp(self._mem, req.seqs[0], s, -1, -1)
             for r in req.rows:
                 r.bidx = req.last_bidx
-            req.live = list(req.rows)
+            if req.grow is not None:
+                req.started = max(1, min(req.o.n, req.grow()))
+            req.live = req.rows[: req.started]
             self._running.append(req)
             req.q.put([Event("prefill", prompt_tokens=len(req.ids), queue_s=req.t_admit - req.t_submit)])  # type: ignore[operator]
 

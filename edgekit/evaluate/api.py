@@ -3,12 +3,13 @@ server, or any registered engine) behind a Runtime and run the resumable evaluat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edgekit import engines
 from edgekit.errors import UsageError
 from edgekit.evaluate.humaneval import FIX, sandbox_status
+from edgekit.evaluate.replay import add_stop_rows
 from edgekit.evaluate.runner import Progress, check_resume, run_eval, task_settings
 from edgekit.evaluate.tasks import load_task
 from edgekit.host.threads import check_threads as check_usable_threads
@@ -53,6 +54,7 @@ def evaluate(
     notice: Callable[[str], None] | None = None,
     target_width: float | None = None,
     batch: int = 10,
+    stop_rules: Sequence[str] = (),
 ) -> AccuracyTable:
     """``backend``: a registered engine name (``llama.cpp``, ``openai``, or a plugin's).
 
@@ -61,6 +63,8 @@ def evaluate(
     continued (same settings, same problems), the engine and its URL, and (code tasks) the sandbox.
     ``notice`` gets one line about how model-written code runs, once all of that passed."""
     SamplingOptions.build(n=n_samples, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    for rule in stop_rules:  # a misspelt rule fails here, before a model loads
+        SamplingOptions.build(n=n_samples, stop_rule=rule)
     check_threads(threads)
     check_usable_threads(threads)
     t = load_task(task, template=template, split=split, limit=limit)  # bad task -> clear error before loading a model
@@ -113,7 +117,7 @@ def evaluate(
     rt = runtime
     label = getattr(rt.engine, "label", rt.engine.name)
     try:
-        return run_eval(
+        table = run_eval(
             t,
             rt,
             model_id=rt.model_id,
@@ -135,3 +139,7 @@ def evaluate(
     finally:
         if own:
             rt.close()
+    if stop_rules:  # replayed stopping-rule rows (edgekit.evaluate.replay), saved with the table
+        table = add_stop_rows(table, stop_rules)
+        table.save(out)
+    return table

@@ -168,6 +168,20 @@ class PerfModel:
             return s * self.alpha + L * per_seq + attn
         return s * self.alpha + n * L * self.beta + attn
 
+    def decode_live_s(self, prompt_tokens, live_steps, steps):
+        """Decode time of batches whose rows leave at different steps (a stopping rule, replayed from an accuracy
+        table): ``live_steps[..., r-1]`` = steps run with r rows live, ``steps`` = steps in all. Each step is priced
+        by its own row count (base_s(r)); the attention term takes every row-step at the mean context
+        (prompt + steps/2, and the other rows' tokens too with a unified KV)."""
+        h = np.asarray(live_steps, dtype=float)
+        r = np.arange(1, h.shape[-1] + 1, dtype=float)
+        base = h @ self.base_s(r)
+        rows = h @ r
+        s = np.maximum(np.asarray(steps, dtype=float), 1.0)
+        i = np.ceil(np.asarray(prompt_tokens, dtype=float))
+        share = rows / s if self.kv_unified else 1.0  # mean rows live: the unified KV's other sequences
+        return base + self.gamma * rows * (i + share * s / 2)
+
     def predict_arrays(self, prompt_tokens, steps, n, budget, mean_tokens=None) -> dict:
         """Vectorised prediction. Energy / memory are NaN where unavailable."""
         n = np.asarray(n, dtype=float)

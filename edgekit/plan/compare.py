@@ -96,6 +96,9 @@ class Comparator:
     def scores(self, i: int, ids: tuple[str, ...]) -> np.ndarray:
         r = self.res
         ti, row = int(r.table[i]), r.tables[int(r.table[i])].rows[int(r.row[i])]
+        if row.stop_rule is not None and row._replay is not None and row.stop_rule != "decided":
+            pos = self._pos[ti]  # a replayed stopping rule: its own per-problem correctness
+            return row._replay.correct[[pos[x] for x in ids]]
         key = (ti, row.budget, row.aggregation)
         if key not in self._full:
             self._full[key] = problem_scores(r.tables[ti].problems, row.budget, row.aggregation)

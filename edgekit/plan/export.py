@@ -40,6 +40,7 @@ def chosen_options(c: dict) -> SamplingOptions:
         aggregate=RUNTIME_AGGREGATE[c["aggregation"]],
         extractor=c["extractor"],
         grammar=grammar,
+        stop_rule=c.get("stop_rule"),
     )
 
 
@@ -61,6 +62,7 @@ def frontier_points(res: PlanResult) -> list[FrontierPoint]:
                 budget=c["budget"],
                 n=c["n"],
                 aggregation=c["aggregation"],
+                stop_rule=c.get("stop_rule"),
                 accuracy=float(res.accuracy[i]),
                 accuracy_lo=_opt(res.acc_lo[i]) if res.acc_lo is not None else None,
                 accuracy_hi=_opt(res.acc_hi[i]) if res.acc_hi is not None else None,
@@ -90,6 +92,7 @@ def competitors(res: PlanResult) -> list[Competitor]:
                 budget=c["budget"],
                 n=c["n"],
                 aggregation=c["aggregation"],
+                stop_rule=c.get("stop_rule"),
                 temperature=c["temperature"],
                 accuracy=float(res.accuracy[j]),
                 latency_s=float(res.latency[j]),

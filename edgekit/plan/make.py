@@ -14,6 +14,8 @@ from edgekit.plan.this_device import cores_scale, device_notes
 from edgekit.plan.variant_candidates import list_variant_cards, variant_candidates
 from edgekit.schemas.checks import check_base_url, check_output_path, check_positive
 from edgekit.schemas.profile import ModelInfo, load_profile
+from edgekit.schemas.stopping import FORMS as STOP_FORMS
+from edgekit.schemas.stopping import parse_stop_rule
 from edgekit.schemas.table import load_table
 
 
@@ -41,6 +43,19 @@ def catalogue_model_infos(tables, profiled: set | None = None) -> dict[str, Mode
     return out
 
 
+def parse_rule_list(text: str) -> list[str]:
+    """``"decided;beta:0.95"`` -> the rules, each checked (one line naming the forms when one is bad)."""
+    rules = [r.strip() for r in text.split(";") if r.strip()] or ["none"]
+    for r in rules:
+        try:
+            parse_stop_rule(r)
+        except ValueError as e:
+            raise UsageError(
+                f"invalid --stop-rules entry {r!r}: {e}", fix=f"pass rules of the forms {STOP_FORMS}"
+            ) from None
+    return rules
+
+
 def make_plan(
     profile_path: str | Path,
     table_paths: Sequence[str | Path],
@@ -53,6 +68,7 @@ def make_plan(
     plot: str | Path | None = None,
     sequences_leave: bool = False,
     prefer: str = "cheaper",
+    stop_rules: Sequence[str] | None = None,
     cloud_table: str | Path | None = None,
     cloud_latency_s: float | None = None,
     offload_budget: float | None = None,
@@ -119,6 +135,7 @@ def make_plan(
             prefer=prefer,
             variants=vs,
             perf_scale=scale,
+            **({"stop_rules": stop_rules} if stop_rules is not None else {}),
         )
         res.notes.extend(device_notes(profile) + ([scale_note] if scale_note else []))
         if cards:

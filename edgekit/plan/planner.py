@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from edgekit.perfmodel import DeviceModel, PerfModel, Prediction, fit, fit_devic
 from edgekit.perfmodel.correction import scale_model
 from edgekit.perfmodel.cross_model import predict_variant, same_architecture
 from edgekit.plan.compare import Comparator, choose
+from edgekit.plan.stop_candidates import DEFAULT_STOP_RULES, price_stop_rows, with_stop_rows
 from edgekit.schemas.profile import DeviceProfile, ModelInfo
 from edgekit.schemas.table import AccuracyTable
 
@@ -146,6 +147,8 @@ class PlanResult:
         v = self.variant(i)
         c = self.config(i)
         row = f"row B={c['budget']} k={c['n']} {c['aggregation']}"
+        if c.get("stop_rule"):
+            row += f", stopping rule {c['stop_rule']} replayed on its samples"
         if v is not None and v.prior is not None:
             return f"estimated ({v.prior.how}), {row}"
         return f"accuracy table {c['table_path'] or c['task']} {row}"
@@ -180,6 +183,7 @@ class PlanResult:
             "budget": r.budget,
             "n": int(self.n[i]),
             "aggregation": r.aggregation,
+            "stop_rule": r.stop_rule,
             "extractor": extractor_for(t.task, self.extractor_overrides),
             "backend": t.backend,
             "table_path": self.table_paths[int(self.table[i])] if self.table_paths else None,
@@ -190,12 +194,25 @@ class PlanResult:
 
     def label(self, i: int) -> str:
         c = self.config(i)
-        return f"{c['model_id']} B={c['budget']} n={c['n']} ({c['aggregation']})"
+        rule = f", stop {c['stop_rule']}" if c.get("stop_rule") else ""
+        return f"{c['model_id']} B={c['budget']} n={c['n']} ({c['aggregation']}{rule})"
 
     def prediction(self, i: int) -> Prediction:
         pm = self.perf_models[int(self.table[i])]
         mt = float(self.mean_tokens[i]) if self.sequences_leave else None
-        return pm.predict(float(self.prompt_tokens[i]), int(self.budget[i]), int(self.n[i]), float(self.steps[i]), mt)
+        pr = pm.predict(float(self.prompt_tokens[i]), int(self.budget[i]), int(self.n[i]), float(self.steps[i]), mt)
+        if self.tables[int(self.table[i])].rows[int(self.row[i])].stop_rule is None:
+            return pr
+        p = self.pred  # a stopping rule: priced by its live rows (plan.stop_candidates), as the candidate was
+        return replace(
+            pr,
+            latency_s=float(p["total_s"][i]),
+            latency_lo_s=float(p["lo_s"][i]),
+            latency_hi_s=float(p["hi_s"][i]),
+            decode_s=float(p["decode_s"][i]),
+            energy_j=None if np.isnan(p["energy_j"][i]) else float(p["energy_j"][i]),
+            method=pr.method + "; rows leave as the stopping rule replayed on the table stops them",
+        )
 
     def method(self, i: int) -> str:
         return self.perf_models[int(self.table[i])].method_for(float(self.n[i]))
@@ -234,6 +251,7 @@ def plan(
     prefer: str = "cheaper",
     variants: Sequence = (),
     perf_scale: tuple[float, float] | None = None,
+    stop_rules: Sequence[str] = DEFAULT_STOP_RULES,
 ) -> PlanResult:
     """Pick the most accurate configuration meeting ``latency_target_s`` at ``percentile`` (50 or 95).
     ``perf_scale`` = (prefill, decode): the device runs that much slower than profiled (live correction)."""
@@ -269,6 +287,10 @@ def plan(
     factor = np.array([v.prior.factor if v is not None and v.prior else 1.0 for v in var_of])
     ppath = profile_path or "(profile)"
     notes: list[str] = []
+    for ti, t in enumerate(tables):  # stopping rules: replayed rows, one more knob (plan.stop_candidates)
+        tables[ti], note = with_stop_rows(t, stop_rules)
+        if note:
+            notes.append(note)
     cache: dict[str, PerfModel] = {}
     device: list[DeviceModel] = []
 
@@ -396,6 +418,7 @@ def plan(
         out = pm.predict_arrays(
             A["I"][sel], A["steps"][sel], A["n"][sel], A["budget"][sel], A["mean"][sel] if sequences_leave else None
         )
+        price_stop_rows(pm, tables[ti], A["row"][sel], out, np.arange(sel.size))
         for k in pred:
             pred[k][sel] = out[k]
     lat = pred["total_s"] if percentile == 50 else pred["hi_s"]

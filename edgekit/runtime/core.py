@@ -29,7 +29,8 @@ from edgekit.runtime.aggregate import Extractor, get_extractor, json_answer, maj
 from edgekit.runtime.routing import Offload, route
 from edgekit.schemas.options import CancelToken, SamplingOptions
 from edgekit.schemas.profile import ModelInfo
-from edgekit.schemas.result import Confidence, Result, Sample, Timings
+from edgekit.schemas.result import Confidence, Result, Sample, Stopping, Timings
+from edgekit.schemas.stopping import Tally
 
 Messages = Union[str, Sequence[dict]]  # noqa: UP007 - a runtime alias: `X | Y` of a generic fails on 3.10
 Verifier = Callable[[Sample], bool]
@@ -179,6 +180,11 @@ class Runtime:
                 "aggregate='first_verified' needs a verifier", fix="pass verifier=callable(sample) -> bool"
             )
         self.engine.check(opts)
+        if opts.rule.kind == "adaptive" and not self.engine.capabilities.grow:
+            raise UsageError(
+                f"engine {self.engine.name} cannot add samples to a running batch (stop rule {opts.stop_rule})",
+                fix="use the llama.cpp engine, or --stop-rule decided / beta:<c>",
+            )
         if prompt_tokens is not None:
             if not self.engine.capabilities.token_input:
                 raise UsageError(f"engine {self.engine.name} does not take token ids", fix="pass a text prompt")
@@ -230,10 +236,11 @@ class Runtime:
         custom: bool,
     ) -> Result:
         n = opts.n
-        state: dict[str, Any] = {"verified": None, "deadline": False}
+        state: dict[str, Any] = {"verified": None, "deadline": False, "stopped": False}
+        tally = Tally(opts.rule, n) if opts.rule.stops else None
 
         def cancel() -> bool:
-            if state["verified"] is not None or self._closing:
+            if state["verified"] is not None or state["stopped"] or self._closing:
                 return True
             if token is not None and token.cancelled:
                 return True
@@ -251,7 +258,8 @@ class Runtime:
         t_prefill_done = t_first = None
         n_prompt = len(src.ids) if isinstance(src, TokenPrompt) else None
         answering = opts.aggregate != "none" or custom or opts.extractor is not None or opts.json_schema is not None
-        for ev in self.engine.generate(src, run_opts, cancel):
+        grow = {"grow": lambda: tally.started} if tally is not None and opts.rule.kind == "adaptive" else {}
+        for ev in self.engine.generate(src, run_opts, cancel, **grow):
             if ev.queue_s is not None and t_prefill_done is None and t_first is None:  # waited inside the engine
                 t_start += ev.queue_s
             if ev.kind == "token":
@@ -281,6 +289,12 @@ class Runtime:
                     if s.verified:
                         state["verified"] = ev.seq
                 samples[ev.seq] = s
+                if tally is not None and ev.reason != "cancelled":
+                    tally.add(s.answer)
+                    if tally.should_stop():
+                        state["stopped"] = True  # the engine cancels the other rows at its next step
+                    elif tally.should_grow():
+                        tally.grow()  # the engine starts the other rows at its next step
             elif ev.kind == "prefill":
                 t_prefill_done = time.perf_counter()
                 if ev.prompt_tokens is not None:
@@ -308,6 +322,16 @@ class Runtime:
         )
         res = self._aggregate(done, opts)
         res.timings = timings
+        if tally is not None:
+            res.stopping = Stopping(
+                rule=str(opts.rule),
+                stopped=bool(state["stopped"]) and (len(done) < n or any(s.finish_reason == "cancelled" for s in done)),
+                counted=tally.finished,
+                started=tally.started,
+                grown=tally.started > opts.rule.first_rows(n),
+            )
+            res.confidence.n = tally.finished  # the vote is over the samples that finished
+            res.confidence.vote_share = res.confidence.votes / tally.finished if tally.finished else None
         res.engine = self.engine.name
         if state["deadline"]:
             res.flags.append("deadline")

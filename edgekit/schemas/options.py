@@ -20,6 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgekit.errors import UsageError
+from edgekit.schemas.stopping import FORMS as STOP_FORMS
+from edgekit.schemas.stopping import StopRule, parse_stop_rule
 
 MAX_N_CAP = 64  # most parallel samples one request may ask for, any engine
 MAX_TOKENS_CAP = 32768
@@ -44,9 +46,16 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "deadline_s": ("--deadline", "seconds > 0"),
     "json_schema": ("--json-schema", "a JSON schema object"),
     "grammar": ("--grammar", "a GBNF grammar with a root rule"),
+    "stop_rule": ("--stop-rule", STOP_FORMS),
 }
 _SCHEMA_AND_GRAMMAR = "json_schema and grammar: pass one, not both"
-_CONFLICT_FIX = {_SCHEMA_AND_GRAMMAR: "pass --json-schema or --grammar, not both"}
+_STOP_NEEDS_VOTE = "a stopping rule stops a vote: it needs aggregate 'majority'"
+_ADAPTIVE_N = "an adaptive stopping rule draws at most n_max samples: n must equal its n_max"
+_CONFLICT_FIX = {
+    _SCHEMA_AND_GRAMMAR: "pass --json-schema or --grammar, not both",
+    _STOP_NEEDS_VOTE: "pass --aggregate majority, or drop --stop-rule",
+    _ADAPTIVE_N: "leave --n out (adaptive:<n0>,<n_max> sets it) or pass --n equal to n_max",
+}
 
 
 class SamplingOptions(BaseModel):
@@ -71,6 +80,8 @@ class SamplingOptions(BaseModel):
     json_schema: dict[str, Any] | None = None  # constrain every sample to this JSON schema
     grammar: str | None = None  # or to this GBNF grammar (llama.cpp engines)
     ignore_eos: bool = False  # profiling: decode through end-of-generation tokens
+    # stop the vote early (edgekit.schemas.stopping): none | decided | beta:<c> | adaptive:<n0>,<n_max>[,<c>]
+    stop_rule: str | None = None
 
     @field_validator("stop")
     @classmethod
@@ -99,10 +110,36 @@ class SamplingOptions(BaseModel):
             raise ValueError("a GBNF grammar needs a 'root ::= ...' rule")
         return v
 
+    @field_validator("stop_rule")
+    @classmethod
+    def _stop_rule(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        r = parse_stop_rule(v)
+        return None if r.kind == "none" else str(r)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _adaptive_n(cls, data: Any) -> Any:
+        """``adaptive:<n0>,<n_max>`` sets n to n_max when n is not given."""
+        if isinstance(data, dict) and data.get("n") is None and isinstance(data.get("stop_rule"), str):
+            try:
+                r = parse_stop_rule(data["stop_rule"])
+            except ValueError:
+                return data  # the field validator names the problem
+            if r.kind == "adaptive":
+                data = {**data, "n": r.n_max}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> SamplingOptions:
         if self.json_schema is not None and self.grammar is not None:
             raise ValueError(_SCHEMA_AND_GRAMMAR)
+        if self.stop_rule is not None:
+            if self.aggregate != "majority":
+                raise ValueError(_STOP_NEEDS_VOTE)
+            if self.rule.kind == "adaptive" and self.n != self.rule.n_max:
+                raise ValueError(_ADAPTIVE_N)
         return self
 
     # -- derived -----------------------------------------------------------------------------
@@ -111,6 +148,11 @@ class SamplingOptions(BaseModel):
         if self.temperature is not None:
             return self.temperature
         return GREEDY_N1 if self.n == 1 else DEFAULT_TEMPERATURE_N_GT_1
+
+    @property
+    def rule(self) -> StopRule:
+        """The parsed stopping rule (kind "none" when unset)."""
+        return parse_stop_rule(self.stop_rule)
 
     @property
     def constrained(self) -> bool:

@@ -50,6 +50,7 @@ class ChosenConfig(_M):
     budget: int  # max_tokens per sample
     n: int  # parallel samples
     aggregation: Aggregation
+    stop_rule: str | None = None  # the vote stops early (edgekit.schemas.stopping); None: every sample runs
     extractor: ExtractorKind | None = None
     backend: str = "llama.cpp"
     table_path: str | None = None
@@ -106,6 +107,7 @@ class Competitor(_M):
     budget: int
     n: int
     aggregation: Aggregation
+    stop_rule: str | None = None  # the vote stops early (edgekit.schemas.stopping); None: every sample runs
     temperature: float
     accuracy: float  # the competitor's table accuracy
     latency_s: float  # at the plan's percentile
@@ -128,6 +130,7 @@ class FrontierPoint(_M):
     budget: int
     n: int
     aggregation: Aggregation
+    stop_rule: str | None = None  # the vote stops early (edgekit.schemas.stopping); None: every sample runs
     accuracy: float
     accuracy_lo: float | None = None
     accuracy_hi: float | None = None

@@ -42,6 +42,16 @@ class Confidence(_M):
         return f"{self.votes}/{self.n}"
 
 
+class Stopping(_M):
+    """What a stopping rule did (``SamplingOptions.stop_rule``; edgekit.schemas.stopping)."""
+
+    rule: str
+    stopped: bool = False  # the rule ended the batch before every sample finished
+    counted: int = 0  # samples that finished before the stop: the vote and the confidence are over these
+    started: int = 0  # samples started (adaptive: n0, or n_max after growing)
+    grown: bool = False  # adaptive: the batch grew from n0 to n_max
+
+
 class Timings(_M):
     """Measured wall-clock times of one generate() call (seconds; time.perf_counter)."""
 
@@ -79,3 +89,4 @@ class Result(_M):
     extra: dict = Field(default_factory=dict)
     options: SamplingOptions | None = None  # the options this result was drawn with
     offload: OffloadInfo | None = None  # routing decision, when a cloud engine is configured
+    stopping: Stopping | None = None  # what the stopping rule did, when one was set

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from edgekit.errors import SchemaError
 from edgekit.jsonio import load_versioned, save_atomic
@@ -85,6 +85,12 @@ class AccuracyRow(_M):
     expected_steps: float
     mean_tokens: float  # E[budget_steps()] per sample: tokens it samples at B, its EOS included
     method: str = "exact"  # "exact" or "resampled:<R>"
+    # A stopping rule replayed over the samples (edgekit.evaluate.replay): the vote stops early; then
+    # live_steps[r-1] = mean steps run with r rows live (the latency model prices each step by its rows)
+    stop_rule: str | None = None
+    live_steps: list[float] | None = None
+    steps_p95: float | None = None  # 95th percentile over problems of the steps the batch ran
+    _replay: Any = PrivateAttr(default=None)  # per-problem arrays (in memory only)
 
 
 class AccuracyTable(_M):

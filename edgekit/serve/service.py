@@ -40,6 +40,7 @@ class Limits:
     max_tokens_cap: int = 1024
     max_n: int = 8
     deadline_s: float | None = None  # default per-request deadline (else the plan's latency target)
+    stop_rule: str | None = None  # default stopping rule for requests that set none (else the plan's)
 
 
 @dataclass
@@ -197,6 +198,8 @@ class Service:
             deadline = lim.deadline_s if lim.deadline_s is not None else (self.plan.target_s if self.plan else None)
         if deadline is not None:
             explicit["deadline_s"] = deadline
+        if lim.stop_rule is not None and "stop_rule" not in explicit:
+            explicit["stop_rule"] = lim.stop_rule
         if not chat:
             explicit["chat"] = False
         opts = build_options(self.base, explicit, params)

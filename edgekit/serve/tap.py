@@ -82,10 +82,12 @@ class TapEngine(Engine):
         finally:
             self._local.listener = None
 
-    def generate(self, prompt: Prompt, options: SamplingOptions, cancel: Cancel | None = None) -> Iterator[Event]:
+    def generate(
+        self, prompt: Prompt, options: SamplingOptions, cancel: Cancel | None = None, **grow
+    ) -> Iterator[Event]:
         lis: Listener | None = getattr(self._local, "listener", None)
         if lis is None:
-            return self.inner.generate(prompt, options, cancel)
+            return self.inner.generate(prompt, options, cancel, **grow)
         concurrent = self.inner.capabilities.concurrent > 1
         if not concurrent:  # serialised: reaching the engine means holding the model
             lis.on_start()
@@ -101,7 +103,7 @@ class TapEngine(Engine):
                         f"the prompt has {k} tokens, above this server's cap of {cap}",
                         fix="shorten the prompt (or start the server with a larger --max-prompt-tokens)",
                     )
-        events = self.inner.generate(prompt, options, cancel)
+        events = self.inner.generate(prompt, options, cancel, **grow)
         with self._count:
             self.batches += 1
         return self._tap(events, lis, concurrent)

@@ -6,7 +6,7 @@ problem becomes an :class:`ApiError` (4xx) in OpenAI's format ``{"error": {"mess
 "param", "code"}}`` naming the field, never a 500.
 
 Extension: an ``edgekit`` object in the body (the SDK's ``extra_body={"edgekit": {...}}``) takes
-``deadline_s``, ``aggregate``, ``extractor``, ``top_k``, ``min_p`` and ``ignore_eos``.
+``deadline_s``, ``aggregate``, ``extractor``, ``top_k``, ``min_p``, ``ignore_eos`` and ``stop_rule``.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ class EdgekitExt(_Strict):
     top_k: int | None = Field(None, ge=0, le=2**31 - 1)
     min_p: float | None = None
     ignore_eos: bool | None = None
+    stop_rule: str | None = None  # none | decided | beta:<c> | adaptive:<n0>,<n_max>[,<c>]
 
 
 class _Common(BaseModel):
@@ -248,6 +249,7 @@ _PARAMS = {
     "top_k": "edgekit.top_k",
     "min_p": "edgekit.min_p",
     "ignore_eos": "edgekit.ignore_eos",
+    "stop_rule": "edgekit.stop_rule",
 }
 
 

@@ -1,0 +1,65 @@
+"""Stopping rules as one more planner knob: replayed rows added to each table, priced step by step.
+
+Each table with per-sample records gets, for every stopping rule asked for (default ``decided``,
+which never changes the vote's answer, and replaces the plain vote's rows it repeats) and every
+majority row's (budget, k >= 2), a row replayed by
+:mod:`edgekit.evaluate.replay`: its accuracy (``decided``: exactly majority@k's) and the steps the
+batch ran with r rows live. The latency of such a row is priced by its own row counts
+(:meth:`PerfModel.decode_live_s`) instead of k rows for the whole expected steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from edgekit.evaluate.replay import add_stop_rows
+from edgekit.perfmodel.model import PerfModel
+from edgekit.schemas.table import AccuracyRow, AccuracyTable
+
+DEFAULT_STOP_RULES = ("decided",)
+
+
+def with_stop_rows(table: AccuracyTable, rules: Sequence[str]) -> tuple[AccuracyTable, str | None]:
+    """The table with replayed stopping-rule rows added (in memory), and a note when it cannot have them."""
+    if not any(r != "none" for r in rules):
+        return table, None
+    if not table.problems or any(not p.samples for p in table.problems):
+        return table, f"{table.model_id}: no per-sample records, so no stopping-rule rows (rebuild with `edgekit eval`)"
+    t = add_stop_rows(table, rules)
+    twins = {(r.budget, r.k) for r in t.rows if r.stop_rule == "decided"}
+    # a decided row has the plain vote's accuracy exactly and never more steps: the plain row only repeats it
+    # (and would count twice among the estimates the chosen one is the best of)
+    keep = [r for r in t.rows if not (r.stop_rule is None and r.aggregation == "majority" and (r.budget, r.k) in twins)]
+    return t.model_copy(update={"rows": keep}), None
+
+
+def price_stop_rows(pm: PerfModel, table: AccuracyTable, rows: np.ndarray, out: dict, sel: np.ndarray) -> None:
+    """Re-price the candidates ``sel`` (indices into ``out``'s arrays; ``rows`` their table rows) that carry a
+    stopping rule: decode from their live-row histogram, the interval's relative widths kept, energy scaled alike."""
+    for j, ri in zip(sel, rows):
+        row = table.rows[int(ri)]
+        if row.stop_rule is None or row.live_steps is None:
+            continue
+        pre = float(out["prefill_s"][j])
+        old = float(out["decode_s"][j])
+        dec = float(pm.decode_live_s(table.prompt_tokens_mean, row.live_steps, row.expected_steps))
+        r_p = pm.rel_unc_prefill
+        r_d = pm.rel_unc_decode + pm.rel_unc_batch * (row.k > pm.max_n_measured)
+        out["decode_s"][j] = dec
+        out["total_s"][j] = pre + dec
+        out["lo_s"][j] = pre * (1 - r_p) + dec * (1 - r_d)
+        out["hi_s"][j] = pre * (1 + r_p) + dec * (1 + r_d)
+        if old > 0 and np.isfinite(out["energy_j"][j]):
+            out["energy_j"][j] = out["energy_j"][j] * (pre + dec) / (pre + old)
+
+
+def live_latency(pm: PerfModel, table: AccuracyTable, row: AccuracyRow) -> dict:
+    """Per-problem predicted latency of a replayed row (seconds): mean, p50 and p95 over the table's problems."""
+    rep = row._replay
+    if rep is None:
+        raise ValueError("row has no replay")
+    I = np.array([p.prompt_tokens for p in table.problems], dtype=float)
+    t = pm.prefill_s(I) + pm.decode_live_s(I, rep.live_steps, rep.steps)
+    return {"mean_s": float(t.mean()), "p50_s": float(np.median(t)), "p95_s": float(np.percentile(t, 95))}
