@@ -86,6 +86,12 @@ def register(app: typer.Typer) -> None:
             ),
         ),
         batch: int = typer.Option(10, "--batch", help="with --target-width: problems added between checks"),
+        stop_rule: list[str] | None = typer.Option(
+            None,
+            "--stop-rule",
+            help="also replay this stopping rule over the samples (repeatable): decided | beta:<c> | "
+            "adaptive:<n0>,<n_max>[,<c>]; its rows (accuracy, steps, rows live per step) are saved with the table",
+        ),
         allow_code_execution: bool = typer.Option(
             False,
             "--allow-code-execution",
@@ -175,6 +181,7 @@ def register(app: typer.Typer) -> None:
                 answer_format=constrain,
                 target_width=_width(target_width),
                 batch=batch,
+                stop_rules=list(stop_rule or []),
                 allow_code_execution=allow_code_execution,
                 notice=lambda m: err_console.print(m, highlight=False, soft_wrap=True),
             )
@@ -250,7 +257,9 @@ def render_table(t) -> None:
     from edgekit.evaluate.paired import separation
     from edgekit.figures import wilson
 
-    rows = sorted((r for r in t.rows if r.budget == t.max_tokens), key=lambda r: (r.aggregation, r.k))
+    rows = sorted(
+        (r for r in t.rows if r.budget == t.max_tokens), key=lambda r: (r.aggregation, r.stop_rule or "", r.k)
+    )
     tab = Table(
         title=(
             f"{t.task} · {t.model_id} · {t.prompt_template}{' + ' + t.answer_format if t.answer_format else ''} · "
@@ -269,7 +278,7 @@ def render_table(t) -> None:
     lo, hi = wilson(np.array([r.accuracy for r in rows]), np.full(len(rows), t.n_problems))
     for r, a, b in zip(rows, lo, hi):
         tab.add_row(
-            r.aggregation,
+            r.aggregation + (f", stop {r.stop_rule}" if r.stop_rule else ""),
             str(r.k),
             f"{100 * r.accuracy:.1f} % [{100 * a:.1f}, {100 * b:.1f}]",
             f"{r.expected_steps:.0f}",
