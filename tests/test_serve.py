@@ -456,6 +456,19 @@ def test_deadline_and_logprobs(server, client):
     assert "".join(t.token for t in content) == lp.choices[0].message.content
 
 
+def test_stop_rule_in_the_body_stops_the_vote_and_a_bad_one_is_a_400(server):
+    body = chat_body("Write one short sentence about a robot arm.", max_tokens=48, n=4, seed=3)
+    r = server.post("/chat/completions", {**body, "edgekit": {"stop_rule": "decided", "extractor": "text"}})
+    ek = r.json()["edgekit"]
+    assert r.status_code == 200 and ek["stopping"]["rule"] == "decided"
+    assert ek["stopping"]["counted"] == sum(f != "cancelled" for f in ek["finish_reasons"])
+    bad = server.post("/chat/completions", {**body, "edgekit": {"stop_rule": "beta:2"}})
+    err = bad.json()["error"]
+    assert bad.status_code == 400 and err["param"] == "edgekit.stop_rule" and "(0.5, 1)" in err["message"]
+    none = server.post("/chat/completions", {**body, "edgekit": {"stop_rule": "decided", "aggregate": "none"}})
+    assert none.status_code == 400 and "stops a vote" in none.json()["error"]["message"]
+
+
 def test_eight_concurrent_clients_share_decode_steps(server):
     """Eight clients at once, different options (greedy, sampled n=2, stop, logprobs, JSON schema,
     streaming): every one answered in full, in shared llama_decode steps, and the server is idle after."""

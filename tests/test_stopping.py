@@ -230,3 +230,63 @@ def test_an_engine_that_cannot_grow_refuses_adaptive():
 
     with Runtime(FakeEngine()) as rt, pytest.raises(UsageError, match="cannot add samples"):
         rt.generate("q", stop_rule="adaptive:2,4")
+
+
+# -- the planner's knob ------------------------------------------------------------------------------------
+
+PROFILE = ROOT / "profiles" / "ci-2core-amd-epyc.json"
+
+
+def _plan(*args, rc=0):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", "plan", "-p", str(PROFILE), "-a", str(COT_TABLE), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == rc, r.stderr
+    return r
+
+
+def test_decided_replaces_the_plain_vote_and_is_never_slower(tmp_path):
+    from edgekit.plan.planner import plan
+    from edgekit.schemas.profile import load_profile
+
+    prof, t = load_profile(PROFILE), load_table(COT_TABLE)
+    plain = plan(prof, [t], 8.0, prefer="most-accurate", stop_rules=("none",))
+    dec = plan(prof, [t], 8.0, prefer="most-accurate", stop_rules=("decided",))
+    key = lambda res, i: (int(res.budget[i]), int(res.n[i]))  # noqa: E731 - a lookup key
+    plain_lat = {
+        key(plain, i): plain.latency[i] for i in range(len(plain)) if plain.config(i)["aggregation"] == "majority"
+    }
+    seen = 0
+    for i in range(len(dec)):
+        c = dec.config(i)
+        if c["aggregation"] == "majority" and c["n"] >= 2:
+            assert c["stop_rule"] == "decided"  # the plain row it repeats is gone
+            j = [
+                x
+                for x in range(len(plain))
+                if key(plain, x) == key(dec, i) and plain.config(x)["aggregation"] == "majority"
+            ][0]
+            assert dec.accuracy[i] == pytest.approx(plain.accuracy[j])  # exactly majority@k's accuracy
+            assert dec.latency[i] <= plain_lat[key(dec, i)] * 1.0001  # priced per live row: never slower
+            seen += 1
+    assert seen > 10
+    # the chosen plan runs what was planned
+    pf_path = tmp_path / "p.json"
+    r = _plan("-t", "8s", "--prefer", "most-accurate", "--json", "-o", str(pf_path))
+    import json
+
+    d = json.loads(r.stdout)
+    assert d["chosen"]["stop_rule"] == "decided" and d["chosen"]["options"]["stop_rule"] == "decided"
+    rl = d["predicted"]["replayed_latency"]
+    assert rl["p95_s"] >= rl["p50_s"] > 0 and "replayed" in rl["how"]
+
+
+def test_plan_stop_rules_bad_entry_is_one_line():
+    r = _plan("-t", "2s", "--stop-rules", "decided;bta:0.9", rc=2)
+    assert "bta:0.9" in r.stderr and "adaptive:<n0>,<n_max>" in r.stderr and r.stderr.count("\n") == 1

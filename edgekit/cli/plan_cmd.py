@@ -145,6 +145,13 @@ def register(app: typer.Typer) -> None:
             if p.heldout_accuracy is not None
             else None
         )
+        if p.replayed_latency:
+            rl = p.replayed_latency
+            console.print(
+                f"stop rule {c.stop_rule}, replayed on the table's problems (estimated): p50 {rl['p50_s']:.2f} s, "
+                f"p95 {rl['p95_s']:.2f} s (a problem the rule does not settle runs to the budget)",
+                highlight=False,
+            )
         for line in [accuracy_line(res, ho)] + why_lines(res):
             if line:
                 console.print(line, highlight=False)

@@ -207,6 +207,7 @@ def to_plan_file(res: PlanResult) -> PlanFile:
             rests_on=res.rests_on(i),
             **_mixture(res),
             **_optimism(res),
+            replayed_latency=_replayed(res, i),
         ),
         frontier=frontier_points(res),
         based_on=based_on(res),
@@ -215,6 +216,20 @@ def to_plan_file(res: PlanResult) -> PlanFile:
         selection=res.why_chosen,
         competitors=competitors(res),
     )
+
+
+def _replayed(res: PlanResult, i: int) -> dict | None:
+    t = res.tables[int(res.table[i])]
+    row = t.rows[int(res.row[i])]
+    pm = res.perf_models[int(res.table[i])]
+    if row.stop_rule is None or row._replay is None or pm is None:
+        return None
+    from edgekit.plan.stop_candidates import live_latency
+
+    return live_latency(pm, t, row) | {
+        "how": f"estimated: each of the table's {len(t.problems)} problems priced from the stopping rule's replayed "
+        "steps and rows live (PerfModel.decode_live_s), with its own prompt length"
+    }
 
 
 def _offload(res: PlanResult) -> dict:

@@ -85,6 +85,9 @@ class Predicted(_M):
     system_accuracy_lo: float | None = None
     system_accuracy_hi: float | None = None
     offload_rate: float | None = None
+    # a stopping rule: the latency over the table's problems, each priced from its replayed steps and rows live
+    # (mean_s, p50_s, p95_s, how) -- the spread the mean hides: a problem that does not settle runs to the budget
+    replayed_latency: dict | None = None
     expected_latency_s: float | None = None  # local + offload rate x cloud latency
     mixture_p95_s: float | None = None
     # the table accuracy is the largest of many noisy estimates: optimistic (plan.compare.optimism)

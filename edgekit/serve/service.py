@@ -320,6 +320,7 @@ class Service:
             },
             "deadline_s": job.options.deadline_s,
             "finish_reasons": [s.finish_reason for s in res.samples],
+            "stopping": res.stopping.model_dump() if res.stopping else None,
             "flags": res.flags,
             "plan": self.plan_path,
             "plan_config": self.live.config(),  # the configuration in force (a live re-plan may have changed it)
