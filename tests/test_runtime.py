@@ -4,6 +4,7 @@ import psutil
 import pytest
 
 from edgekit.errors import ContextOverflow, UsageError
+from edgekit.schemas.options import SamplingOptions
 
 Q = "A robot arm has 3 red and 4 blue blocks. How many blocks?"
 
@@ -140,3 +141,21 @@ def test_memory_flat_over_1000_calls(smol_rt):
         smol_rt.generate("Hi", max_tokens=1, n=2, temperature=0.5, seed=1, chat=False, logprobs=True)
     grown_mb = (proc.memory_info().rss - before) / 1e6
     assert grown_mb < 8, f"RSS grew {grown_mb:.1f} MB over 900 calls"
+
+
+def test_a_piece_holding_the_stop_string_twice_is_cut_at_the_first(smol_rt):
+    """A token that completes the stop string twice (" banana" holds "an" twice; "\n\n" holds "\n" twice in
+    tokenizers that merge it) must cut the text before the first (it used to be cut at the last, leaving a stop
+    sequence in the answer: seen under load in the daemon's 8-client test)."""
+    from edgekit.engines.llamacpp_core import Row
+
+    core = smol_rt.engine._core
+    ids = core.tokenize("I ate a banana", add_special=False)
+    assert core.piece(ids[-1]) == b" banana", "SmolLM2 has a ' banana' token"
+    row = Row(0, 0, SamplingOptions.build(stop=["an"], max_tokens=64))
+    out: list = []
+    for t in ids:
+        if not row.accept(t, None, core, out):
+            break
+    fin = [e for e in out if e.kind == "finish"]
+    assert fin and fin[0].reason == "stop" and fin[0].text == "I ate a b"

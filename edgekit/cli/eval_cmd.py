@@ -203,7 +203,9 @@ def register(app: typer.Typer) -> None:
             if "tid" in state:  # never started: stopping would print a blank line above the error
                 stop_progress(bar, failed)
         if json_out:
-            return print_json({k: v for k, v in table.model_dump(mode="json").items() if k != "problems"})
+            return print_json(
+                table.model_dump(mode="json", exclude_none=True, exclude={"problems"})
+            )  # the file, less its pool
         render_table(table)
 
 

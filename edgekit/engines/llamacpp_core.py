@@ -105,9 +105,13 @@ class Row:
         self.text += piece
         out.append(Event("token", seq=self.index, token=t, text=piece, logprob=logprob))
         if self.max_stop:
-            hit = [x for x in o.stop if x in self.text[-(self.max_stop + len(piece) + 1) :]]
-            if hit:
-                cut = min(self.text.rfind(x) for x in hit)
+            # only the new piece (and the stop-length tail before it) can complete a stop string; cut at its
+            # FIRST occurrence there: a piece like "\n\n" holds the stop "\n" twice, and cutting at the last
+            # one would leave the first in the text
+            start = max(0, len(self.text) - len(piece) - self.max_stop + 1)
+            at = [i for i in (self.text.find(x, start) for x in o.stop) if i >= 0]
+            if at:
+                cut = min(at)
                 out.append(Event("finish", seq=self.index, text=self.text[:cut], reason="stop", tokens=self.count))
                 return False
         if self.count >= o.max_tokens:

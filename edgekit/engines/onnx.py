@@ -354,9 +354,10 @@ class OnnxEngine(Engine):
                 yield Event("token", seq=s, token=t, text=piece, logprob=float(lps[j]) if lps is not None else None)
                 count = len(toks_so_far[s])
                 if max_stop:
-                    hit = [x for x in o.stop if x in full[-(max_stop + len(piece) + 8) :]]
-                    if hit:
-                        cut = min(full.rfind(x) for x in hit)
+                    start = max(0, len(full) - len(piece) - max_stop - 8)  # the first occurrence: see llamacpp_core
+                    at = [i for i in (full.find(x, start) for x in o.stop) if i >= 0]
+                    if at:
+                        cut = min(at)
                         yield Event("finish", seq=s, text=full[:cut], reason="stop", tokens=count)
                         continue
                 if count >= o.max_tokens:
