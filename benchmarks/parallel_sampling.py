@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from functools import partial
 
 import llama_cpp as ll
 import numpy as np
@@ -91,23 +92,66 @@ def sequential_rate(llm, n: int, budget: int, seed: int, prompt_text: str) -> tu
     return toks / dec_s, int(toks + n)
 
 
+def open_context(path: str, threads: int, n_ctx: int, max_n: int, gpu_layers: int, flash: int, choose=None):
+    """(model, ctx, vocab, memory) of a bare loop: ``n_ctx`` unified KV cells for ``max_n`` sequences; ``choose``:
+    None (llama.cpp's default extra buffer types) or a callable giving edgekit's probe choice."""
+    ll.llama_backend_init()
+    mp = ll.llama_model_default_params()
+    mp.n_gpu_layers = gpu_layers
+    if choose is not None:
+        mp.use_extra_bufts = choose().use_extra_bufts
+    model = ll.llama_model_load_from_file(path.encode(), mp)
+    cp = ll.llama_context_default_params()
+    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, 512, 512, max_n
+    cp.n_threads = cp.n_threads_batch = threads
+    cp.kv_unified = True
+    cp.flash_attn_type = flash
+    ctx = ll.llama_init_from_model(model, cp)
+    return model, ctx, ll.llama_model_get_vocab(model), ll.llama_get_memory(ctx)
+
+
+def sampler_chains(n: int, seed: int) -> list:
+    """llama.cpp's native sampler chain per sequence, with edgekit's settings (top-k, top-p, min-p,
+    temperature, dist seeded ``seed + s``); free each with ``llama_sampler_free``."""
+    chains = []
+    for s in range(n):
+        ch = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        for smp in (
+            ll.llama_sampler_init_top_k(SAMPLING["top_k"]),
+            ll.llama_sampler_init_top_p(SAMPLING["top_p"], 1),
+            ll.llama_sampler_init_min_p(SAMPLING["min_p"], 1),
+            ll.llama_sampler_init_temp(SAMPLING["temperature"]),
+            ll.llama_sampler_init_dist(seed + s),
+        ):
+            ll.llama_sampler_chain_add(ch, smp)
+        chains.append(ch)
+    return chains
+
+
+def sample_live(chains: list, ctx, vocab, live: list[int], row, count: list[int], budget: int):
+    """One step: each live sequence ``s`` draws from logits row ``row[s]`` and ends at EOG or ``budget`` tokens.
+    Returns the (sequence, token) pairs going on, tokens made, when the first draw returned (logits ready)."""
+    nxt, made, t_first = [], 0, None
+    for s in live:
+        tok = ll.llama_sampler_sample(chains[s], ctx, row[s])
+        if t_first is None:
+            t_first = time.perf_counter()
+        if ll.llama_vocab_is_eog(vocab, tok):
+            continue
+        count[s] += 1
+        made += 1
+        if count[s] < budget:
+            nxt.append((s, tok))
+    return nxt, made, t_first
+
+
 class RawLoop:
     """A bare llama.cpp batched decode: shared prompt (multi-seq-id tokens), native samplers."""
 
     def __init__(self, path: str, threads: int, n_ctx: int, max_n: int, gpu_layers: int = 0):
-        ll.llama_backend_init()
-        mp = ll.llama_model_default_params()
-        mp.n_gpu_layers = gpu_layers
-        self.model = ll.llama_model_load_from_file(path.encode(), mp)
-        cp = ll.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, 512, 512, max_n
-        cp.n_threads = cp.n_threads_batch = threads
-        cp.kv_unified = True
         # same attention kernel as edgekit's default: off on a CPU, llama.cpp's auto choice when offloading
-        cp.flash_attn_type = -1 if ll.llama_supports_gpu_offload() and gpu_layers else 0
-        self.ctx = ll.llama_init_from_model(self.model, cp)
-        self.vocab = ll.llama_model_get_vocab(self.model)
-        self.mem = ll.llama_get_memory(self.ctx)
+        flash = -1 if ll.llama_supports_gpu_offload() and gpu_layers else 0
+        self.model, self.ctx, self.vocab, self.mem = open_context(path, threads, n_ctx, max_n, gpu_layers, flash)
         self.batch = ll.llama_batch_init(512, 0, max_n)
 
     def rate(self, prompt_tokens: list[int], n: int, budget: int, seed: int) -> tuple[float, int]:
@@ -121,32 +165,15 @@ class RawLoop:
         b.logits[P - 1] = 1
         b.n_tokens = P
         assert ll.llama_decode(self.ctx, b) == 0
-        smpl = []
-        for s in range(n):
-            ch = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-            ll.llama_sampler_chain_add(ch, ll.llama_sampler_init_top_k(SAMPLING["top_k"]))
-            ll.llama_sampler_chain_add(ch, ll.llama_sampler_init_top_p(SAMPLING["top_p"], 1))
-            ll.llama_sampler_chain_add(ch, ll.llama_sampler_init_min_p(SAMPLING["min_p"], 1))
-            ll.llama_sampler_chain_add(ch, ll.llama_sampler_init_temp(SAMPLING["temperature"]))
-            ll.llama_sampler_chain_add(ch, ll.llama_sampler_init_dist(seed + s))
-            smpl.append(ch)
+        smpl = sampler_chains(n, seed)
         live = list(range(n))
         idx = {s: P - 1 for s in live}
-        count = {s: 0 for s in live}
-        t_first = None
-        total = 0
+        count = [0] * n
+        total, t_first = 0, None
         while live:
-            nxt = []
-            for s in live:
-                tok = ll.llama_sampler_sample(smpl[s], self.ctx, idx[s])
-                if t_first is None:
-                    t_first = time.perf_counter()
-                if ll.llama_vocab_is_eog(self.vocab, tok):
-                    continue
-                count[s] += 1
-                total += 1
-                if count[s] < budget:
-                    nxt.append((s, tok))
+            nxt, made, t0 = sample_live(smpl, self.ctx, self.vocab, live, idx, count, budget)
+            t_first = t_first or t0
+            total += made
             live = [s for s, _ in nxt]
             if not live:
                 break
@@ -191,19 +218,11 @@ class NativeLoop:
     def __init__(self, path: str, threads: int, n_ctx: int, max_n: int, gpu_layers: int = 0):
         from edgekit.engines.llamacpp_probe import choose_for  # the kernels edgekit runs (extra buffer types or not)
 
-        ll.llama_backend_init()
-        mp = ll.llama_model_default_params()
-        mp.n_gpu_layers = gpu_layers
-        mp.use_extra_bufts = choose_for(path, threads=threads, gpu_layers=gpu_layers).use_extra_bufts
-        self.model = ll.llama_model_load_from_file(path.encode(), mp)
-        cp = ll.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, 512, 512, max_n
-        cp.n_threads = cp.n_threads_batch = threads
-        cp.kv_unified = True
-        cp.flash_attn_type = 0 if not ll.llama_supports_gpu_offload() else -1
-        self.ctx = ll.llama_init_from_model(self.model, cp)
-        self.vocab = ll.llama_model_get_vocab(self.model)
-        self.mem = ll.llama_get_memory(self.ctx)
+        flash = 0 if not ll.llama_supports_gpu_offload() else -1
+        choose = partial(choose_for, path, threads=threads, gpu_layers=gpu_layers)
+        self.model, self.ctx, self.vocab, self.mem = open_context(
+            path, threads, n_ctx, max_n, gpu_layers, flash, choose
+        )
         self.cap = 512
         self.batch = ll.llama_batch_init(self.cap, 0, 1)
         b = self.batch
@@ -226,39 +245,20 @@ class NativeLoop:
         assert ll.llama_decode(self.ctx, self.batch) == 0
         for s in range(1, n):
             ll.llama_memory_seq_cp(self.mem, 0, s, -1, -1)
-        chains = []
-        for s in range(n):
-            ch = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-            for smp in (
-                ll.llama_sampler_init_top_k(SAMPLING["top_k"]),
-                ll.llama_sampler_init_top_p(SAMPLING["top_p"], 1),
-                ll.llama_sampler_init_min_p(SAMPLING["min_p"], 1),
-                ll.llama_sampler_init_temp(SAMPLING["temperature"]),
-                ll.llama_sampler_init_dist(seed + s),
-            ):
-                ll.llama_sampler_chain_add(ch, smp)
-            chains.append(ch)
+        chains = sampler_chains(n, seed)
         live = list(range(n))
         out = [-1] * n  # logits row of each sequence
         count = [0] * n
         total, t_first = 0, None
         while live:
-            nxt = []
-            for s in live:
-                t = ll.llama_sampler_sample(chains[s], self.ctx, out[s])
-                if t_first is None:
-                    t_first = time.perf_counter()
-                if ll.llama_vocab_is_eog(self.vocab, t):
-                    continue
-                count[s] += 1
-                total += 1
-                if count[s] < budget:
-                    nxt.append(s)
-                    self.tok[len(nxt) - 1] = t
-            live = nxt
+            nxt, made, t0 = sample_live(chains, self.ctx, self.vocab, live, out, count, budget)
+            t_first = t_first or t0
+            total += made
+            live = [s for s, _ in nxt]
             if not live:
                 break
-            for j, s in enumerate(live):
+            for j, (s, t) in enumerate(nxt):
+                self.tok[j] = t
                 self.pos[j] = P + count[s] - 1
                 self.seq[j][0] = s
                 out[s] = j

@@ -50,11 +50,8 @@ def as_cloud(cloud_correct, n: int) -> np.ndarray | float | None:
     if cloud_correct is None:
         return None
     if np.ndim(cloud_correct) == 0:
-        try:
-            q = float(cloud_correct)
-        except (TypeError, ValueError):
-            q = float("nan")
-        if not (0.0 <= q <= 1.0):
+        q = _unit(cloud_correct)
+        if q is None:
             raise UsageError(
                 f"cloud_correct as a single number is the cloud's accuracy and must be in [0, 1], "
                 f"got {cloud_correct!r}",
@@ -64,12 +61,18 @@ def as_cloud(cloud_correct, n: int) -> np.ndarray | float | None:
     return as_labels(cloud_correct, n, what="cloud_correct")
 
 
-def check_budget(budget, name: str) -> float:
+def _unit(x) -> float | None:
+    """``x`` as a float in [0, 1], or None (not a number, NaN, or outside)."""
     try:
-        b = float(budget)
+        v = float(x)
     except (TypeError, ValueError):
-        b = float("nan")
-    if not (0.0 <= b <= 1.0):
+        return None
+    return v if 0.0 <= v <= 1.0 else None
+
+
+def check_budget(budget, name: str) -> float:
+    b = _unit(budget)
+    if b is None:
         raise UsageError(
             f"{name} must be a fraction of queries in [0, 1], got {budget!r}",
             fix=f"pass e.g. {name}=0.3 for at most 30% offloaded",

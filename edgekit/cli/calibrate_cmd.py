@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from edgekit.cli.options import OffloadBudget
 from edgekit.cli.output import console, err_console, print_json
 
 
@@ -21,9 +22,7 @@ def register(app: typer.Typer) -> None:
         delta: float | None = typer.Option(
             None, "--delta", help="... with probability >= 1 - delta over the calibration set"
         ),
-        offload_budget: float | None = typer.Option(
-            None, "--offload-budget", help="at most this share of queries offloaded"
-        ),
+        offload_budget: OffloadBudget = None,
         score: str | None = typer.Option(
             None, "--score", help="vote_share | mean_logprob | low_logprob (default: the best here)"
         ),

@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from edgekit.cli.options import Priority
 from edgekit.cli.output import console, err_console, print_json, stop_progress
 from edgekit.errors import UsageError
 from edgekit.host.threads import set_priority
@@ -61,14 +62,7 @@ def register(app: typer.Typer) -> None:
             None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"
         ),
         threads: int | None = typer.Option(None),
-        priority: str = typer.Option(
-            "normal",
-            "--priority",
-            help=(
-                "normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep "
-                "precedence"
-            ),
-        ),
+        priority: Priority = "normal",
         constrain: str | None = typer.Option(
             None,
             "--constrain",

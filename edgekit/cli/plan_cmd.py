@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from edgekit.cli.options import OffloadBudget
 from edgekit.cli.output import console, err_console, print_json
 from edgekit.errors import UsageError
 
@@ -73,9 +74,7 @@ def register(app: typer.Typer) -> None:
         cloud_latency: str | None = typer.Option(
             None, "--cloud-latency", help="the cloud's measured latency, e.g. 1.2s"
         ),
-        offload_budget: float | None = typer.Option(
-            None, "--offload-budget", help="at most this share of queries offloaded"
-        ),
+        offload_budget: OffloadBudget = None,
         cloud_url: str | None = typer.Option(None, "--cloud-url", help="recorded in the plan for `edgekit run`"),
         cloud_model: str | None = typer.Option(None, "--cloud-model"),
         variants: str = typer.Option(

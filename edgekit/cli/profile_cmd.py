@@ -12,6 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edgekit.cli.options import GpuLayers, Priority
 from edgekit.cli.output import console, err_console, print_json
 from edgekit.host.threads import set_priority
 from edgekit.models.catalog import DEFAULT_MODEL
@@ -58,19 +59,8 @@ def register(app: typer.Typer) -> None:
         reps: int | None = typer.Option(None, help="repetitions per point (median, IQR)"),
         cooldown: float = typer.Option(0.0, help="seconds to rest between repetitions"),
         threads: int | None = typer.Option(None),
-        priority: str = typer.Option(
-            "normal",
-            "--priority",
-            help=(
-                "normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep "
-                "precedence"
-            ),
-        ),
-        gpu_layers: int | None = typer.Option(
-            None,
-            "--gpu-layers",
-            help="llama.cpp: layers offloaded to the GPU (-1: all; a CUDA/Metal build); default 0, CPU only",
-        ),
+        priority: Priority = "normal",
+        gpu_layers: GpuLayers = None,
         engine: str = typer.Option(
             "llama.cpp", "--engine", help="llama.cpp | onnx (an exported folder or variant id as --model)"
         ),

@@ -9,10 +9,10 @@ from typing import Any
 
 import typer
 
+from edgekit.cli.options import CloudModel, CloudUrl, Engine, GpuLayers, Model, Offload, Priority, Threads
 from edgekit.cli.output import PullProgress, console, err_console, print_json
 from edgekit.errors import UsageError
 from edgekit.host.threads import set_priority
-from edgekit.models.catalog import DEFAULT_MODEL
 from edgekit.schemas.checks import check_text
 from edgekit.schemas.options import SamplingOptions
 
@@ -47,12 +47,7 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
         prompt: str = typer.Argument(..., help="the question / instruction"),
-        model: str | None = typer.Option(
-            None,
-            "--model",
-            "-m",
-            help=f"catalogue id, .gguf path or hf:<owner>/<repo>/<file> [default: the plan's, else {DEFAULT_MODEL}]",
-        ),
+        model: Model = None,
         n: int | None = typer.Option(
             None, "--n", "-n", help=f"parallel samples, decoded in one batch [default: {_D['n'].default}]"
         ),
@@ -83,21 +78,15 @@ def register(app: typer.Typer) -> None:
         grammar: str | None = typer.Option(
             None, "--grammar", help="constrain every sample to this GBNF grammar (a file)"
         ),
-        engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | openai | a plugin's name"),
+        engine: Engine = "llama.cpp",
         base_url: str | None = typer.Option(
             None,
             "--base-url",
             help="openai engine: the server, e.g. http://127.0.0.1:8080/v1 (key: EDGEKIT_CLOUD_API_KEY)",
         ),
-        cloud_url: str | None = typer.Option(
-            None,
-            "--cloud-url",
-            help="offload low-confidence queries to this OpenAI-compatible server (key: EDGEKIT_CLOUD_API_KEY)",
-        ),
-        cloud_model: str | None = typer.Option(None, "--cloud-model", help="the cloud's model name"),
-        offload: str | None = typer.Option(
-            None, "--offload", help="never | auto | always [default: auto with a cloud]"
-        ),
+        cloud_url: CloudUrl = None,
+        cloud_model: CloudModel = None,
+        offload: Offload = None,
         score: str | None = typer.Option(
             None, "--score", help="offload score: vote_share | mean_logprob | low_logprob | combined"
         ),
@@ -107,18 +96,9 @@ def register(app: typer.Typer) -> None:
             help="keep local iff score >= threshold (default: the plan's calibrated one; "
             "else a default with no guarantee)",
         ),
-        threads: int | None = typer.Option(None, help="CPU threads (default: the usable CPUs, adaptive to other load)"),
-        priority: str = typer.Option(
-            "normal",
-            "--priority",
-            help="normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops "
-            "keep precedence",
-        ),
-        gpu_layers: int | None = typer.Option(
-            None,
-            "--gpu-layers",
-            help="llama.cpp: layers offloaded to the GPU (-1: all; a CUDA/Metal build); default 0, CPU only",
-        ),
+        threads: Threads = None,
+        priority: Priority = "normal",
+        gpu_layers: GpuLayers = None,
         ctx: int = typer.Option(8192, "--ctx", help="context size in tokens, shared by prompt and all samples"),
         plan: str | None = typer.Option(
             None, "--plan", help="plan file from `edgekit plan` (sets model, prompt, n, budget...)"

@@ -7,21 +7,16 @@ import sys
 
 import typer
 
+from edgekit.cli.options import CloudModel, CloudUrl, Engine, Model, Offload, Priority, Threads
 from edgekit.cli.output import PullProgress
 from edgekit.host.threads import set_priority
-from edgekit.models.catalog import DEFAULT_MODEL
 from edgekit.schemas.options import SamplingOptions
 
 
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        model: str | None = typer.Option(
-            None,
-            "--model",
-            "-m",
-            help=f"catalogue id, .gguf path or hf:<owner>/<repo>/<file> [default: the plan's, else {DEFAULT_MODEL}]",
-        ),
+        model: Model = None,
         plan: str | None = typer.Option(
             None, "--plan", help="plan file from `edgekit plan`: model, prompt, sampling, latency target, offload"
         ),
@@ -66,26 +61,13 @@ def register(app: typer.Typer) -> None:
             help="context size in tokens (KV cells), shared by every request in flight: "
             "a request waits until its prompt + n x max_tokens fit",
         ),
-        threads: int | None = typer.Option(None, help="CPU threads (default: the usable CPUs, adaptive to other load)"),
-        priority: str = typer.Option(
-            "normal",
-            "--priority",
-            help=(
-                "normal | nice | batch | idle: lower the model's CPU priority so a robot's control loops keep "
-                "precedence"
-            ),
-        ),
-        engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | openai | a plugin's name"),
+        threads: Threads = None,
+        priority: Priority = "normal",
+        engine: Engine = "llama.cpp",
         base_url: str | None = typer.Option(None, "--base-url", help="openai engine: the upstream server"),
-        cloud_url: str | None = typer.Option(
-            None,
-            "--cloud-url",
-            help="offload low-confidence queries to this OpenAI-compatible server (key: EDGEKIT_CLOUD_API_KEY)",
-        ),
-        cloud_model: str | None = typer.Option(None, "--cloud-model", help="the cloud's model name"),
-        offload: str | None = typer.Option(
-            None, "--offload", help="never | auto | always [default: auto with a cloud]"
-        ),
+        cloud_url: CloudUrl = None,
+        cloud_model: CloudModel = None,
+        offload: Offload = None,
         log_prompts: bool = typer.Option(
             False, "--log-prompts", help="log prompts and answers (off: only sizes, timings, sources)"
         ),

@@ -72,20 +72,10 @@ def evaluate(
         check_format(answer_format, t.kind)
     out = check_output_path(out_path if out_path else default_output(task, model, template, temperature, answer_format))
     name = engines.canonical(backend)
+    # the settings a resumed run must share with the partial table are the ones this run uses
+    sampling = dict(n_samples=n_samples, temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens)
     if resume:
-        check_resume(
-            out,
-            task_settings(
-                t,
-                answer_format=answer_format,
-                temperature=temperature,
-                top_p=top_p,
-                n_samples=n_samples,
-                seed=seed,
-                max_tokens=max_tokens,
-                greedy=True,
-            ),
-        )
+        check_resume(out, task_settings(t, answer_format=answer_format, greedy=True, **sampling))
     own = runtime is None
     if runtime is None:
         engines.get(name)  # unknown engine -> the list of registered ones, before anything loads
@@ -122,11 +112,6 @@ def evaluate(
             rt,
             model_id=rt.model_id,
             out_path=out,
-            n_samples=n_samples,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-            max_tokens=max_tokens,
             sha256=rt.model_info.sha256,
             quant=rt.model_info.quant,
             backend=label,
@@ -135,6 +120,7 @@ def evaluate(
             answer_format=answer_format,
             target_width=target_width,
             batch=batch,
+            **sampling,
         )
     finally:
         if own:

@@ -231,6 +231,13 @@ def query_template(template: str, kind: str | None) -> str:
     return "{question}"
 
 
+def _whole(name: str, problems: list[Problem], kind: str, template: str, text: str, source: bytes) -> Task:
+    """A task as loaded (every problem, no split yet), versioned by the sha256 of its ``source`` bytes."""
+    return Task(
+        name, problems, kind, template, text, total=len(problems), source_sha256=hashlib.sha256(source).hexdigest()
+    )
+
+
 def _bigbench(sub: str, template: str) -> Task:
     path = resources.files("edgekit").joinpath("data").joinpath("bigbench").joinpath(sub).joinpath("task.json")
     raw = path.read_bytes()
@@ -250,15 +257,7 @@ def _bigbench(sub: str, template: str) -> Task:
         else:
             target = next(c for c, s in ex["target_scores"].items() if s == 1).lower()
         problems.append(Problem(pid, render(template, kind, q, choices), target, choices, kind))
-    return Task(
-        f"bigbench:{sub}",
-        problems,
-        kind,
-        template,
-        TEMPLATES[template][kind],
-        total=len(problems),
-        source_sha256=hashlib.sha256(raw).hexdigest(),
-    )
+    return _whole(f"bigbench:{sub}", problems, kind, template, TEMPLATES[template][kind], raw)
 
 
 def _humaneval(template: str | None) -> Task:
@@ -282,15 +281,7 @@ def _humaneval(template: str | None) -> Task:
         )
         for p in raw.values()
     ]
-    return Task(
-        "humaneval",
-        problems,
-        "code",
-        "complete",
-        CODE_TEMPLATE,
-        total=len(problems),
-        source_sha256=hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest(),
-    )
+    return _whole("humaneval", problems, "code", "complete", CODE_TEMPLATE, json.dumps(raw, sort_keys=True).encode())
 
 
 def _jsonl(path_s: str, template: str) -> Task:
@@ -378,15 +369,7 @@ def _jsonl(path_s: str, template: str) -> Task:
         elif kind == "yesno":
             target = normalize_text(ans)
         problems.append(Problem(pid, render(template, kind, d["prompt"], choices), target, choices, kind))
-    return Task(
-        f"jsonl:{path_s}",
-        problems,
-        kind,
-        template,
-        TEMPLATES[template][kind],
-        total=len(problems),
-        source_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-    )
+    return _whole(f"jsonl:{path_s}", problems, kind, template, TEMPLATES[template][kind], path.read_bytes())
 
 
 def _utf8_text(path: Path) -> str:

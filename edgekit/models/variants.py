@@ -108,8 +108,15 @@ def check_variant(card: VariantCard, verify: str | None = None, raise_corrupt: b
         return c
     if mode == "auto" and c.status == VERIFIED and c.sha256 == card.sha256:
         return c
+    return _rehash(card, sha256_file, raise_corrupt, record_it=True)
+
+
+def _rehash(card: VariantCard, hasher, raise_corrupt: bool, record_it: bool) -> Check:
+    """Hash the variant now (``hasher``: a file's or a folder's sha256) and hold the digest against
+    its card's: CORRUPT (raised if ``raise_corrupt``) or VERIFIED (the manifest recorded if ``record_it``)."""
+    path = Path(card.path)
     t0 = time.perf_counter()
-    digest = sha256_file(path)
+    digest = hasher(path)
     dt = time.perf_counter() - t0
     if digest != card.sha256:
         c = Check(
@@ -126,7 +133,7 @@ def check_variant(card: VariantCard, verify: str | None = None, raise_corrupt: b
         if raise_corrupt:
             raise _corrupt(card, c.reason)
         return c
-    rec = record(path, digest, spec=card.variant_id, by="load", hash_s=dt)
+    rec = record(path, digest, spec=card.variant_id, by="load", hash_s=dt) if record_it else None
     return Check(
         path,
         VERIFIED,
@@ -173,35 +180,7 @@ def _check_folder(card: VariantCard, full: bool, raise_corrupt: bool) -> Check:
             card.variant_id,
             expected_sha256=card.sha256,
         )
-    t0 = time.perf_counter()
-    digest = folder_sha256(path)
-    dt = time.perf_counter() - t0
-    if digest != card.sha256:
-        c = Check(
-            path,
-            CORRUPT,
-            f"sha256 {digest[:12]}… does not match its card's {card.sha256[:12]}…",
-            None,
-            card.variant_id,
-            sha256=digest,
-            expected_sha256=card.sha256,
-            hashed=True,
-            hash_s=dt,
-        )
-        if raise_corrupt:
-            raise _corrupt(card, c.reason)
-        return c
-    return Check(
-        path,
-        VERIFIED,
-        f"sha256 re-hashed in {dt:.2f} s and matches its card",
-        None,
-        card.variant_id,
-        sha256=digest,
-        expected_sha256=card.sha256,
-        hashed=True,
-        hash_s=dt,
-    )
+    return _rehash(card, folder_sha256, raise_corrupt, record_it=False)
 
 
 def variant_status(card: VariantCard, verify: bool = False) -> Check:

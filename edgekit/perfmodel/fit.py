@@ -109,6 +109,22 @@ def memory_terms(mp: ModelProfile) -> tuple[float | None, float | None, float | 
     )
 
 
+def _identity_and_memory(mp: ModelProfile, source: str | None) -> dict:
+    """The fields of a PerfModel that do not depend on how its latency was obtained: the model file,
+    the memory terms (:func:`memory_terms`) and the profile it came from."""
+    w, kv, over, mem_how = memory_terms(mp)
+    return dict(
+        model_id=mp.model.id,
+        quant=mp.model.quant,
+        sha256=mp.model.sha256,
+        weights_bytes=w,
+        kv_bytes_per_token=kv,
+        overhead_bytes=over,
+        memory_how=mem_how,
+        source=source,
+    )
+
+
 def fit(model_profile: ModelProfile, source: str | None = None) -> PerfModel:
     """Fit (or, for published profiles, transcribe) the performance model of one profiled model."""
     if model_profile.published_model:
@@ -160,7 +176,6 @@ def fit(model_profile: ModelProfile, source: str | None = None) -> PerfModel:
             notes.append(why)
     (alpha, beta, gamma), rel_d = _wfit(Xd, td, cols_d)
     r_d, how_d = _rel_unc(rel_d, len(cols_d), [d[3] for d in dec if d[3] is not None])
-    w, kv, over, mem_how = memory_terms(mp)
     # measured batch sizes: base cost (attention removed) at the shallowest context of each n
     knots: dict[float, float] = {}
     for nn, cc, tt, _ in sorted(dec, key=lambda d: (d[0], d[1])):
@@ -171,9 +186,7 @@ def fit(model_profile: ModelProfile, source: str | None = None) -> PerfModel:
     if unified:
         notes.append("unified KV cache: attention term gamma*n*(prompt + n*generated)")
     pm = PerfModel(
-        model_id=mid,
-        quant=mp.model.quant,
-        sha256=mp.model.sha256,
+        **_identity_and_memory(mp, source),
         a=a,
         b=b,
         c=c,
@@ -188,11 +201,6 @@ def fit(model_profile: ModelProfile, source: str | None = None) -> PerfModel:
         max_n_measured=int(n.max()),
         interval_how=f"prefill +-{r_p:.1%}: {how_p}; decode +-{r_d:.1%}: {how_d}; "
         f"+{BATCH_EXTRAPOLATION_UNC:.0%} for n > {int(n.max())}",
-        weights_bytes=w,
-        kv_bytes_per_token=kv,
-        overhead_bytes=over,
-        memory_how=mem_how,
-        source=source,
         notes=notes,
         n_knots=n_knots,
         base_knots=[knots[k] for k in n_knots] if n_knots else None,
@@ -249,11 +257,8 @@ def _from_published(mp: ModelProfile, source: str | None) -> PerfModel:
             f"published_model of {mp.model.id!r}{' in ' + source if source else ''} lacks {ex}",
             fix="regenerate the reference profile with `python -m edgekit.profile.reference`",
         ) from ex
-    w, kv, over, mem_how = memory_terms(mp)
     pm = PerfModel(
-        model_id=mp.model.id,
-        quant=mp.model.quant,
-        sha256=mp.model.sha256,
+        **_identity_and_memory(mp, source),
         a=a,
         b=b,
         c=c,
@@ -271,11 +276,6 @@ def _from_published(mp: ModelProfile, source: str | None) -> PerfModel:
             f"assumed +-{PUBLISHED_REL_UNC:.0%} (the source publishes no error band in readable form), "
             f"+{PUBLISHED_BATCH_UNC:.0%} for n > 1 (not covered by the source)"
         ),
-        weights_bytes=w,
-        kv_bytes_per_token=kv,
-        overhead_bytes=over,
-        memory_how=mem_how,
-        source=source,
         notes=[
             "n > 1: the published n=1 step cost is paid once per batched step, the context term per sequence "
             "(edgekit assumption; the source covers batch 1 only)"
