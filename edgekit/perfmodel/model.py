@@ -182,11 +182,15 @@ class PerfModel:
         share = rows / s if self.kv_unified else 1.0  # mean rows live: the unified KV's other sequences
         return base + self.gamma * rows * (i + share * s / 2)
 
-    def predict_arrays(self, prompt_tokens, steps, n, budget, mean_tokens=None) -> dict:
-        """Vectorised prediction. Energy / memory are NaN where unavailable."""
+    def predict_arrays(self, prompt_tokens, steps, n, budget, mean_tokens=None, live_steps=None) -> dict:
+        """Vectorised prediction. Energy / memory are NaN where unavailable. ``live_steps``: per candidate None, or
+        the steps run with r = 1.. rows live when a stopping rule ends rows early (priced by :meth:`decode_live_s`)."""
         n = np.asarray(n, dtype=float)
         pre = self.prefill_s(prompt_tokens) * np.ones_like(n)
-        dec = self.decode_s(prompt_tokens, steps, n, mean_tokens)
+        dec = np.array(self.decode_s(prompt_tokens, steps, n, mean_tokens), dtype=float)
+        for j, h in enumerate(live_steps if live_steps is not None else ()):
+            if h is not None:
+                dec[j] = self.decode_live_s(np.asarray(prompt_tokens)[j], h, np.asarray(steps)[j])
         r_d = self.rel_unc_decode + self.rel_unc_batch * (n > self.max_n_measured)
         r_p = self.rel_unc_prefill
         total = pre + dec
@@ -235,6 +239,7 @@ class PerfModel:
         n: int = 1,
         expected_steps: float | None = None,
         mean_tokens: float | None = None,
+        live_steps: list[float] | None = None,
     ) -> Prediction:
         steps = float(budget if expected_steps is None else expected_steps)
         r = self.predict_arrays(
@@ -243,6 +248,7 @@ class PerfModel:
             np.array([n]),
             np.array([budget]),
             None if mean_tokens is None else np.array([mean_tokens]),
+            None if live_steps is None else [live_steps],
         )
         e = float(r["energy_j"][0])
         m = float(r["memory_bytes"][0])
@@ -254,7 +260,8 @@ class PerfModel:
             decode_s=float(r["decode_s"][0]),
             energy_j=None if np.isnan(e) else e,
             memory_bytes=None if np.isnan(m) else m,
-            method=self.method_for(n),
+            method=self.method_for(n)
+            + ("; rows leave as the stopping rule replayed on the table stops them" if live_steps is not None else ""),
             figure_method=self.figure_method if n <= self.max_n_measured else "estimated",
             interval_how=self.interval_how,
             energy_how=self.energy_how,

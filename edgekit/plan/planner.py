@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from edgekit.perfmodel import DeviceModel, PerfModel, Prediction, fit, fit_devic
 from edgekit.perfmodel.correction import scale_model
 from edgekit.perfmodel.cross_model import predict_variant, same_architecture
 from edgekit.plan.compare import Comparator, choose
-from edgekit.plan.stop_candidates import DEFAULT_STOP_RULES, price_stop_rows, with_stop_rows
+from edgekit.plan.stop_candidates import DEFAULT_STOP_RULES, with_stop_rows
 from edgekit.schemas.profile import DeviceProfile, ModelInfo
 from edgekit.schemas.table import AccuracyTable
 
@@ -200,18 +200,9 @@ class PlanResult:
     def prediction(self, i: int) -> Prediction:
         pm = self.perf_models[int(self.table[i])]
         mt = float(self.mean_tokens[i]) if self.sequences_leave else None
-        pr = pm.predict(float(self.prompt_tokens[i]), int(self.budget[i]), int(self.n[i]), float(self.steps[i]), mt)
-        if self.tables[int(self.table[i])].rows[int(self.row[i])].stop_rule is None:
-            return pr
-        p = self.pred  # a stopping rule: priced by its live rows (plan.stop_candidates), as the candidate was
-        return replace(
-            pr,
-            latency_s=float(p["total_s"][i]),
-            latency_lo_s=float(p["lo_s"][i]),
-            latency_hi_s=float(p["hi_s"][i]),
-            decode_s=float(p["decode_s"][i]),
-            energy_j=None if np.isnan(p["energy_j"][i]) else float(p["energy_j"][i]),
-            method=pr.method + "; rows leave as the stopping rule replayed on the table stops them",
+        row = self.tables[int(self.table[i])].rows[int(self.row[i])]  # a stopping rule: priced by its live rows
+        return pm.predict(
+            float(self.prompt_tokens[i]), int(self.budget[i]), int(self.n[i]), float(self.steps[i]), mt, row.live_steps
         )
 
     def method(self, i: int) -> str:
@@ -416,9 +407,13 @@ def plan(
         if sel.size == 0 or pm is None:
             continue
         out = pm.predict_arrays(
-            A["I"][sel], A["steps"][sel], A["n"][sel], A["budget"][sel], A["mean"][sel] if sequences_leave else None
+            A["I"][sel],
+            A["steps"][sel],
+            A["n"][sel],
+            A["budget"][sel],
+            A["mean"][sel] if sequences_leave else None,
+            [tables[ti].rows[int(ri)].live_steps for ri in A["row"][sel]],  # stopping rules: priced per live row
         )
-        price_stop_rows(pm, tables[ti], A["row"][sel], out, np.arange(sel.size))
         for k in pred:
             pred[k][sel] = out[k]
     lat = pred["total_s"] if percentile == 50 else pred["hi_s"]

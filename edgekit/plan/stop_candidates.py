@@ -5,7 +5,8 @@ which never changes the vote's answer, and replaces the plain vote's rows it rep
 majority row's (budget, k >= 2), a row replayed by
 :mod:`edgekit.evaluate.replay`: its accuracy (``decided``: exactly majority@k's) and the steps the
 batch ran with r rows live. The latency of such a row is priced by its own row counts
-(:meth:`PerfModel.decode_live_s`) instead of k rows for the whole expected steps.
+(``PerfModel.predict_arrays(..., live_steps=)``, :meth:`PerfModel.decode_live_s`) instead of k rows for the
+whole expected steps.
 """
 
 from __future__ import annotations
@@ -33,26 +34,6 @@ def with_stop_rows(table: AccuracyTable, rules: Sequence[str]) -> tuple[Accuracy
     # (and would count twice among the estimates the chosen one is the best of)
     keep = [r for r in t.rows if not (r.stop_rule is None and r.aggregation == "majority" and (r.budget, r.k) in twins)]
     return t.model_copy(update={"rows": keep}), None
-
-
-def price_stop_rows(pm: PerfModel, table: AccuracyTable, rows: np.ndarray, out: dict, sel: np.ndarray) -> None:
-    """Re-price the candidates ``sel`` (indices into ``out``'s arrays; ``rows`` their table rows) that carry a
-    stopping rule: decode from their live-row histogram, the interval's relative widths kept, energy scaled alike."""
-    for j, ri in zip(sel, rows):
-        row = table.rows[int(ri)]
-        if row.stop_rule is None or row.live_steps is None:
-            continue
-        pre = float(out["prefill_s"][j])
-        old = float(out["decode_s"][j])
-        dec = float(pm.decode_live_s(table.prompt_tokens_mean, row.live_steps, row.expected_steps))
-        r_p = pm.rel_unc_prefill
-        r_d = pm.rel_unc_decode + pm.rel_unc_batch * (row.k > pm.max_n_measured)
-        out["decode_s"][j] = dec
-        out["total_s"][j] = pre + dec
-        out["lo_s"][j] = pre * (1 - r_p) + dec * (1 - r_d)
-        out["hi_s"][j] = pre * (1 + r_p) + dec * (1 + r_d)
-        if old > 0 and np.isfinite(out["energy_j"][j]):
-            out["energy_j"][j] = out["energy_j"][j] * (pre + dec) / (pre + old)
 
 
 def live_latency(pm: PerfModel, table: AccuracyTable, row: AccuracyRow) -> dict:
