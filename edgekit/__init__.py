@@ -20,6 +20,7 @@ from edgekit.schemas import __version__
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from edgekit.engines import Capabilities, Engine, EngineInfo, Event
     from edgekit.engines.llamacpp import LlamaCppEngine
+    from edgekit.deployment import DeployReport, deploy
     from edgekit.engines.openai import OpenAIEngine
     from edgekit.plan import plan
     from edgekit.power import best_meter
@@ -46,6 +47,8 @@ _LAZY = {
     "PlanFile": "edgekit.schemas.plan",
     "load_plan": "edgekit.schemas.plan",
     "plan": "edgekit.plan",
+    "deploy": "edgekit.deployment",
+    "DeployReport": "edgekit.deployment",
     "profile_model": "edgekit.profile.sweep",
     "best_meter": "edgekit.power",
 }
@@ -74,6 +77,8 @@ __all__ = [
     "PlanFile",
     "load_plan",
     "plan",
+    "deploy",
+    "DeployReport",
     "profile_model",
     "best_meter",
     "EdgekitError",

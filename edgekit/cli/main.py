@@ -54,6 +54,7 @@ def _reports_interrupts(callback):
 def _register():
     from edgekit.cli import (
         calibrate_cmd,
+        deploy_cmd,
         device_cmd,
         eval_cmd,
         models_cmd,
@@ -65,7 +66,7 @@ def _register():
     )
 
     app.add_typer(models_cmd.app, name="models")
-    for mod in (run_cmd, device_cmd, profile_cmd, plan_cmd, eval_cmd, calibrate_cmd, quantize_cmd):
+    for mod in (run_cmd, device_cmd, profile_cmd, plan_cmd, eval_cmd, calibrate_cmd, deploy_cmd, quantize_cmd):
         mod.register(app)
     serve_cmd.register(app)
     for info in [*app.registered_commands, *models_cmd.app.registered_commands]:

@@ -55,6 +55,7 @@ def evaluate(
     target_width: float | None = None,
     batch: int = 10,
     stop_rules: Sequence[str] = (),
+    time_limit_s: float | None = None,
 ) -> AccuracyTable:
     """``backend``: a registered engine name (``llama.cpp``, ``openai``, or a plugin's).
 
@@ -120,6 +121,7 @@ def evaluate(
             answer_format=answer_format,
             target_width=target_width,
             batch=batch,
+            time_limit_s=time_limit_s,
             **sampling,
         )
     finally:

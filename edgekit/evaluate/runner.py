@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -220,8 +221,13 @@ def run_eval(
     get_extractor=None,
     target_width: float | None = None,
     batch: int = 10,
+    time_limit_s: float | None = None,
 ) -> AccuracyTable:
     """Evaluate the runtime's engine on ``task`` and save the accuracy table to ``out_path``.
+
+    ``time_limit_s``: stop adding problems at the first multiple of ``batch`` done after this many
+    seconds of this call (``edgekit deploy`` sizes its tune stage with it); the table covers the
+    problems evaluated so far, as with ``target_width``.
 
     ``target_width`` (e.g. 0.10): add problems in batches of ``batch`` (in task order) until the
     95 % Wilson intervals of the configurations near the best (rows whose interval overlaps the
@@ -280,6 +286,7 @@ def run_eval(
         out.parent.mkdir(parents=True, exist_ok=True)
         _rewrite(part, [json.dumps({"format": PARTIAL_FORMAT, "settings": settings})])
     total = len(task.problems)
+    t_start = time.monotonic()
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) if task.has_verifier else None
     try:
         for problem in task.problems:
@@ -311,6 +318,8 @@ def run_eval(
             estimated = estimated or est
             if progress:
                 progress(len(done), total, problem.id)
+            if time_limit_s is not None and len(done) % batch == 0 and time.monotonic() - t_start >= time_limit_s:
+                break
             if (
                 target_width is not None
                 and len(done) % batch == 0

@@ -135,6 +135,7 @@ def make_plan(
             prefer=prefer,
             variants=vs,
             perf_scale=scale,
+            extractor_kinds=_jsonl_kinds(tables),
             **({"stop_rules": stop_rules} if stop_rules is not None else {}),
         )
         res.notes.extend(device_notes(profile) + ([scale_note] if scale_note else []))
@@ -190,6 +191,25 @@ def _confirm_profile(spec: str, profile_path, profile, profile_fn) -> None:
         profile_fn(spec, SweepConfig.quick(), output=profile_path, existing=profile)
     else:
         profile_fn(spec, output=profile_path, existing=profile)
+
+
+def _jsonl_kinds(tables) -> dict[str, str]:
+    """The answer kind of each ``jsonl:`` task a table names, from the task file (its name says nothing): the
+    plan's prompt and extractor are then the ones its table was measured with. A file that is gone is skipped
+    (the plan falls back to free text, as before)."""
+    from edgekit.errors import EdgekitError
+    from edgekit.evaluate.tasks import load_task
+
+    out = {}
+    for t in tables:
+        if t.task.startswith("jsonl:") and t.task not in out:
+            try:
+                kind = load_task(t.task).kind
+            except EdgekitError:
+                continue
+            if kind in ("number", "choice", "yesno"):
+                out[t.task] = kind
+    return out
 
 
 def parse_duration(s: str, flag: str = "--latency-target") -> float:

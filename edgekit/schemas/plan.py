@@ -181,6 +181,8 @@ class PlanFile(_M):
     planner: PlannerInputs | None = None  # absent in plans written before live re-planning
     selection: str | None = None  # why the chosen configuration is not the most accurate one
     competitors: list[Competitor] = Field(default_factory=list)  # the chosen one against feasible competitors
+    # `edgekit deploy`'s held-out check: measured vs predicted accuracy and latency, with intervals and flags
+    verify: dict[str, Any] | None = None
 
     def planned_model(self) -> str:
         """The model this plan runs: a quantized variant runs from its file, a catalogue model by its id."""
