@@ -18,9 +18,9 @@ from edgekit.errors import EdgekitError
 from edgekit.schemas import __version__
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from edgekit.deployment import DeployReport, deploy
     from edgekit.engines import Capabilities, Engine, EngineInfo, Event
     from edgekit.engines.llamacpp import LlamaCppEngine
-    from edgekit.deployment import DeployReport, deploy
     from edgekit.engines.openai import OpenAIEngine
     from edgekit.plan import plan
     from edgekit.power import best_meter
