@@ -199,7 +199,6 @@ class LlamaCppEngine(Engine):
             logprobs=True,
             json_schema=True,
             grammar=True,
-            seed=True,
             n_ctx=self._core.n_ctx,
             concurrent=rows or 1,
             grow=True,
