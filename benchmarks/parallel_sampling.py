@@ -145,6 +145,28 @@ def sample_live(chains: list, ctx, vocab, live: list[int], row, count: list[int]
     return nxt, made, t_first
 
 
+def decode_loop(ctx, vocab, chains: list, row, budget: int, feed) -> tuple[float, int]:
+    """Sample and decode until every sequence ends (the prompt decoded, ``row[s]`` its logits row):
+    ``feed(nxt, count)`` fills the batch with the (sequence, token) pairs going on, points ``row`` at their
+    rows and returns the batch. Frees the chains. Returns decode tokens/s after the first draw, tokens made."""
+    n = len(chains)
+    live = list(range(n))
+    count = [0] * n
+    total, t_first = 0, None
+    while live:
+        nxt, made, t0 = sample_live(chains, ctx, vocab, live, row, count, budget)
+        t_first = t_first or t0
+        total += made
+        live = [s for s, _ in nxt]
+        if not live:
+            break
+        assert ll.llama_decode(ctx, feed(nxt, count)) == 0
+    t_end = time.perf_counter()
+    for ch in chains:
+        ll.llama_sampler_free(ch)
+    return (total - n) / (t_end - t_first), total
+
+
 class RawLoop:
     """A bare llama.cpp batched decode: shared prompt (multi-seq-id tokens), native samplers."""
 
@@ -165,28 +187,17 @@ class RawLoop:
         b.logits[P - 1] = 1
         b.n_tokens = P
         assert ll.llama_decode(self.ctx, b) == 0
-        smpl = sampler_chains(n, seed)
-        live = list(range(n))
-        idx = {s: P - 1 for s in live}
-        count = [0] * n
-        total, t_first = 0, None
-        while live:
-            nxt, made, t0 = sample_live(smpl, self.ctx, self.vocab, live, idx, count, budget)
-            t_first = t_first or t0
-            total += made
-            live = [s for s, _ in nxt]
-            if not live:
-                break
+        idx = {s: P - 1 for s in range(n)}
+
+        def feed(nxt: list, count: list[int]):
             for j, (s, tok) in enumerate(nxt):
                 b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = tok, P + count[s] - 1, 1, 1
                 b.seq_id[j][0] = s
                 idx[s] = j
             b.n_tokens = len(nxt)
-            assert ll.llama_decode(self.ctx, b) == 0
-        t_end = time.perf_counter()
-        for ch in smpl:
-            ll.llama_sampler_free(ch)
-        return (total - n) / (t_end - t_first), total
+            return b
+
+        return decode_loop(self.ctx, self.vocab, sampler_chains(n, seed), idx, budget, feed)
 
 
 def idle_power_mw(meter, seconds: float = 1.0):
@@ -245,30 +256,19 @@ class NativeLoop:
         assert ll.llama_decode(self.ctx, self.batch) == 0
         for s in range(1, n):
             ll.llama_memory_seq_cp(self.mem, 0, s, -1, -1)
-        chains = sampler_chains(n, seed)
-        live = list(range(n))
         out = [-1] * n  # logits row of each sequence
-        count = [0] * n
-        total, t_first = 0, None
-        while live:
-            nxt, made, t0 = sample_live(chains, self.ctx, self.vocab, live, out, count, budget)
-            t_first = t_first or t0
-            total += made
-            live = [s for s, _ in nxt]
-            if not live:
-                break
+
+        def feed(nxt: list, count: list[int]):
             for j, (s, t) in enumerate(nxt):
                 self.tok[j] = t
                 self.pos[j] = P + count[s] - 1
                 self.seq[j][0] = s
                 out[s] = j
-            self.want[: len(live)] = 1
-            self.batch.n_tokens = len(live)
-            assert ll.llama_decode(self.ctx, self.batch) == 0
-        t_end = time.perf_counter()
-        for ch in chains:
-            ll.llama_sampler_free(ch)
-        return (total - n) / (t_end - t_first), total
+            self.want[: len(nxt)] = 1
+            self.batch.n_tokens = len(nxt)
+            return self.batch
+
+        return decode_loop(self.ctx, self.vocab, sampler_chains(n, seed), out, budget, feed)
 
 
 def step_time(rt: Runtime, prompt: str, n: int, seed: int, **kw) -> tuple[float, int]:

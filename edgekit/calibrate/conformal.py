@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from edgekit.calibrate.calibration import Calibration, conformal_sentence
-from edgekit.calibrate.inputs import as_cloud, as_labels, as_scores, check_budget, group_counts
+from edgekit.calibrate.inputs import as_cloud, as_labels, as_scores, check_budget, curve_rows, group_counts
 from edgekit.calibrate.pvalues import binomial_cdf_table, check_level
 
 
@@ -76,18 +76,6 @@ def conformal_offload_threshold(
     srt = np.sort(s)
     tau = -math.inf if k == 0 else (math.inf if k > n else float(srt[k - 1]))
 
-    g = group_counts(s, c, cloud)
-    curve = []
-    for i in range(g["thresholds"].size):
-        row = {
-            "threshold": float(g["thresholds"][i]),
-            "offload_rate": float(1 - g["kept"][i] / n),
-            "local_wrong_rate": float(g["losses"][i] / n) if c is not None else None,
-            "p_value": None,
-        }
-        if "system_accuracy" in g:
-            row["system_accuracy"] = float(g["system_accuracy"][i])
-        curve.append(row)
     kept = s >= tau
     return Calibration(
         method="conformal-offload-budget",
@@ -100,5 +88,5 @@ def conformal_offload_threshold(
         local_wrong_rate=float(np.mean(kept & (c == 0))) if c is not None else None,
         p_value=None,
         guarantee=conformal_sentence(b, min(k, n + 1) / (n + 1), k, n, delta),
-        curve=curve,
+        curve=curve_rows(group_counts(s, c, cloud)),
     )

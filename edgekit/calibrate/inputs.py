@@ -101,3 +101,24 @@ def group_counts(s: np.ndarray, c: np.ndarray | None, cloud) -> dict:
                 cloud_off = cloud.sum() - kept_cloud
             out["system_accuracy"] = ((kept - out["losses"]) + cloud_off) / n
     return out
+
+
+def curve_rows(g: dict, p_values=None, certified: int | None = None) -> list[dict]:
+    """A Calibration's curve from :func:`group_counts`: per threshold, strict to lenient, its offload rate,
+    local-wrong rate (None without labels), p_value (None unless ``p_values``), ``certified`` (with the last
+    certified index ``certified``) and, when the cloud's correctness was given, the system accuracy."""
+    n = g["n"]
+    rows = []
+    for i in range(g["thresholds"].size):
+        row = {
+            "threshold": float(g["thresholds"][i]),
+            "offload_rate": float(1 - g["kept"][i] / n),
+            "local_wrong_rate": float(g["losses"][i] / n) if "losses" in g else None,
+            "p_value": None if p_values is None else float(p_values[i]),
+        }
+        if certified is not None:
+            row["certified"] = bool(i <= certified)
+        if "system_accuracy" in g:
+            row["system_accuracy"] = float(g["system_accuracy"][i])
+        rows.append(row)
+    return rows

@@ -36,7 +36,7 @@ import math
 import numpy as np
 
 from edgekit.calibrate.calibration import Calibration, ltt_sentence, pct
-from edgekit.calibrate.inputs import as_cloud, as_labels, as_scores, check_budget, group_counts
+from edgekit.calibrate.inputs import as_cloud, as_labels, as_scores, check_budget, curve_rows, group_counts
 from edgekit.calibrate.pvalues import binomial_cdf_table, check_level, hb_pvalues, min_calibration_size
 from edgekit.errors import UsageError
 
@@ -128,18 +128,6 @@ def ltt_threshold(
             fix="raise alpha or max_offload, use a better score, or label more queries",
         )
 
-    curve = []
-    for i in range(thr.size):
-        row = {
-            "threshold": float(thr[i]),
-            "offload_rate": float(offload[i]),
-            "local_wrong_rate": float(risk[i]),
-            "p_value": float(p[i]),
-            "certified": bool(i <= j),
-        }
-        if "system_accuracy" in g:
-            row["system_accuracy"] = float(g["system_accuracy"][i])
-        curve.append(row)
     return Calibration(
         method=f"ltt-{pvalue}",
         score=score_name,
@@ -151,7 +139,7 @@ def ltt_threshold(
         local_wrong_rate=float(risk[j]),
         p_value=float(p[j]),
         guarantee=ltt_sentence(alpha, delta, pvalue, int(thr.size), offload_all=math.isinf(thr[j])),
-        curve=curve,
+        curve=curve_rows(g, p, certified=j),
     )
 
 
@@ -172,17 +160,7 @@ def uncalibrated(
         if correct is not None:
             c = as_labels(correct, n)
             risk = float(np.mean((s >= t) & (c == 0)))
-            g = group_counts(s, c, as_cloud(cloud_correct, n))
-            curve = [
-                {
-                    "threshold": float(g["thresholds"][i]),
-                    "offload_rate": float(1 - g["kept"][i] / n),
-                    "local_wrong_rate": float(g["losses"][i] / n),
-                    "p_value": None,
-                }
-                | ({"system_accuracy": float(g["system_accuracy"][i])} if "system_accuracy" in g else {})
-                for i in range(g["thresholds"].size)
-            ]
+            curve = curve_rows(group_counts(s, c, as_cloud(cloud_correct, n)))
     return Calibration(
         method="default-uncalibrated",
         score=score_name,

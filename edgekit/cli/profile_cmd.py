@@ -207,6 +207,11 @@ def _iqr_ms(f) -> str:
     return "-" if f.iqr is None else f"{f.iqr * 1e3:.{1 if f.unit == 's' and f.value < 0.1 else 0}f}"
 
 
+def _timed_row(t: Table, point: str, f, time: str, rate: str) -> None:
+    """A measured point's row: its time (figure f, formatted), f's IQR in ms, tok/s and f's reps."""
+    t.add_row(point, time, _iqr_ms(f), rate, str(f.reps))
+
+
 def render_profile(prof, mp, out) -> None:
     how = (
         "measured: median of reps, IQR"
@@ -226,21 +231,11 @@ def render_profile(prof, mp, out) -> None:
             str(mp.load_s.reps),
         )
     for p in mp.prefill:
-        t.add_row(
-            f"prefill {p.prompt_tokens} tok",
-            f"{p.prefill_s.value * 1e3:.0f} ms",
-            _iqr_ms(p.prefill_s),
-            f"{p.prefill_tok_s.value:.0f}",
-            str(p.prefill_s.reps),
-        )
+        time, rate = f"{p.prefill_s.value * 1e3:.0f} ms", f"{p.prefill_tok_s.value:.0f}"
+        _timed_row(t, f"prefill {p.prompt_tokens} tok", p.prefill_s, time, rate)
     for d in mp.decode:
-        t.add_row(
-            f"decode ctx={d.context_tokens} n={d.n}",
-            f"{d.step_s.value * 1e3:.1f} ms/step",
-            _iqr_ms(d.step_s),
-            f"{d.decode_tok_s.value:.1f}",
-            str(d.step_s.reps),
-        )
+        time, rate = f"{d.step_s.value * 1e3:.1f} ms/step", f"{d.decode_tok_s.value:.1f}"
+        _timed_row(t, f"decode ctx={d.context_tokens} n={d.n}", d.step_s, time, rate)
     console.print(t)
     if mp.estimate is not None:
         console.print(

@@ -41,7 +41,7 @@ from edgekit.engines.grammar import grammar_for
 from edgekit.errors import BackendError, ContextOverflow, GGUFError, UsageError
 from edgekit.host import peers
 from edgekit.host import threads as host_threads
-from edgekit.host.cpu import cpu_model, usable_cpus
+from edgekit.host.cpu import usable_cpus
 from edgekit.host.load import ThreadTuner
 from edgekit.models.gguf import arch_is_known, check_gguf
 from edgekit.models.store import Progress, model_info, resolve
@@ -145,15 +145,7 @@ class LlamaCppEngine(Engine):
         adaptive = threads is None and host_threads.policy()["policy"] != "spin"
         threads = threads or usable.count
         _init_backend()
-        self.kernels = probe.choose(
-            str(resolved.path),
-            model_bytes=info.file_size,
-            tensor_types=info.extra.get("tensor_types", {}),
-            gpu_layers=gpu_layers,
-            threads=threads,
-            cpu_model=cpu_model(),
-            ll=_ll,
-        )
+        self.kernels = probe.choose_for(str(resolved.path), threads=threads, gpu_layers=gpu_layers, info=info)
         self.peers = peers.live_peers()
         peers.warn_if_shared(self.peers, adaptive)
         t0 = time.perf_counter()
@@ -207,7 +199,6 @@ class LlamaCppEngine(Engine):
             logprobs=True,
             json_schema=True,
             grammar=True,
-            seed=True,
             n_ctx=self._core.n_ctx,
             concurrent=rows or 1,
             grow=True,

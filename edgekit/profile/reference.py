@@ -17,6 +17,7 @@ Orin 64 GB, MAXN power mode, vLLM, FP16 weights, batch 1. Times in s, powers in 
                      source uses P(t) = P_inf - dP*exp(-t/tau) whose per-model parameters are not
                      published in readable form: edgekit holds the O = switch-1 value constant.
 
+The fits, as transcribed, are data: ``edgekit/data/edgereasoning_orin.json``.
 Regenerate the committed JSON with ``python -m edgekit.profile.reference [path]``.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib import resources
 from pathlib import Path
 
 from edgekit.figures import published, unavailable
@@ -59,89 +61,28 @@ ARCH_NOTE = (
     "config.json, not from EdgeReasoning; KV bytes per token assume an FP16 cache"
 )
 
-# (id, source name, hf repo, arch, params, n_layer, n_embd, n_head_kv, head_dim, prefill a b c, decode n m,
-#  prefill power, decode power a b)
-_MODELS = [
-    (
-        "deepseek-r1-distill-qwen-1.5b",
-        "DSR1-Qwen-1.5B",
-        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
-        "qwen2",
-        1.78e9,
-        28,
-        1536,
-        2,
-        128,
-        (1.5635548753756998e-07, 2.309554283403154e-06, 0.04598102600399947),
-        (0.023633865754453625, 1.4968086938621786e-07),
-        {"type": "linear", "slope": 6.68749014794967e-05, "intercept": 5.499357133701591},
-        (3.2137108442982796, 0.7565375896390953),
-        (128, 1152),
-    ),
-    (
-        "deepseek-r1-distill-llama-8b",
-        "DSR1-Llama-8B",
-        "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
-        "llama",
-        8.03e9,
-        32,
-        4096,
-        8,
-        128,
-        (6.645207285297158e-07, 0.0002903545130874798, 0.10380849913420899),
-        (0.10038429572372025, 6.920219504432032e-07),
-        {
-            "type": "piecewise_log",
-            "threshold": 800,
-            "constant": 5.6577142857142855,
-            "a": 9.337806581499883,
-            "b": -52.218272155944696,
-        },
-        (2.701709095219641, 8.806744003175773),
-        (256, 1152),
-    ),
-    (
-        "deepseek-r1-distill-qwen-14b",
-        "DSR1-Qwen-14B",
-        "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B",
-        "qwen2",
-        14.8e9,
-        48,
-        5120,
-        8,
-        128,
-        (1.233003335291953e-06, 0.0005304540126753786, 0.18858145785250313),
-        (0.18655369142562853, 1.1301658358203775e-06),
-        {
-            "type": "piecewise_log",
-            "threshold": 800,
-            "constant": 10.258142857142857,
-            "a": 8.772487572371094,
-            "b": -40.77528971889581,
-        },
-        (1.6193869347921934, 16.88683031734797),
-        (128, 1152),
-    ),
-]
+# the source's fits, one record a model (architecture dimensions from Hugging Face, see ARCH_NOTE):
+# prefill_latency_abc, decode_latency_nm, prefill_power, decode_power_ab, input_tokens (the input sweep)
+FITS = resources.files("edgekit").joinpath("data", "edgereasoning_orin.json")
 
 PREFILL_POINTS = (128, 256, 384, 512, 640, 768, 896, 1024, 1152, 2048, 4096)
 DECODE_CONTEXTS = (0, 128, 256, 512, 1024, 2048, 4096)
 REF_INPUT, REF_CONTEXT, REF_OUTPUT = 512, 512, 64  # where the single-number energy figures are evaluated
 
 
-def published_model(row) -> dict:
-    (_, name, hf, _, _, _, _, _, _, (a, b, c), (n, m), ppow, (da, db), in_range) = row
+def published_model(row: dict) -> dict:
+    (a, b, c), (n, m), (da, db) = row["prefill_latency_abc"], row["decode_latency_nm"], row["decode_power_ab"]
     return {
         "citation": CITATION,
         "source": SOURCE,
         "setup": SETUP,
-        "source_model_name": name,
-        "hf_repo": hf,
+        "source_model_name": row["source_model_name"],
+        "hf_repo": row["hf_repo"],
         "units": {"time": "s", "power": "W", "length": "tokens"},
-        "sweep_ranges": {"input_tokens": list(in_range), "output_tokens": [1, 2176]},
+        "sweep_ranges": {"input_tokens": list(row["input_tokens"]), "output_tokens": [1, 2176]},
         "prefill_latency": {"a": a, "b": b, "c": c, "pad_to": 128, "form": "a*Ip^2 + b*Ip + c, Ip = ceil(I/128)*128"},
         "decode_latency": {"n": n, "m": m, "form": "O*(n + m*I + m*(O-1)/2); token j costs n + m*(I + j)"},
-        "prefill_power": dict(ppow),
+        "prefill_power": dict(row["prefill_power"]),
         "decode_power": {
             "a": da,
             "b": db,
@@ -152,8 +93,8 @@ def published_model(row) -> dict:
     }
 
 
-def _model_profile(row) -> ModelProfile:
-    mid, name, hf, arch, params, n_layer, n_embd, n_kv, hd = row[:9]
+def _model_profile(row: dict) -> ModelProfile:
+    params, n_layer, n_kv, hd = row["n_params"], row["n_layer"], row["n_head_kv"], row["head_dim"]
     pm = published_model(row)
     in_lo, in_hi = pm["sweep_ranges"]["input_tokens"]
     prefill = []
@@ -203,13 +144,13 @@ def _model_profile(row) -> ModelProfile:
         note="energies derived by edgekit as published power x published time; " + LONG_DECODE_NOTE,
     )
     info = ModelInfo(
-        id=mid,
-        arch=arch,
+        id=row["id"],
+        arch=row["arch"],
         quant="FP16",
         n_params=params,
         size_bytes=int(round(2 * params)),
         n_layer=n_layer,
-        n_embd=n_embd,
+        n_embd=row["n_embd"],
         n_head_kv=n_kv,
         n_embd_head=hd,
         kv_bytes_per_token=float(2 * n_layer * n_kv * hd * 2),
@@ -238,7 +179,7 @@ def build_orin_reference(created: str = REFERENCE_CREATED) -> DeviceProfile:
         device=DeviceInfo(
             name="Jetson AGX Orin 64GB", jetson_model="Jetson AGX Orin 64GB", nvpmodel_mode="MAXN", gpu_offload=True
         ),
-        models=[_model_profile(r) for r in _MODELS],
+        models=[_model_profile(r) for r in json.loads(FITS.read_text())],
         source=SOURCE,
         notes=[
             f"published reference: {SETUP}; every figure is from the source's fits or derived from them",
