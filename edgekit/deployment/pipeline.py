@@ -376,6 +376,11 @@ def deploy(
                 cloud=cloud_rt,
                 threads=o.threads,
                 seed=o.seed,
+                cloud_s_each=(
+                    (pf.offload.offload_rate if pf.offload.offload_rate is not None else 1.0) * sizing.cloud_s(cloud)
+                    if cloud_rt is not None
+                    else 0.0
+                ),
             ),
             _stage_bar(progress, "verify"),
         )
