@@ -49,6 +49,24 @@ def append_jsonl(path: str | Path, obj: dict) -> None:
         os.fsync(f.fileno())
 
 
+def read_records(path: str | Path) -> tuple[dict | None, dict[str, dict]]:
+    """A resumable run's file: its first line (the settings it was made with; None when unreadable) and its
+    records by ``id``, in order, up to a torn last line after a kill; a later line of an id replaces an earlier."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:
+        head = json.loads(lines[0])
+    except (ValueError, IndexError):
+        head = None
+    done: dict[str, dict] = {}
+    for ln in lines[1:]:
+        try:
+            rec = json.loads(ln)
+            done[rec["id"]] = rec
+        except (ValueError, KeyError):
+            break  # a torn last line after a kill
+    return (head if isinstance(head, dict) else None), done
+
+
 def load_versioned(path: str | Path, cls: type[M], what: str, version: int, remake: str, missing_fix: str) -> M:
     """Load a versioned document; ``remake`` is the command that re-creates it (for the fixes)."""
     p = Path(path)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgekit.device.sysinfo import llama_build
 from edgekit.errors import EdgekitError
+from edgekit.jsonio import write_atomic
 from edgekit.plan.this_device import device_notes
 from edgekit.schemas.profile import DeviceProfile, load_profile
 
@@ -96,9 +97,7 @@ def complete_profile(
     ``specs``: model id -> what to load. ``profile_fn`` replaces edgekit.profile.sweep.profile_model (tests)."""
     choice.path.parent.mkdir(parents=True, exist_ok=True)
     if choice.source is not None and choice.source.resolve() != choice.path.resolve():
-        tmp = choice.path.with_name(choice.path.name + ".tmp")
-        tmp.write_bytes(choice.source.read_bytes())
-        tmp.replace(choice.path)
+        write_atomic(choice.path, choice.source.read_bytes(), "profile")
     if not choice.missing:
         return choice.path
     from edgekit.profile.sweep import SweepConfig, profile_model

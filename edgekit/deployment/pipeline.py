@@ -33,8 +33,9 @@ from edgekit.engines.openai import OpenAIEngine
 from edgekit.errors import FetchError, UsageError
 from edgekit.evaluate.api import evaluate
 from edgekit.evaluate.tasks import load_task
+from edgekit.jsonio import write_atomic
 from edgekit.plan.make import make_plan
-from edgekit.plan.offload_threshold import CalibrationRun, calibrate
+from edgekit.plan.offload_threshold import CalibrationRun, calibrate, check_offload_settings
 from edgekit.plan.replan import config_label
 from edgekit.runtime import Runtime
 from edgekit.schemas.checks import check_base_url, check_threads
@@ -89,10 +90,8 @@ class _State:
             return cls(p)
 
     def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
         d = {"fingerprints": self.fingerprints, "tuned": self.tuned, "calibration": self.calibration}
-        tmp.write_text(json.dumps(d, indent=1), encoding="utf-8")
-        tmp.replace(self.path)
+        write_atomic(self.path, json.dumps(d, indent=1).encode(), "deploy state")
 
 
 def _fp(*parts) -> str:
@@ -112,13 +111,7 @@ def _check(o: DeployOptions) -> None:
         raise UsageError(f"unknown template {o.template!r}", fix=f"use one of {', '.join(TEMPLATE_BUDGET)}")
     SamplingOptions.build(n=o.n_samples, max_tokens=o.max_tokens or 1)  # one line on a bad n / budget
     check_threads(o.threads)
-    if (o.alpha is None) != (o.delta is None):
-        raise UsageError("--alpha and --delta go together", fix="pass both, e.g. --alpha 0.1 --delta 0.05")
-    for name, v in (("alpha", o.alpha), ("delta", o.delta)):
-        if v is not None and not 0 < v < 1:
-            raise UsageError(f"--{name} must be in (0, 1), got {v}", fix=f"pass e.g. --{name} 0.1")
-    if o.offload_budget is not None and not 0 <= o.offload_budget <= 1:
-        raise UsageError(f"--offload-budget must be in [0, 1], got {o.offload_budget}", fix="pass e.g. 0.3")
+    check_offload_settings(o.alpha, o.delta, o.offload_budget)
     if o.cloud_url is not None:
         check_base_url(o.cloud_url, "--cloud-url")
         if not o.cloud_model:
@@ -400,8 +393,8 @@ def deploy(
     _finish(rep, pf, res, out, pending, splits)
     rep.stages["outputs"] = time.monotonic() - t0
     rep.total_s = elapsed()
-    save_json(out / "report.json", rep.to_dict())
-    (out / "report.md").write_text(rep.to_markdown(), encoding="utf-8")
+    write_atomic(out / "report.json", json.dumps(rep.to_dict(), indent=1, default=str).encode(), "report")
+    write_atomic(out / "report.md", rep.to_markdown().encode(), "report")
     return rep
 
 
@@ -461,7 +454,7 @@ def _finish(rep: DeployReport, pf, res, out: Path, pending: Path, splits: dict[s
     pf.save(plan_path)
     pending.unlink(missing_ok=True)
     unit = out / "edgekit.service"
-    unit.write_text(unit_file(plan_path, os.environ.get("EDGEKIT_HOME")), encoding="utf-8")
+    write_atomic(unit, unit_file(plan_path, os.environ.get("EDGEKIT_HOME")).encode(), "systemd unit")
     rep.splits = {k: s.to_dict() for k, s in splits.items()}
     rep.plan = {
         "config": config_label(pf),
@@ -491,12 +484,6 @@ def _finish(rep: DeployReport, pf, res, out: Path, pending: Path, splits: dict[s
         "profile": rep.profile["path"],
         "verify_records": str(out / "verify.jsonl"),
     }
-
-
-def save_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
-    tmp.replace(path)
 
 
 __all__ = ["DeployOptions", "deploy"]

@@ -31,7 +31,7 @@ import numpy as np
 from edgekit.evaluate.runner import problem_seed
 from edgekit.evaluate.tasks import load_task
 from edgekit.figures import wilson
-from edgekit.jsonio import append_jsonl
+from edgekit.jsonio import append_jsonl, read_records
 from edgekit.runtime import Runtime
 from edgekit.runtime.routing import score_of
 from edgekit.schemas.plan import PlanFile
@@ -72,20 +72,8 @@ def _done(path: Path, settings: dict) -> dict[str, dict]:
     """Records of an earlier run with the same settings; anything else is discarded (it is re-measured)."""
     if not path.exists():
         return {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    try:
-        if json.loads(lines[0]).get("settings") != settings:
-            return {}
-    except (ValueError, IndexError, AttributeError):
-        return {}
-    out = {}
-    for ln in lines[1:]:
-        try:
-            r = json.loads(ln)
-            out[r["id"]] = r
-        except (ValueError, KeyError):
-            break  # a torn last line after a kill
-    return out
+    head, done = read_records(path)
+    return done if head is not None and head.get("settings") == settings else {}
 
 
 def run_verify(v: VerifyRun, progress: Callable[[int, int], None] | None = None) -> list[dict]:

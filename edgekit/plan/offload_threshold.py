@@ -19,7 +19,7 @@ from edgekit.calibrate import conformal_offload_threshold, ltt_threshold, min_ca
 from edgekit.engines.openai import OpenAIEngine
 from edgekit.errors import FetchError, UsageError
 from edgekit.evaluate.tasks import load_task
-from edgekit.jsonio import append_jsonl, save_atomic
+from edgekit.jsonio import append_jsonl, read_records, save_atomic
 from edgekit.runtime import Runtime
 from edgekit.runtime.query import check_plan_model
 from edgekit.runtime.routing import score_of
@@ -48,20 +48,25 @@ class CalibrationRun:
     records: list[dict] = field(default_factory=list)
 
 
+def check_offload_settings(alpha: float | None, delta: float | None, offload_budget: float | None) -> None:
+    """The risk levels (alpha and delta together, each in (0, 1)) and the offload budget (in [0, 1])."""
+    if (alpha is None) != (delta is None):
+        raise UsageError("--alpha and --delta go together", fix="pass both, e.g. --alpha 0.1 --delta 0.05")
+    for name, v in (("alpha", alpha), ("delta", delta)):
+        if v is not None and not 0 < v < 1:
+            raise UsageError(f"--{name} must be in (0, 1), got {v}", fix=f"pass e.g. --{name} 0.1")
+    if offload_budget is not None and not 0 <= offload_budget <= 1:
+        raise UsageError(
+            f"--offload-budget must be in [0, 1], got {offload_budget}", fix="pass e.g. --offload-budget 0.2"
+        )
+
+
 def _check_settings(c: CalibrationRun) -> None:
     if c.alpha is None and c.offload_budget is None:
         raise UsageError(
             "nothing to calibrate for", fix="pass --alpha A --delta D (risk guarantee) and/or --offload-budget B"
         )
-    if (c.alpha is None) != (c.delta is None):
-        raise UsageError("--alpha and --delta go together", fix="pass both, e.g. --alpha 0.1 --delta 0.05")
-    for name, v in (("alpha", c.alpha), ("delta", c.delta)):
-        if v is not None and not 0 < v < 1:
-            raise UsageError(f"--{name} must be in (0, 1), got {v}", fix=f"pass e.g. --{name} 0.1")
-    if c.offload_budget is not None and not 0 <= c.offload_budget <= 1:
-        raise UsageError(
-            f"--offload-budget must be in [0, 1], got {c.offload_budget}", fix="pass e.g. --offload-budget 0.2"
-        )
+    check_offload_settings(c.alpha, c.delta, c.offload_budget)
     if c.score is not None and c.score not in SCORES:
         raise UsageError(f"unknown score {c.score!r}", fix=f"use one of {', '.join(SCORES)}")
 
@@ -76,23 +81,12 @@ def _problems_hash(problems) -> str:
 def _load_partial(path: Path, settings: dict) -> dict[str, dict]:
     if not path.exists():
         return {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    try:
-        head = json.loads(lines[0])
-    except (ValueError, IndexError):
-        head = None
-    if not isinstance(head, dict) or head.get("settings") != settings:
+    head, done = read_records(path)
+    if head is None or head.get("settings") != settings:
         raise UsageError(
             f"{path} holds a calibration run with other settings or problems",
             fix=f"delete {path} to start over, or rerun with the same plan, task and split",
         )
-    done = {}
-    for ln in lines[1:]:
-        try:
-            rec = json.loads(ln)
-            done[rec["id"]] = rec
-        except (ValueError, KeyError):
-            break  # a torn last line after a kill
     return done
 
 
