@@ -107,6 +107,24 @@ def test_a_measurement_outside_the_prediction_is_flagged():
     assert md is None or "contradicted" in md
 
 
+def test_verify_records_of_an_edited_task_file_are_not_reused(tmp_path):
+    """Same file name, split, model and options, but one verify answer changed: the old records must not count."""
+    from edgekit.deployment.verify import VerifyRun, _settings
+    from edgekit.evaluate.tasks import load_task
+
+    pf = _plan()
+    f = _task_file(tmp_path / "t.jsonl", 45)
+    v = VerifyRun(pf, f"jsonl:{f}", "25:45", 20, 60.0, tmp_path / "verify.jsonl")
+    before = _settings(v, load_task(v.task, template=pf.chosen.prompt_template, split=v.split))
+    lines = f.read_text().splitlines()
+    d = json.loads(lines[30])
+    d["answer"] = str(int(d["answer"]) + 1)
+    lines[30] = json.dumps(d)
+    f.write_text("\n".join(lines) + "\n")
+    after = _settings(v, load_task(v.task, template=pf.chosen.prompt_template, split=v.split))
+    assert before != after and before["problems_sha256"] != after["problems_sha256"]
+
+
 def test_the_prediction_interval_widens_with_fewer_problems():
     lo1, hi1 = prediction_interval(0.5, 30, 20)
     lo2, hi2 = prediction_interval(0.5, 300, 200)

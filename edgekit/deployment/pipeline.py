@@ -193,6 +193,8 @@ def deploy(
         say("the task file, the models or the tune options changed: tune, plan, calibrate and verify start over")
         for f in (out / "tables").glob("*"):
             f.unlink()
+        # the calibration's partial records belong to the old problems (its settings would refuse them)
+        (out / "plan.pending.json.calibration.partial.jsonl").unlink(missing_ok=True)
         state.tuned, state.calibration = [], None
         state.fingerprints = {}
     state.fingerprints["tune"] = tune_fp

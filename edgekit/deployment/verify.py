@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.evaluate.runner import problem_seed
-from edgekit.evaluate.tasks import load_task
+from edgekit.evaluate.tasks import Task, load_task
 from edgekit.figures import wilson
 from edgekit.jsonio import append_jsonl, read_records
 from edgekit.runtime import Runtime
@@ -53,7 +53,8 @@ class VerifyRun:
     cloud_s_each: float = 0.0  # expected cloud seconds per local query (offload rate x cloud latency): kept free
 
 
-def _settings(v: VerifyRun) -> dict:
+def _settings(v: VerifyRun, task: Task) -> dict:
+    """What the records depend on, the problems' own text included: an edited task file is measured again."""
     c = v.plan.chosen
     off = v.plan.offload
     return {
@@ -63,6 +64,7 @@ def _settings(v: VerifyRun) -> dict:
         "template": c.prompt_template,
         "task": v.task,
         "split": v.split,
+        "problems_sha256": task.sha256,
         "seed": v.seed,
         "threshold": None if off is None or v.cloud is None else [off.score, off.threshold],
     }
@@ -81,7 +83,7 @@ def run_verify(v: VerifyRun, progress: Callable[[int, int], None] | None = None)
     ``min_problems`` are in. Returns one record per problem run."""
     c = v.plan.chosen
     task = load_task(v.task, template=c.prompt_template, split=v.split)
-    settings = _settings(v)
+    settings = _settings(v, task)
     done = _done(v.records_path, settings)
     if not done:
         v.records_path.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
