@@ -47,13 +47,15 @@ def rt_sched():
     r.close()
 
 
-def reference_pick(self, rs, row, top):  # BlockSampler.pick's signature
+def reference_pick(self, rs, row, top, scores=None):  # BlockSampler.pick's signature
     """The old path: the whole row, grammar first, then the chain, on one array; accept once."""
     self._load(self._ids, row)
     if rs.grammar is not None:
         S.ll.llama_sampler_apply(rs.grammar, self._arr_ref)
     S.ll.llama_sampler_apply(rs.chain, self._arr_ref)
     tok = int(self._cand["id"][self._arr.selected])
+    if scores is not None:  # the confidence scores are not what this test compares
+        scores[2].append(self.token_scores(rs, row, top, tok, scores[0], scores[1]))
     if rs.grammar is not None:
         S.ll.llama_sampler_accept(rs.grammar, tok)
         rs.key = (rs.key[0], hash((rs.key[1], tok)))

@@ -85,6 +85,11 @@ class Event:
     token: int = -1
     text: str = ""
     logprob: float | None = None
+    # token scores for confidence (llama.cpp with logprobs): the logprob renormalised over the tokens
+    # the grammar allowed, and DeepConf's token confidence; both None for a token the grammar forced
+    logprob_allowed: float | None = None
+    conf: float | None = None
+    scored: bool = False  # the two above were computed (False: the engine gives no token scores)
     reason: str | None = None
     tokens: int = 0
     prompt_tokens: int | None = None

@@ -339,6 +339,16 @@ class LlamaCppEngine(Engine):
             return self._sched.exclusive(lambda: dec.score(list(prompt_ids), list(continuation_ids)))
         return dec.score(list(prompt_ids), list(continuation_ids))
 
+    def next_logprobs(self, prompt_ids: list[int], ids: list[int]) -> list[float]:
+        """Log-probabilities of each of ``ids`` as the next token after ``prompt_ids`` (one prefill)."""
+        dec = self._live()
+        if not prompt_ids or not ids:
+            raise UsageError("next_logprobs needs a non-empty prompt and candidate ids", fix="pass token ids for both")
+        self.check_fits(len(prompt_ids), 1, 1)
+        if self._sched is not None:
+            return self._sched.exclusive(lambda: dec.next_logprobs(list(prompt_ids), list(ids)))
+        return dec.next_logprobs(list(prompt_ids), list(ids))
+
     def token_logprobs(self, tokens: list[int], *, n_ctx: int, top_k: int = 0, at_ids=None):
         """Log-probabilities of a text's tokens in llama-perplexity windows of ``n_ctx`` (second half
         of each window scored), with the top-k of each distribution and, optionally, the

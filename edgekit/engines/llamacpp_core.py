@@ -92,7 +92,7 @@ class Row:
         self.bidx = -1  # this row's logits row (output index) in the last decode
         self.max_stop = max((len(x) for x in o.stop), default=0)
 
-    def accept(self, t: int, logprob: float | None, d: BatchDecoder, out: list) -> bool:
+    def accept(self, t: int, logprob: float | None, d: BatchDecoder, out: list, scores=None) -> bool:
         """Take sampled token ``t``: append its events to ``out``; False when the sample finished."""
         o = self.o
         if not o.ignore_eos and ll.llama_vocab_is_eog(d._vocab, t):
@@ -103,7 +103,11 @@ class Row:
         self.last = t
         piece = self.dec.decode(d.piece(t))
         self.text += piece
-        out.append(Event("token", seq=self.index, token=t, text=piece, logprob=logprob))
+        ev = Event("token", seq=self.index, token=t, text=piece, logprob=logprob)
+        if scores is not None:
+            ev.logprob_allowed, ev.conf = scores
+            ev.scored = True
+        out.append(ev)
         if self.max_stop:
             # only the new piece (and the stop-length tail before it) can complete a stop string; cut at its
             # FIRST occurrence there: a piece like "\n\n" holds the stop "\n" twice, and cutting at the last
@@ -284,19 +288,23 @@ class BatchDecoder:
             ll.llama_memory_clear(mem, True)
 
     def sample(self, rows: list, samplers: list, n_out: int, want_lp: bool) -> list:
-        """(token, logprob or None) for every row from the last decode's ``n_out`` logits rows;
-        ``row.bidx`` is the row's logits row, ``samplers[i]`` row i's :class:`RowSampler`."""
+        """(token, logprob or None, token scores or None) for every row from the last decode's
+        ``n_out`` logits rows; ``row.bidx`` is the row's logits row, ``samplers[i]`` row i's
+        :class:`RowSampler`. With logprobs, the scores are (log-probability over the tokens the
+        grammar allowed, DeepConf token confidence over ``row.o.conf_top_k`` tokens, None when 0)."""
         smp = self.sampling
         smp.new_step()
         block = smp.block(self._ctx, n_out)
         m = block.max(axis=1)
         lse = smp.lse(block, m) if want_lp else None
         out = []
+        sc: list = []
         for r, rs in zip(rows, samplers):
             b = r.bidx
             row = block[b]
-            t = smp.pick(rs, row, float(m[b]))
-            out.append((t, float(row[t] - lse[b]) if lse is not None else None))
+            want = lse is not None and r.o.logprobs
+            t = smp.pick(rs, row, float(m[b]), (float(lse[b]), r.o.conf_top_k, sc) if want else None)
+            out.append((t, float(row[t] - lse[b]) if lse is not None else None, sc.pop() if want else None))
         return out
 
     def _steps(self, prompt, n, o: SamplingOptions, samplers, cancel, grow, seq_id) -> Iterator[Event]:
@@ -311,7 +319,7 @@ class BatchDecoder:
         while live:
             # 2. sample one token for every live sequence from the last decode's logits
             picks = self.sample(live, [samplers[r.index] for r in live], n_out, o.logprobs)
-            still = [r for r, (t, lp) in zip(live, picks) if r.accept(t, lp, self, out)]
+            still = [r for r, (t, lp, sc) in zip(live, picks) if r.accept(t, lp, self, out, sc)]
             yield from out
             out.clear()
             live = still
@@ -349,6 +357,20 @@ class BatchDecoder:
             self._decode(n_out)
 
     # -- teacher-forced scoring (one sequence) ----------------------------------------------
+    def next_logprobs(self, prompt: list[int], ids: list[int]) -> list[float]:
+        """Log-probabilities (raw logits) of each of ``ids`` as the token after ``prompt``: one
+        prefill on one sequence (P(True) self-check)."""
+        nv = self._n_vocab
+        ll.llama_memory_clear(self._mem, True)
+        try:
+            self._prefill(prompt, None)
+            row = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, -1), shape=(nv,)).astype(np.float64)
+        finally:
+            ll.llama_memory_clear(self._mem, True)
+        m = row.max()
+        lse = m + np.log(np.exp(row - m).sum())
+        return [float(row[i] - lse) for i in ids]
+
     def score(self, prompt: list[int], continuation: list[int]) -> Scored:
         """Replay ``continuation`` after ``prompt`` on one sequence, one token per decode (the
         n=1 generation path, forced instead of sampled): per continuation token, its logprob

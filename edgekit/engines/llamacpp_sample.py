@@ -33,6 +33,13 @@ nucleus is kept with the unconstrained nucleus's probability).
 
 Log-probabilities (raw distribution, what the confidence score reads) need one log-sum-exp per
 logits row: computed once per row in numpy over the contiguous block, into a reused buffer.
+
+Token scores for confidence (:meth:`BlockSampler.token_scores`, before the grammar accepts the
+token): the chosen token's log-probability *renormalised over what the grammar allowed* and
+DeepConf's token confidence (minus the mean log-probability of the k most likely allowed tokens).
+A token the grammar forced (one allowed token) scores None: it carries no doubt. The allowed set
+is found in a band of ``ln(V) + 7`` nats below the chosen token, so the tokens left out hold at
+most ``e^-7`` of the allowed mass (the log-sum-exp is off by at most 0.001 nats).
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ except ImportError as e:  # pragma: no cover - install problem
 
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 BANDS = (8.0, 16.0)  # logit distances below the row maximum tried before the whole vocabulary
+_TOPK_BANDS = (8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)  # token confidence: bands tried for the top k
+_RENORM_EXTRA = 7.0  # band below the chosen token for the grammar's renormalisation: ln(V) + this
 _EPS = 1e-4  # margin on top-p's cumulative-mass test (llama.cpp sums in float32)
 
 
@@ -132,6 +141,20 @@ def band_decides(lv: np.ndarray, floor: float, unknown: int, top_k: int, top_p: 
     return False
 
 
+def topk_mean(row: np.ndarray, top: float, k: int) -> float:
+    """Mean of the ``k`` largest values of ``row`` (maximum ``top``): a band below the maximum
+    first (a comparison and a small partition, not a partition of the whole vocabulary)."""
+    ids = np.empty(0, np.int64)
+    for d in _TOPK_BANDS:
+        ids = np.flatnonzero(row >= top - d)
+        if len(ids) >= k:
+            break
+    v = row[ids] if len(ids) >= k else row
+    if len(v) > k:
+        v = np.partition(v, len(v) - k)[-k:]
+    return float(v.astype(np.float64).mean())
+
+
 class BlockSampler:
     """Buffers and counters for picking tokens from a decode's logits (one per context)."""
 
@@ -208,15 +231,42 @@ class BlockSampler:
             return int(self._cand["id"][max(self._arr.selected, 0)])
         return self._chain(rs, v, row)
 
-    def pick(self, rs: RowSampler, row: np.ndarray, top: float) -> int:
+    def pick(self, rs: RowSampler, row: np.ndarray, top: float, scores: tuple | None = None) -> int:
         """The token row ``row`` (raw logits, maximum ``top``) gives sample ``rs``; accepted into
-        its samplers (the grammar advances exactly once)."""
+        its samplers (the grammar advances exactly once). ``scores``: ``(lse, k, out)``: append the
+        token's :meth:`token_scores` to the list ``out`` (computed before the grammar accepts it)."""
         tok = self._pick(rs, row, top)
+        if scores is not None:
+            scores[2].append(self.token_scores(rs, row, top, tok, scores[0], scores[1]))
         if rs.grammar is not None:
             ll.llama_sampler_accept(rs.grammar, tok)
             rs.key = (rs.key[0], hash((rs.key[1], tok)))
         ll.llama_sampler_accept(rs.chain, tok)
         return tok
+
+    def token_scores(
+        self, rs: RowSampler, row: np.ndarray, top: float, tok: int, lse: float, k: int
+    ) -> tuple[float | None, float | None]:
+        """(log-probability of ``tok`` over the allowed tokens, DeepConf token confidence over the
+        top ``k`` allowed tokens); (None, None) when the grammar allowed only ``tok``."""
+        if rs.grammar is None:
+            return float(row[tok] - lse), (-(topk_mean(row, top, k) - lse) if k else None)
+        ids = np.flatnonzero(row >= row[tok] - (math.log(self.nv) + _RENORM_EXTRA)).astype(np.int32)
+        if len(ids) > self.nv // 8:
+            v = self._seen.get(rs.key)
+            if v is None:
+                v = self._seen[rs.key] = self._valid(rs.grammar, self._ids, row)
+        else:
+            v = self._valid(rs.grammar, ids, row)
+        if len(v) <= 1:
+            return None, None
+        lv = row[v].astype(np.float64)
+        mv = float(lv.max())
+        lse_v = mv + math.log(float(np.exp(lv - mv).sum()))
+        if not k:
+            return float(row[tok] - lse_v), None
+        top_v = np.partition(lv, len(lv) - k)[-k:] if len(lv) > k else lv
+        return float(row[tok] - lse_v), -(float(top_v.mean()) - lse_v)
 
     def _pick(self, rs: RowSampler, row: np.ndarray, top: float) -> int:
         g = rs.grammar

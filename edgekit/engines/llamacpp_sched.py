@@ -214,8 +214,8 @@ class Scheduler:
         for req in list(self._running):
             still = []
             for r in req.live:
-                tok, lp = next(picks)
-                if r.accept(tok, lp if req.o.logprobs else None, self._dec, out):
+                tok, lp, sc = next(picks)
+                if r.accept(tok, lp if req.o.logprobs else None, self._dec, out, sc):
                     still.append(r)
                 else:
                     self._free_row(req, r)
