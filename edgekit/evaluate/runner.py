@@ -38,6 +38,7 @@ from edgekit.jsonio import append_jsonl
 from edgekit.runtime import Runtime
 from edgekit.runtime.aggregate import get_extractor as default_get_extractor
 from edgekit.runtime.aggregate import quantile
+from edgekit.runtime.confidence import rescore
 from edgekit.schemas import __version__
 from edgekit.schemas.checks import check_output_path
 from edgekit.schemas.formats import answer_grammar
@@ -172,7 +173,8 @@ def _records(
         finished = s.finish_reason == "stop"  # stopped by itself; the budget rule (within_budget) does the rest
         lp = s.logprobs
         feats = (round(sum(lp) / len(lp), 4), round(quantile(lp, 0.10), 4)) if lp else (None, None)
-        items.append((answer, int(s.tokens), finished, feats))
+        sc = {k: None if v is None else round(v, 4) for k, v in rescore(s, answer, res.options).items()}
+        items.append((answer, int(s.tokens), finished, (*feats, sc)))
 
     def judge(item) -> bool:
         answer, _, finished, _ = item
@@ -180,8 +182,8 @@ def _records(
 
     verdicts = list(pool.map(judge, items)) if pool else [judge(it) for it in items]
     return [
-        SampleRecord(answer=a, correct=c, tokens=t, finished=f, mean_logprob=m, low_logprob=lo)
-        for (a, t, f, (m, lo)), c in zip(items, verdicts)
+        SampleRecord(answer=a, correct=c, tokens=t, finished=f, mean_logprob=m, low_logprob=lo, **sc)
+        for (a, t, f, (m, lo, sc)), c in zip(items, verdicts)
     ]
 
 

@@ -21,7 +21,7 @@ from edgekit.errors import UsageError
 
 Extractor = Callable[[str], str | None]
 
-_MARKER = re.compile(r"(?:final answer|answer\s*(?:is|:|=)|answer\s*\*\*\s*:?|\\boxed\{)", re.I)
+ANSWER_MARKER = re.compile(r"(?:final answer|answer\s*(?:is|:|=)|answer\s*\*\*\s*:?|\\boxed\{)", re.I)
 
 _UNITS = {
     "zero": 0,
@@ -86,7 +86,7 @@ def _norm_number(s: str) -> str:
 
 
 def _after_marker(text: str) -> str | None:
-    ms = list(_MARKER.finditer(text))
+    ms = list(ANSWER_MARKER.finditer(text))
     return text[ms[-1].end() :] if ms else None
 
 

@@ -26,6 +26,7 @@ from edgekit.engines.base import Engine, TokenPrompt
 from edgekit.errors import UsageError
 from edgekit.models.catalog import DEFAULT_MODEL
 from edgekit.runtime.aggregate import Extractor, get_extractor, json_answer, majority_vote, quantile
+from edgekit.runtime.confidence import p_true, query_scores, rescore
 from edgekit.runtime.routing import Offload, route
 from edgekit.schemas.options import CancelToken, SamplingOptions
 from edgekit.schemas.profile import ModelInfo
@@ -180,6 +181,11 @@ class Runtime:
                 "aggregate='first_verified' needs a verifier", fix="pass verifier=callable(sample) -> bool"
             )
         self.engine.check(opts)
+        if opts.self_check and not hasattr(self.engine, "next_logprobs"):
+            raise UsageError(
+                f"engine {self.engine.name} gives no next-token log-probabilities for the P(True) self-check",
+                fix="use the llama.cpp engine, or drop self_check / --self-check",
+            )
         if opts.rule.kind == "adaptive" and not self.engine.capabilities.grow:
             raise UsageError(
                 f"engine {self.engine.name} cannot add samples to a running batch (stop rule {opts.stop_rule})",
@@ -254,6 +260,8 @@ class Runtime:
             run_opts = opts.model_copy(update={"deadline_s": max(1e-3, opts.deadline_s - (t_start - t_call))})
         ids: list[list[int]] = [[] for _ in range(n)]
         lps: list[list[float]] = [[] for _ in range(n)]
+        # token scores for confidence (engines that give them): renormalised logprob, token confidence, piece length
+        tsc: list[list[tuple]] = [[] for _ in range(n)]
         samples: list[Sample | None] = [None] * n
         t_prefill_done = t_first = None
         n_prompt = len(src.ids) if isinstance(src, TokenPrompt) else None
@@ -268,6 +276,8 @@ class Runtime:
                 ids[ev.seq].append(ev.token)
                 if ev.logprob is not None:
                     lps[ev.seq].append(ev.logprob)
+                if ev.scored:
+                    tsc[ev.seq].append((ev.logprob_allowed, ev.conf, len(ev.text)))
             elif ev.kind == "finish":
                 if t_first is None:
                     t_first = time.perf_counter()
@@ -284,6 +294,9 @@ class Runtime:
                 # answer and is never verified (the tables' rule, edgekit.schemas.table.within_budget).
                 if ev.reason == "stop" and answering:
                     s.answer = extract(s.text)
+                if tsc[ev.seq] and len(tsc[ev.seq]) == len(s.token_ids):
+                    s._token_scores = tsc[ev.seq]
+                    s.scores = rescore(s, s.answer, opts)
                 if ev.reason == "stop" and opts.aggregate == "first_verified" and state["verified"] is None:
                     s.verified = bool(verifier(s))  # type: ignore[misc]
                     if s.verified:
@@ -321,6 +334,11 @@ class Runtime:
             threads=getattr(getattr(self.engine, "tuner", None), "threads", None),
         )
         res = self._aggregate(done, opts)
+        if opts.self_check and res.answer is not None and not isinstance(src, TokenPrompt) and not state["deadline"]:
+            t0 = time.perf_counter()
+            res.confidence.p_true = p_true(self.engine, src, res.answer, opts)
+            timings.self_check_s = time.perf_counter() - t0
+            timings.total_s += timings.self_check_s
         res.timings = timings
         if tally is not None:
             res.stopping = Stopping(
@@ -381,6 +399,9 @@ class Runtime:
             conf.mean_logprob = statistics.fmean(toks)
             conf.low_logprob = quantile(toks, 0.10)
         conf.vote_share = conf.votes / n if n else None
+        counted = [s for s in samples if s.finish_reason != "cancelled"]
+        for k, v in query_scores(chosen, counted).items():
+            setattr(conf, k, v)
         flags = []
         if any(s.finish_reason == "budget" for s in samples):
             k = sum(s.finish_reason == "budget" for s in samples)

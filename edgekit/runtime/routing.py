@@ -18,28 +18,54 @@ from dataclasses import dataclass, field
 
 from edgekit.engines.base import Engine
 from edgekit.errors import EdgekitError, UsageError
-from edgekit.schemas.offload import DEFAULT_THRESHOLDS, NO_GUARANTEE, SCORES, Mode, OffloadCalibration, OffloadInfo
+from edgekit.schemas.offload import (
+    DEFAULT_THRESHOLDS,
+    NO_GUARANTEE,
+    SCORES,
+    SINGLE_SCORES,
+    Mode,
+    OffloadCalibration,
+    OffloadInfo,
+)
 from edgekit.schemas.result import Result
 
+LEGACY_FEATURES = ("vote_share", "mean_logprob", "low_logprob")  # a "combined" calibration without features
 
-def score_of(res: Result, name: str, weights: list[float] | None = None) -> float | None:
-    """The confidence score ``name`` of a local result (None: no answer, always offloaded)."""
+
+def score_value(c, name: str) -> float | None:
+    """Single score ``name`` (SINGLE_SCORES) from a :class:`Confidence`; None when not recorded."""
+    if name == "low_entropy":
+        return None if c.answer_entropy is None else -c.answer_entropy
+    if name == "answered":
+        return None if c.no_answer_share is None else 1.0 - c.no_answer_share
+    if name in SINGLE_SCORES:
+        return getattr(c, name)
+    raise UsageError(f"unknown offload score {name!r}", fix=f"use one of {', '.join(SCORES)}")
+
+
+def combine(feats: list[float | None], weights: list[float]) -> float | None:
+    """The logistic combination (P(correct)) of feature values; None when one is missing."""
+    if any(f is None or math.isnan(f) for f in feats):
+        return None
+    z = sum(w * f for w, f in zip(weights, feats)) + weights[-1]  # type: ignore[operator]
+    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+
+
+def score_of(
+    res: Result, name: str, weights: list[float] | None = None, features: list[str] | None = None
+) -> float | None:
+    """The confidence score ``name`` of a local result (None: no answer or not recorded -- offloaded)."""
     c = res.confidence
+    if name == "auto":
+        raise UsageError("score 'auto' is chosen by calibration", fix="run `edgekit calibrate --score auto` first")
     if res.answer is None:
         return None
-    if name == "vote_share":
-        return c.vote_share
-    if name == "mean_logprob":
-        return c.mean_logprob
-    if name == "low_logprob":
-        return c.low_logprob
     if name == "combined":
-        feats = [c.vote_share, c.mean_logprob, c.low_logprob]
-        if weights is None or any(f is None for f in feats):
+        names = features or LEGACY_FEATURES
+        if weights is None or len(weights) != len(names) + 1:
             return None
-        z = sum(w * f for w, f in zip(weights, feats)) + weights[-1]  # type: ignore[operator]
-        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
-    raise UsageError(f"unknown offload score {name!r}", fix=f"use one of {', '.join(SCORES)}")
+        return combine([score_value(c, f) for f in names], weights)
+    return score_value(c, name)
 
 
 @dataclass
@@ -93,7 +119,7 @@ def route(rt, prompt, opts, run_local, cloud_rt) -> Result:
     info = OffloadInfo(
         mode=off.mode, score=score_name, threshold=tau, calibrated=calibrated, guarantee=guarantee, reason=""
     )
-    cloud_opts = opts.replace(n=1, temperature=0.0, aggregate="majority")
+    cloud_opts = opts.replace(n=1, temperature=0.0, aggregate="majority", self_check=False)
 
     def ask_cloud() -> Result | None:
         remaining = left()
@@ -134,10 +160,13 @@ def route(rt, prompt, opts, run_local, cloud_rt) -> Result:
         info.reason += "; the cloud failed, answered locally"
         return _finish(local, "local-fallback", info)
 
+    if _needs_self_check(score_name, off.calibration) and not opts.self_check:
+        opts = opts.replace(self_check=True)  # the score reads P(True): one extra prefill, timed
     local = run_local(opts)
     info.local_s = local.timings.queue_s + local.timings.total_s
     info.local_answer = local.answer
-    s = score_of(local, score_name, off.calibration.weights if off.calibration else None)
+    cal = off.calibration
+    s = score_of(local, score_name, cal.weights if cal else None, cal.features if cal else None)
     info.score_value = s
     if off.mode == "never":
         info.reason = "mode never"
@@ -160,6 +189,10 @@ def route(rt, prompt, opts, run_local, cloud_rt) -> Result:
         return _finish(local, "local-fallback", info, flag="local-fallback: " + (info.cloud_error or "cloud failed"))
     info.reason = f"offloaded: {why}"
     return _finish(r, "cloud", info)
+
+
+def _needs_self_check(score: str, cal: OffloadCalibration | None) -> bool:
+    return score == "p_true" or (score == "combined" and cal is not None and "p_true" in (cal.features or ()))
 
 
 def _finish(res: Result, source: str, info: OffloadInfo, flag: str | None = None) -> Result:

@@ -8,9 +8,32 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Mode = Literal["never", "auto", "always"]
 Source = Literal["local", "cloud", "local-fallback"]
-SCORES = ("vote_share", "mean_logprob", "low_logprob", "combined")
+# Single confidence scores, each oriented "higher = keep local" (edgekit.runtime.confidence says how each
+# is computed): low_entropy is minus the entropy of the extracted answers, answered one minus the share
+# of samples with no answer; p_true needs the self-check (one extra prefill).
+SINGLE_SCORES = (
+    "vote_share",
+    "mean_logprob",
+    "low_logprob",
+    "answer_logprob",
+    "answer_min_logprob",
+    "group_conf",
+    "tail_conf",
+    "low_entropy",
+    "answered",
+    "p_true",
+)
+SCORES = (*SINGLE_SCORES, "combined", "auto")  # combined: a logistic fit; auto: calibrate picks on a fit split
+# the scores an accuracy table's samples carry (edgekit.schemas.table.SampleRecord); the rest are per query
+TABLE_SCORES = ("mean_logprob", "low_logprob", "answer_logprob", "answer_min_logprob", "group_conf", "tail_conf")
 # used when no calibration exists: a default, said to be one, with no guarantee
-DEFAULT_THRESHOLDS = {"vote_share": 0.6, "mean_logprob": -0.5, "low_logprob": -2.5}
+DEFAULT_THRESHOLDS = {
+    "vote_share": 0.6,
+    "mean_logprob": -0.5,
+    "low_logprob": -2.5,
+    "answer_logprob": -0.7,
+    "p_true": 0.5,
+}
 NO_GUARANTEE = "no guarantee holds: the threshold is a default, not calibrated (run `edgekit calibrate`)"
 
 
@@ -31,7 +54,13 @@ class OffloadCalibration(_M):
     local_wrong_rate: float | None = None
     p_value: float | None = None
     guarantee: str
-    weights: list[float] | None = None  # combined score: logistic weights over SCORES[:3] + bias
+    weights: list[float] | None = None  # combined score: logistic weights over ``features`` + bias
+    features: list[str] | None = None  # combined score: its inputs (SINGLE_SCORES names); None: the first three
+    # which labelled problems chose / fitted the score and which calibrated the threshold (disjoint)
+    fit_split: str | None = None
+    n_fit: int = 0
+    calibration_split: str | None = None
+    score_choice: str | None = None  # why this score (AUROC on the fit split)
     model_sha256: str | None = None  # the local model it was calibrated for
     curve: list[dict] = Field(default_factory=list)
 

@@ -82,6 +82,13 @@ class SamplingOptions(BaseModel):
     ignore_eos: bool = False  # profiling: decode through end-of-generation tokens
     # stop the vote early (edgekit.schemas.stopping): none | decided | beta:<c> | adaptive:<n0>,<n_max>[,<c>]
     stop_rule: str | None = None
+    # confidence scores (edgekit.runtime.confidence; DeepConf's defaults): token confidence over the
+    # top conf_top_k tokens (0: off), lowest mean over windows of conf_window tokens, mean of the last conf_tail
+    conf_top_k: int = Field(20, ge=0, le=1000)
+    conf_window: int = Field(2048, ge=1)
+    conf_tail: int = Field(2048, ge=1)
+    # P(True) self-check: one extra prefill asking the model whether its answer is correct (timed)
+    self_check: bool = False
 
     @field_validator("stop")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from edgekit.schemas.offload import OffloadInfo, Source
 from edgekit.schemas.options import SamplingOptions
@@ -23,6 +23,12 @@ class Sample(_M):
     finish_reason: FinishReason  # stop: EOS or a stop sequence; budget: max_tokens; cancelled: batch ended early
     token_ids: list[int] = Field(default_factory=list)
     logprobs: list[float] = Field(default_factory=list)  # chosen-token log-probabilities (model distribution)
+    # per-sample confidence scores (edgekit.runtime.confidence): answer_logprob, answer_min_logprob,
+    # group_conf, tail_conf -- over the tokens the model chose, renormalised over what a grammar allowed
+    scores: dict[str, float | None] = Field(default_factory=dict)
+    # per token, in memory only: (logprob over the allowed tokens, token confidence, piece length) --
+    # to score the sample again for another extracted answer (edgekit.runtime.confidence.rescore)
+    _token_scores: list | None = PrivateAttr(default=None)
     answer: str | None = None  # extracted answer
     verified: bool | None = None  # first_verified: the verifier's verdict, if it was asked
     tokens_estimated: bool = False  # the engine could not count tokens (len(text)/4)
@@ -36,6 +42,16 @@ class Confidence(_M):
     mean_logprob: float | None = None  # mean chosen-token logprob over the agreeing samples
     low_logprob: float | None = None  # 10 % quantile of those token logprobs
     verified: bool | None = None  # first_verified: did any sample pass?
+    # edgekit.runtime.confidence: means over the agreeing samples of their answer-span log-probability
+    # (and its least likely token), DeepConf lowest-group and tail confidence; over the vote: the
+    # entropy of the extracted answers (nats), the share of samples with no answer; P(True) self-check
+    answer_logprob: float | None = None
+    answer_min_logprob: float | None = None
+    group_conf: float | None = None
+    tail_conf: float | None = None
+    answer_entropy: float | None = None
+    no_answer_share: float | None = None
+    p_true: float | None = None
 
     @property
     def agreement(self) -> str:
@@ -67,6 +83,7 @@ class Timings(_M):
     decode_tok_s: float | None = (
         None  # aggregate over samples: generated tokens / (prefill first token excluded) decode_s
     )
+    self_check_s: float | None = None  # P(True) self-check's prefill (SamplingOptions.self_check); in total_s
     kernels: str | None = None  # llama.cpp kernel configuration the probe chose: default / plain
     threads: int | None = None  # CPU threads in force at the end of the call (adaptive unless --threads)
 

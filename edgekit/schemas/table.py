@@ -66,6 +66,12 @@ class SampleRecord(_M):
     finished: bool  # stopped by itself (EOS/stop) within max_tokens
     mean_logprob: float | None = None  # mean chosen-token logprob (confidence input for offload planning)
     low_logprob: float | None = None  # 10 % quantile of the sample's token logprobs
+    # confidence scores (edgekit.runtime.confidence; None in tables built before them): the answer span's
+    # log-probability and least likely token, DeepConf lowest-group and tail confidence
+    answer_logprob: float | None = None
+    answer_min_logprob: float | None = None
+    group_conf: float | None = None
+    tail_conf: float | None = None
 
 
 class ProblemRecord(_M):
