@@ -13,7 +13,17 @@ Depends on numpy and :mod:`math` only.
 """
 
 from edgekit.calibrate.calibration import METHODS, Calibration
-from edgekit.calibrate.combine import FEATURES, ScoreChoice, auroc, choose_score, combined_score, selection_split
+from edgekit.calibrate.combine import (
+    FEATURES,
+    FIT_MIN,
+    ScoreChoice,
+    auroc,
+    check_disjoint,
+    check_fit_size,
+    choose_score,
+    combined_score,
+    selection_split,
+)
 from edgekit.calibrate.conformal import conformal_index, conformal_offload_threshold
 from edgekit.calibrate.pvalues import (
     binomial_cdf_table,
@@ -29,6 +39,9 @@ __all__ = [
     "METHODS",
     "Calibration",
     "FEATURES",
+    "FIT_MIN",
+    "check_disjoint",
+    "check_fit_size",
     "ScoreChoice",
     "auroc",
     "choose_score",

@@ -24,6 +24,31 @@ from edgekit.calibrate.inputs import as_labels
 from edgekit.errors import UsageError
 
 FEATURES = ("vote_share", "mean_logprob", "low_logprob")
+FIT_MIN, FIT_MIN_CLASS = 20, 5  # a fit split needs this many answered problems, this many right and wrong
+
+
+def check_fit_size(correct) -> None:
+    """Refuse a fitting split too small to choose or fit a score on (one line, saying how many)."""
+    y = np.asarray(correct, dtype=bool)
+    right, wrong = int(y.sum()), int((~y).sum())
+    if y.size < FIT_MIN or min(right, wrong) < FIT_MIN_CLASS:
+        raise UsageError(
+            f"the fitting split has {y.size} answered problems ({right} right, {wrong} wrong); choosing or "
+            f"fitting a score needs at least {FIT_MIN} with {FIT_MIN_CLASS} right and {FIT_MIN_CLASS} wrong",
+            fix="use more labelled problems (--split/--limit), or name one score with --score",
+        )
+
+
+def check_disjoint(fit_ids, calibration_ids) -> None:
+    """The score's fitting problems must not be calibration problems (Learn-then-Test assumes a
+    score fixed before the calibration data is seen)."""
+    leaked = sorted(set(map(str, fit_ids)) & set(map(str, calibration_ids)))
+    if leaked:
+        raise UsageError(
+            f"{len(leaked)} calibration problem(s) were used to fit or choose the score (e.g. {leaked[0]!r}): "
+            "the guarantee would not hold",
+            fix="fit the score on problems disjoint from the calibration split",
+        )
 
 
 def _as_features(features, n_names: int | None = None) -> np.ndarray:
@@ -123,6 +148,7 @@ class ScoreChoice:
     weights: np.ndarray | None
     auroc: dict = field(default_factory=dict)  # out-of-fold for "combined", plain for the single scores
     reason: str = ""
+    names: tuple[str, ...] = FEATURES  # the feature columns it was chosen / fitted over
 
     def apply(self, features) -> np.ndarray:
         X = _as_features(features)
@@ -179,6 +205,7 @@ def choose_score(
             w,
             scores,
             f"combined out-of-fold AUROC {comb:.3f} beats {best} {single[best]:.3f} by more than {margin:g}",
+            tuple(names),
         )
     return ScoreChoice(
         best,
@@ -186,4 +213,5 @@ def choose_score(
         None,
         scores,
         f"{best} AUROC {single[best]:.3f}; combined out-of-fold {comb:.3f} does not beat it by more than {margin:g}",
+        tuple(names),
     )

@@ -24,7 +24,11 @@ def register(app: typer.Typer) -> None:
         ),
         offload_budget: OffloadBudget = None,
         score: str | None = typer.Option(
-            None, "--score", help="vote_share | mean_logprob | low_logprob (default: the best here)"
+            None,
+            "--score",
+            help="auto (choose or fit on a fitting split, calibrate on the rest) | vote_share | mean_logprob | "
+            "low_logprob | answer_logprob | answer_min_logprob | group_conf | tail_conf | low_entropy | answered | "
+            "p_true (default: auto when the set is large enough, else vote_share / answer_logprob)",
         ),
         split: str | None = typer.Option(None, help="problem range a:b (keep it disjoint from the accuracy tables')"),
         limit: int | None = typer.Option(None, help="first N problems of the split"),
@@ -105,6 +109,11 @@ def _render(cal, path) -> None:
         f"local & wrong {100 * (cal.local_wrong_rate or 0):.1f} % ({cal.method})",
         highlight=False,
     )
+    if cal.fit_split:
+        console.print(
+            f"score chosen on {cal.fit_split}; threshold calibrated on {cal.calibration_split}", highlight=False
+        )
+        console.print(f"why {cal.score}: {cal.score_choice}", highlight=False)
     console.print(f"guarantee: {cal.guarantee}", highlight=False)
     console.print(f"saved into {path}")
 

@@ -88,7 +88,9 @@ def register(app: typer.Typer) -> None:
         cloud_model: CloudModel = None,
         offload: Offload = None,
         score: str | None = typer.Option(
-            None, "--score", help="offload score: vote_share | mean_logprob | low_logprob | combined"
+            None,
+            "--score",
+            help="offload score: vote_share | answer_logprob | low_entropy | p_true | ... (docs/offload.md)",
         ),
         threshold: float | None = typer.Option(
             None,
