@@ -96,7 +96,9 @@ ERROR_CASES: dict[str, list[str]] = {
 # keys that are a measurement of time, a timestamp or host-specific
 DROP = {"created", "edgekit_version", "load_s", "queue_s", "prefill_s", "decode_s", "total_s", "prefill_tok_s",
         "decode_tok_s", "kernels"}  # fmt: skip
-LOOSE = {"logprobs", "mean_logprob", "low_logprob"}  # sampled through the engine: 1e-3
+# sampled through the engine (log-probabilities and the confidence scores built on them): 1e-3
+LOOSE = {"logprobs", "mean_logprob", "low_logprob", "scores", "answer_logprob", "answer_min_logprob", "group_conf",
+         "tail_conf", "p_true"}  # fmt: skip
 
 
 def env() -> dict[str, str]:

@@ -151,7 +151,10 @@ def test_auto_on_a_set_too_small_for_two_splits_names_one_score_instead():
     recs = _records(30)
     run = CalibrationRun(plan_path="-", task="-", alpha=0.2, delta=0.1)  # no --score: auto only if it fits
     cal, extra = choose(recs, run, n_samples=1)
-    assert cal.score == "answer_logprob" and extra["fit_split"] is None and cal.n_calibration == 30
+    assert cal.score == "group_conf" and extra["fit_split"] is None and cal.n_calibration == 30
+    for r in recs:
+        r["group_conf"] = None  # recorded with conf_top_k=0: the answer span's log-probability instead
+    assert choose(recs, run, n_samples=1)[0].score == "answer_logprob"
 
 
 # ----------------------------------------------------------------------------- real model
@@ -175,3 +178,19 @@ def test_p_true_is_a_probability_and_its_prefill_is_timed(smol_rt):
     assert r.timings.self_check_s > 0 and r.timings.total_s >= r.timings.self_check_s
     plain = smol_rt.generate(q, max_tokens=4, grammar="root ::= [1-9]")
     assert plain.confidence.p_true is None and plain.timings.self_check_s is None
+
+
+def test_run_self_check_flag_reports_p_true_and_its_cost():
+    import json
+    import subprocess
+    import sys
+
+    q = "How many legs does a cat have? Answer with a single number."
+    args = [sys.executable, "-m", "edgekit.cli.main", "run", q, "-m", "smollm2-135m-instruct", "--max-tokens", "4"]
+    args += ["--grammar", "/dev/stdin", "--threads", "2"]
+    r = subprocess.run([*args, "--self-check", "--json"], input="root ::= [1-9]", capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(r.stdout)
+    assert 0.0 < d["confidence"]["p_true"] < 1.0 and d["timings"]["self_check_s"] > 0
+    text = subprocess.run([*args, "--self-check"], input="root ::= [1-9]", capture_output=True, text=True)
+    assert text.returncode == 0 and "P(True) 0." in text.stdout and "self-check" in text.stdout

@@ -98,6 +98,12 @@ def register(app: typer.Typer) -> None:
             help="keep local iff score >= threshold (default: the plan's calibrated one; "
             "else a default with no guarantee)",
         ),
+        self_check: bool = typer.Option(
+            False,
+            "--self-check",
+            help="also score the answer by P(True): one extra prefill, timed "
+            "(automatic when the offload score needs it)",
+        ),
         threads: Threads = None,
         priority: Priority = "normal",
         gpu_layers: GpuLayers = None,
@@ -126,6 +132,7 @@ def register(app: typer.Typer) -> None:
             "system": system,
             "deadline_s": deadline,
             "stop_rule": stop_rule,
+            "self_check": True if self_check else None,
         }
         if json_schema is not None:
             given["json_schema"] = _json_arg(json_schema, "--json-schema")
@@ -182,6 +189,20 @@ def render_result(res) -> None:
     if c.mean_logprob is not None:
         agree += f" · mean token logprob {c.mean_logprob:.2f} (p10 {c.low_logprob:.2f})"
     console.print(agree)
+    extra = [
+        f"{label} {v:.2f}"
+        for label, v in (
+            ("answer logprob", c.answer_logprob),
+            ("group conf", c.group_conf),
+            ("tail conf", c.tail_conf),
+            ("answer entropy", c.answer_entropy),
+        )
+        if v is not None
+    ]
+    if c.p_true is not None:
+        extra.append(f"P(True) {c.p_true:.2f}" + (f" (self-check {t.self_check_s:.2f} s)" if t.self_check_s else ""))
+    if extra:
+        console.print("confidence: " + " · ".join(extra), highlight=False)
     st = res.stopping
     if st is not None:
         what = (
