@@ -308,4 +308,3 @@ def _fallback_score(records: list[dict], n_samples: int) -> str:
     if n_samples > 1:
         return "vote_share"
     return "group_conf" if any(r.get("group_conf") is not None for r in records) else "answer_logprob"
-
