@@ -203,6 +203,47 @@ def test_systemd_unit_is_valid_and_hardened(tmp_path):
     assert not re.search(r"Unknown key|Failed to parse|ignoring", out), out
 
 
+def test_a_pinned_system_prompt_is_reused_and_shown_in_metrics(tmp_path):
+    sys_prompt = "You control a warehouse robot. " + " ".join(f"Rule {i}: keep aisle {i} clear." for i in range(30))
+    f = tmp_path / "system.txt"
+    f.write_text(sys_prompt)
+    s = Server(tmp_path, "--system-prompt-file", str(f), "--max-seqs", "4")
+    try:
+        assert "system prompt pinned in the prefix cache" in s.text()
+        m0 = s.metrics()
+        pinned = metric(m0, "edgekit_prefix_cache_tokens")
+        assert pinned > 200 and metric(m0, "edgekit_prefix_cache_budget_tokens") == 1024  # half of --ctx 2048
+        body = chat_body("Box at shelf 3. Next action?", temperature=0)
+        body["messages"].insert(0, {"role": "system", "content": sys_prompt})
+        for _ in range(2):
+            r = s.post("/chat/completions", body)
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= pinned
+        m = s.metrics()
+        assert metric(m, "edgekit_prefix_cache_hits") == 2
+        assert metric(m, "edgekit_prefix_cache_reused_tokens") >= 2 * pinned
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_system_prompt_file_too_long_or_a_negative_cache_is_one_line(tmp_path):
+    f = tmp_path / "long.txt"
+    f.write_text("Always be careful near people. " * 200)  # ~1,200 tokens: more than the cache of 512
+    for args in (["--system-prompt-file", str(f), "--ctx", "1024"], ["--prefix-cache", "-1"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "edgekit.cli.main", "serve", "-m", SMOL, "--port", str(free_port()), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env=ENV,
+        )
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "(fix: " in lines[0], r.stderr
+        assert ("holds 512" in lines[0]) if "--ctx" in args else ("--prefix-cache" in lines[0])
+
+
 # ------------------------------------------------------------------------------ server A
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):

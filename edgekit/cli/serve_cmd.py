@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import typer
 
@@ -40,6 +41,18 @@ def register(app: typer.Typer) -> None:
             "--max-seqs",
             help="llama.cpp: rows decoded together across concurrent requests "
             "(continuous batching; a request takes n rows, at least --max-n in all); 1: one request at a time",
+        ),
+        prefix_cache: int | None = typer.Option(
+            None,
+            "--prefix-cache",
+            help="llama.cpp: KV cells kept for recent prompts' prefixes, reused by requests that start the same "
+            "way; 0: off [default: half of --ctx, at most 8192]",
+        ),
+        system_prompt_file: str | None = typer.Option(
+            None,
+            "--system-prompt-file",
+            help="pin this system prompt's KV cells in the prefix cache at start-up (requests with this system "
+            "message then prefill only their own part)",
         ),
         max_tokens_cap: int = typer.Option(1024, "--max-tokens-cap", help="largest max_tokens a request may ask for"),
         max_prompt_tokens: int = typer.Option(2048, "--max-prompt-tokens", help="longest prompt, in tokens"),
@@ -109,6 +122,20 @@ def register(app: typer.Typer) -> None:
         ):
             if v < lo:
                 raise UsageError(f"{name} must be >= {lo}, got {v}", fix=f"pass {name} {lo} or more")
+        if prefix_cache is not None and prefix_cache < 0:
+            raise UsageError(f"--prefix-cache must be >= 0 tokens, got {prefix_cache}", fix="pass 0 to turn it off")
+        system_prompt = None
+        if system_prompt_file is not None:
+            try:
+                system_prompt = Path(system_prompt_file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise UsageError(
+                    f"cannot read --system-prompt-file {system_prompt_file}: {e}", fix="pass a UTF-8 text file"
+                ) from None
+            if not system_prompt.strip():
+                raise UsageError(f"--system-prompt-file {system_prompt_file} is empty", fix="pass a non-empty file")
+            if prefix_cache == 0:
+                raise UsageError("--system-prompt-file needs the prefix cache", fix="drop --prefix-cache 0")
         if port > 65535:
             raise UsageError(f"--port must be <= 65535, got {port}", fix="pass --port 8080")
         if replan and not plan:
@@ -158,6 +185,8 @@ def register(app: typer.Typer) -> None:
             cloud_model=cloud_model,
             offload=offload,
             drain_timeout_s=drain_timeout,
+            prefix_cache=prefix_cache,
+            system_prompt=system_prompt,
             live=LiveSettings.from_env(alpha=live_alpha, auto_replan=replan, margin=replan_margin, after=replan_after),
         )
         with PullProgress() as p:

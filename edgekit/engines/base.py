@@ -93,6 +93,7 @@ class Event:
     reason: str | None = None
     tokens: int = 0
     prompt_tokens: int | None = None
+    cached_tokens: int | None = None  # on "prefill": prompt tokens taken from a prefix cache, not prefilled
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
     tokens_estimated: bool = False

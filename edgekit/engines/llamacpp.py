@@ -38,6 +38,7 @@ from edgekit.engines.base import (
     plain_text,
 )
 from edgekit.engines.grammar import grammar_for
+from edgekit.engines.llamacpp_prefix import PREFIX_MIN, PREFIX_SLOTS, common_prefix
 from edgekit.errors import BackendError, ContextOverflow, GGUFError, UsageError
 from edgekit.host import peers
 from edgekit.host import threads as host_threads
@@ -112,6 +113,8 @@ class LlamaCppEngine(Engine):
         verify: str | None = None,
         max_seqs: int | None = None,
         prefill_chunk: int = 128,
+        prefix_cache: int | None = None,
+        prefix_min: int = PREFIX_MIN,
     ):
         """``model``: catalogue id, .gguf path or hf:owner/repo/file. ``verify``: "auto" (a cheap
         size/mtime/manifest check on every load, a full sha256 when it trips) or "full".
@@ -120,7 +123,12 @@ class LlamaCppEngine(Engine):
         thread-safe, and concurrent requests share one ``llama_decode`` per step, max(max_seqs,
         max_n) rows in all (a request takes n), the context's KV cells shared by all of them;
         ``prefill_chunk`` caps the prompt tokens prefilled per step beside the running rows.
-        Unset (the library and CLI default), one request holds the whole context at a time."""
+        Unset (the library and CLI default), one request holds the whole context at a time.
+
+        ``prefix_cache``: KV cells kept for recent prompts' prefixes (continuous batching: up to
+        ``PREFIX_SLOTS`` prompts, default a quarter of the context, at most 4096; one request at a
+        time: the last prompt, default on); 0 turns it off. A new prompt sharing at least
+        ``prefix_min`` leading tokens with a kept one prefills only the rest."""
         if not isinstance(max_n, int) or not 1 <= max_n <= MAX_N_CAP:
             raise UsageError(
                 f"max_n must be in 1..{MAX_N_CAP}, got {max_n!r}", fix=f"pass max_n between 1 and {MAX_N_CAP}"
@@ -130,6 +138,16 @@ class LlamaCppEngine(Engine):
         if max_seqs is not None and (not isinstance(max_seqs, int) or not 1 <= max_seqs <= 256):
             raise UsageError(f"max_seqs must be in 1..256, got {max_seqs!r}", fix="pass --max-seqs 8")
         rows = max(max_seqs, max_n) if max_seqs is not None and max_seqs > 1 else 0
+        if prefix_cache is not None and (not isinstance(prefix_cache, int) or prefix_cache < 0):
+            raise UsageError(
+                f"prefix cache size must be a whole number of tokens >= 0, got {prefix_cache!r}",
+                fix="pass 0 to turn the prefix cache off, or a size such as 2048",
+            )
+        if not isinstance(prefix_min, int) or prefix_min < 1:
+            raise UsageError(f"prefix_min must be an integer >= 1, got {prefix_min!r}", fix=f"pass {PREFIX_MIN}")
+        if prefix_cache is None:
+            prefix_cache = min(n_ctx // 4, 4096) if rows else 1
+        slots = PREFIX_SLOTS if rows and prefix_cache else 0
         self._sched: sched.Scheduler | None = None
         self._stack = contextlib.ExitStack()
         self._closed = False
@@ -150,7 +168,8 @@ class LlamaCppEngine(Engine):
         peers.warn_if_shared(self.peers, adaptive)
         t0 = time.perf_counter()
         try:
-            self._load(str(resolved.path), n_ctx, threads, max(max_n, rows), n_batch, gpu_layers, flash_attn)
+            self._load(str(resolved.path), n_ctx, threads, max(max_n, rows), n_batch, gpu_layers, flash_attn, slots)
+            self._core.reuse_min = prefix_min if prefix_cache and not rows else 0
             ctx = self._core._ctx
             self.tuner = ThreadTuner(
                 usable.count,
@@ -166,7 +185,14 @@ class LlamaCppEngine(Engine):
             reg = peers.register(f"llama.cpp {resolved.id}")
             self._stack.callback(peers.unregister, reg)
             if rows:
-                self._sched = sched.Scheduler(self._core, rows=rows, prefill_chunk=prefill_chunk)
+                self._sched = sched.Scheduler(
+                    self._core,
+                    rows=rows,
+                    prefill_chunk=prefill_chunk,
+                    prefix_tokens=prefix_cache,
+                    prefix_slots=slots,
+                    prefix_min=prefix_min,
+                )
                 self._stack.callback(self._sched.close)  # runs first: the worker stops before the context is freed
         except GGUFError as e:
             self.close()
@@ -205,7 +231,15 @@ class LlamaCppEngine(Engine):
         )
 
     def _load(
-        self, path: str, n_ctx: int, threads: int, max_n: int, n_batch: int, gpu_layers: int, flash_attn: bool | None
+        self,
+        path: str,
+        n_ctx: int,
+        threads: int,
+        max_n: int,
+        n_batch: int,
+        gpu_layers: int,
+        flash_attn: bool | None,
+        extra_seqs: int = 0,
     ) -> None:
         mp = _ll.llama_model_default_params()
         mp.n_gpu_layers = gpu_layers
@@ -220,7 +254,7 @@ class LlamaCppEngine(Engine):
             )
         self._stack.callback(_ll.llama_model_free, model)
         cp = _ll.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, max_n
+        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, max_n + extra_seqs
         cp.n_threads = cp.n_threads_batch = threads
         cp.kv_unified = True  # the prompt's KV cells are shared by all n sequences
         # Measured on a 2-core x86 CPU: FA off decodes 10-25 % faster there. FA on makes each row of
@@ -319,6 +353,27 @@ class LlamaCppEngine(Engine):
             "peers": len(self.peers),
         }
 
+    def pin_prefix(self, system: str, options: SamplingOptions) -> int:
+        """Keep the KV cells of the tokens every request with system message ``system`` starts with
+        (rendered as ``options`` say: the common prefix of two renders with different user
+        messages) in the prefix cache for good; their count. Continuous batching only."""
+        self._live()
+        if self._sched is None:
+            raise UsageError("pinning a prefix needs continuous batching", fix="load the engine with max_seqs > 1")
+        opts = options.replace(system=system)
+        a = self.prompt_ids([{"role": "user", "content": "A"}], opts)
+        b = self.prompt_ids([{"role": "user", "content": "B"}], opts)
+        n = common_prefix(a, b)
+        if n < 1:
+            raise UsageError("the system prompt renders to no shared prefix", fix="check the system prompt text")
+        return self._sched.pin(a[:n])
+
+    def cached_prefix(self, prompt: Prompt, options: SamplingOptions) -> int:
+        """Prompt tokens a request admitted now would take from the prefix cache (0 when off)."""
+        if self._sched is None:
+            return 0
+        return self._sched.cached_prefix(self.prompt_ids(prompt, options))
+
     def batching_stats(self) -> dict | None:
         """Continuous batching counters (steps, shared steps, rows, waiting, ...); None when off."""
         return None if self._sched is None else self._sched.snapshot()
@@ -356,9 +411,23 @@ class LlamaCppEngine(Engine):
         from edgekit.engines.llamacpp_logits import window_logprobs  # only quality measurement
 
         dec = self._live()
-        return window_logprobs(
-            dec._ctx, dec._vocab, tokens, n_ctx=n_ctx, top_k=top_k, at_ids=at_ids, interrupted=_raise_if_interrupted
-        )
+
+        def run():
+            dec.clear_work()  # sequence 0 is the window's; the kept prompt is gone after it
+            try:
+                return window_logprobs(
+                    dec._ctx,
+                    dec._vocab,
+                    tokens,
+                    n_ctx=n_ctx,
+                    top_k=top_k,
+                    at_ids=at_ids,
+                    interrupted=_raise_if_interrupted,
+                )
+            finally:
+                dec.clear_work()
+
+        return run() if self._sched is None else self._sched.exclusive(run)
 
     def close(self) -> None:
         if not self._closed:

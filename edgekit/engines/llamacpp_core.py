@@ -26,6 +26,7 @@ except ImportError as e:  # pragma: no cover - install problem
 _REQUIRED = [
     "llama_memory_clear",
     "llama_memory_seq_cp",
+    "llama_memory_seq_rm",
     "llama_get_memory",
     "llama_batch_init",
     "llama_decode",
@@ -151,6 +152,10 @@ class BatchDecoder:
         self.tuner = None  # edgekit.host.load.ThreadTuner: re-sizes the thread pool between decodes
         self.prefill_tokens = 0  # prompt tokens decoded by stream() since load (a test counts them)
         self.regrow_tokens = 0  # prompt-last tokens decoded again for samples that joined late (adaptive)
+        self.reuse_min = 0  # single-request path: reuse the last prompt's cells when >= this many match (0: off)
+        self.reused_tokens = 0  # prompt tokens not prefilled thanks to that (since load)
+        self.last_reused = 0  # ... by the last prefill
+        self._kept: list[int] = []  # the prompt whose cells sequence 0 holds
 
     def free(self) -> None:
         if self._batch is not None:
@@ -237,13 +242,15 @@ class BatchDecoder:
         self._prefill(toks, None)
         ll.llama_synchronize(self._ctx)
         ll.llama_memory_clear(self._mem, True)
+        self._kept = []
 
-    def _prefill(self, prompt: list[int], cancel: Cancel | None) -> bool:
-        """Decode ``prompt`` on sequence 0 in n_batch chunks, logits for its last token only.
-        ``cancel`` (a deadline) is polled between chunks; False when it ended the prefill."""
+    def _prefill(self, prompt: list[int], cancel: Cancel | None, seq: int = 0, first: int = 0) -> bool:
+        """Decode ``prompt[first:]`` (positions ``first``..) on sequence ``seq`` in n_batch chunks,
+        logits for its last token only. ``cancel`` (a deadline) is polled between chunks; False
+        when it ended the prefill."""
         P, seq_id = len(prompt), self._batch.seq_id
-        for start in range(0, P, self.n_batch):
-            if start and cancel is not None and cancel():
+        for start in range(first, P, self.n_batch):
+            if start > first and cancel is not None and cancel():
                 return False
             chunk = prompt[start : start + self.n_batch]
             k = len(chunk)
@@ -251,11 +258,59 @@ class BatchDecoder:
             self._pos[:k] = np.arange(start, start + k)
             self._want[:k] = 0
             for i in range(k):
-                seq_id[i][0] = 0
+                seq_id[i][0] = seq
             if start + k == P:
                 self._want[k - 1] = 1
             self._decode(k)
         return True
+
+    def prefill_on(self, ids: list[int], seq: int) -> None:
+        """Decode ``ids`` from position 0 on sequence ``seq`` (the prefix cache's entries)."""
+        self._prefill(ids, None, seq=seq)
+
+    def clear_work(self) -> None:
+        """Empty the request sequences (0 .. max_n-1) and forget the kept prompt; sequences above
+        (the scheduler's prefix cache) keep their cells."""
+        for s in range(self.max_n):
+            ll.llama_memory_seq_rm(self._mem, s, -1, -1)
+        self._kept = []
+
+    def _prefill_reusing(self, prompt: list[int], cancel: Cancel | None) -> bool:
+        """:meth:`_prefill` on sequence 0, reusing the cells of the prompt kept from the last call
+        where the two share at least ``reuse_min`` tokens (``reuse_min`` 0: never); the last token
+        is always decoded (its logits start the samples)."""
+        keep = 0
+        if self.reuse_min and self._kept:
+            n = min(len(self._kept), len(prompt) - 1)
+            x, y = np.asarray(self._kept[:n]), np.asarray(prompt[:n])
+            diff = np.flatnonzero(x != y)
+            keep = int(diff[0]) if len(diff) else n
+            keep = keep if keep >= self.reuse_min else 0
+        if keep:
+            ll.llama_memory_seq_rm(self._mem, 0, keep, -1)
+            for s in range(1, self.max_n):
+                ll.llama_memory_seq_rm(self._mem, s, -1, -1)
+        else:
+            ll.llama_memory_clear(self._mem, True)
+        self._kept = []
+        self.reused_tokens += keep
+        self.last_reused = keep
+        if not self._prefill(prompt, cancel, first=keep):
+            ll.llama_memory_clear(self._mem, True)
+            return False
+        self._kept = list(prompt)
+        return True
+
+    def _keep_prompt(self, P: int) -> None:
+        """After a request: sequence 0 keeps the prompt's cells (the next prompt may share them),
+        every generated cell and the other sequences go."""
+        if self.reuse_min and self._kept:
+            ll.llama_memory_seq_rm(self._mem, 0, P, -1)
+            for s in range(1, self.max_n):
+                ll.llama_memory_seq_rm(self._mem, s, -1, -1)
+        else:
+            ll.llama_memory_clear(self._mem, True)
+            self._kept = []
 
     def stream(
         self,
@@ -267,25 +322,30 @@ class BatchDecoder:
     ) -> Iterator[Event]:
         n, P = o.n, len(prompt)
         mem, seq_id = self._mem, self._batch.seq_id
-        ll.llama_memory_clear(mem, True)
         samplers: list = []
+        ok = False
         try:
             for seed in sample_seeds(o.seed, n):
                 samplers.append(self._sampler(o, seed, grammar))
-            # 1. prompt, once, on sequence 0; logits for its last token only
-            if not self._prefill(prompt, cancel):
+            # 1. prompt, once, on sequence 0 (from the kept prompt's cells where they match); logits for its last token
+            if not self._prefill_reusing(prompt, cancel):
                 for s in range(n):
                     yield Event("finish", seq=s, text="", reason="cancelled", tokens=0)
                 return
             for s in range(1, n):  # share the prompt's cells (unified KV: no copy of data)
                 ll.llama_memory_seq_cp(mem, 0, s, -1, -1)
-            yield Event("prefill", prompt_tokens=P)
+            yield Event("prefill", prompt_tokens=P, cached_tokens=self.last_reused)
             self.prefill_tokens += P
             yield from self._steps(prompt, n, o, samplers, cancel, grow, seq_id)
+            ok = True
         finally:
             for smp in samplers:
                 smp.free()
-            ll.llama_memory_clear(mem, True)
+            if ok:
+                self._keep_prompt(P)
+            else:  # failed or abandoned midway: nothing kept
+                ll.llama_memory_clear(mem, True)
+                self._kept = []
 
     def sample(self, rows: list, samplers: list, n_out: int, want_lp: bool) -> list:
         """(token, logprob or None, token scores or None) for every row from the last decode's
@@ -361,12 +421,17 @@ class BatchDecoder:
         """Log-probabilities (raw logits) of each of ``ids`` as the token after ``prompt``: one
         prefill on one sequence (P(True) self-check)."""
         nv = self._n_vocab
-        ll.llama_memory_clear(self._mem, True)
-        try:
-            self._prefill(prompt, None)
+        ok = False
+        try:  # the question's prefix is the answered prompt's: its cells are reused where kept
+            if not self._prefill_reusing(prompt, None):
+                raise BackendError("the self-check prefill was interrupted", fix="retry")
             row = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, -1), shape=(nv,)).astype(np.float64)
+            ok = True
         finally:
-            ll.llama_memory_clear(self._mem, True)
+            if ok:
+                self._keep_prompt(len(prompt))
+            else:
+                self.clear_work()
         m = row.max()
         lse = m + np.log(np.exp(row - m).sum())
         return [float(row[i] - lse) for i in ids]
@@ -375,7 +440,7 @@ class BatchDecoder:
         """Replay ``continuation`` after ``prompt`` on one sequence, one token per decode (the
         n=1 generation path, forced instead of sampled): per continuation token, its logprob
         under the raw logits, the argmax token and the top-1 minus top-2 logit gap there."""
-        mem, seq_id = self._mem, self._batch.seq_id
+        seq_id = self._batch.seq_id
         P, nv = len(prompt), self._n_vocab
         out = Scored([], [], [])
 
@@ -390,7 +455,7 @@ class BatchDecoder:
             out.argmax.append(int(row.argmax()))
             out.gaps.append(float(top2.max() - top2.min()))
 
-        ll.llama_memory_clear(mem, True)
+        self.clear_work()
         try:
             self._prefill(prompt, None)
             for j, tok in enumerate(continuation):
@@ -401,5 +466,5 @@ class BatchDecoder:
                 seq_id[0][0] = 0
                 self._decode(1)
         finally:
-            ll.llama_memory_clear(mem, True)
+            self.clear_work()
         return out

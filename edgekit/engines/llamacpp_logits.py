@@ -128,7 +128,7 @@ def window_logprobs(
             win = toks[w * n_ctx : (w + 1) * n_ctx].copy()
             if add_bos and bos >= 0:
                 win[0] = bos
-            ll.llama_memory_clear(mem, True)
+            ll.llama_memory_seq_rm(mem, 0, -1, -1)  # only sequence 0: a prefix cache's stay
             for start in range(0, n_ctx, cap):
                 k = min(cap, n_ctx - start)
                 pos = np.arange(start, start + k)
@@ -166,7 +166,7 @@ def window_logprobs(
                 row += n_out
     finally:
         ll.llama_batch_free(batch)
-        ll.llama_memory_clear(mem, True)
+        ll.llama_memory_seq_rm(mem, 0, -1, -1)  # only sequence 0: a prefix cache's stay
     if row != n:  # pragma: no cover - a bookkeeping bug, never a user error
         raise BackendError(f"scored {row} positions, expected {n}", fix="report this bug")
     return TokenLogprobs(

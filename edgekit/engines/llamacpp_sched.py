@@ -8,13 +8,19 @@ Each step the worker
    sequence id, with its own native sampler chain: grammar, temperature, seed, ...) from the last
    decode's logits, emits the request's events, retires finished rows (``llama_memory_seq_rm``,
    the sequence id goes back to the free list) and cancelled requests (client gone, deadline);
-2. admits waiting requests, first come first served, while a request's n sequence ids are free and
-   its worst case (prompt + n x max_tokens cells) fits the KV space not yet promised to others;
+2. admits waiting requests, earliest deadline first (``SamplingOptions.deadline_s``; none: last,
+   first come first served among equals), while a request's n sequence ids are free and its worst
+   case (prompt + n x max_tokens cells) fits the KV space not yet promised to others; the first in
+   that order that does not fit holds the others (a big request is not starved by small ones);
 3. builds one batch: one token per live row, then up to ``prefill_chunk`` prompt tokens of
    admitted requests (a long prompt is prefilled over several steps, so running rows never stall
    for a whole prompt), and calls ``llama_decode`` once. A request whose prompt is complete copies
    the prompt's KV cells to its other n-1 sequences (``llama_memory_seq_cp``, unified KV: shared,
    not copied) and its rows join at the next step.
+
+A prompt whose first tokens match a cached prefix (:mod:`edgekit.engines.llamacpp_prefix`: the KV
+cells of recent or pinned prompts, on sequence ids of their own) copies those cells at admission
+and prefills only the rest.
 
 Work that needs the whole context (teacher-forced scoring) runs on the worker via
 :meth:`Scheduler.exclusive` when no request is in flight.
@@ -23,6 +29,7 @@ Work that needs the whole context (teacher-forced scoring) runs on the worker vi
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +42,7 @@ import numpy as np
 
 from edgekit.engines.base import Cancel, Event, Grow
 from edgekit.engines.llamacpp_core import BatchDecoder, Row, ll
+from edgekit.engines.llamacpp_prefix import Prefix, PrefixCache, PrefixOps
 from edgekit.errors import BackendError, UsageError
 from edgekit.schemas.options import SamplingOptions
 
@@ -78,6 +86,9 @@ class _Req:
         "grow",
         "started",
         "joining",
+        "reused",
+        "prefix",
+        "deadline",
     )
 
     def __init__(
@@ -88,12 +99,15 @@ class _Req:
         self.joining: list[Row] = []  # rows that join at the next decode (their prompt-last token decoded again)
         self.q: SimpleQueue = SimpleQueue()
         self.t_submit = time.perf_counter()
+        self.deadline = self.t_submit + o.deadline_s if o.deadline_s else math.inf  # admission order (EDF)
         self.t_admit: float | None = None
         self.need = len(ids) + o.n * o.max_tokens  # KV cells this request may occupy at most
         self.seqs: list[int] = []
         self.rows: list[Row] = []
         self.live: list[Row] = []
-        self.pos = 0  # prompt tokens decoded so far
+        self.pos = 0  # prompt tokens decoded so far (or copied from a cached prefix)
+        self.reused = 0  # prompt tokens copied from a cached prefix
+        self.prefix: Prefix | None = None  # the entry they came from, held until the request ends
         self.last_bidx = -1  # batch index of the prompt's last token, in the step that completed it
         self.abandoned = False  # the consumer stopped reading
         self.over = False
@@ -102,8 +116,20 @@ class _Req:
         return self.abandoned or (self.cancel is not None and bool(self.cancel()))
 
 
-class Scheduler:
-    def __init__(self, dec: BatchDecoder, *, rows: int, prefill_chunk: int = 128):
+class Scheduler(PrefixOps):
+    def __init__(
+        self,
+        dec: BatchDecoder,
+        *,
+        rows: int,
+        prefill_chunk: int = 128,
+        prefix_tokens: int = 0,
+        prefix_slots: int = 0,
+        prefix_min: int = 64,
+    ):
+        """``prefix_tokens``/``prefix_slots``: the prefix cache's budget in KV cells and its number of
+        entries (sequence ids ``rows`` .. ``rows + prefix_slots - 1``; the context must hold them);
+        0 turns it off. ``prefix_min``: the fewest shared tokens worth reusing."""
         self._dec = dec
         self.rows = rows
         self.prefill_chunk = max(1, min(prefill_chunk, dec._cap - rows))
@@ -120,6 +146,9 @@ class Scheduler:
         self._n_out = 0  # logits rows of the last decode
         self._mem = ll.llama_get_memory(dec._ctx)
         ll.llama_memory_clear(self._mem, True)
+        self.prefix = PrefixCache(list(range(rows, rows + prefix_slots)), prefix_tokens, prefix_min)
+        self._pins: list[list[int]] = []  # pinned prefixes, restored after a failed decode cleared the KV
+        self._repin = False
         self._thread = threading.Thread(target=self._loop, name="edgekit-llama-batch", daemon=True)
         self._thread.start()
 
@@ -152,7 +181,8 @@ class Scheduler:
             req.abandoned = True  # a consumer that stops early cancels its rows at the next step
 
     def exclusive(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on the worker while no request is in flight; its result or exception."""
+        """Run ``fn`` on the worker while no request is in flight; its result or exception. ``fn``
+        may use the request sequences (0 .. rows-1); they are emptied after it, the cache kept."""
         fut: Future = Future()
         with self._cv:
             if self._stop:
@@ -160,6 +190,16 @@ class Scheduler:
             self._tasks.append((fn, fut))
             self._cv.notify()
         return fut.result()
+
+    def pin(self, ids: list[int]) -> int:
+        """Prefill ``ids`` into the prefix cache as an entry never evicted (a shared system prompt);
+        its length. Waits for the requests in flight."""
+        return self.exclusive(lambda: self._pin(list(ids), remember=True))
+
+    def cached_prefix(self, ids: list[int]) -> int:
+        """Prompt tokens of ``ids`` a request admitted now would copy instead of prefilling."""
+        with self._cv:
+            return self.prefix.peek(ids)
 
     def snapshot(self) -> dict:
         with self._cv:
@@ -170,6 +210,14 @@ class Scheduler:
                 free_rows=len(self._free),
                 free_kv=self._kv_free,
                 rows=self.rows,
+            )
+            pc = self.prefix
+            d.update(
+                prefix_cache_tokens=pc.tokens,
+                prefix_cache_budget=pc.budget if pc.on else 0,
+                prefix_cache_entries=len(pc.entries),
+                prefix_cache_pinned=sum(e.pinned for e in pc.entries),
+                **{f"prefix_{k}": v for k, v in vars(pc.stats).items()},
             )
         return d
 
@@ -196,9 +244,13 @@ class Scheduler:
                     fut.set_result(fn())
                 except BaseException as e:  # handed to the caller
                     fut.set_exception(e)
-                ll.llama_memory_clear(self._mem, True)
+                self._dec.clear_work()  # the request sequences; the prefix cache's stay
                 continue
             try:
+                if self._repin and not (self._running or self._prefilling):
+                    self._repin = False
+                    for ids in self._pins:
+                        self._pin(ids, remember=False)
                 self._step()
             except BaseException as e:  # a failed decode fails the requests in it, not the worker
                 self._fail_all(e)
@@ -242,21 +294,28 @@ class Scheduler:
                 self._prefilling.remove(req)
                 self.stats.cancelled += 1
                 self._end_unstarted(req)
-        # 2. admit waiting requests (FIFO: a request that does not fit yet holds the ones behind it)
+        # 2. admit waiting requests, earliest deadline first (one that does not fit yet holds the others)
         with self._cv:
             for req in list(self._waiting):
                 if req.stop_asked():
                     self._waiting.remove(req)
                     self.stats.cancelled += 1
                     self._end_unstarted(req)
-            while self._waiting and not self._tasks:
-                req = self._waiting[0]
-                if len(self._free) < req.o.n or req.need > self._kv_free:
+            for req in sorted(self._waiting, key=lambda r: (r.deadline, r.id)):
+                if self._tasks or len(self._free) < req.o.n:
                     break
-                self._waiting.popleft()
+                entry, reuse = self.prefix.match(req.ids)
+                need = req.need - reuse
+                while need > self._kv_free and self._evict_one(keep=entry):
+                    pass
+                if need > self._kv_free:
+                    break
+                self._waiting.remove(req)
                 req.seqs = [self._free.pop() for _ in range(req.o.n)]
                 req.rows = [Row(i, s, req.o) for i, s in enumerate(req.seqs)]
-                self._kv_free -= req.need
+                req.need = need
+                self._kv_free -= need
+                self._reuse(req, entry, reuse)
                 req.t_admit = time.perf_counter()
                 self._prefilling.append(req)
                 self.stats.admitted += 1
@@ -312,8 +371,12 @@ class Scheduler:
         if j == 0:
             with self._cv:
                 stuck = (
-                    self._waiting.popleft() if self._waiting and not self._prefilling and not self._running else None
+                    min(self._waiting, key=lambda r: (r.deadline, r.id))  # the one admission stopped at
+                    if self._waiting and not self._prefilling and not self._running
+                    else None
                 )
+                if stuck is not None:
+                    self._waiting.remove(stuck)
             if stuck is not None:  # cannot happen when the engine checked n and the context fit; never spin
                 stuck.q.put(
                     BackendError(
@@ -335,6 +398,7 @@ class Scheduler:
         st.max_rows_in_step = max(st.max_rows_in_step, n_rows)
         for req in done:  # prompt complete: share its cells with the other n-1 sequences; rows join
             self._prefilling.remove(req)
+            self._remember(req)
             for s in req.seqs[1:]:
                 ll.llama_memory_seq_cp(self._mem, req.seqs[0], s, -1, -1)
             for r in req.rows:
@@ -343,7 +407,8 @@ class Scheduler:
                 req.started = max(1, min(req.o.n, req.grow()))
             req.live = req.rows[: req.started]
             self._running.append(req)
-            req.q.put([Event("prefill", prompt_tokens=len(req.ids), queue_s=req.t_admit - req.t_submit)])  # type: ignore[operator]
+            wait = req.t_admit - req.t_submit  # type: ignore[operator]
+            req.q.put([Event("prefill", prompt_tokens=len(req.ids), cached_tokens=req.reused, queue_s=wait)])
 
     def _free_row(self, req: _Req, r: Row) -> None:
         ll.llama_memory_seq_rm(self._mem, r.seq, -1, -1)
@@ -353,7 +418,8 @@ class Scheduler:
 
     def _retire(self, req: _Req) -> None:
         with self._cv:
-            self._kv_free += len(req.ids)
+            self._kv_free += len(req.ids) - req.reused
+            self._release(req)
         self._close_req(req)
         self.stats.finished += 1
 
@@ -368,6 +434,7 @@ class Scheduler:
             with self._cv:
                 self._free.extend(req.seqs)
                 self._kv_free += req.need
+                self._release(req)
         self._close_req(req)
 
     def _close_req(self, req: _Req) -> None:
@@ -384,6 +451,8 @@ class Scheduler:
             self._running, self._prefilling = [], []
             self._free = list(range(self.rows - 1, -1, -1))
             self._kv_free = self._dec.n_ctx
+            self.prefix.entries.clear()  # the KV is cleared below; pinned prefixes are prefilled again
+            self._repin = bool(self._pins)
         ll.llama_memory_clear(self._mem, True)
         for req in reqs:
             req.q.put(e)

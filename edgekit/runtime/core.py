@@ -265,6 +265,7 @@ class Runtime:
         samples: list[Sample | None] = [None] * n
         t_prefill_done = t_first = None
         n_prompt = len(src.ids) if isinstance(src, TokenPrompt) else None
+        n_cached = 0
         answering = opts.aggregate != "none" or custom or opts.extractor is not None or opts.json_schema is not None
         grow = {"grow": lambda: tally.started} if tally is not None and opts.rule.kind == "adaptive" else {}
         for ev in self.engine.generate(src, run_opts, cancel, **grow):
@@ -312,6 +313,7 @@ class Runtime:
                 t_prefill_done = time.perf_counter()
                 if ev.prompt_tokens is not None:
                     n_prompt = ev.prompt_tokens
+                    n_cached = ev.cached_tokens or 0
         t_end = time.perf_counter()
         done = [s for s in samples if s is not None]
         gen = sum(s.tokens for s in done)
@@ -324,10 +326,11 @@ class Runtime:
             decode_s=t_end - t_first,
             total_s=t_end - t_start,
             prompt_tokens=n_prompt,
+            cached_prompt_tokens=n_cached,
             generated_tokens=gen,
             steps=max((s.tokens for s in done), default=0),
-            prefill_tok_s=n_prompt / (t_prefill_done - t_start)
-            if t_prefill_done and t_prefill_done > t_start and n_prompt
+            prefill_tok_s=(n_prompt - n_cached) / (t_prefill_done - t_start)
+            if t_prefill_done and t_prefill_done > t_start and n_prompt > n_cached
             else None,
             decode_tok_s=(gen - len(done)) / (t_end - t_first) if t_end > t_first and gen > len(done) else None,
             kernels=(self.engine.info.extra or {}).get("kernels"),

@@ -77,6 +77,7 @@ class Timings(_M):
     decode_s: float = 0.0  # after the first token, until the last sequence finished
     total_s: float = 0.0  # from holding the lock to the last token, incl. templating and tokenising
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of those, taken from the prefix cache (not prefilled)
     generated_tokens: int = 0  # over all samples
     steps: int = 0  # batched decode steps
     prefill_tok_s: float | None = None

@@ -50,6 +50,8 @@ class ServeConfig:
     cloud_model: str | None = None
     offload: str | None = None
     drain_timeout_s: float = 120.0
+    prefix_cache: int | None = None  # llama.cpp: KV cells kept for recent prompt prefixes (None: half the context)
+    system_prompt: str | None = None  # pinned in the prefix cache at start-up (--system-prompt-file)
     live: LiveSettings = field(default_factory=LiveSettings.from_env)  # live latency model, --replan
 
 
@@ -141,7 +143,24 @@ def load(cfg: ServeConfig, progress: Any = None) -> Service:
     opts = {"threads": cfg.threads, "n_ctx": cfg.n_ctx, "max_n": lim.max_n, "progress": progress, **cfg.engine_options}
     if engines.canonical(cfg.engine) == "llama.cpp":
         opts["max_seqs"] = cfg.max_seqs
+        opts["prefix_cache"] = cfg.prefix_cache if cfg.prefix_cache is not None else min(cfg.n_ctx // 2, 8192)
+    elif cfg.system_prompt is not None:
+        raise UsageError(
+            "--system-prompt-file pins KV cells: the llama.cpp engine only", fix="drop it, or use llama.cpp"
+        )
+    if cfg.system_prompt is not None and cfg.max_seqs < 2:
+        raise UsageError("--system-prompt-file needs continuous batching", fix="pass --max-seqs 2 or more")
     engine = engines.create(cfg.engine, model, **{k: v for k, v in opts.items() if v is not None})
+    if cfg.system_prompt is not None:
+        try:
+            t0 = time.perf_counter()
+            n = engine.pin_prefix(cfg.system_prompt, base)  # type: ignore[attr-defined]
+            log.info(
+                "system prompt pinned in the prefix cache: %d tokens prefilled in %.2f s", n, time.perf_counter() - t0
+            )
+        except BaseException:
+            engine.close()
+            raise
     rt = Runtime(engine, offload=off)
     return Service(
         rt, limits=lim, plan=plan, plan_path=cfg.plan, base_options=base, log_prompts=cfg.log_prompts, live=cfg.live

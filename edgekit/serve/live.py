@@ -43,6 +43,7 @@ from edgekit.perfmodel import PerfModel, fit
 from edgekit.perfmodel.correction import LiveCorrection
 from edgekit.plan.replan import config_label, find_input
 from edgekit.plan.replan import replan as plan_replan
+from edgekit.runtime.core import as_messages
 from edgekit.schemas.options import SamplingOptions
 from edgekit.schemas.plan import PlanFile
 from edgekit.schemas.profile import load_profile
@@ -177,9 +178,10 @@ class LiveLatency:
         ):
             return opts, None
         i = math.ceil(_prompt_bytes(prompt, opts.system) / BYTES_PER_TOKEN)
+        cached = min(self._cached(prompt, opts), i - 1)  # the prefix cache's tokens are not prefilled
         kp, kd = self.corr.factors()
         steps = np.arange(1, opts.max_tokens + 1, dtype=float)
-        c = float(self.pm.prefill_s(i)) * kp + self.pm.decode_s(i, steps, opts.n) * kd
+        c = float(self.pm.prefill_s(i - cached)) * kp + self.pm.decode_s(i, steps, opts.n) * kd
         if c[-1] <= dl:
             return opts, None
         fits = np.nonzero(c <= dl)[0]
@@ -202,6 +204,15 @@ class LiveLatency:
             headers={"Retry-After": str(max(1, math.ceil(float(c[-1]) - dl)))},
         )
 
+    def _cached(self, prompt: Any, opts: SamplingOptions) -> int:
+        peek = getattr(self.svc.rt.engine, "cached_prefix", None)
+        if peek is None:
+            return 0
+        try:
+            return int(peek(as_messages(prompt), opts))
+        except Exception:  # a prediction aid only: never fail admission over it
+            return 0
+
     # -- after each generation (worker thread) ------------------------------------------------------------
     def update(self, job: Any, res: Result) -> dict | None:
         t = res.timings
@@ -211,7 +222,7 @@ class LiveLatency:
         i = t.prompt_tokens
         s = max(t.steps - 1, 0)  # measured decode_s starts after the first token (prefill_s includes it)
         mean = max(float(np.mean([x.tokens for x in res.samples])) - 1, 0.0)
-        pre = float(self.pm.prefill_s(i))
+        pre = float(self.pm.prefill_s(max(i - t.cached_prompt_tokens, 1)))  # only the uncached tokens were prefilled
         dec = float(self.pm.decode_s(i, s, n, min(mean, s) if n > 1 else None))
         corrected = self.corr.corrected(_Parts(pre, dec), note="made before this request's own measurement")
         m_pre, m_dec = t.prefill_s * self.s.slowdown, t.decode_s * self.s.slowdown
@@ -228,7 +239,8 @@ class LiveLatency:
         return {
             "predicted_s": pre + dec,
             "predicted_how": f"plan model ({self.pm.method}) at this request's "
-            f"{i} prompt tokens, {s} decode steps after the first token, n={n}",
+            f"{i} prompt tokens ({t.cached_prompt_tokens} from the prefix cache), {s} decode steps after the "
+            f"first token, n={n}",
             "corrected": corrected.model_dump(),
             "measured_s": m_pre + m_dec,
             "measured_how": "timings.prefill_s + timings.decode_s"

@@ -58,6 +58,14 @@ class Metrics:
         self.step_rows = gauge(
             "edgekit_engine_max_rows_in_step", "continuous batching: most rows (samples) decoded in one step"
         )
+        self.prefix_tokens = gauge(
+            "edgekit_prefix_cache_tokens", "continuous batching: KV cells held by the prompt-prefix cache"
+        )
+        self.prefix_budget = gauge("edgekit_prefix_cache_budget_tokens", "the prefix cache's size (0: off)")
+        self.prefix_hits = gauge("edgekit_prefix_cache_hits", "requests that reused a cached prompt prefix")
+        self.prefix_misses = gauge("edgekit_prefix_cache_misses", "requests with a long prompt and no cached prefix")
+        self.prefix_reused = gauge("edgekit_prefix_cache_reused_tokens", "prompt tokens not prefilled thanks to it")
+        self.prefix_evicted = gauge("edgekit_prefix_cache_evictions", "cached prefixes dropped to make room")
         # live latency model (edgekit.serve.live): only with a plan whose profile is readable
         self.live_factor = gauge(
             "edgekit_live_correction_factor",
@@ -100,6 +108,12 @@ class Metrics:
         self.steps.set_function(stat("steps"))
         self.shared_steps.set_function(stat("shared_steps"))
         self.step_rows.set_function(stat("max_rows_in_step"))
+        self.prefix_tokens.set_function(stat("prefix_cache_tokens"))
+        self.prefix_budget.set_function(stat("prefix_cache_budget"))
+        self.prefix_hits.set_function(stat("prefix_hits"))
+        self.prefix_misses.set_function(stat("prefix_misses"))
+        self.prefix_reused.set_function(stat("prefix_reused_tokens"))
+        self.prefix_evicted.set_function(stat("prefix_evicted"))
         if svc.plan is not None:
             self.plan_predicted.set(svc.plan.predicted.latency_at_percentile_s)
 

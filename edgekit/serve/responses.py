@@ -26,6 +26,7 @@ def usage(res: Result) -> dict:
         "prompt_tokens": t.prompt_tokens,
         "completion_tokens": t.generated_tokens,
         "total_tokens": t.prompt_tokens + t.generated_tokens,
+        "prompt_tokens_details": {"cached_tokens": t.cached_prompt_tokens},  # OpenAI's field: from the prefix cache
     }
 
 
