@@ -153,21 +153,27 @@ def test_robot_assistant_example_runs():
     assert "preempted: yes" in r.stdout and "obstacle detected" in r.stdout, r.stdout
 
 
+def refused_in_one_line(*args: str) -> str:
+    """`edgekit serve ARGS` must exit 2 at start-up with one `error: ... (fix: ...)` line; that line."""
+    r = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", "serve", *args, "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=ENV,
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "(fix: " in lines[0], r.stderr
+    return lines[0]
+
+
 def test_bad_plan_refuses_to_start_with_one_line(tmp_path):
     bad = tmp_path / "plan.json"
     bad.write_text('{"schema_version": 2, "chosen": 7}')
     for plan in (str(bad), str(tmp_path / "missing.json")):
-        r = subprocess.run(
-            [sys.executable, "-m", "edgekit.cli.main", "serve", "--plan", plan, "--port", str(free_port())],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-            env=ENV,
-        )
-        assert r.returncode == 2, r.stderr
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and "(fix: " in lines[0], r.stderr
+        refused_in_one_line("--plan", plan)
 
 
 def test_systemd_unit_is_valid_and_hardened(tmp_path):
@@ -229,19 +235,8 @@ def test_a_pinned_system_prompt_is_reused_and_shown_in_metrics(tmp_path):
 def test_a_system_prompt_file_too_long_or_a_negative_cache_is_one_line(tmp_path):
     f = tmp_path / "long.txt"
     f.write_text("Always be careful near people. " * 200)  # ~1,200 tokens: more than the cache of 512
-    for args in (["--system-prompt-file", str(f), "--ctx", "1024"], ["--prefix-cache", "-1"]):
-        r = subprocess.run(
-            [sys.executable, "-m", "edgekit.cli.main", "serve", "-m", SMOL, "--port", str(free_port()), *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-            env=ENV,
-        )
-        assert r.returncode == 2, r.stderr
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and "(fix: " in lines[0], r.stderr
-        assert ("holds 512" in lines[0]) if "--ctx" in args else ("--prefix-cache" in lines[0])
+    assert "holds 512" in refused_in_one_line("-m", SMOL, "--system-prompt-file", str(f), "--ctx", "1024")
+    assert "--prefix-cache" in refused_in_one_line("-m", SMOL, "--prefix-cache", "-1")
 
 
 # ------------------------------------------------------------------------------ server A

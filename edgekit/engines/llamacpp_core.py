@@ -52,6 +52,16 @@ if _missing:  # the KV-cache API was renamed twice; fail clearly rather than mid
 from edgekit.engines.llamacpp_sample import BlockSampler, RowSampler  # noqa: E402 - after the version check
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    x, y = np.asarray(a[:n]), np.asarray(b[:n])
+    diff = np.flatnonzero(x != y)
+    return int(diff[0]) if len(diff) else n
+
+
 def build_kind() -> str:
     info = ll.llama_print_system_info().decode(errors="replace").upper()
     for k in ("CUDA", "METAL", "VULKAN", "HIP", "SYCL"):
@@ -268,11 +278,16 @@ class BatchDecoder:
         """Decode ``ids`` from position 0 on sequence ``seq`` (the prefix cache's entries)."""
         self._prefill(ids, None, seq=seq)
 
+    def _drop_seqs(self, first: int) -> None:
+        """Sequence 0's cells from position ``first`` on and every cell of sequences 1 .. max_n-1 go."""
+        ll.llama_memory_seq_rm(self._mem, 0, first, -1)
+        for s in range(1, self.max_n):
+            ll.llama_memory_seq_rm(self._mem, s, -1, -1)
+
     def clear_work(self) -> None:
         """Empty the request sequences (0 .. max_n-1) and forget the kept prompt; sequences above
         (the scheduler's prefix cache) keep their cells."""
-        for s in range(self.max_n):
-            ll.llama_memory_seq_rm(self._mem, s, -1, -1)
+        self._drop_seqs(0)
         self._kept = []
 
     def _prefill_reusing(self, prompt: list[int], cancel: Cancel | None) -> bool:
@@ -281,15 +296,10 @@ class BatchDecoder:
         is always decoded (its logits start the samples)."""
         keep = 0
         if self.reuse_min and self._kept:
-            n = min(len(self._kept), len(prompt) - 1)
-            x, y = np.asarray(self._kept[:n]), np.asarray(prompt[:n])
-            diff = np.flatnonzero(x != y)
-            keep = int(diff[0]) if len(diff) else n
+            keep = min(common_prefix(self._kept, prompt), len(prompt) - 1)
             keep = keep if keep >= self.reuse_min else 0
         if keep:
-            ll.llama_memory_seq_rm(self._mem, 0, keep, -1)
-            for s in range(1, self.max_n):
-                ll.llama_memory_seq_rm(self._mem, s, -1, -1)
+            self._drop_seqs(keep)
         else:
             ll.llama_memory_clear(self._mem, True)
         self._kept = []
@@ -305,9 +315,7 @@ class BatchDecoder:
         """After a request: sequence 0 keeps the prompt's cells (the next prompt may share them),
         every generated cell and the other sequences go."""
         if self.reuse_min and self._kept:
-            ll.llama_memory_seq_rm(self._mem, 0, P, -1)
-            for s in range(1, self.max_n):
-                ll.llama_memory_seq_rm(self._mem, s, -1, -1)
+            self._drop_seqs(P)
         else:
             ll.llama_memory_clear(self._mem, True)
             self._kept = []

@@ -21,9 +21,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from edgekit.engines.llamacpp_core import ll
+from edgekit.engines.llamacpp_core import common_prefix, ll
 from edgekit.errors import UsageError
 
 PREFIX_MIN = 64  # fewest shared leading tokens worth reusing (a copy of fewer saves next to nothing)
@@ -47,16 +45,6 @@ class PrefixStats:
     reused_tokens: int = 0  # prompt tokens not prefilled thanks to the cache
     inserted: int = 0
     evicted: int = 0
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    x, y = np.asarray(a[:n]), np.asarray(b[:n])
-    diff = np.flatnonzero(x != y)
-    return int(diff[0]) if len(diff) else n
 
 
 @dataclass
