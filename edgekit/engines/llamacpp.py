@@ -374,6 +374,14 @@ class LlamaCppEngine(Engine):
             return 0
         return self._sched.cached_prefix(self.prompt_ids(prompt, options))
 
+    def seed_step_costs(self, costs: dict[int, float]) -> bool:
+        """Prior seconds per scheduler step of r rows (e.g. the plan's profile) for the deadline-aware
+        batch cap, until the scheduler has measured them; False without continuous batching."""
+        if self._sched is None:
+            return False
+        self._sched.cost.seed(costs)
+        return True
+
     def batching_stats(self) -> dict | None:
         """Continuous batching counters (steps, shared steps, rows, waiting, ...); None when off."""
         return None if self._sched is None else self._sched.snapshot()

@@ -29,91 +29,23 @@ Work that needs the whole context (teacher-forced scoring) runs on the worker vi
 from __future__ import annotations
 
 import collections
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
-from queue import SimpleQueue
 from typing import Any
 
 import numpy as np
 
 from edgekit.engines.base import Cancel, Event, Grow
 from edgekit.engines.llamacpp_core import BatchDecoder, Row, ll
-from edgekit.engines.llamacpp_prefix import Prefix, PrefixCache, PrefixOps
+from edgekit.engines.llamacpp_pace import InFlight, StepCost, keeps_deadlines
+from edgekit.engines.llamacpp_prefix import PrefixCache, PrefixOps
+from edgekit.engines.llamacpp_request import Req, SchedulerStats
 from edgekit.errors import BackendError, UsageError
 from edgekit.schemas.options import SamplingOptions
 
 _END = None  # queue sentinel: the request is over
-
-
-@dataclass
-class SchedulerStats:
-    """Counters since load (read them from any thread; a snapshot is :meth:`Scheduler.snapshot`)."""
-
-    steps: int = 0  # llama_decode calls made by the scheduler
-    row_tokens: int = 0  # tokens decoded for live rows (one per row per step)
-    prefill_tokens: int = 0
-    shared_steps: int = 0  # steps whose batch held rows (or prompt) of two or more requests
-    max_requests_in_step: int = 0
-    max_rows_in_step: int = 0
-    admitted: int = 0
-    finished: int = 0
-    cancelled: int = 0
-    regrow_tokens: int = 0  # prompt-last tokens decoded again for rows that joined late (adaptive stopping)
-
-
-class _Req:
-    __slots__ = (
-        "ids",
-        "o",
-        "samplers",
-        "cancel",
-        "q",
-        "t_submit",
-        "t_admit",
-        "need",
-        "seqs",
-        "rows",
-        "live",
-        "pos",
-        "last_bidx",
-        "abandoned",
-        "over",
-        "id",
-        "grow",
-        "started",
-        "joining",
-        "reused",
-        "prefix",
-        "deadline",
-    )
-
-    def __init__(
-        self, rid: int, ids: list[int], o: SamplingOptions, samplers: list, cancel: Cancel | None, grow: Grow | None
-    ):
-        self.id, self.ids, self.o, self.samplers, self.cancel, self.grow = rid, ids, o, samplers, cancel, grow
-        self.started = o.n  # rows started (adaptive stopping: fewer at first, the rest join when grow() asks)
-        self.joining: list[Row] = []  # rows that join at the next decode (their prompt-last token decoded again)
-        self.q: SimpleQueue = SimpleQueue()
-        self.t_submit = time.perf_counter()
-        self.deadline = self.t_submit + o.deadline_s if o.deadline_s else math.inf  # admission order (EDF)
-        self.t_admit: float | None = None
-        self.need = len(ids) + o.n * o.max_tokens  # KV cells this request may occupy at most
-        self.seqs: list[int] = []
-        self.rows: list[Row] = []
-        self.live: list[Row] = []
-        self.pos = 0  # prompt tokens decoded so far (or copied from a cached prefix)
-        self.reused = 0  # prompt tokens copied from a cached prefix
-        self.prefix: Prefix | None = None  # the entry they came from, held until the request ends
-        self.last_bidx = -1  # batch index of the prompt's last token, in the step that completed it
-        self.abandoned = False  # the consumer stopped reading
-        self.over = False
-
-    def stop_asked(self) -> bool:
-        return self.abandoned or (self.cancel is not None and bool(self.cancel()))
 
 
 class Scheduler(PrefixOps):
@@ -126,19 +58,25 @@ class Scheduler(PrefixOps):
         prefix_tokens: int = 0,
         prefix_slots: int = 0,
         prefix_min: int = 64,
+        pace: bool = True,
+        deadline_margin: float = 0.9,
     ):
         """``prefix_tokens``/``prefix_slots``: the prefix cache's budget in KV cells and its number of
         entries (sequence ids ``rows`` .. ``rows + prefix_slots - 1``; the context must hold them);
-        0 turns it off. ``prefix_min``: the fewest shared tokens worth reusing."""
+        0 turns it off. ``prefix_min``: the fewest shared tokens worth reusing. ``pace``: cap the
+        batch so admitted requests keep their deadlines (:mod:`edgekit.engines.llamacpp_pace`),
+        using ``deadline_margin`` of each deadline."""
         self._dec = dec
+        self.pace, self.margin = pace, deadline_margin
+        self.cost = StepCost(rows)
         self.rows = rows
         self.prefill_chunk = max(1, min(prefill_chunk, dec._cap - rows))
         self.stats = SchedulerStats()
         self._cv = threading.Condition()
-        self._waiting: collections.deque[_Req] = collections.deque()
+        self._waiting: collections.deque[Req] = collections.deque()
         self._tasks: collections.deque[tuple[Callable[[], Any], Future]] = collections.deque()
-        self._prefilling: list[_Req] = []
-        self._running: list[_Req] = []
+        self._prefilling: list[Req] = []
+        self._running: list[Req] = []
         self._free = list(range(rows - 1, -1, -1))  # pop() gives the lowest id
         self._kv_free = dec.n_ctx
         self._ids = 0
@@ -162,13 +100,13 @@ class Scheduler(PrefixOps):
                     s.free()
                 raise UsageError("engine is closed", fix="create a new Runtime/engine; do not use one after close()")
             self._ids += 1
-            req = _Req(self._ids, ids, o, samplers, cancel, grow)
+            req = Req(self._ids, ids, o, samplers, cancel, grow)
             self._waiting.append(req)
             self._cv.notify()
         return self._events(req)
 
     @staticmethod
-    def _events(req: _Req) -> Iterator[Event]:
+    def _events(req: Req) -> Iterator[Event]:
         try:
             while True:
                 item = req.q.get()
@@ -256,7 +194,30 @@ class Scheduler(PrefixOps):
                 self._fail_all(e)
         self._shutdown()
 
+    def _keeps_deadlines(self, req: Req, prompt_tokens: int) -> bool:
+        flight, rows_now = [], 0
+        for q in self._running:
+            rows_now += len(q.live) + len(q.joining) + q.o.n - q.started
+            done = max((r.count for r in q.live + q.joining), default=0)
+            flight.append(InFlight(q.deadline, q.o.max_tokens - done, 0))
+        for q in self._prefilling:
+            rows_now += q.o.n
+            flight.append(InFlight(q.deadline, q.o.max_tokens, len(q.ids) - q.pos))
+        if not flight:
+            return True
+        return keeps_deadlines(
+            self.cost,
+            time.perf_counter(),
+            flight,
+            rows_now,
+            deadline=req.deadline,
+            rows=req.o.n,
+            prompt_tokens=prompt_tokens,
+            margin=self.margin,
+        )
+
     def _step(self) -> None:
+        t_step = time.perf_counter()
         out: list[Event] = []
         # 1. sample every live row; retire finished rows and cancelled requests
         rows = [r for req in self._running for r in req.live]
@@ -305,6 +266,9 @@ class Scheduler(PrefixOps):
                 if self._tasks or len(self._free) < req.o.n:
                     break
                 entry, reuse = self.prefix.match(req.ids)
+                if self.pace and not self._keeps_deadlines(req, len(req.ids) - reuse):
+                    self.stats.held_for_deadlines += 1
+                    break
                 need = req.need - reuse
                 while need > self._kv_free and self._evict_one(keep=entry):
                     pass
@@ -342,7 +306,7 @@ class Scheduler(PrefixOps):
         n_rows = j
         n_out = j
         budget = min(self.prefill_chunk, d._cap - j)
-        done: list[_Req] = []
+        done: list[Req] = []
         users = sum(1 for req in self._running if req.live)
         for req in self._prefilling:
             if budget <= 0:
@@ -388,6 +352,7 @@ class Scheduler(PrefixOps):
                 self._close_req(stuck)
             return
         d._decode(j)
+        self.cost.observe(n_rows, j - n_rows, time.perf_counter() - t_step)
         self._n_out = n_out
         st = self.stats
         st.steps += 1
@@ -410,20 +375,20 @@ class Scheduler(PrefixOps):
             wait = req.t_admit - req.t_submit  # type: ignore[operator]
             req.q.put([Event("prefill", prompt_tokens=len(req.ids), cached_tokens=req.reused, queue_s=wait)])
 
-    def _free_row(self, req: _Req, r: Row) -> None:
+    def _free_row(self, req: Req, r: Row) -> None:
         ll.llama_memory_seq_rm(self._mem, r.seq, -1, -1)
         with self._cv:
             self._free.append(r.seq)
             self._kv_free += req.o.max_tokens
 
-    def _retire(self, req: _Req) -> None:
+    def _retire(self, req: Req) -> None:
         with self._cv:
             self._kv_free += len(req.ids) - req.reused
             self._release(req)
         self._close_req(req)
         self.stats.finished += 1
 
-    def _end_unstarted(self, req: _Req) -> None:
+    def _end_unstarted(self, req: Req) -> None:
         """A request cancelled before its rows decoded: every sample ends ``cancelled``, empty."""
         q = (req.t_admit or time.perf_counter()) - req.t_submit  # cancelled while waiting: all of it was a wait
         evs = [Event("finish", seq=i, text="", reason="cancelled", tokens=0, queue_s=q) for i in range(req.o.n)]
@@ -437,7 +402,7 @@ class Scheduler(PrefixOps):
                 self._release(req)
         self._close_req(req)
 
-    def _close_req(self, req: _Req) -> None:
+    def _close_req(self, req: Req) -> None:
         if not req.over:
             req.over = True
             for s in req.samplers:

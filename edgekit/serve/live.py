@@ -116,6 +116,9 @@ class LiveLatency:
         except (EdgekitError, OSError, ValueError) as e:
             self.disabled = f"live latency model off: {e}"
             log.warning("%s", self.disabled)
+        else:  # the deadline-aware batch cap starts from the profile's step costs, then measures its own
+            rows = max(1, svc.slots)
+            svc.tap.seed_step_costs({r: float(self.pm.step_s(r, 512)) for r in range(1, rows + 1)})
         if self.s.slowdown != 1.0:
             log.warning(
                 "%s=%g: measured times fed to the live correction are scaled (a test hook)",

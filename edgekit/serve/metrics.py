@@ -58,6 +58,10 @@ class Metrics:
         self.step_rows = gauge(
             "edgekit_engine_max_rows_in_step", "continuous batching: most rows (samples) decoded in one step"
         )
+        self.held = gauge(
+            "edgekit_engine_held_for_deadlines",
+            "continuous batching: steps in which admission waited so admitted requests keep their deadlines",
+        )
         self.prefix_tokens = gauge(
             "edgekit_prefix_cache_tokens", "continuous batching: KV cells held by the prompt-prefix cache"
         )
@@ -108,6 +112,7 @@ class Metrics:
         self.steps.set_function(stat("steps"))
         self.shared_steps.set_function(stat("shared_steps"))
         self.step_rows.set_function(stat("max_rows_in_step"))
+        self.held.set_function(stat("held_for_deadlines"))
         self.prefix_tokens.set_function(stat("prefix_cache_tokens"))
         self.prefix_budget.set_function(stat("prefix_cache_budget"))
         self.prefix_hits.set_function(stat("prefix_hits"))

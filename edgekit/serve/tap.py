@@ -121,5 +121,9 @@ class TapEngine(Engine):
         fn = getattr(self.inner, "batching_stats", None)
         return fn() if fn is not None else None
 
+    def seed_step_costs(self, costs: dict[int, float]) -> bool:
+        fn = getattr(self.inner, "seed_step_costs", None)
+        return bool(fn(costs)) if fn is not None else False
+
     def close(self) -> None:
         self.inner.close()

@@ -1,0 +1,119 @@
+"""Deadline-aware batch cap for the continuous-batching scheduler: what a step costs, and whether
+admitting one more request keeps the deadlines of the requests already admitted.
+
+A step of r rows does not cost r steps of one: on a 2-core EPYC (Qwen2.5-Coder-0.5B, measured in
+benchmarks/parallel_sampling.py) a step of 2 rows costs 1.8x a step of 1, 4 rows 2.7x, 8 rows 4.4x.
+Batching everything maximises throughput and makes the first request in line pay for the batch
+(13.5 s instead of 3.1 s alone with 8 clients). :class:`StepCost` learns the seconds per step by row
+count from the scheduler's own steps (an EWMA per row count; prompt tokens priced per token from
+mixed steps); :func:`keeps_deadlines` answers the admission question with it, conservatively:
+
+- a running request needs, at worst, ``max_tokens`` minus what its longest row has decoded more
+  steps; a prefilling one its prompt's remaining chunks first;
+- every step after the admission costs what a step of all rows then in flight costs (rows that
+  finish earlier only make it cheaper), plus the new request's uncached prompt tokens;
+- a row count never measured costs the nearest measured one scaled linearly (an upper bound: the
+  cost per row only falls with more rows); with nothing measured yet, nothing is held back.
+
+Only requests with a deadline no later than the candidate's are protected (earliest deadline first:
+a more urgent newcomer goes in even if a lax running request then finishes later), and only those
+that would still make their deadline without it (holding the line for a request that is late
+anyway would only make others late too). ``margin`` keeps a share of each deadline in reserve for
+the VM's noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class StepCost:
+    """Seconds per scheduler step, learned online: pure decode steps by row count, prompt tokens
+    (prefill chunks) per token from steps that carry them."""
+
+    def __init__(self, rows: int, alpha: float = 0.2):
+        self.alpha = alpha
+        self.decode: list[float | None] = [None] * (rows + 1)  # [r]: EWMA seconds of a step of r rows
+        self.per_prompt_token: float | None = None
+
+    def _ewma(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.alpha * (new - old)
+
+    def observe(self, rows: int, prompt_tokens: int, seconds: float) -> None:
+        if not (seconds > 0 and math.isfinite(seconds)) or rows >= len(self.decode):
+            return
+        if prompt_tokens == 0:
+            if rows > 0:
+                self.decode[rows] = self._ewma(self.decode[rows], seconds)
+            return
+        base = self.step_s(rows) if rows else 0.0
+        if base is None:
+            return
+        self.per_prompt_token = self._ewma(self.per_prompt_token, max(0.0, seconds - base) / prompt_tokens)
+
+    def seed(self, costs: dict[int, float]) -> None:
+        """Prior step costs (seconds per step of r rows, e.g. from a device profile) for row counts
+        not measured yet."""
+        for r, s in costs.items():
+            if 0 < r < len(self.decode) and self.decode[r] is None and s > 0:
+                self.decode[r] = float(s)
+
+    def step_s(self, rows: int) -> float | None:
+        """Seconds of a step of ``rows`` rows; None while no step has been measured."""
+        if rows <= 0:
+            return 0.0
+        rows = min(rows, len(self.decode) - 1)
+        if self.decode[rows] is not None:
+            return self.decode[rows]
+        lo = next((k for k in range(rows - 1, 0, -1) if self.decode[k] is not None), None)
+        hi = next((k for k in range(rows + 1, len(self.decode)) if self.decode[k] is not None), None)
+        if lo is not None and hi is not None:
+            a, b = self.decode[lo], self.decode[hi]
+            return a + (b - a) * (rows - lo) / (hi - lo)  # type: ignore[operator]
+        if lo is not None:
+            return self.decode[lo] * rows / lo  # type: ignore[operator]
+        return self.decode[hi] if hi is not None else None  # cost never falls with more rows
+
+    def prefill_s(self, tokens: int) -> float:
+        return 0.0 if tokens <= 0 or self.per_prompt_token is None else tokens * self.per_prompt_token
+
+
+@dataclass
+class InFlight:
+    """What the admission check needs of a request already admitted."""
+
+    deadline: float  # perf_counter time; inf: none
+    steps_left: int  # decode steps it may still need (worst case)
+    prompt_left: int  # prompt tokens it still has to prefill
+
+
+def keeps_deadlines(
+    cost: StepCost,
+    now: float,
+    flight: Iterable[InFlight],
+    rows_now: int,
+    *,
+    deadline: float,
+    rows: int,
+    prompt_tokens: int,
+    margin: float = 0.9,
+) -> bool:
+    """Whether a request with ``deadline`` that adds ``rows`` rows and ``prompt_tokens`` uncached
+    prompt tokens can be admitted without making a protected request in ``flight`` late."""
+    flight = list(flight)
+    c_now, c_after = cost.step_s(rows_now), cost.step_s(rows_now + rows)
+    if c_now is None or c_after is None:
+        return True  # nothing measured yet
+    pending = sum(f.prompt_left for f in flight)
+    for f in flight:
+        if not math.isfinite(f.deadline) or f.deadline > deadline:
+            continue
+        budget = (f.deadline - now) * margin
+        alone = f.steps_left * c_now + cost.prefill_s(pending)
+        if alone > budget:
+            continue  # late anyway: holding the line would not save it
+        if f.steps_left * c_after + cost.prefill_s(pending + prompt_tokens) > budget:
+            return False
+    return True
