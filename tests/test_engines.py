@@ -126,8 +126,10 @@ def test_openai_engine_against_a_real_server(server, monkeypatch):
         for s in r.samples:  # the server enforced the schema (json_object + schema fallback)
             jsonschema.validate(json.loads(s.text), schema)
             assert s.answer == json.dumps(json.loads(s.text), sort_keys=True, separators=(",", ":"))
+        if r.answer is not None:  # the cloud's winner parsed as well
+            assert r.value == json.loads(r.answer) and isinstance(r.value["answer"], int)
         free = rt.generate("Say hello.", max_tokens=8)
-        assert free.samples[0].tokens >= 1 and free.temperature == 0.0
+        assert free.samples[0].tokens >= 1 and free.temperature == 0.0 and free.value is None  # no schema: no value
         assert "sk-never-shown-42" not in repr(rt.engine) and "sk-never-shown-42" not in r.model_dump_json()
     out = cli(
         "run",
@@ -332,6 +334,8 @@ def test_constrained_samples_all_validate_and_unconstrained_do_not(smol_path):
             r = rt.generate(ROBOT, n=25, max_tokens=48, temperature=0.9, seed=seed, json_schema=ACTION)
             samples += r.samples
             assert r.answer is not None and json.loads(r.answer)["action"] in ACTION["properties"]["action"]["enum"]
+            # the Python API hands over the vote's winner parsed (#20): a dict, equal to the answer's JSON
+            assert isinstance(r.value, dict) and r.value == json.loads(r.answer)
         assert len(samples) == 50
         for s in samples:
             assert s.finish_reason == "stop", s.text

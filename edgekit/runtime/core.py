@@ -15,6 +15,7 @@ then frees the engine; any call afterwards raises ``EdgekitError("runtime is clo
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
@@ -227,8 +228,12 @@ class Runtime:
             return res
 
         if self.offload is not None and self._cloud_rt is not None and not isinstance(src, TokenPrompt):
-            return route(self, src, opts, lambda o: run_local(o, time.perf_counter()), self._cloud_rt)
-        return run_local(opts)
+            res = route(self, src, opts, lambda o: run_local(o, time.perf_counter()), self._cloud_rt)
+        else:
+            res = run_local(opts)
+        if opts.json_schema is not None and res.answer is not None and res.value is None:
+            res.value = json.loads(res.answer)  # the canonical JSON json_answer validated
+        return res
 
     def _generate(
         self,

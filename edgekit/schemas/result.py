@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -94,6 +94,9 @@ class Result(_M):
     engine: str = "llama.cpp"
     source: Source = "local"  # local | cloud | local-fallback (the cloud failed or ran out of time)
     answer: str | None  # aggregated answer (extracted), or the text for aggregate="none" with n=1
+    # with a JSON schema: the answer parsed (the vote's winner as a dict, list, ...), so an embedding app
+    # need not json.loads it; None when no sample gave a valid answer (or without a schema)
+    value: Any = None
     text: str | None = None  # full text of the sample the answer came from
     aggregate: str
     samples: list[Sample]
