@@ -354,7 +354,10 @@ def test_limits_and_bad_input_are_4xx_naming_the_field(server, client):
         (chat_body(temperature=-1), 400, "temperature"),
         (chat_body(temperature="hot"), 400, "temperature"),
         (chat_body(top_logprobs=3, logprobs=True), 400, "top_logprobs"),
-        (chat_body(edgekit={"deadline_s": -1}), 400, "edgekit.deadline_s"),
+        (chat_body(edgekit={"deadline_s": -1}), 400, "edgekit.deadline_s"),  # a deadline in the past
+        (chat_body(edgekit={"deadline_s": 0}), 400, "edgekit.deadline_s"),
+        (chat_body(edgekit={"deadline_s": "soon"}), 400, "edgekit.deadline_s"),  # not a number
+        (chat_body(edgekit={"deadline_s": "2.5"}), 400, "edgekit.deadline_s"),
         (
             chat_body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}),
             400,
