@@ -77,15 +77,23 @@ class Stamps:
             self.tokens.append(now)
 
 
-def batched(rt: Runtime, tap: TapEngine, c: int, budget: int) -> dict:
+def batched(
+    rt: Runtime, tap: TapEngine, c: int, budget: int, first_deadline_s: float | None = None, lead_s: float = 0.0
+) -> dict:
+    """``lead_s``: request 0 is sent this long before the others (it is first in line);
+    ``first_deadline_s``: it carries this deadline (the others none), so the scheduler's
+    deadline-aware cap keeps it in line (the first-in-line figure, #20)."""
     stamps = [Stamps() for _ in range(c)]
     done = [0.0] * c
     barrier = threading.Barrier(c + 1)
 
     def client(i: int) -> None:
+        dl = {"deadline_s": first_deadline_s} if i == 0 and first_deadline_s else {}
         barrier.wait()
+        if i and lead_s:
+            time.sleep(lead_s)
         with tap.listening(stamps[i]):
-            rt.generate(prompt(i), max_tokens=budget, seed=i, aggregate="none", extractor=None, **SAMPLING)
+            rt.generate(prompt(i), max_tokens=budget, seed=i, aggregate="none", extractor=None, **SAMPLING, **dl)
         done[i] = time.perf_counter()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(c)]
@@ -122,10 +130,26 @@ def sequential(rt: Runtime, c: int, budget: int) -> dict:
     return {"tok_s": toks / dec_s if dec_s else None, "tokens": n, "finish_s": finish}
 
 
+def ratio(xs: list) -> float | None:
+    return median_or_none([x for x in xs if x is not None])
+
+
+def tok(xs: list[dict], ys: list) -> float | None:
+    """Median of the per-rep ratios of ``xs``' decode tok/s to ``ys``."""
+    return ratio([x["tok_s"] / y if x["tok_s"] and y else None for x, y in zip(xs, ys)])
+
+
 def main(argv=None) -> int:
     ap = parser(__doc__, reps=3, model="qwen2.5-coder-0.5b-instruct", threads=True)
     ap.add_argument("--budget", type=int, default=128)
     ap.add_argument("--cs", default="1,4,8")
+    ap.add_argument(
+        "--first-deadline",
+        type=float,
+        default=None,
+        metavar="F",
+        help="also run (p): request 0 with a deadline of F x its solo time (from (c), same rep), the rest none",
+    )
     ap.add_argument("--smoke", action="store_true", help="SmolLM2, c in {1,2}, 8 tokens, 1 rep: checks that it runs")
     a = ap.parse_args(argv)
     if a.smoke:
@@ -144,12 +168,23 @@ def main(argv=None) -> int:
     batched(conc, tap, 2, 8)  # warm-up
     raw.rate(prompt_tokens, 2, 8, 0)
     sequential(serial, 1, 8)
-    res: dict = {c: {"a": [], "b": [], "c": []} for c in cs}
+    res: dict = {c: {"a": [], "b": [], "c": [], "p": [], "q": []} for c in cs}
+    if a.first_deadline:  # the cap learns step costs from the engine's own steps: let it see every row count
+        for c in cs:
+            batched(conc, tap, c, 16)
     for rep in range(a.reps):
-        for c in cs:  # interleaved: a, b, c for each c, every rep
+        for c in cs:  # interleaved: a, b, c (and p) for each c, every rep
             res[c]["a"].append(batched(conc, tap, c, a.budget))
             res[c]["b"].append(raw.rate(prompt_tokens, c, a.budget, 1000 * rep)[0])
             res[c]["c"].append(sequential(serial, c, a.budget))
+            if a.first_deadline and c > 1:  # request 0 first in line (0.2 s ahead), with and without its deadline
+                solo = res[c]["c"][-1]["finish_s"][0]
+                lead = {"lead_s": 0.2}
+                order = [None, a.first_deadline * solo][:: 1 if rep % 2 == 0 else -1]
+                for dl in order:
+                    got = batched(conc, tap, c, a.budget, first_deadline_s=dl, **lead)
+                    got["solo_s"] = solo
+                    res[c]["p" if dl else "q"].append(got)
     rows = []
     med = median_or_none
     makespan = lambda key: lambda r: statistics.median(max(x) for x in r[key])
@@ -183,6 +218,26 @@ def main(argv=None) -> int:
         row["finish_sequential_s"] = [y["finish_s"] for y in C]
         row["later_than_sequential_fifo"] = later_fifo
         row["all_before_sequential_makespan"] = [max(x["finish_s"]) <= max(y["finish_s"]) for x, y in zip(A, C)]
+        if res[c]["p"]:  # first in line: request 0 sent 0.2 s ahead, with a deadline (p) and without (q)
+            Pp, Q = res[c]["p"], res[c]["q"]
+            row["first_in_line"] = {
+                "deadline_factor": a.first_deadline,
+                "lead_s": 0.2,
+                "solo_s": med([p["solo_s"] for p in Pp]),
+                "uncapped_s": med([x["finish_s"][0] for x in Q]),
+                "uncapped_over_solo": ratio([x["finish_s"][0] / x["solo_s"] for x in Q]),
+                "paced_s": med([p["finish_s"][0] for p in Pp]),
+                "paced_over_solo": ratio([p["finish_s"][0] / p["solo_s"] for p in Pp]),
+                "paced_over_solo_per_rep": [p["finish_s"][0] / p["solo_s"] for p in Pp],
+                "paced_tok_s": med([p["tok_s"] for p in Pp]),
+                "uncapped_tok_s": med([x["tok_s"] for x in Q]),
+                "paced_over_bare": tok(Pp, B),
+                "uncapped_over_bare": tok(Q, B),
+                "paced_over_uncapped": tok(Pp, [x["tok_s"] for x in Q]),
+                "makespan_paced_over_uncapped": ratio([max(p["finish_s"]) / max(x["finish_s"]) for p, x in zip(Pp, Q)]),
+                "finish_paced_s": [p["finish_s"] for p in Pp],
+                "finish_uncapped_s": [x["finish_s"] for x in Q],
+            }
         rows.append(row)
         table.row(row)
     meta = run_meta(

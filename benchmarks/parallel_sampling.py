@@ -171,9 +171,15 @@ class RawLoop:
     """A bare llama.cpp batched decode: shared prompt (multi-seq-id tokens), native samplers."""
 
     def __init__(self, path: str, threads: int, n_ctx: int, max_n: int, gpu_layers: int = 0):
-        # same attention kernel as edgekit's default: off on a CPU, llama.cpp's auto choice when offloading
+        from edgekit.engines.llamacpp_probe import choose_for
+
+        # same attention kernel as edgekit's default: off on a CPU, llama.cpp's auto choice when offloading;
+        # the kernels edgekit's probe found safe here (llama.cpp's default AMX buffers crash on some Xeons)
         flash = -1 if ll.llama_supports_gpu_offload() and gpu_layers else 0
-        self.model, self.ctx, self.vocab, self.mem = open_context(path, threads, n_ctx, max_n, gpu_layers, flash)
+        choose = partial(choose_for, path, threads=threads, gpu_layers=gpu_layers)
+        self.model, self.ctx, self.vocab, self.mem = open_context(
+            path, threads, n_ctx, max_n, gpu_layers, flash, choose
+        )
         self.batch = ll.llama_batch_init(512, 0, max_n)
 
     def rate(self, prompt_tokens: list[int], n: int, budget: int, seed: int) -> tuple[float, int]:
