@@ -54,5 +54,13 @@ class BackendError(EdgekitError):
     """The inference backend is missing or failed."""
 
 
+class DeadlineUnmeetable(EdgekitError):
+    """A request that can no longer finish by its deadline, refused before it ran (the daemon: 503)."""
+
+    def __init__(self, message: str, fix: str | None = None, retry_after_s: float = 1.0):
+        super().__init__(message, fix)
+        self.retry_after_s = retry_after_s
+
+
 class SensorError(EdgekitError):
     """A power or thermal sensor failed or vanished."""

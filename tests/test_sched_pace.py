@@ -11,7 +11,9 @@ import pytest
 
 from edgekit.engines.llamacpp import LlamaCppEngine
 from edgekit.engines.llamacpp_pace import InFlight, StepCost, keeps_deadlines
+from edgekit.errors import DeadlineUnmeetable
 from edgekit.runtime.core import Runtime
+from edgekit.serve.wire import runtime_error
 
 SMOL = "smollm2-135m-instruct"
 
@@ -28,8 +30,10 @@ def test_step_cost_learns_by_row_count_and_bounds_what_it_has_not_seen():
     assert c.step_s(4) == pytest.approx(0.03 + 0.07 * 3 / 7)  # between two measured counts: interpolated
     c.observe(1, 100, 0.03 + 0.5)  # a step of 1 row + 100 prompt tokens: 5 ms a prompt token
     assert c.prefill_s(10) == pytest.approx(0.05)
-    c.seed({1: 9.0, 2: 0.05})  # a seed never overrides a measurement
+    c.seed({1: 9.0, 2: 0.05})  # a seed never overrides a measurement ...
     assert c.step_s(1) == pytest.approx(0.03) and c.step_s(2) == pytest.approx(0.05)
+    c.observe(2, 0, 0.5)  # ... and the first measurement replaces a seed outright
+    assert c.step_s(2) == pytest.approx(0.5)
     c.observe(0, 10, float("nan"))  # junk is ignored
     assert c.prefill_s(10) == pytest.approx(0.05)
 
@@ -97,3 +101,35 @@ def test_without_a_deadline_or_for_a_more_urgent_request_the_batch_is_shared(pac
     a, b = _race(paced, {"deadline_s": 600.0}, {"deadline_s": 300.0})  # the newcomer is more urgent
     assert paced.engine.batching_stats()["held_for_deadlines"] == held
     assert b.timings.queue_s < 0.5 * a.timings.decode_s, (a.timings, b.timings)
+
+
+def test_a_request_the_wait_made_late_is_refused_at_once_not_run_and_cut():
+    with Runtime(LlamaCppEngine(SMOL, n_ctx=1024, threads=2, max_n=2, max_seqs=2, prefix_cache=0)) as rt:
+        rt.generate("Hi.", max_tokens=4)  # measures a 1-row step
+        done = threading.Event()
+        hog = threading.Thread(
+            target=lambda: (
+                rt.generate("Tell a story.", n=2, max_tokens=400, temperature=0.7, ignore_eos=True),
+                done.set(),
+            )
+        )
+        hog.start()  # holds both rows for several seconds
+        while rt.engine.batching_stats()["running"] == 0:
+            time.sleep(0.002)
+        t0 = time.perf_counter()
+        with pytest.raises(DeadlineUnmeetable) as err:  # 8 tokens fit 1 s alone, not behind the hog
+            rt.generate("Say yes.", max_tokens=8, deadline_s=1.0)
+        waited = time.perf_counter() - t0
+        assert not done.is_set() and waited < 1.0, waited  # refused before its deadline, the hog still running
+        assert rt.engine.batching_stats()["refused_late"] == 1
+        anytime = threading.Thread(  # a deadline shorter than the request from the start: run and cut, flagged
+            target=lambda: got.update(r=rt.generate("Count.", max_tokens=200, ignore_eos=True, deadline_s=0.5))
+        )
+        got: dict = {}
+        hog.join()
+        anytime.start()
+        anytime.join()
+        assert "deadline" in got["r"].flags and got["r"].samples[0].finish_reason == "cancelled"
+    api = runtime_error(err.value, True, None)  # the daemon's answer: 503 with Retry-After
+    assert api.status == 503 and api.body()["error"]["code"] == "deadline_unmeetable"
+    assert int(api.headers["Retry-After"]) >= 1

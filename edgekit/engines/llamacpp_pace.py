@@ -25,8 +25,15 @@ the VM's noise.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from edgekit.errors import DeadlineUnmeetable
+
+if TYPE_CHECKING:
+    from edgekit.engines.llamacpp_request import Req
 
 
 class StepCost:
@@ -37,6 +44,7 @@ class StepCost:
         self.alpha = alpha
         self.decode: list[float | None] = [None] * (rows + 1)  # [r]: EWMA seconds of a step of r rows
         self.per_prompt_token: float | None = None
+        self._prior: set[int] = set()  # row counts whose cost is a seed, replaced by the first measurement
 
     def _ewma(self, old: float | None, new: float) -> float:
         return new if old is None else old + self.alpha * (new - old)
@@ -46,7 +54,9 @@ class StepCost:
             return
         if prompt_tokens == 0:
             if rows > 0:
-                self.decode[rows] = self._ewma(self.decode[rows], seconds)
+                old = None if rows in self._prior else self.decode[rows]
+                self._prior.discard(rows)
+                self.decode[rows] = self._ewma(old, seconds)
             return
         base = self.step_s(rows) if rows else 0.0
         if base is None:
@@ -59,6 +69,7 @@ class StepCost:
         for r, s in costs.items():
             if 0 < r < len(self.decode) and self.decode[r] is None and s > 0:
                 self.decode[r] = float(s)
+                self._prior.add(r)
 
     def step_s(self, rows: int) -> float | None:
         """Seconds of a step of ``rows`` rows; None while no step has been measured."""
@@ -117,3 +128,61 @@ def keeps_deadlines(
         if f.steps_left * c_after + cost.prefill_s(pending + prompt_tokens) > budget:
             return False
     return True
+
+
+class PaceOps:
+    """The scheduler's side of the cap (a mixin of :class:`edgekit.engines.llamacpp_sched.Scheduler`,
+    which owns ``cost``, ``margin``, ``rows``, ``prefix``, ``_running``, ``_prefilling``, ``_close_req``)."""
+
+    def _keeps_deadlines(self, req: Req, prompt_tokens: int) -> bool:
+        flight, rows_now = [], 0
+        for q in self._running:
+            rows_now += len(q.live) + len(q.joining) + q.o.n - q.started
+            done = max((r.count for r in q.live + q.joining), default=0)
+            flight.append(InFlight(q.deadline, q.o.max_tokens - done, 0))
+        for q in self._prefilling:
+            rows_now += q.o.n
+            flight.append(InFlight(q.deadline, q.o.max_tokens, len(q.ids) - q.pos))
+        if not flight:
+            return True
+        return keeps_deadlines(
+            self.cost,
+            time.perf_counter(),
+            flight,
+            rows_now,
+            deadline=req.deadline,
+            rows=req.o.n,
+            prompt_tokens=prompt_tokens,
+            margin=self.margin,
+        )
+
+    cost: StepCost
+    margin: float
+    rows: int
+
+    def _hopeless(self, req: Req) -> bool:
+        """A waiting request that the wait has made late: admitted now, alone, its prompt + ``max_tokens``
+        steps of its n rows would end after its deadline, though they would have fitted when it arrived.
+        It is refused at once instead of running to be cut (and holding the line meanwhile). A request
+        whose deadline was shorter than that from the start asked for what it can get by then (it runs
+        and is cut at the deadline, flagged): it is not refused."""
+        if req.deadline == math.inf:
+            return False
+        c = self.cost.step_s(req.o.n)
+        if c is None:
+            return False
+        need = self.cost.prefill_s(len(req.ids) - self.prefix.peek(req.ids)) + req.o.max_tokens * c
+        return req.t_submit + need <= req.deadline < time.perf_counter() + need
+
+    def _refuse_late(self, req: Req) -> None:
+        left = max(0.0, req.deadline - time.perf_counter())
+        busy = sum(q.o.max_tokens for q in self._running + self._prefilling) * (self.cost.step_s(self.rows) or 0.0)
+        req.q.put(
+            DeadlineUnmeetable(
+                f"this request can no longer finish by its deadline ({left:.2f} s left; the batch in flight "
+                f"and the requests ahead of it come first)",
+                fix="retry later, raise edgekit.deadline_s, or lower max_tokens",
+                retry_after_s=max(1.0, busy / max(1, len(self._running) + len(self._prefilling))),
+            )
+        )
+        self._close_req(req)

@@ -28,6 +28,7 @@ class SchedulerStats:
     cancelled: int = 0
     regrow_tokens: int = 0  # prompt-last tokens decoded again for rows that joined late (adaptive stopping)
     held_for_deadlines: int = 0  # steps in which admission waited so admitted requests keep their deadlines
+    refused_late: int = 0  # waiting requests refused: they could no longer finish by their deadline
 
 
 class Req:

@@ -39,7 +39,7 @@ import numpy as np
 
 from edgekit.engines.base import Cancel, Event, Grow
 from edgekit.engines.llamacpp_core import BatchDecoder, Row, ll
-from edgekit.engines.llamacpp_pace import InFlight, StepCost, keeps_deadlines
+from edgekit.engines.llamacpp_pace import PaceOps, StepCost
 from edgekit.engines.llamacpp_prefix import PrefixCache, PrefixOps
 from edgekit.engines.llamacpp_request import Req, SchedulerStats
 from edgekit.errors import BackendError, UsageError
@@ -48,7 +48,7 @@ from edgekit.schemas.options import SamplingOptions
 _END = None  # queue sentinel: the request is over
 
 
-class Scheduler(PrefixOps):
+class Scheduler(PrefixOps, PaceOps):
     def __init__(
         self,
         dec: BatchDecoder,
@@ -194,28 +194,6 @@ class Scheduler(PrefixOps):
                 self._fail_all(e)
         self._shutdown()
 
-    def _keeps_deadlines(self, req: Req, prompt_tokens: int) -> bool:
-        flight, rows_now = [], 0
-        for q in self._running:
-            rows_now += len(q.live) + len(q.joining) + q.o.n - q.started
-            done = max((r.count for r in q.live + q.joining), default=0)
-            flight.append(InFlight(q.deadline, q.o.max_tokens - done, 0))
-        for q in self._prefilling:
-            rows_now += q.o.n
-            flight.append(InFlight(q.deadline, q.o.max_tokens, len(q.ids) - q.pos))
-        if not flight:
-            return True
-        return keeps_deadlines(
-            self.cost,
-            time.perf_counter(),
-            flight,
-            rows_now,
-            deadline=req.deadline,
-            rows=req.o.n,
-            prompt_tokens=prompt_tokens,
-            margin=self.margin,
-        )
-
     def _step(self) -> None:
         t_step = time.perf_counter()
         out: list[Event] = []
@@ -262,6 +240,10 @@ class Scheduler(PrefixOps):
                     self._waiting.remove(req)
                     self.stats.cancelled += 1
                     self._end_unstarted(req)
+                elif self.pace and self._hopeless(req):
+                    self._waiting.remove(req)
+                    self.stats.refused_late += 1
+                    self._refuse_late(req)
             for req in sorted(self._waiting, key=lambda r: (r.deadline, r.id)):
                 if self._tasks or len(self._free) < req.o.n:
                     break

@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import DeadlineUnmeetable, EdgekitError
 from edgekit.serve.health import health
 from edgekit.serve.metrics import CONTENT_TYPE
 from edgekit.serve.responses import Chunker, new_id
@@ -285,6 +285,8 @@ def build_app(svc: Service, *, api_key: str | None = None) -> Any:
         except ApiError:
             raise
         except EdgekitError as e:
+            if isinstance(e, DeadlineUnmeetable):
+                svc.metrics.rejected.labels("deadline_unmeetable").inc()
             raise runtime_error(e, job.chat, job.options) from None
         except (TypeError, ValueError, KeyError, RecursionError) as e:
             if job.options.json_schema is not None:  # a schema the grammar converter cannot handle

@@ -11,11 +11,12 @@ Extension: an ``edgekit`` object in the body (the SDK's ``extra_body={"edgekit":
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgekit.errors import ContextOverflow, EdgekitError, UsageError
+from edgekit.errors import ContextOverflow, DeadlineUnmeetable, EdgekitError, UsageError
 from edgekit.schemas.options import SamplingOptions, options_error
 
 JSON_OBJECT_SCHEMA: dict = {"type": "object"}  # response_format json_object: any JSON object
@@ -340,6 +341,14 @@ def runtime_error(e: EdgekitError, chat: bool, opts: SamplingOptions | None) -> 
     prompt_param = "messages" if chat else "prompt"
     if isinstance(e, ContextOverflow) or getattr(e, "prompt_too_long", False):
         return ApiError(400, msg, param=prompt_param, code="context_length_exceeded")
+    if isinstance(e, DeadlineUnmeetable):  # refused by the scheduler before it ran: load, not a fault
+        return ApiError(
+            503,
+            msg[:400],
+            type="server_error",
+            code="deadline_unmeetable",
+            headers={"Retry-After": str(max(1, math.ceil(e.retry_after_s)))},
+        )
     if not isinstance(e, UsageError):
         return ApiError(500, f"the model failed: {msg[:300]}", type="server_error", code=type(e).__name__)
     low = msg.lower()
