@@ -35,6 +35,11 @@ def test_step_cost_learns_by_row_count_and_bounds_what_it_has_not_seen():
     c.observe(2, 0, 0.5)  # ... and the first measurement replaces a seed outright
     assert c.step_s(2) == pytest.approx(0.5)
     c.observe(0, 10, float("nan"))  # junk is ignored
+    assert c.steps_left(32, True, 0) == 32  # no row of this kind finished yet: its budget
+    c.finished(32, True, 20)
+    assert c.steps_left(32, True, 0) == 20 and c.steps_left(32, True, 5) == 15  # what such rows took
+    assert c.steps_left(32, True, 24) == 2  # past the average: a quarter of what is left
+    assert c.steps_left(32, False, 0) == 32  # another kind
     assert c.prefill_s(10) == pytest.approx(0.05)
 
 

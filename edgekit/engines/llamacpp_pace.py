@@ -8,8 +8,12 @@ Batching everything maximises throughput and makes the first request in line pay
 count from the scheduler's own steps (an EWMA per row count; prompt tokens priced per token from
 mixed steps); :func:`keeps_deadlines` answers the admission question with it, conservatively:
 
-- a running request needs, at worst, ``max_tokens`` minus what its longest row has decoded more
-  steps; a prefilling one its prompt's remaining chunks first;
+- a request needs as many more steps as requests of its kind (same ``max_tokens``, constrained or
+  not) have used on average (an EWMA of finished rows; ``max_tokens`` until one finished), less what
+  its longest row has decoded -- never less than a quarter of what ``max_tokens`` still allows (a
+  row past the average may run to the end); a prefilling one its prompt's remaining chunks first.
+  The worst case (``max_tokens``) would call a JSON action that stops at 20 of 32 tokens late and
+  drop its protection exactly when it needs it;
 - every step after the admission costs what a step of all rows then in flight costs (rows that
   finish earlier only make it cheaper), plus the new request's uncached prompt tokens;
 - a row count never measured costs the nearest measured one scaled linearly (an upper bound: the
@@ -45,6 +49,7 @@ class StepCost:
         self.decode: list[float | None] = [None] * (rows + 1)  # [r]: EWMA seconds of a step of r rows
         self.per_prompt_token: float | None = None
         self._prior: set[int] = set()  # row counts whose cost is a seed, replaced by the first measurement
+        self.lengths: dict[tuple[int, bool], float] = {}  # (max_tokens, constrained) -> EWMA tokens of finished rows
 
     def _ewma(self, old: float | None, new: float) -> float:
         return new if old is None else old + self.alpha * (new - old)
@@ -62,6 +67,17 @@ class StepCost:
         if base is None:
             return
         self.per_prompt_token = self._ewma(self.per_prompt_token, max(0.0, seconds - base) / prompt_tokens)
+
+    def finished(self, max_tokens: int, constrained: bool, tokens: int) -> None:
+        """A row ended by EOS, a stop string or its budget (not a cancelled one) after ``tokens`` tokens."""
+        key = (max_tokens, constrained)
+        self.lengths[key] = self._ewma(self.lengths.get(key), float(tokens))
+
+    def steps_left(self, max_tokens: int, constrained: bool, done: int) -> float:
+        """Decode steps a request of this kind is expected to need after ``done``."""
+        room = max(0, max_tokens - done)
+        expect = self.lengths.get((max_tokens, constrained), float(max_tokens))
+        return min(float(room), max(expect - done, room / 4))
 
     def seed(self, costs: dict[int, float]) -> None:
         """Prior step costs (seconds per step of r rows, e.g. from a device profile) for row counts
@@ -96,7 +112,7 @@ class InFlight:
     """What the admission check needs of a request already admitted."""
 
     deadline: float  # perf_counter time; inf: none
-    steps_left: int  # decode steps it may still need (worst case)
+    steps_left: float  # decode steps it is expected to need still
     prompt_left: int  # prompt tokens it still has to prefill
 
 
@@ -139,10 +155,11 @@ class PaceOps:
         for q in self._running:
             rows_now += len(q.live) + len(q.joining) + q.o.n - q.started
             done = max((r.count for r in q.live + q.joining), default=0)
-            flight.append(InFlight(q.deadline, q.o.max_tokens - done, 0))
+            flight.append(InFlight(q.deadline, self.cost.steps_left(q.o.max_tokens, q.o.constrained, done), 0))
         for q in self._prefilling:
             rows_now += q.o.n
-            flight.append(InFlight(q.deadline, q.o.max_tokens, len(q.ids) - q.pos))
+            steps = self.cost.steps_left(q.o.max_tokens, q.o.constrained, 0)
+            flight.append(InFlight(q.deadline, steps, len(q.ids) - q.pos))
         if not flight:
             return True
         return keeps_deadlines(
@@ -161,8 +178,8 @@ class PaceOps:
     rows: int
 
     def _hopeless(self, req: Req) -> bool:
-        """A waiting request that the wait has made late: admitted now, alone, its prompt + ``max_tokens``
-        steps of its n rows would end after its deadline, though they would have fitted when it arrived.
+        """A waiting request that the wait has made late: admitted now, alone, its prompt + the steps its
+        kind takes would end after its deadline, though they would have fitted when it arrived.
         It is refused at once instead of running to be cut (and holding the line meanwhile). A request
         whose deadline was shorter than that from the start asked for what it can get by then (it runs
         and is cut at the deadline, flagged): it is not refused."""
@@ -171,7 +188,8 @@ class PaceOps:
         c = self.cost.step_s(req.o.n)
         if c is None:
             return False
-        need = self.cost.prefill_s(len(req.ids) - self.prefix.peek(req.ids)) + req.o.max_tokens * c
+        steps = self.cost.steps_left(req.o.max_tokens, req.o.constrained, 0)
+        need = self.cost.prefill_s(len(req.ids) - self.prefix.peek(req.ids)) + steps * c
         return req.t_submit + need <= req.deadline < time.perf_counter() + need
 
     def _refuse_late(self, req: Req) -> None:

@@ -209,6 +209,7 @@ class Scheduler(PrefixOps, PaceOps):
                 if r.accept(tok, lp if req.o.logprobs else None, self._dec, out, sc):
                     still.append(r)
                 else:
+                    self.cost.finished(req.o.max_tokens, req.o.constrained, r.count)
                     self._free_row(req, r)
             req.live = still
             unstarted = req.rows[req.started :]
