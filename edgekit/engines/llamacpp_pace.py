@@ -178,19 +178,24 @@ class PaceOps:
     rows: int
 
     def _hopeless(self, req: Req) -> bool:
-        """A waiting request that the wait has made late: admitted now, alone, its prompt + the steps its
-        kind takes would end after its deadline, though they would have fitted when it arrived.
-        It is refused at once instead of running to be cut (and holding the line meanwhile). A request
-        whose deadline was shorter than that from the start asked for what it can get by then (it runs
-        and is cut at the deadline, flagged): it is not refused."""
+        """A waiting request that the load has made late: admitted now, beside the rows in flight, its
+        prompt + the steps its kind takes would end after its deadline, though alone they would have
+        fitted when it arrived. It is refused at once instead of running to be cut (and slowing the
+        others meanwhile). A request whose deadline was shorter than that from the start asked for
+        what it can get by then (it runs and is cut at the deadline, flagged): it is not refused."""
         if req.deadline == math.inf:
             return False
-        c = self.cost.step_s(req.o.n)
-        if c is None:
+        rows_now = sum(len(q.live) + len(q.joining) + q.o.n - q.started for q in self._running)
+        rows_now += sum(q.o.n for q in self._prefilling)
+        alone, loaded = self.cost.step_s(req.o.n), self.cost.step_s(rows_now + req.o.n)
+        if alone is None or loaded is None:
             return False
         steps = self.cost.steps_left(req.o.max_tokens, req.o.constrained, 0)
-        need = self.cost.prefill_s(len(req.ids) - self.prefix.peek(req.ids)) + steps * c
-        return req.t_submit + need <= req.deadline < time.perf_counter() + need
+        own = len(req.ids) - self.prefix.peek(req.ids)
+        pending = sum(len(q.ids) - q.pos for q in self._prefilling)
+        if req.t_submit + self.cost.prefill_s(own) + steps * alone > req.deadline:
+            return False  # an anytime request
+        return time.perf_counter() + self.cost.prefill_s(own + pending) + steps * loaded > req.deadline
 
     def _refuse_late(self, req: Req) -> None:
         left = max(0.0, req.deadline - time.perf_counter())
