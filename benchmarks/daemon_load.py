@@ -121,7 +121,7 @@ async def one(client: httpx.AsyncClient, url: str, kind: str, body: dict, deadli
                 body = await r.aread()
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     rec["code"] = json.loads(body)["error"]["code"]
-            async for line in (r.aiter_lines() if r.status_code == 200 else _nothing()):
+            async for line in r.aiter_lines() if r.status_code == 200 else _nothing():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 d = json.loads(line[6:])
