@@ -14,7 +14,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import DeadlineUnmeetable, EdgekitError
 from edgekit.schemas import __version__
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
@@ -82,5 +82,6 @@ __all__ = [
     "profile_model",
     "best_meter",
     "EdgekitError",
+    "DeadlineUnmeetable",
     "__version__",
 ]
