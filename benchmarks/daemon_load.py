@@ -121,14 +121,16 @@ async def one(client: httpx.AsyncClient, url: str, kind: str, body: dict, deadli
                 body = await r.aread()
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     rec["code"] = json.loads(body)["error"]["code"]
-            async for line in r.aiter_lines() if r.status_code == 200 else _nothing():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                d = json.loads(line[6:])
-                if rec["ttft_s"] is None and any((c.get("delta") or {}).get("content") for c in d.get("choices", [])):
-                    rec["ttft_s"] = time.perf_counter() - t0
-                if d.get("edgekit"):
-                    rec["flags"] = d["edgekit"].get("flags") or []
+            else:
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    d = json.loads(line[6:])
+                    pieces = ((c.get("delta") or {}).get("content") for c in d.get("choices", []))
+                    if rec["ttft_s"] is None and any(pieces):
+                        rec["ttft_s"] = time.perf_counter() - t0
+                    if d.get("edgekit"):
+                        rec["flags"] = d["edgekit"].get("flags") or []
         rec["latency_s"] = time.perf_counter() - t0
     except (httpx.HTTPError, json.JSONDecodeError) as e:
         rec["error"] = f"{type(e).__name__}: {e}"[:200]
@@ -140,11 +142,6 @@ async def one(client: httpx.AsyncClient, url: str, kind: str, body: dict, deadli
         and rec["latency_s"] <= deadline
     )
     return rec
-
-
-async def _nothing():
-    return
-    yield
 
 
 def client() -> httpx.AsyncClient:

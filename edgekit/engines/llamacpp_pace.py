@@ -150,14 +150,22 @@ class PaceOps:
     """The scheduler's side of the cap (a mixin of :class:`edgekit.engines.llamacpp_sched.Scheduler`,
     which owns ``cost``, ``margin``, ``rows``, ``prefix``, ``_running``, ``_prefilling``, ``_close_req``)."""
 
+    cost: StepCost
+    margin: float
+    rows: int
+
+    def _load(self) -> tuple[int, int]:
+        """(rows in flight, prompt tokens still to prefill) of the admitted requests."""
+        rows = sum(len(q.live) + len(q.joining) + q.o.n - q.started for q in self._running)
+        rows += sum(q.o.n for q in self._prefilling)
+        return rows, sum(len(q.ids) - q.pos for q in self._prefilling)
+
     def _keeps_deadlines(self, req: Req, prompt_tokens: int) -> bool:
-        flight, rows_now = [], 0
+        flight = []
         for q in self._running:
-            rows_now += len(q.live) + len(q.joining) + q.o.n - q.started
             done = max((r.count for r in q.live + q.joining), default=0)
             flight.append(InFlight(q.deadline, self.cost.steps_left(q.o.max_tokens, q.o.constrained, done), 0))
         for q in self._prefilling:
-            rows_now += q.o.n
             steps = self.cost.steps_left(q.o.max_tokens, q.o.constrained, 0)
             flight.append(InFlight(q.deadline, steps, len(q.ids) - q.pos))
         if not flight:
@@ -166,33 +174,28 @@ class PaceOps:
             self.cost,
             time.perf_counter(),
             flight,
-            rows_now,
+            self._load()[0],
             deadline=req.deadline,
             rows=req.o.n,
             prompt_tokens=prompt_tokens,
             margin=self.margin,
         )
 
-    cost: StepCost
-    margin: float
-    rows: int
-
-    def _hopeless(self, req: Req) -> bool:
-        """A waiting request that the load has made late: admitted now, beside the rows in flight, its
-        prompt + the steps its kind takes would end after its deadline, though alone they would have
-        fitted when it arrived. It is refused at once instead of running to be cut (and slowing the
-        others meanwhile). A request whose deadline was shorter than that from the start asked for
-        what it can get by then (it runs and is cut at the deadline, flagged): it is not refused."""
+    def _hopeless(self, req: Req, load: tuple[int, int]) -> bool:
+        """A waiting request that the load (``_load()``, taken once per step) has made late: admitted
+        now, beside the rows in flight, its prompt + the steps its kind takes would end after its
+        deadline, though alone they would have fitted when it arrived. It is refused at once instead of
+        running to be cut (and slowing the others meanwhile). A request whose deadline was shorter than
+        that from the start asked for what it can get by then (it runs and is cut at the deadline,
+        flagged): it is not refused."""
         if req.deadline == math.inf:
             return False
-        rows_now = sum(len(q.live) + len(q.joining) + q.o.n - q.started for q in self._running)
-        rows_now += sum(q.o.n for q in self._prefilling)
+        rows_now, pending = load
         alone, loaded = self.cost.step_s(req.o.n), self.cost.step_s(rows_now + req.o.n)
         if alone is None or loaded is None:
             return False
         steps = self.cost.steps_left(req.o.max_tokens, req.o.constrained, 0)
         own = len(req.ids) - self.prefix.peek(req.ids)
-        pending = sum(len(q.ids) - q.pos for q in self._prefilling)
         if req.t_submit + self.cost.prefill_s(own) + steps * alone > req.deadline:
             return False  # an anytime request
         return time.perf_counter() + self.cost.prefill_s(own + pending) + steps * loaded > req.deadline

@@ -236,12 +236,13 @@ class Scheduler(PrefixOps, PaceOps):
                 self._end_unstarted(req)
         # 2. admit waiting requests, earliest deadline first (one that does not fit yet holds the others)
         with self._cv:
+            load = self._load() if self.pace and self._waiting else (0, 0)  # refusals do not change it
             for req in list(self._waiting):
                 if req.stop_asked():
                     self._waiting.remove(req)
                     self.stats.cancelled += 1
                     self._end_unstarted(req)
-                elif self.pace and self._hopeless(req):
+                elif self.pace and self._hopeless(req, load):
                     self._waiting.remove(req)
                     self.stats.refused_late += 1
                     self._refuse_late(req)
