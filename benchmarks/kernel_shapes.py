@@ -94,7 +94,12 @@ def quantize(ll, src: Path, dst: Path, typ: str) -> None:
 
 
 def time_model(ll, path: Path, reps: int, I: int = 256, steps: int = 8, threads: int = 2) -> dict:
-    model = ll.llama_model_load_from_file(str(path).encode(), ll.llama_model_default_params())
+    from edgekit.engines.llamacpp_probe import choose_for
+
+    mp = ll.llama_model_default_params()
+    # the kernels edgekit's probe found safe on this CPU (llama.cpp's default AMX buffers crash on some Xeons)
+    mp.use_extra_bufts = choose_for(str(path), threads=threads).use_extra_bufts
+    model = ll.llama_model_load_from_file(str(path).encode(), mp)
     cp = ll.llama_context_default_params()
     cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = 1024, 512, 512, 4
     cp.n_threads = cp.n_threads_batch = threads
