@@ -333,3 +333,68 @@ def test_a_same_size_edit_after_export_is_refused_on_load(onnx_card, tmp_path):
     graph.write_bytes(bytes(data))
     with pytest.raises(ChecksumMismatch, match="sha256 differs"):
         Runtime(str(dest), engine="onnx", threads=2)
+
+
+# -- int8 weights vs the CPU's int8 kernels ---------------------------------------------------------
+FIX = __import__("pathlib").Path(__file__).parent / "fixtures"
+
+
+def _vnni_copy(tmp_path):
+    """The recorded EPYC cpuinfo with ``avx512_vnni`` added to its flags: a CPU whose int8 kernels
+    accumulate in int32 (Ice Lake and later Xeons, Zen 4)."""
+    text = (FIX / "cpuinfo" / "amd-epyc-avx2" / "cpuinfo").read_text()
+    (tmp_path / "cpuinfo").write_text(text.replace(" avx2 ", " avx2 avx512f avx512_vnni ", 1))
+    return tmp_path
+
+
+def test_which_cpus_overflow_full_range_int8(tmp_path):
+    from edgekit.host.cpu import int8_u8s8_saturates, isa_flags
+
+    assert int8_u8s8_saturates(isa_flags(FIX / "cpuinfo" / "amd-epyc-avx2"))  # AVX2, no VNNI (recorded)
+    assert not int8_u8s8_saturates(isa_flags(_vnni_copy(tmp_path)))
+    assert not int8_u8s8_saturates(isa_flags(FIX / "sysfs" / "orin_jp6" / "proc"))  # ARM: sdot kernels
+    assert not int8_u8s8_saturates({})  # unknown: no claim
+
+
+@pytest.mark.slow
+def test_a_full_range_int8_variant_is_refused_where_it_would_be_garbage(onnx_card, tmp_path):
+    """Found in CI on an AVX2-only AMD EPYC: an int8 export with full-range weights loads and answers
+    there with perplexity 3146 (12.9 for the GGUF it came from). Exports now use 7-bit weights and say
+    so in the card; a card without that (an older export) is refused on such a CPU, with the remake
+    command, and accepted where the kernels cannot overflow."""
+    from edgekit.engines.onnx import _check_int8_range
+    from edgekit.errors import BackendError
+
+    assert onnx_card.params["reduce_range"] is True
+    old = onnx_card.model_copy(update={"params": {k: v for k, v in onnx_card.params.items() if k != "reduce_range"}})
+    epyc = FIX / "cpuinfo" / "amd-epyc-avx2"
+    with pytest.raises(BackendError) as e:
+        _check_int8_range(old, onnx_card.path, procfs_root=epyc)
+    line = e.value.one_line()
+    assert "garbage" in line and f"edgekit quantize {SMOL} --to onnx-int8 --force" in line and "\n" not in line
+    _check_int8_range(onnx_card, onnx_card.path, procfs_root=epyc)  # 7-bit weights: fine everywhere
+    _check_int8_range(old, onnx_card.path, procfs_root=_vnni_copy(tmp_path))  # VNNI: no overflow
+
+
+@pytest.mark.slow
+def test_quantize_remakes_a_full_range_int8_variant(onnx_card, tmp_path, monkeypatch):
+    import shutil
+
+    import edgekit.quantize.onnx_export as ox
+    from edgekit.models import resolve
+    from edgekit.quantize import quantize
+    from edgekit.schemas.quant import card_path_for, load_card
+
+    src = resolve(SMOL).path
+    home = tmp_path / "home"
+    (home / "models" / SMOL).mkdir(parents=True)
+    shutil.copy2(src, home / "models" / SMOL / src.name)
+    monkeypatch.setenv("EDGEKIT_HOME", str(home))
+    dest = ox.variant_folder(SMOL)
+    shutil.copytree(onnx_card.path, dest)
+    params = {k: v for k, v in onnx_card.params.items() if k != "reduce_range"}
+    onnx_card.model_copy(update={"path": str(dest), "params": params}).save(card_path_for(dest))
+    calls = []
+    monkeypatch.setattr(ox, "export_onnx_int8", lambda *a, **k: calls.append((a, k)) or load_card(card_path_for(dest)))
+    (r,) = quantize(SMOL, "onnx-int8")
+    assert r.action == "remade" and len(calls) == 1

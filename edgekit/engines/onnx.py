@@ -40,6 +40,7 @@ from edgekit.engines.base import (
     plain_text,
 )
 from edgekit.errors import BackendError, ChecksumMismatch, ContextOverflow, ModelNotFound, UsageError
+from edgekit.host.cpu import int8_u8s8_saturates, isa_flags
 from edgekit.models.folder_hash import folder_sha256, onnx_files
 from edgekit.models.variants import variants_dir
 from edgekit.schemas.options import MAX_N_CAP, SamplingOptions
@@ -153,6 +154,7 @@ class OnnxEngine(Engine):
                 f"({'sha256' if size == card.size_bytes else 'size'} differs)",
                 fix=f"remake it: `edgekit quantize {card.source.model_id or card.source.path} --to onnx-int8 --force`",
             )
+        _check_int8_range(card, folder)
         cfg = json.loads((folder / "config.json").read_text())
         gen = (
             json.loads((folder / "generation_config.json").read_text())
@@ -403,6 +405,21 @@ class OnnxEngine(Engine):
             self.close()
         except Exception:
             pass
+
+
+def _check_int8_range(card, folder: Path, procfs_root: str | Path = "/proc") -> None:
+    """Refuse a dynamically quantized variant whose weights use the full int8 range on a CPU whose
+    onnxruntime int8 kernels overflow on them (:func:`edgekit.host.cpu.int8_u8s8_saturates`): it would
+    load and answer, with garbage. Variants made by this edgekit record ``reduce_range: true``."""
+    if card is None or card.type != "onnx-int8" or card.params.get("reduce_range"):
+        return
+    if int8_u8s8_saturates(isa_flags(procfs_root)):
+        raise BackendError(
+            f"ONNX variant {card.variant_id} ({folder}) has int8 weights in the full 8-bit range, which onnxruntime's "
+            "int8 kernels on this CPU (x86 without VNNI) overflow: its output here would be garbage",
+            fix=f"remake it with 7-bit weights: `edgekit quantize {card.source.model_id or card.source.path} "
+            "--to onnx-int8 --force`",
+        )
 
 
 def _layer_key(name: str) -> tuple[int, int]:

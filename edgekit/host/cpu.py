@@ -98,6 +98,16 @@ def has_amx(flags: dict[str, bool]) -> bool:
     return bool(flags.get("AMX_TILE"))
 
 
+def int8_u8s8_saturates(flags: dict[str, bool]) -> bool:
+    """True on an x86 CPU without VNNI (AVX-512 VNNI or AVX-VNNI): onnxruntime's uint8 x int8 kernels
+    there sum pairs of products into int16 (``VPMADDUBSW``), which overflows for weights quantized to
+    the full int8 range -- a dynamically quantized model then produces garbage (SmolLM2-135M's
+    perplexity went from 12.9 to 3146 on an AVX2-only AMD EPYC). Weights in 7 bits (onnxruntime's
+    ``reduce_range``) cannot overflow. False on ARM and when the flags are unknown."""
+    x86 = "AVX2" in flags or "AVX" in flags
+    return x86 and not (flags.get("AVX512_VNNI") or flags.get("AVX_VNNI"))
+
+
 # -- CPUs this process may use ----------------------------------------------------------------
 @dataclass
 class UsableCPUs:

@@ -12,7 +12,9 @@ The path, each step with its tool:
 3. **export** -- optimum's ONNX exporter, task ``text-generation-with-past`` (one graph, inputs
    ``input_ids``/``attention_mask``/``position_ids`` + ``past_key_values.*``, all with a dynamic
    batch axis: the engine decodes n samples as one batch);
-4. **int8** -- onnxruntime ``quantize_dynamic``: MatMul weights to int8 (per-channel), activations
+4. **int8** -- onnxruntime ``quantize_dynamic``: MatMul weights to int8 (per-channel, 7-bit range:
+   ``reduce_range``, so that x86 CPUs without VNNI, whose uint8 x int8 kernels sum into int16, do not
+   overflow -- with the full range the model's output there is garbage), activations
    quantized at run time (uint8, per tensor), except the MLP down projections (:data:`KEEP_FLOAT`,
    recorded in the card); the float32 graph is deleted unless ``keep_fp32``;
 5. **register** -- the folder ``<cache>/models/variants/<base>-onnx-int8/`` (model.onnx,
@@ -263,6 +265,7 @@ def export_onnx_int8(
             "weight_type": "QInt8",
             "op_types": ["MatMul"],
             "per_channel": per_channel,
+            "reduce_range": True,
             "float32_matmuls": {"match": list(keep_float), "count": len(kept)},
             "activations": "dynamic uint8",
             "kv_dtype": "float32",
@@ -366,6 +369,7 @@ def _quantize(src_dir: Path, dest_dir: Path, per_channel: bool, keep_float: tupl
             str(dest_dir / "model.onnx"),
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
+            reduce_range=True,  # 7-bit weights: no int16 overflow in the u8s8 kernels of x86 CPUs without VNNI
             op_types_to_quantize=["MatMul"],
             nodes_to_exclude=kept,
             use_external_data_format=big,
@@ -402,6 +406,8 @@ def quantize_onnx_int8(source: str, target: str, opts) -> QuantizeResult:
     out = variant_folder(base)
     cp = card_path_for(out)
     old, action = existing_variant(out, src.sha256, src.model_id or src.path, TYPE, opts.force)
+    if old is not None and not old.params.get("reduce_range"):
+        old, action = None, "remade"  # full-range int8 weights: garbage on x86 CPUs without VNNI
     if old is not None:
         return QuantizeResult(
             old.variant_id, old.type, Path(old.path), cp, action, old.size_bytes, time.perf_counter() - t0, old
