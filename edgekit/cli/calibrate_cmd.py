@@ -115,7 +115,23 @@ def _render(cal, path) -> None:
         )
         console.print(f"why {cal.score}: {cal.score_choice}", highlight=False)
     console.print(f"guarantee: {cal.guarantee}", highlight=False)
+    if cal.self_check_s is not None and cal.self_check_s.value is not None:
+        from edgekit.schemas.plan import load_plan
+
+        console.print(self_check_line(cal, load_plan(path)), highlight=False)
     console.print(f"saved into {path}")
+
+
+def self_check_line(cal, plan) -> str:
+    """What the P(True) self-check adds to every local answer, against the plan's target."""
+    base = plan.predicted.latency_at_percentile_s
+    total = base + cal.self_check_s.value
+    over = total > plan.target_s
+    return (
+        f"{cal.score} reads P(True): each local answer adds one self-check prefill, {cal.self_check_s.value:.3f} s "
+        f"({cal.self_check_s.describe()}); predicted local latency {base:.2f} s -> {total:.2f} s"
+        + (f", above the plan's {plan.target_s:g} s target" if over else f", target {plan.target_s:g} s")
+    )
 
 
 def _plot(cal, path: str) -> None:

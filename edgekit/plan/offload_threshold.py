@@ -30,6 +30,7 @@ from edgekit.calibrate import (
 from edgekit.engines.openai import OpenAIEngine
 from edgekit.errors import FetchError, UsageError
 from edgekit.evaluate.tasks import load_task
+from edgekit.figures import measured
 from edgekit.jsonio import append_jsonl, read_records, save_atomic
 from edgekit.runtime import Runtime
 from edgekit.runtime.query import check_plan_model
@@ -191,6 +192,9 @@ def calibrate(c: CalibrationRun, progress: Progress | None = None) -> tuple[Offl
     step = max(1, len(d["curve"]) // 200)  # a plan keeps at most ~200 curve points
     d["curve"] = [pt for i, pt in enumerate(d["curve"]) if i % step == 0 or pt["threshold"] == d["threshold"]]
     cal_model = OffloadCalibration(**d, model_sha256=plan.chosen.model_sha256)
+    checks = [float(r["self_check_s"]) for r in records if r.get("self_check_s")]
+    if cal_model.reads_p_true() and checks:  # every local answer will pay the self-check: the runtime adds it
+        cal_model.self_check_s = measured(checks, "s", source="P(True) self-check prefill, one per calibration query")
     new = plan.model_copy(
         update={
             "offload": cal_model,

@@ -26,6 +26,7 @@ from edgekit.schemas.offload import (
     Mode,
     OffloadCalibration,
     OffloadInfo,
+    reads_p_true,
 )
 from edgekit.schemas.result import Result
 
@@ -98,6 +99,15 @@ class Offload:
             raise UsageError(f"score {score!r} has no default threshold", fix="pass a threshold or calibrate")
         return score, DEFAULT_THRESHOLDS[score], False, NO_GUARANTEE
 
+    def predicted_local_s(self, score: str) -> float | None:
+        """The plan's local latency prediction, plus the P(True) self-check's prefill (measured by calibrate) when
+        ``score`` reads it: every local answer then pays one more prefill."""
+        cal = self.calibration
+        if self.local_predicted_s is None:
+            return None
+        check = cal.self_check_s if cal is not None and cal.reads_p_true(score) else None
+        return self.local_predicted_s + (check.value if check is not None and check.value is not None else 0.0)
+
     def expected_cloud_s(self) -> float | None:
         lat = getattr(self.cloud, "latency", None)
         return lat.p95() if lat is not None else None
@@ -137,18 +147,21 @@ def route(rt, prompt, opts, run_local, cloud_rt) -> Result:
             return None
         return r
 
+    local_predicted_s = off.predicted_local_s(score_name)
     pre = off.mode == "always" or (
         off.mode == "auto"
-        and off.local_predicted_s is not None
+        and local_predicted_s is not None
         and opts.deadline_s is not None
-        and off.local_predicted_s > opts.deadline_s
+        and local_predicted_s > opts.deadline_s
     )
     if pre:
         info.reason = (
             "mode always"
             if off.mode == "always"
             else (
-                f"pre-routed: the plan predicts {off.local_predicted_s:.2f} s locally, above the "
+                f"pre-routed: the plan predicts {local_predicted_s:.2f} s locally"
+                + (" (with the P(True) self-check)" if local_predicted_s != off.local_predicted_s else "")
+                + ", above the "
                 f"{opts.deadline_s:.2f} s deadline"
             )
         )
@@ -160,7 +173,7 @@ def route(rt, prompt, opts, run_local, cloud_rt) -> Result:
         info.reason += "; the cloud failed, answered locally"
         return _finish(local, "local-fallback", info)
 
-    if _needs_self_check(score_name, off.calibration) and not opts.self_check:
+    if reads_p_true(score_name, off.calibration.features if off.calibration else None) and not opts.self_check:
         opts = opts.replace(self_check=True)  # the score reads P(True): one extra prefill, timed
     local = run_local(opts)
     info.local_s = local.timings.queue_s + local.timings.total_s
@@ -189,10 +202,6 @@ def route(rt, prompt, opts, run_local, cloud_rt) -> Result:
         return _finish(local, "local-fallback", info, flag="local-fallback: " + (info.cloud_error or "cloud failed"))
     info.reason = f"offloaded: {why}"
     return _finish(r, "cloud", info)
-
-
-def _needs_self_check(score: str, cal: OffloadCalibration | None) -> bool:
-    return score == "p_true" or (score == "combined" and cal is not None and "p_true" in (cal.features or ()))
 
 
 def _finish(res: Result, source: str, info: OffloadInfo, flag: str | None = None) -> Result:

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgekit.figures import Figure
+
 Mode = Literal["never", "auto", "always"]
 Source = Literal["local", "cloud", "local-fallback"]
 # Single confidence scores, each oriented "higher = keep local" (edgekit.runtime.confidence says how each
@@ -37,6 +39,11 @@ DEFAULT_THRESHOLDS = {
 NO_GUARANTEE = "no guarantee holds: the threshold is a default, not calibrated (run `edgekit calibrate`)"
 
 
+def reads_p_true(score: str, features: list[str] | None = None) -> bool:
+    """Does the score read P(True) (itself, or a combined score with it among its features)?"""
+    return score == "p_true" or (score == "combined" and "p_true" in (features or ()))
+
+
 class _M(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=True, ser_json_inf_nan="strings")
 
@@ -63,6 +70,13 @@ class OffloadCalibration(_M):
     score_choice: str | None = None  # why this score (AUROC on the fit split)
     model_sha256: str | None = None  # the local model it was calibrated for
     curve: list[dict] = Field(default_factory=list)
+    # when the score reads P(True): the self-check's extra prefill, measured over the calibration queries; every
+    # local answer pays it, so the runtime adds it to the plan's predicted local latency
+    self_check_s: Figure | None = None
+
+    def reads_p_true(self, score: str | None = None) -> bool:
+        """Does ``score`` (default: this calibration's) read P(True), so that each query runs the self-check?"""
+        return reads_p_true(score or self.score, self.features)
 
 
 class OffloadInfo(_M):
