@@ -21,7 +21,10 @@ from edgekit.engines.llamacpp import LlamaCppEngine
 from edgekit.runtime import Runtime
 from edgekit.schemas.options import SamplingOptions
 
-NEAR_TIE = 0.05  # logits: a top-1/top-2 gap this small may flip with the batch's summation order
+# logits: a top-1/top-2 gap this small may flip with the batch's summation order. 0.05 held on a Xeon;
+# an AVX2-only AMD EPYC flipped a 0.085 gap (batched and one-row steps take different matmul kernels
+# there); 0.3 as in test_prefix_cache -- a row given another row's logits flips gaps of whole units.
+NEAR_TIE = 0.3
 
 
 @pytest.fixture(scope="module")
