@@ -271,19 +271,13 @@ def test_profile_engine_onnx(onnx_card, tmp_path):
     assert {d.n for d in mp.decode} >= {1, 2}
 
 
-@pytest.mark.slow
-def test_quantize_to_onnx_int8_reuses_a_verified_folder_and_models_list_checks_it(onnx_card, tmp_path, monkeypatch):
-    """`edgekit quantize SMOL --to onnx-int8` dispatches through the ladder's format registry: a folder in
-    the variants cache whose card matches this source and whose files hash to the card is reused, not
-    re-exported; `models list` shows it; a flipped byte in its graph makes `models verify` say corrupt and
-    the next quantize re-export it (the export is replaced by a recorder here: it is tested above)."""
+def _variant_in_cache(onnx_card, tmp_path, monkeypatch, params: dict):
+    """A private EDGEKIT_HOME holding SmolLM2's GGUF and a copy of the exported folder in the variants cache,
+    its card with ``params``; the export replaced by a recorder (it is tested above). Returns (card, folder, calls)."""
     import shutil
-    from pathlib import Path
 
     import edgekit.quantize.onnx_export as ox
     from edgekit.models import resolve
-    from edgekit.models.variants import check_variant, variant_rows
-    from edgekit.quantize import quantize
     from edgekit.schemas.quant import card_path_for, load_card
 
     src = resolve(SMOL).path
@@ -293,11 +287,25 @@ def test_quantize_to_onnx_int8_reuses_a_verified_folder_and_models_list_checks_i
     monkeypatch.setenv("EDGEKIT_HOME", str(home))
     dest = ox.variant_folder(SMOL)
     shutil.copytree(onnx_card.path, dest)
-    card = onnx_card.model_copy(update={"path": str(dest)})
+    card = onnx_card.model_copy(update={"path": str(dest), "params": params})
     card.save(card_path_for(dest))
-
     calls = []
     monkeypatch.setattr(ox, "export_onnx_int8", lambda *a, **k: calls.append((a, k)) or load_card(card_path_for(dest)))
+    return card, dest, calls
+
+
+@pytest.mark.slow
+def test_quantize_to_onnx_int8_reuses_a_verified_folder_and_models_list_checks_it(onnx_card, tmp_path, monkeypatch):
+    """`edgekit quantize SMOL --to onnx-int8` dispatches through the ladder's format registry: a folder in
+    the variants cache whose card matches this source and whose files hash to the card is reused, not
+    re-exported; `models list` shows it; a flipped byte in its graph makes `models verify` say corrupt and
+    the next quantize re-export it (the export is replaced by a recorder here: it is tested above)."""
+    from pathlib import Path
+
+    from edgekit.models.variants import check_variant, variant_rows
+    from edgekit.quantize import quantize
+
+    card, dest, calls = _variant_in_cache(onnx_card, tmp_path, monkeypatch, onnx_card.params)
     (r,) = quantize(SMOL, "onnx-int8")
     assert r.action == "exists" and calls == [] and Path(r.path) == dest
     row = next(x for x in variant_rows() if x["format"] == "onnx")
@@ -378,23 +386,9 @@ def test_a_full_range_int8_variant_is_refused_where_it_would_be_garbage(onnx_car
 
 @pytest.mark.slow
 def test_quantize_remakes_a_full_range_int8_variant(onnx_card, tmp_path, monkeypatch):
-    import shutil
-
-    import edgekit.quantize.onnx_export as ox
-    from edgekit.models import resolve
     from edgekit.quantize import quantize
-    from edgekit.schemas.quant import card_path_for, load_card
 
-    src = resolve(SMOL).path
-    home = tmp_path / "home"
-    (home / "models" / SMOL).mkdir(parents=True)
-    shutil.copy2(src, home / "models" / SMOL / src.name)
-    monkeypatch.setenv("EDGEKIT_HOME", str(home))
-    dest = ox.variant_folder(SMOL)
-    shutil.copytree(onnx_card.path, dest)
     params = {k: v for k, v in onnx_card.params.items() if k != "reduce_range"}
-    onnx_card.model_copy(update={"path": str(dest), "params": params}).save(card_path_for(dest))
-    calls = []
-    monkeypatch.setattr(ox, "export_onnx_int8", lambda *a, **k: calls.append((a, k)) or load_card(card_path_for(dest)))
+    _, _, calls = _variant_in_cache(onnx_card, tmp_path, monkeypatch, params)
     (r,) = quantize(SMOL, "onnx-int8")
     assert r.action == "remade" and len(calls) == 1
