@@ -232,7 +232,11 @@ class Runtime:
         else:
             res = run_local(opts)
         if opts.json_schema is not None and res.answer is not None and res.value is None:
-            res.value = json.loads(res.answer)  # the canonical JSON json_answer validated
+            # the canonical JSON json_answer validated -- or, with aggregate none / first_verified, a
+            # sample's raw text (truncated, say): no value from that (the sample is flagged)
+            ans = json_answer(res.answer, opts.json_schema)[0]
+            if ans is not None:
+                res.value = json.loads(ans)
         return res
 
     def _generate(
