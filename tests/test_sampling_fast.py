@@ -67,6 +67,7 @@ CASES = [
     dict(n=1, max_tokens=24),  # greedy
     dict(n=6, temperature=0.8, max_tokens=24),
     dict(n=4, temperature=1.2, top_k=0, top_p=0.9, min_p=0.0, max_tokens=16),
+    dict(n=4, temperature=1.0, top_k=40, top_p=0.9, min_p=0.0, max_tokens=16),  # top-k without min-p
     dict(n=6, temperature=0.8, grammar=YESNO),
     dict(n=1, grammar=YESNO),
     dict(n=6, temperature=0.8, json_schema=SCHEMA, max_tokens=40),
@@ -155,6 +156,43 @@ def test_t_above_zero_follows_the_truncated_distribution(rt, grammar):
     assert len(sup) >= 5
     chi = stats.chisquare(got[sup], want[sup] * draws)
     assert chi.pvalue > 1e-3, (chi, len(sup))
+
+
+def test_a_truncated_schema_sample_is_no_value(rt):
+    """aggregate none answers with the first sample's text; cut off by max_tokens it is not JSON:
+    no value and a flag, not a JSONDecodeError (found when a seed change truncated one)."""
+    res = rt.generate(
+        PROMPT, n=2, temperature=0.8, seed=3, aggregate="none", extractor=None, json_schema=SCHEMA, max_tokens=6
+    )
+    assert res.answer is not None and res.value is None
+    assert any(f.startswith("budget:") for f in res.flags)
+    ok = rt.generate(PROMPT, n=1, seed=3, aggregate="none", extractor=None, json_schema=SCHEMA, max_tokens=60)
+    assert ok.value is not None and ok.value["action"] in ("move", "grip", "stop")  # a valid one still is
+
+
+def test_min_p_decides_a_band_shorter_than_top_k(rt):
+    """A peaked row (three tokens within 8 nats of the top, top-k 40): min-p's floor, not k
+    tokens, makes the band decide -- seeded draws equal the full-vocabulary chain's, and the
+    whole vocabulary is never loaded."""
+    dec = rt.engine._core
+    nv = dec._n_vocab
+    rng = np.random.default_rng(5)
+    logits = (rng.standard_normal(nv) * 2 - 20).astype(np.float32)  # nothing else within 16 nats
+    logits[[17, 4242, 40000]] = [12.0, 11.2, 8.5]
+    o = SamplingOptions(temperature=0.9, top_k=40, top_p=0.95, min_p=0.05)
+    smp = S.BlockSampler(nv)
+    fast, ref = S.RowSampler(dec._vocab, o, 99, None), S.RowSampler(dec._vocab, o, 99, None)
+    top = float(logits.max())
+    got = [smp._pick(fast, logits, top) for _ in range(200)]
+    assert smp.counts["band"] == 200 and smp.counts["full"] == 0
+    want = []
+    for _ in range(200):
+        smp._load(smp._ids, logits)
+        S.ll.llama_sampler_apply(ref.chain, smp._arr_ref)
+        want.append(int(smp._cand["id"][smp._arr.selected]))
+    fast.free()
+    ref.free()
+    assert got == want and set(got) == {17, 4242}  # 8.5 is below min-p's floor (12 - 3.0)
 
 
 def test_logprobs_are_the_old_values(rt):

@@ -61,6 +61,7 @@ except ImportError as e:  # pragma: no cover - install problem
 
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 BANDS = (8.0, 16.0)  # logit distances below the row maximum tried before the whole vocabulary
+NEAR = BANDS[-1]  # one pass per row finds the ids this close to the maximum; the bands are cut from it
 _TOPK_BANDS = (8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)  # token confidence: bands tried for the top k
 _RENORM_EXTRA = 7.0  # band below the chosen token for the grammar's renormalisation: ln(V) + this
 _EPS = 1e-4  # margin on top-p's cumulative-mass test (llama.cpp sums in float32)
@@ -141,14 +142,20 @@ def band_decides(lv: np.ndarray, floor: float, unknown: int, top_k: int, top_p: 
     return False
 
 
-def topk_mean(row: np.ndarray, top: float, k: int) -> float:
+def topk_mean(row: np.ndarray, top: float, k: int, near: np.ndarray | None = None) -> float:
     """Mean of the ``k`` largest values of ``row`` (maximum ``top``): a band below the maximum
-    first (a comparison and a small partition, not a partition of the whole vocabulary)."""
+    first (a comparison and a small partition, not a partition of the whole vocabulary).
+    ``near``: the ids within ``NEAR`` of the maximum, when the caller has them (no pass then)."""
     ids = np.empty(0, np.int64)
-    for d in _TOPK_BANDS:
-        ids = np.flatnonzero(row >= top - d)
-        if len(ids) >= k:
-            break
+    if near is not None and len(near) >= k:
+        ids = near
+    else:
+        for d in _TOPK_BANDS:
+            if near is not None and d <= NEAR:
+                continue  # no more than ``near`` holds
+            ids = np.flatnonzero(row >= top - d)
+            if len(ids) >= k:
+                break
     v = row[ids] if len(ids) >= k else row
     if len(v) > k:
         v = np.partition(v, len(v) - k)[-k:]
@@ -235,9 +242,10 @@ class BlockSampler:
         """The token row ``row`` (raw logits, maximum ``top``) gives sample ``rs``; accepted into
         its samplers (the grammar advances exactly once). ``scores``: ``(lse, k, out)``: append the
         token's :meth:`token_scores` to the list ``out`` (computed before the grammar accepts it)."""
-        tok = self._pick(rs, row, top)
+        near = np.flatnonzero(row >= top - NEAR).astype(np.int32)  # the one pass over the row
+        tok = self._pick(rs, row, top, near)
         if scores is not None:
-            scores[2].append(self.token_scores(rs, row, top, tok, scores[0], scores[1]))
+            scores[2].append(self.token_scores(rs, row, top, tok, scores[0], scores[1], near))
         if rs.grammar is not None:
             ll.llama_sampler_accept(rs.grammar, tok)
             rs.key = (rs.key[0], hash((rs.key[1], tok)))
@@ -245,12 +253,13 @@ class BlockSampler:
         return tok
 
     def token_scores(
-        self, rs: RowSampler, row: np.ndarray, top: float, tok: int, lse: float, k: int
+        self, rs: RowSampler, row: np.ndarray, top: float, tok: int, lse: float, k: int, near=None
     ) -> tuple[float | None, float | None]:
         """(log-probability of ``tok`` over the allowed tokens, DeepConf token confidence over the
-        top ``k`` allowed tokens); (None, None) when the grammar allowed only ``tok``."""
+        top ``k`` allowed tokens); (None, None) when the grammar allowed only ``tok``. ``near``: the
+        ids within ``NEAR`` of ``top``, if known."""
         if rs.grammar is None:
-            return float(row[tok] - lse), (-(topk_mean(row, top, k) - lse) if k else None)
+            return float(row[tok] - lse), (-(topk_mean(row, top, k, near) - lse) if k else None)
         ids = np.flatnonzero(row >= row[tok] - (math.log(self.nv) + _RENORM_EXTRA)).astype(np.int32)
         if len(ids) > self.nv // 8:
             v = self._seen.get(rs.key)
@@ -268,7 +277,14 @@ class BlockSampler:
         top_v = np.partition(lv, len(lv) - k)[-k:] if len(lv) > k else lv
         return float(row[tok] - lse_v), -(float(top_v.mean()) - lse_v)
 
-    def _pick(self, rs: RowSampler, row: np.ndarray, top: float) -> int:
+    def _band(self, row: np.ndarray, top: float, floor: float, near: np.ndarray | None) -> np.ndarray:
+        """The ids (int32, ascending) whose logit is at or above ``floor``: cut from ``near`` (the
+        ids within ``NEAR`` of ``top``) when it holds them all, else one pass over the row."""
+        if near is not None and floor >= top - NEAR:
+            return near if floor == top - NEAR else near[row[near] >= floor]
+        return np.flatnonzero(row >= floor).astype(np.int32)
+
+    def _pick(self, rs: RowSampler, row: np.ndarray, top: float, near: np.ndarray | None = None) -> int:
         g = rs.grammar
         if rs.greedy:
             t = int(row.argmax())
@@ -276,7 +292,7 @@ class BlockSampler:
                 self.counts["argmax"] += 1
                 return t
             for d in BANDS:
-                ids = np.flatnonzero(row >= top - d).astype(np.int32)
+                ids = self._band(row, top, top - d, near)
                 if len(ids) > self.nv // 8:
                     break
                 v = self._valid(g, ids, row)
@@ -287,11 +303,9 @@ class BlockSampler:
         floors = [top - d for d in BANDS]
         while floors:
             floor = floors.pop(0)
-            ids = np.flatnonzero(row >= floor).astype(np.int32)
+            ids = self._band(row, top, floor, near)
             if len(ids) > self.nv // 8:
                 break  # a flat distribution: the whole vocabulary costs little more
-            if rs.top_k > 0 and g is None and len(ids) < rs.top_k:
-                continue
             unknown = self.nv - len(ids)
             if g is not None:
                 ids = self._valid(g, ids, row)
