@@ -128,6 +128,8 @@ def band_decides(lv: np.ndarray, floor: float, unknown: int, top_k: int, top_p: 
     floor_cut = min_p > 0 and floor <= top + math.log(min_p)  # min-p drops every token below the floor
     if top_p >= 1.0:
         return floor_cut
+    if floor_cut and int(np.count_nonzero(lv >= top + math.log(min_p))) <= 1:
+        return True  # min-p keeps the top token alone, and top-p keeps at least it (no sort needed)
     srt = np.sort(lv.astype(np.float64))[::-1]
     cum = np.cumsum(np.exp(srt - top))
     z_lo = cum[-1]
@@ -175,6 +177,7 @@ class BlockSampler:
         self._buf = np.empty((0, n_vocab), np.float32)
         self.counts = {"argmax": 0, "band": 0, "full": 0, "grammar_checks": 0, "grammar_full": 0}
         self._seen: dict = {}  # (grammar, state) -> its valid ids over the whole vocabulary, this step
+        self._views: dict = {}  # (logits address, rows) -> the numpy view of that block
 
     def new_step(self) -> None:
         self._seen.clear()
@@ -182,7 +185,14 @@ class BlockSampler:
     # -- the logits block ------------------------------------------------------------------
     def block(self, ctx, rows: int) -> np.ndarray:
         """The first ``rows`` output rows of the last decode's logits (a view, no copy)."""
-        return np.ctypeslib.as_array(ll.llama_get_logits(ctx), shape=(rows, self.nv))
+        ptr = ll.llama_get_logits(ctx)
+        key = (ctypes.cast(ptr, ctypes.c_void_p).value, rows)
+        view = self._views.get(key)  # building a view costs ~60 us a step: kept while llama.cpp keeps its buffer
+        if view is None:
+            if len(self._views) > 64:
+                self._views.clear()
+            view = self._views[key] = np.ctypeslib.as_array(ptr, shape=(rows, self.nv))
+        return view
 
     def lse(self, block: np.ndarray, m: np.ndarray) -> np.ndarray:
         """Per-row log-sum-exp (float32, the same operations the engine always used)."""
