@@ -37,9 +37,13 @@ logits row: computed once per row in numpy over the contiguous block, into a reu
 Token scores for confidence (:meth:`BlockSampler.token_scores`, before the grammar accepts the
 token): the chosen token's log-probability *renormalised over what the grammar allowed* and
 DeepConf's token confidence (minus the mean log-probability of the k most likely allowed tokens).
-A token the grammar forced (one allowed token) scores None: it carries no doubt. The allowed set
-is found in a band of ``ln(V) + 7`` nats below the chosen token, so the tokens left out hold at
-most ``e^-7`` of the allowed mass (the log-sum-exp is off by at most 0.001 nats).
+A token the grammar forced (the only allowed token found) scores None: it carries no doubt. The
+allowed set is the grammar's verdict over the tokens within 16 nats of the row's top when the
+tokens outside that band hold at most ``e^-7`` of the allowed mass even if all of them were allowed
+(their whole mass is read off the row's log-sum-exp: the usual case, a few dozen tokens checked);
+otherwise over a band of ``ln(V) + 7`` nats below the chosen token. Either way the tokens left out
+hold at most ``e^-7`` of the allowed mass (the log-sum-exp is off by at most 0.001 nats; a token
+found alone has an allowed probability of at least 0.999).
 """
 
 from __future__ import annotations
@@ -270,13 +274,9 @@ class BlockSampler:
         ids within ``NEAR`` of ``top``, if known."""
         if rs.grammar is None:
             return float(row[tok] - lse), (-(topk_mean(row, top, k, near) - lse) if k else None)
-        ids = np.flatnonzero(row >= row[tok] - (math.log(self.nv) + _RENORM_EXTRA)).astype(np.int32)
-        if len(ids) > self.nv // 8:
-            v = self._seen.get(rs.key)
-            if v is None:
-                v = self._seen[rs.key] = self._valid(rs.grammar, self._ids, row)
-        else:
-            v = self._valid(rs.grammar, ids, row)
+        v = self._allowed_near(rs, row, top, tok, lse, near)
+        if v is None:
+            v = self._allowed_below(rs, row, tok)
         if len(v) <= 1:
             return None, None
         lv = row[v].astype(np.float64)
@@ -286,6 +286,31 @@ class BlockSampler:
             return float(row[tok] - lse_v), None
         top_v = np.partition(lv, len(lv) - k)[-k:] if len(lv) > k else lv
         return float(row[tok] - lse_v), -(float(top_v.mean()) - lse_v)
+
+    def _allowed_near(self, rs: RowSampler, row, top: float, tok: int, lse: float, near) -> np.ndarray | None:
+        """The allowed tokens among ``near`` (the ids within ``NEAR`` of the top) when the tokens
+        outside it hold at most ``e^-7`` of the allowed mass *whatever the grammar allows there*:
+        their whole mass, read off the row's log-sum-exp, is that small. None when that does not
+        hold (the band below the chosen token decides then)."""
+        if near is None or len(near) > self.nv // 8 or row[tok] < top - NEAR:
+            return None
+        v = self._valid(rs.grammar, near, row)
+        if not len(v):
+            return None
+        z_v = float(np.exp(row[v].astype(np.float64) - top).sum())
+        z_out = math.exp(lse - top) - float(np.exp(row[near].astype(np.float64) - top).sum())
+        return v if z_out <= math.exp(-_RENORM_EXTRA) * z_v else None
+
+    def _allowed_below(self, rs: RowSampler, row, tok: int) -> np.ndarray:
+        """The allowed tokens within ``ln(V) + 7`` below ``tok`` (the whole vocabulary's, once per
+        grammar state and step, when that band is most of it)."""
+        ids = np.flatnonzero(row >= row[tok] - (math.log(self.nv) + _RENORM_EXTRA)).astype(np.int32)
+        if len(ids) > self.nv // 8:
+            v = self._seen.get(rs.key)
+            if v is None:
+                v = self._seen[rs.key] = self._valid(rs.grammar, self._ids, row)
+            return v
+        return self._valid(rs.grammar, ids, row)
 
     def _band(self, row: np.ndarray, top: float, floor: float, near: np.ndarray | None) -> np.ndarray:
         """The ids (int32, ascending) whose logit is at or above ``floor``: cut from ``near`` (the
