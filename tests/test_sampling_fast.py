@@ -195,6 +195,55 @@ def test_min_p_decides_a_band_shorter_than_top_k(rt):
     assert got == want and set(got) == {17, 4242}  # 8.5 is below min-p's floor (12 - 3.0)
 
 
+def brute_allowed_scores(smp, rs, row, tok, k):
+    """The grammar's verdict over the whole vocabulary, then the renormalised scores exactly."""
+    v = smp._valid(rs.grammar, smp._ids, row)
+    if len(v) <= 1:
+        return None, None
+    lv = row[v].astype(np.float64)
+    lse_v = lv.max() + np.log(np.exp(lv - lv.max()).sum())
+    top_v = np.sort(lv)[::-1][:k]
+    return float(row[tok] - lse_v), -(float(top_v.mean()) - lse_v)
+
+
+@pytest.mark.parametrize("far", [False, True])
+def test_grammar_scores_match_the_whole_vocabulary(rt, far, monkeypatch):
+    """Renormalised log-probability and token confidence under a grammar, from the band near the top
+    (the row's mass shows the rest cannot matter) or, when the chosen token is far under the top, from
+    the band below it: within 1e-3 nats of the exact values over every allowed token."""
+    dec = rt.engine._core
+    nv = dec._n_vocab
+    smp = S.BlockSampler(nv)
+    rs = S.RowSampler(dec._vocab, SamplingOptions(temperature=0.8), 1, YESNO)
+    below = []
+    orig = S.BlockSampler._allowed_below
+    monkeypatch.setattr(S.BlockSampler, "_allowed_below", lambda self, *a: below.append(1) or orig(self, *a))
+    rng = np.random.default_rng(11)
+    yes, no = dec.tokenize("yes", add_special=False)[0], dec.tokenize("no", add_special=False)[0]
+    checked = 0
+    for trial in range(6):
+        row = (rng.standard_normal(nv) * 2 - 20).astype(np.float32)
+        if far:  # tokens the grammar refuses hold the top; the allowed words sit 13-14 nats under it
+            row[rng.choice(nv, 5, replace=False)] = 12.0
+            row[[yes, no]] = [-1.0 - trial * 0.1, -2.0]
+        else:
+            row[[yes, no]] = [12.0, 11.0 - trial]
+        top = float(row.max())
+        m = np.array([top], np.float32)
+        lse = float(smp.lse(row[None, :], m)[0])
+        near = np.flatnonzero(row >= top - S.NEAR).astype(np.int32)
+        for tok in (yes, no):
+            got = smp.token_scores(rs, row, top, tok, lse, 2, near)  # k=2: "yes" and "no" can fill it
+            want = brute_allowed_scores(smp, rs, row, tok, 2)
+            assert (got[0] is None) == (want[0] is None)
+            if want[0] is not None:
+                assert abs(got[0] - want[0]) < 1e-3 and abs(got[1] - want[1]) < 1e-3, (got, want)
+                checked += 1
+    rs.free()
+    assert checked >= 6
+    assert bool(below) == far  # the near band decided every peaked row, and none of the far ones
+
+
 def test_logprobs_are_the_old_values(rt):
     rng = np.random.default_rng(3)
     block = (rng.standard_normal((5, rt.engine._core._n_vocab)) * 4).astype(np.float32)

@@ -37,13 +37,12 @@ logits row: computed once per row in numpy over the contiguous block, into a reu
 Token scores for confidence (:meth:`BlockSampler.token_scores`, before the grammar accepts the
 token): the chosen token's log-probability *renormalised over what the grammar allowed* and
 DeepConf's token confidence (minus the mean log-probability of the k most likely allowed tokens).
-A token the grammar forced (the only allowed token found) scores None: it carries no doubt. The
-allowed set is the grammar's verdict over the tokens within 16 nats of the row's top when the
-tokens outside that band hold at most ``e^-7`` of the allowed mass even if all of them were allowed
-(their whole mass is read off the row's log-sum-exp: the usual case, a few dozen tokens checked);
-otherwise over a band of ``ln(V) + 7`` nats below the chosen token. Either way the tokens left out
-hold at most ``e^-7`` of the allowed mass (the log-sum-exp is off by at most 0.001 nats; a token
-found alone has an allowed probability of at least 0.999).
+A token the grammar forced (one allowed token) scores None: it carries no doubt. The allowed set
+is found in a band of ``ln(V) + 7`` nats below the chosen token, so the tokens left out hold at
+most ``e^-7`` of the allowed mass (the log-sum-exp is off by at most 0.001 nats) -- or, cheaper,
+in the 16 nats under the row's top when that band already holds at least k allowed tokens and the
+row's log-sum-exp shows the tokens outside it cannot hold ``e^-7`` of the allowed mass even if all
+of them were allowed (then the top k allowed tokens are the same, and the same bound holds).
 """
 
 from __future__ import annotations
@@ -274,7 +273,7 @@ class BlockSampler:
         ids within ``NEAR`` of ``top``, if known."""
         if rs.grammar is None:
             return float(row[tok] - lse), (-(topk_mean(row, top, k, near) - lse) if k else None)
-        v = self._allowed_near(rs, row, top, tok, lse, near)
+        v = self._allowed_near(rs, row, top, tok, lse, k, near)
         if v is None:
             v = self._allowed_below(rs, row, tok)
         if len(v) <= 1:
@@ -287,15 +286,17 @@ class BlockSampler:
         top_v = np.partition(lv, len(lv) - k)[-k:] if len(lv) > k else lv
         return float(row[tok] - lse_v), -(float(top_v.mean()) - lse_v)
 
-    def _allowed_near(self, rs: RowSampler, row, top: float, tok: int, lse: float, near) -> np.ndarray | None:
+    def _allowed_near(self, rs: RowSampler, row, top: float, tok: int, lse: float, k: int, near) -> np.ndarray | None:
         """The allowed tokens among ``near`` (the ids within ``NEAR`` of the top) when the tokens
         outside it hold at most ``e^-7`` of the allowed mass *whatever the grammar allows there*:
-        their whole mass, read off the row's log-sum-exp, is that small. None when that does not
-        hold (the band below the chosen token decides then)."""
+        their whole mass, read off the row's log-sum-exp, is that small -- and ``near`` holds at
+        least ``max(k, 2)`` allowed tokens, so the top k allowed tokens (every allowed token outside
+        ``near`` is lower than all of it) and "forced or not" are those of the wider band. None
+        otherwise (the band below the chosen token decides then)."""
         if near is None or len(near) > self.nv // 8 or row[tok] < top - NEAR:
             return None
         v = self._valid(rs.grammar, near, row)
-        if not len(v):
+        if len(v) < max(k, 2):
             return None
         z_v = float(np.exp(row[v].astype(np.float64) - top).sum())
         z_out = math.exp(lse - top) - float(np.exp(row[near].astype(np.float64) - top).sum())
