@@ -291,9 +291,11 @@ def grammar_ratios(rt: Runtime, reps: int, n: int = 8) -> dict:
         ("schema_step_ratio", SCHEMA_PROMPT, {"json_schema": SCHEMA}, 64),
     ):
         ratios, con, unc = [], [], []
-        for rep in range(reps):
-            c, steps = step_time(rt, prompt, n, 100 + rep, max_tokens=budget, **kw)
+        for rep in range(reps):  # constrained, unconstrained, constrained again (ABA: drift cancels to first order)
+            c1, steps = step_time(rt, prompt, n, 100 + rep, max_tokens=budget, **kw)
             u, _ = step_time(rt, prompt, n, 100 + rep, max_tokens=max(steps, 2), ignore_eos=True)
+            c2, _ = step_time(rt, prompt, n, 100 + rep, max_tokens=budget, **kw)
+            c = (c1 + c2) / 2
             con.append(c), unc.append(u), ratios.append(c / u)
         out[name] = statistics.median(ratios)
         out[name.replace("ratio", "s")] = {"constrained": con, "unconstrained": unc}
