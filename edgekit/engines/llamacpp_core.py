@@ -159,6 +159,7 @@ class BatchDecoder:
         self._nseq[:] = 1
         self._piece_buf = ctypes.create_string_buffer(256)
         self.sampling = BlockSampler(self._n_vocab)
+        self._chat_fmt = None  # the GGUF's chat template, compiled on first use (jinja2, ~30 ms)
         self.tuner = None  # edgekit.host.load.ThreadTuner: re-sizes the thread pool between decodes
         self.prefill_tokens = 0  # prompt tokens decoded by stream() since load (a test counts them)
         self.regrow_tokens = 0  # prompt-last tokens decoded again for samples that joined late (adaptive)
@@ -215,8 +216,8 @@ class BatchDecoder:
             if len(messages) == 1 and messages[0].get("role") == "user":
                 return str(messages[0]["content"]), False
             return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:", False
-        fmt = getattr(self, "_chat_fmt", None)
-        if fmt is None:  # compiled once per model (30 ms of jinja2 per request otherwise)
+        fmt = self._chat_fmt
+        if fmt is None:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # jinja2 only when templating
 
             fmt = self._chat_fmt = Jinja2ChatFormatter(

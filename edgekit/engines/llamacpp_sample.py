@@ -255,7 +255,9 @@ class BlockSampler:
         """The token row ``row`` (raw logits, maximum ``top``) gives sample ``rs``; accepted into
         its samplers (the grammar advances exactly once). ``scores``: ``(lse, k, out)``: append the
         token's :meth:`token_scores` to the list ``out`` (computed before the grammar accepts it)."""
-        near = np.flatnonzero(row >= top - NEAR).astype(np.int32)  # the one pass over the row
+        # the one pass over the row (greedy without scores needs only the argmax; a grammar that rejects it
+        # makes its own band)
+        near = np.flatnonzero(row >= top - NEAR).astype(np.int32) if not rs.greedy or scores is not None else None
         tok = self._pick(rs, row, top, near)
         if scores is not None:
             scores[2].append(self.token_scores(rs, row, top, tok, scores[0], scores[1], near))

@@ -232,11 +232,10 @@ class Runtime:
         else:
             res = run_local(opts)
         if opts.json_schema is not None and res.answer is not None and res.value is None:
-            # the canonical JSON json_answer validated -- or, with aggregate none / first_verified, a
-            # sample's raw text (truncated, say): no value from that (the sample is flagged)
-            ans = json_answer(res.answer, opts.json_schema)[0]
-            if ans is not None:
-                res.value = json.loads(ans)
+            # a value only from a sample's answer (the canonical JSON json_answer validated); aggregate none /
+            # first_verified fall back to a sample's raw text (truncated, say): no value from that (flagged)
+            if any(s.answer == res.answer for s in res.samples):
+                res.value = json.loads(res.answer)
         return res
 
     def _generate(
