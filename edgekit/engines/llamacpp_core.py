@@ -158,7 +158,7 @@ class BatchDecoder:
         self._want = np.ctypeslib.as_array(b.logits, shape=(self._cap,))
         self._nseq[:] = 1
         self._piece_buf = ctypes.create_string_buffer(256)
-        self.sampling = BlockSampler(self._n_vocab)
+        self.sampling = BlockSampler(self._n_vocab, self._vocab)
         self._chat_fmt = None  # the GGUF's chat template, compiled on first use (jinja2, ~30 ms)
         self.tuner = None  # edgekit.host.load.ThreadTuner: re-sizes the thread pool between decodes
         self.prefill_tokens = 0  # prompt tokens decoded by stream() since load (a test counts them)

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import time
 
 import numpy as np
 
@@ -61,22 +62,25 @@ try:
     import llama_cpp as ll
 except ImportError as e:  # pragma: no cover - install problem
     raise BackendError("llama-cpp-python is not installed", fix='pip install "llama-cpp-python>=0.3.36,<0.4"') from e
+from edgekit.engines.llamacpp_prefilter import MIN_IDS, PrefixClasses, prefilterable  # noqa: E402 - after the check
 
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 BANDS = (8.0, 16.0)  # logit distances below the row maximum tried before the whole vocabulary
 NEAR = BANDS[-1]  # one pass per row finds the ids this close to the maximum; the bands are cut from it
 _TOPK_BANDS = (8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)  # token confidence: bands tried for the top k
 _RENORM_EXTRA = 7.0  # band below the chosen token for the grammar's renormalisation: ln(V) + this
+COUNTS = ("argmax", "band", "full", "grammar_checks", "grammar_full", "grammar_prefiltered")
 _EPS = 1e-4  # margin on top-p's cumulative-mass test (llama.cpp sums in float32)
 
 
 class RowSampler:
     """One sample's native samplers: the chain (no grammar in it) and the grammar, if any."""
 
-    __slots__ = ("chain", "grammar", "greedy", "top_k", "top_p", "min_p", "key")
+    __slots__ = ("chain", "grammar", "greedy", "top_k", "top_p", "min_p", "key", "prefilter")
 
     def __init__(self, vocab, o: SamplingOptions, seed: int, grammar: str | None):
         self.grammar = None
+        self.prefilter = prefilterable(grammar)  # its verdicts over many tokens may be pre-filtered by prefix
         self.key = (grammar, 0)  # the grammar and a hash of the tokens it accepted: equal keys, equal state
         if grammar is not None:
             self.grammar = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
@@ -170,15 +174,18 @@ def topk_mean(row: np.ndarray, top: float, k: int, near: np.ndarray | None = Non
 class BlockSampler:
     """Buffers and counters for picking tokens from a decode's logits (one per context)."""
 
-    def __init__(self, n_vocab: int):
+    def __init__(self, n_vocab: int, vocab=None):
         self.nv = n_vocab
+        self._vocab = vocab  # for the grammar pre-filter's classes (built on first use); None: no pre-filter
+        self._pre: PrefixClasses | None = None
+        self.prefilter_build_s = 0.0
         self._cand = np.empty(n_vocab, TOKEN_DATA)
         self._cand_ptr = self._cand.ctypes.data_as(ll.llama_token_data_p)
         self._ids = np.arange(n_vocab, dtype=np.int32)
         self._arr = ll.llama_token_data_array()
         self._arr_ref = ctypes.byref(self._arr)
         self._buf = np.empty((0, n_vocab), np.float32)
-        self.counts = {"argmax": 0, "band": 0, "full": 0, "grammar_checks": 0, "grammar_full": 0}
+        self.counts = dict.fromkeys(COUNTS, 0)
         self._seen: dict = {}  # (grammar, state) -> its valid ids over the whole vocabulary, this step
         self._views: dict = {}  # (logits address, rows) -> the numpy view of that block
 
@@ -226,6 +233,18 @@ class BlockSampler:
         c = self._cand[: self._arr.size]
         return c["id"][c["logit"] != -np.inf].copy()
 
+    def _valid_many(self, rs: RowSampler, ids: np.ndarray, row: np.ndarray) -> np.ndarray:
+        """:meth:`_valid` for ``rs``'s grammar, with a large ``ids`` first cut down by the exact
+        prefix pre-filter (:mod:`edgekit.engines.llamacpp_prefilter`): the same verdict."""
+        if len(ids) >= MIN_IDS and rs.prefilter and self._vocab is not None:
+            if self._pre is None:
+                t = time.perf_counter()
+                self._pre = PrefixClasses(self._vocab, self.nv)
+                self.prefilter_build_s = time.perf_counter() - t
+            ids = self._pre.candidates(lambda p: self._valid(rs.grammar, p, row), ids)
+            self.counts["grammar_prefiltered"] += 1
+        return self._valid(rs.grammar, ids, row)
+
     def _chain(self, rs: RowSampler, ids: np.ndarray, row: np.ndarray) -> int:
         self._load(ids, row)
         ll.llama_sampler_apply(rs.chain, self._arr_ref)
@@ -243,7 +262,7 @@ class BlockSampler:
         v = self._seen.get(rs.key)
         if v is None:
             self.counts["grammar_full"] += 1
-            v = self._seen[rs.key] = self._valid(rs.grammar, self._ids, row)
+            v = self._seen[rs.key] = self._valid_many(rs, self._ids, row)
         if not len(v):  # nothing is valid: what llama.cpp's grammar-first chain does then
             self._load(self._ids, row)
             ll.llama_sampler_apply(rs.grammar, self._arr_ref)
@@ -297,7 +316,7 @@ class BlockSampler:
         otherwise (the band below the chosen token decides then)."""
         if near is None or len(near) > self.nv // 8 or row[tok] < top - NEAR:
             return None
-        v = self._valid(rs.grammar, near, row)
+        v = self._valid_many(rs, near, row)
         if len(v) < max(k, 2):
             return None
         z_v = float(np.exp(row[v].astype(np.float64) - top).sum())
@@ -311,9 +330,9 @@ class BlockSampler:
         if len(ids) > self.nv // 8:
             v = self._seen.get(rs.key)
             if v is None:
-                v = self._seen[rs.key] = self._valid(rs.grammar, self._ids, row)
+                v = self._seen[rs.key] = self._valid_many(rs, self._ids, row)
             return v
-        return self._valid(rs.grammar, ids, row)
+        return self._valid_many(rs, ids, row)
 
     def _band(self, row: np.ndarray, top: float, floor: float, near: np.ndarray | None) -> np.ndarray:
         """The ids (int32, ascending) whose logit is at or above ``floor``: cut from ``near`` (the
@@ -333,7 +352,7 @@ class BlockSampler:
                 ids = self._band(row, top, top - d, near)
                 if len(ids) > self.nv // 8:
                     break
-                v = self._valid(g, ids, row)
+                v = self._valid_many(rs, ids, row)
                 if len(v):  # every token above the first valid maximum is in the band
                     self.counts["band"] += 1
                     return int(v[int(row[v].argmax())])
@@ -346,7 +365,7 @@ class BlockSampler:
                 break  # a flat distribution: the whole vocabulary costs little more
             unknown = self.nv - len(ids)
             if g is not None:
-                ids = self._valid(g, ids, row)
+                ids = self._valid_many(rs, ids, row)
             lv = row[ids]
             if band_decides(lv, floor, unknown, rs.top_k, rs.top_p, rs.min_p):
                 self.counts["band"] += 1
