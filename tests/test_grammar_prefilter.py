@@ -82,3 +82,34 @@ def test_the_classes_cover_every_token(core):
     has = pc.probe >= 0
     assert np.array_equal(pc.cls[pc.probe[has]], np.flatnonzero(has))
     assert len(pc.probe) > 257  # the large first-byte classes were split by their second byte
+
+
+def test_the_daemon_builds_the_classes_while_loading_the_library_on_first_use():
+    """Continuous batching (the daemon's mode) builds the classes in the load's warm-up, so the first
+    constrained request does not pay for them; one request at a time (library, CLI) builds them at the
+    first large grammar check, and an unconstrained request never does."""
+    from edgekit.engines.llamacpp import LlamaCppEngine
+
+    daemon = LlamaCppEngine(SMOL, n_ctx=512, max_n=2, threads=2, max_seqs=2)
+    try:
+        assert daemon._core.sampling._pre is not None and daemon._core.sampling.prefilter_build_s > 0
+    finally:
+        daemon.close()
+    rt = Runtime(SMOL, n_ctx=512, max_n=2, threads=2)
+    try:
+        smp = rt.engine._core.sampling
+        rt.generate("Say hi.", n=2, temperature=0.8, seed=1, max_tokens=4, aggregate="none", extractor=None)
+        assert smp._pre is None
+        rt.generate(
+            "Give the robot's next action as JSON.",
+            n=2,
+            temperature=0.8,
+            seed=1,
+            max_tokens=24,
+            aggregate="none",
+            extractor=None,
+            json_schema=ROBOT,
+        )
+        assert smp._pre is not None and smp.counts["grammar_prefiltered"] > 0
+    finally:
+        rt.close()

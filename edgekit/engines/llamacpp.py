@@ -178,7 +178,7 @@ class LlamaCppEngine(Engine):
                 cpus=usable.affinity,
             )
             t_warm = time.perf_counter()
-            self._core.warm_up()  # the first request then costs what later ones do
+            self._core.warm_up(grammar=bool(rows))  # the first request then costs what later ones do (daemon: grammar)
             self.warmup_s = time.perf_counter() - t_warm
             self.tuner.check(force=True)  # first look at the load, over the warm-up's window
             self._core.tuner = self.tuner
