@@ -218,10 +218,11 @@ def num_task(tmp_path):
 
 def run(task, sampler, out, **kw):
     from edgekit.evaluate.runner import run_eval
+    from edgekit.evaluate.tasks import load_task
 
     args = dict(model_id="fake-0", out_path=out, n_samples=4, temperature=0.8, top_p=0.95, seed=1, max_tokens=32)
     args.update(kw)
-    return run_eval(task, sampler, **args)
+    return run_eval(load_task(str(task)) if not hasattr(task, "problems") else task, sampler, **args)
 
 
 def test_runner_table(num_task, tmp_path):

@@ -32,7 +32,7 @@ import numpy as np
 
 from edgekit.errors import BackendError, SchemaError, UsageError
 from edgekit.evaluate.estimators import accuracy_rows, default_aggregations, default_budgets
-from edgekit.evaluate.tasks import Problem, Task, load_task
+from edgekit.evaluate.tasks import Problem, Task
 from edgekit.figures import wilson
 from edgekit.jsonio import append_jsonl
 from edgekit.runtime import Runtime
@@ -199,7 +199,7 @@ def _precise_enough(
 
 
 def run_eval(
-    task: str | Task,
+    task: Task,
     rt: Runtime,
     *,
     model_id: str,
@@ -209,9 +209,6 @@ def run_eval(
     top_p: float = 0.95,
     seed: int = 0,
     max_tokens: int = 256,
-    limit: int | None = None,
-    split: str | None = None,
-    template: str | None = None,
     sha256: str | None = None,
     quant: str | None = None,
     backend: str | None = None,
@@ -225,7 +222,8 @@ def run_eval(
     batch: int = 10,
     time_limit_s: float | None = None,
 ) -> AccuracyTable:
-    """Evaluate the runtime's engine on ``task`` and save the accuracy table to ``out_path``.
+    """Evaluate the runtime's engine on ``task`` (loaded and selected: ``load_task(name, template=...,
+    split=..., limit=...)``) and save the accuracy table to ``out_path``.
 
     ``time_limit_s``: stop adding problems at the first multiple of ``batch`` done after this many
     seconds of this call (``edgekit deploy`` sizes its tune stage with it); the table covers the
@@ -237,16 +235,6 @@ def run_eval(
     the table then covers the problems evaluated so far."""
     if target_width is not None and not 0 < target_width < 1:
         raise UsageError(f"target width must be in (0, 1), got {target_width}", fix="pass e.g. --target-width 10pts")
-    if isinstance(task, str):
-        task = load_task(task, template=template, split=split, limit=limit)
-    else:
-        if template is not None and template != task.prompt_template:
-            raise UsageError(
-                f"task was loaded with template {task.prompt_template!r}, not {template!r}",
-                fix="load the task with that template (load_task(name, template=...)), or drop template=",
-            )
-        if split is not None or limit is not None:
-            task = task.select(split, limit)
     grammar = answer_grammar(task.kind, answer_format) if answer_format else None  # fails closed on a bad format
     opts = SamplingOptions.build(
         n=n_samples,
