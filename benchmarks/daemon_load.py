@@ -130,7 +130,10 @@ async def one(client: httpx.AsyncClient, url: str, kind: str, body: dict, deadli
                     if rec["ttft_s"] is None and any(pieces):
                         rec["ttft_s"] = time.perf_counter() - t0
                     if d.get("edgekit"):
-                        rec["flags"] = d["edgekit"].get("flags") or []
+                        ext = d["edgekit"]
+                        rec["flags"] = ext.get("flags") or []
+                        t = ext.get("timings") or {}
+                        rec["server"] = {k: t.get(k) for k in TIMING_KEYS} | {"finish": ext.get("finish_reasons")}
         rec["latency_s"] = time.perf_counter() - t0
     except (httpx.HTTPError, json.JSONDecodeError) as e:
         rec["error"] = f"{type(e).__name__}: {e}"[:200]
@@ -220,6 +223,22 @@ def pct(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
+TIMING_KEYS = ("queue_s", "prefill_s", "decode_s", "steps", "generated_tokens", "cached_prompt_tokens")
+
+
+def missed(recs: list[dict]) -> list[dict]:
+    """The admitted requests that did not make their deadline, for diagnosis: kind, send time (from the
+    row's first send), latency, TTFT, flags and the server's own timings."""
+    t0 = min((r["t_send"] for r in recs), default=0.0)
+    out = []
+    for r in recs:
+        if r["status"] == 503 or r["good"]:
+            continue
+        keep = {k: r.get(k) for k in ("kind", "status", "latency_s", "ttft_s", "flags", "error", "server")}
+        out.append({"t_send_s": round(r["t_send"] - t0, 3), **keep})
+    return out
+
+
 def summarise(recs: list[dict], seconds: float) -> dict:
     ok = [r for r in recs if r["status"] == 200 and r["error"] is None]
     lat = [r["latency_s"] for r in ok]
@@ -251,6 +270,7 @@ def summarise(recs: list[dict], seconds: float) -> dict:
             {r["error"] or f"status {r['status']}" for r in recs if r["error"] or r["status"] not in (200, 503)}
         )[:5],
         "p50_by_kind_s": by_kind,
+        "missed": missed(recs),
     }
 
 

@@ -57,6 +57,9 @@ def test_rule_protects_earlier_deadlines_that_would_still_be_met():
     lax = InFlight(deadline=math.inf, steps_left=100, prompt_left=0)
     assert keeps_deadlines(c, 0.0, [lax], 1, deadline=math.inf, **ask)
     assert not keeps_deadlines(c, 0.0, [tight], 1, deadline=math.inf, rows=2, prompt_tokens=0, margin=0.5)
+    # 1 s alone of 1.2 s left: inside a 0.5 margin's reserve, not late -- still protected
+    squeezed = InFlight(deadline=1.2, steps_left=100, prompt_left=0)
+    assert not keeps_deadlines(c, 0.0, [squeezed], 1, deadline=math.inf, rows=2, prompt_tokens=0, margin=0.5)
     assert keeps_deadlines(StepCost(rows=8), 0.0, [tight], 1, deadline=math.inf, **ask)  # nothing known
 
 

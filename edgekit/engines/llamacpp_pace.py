@@ -23,7 +23,8 @@ Only requests with a deadline no later than the candidate's are protected (earli
 a more urgent newcomer goes in even if a lax running request then finishes later), and only those
 that would still make their deadline without it (holding the line for a request that is late
 anyway would only make others late too). ``margin`` keeps a share of each deadline in reserve for
-the VM's noise.
+the VM's noise; a request predicted to finish inside that reserve (but before its deadline) stays
+protected -- dropping it there let newcomers pile in exactly when a noisy step had eaten its slack.
 """
 
 from __future__ import annotations
@@ -137,10 +138,11 @@ def keeps_deadlines(
     for f in flight:
         if not math.isfinite(f.deadline) or f.deadline > deadline:
             continue
-        budget = (f.deadline - now) * margin
+        left = f.deadline - now
         alone = f.steps_left * c_now + cost.prefill_s(pending)
-        if alone > budget:
+        if alone > left:
             continue  # late anyway: holding the line would not save it
+        budget = left * margin  # inside the margin but not past the deadline: still protected (it needs it most)
         if f.steps_left * c_after + cost.prefill_s(pending + prompt_tokens) > budget:
             return False
     return True
