@@ -141,3 +141,23 @@ def test_a_request_the_wait_made_late_is_refused_at_once_not_run_and_cut():
     api = runtime_error(err.value, True, None)  # the daemon's answer: 503 with Retry-After
     assert api.status == 503 and api.body()["error"]["code"] == "deadline_unmeetable"
     assert int(api.headers["Retry-After"]) >= 1
+
+
+def test_a_newcomer_is_judged_against_the_long_runs_of_a_kind():
+    """Protection assumes an admitted request runs as long as the 0.9-quantile of its kind's recent rows
+    (not their mean): a newcomer that fits the mean but not the long runs is held."""
+    c = StepCost(rows=8)
+    c.seed({1: 0.01, 2: 0.02, 3: 0.03})
+    for t in (10, 30, 10, 30, 10, 10, 10, 30, 10, 10):  # three in ten run to 30 tokens
+        c.finished(32, False, t)
+    mean, hi = c.steps_left(32, False, 0), c.steps_left(32, False, 0, q=0.9)
+    assert 12 < mean < 17 and hi == 30
+    c2 = StepCost(rows=8)
+    c2.finished(32, False, 12)
+    assert c2.steps_left(32, False, 0, q=0.9) == 12  # fewer than 4 finished: the largest of them
+    assert StepCost(rows=8).steps_left(32, False, 0, q=0.9) == 32  # none: the budget
+    ask = dict(rows=2, prompt_tokens=0, margin=1.0)
+    by_mean = InFlight(deadline=0.5, steps_left=mean, prompt_left=0)  # 3 rows: ~0.43 s by the mean
+    assert keeps_deadlines(c, 0.0, [by_mean], 1, deadline=math.inf, **ask)
+    long_run = InFlight(deadline=0.5, steps_left=mean, prompt_left=0, steps_hi=hi)  # 0.9 s if it runs long
+    assert not keeps_deadlines(c, 0.0, [long_run], 1, deadline=math.inf, **ask)

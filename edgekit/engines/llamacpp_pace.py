@@ -13,7 +13,11 @@ mixed steps); :func:`keeps_deadlines` answers the admission question with it, co
   its longest row has decoded -- never less than a quarter of what ``max_tokens`` still allows (a
   row past the average may run to the end); a prefilling one its prompt's remaining chunks first.
   The worst case (``max_tokens``) would call a JSON action that stops at 20 of 32 tokens late and
-  drop its protection exactly when it needs it;
+  drop its protection exactly when it needs it. Whether a newcomer would make it late is judged
+  with a pessimistic count instead: the 0.9-quantile of its kind's last 32 finished rows (requests
+  that ran longer than the mean were the ones cut at their deadline in ``benchmarks/daemon_load.py``);
+- a waiting request is refused (503) once its predicted time, beside the rows in flight, exceeds
+  ``margin`` of what is left to its deadline (admitted with less, the VM's noise would cut it);
 - every step after the admission costs what a step of all rows then in flight costs (rows that
   finish earlier only make it cheaper), plus the new request's uncached prompt tokens;
 - a row count never measured costs the nearest measured one scaled linearly (an upper bound: the
@@ -31,11 +35,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from edgekit.errors import DeadlineUnmeetable
+
+RECENT = 32  # finished rows per kind kept for the pessimistic step count
+HIGH_Q = 0.9  # its quantile: protecting an admitted request assumes it runs this long
 
 if TYPE_CHECKING:
     from edgekit.engines.llamacpp_request import Req
@@ -51,6 +61,7 @@ class StepCost:
         self.per_prompt_token: float | None = None
         self._prior: set[int] = set()  # row counts whose cost is a seed, replaced by the first measurement
         self.lengths: dict[tuple[int, bool], float] = {}  # (max_tokens, constrained) -> EWMA tokens of finished rows
+        self.recent: dict[tuple[int, bool], deque] = {}  # ... -> the last RECENT finished rows' tokens
 
     def _ewma(self, old: float | None, new: float) -> float:
         return new if old is None else old + self.alpha * (new - old)
@@ -73,11 +84,18 @@ class StepCost:
         """A row ended by EOS, a stop string or its budget (not a cancelled one) after ``tokens`` tokens."""
         key = (max_tokens, constrained)
         self.lengths[key] = self._ewma(self.lengths.get(key), float(tokens))
+        self.recent.setdefault(key, deque(maxlen=RECENT)).append(float(tokens))
 
-    def steps_left(self, max_tokens: int, constrained: bool, done: int) -> float:
-        """Decode steps a request of this kind is expected to need after ``done``."""
+    def steps_left(self, max_tokens: int, constrained: bool, done: int, q: float | None = None) -> float:
+        """Decode steps a request of this kind is expected to need after ``done``; with ``q``, the
+        q-quantile of recent finished rows of its kind instead of their mean (the largest of them
+        while fewer than 4 finished; ``max_tokens`` while none did)."""
         room = max(0, max_tokens - done)
-        expect = self.lengths.get((max_tokens, constrained), float(max_tokens))
+        key = (max_tokens, constrained)
+        expect = self.lengths.get(key, float(max_tokens))
+        seen = self.recent.get(key)
+        if q is not None and seen:
+            expect = float(np.quantile(list(seen), q)) if len(seen) >= 4 else max(expect, max(seen))
         return min(float(room), max(expect - done, room / 4))
 
     def seed(self, costs: dict[int, float]) -> None:
@@ -115,6 +133,7 @@ class InFlight:
     deadline: float  # perf_counter time; inf: none
     steps_left: float  # decode steps it is expected to need still
     prompt_left: int  # prompt tokens it still has to prefill
+    steps_hi: float | None = None  # a pessimistic count (a high quantile of its kind); None: steps_left
 
 
 def keeps_deadlines(
@@ -143,7 +162,8 @@ def keeps_deadlines(
         if alone > left:
             continue  # late anyway: holding the line would not save it
         budget = left * margin  # inside the margin but not past the deadline: still protected (it needs it most)
-        if f.steps_left * c_after + cost.prefill_s(pending + prompt_tokens) > budget:
+        hi = f.steps_left if f.steps_hi is None else max(f.steps_hi, f.steps_left)
+        if hi * c_after + cost.prefill_s(pending + prompt_tokens) > budget:
             return False
     return True
 
@@ -166,10 +186,13 @@ class PaceOps:
         flight = []
         for q in self._running:
             done = max((r.count for r in q.live + q.joining), default=0)
-            flight.append(InFlight(q.deadline, self.cost.steps_left(q.o.max_tokens, q.o.constrained, done), 0))
+            steps = self.cost.steps_left(q.o.max_tokens, q.o.constrained, done)
+            hi = self.cost.steps_left(q.o.max_tokens, q.o.constrained, done, q=HIGH_Q)
+            flight.append(InFlight(q.deadline, steps, 0, hi))
         for q in self._prefilling:
             steps = self.cost.steps_left(q.o.max_tokens, q.o.constrained, 0)
-            flight.append(InFlight(q.deadline, steps, len(q.ids) - q.pos))
+            hi = self.cost.steps_left(q.o.max_tokens, q.o.constrained, 0, q=HIGH_Q)
+            flight.append(InFlight(q.deadline, steps, len(q.ids) - q.pos, hi))
         if not flight:
             return True
         return keeps_deadlines(
@@ -200,7 +223,8 @@ class PaceOps:
         own = len(req.ids) - self.prefix.peek(req.ids)
         if req.t_submit + self.cost.prefill_s(own) + steps * alone > req.deadline:
             return False  # an anytime request
-        return time.perf_counter() + self.cost.prefill_s(own + pending) + steps * loaded > req.deadline
+        now = time.perf_counter()  # admitted with less than the margin's reserve left, noise would cut it
+        return self.cost.prefill_s(own + pending) + steps * loaded > (req.deadline - now) * self.margin
 
     def _refuse_late(self, req: Req) -> None:
         left = max(0.0, req.deadline - time.perf_counter())
