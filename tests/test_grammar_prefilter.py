@@ -98,18 +98,10 @@ def test_the_daemon_builds_the_classes_while_loading_the_library_on_first_use():
     rt = Runtime(SMOL, n_ctx=512, max_n=2, threads=2)
     try:
         smp = rt.engine._core.sampling
-        rt.generate("Say hi.", n=2, temperature=0.8, seed=1, max_tokens=4, aggregate="none", extractor=None)
+        kw = dict(n=2, temperature=0.8, seed=1, aggregate="none", extractor=None)
+        rt.generate("Say hi.", max_tokens=4, **kw)
         assert smp._pre is None
-        rt.generate(
-            "Give the robot's next action as JSON.",
-            n=2,
-            temperature=0.8,
-            seed=1,
-            max_tokens=24,
-            aggregate="none",
-            extractor=None,
-            json_schema=ROBOT,
-        )
+        rt.generate("Give the robot's next action as JSON.", max_tokens=24, json_schema=ROBOT, **kw)
         assert smp._pre is not None and smp.counts["grammar_prefiltered"] > 0
     finally:
         rt.close()
