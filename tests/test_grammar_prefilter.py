@@ -1,8 +1,9 @@
 """The grammar's prefix pre-filter (edgekit.engines.llamacpp_prefilter) gives the grammar's own
 verdict over the whole vocabulary, state by state.
 
-Random walks through real grammars on two real vocabularies (SmolLM2: 49k tokens; Qwen2.5: 152k,
-the one the batch-loop benchmark runs): at every state the pre-filtered check and llama.cpp's
+Random walks through real grammars on three real vocabularies (SmolLM2: 49k byte-level BPE tokens;
+Qwen2.5: 152k, the one the batch-loop benchmark runs; Gemma 3: 262k SentencePiece tokens with byte
+fallback): at every state the pre-filtered check and llama.cpp's
 check of every token accept the same tokens. The grammars cover JSON structure (a robot-action
 schema, whitespace allowed between tokens), a two-word choice, non-ASCII text split across
 tokens mid-character (partial UTF-8 states), and the end of the grammar (end-of-generation
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import QWEN, SMOL
+from conftest import GEMMA, QWEN, SMOL
 
 from edgekit.engines import llamacpp_sample as S
 from edgekit.engines.grammar import schema_to_grammar
@@ -38,7 +39,7 @@ GRAMMARS = {
 }
 
 
-@pytest.fixture(scope="module", params=[SMOL, QWEN])
+@pytest.fixture(scope="module", params=[SMOL, QWEN, GEMMA])
 def core(request):
     r = Runtime(request.param, n_ctx=512, max_n=1, threads=2)
     yield r.engine._core
