@@ -222,7 +222,7 @@ def run(task, sampler, out, **kw):
 
     args = dict(model_id="fake-0", out_path=out, n_samples=4, temperature=0.8, top_p=0.95, seed=1, max_tokens=32)
     args.update(kw)
-    return run_eval(load_task(str(task)) if not hasattr(task, "problems") else task, sampler, **args)
+    return run_eval(load_task(str(task)), sampler, **args)  # every caller passes a task file
 
 
 def test_runner_table(num_task, tmp_path):

@@ -236,10 +236,20 @@ class BlockSampler:
     def _valid_many(self, rs: RowSampler, ids: np.ndarray, row: np.ndarray) -> np.ndarray:
         """:meth:`_valid` for ``rs``'s grammar, with a large ``ids`` first cut down by the exact
         prefix pre-filter (:mod:`edgekit.engines.llamacpp_prefilter`): the same verdict."""
-        if len(ids) >= MIN_IDS and rs.prefilter and self.prefix_classes() is not None:
-            ids = self._pre.candidates(lambda p: self._valid(rs.grammar, p, row), ids)
+        pre = self.prefix_classes() if len(ids) >= MIN_IDS and rs.prefilter else None
+        if pre is not None:
+            ids = pre.candidates(lambda p: self._valid(rs.grammar, p, row), ids)
             self.counts["grammar_prefiltered"] += 1
         return self._valid(rs.grammar, ids, row)
+
+    def _valid_vocab(self, rs: RowSampler, row: np.ndarray) -> np.ndarray:
+        """The grammar's valid tokens over the whole vocabulary, once per grammar state and step
+        (rows in the same state share them; the verdict does not depend on the row's logits)."""
+        v = self._seen.get(rs.key)
+        if v is None:
+            self.counts["grammar_full"] += 1
+            v = self._seen[rs.key] = self._valid_many(rs, self._ids, row)
+        return v
 
     def prefix_classes(self) -> PrefixClasses | None:
         """The pre-filter's classes, built on first use (~0.5 s for a 152k-token vocabulary; the
@@ -264,10 +274,7 @@ class BlockSampler:
         self.counts["full"] += 1
         if rs.grammar is None:
             return self._chain(rs, self._ids, row)
-        v = self._seen.get(rs.key)
-        if v is None:
-            self.counts["grammar_full"] += 1
-            v = self._seen[rs.key] = self._valid_many(rs, self._ids, row)
+        v = self._valid_vocab(rs, row)
         if not len(v):  # nothing is valid: what llama.cpp's grammar-first chain does then
             self._load(self._ids, row)
             ll.llama_sampler_apply(rs.grammar, self._arr_ref)
@@ -332,12 +339,7 @@ class BlockSampler:
         """The allowed tokens within ``ln(V) + 7`` below ``tok`` (the whole vocabulary's, once per
         grammar state and step, when that band is most of it)."""
         ids = np.flatnonzero(row >= row[tok] - (math.log(self.nv) + _RENORM_EXTRA)).astype(np.int32)
-        if len(ids) > self.nv // 8:
-            v = self._seen.get(rs.key)
-            if v is None:
-                v = self._seen[rs.key] = self._valid_many(rs, self._ids, row)
-            return v
-        return self._valid_many(rs, ids, row)
+        return self._valid_vocab(rs, row) if len(ids) > self.nv // 8 else self._valid_many(rs, ids, row)
 
     def _band(self, row: np.ndarray, top: float, floor: float, near: np.ndarray | None) -> np.ndarray:
         """The ids (int32, ascending) whose logit is at or above ``floor``: cut from ``near`` (the
