@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -219,6 +220,18 @@ def summarize(xs: Iterable[float | None]) -> Summary:
 def median_or_none(xs: Iterable[float | None]) -> float | None:
     """The median of the values that are not None; None if there are none."""
     return summarize(xs).median
+
+
+def median_interval(xs: Iterable[float | None], level: float = 0.95) -> tuple[float | None, float | None]:
+    """A distribution-free interval for the median: the order statistics x_(j) and x_(n+1-j) with the
+    largest j whose binomial coverage 1 - 2 P(Bin(n, 1/2) < j) is still >= ``level`` (exact, no
+    resampling). (None, None) with fewer than the values that coverage needs (6 at 95 %)."""
+    v = sorted(x for x in xs if x is not None)
+    n, best = len(v), None
+    for j in range(1, n // 2 + 1):
+        if 1 - 2 * sum(math.comb(n, i) for i in range(j)) / 2**n >= level:
+            best = j
+    return (v[best - 1], v[n - best]) if best else (None, None)
 
 
 # ----------------------------------------------------------------------------- main

@@ -9,7 +9,8 @@ bare low-level batched loops (the backend's limit). One prompt, one budget, n in
 Decode tok/s everywhere = tokens after each sequence's first / time from the first token to
 the last (prefill excluded), summed over the n samples. Median over --reps; within a rep the
 loops run interleaved for each n, the order reversed every other rep (edgekit, raw, native, sequential, then
-sequential, native, raw, edgekit); `a_over_native_paired` is the median of the per-rep ratios.
+sequential, native, raw, edgekit); `a_over_native_paired` is the median of the per-rep ratios, with an
+exact distribution-free 95 % interval (`_lo`, `_hi`: order statistics; needs >= 6 reps).
 
 - raw (``RawLoop``): this benchmark's own bare loop (prompt tokens tagged with all n sequence ids).
 - native (``NativeLoop``): an independent bare loop written the way llama.cpp's ``batched``
@@ -33,7 +34,7 @@ from functools import partial
 
 import llama_cpp as ll
 import numpy as np
-from _common import TableStream, emit, median_or_none, parser, run_main
+from _common import TableStream, emit, median_interval, median_or_none, parser, run_main
 
 from edgekit.engines.llamacpp import default_threads
 from edgekit.host.cpu import cpu_model
@@ -372,6 +373,8 @@ def main(argv=None) -> int:
             "a_over_c:.2f",
             "a_over_native:.3f",
             "a_over_native_paired:.3f",
+            "a_over_native_paired_lo:.3f",
+            "a_over_native_paired_hi:.3f",
         ],
     )
     for n in ns:
@@ -414,6 +417,8 @@ def main(argv=None) -> int:
         row["a_over_native_per_rep"] = [x / y for x, y in zip(e, nat)]
         # the paired figure: median of the per-rep ratios (each rep's runs are adjacent in time)
         row["a_over_native_paired"] = statistics.median(row["a_over_native_per_rep"]) if nat else None
+        lo, hi = median_interval(row["a_over_native_per_rep"])  # exact 95 % interval of that median (>= 6 reps)
+        row["a_over_native_paired_lo"], row["a_over_native_paired_hi"] = lo, hi
         if meter is not None:
             row.update(energy_row(windows, idle_mw, toks["edgekit"]))
         rows.append(row)

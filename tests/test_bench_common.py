@@ -43,6 +43,16 @@ def test_summarize_against_hand_computed_values():
     assert bc.median_or_none([]) is None and bc.median_or_none([None, 5, 1]) == 3.0
 
 
+def test_median_interval_is_the_exact_order_statistic_interval():
+    # n = 10: j = 2 covers 1 - 2 * (1 + 10) / 1024 = 0.979; j = 3 only 0.891
+    assert bc.median_interval([9, 1, 8, 2, 7, 3, 6, 4, 5, 0]) == (1, 8)
+    assert bc.median_interval(range(20)) == (5, 14)  # j = 6: 0.959; j = 7: 0.885
+    assert bc.median_interval(range(6)) == (0, 5)  # 1 - 2 / 64 = 0.969: the extremes
+    assert bc.median_interval([1, 2, 3, 4, None]) == (None, None)  # 4 values cannot reach 95 %
+    xs = list(range(7))
+    assert bc.median_interval(xs, level=0.5) == (2, 4)  # j = 3: 1 - 2 * 29 / 128 = 0.547
+
+
 def test_table_aligns_columns_and_formats_cells():
     rows = [{"name": "a", "x": 1.0, "y": None}, {"name": "longer", "x": 12.345, "y": 3}]
     lines = bc.format_table(rows, ["name", "x:.2f", bc.Col("y plus one", lambda r: r["y"] and r["y"] + 1)])

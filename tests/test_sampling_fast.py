@@ -18,6 +18,7 @@ import pytest
 from conftest import SMOL
 from scipy import stats
 
+from edgekit.engines import llamacpp_lse as L
 from edgekit.engines import llamacpp_sample as S
 from edgekit.engines.llamacpp import LlamaCppEngine
 from edgekit.runtime import Runtime
@@ -245,16 +246,41 @@ def test_grammar_scores_match_the_whole_vocabulary(rt, far, monkeypatch):
 
 
 def test_logprobs_are_the_old_values(rt):
+    """The log-sum-exp behind every recorded log-probability: ggml's vectorised softmax kernel (the
+    loaded llama.cpp's own) where it is usable, within float32 precision of a float64 reference and
+    of the old numpy formula; the numpy fallback is that formula bit for bit."""
     rng = np.random.default_rng(3)
     block = (rng.standard_normal((5, rt.engine._core._n_vocab)) * 4).astype(np.float32)
     smp = S.BlockSampler(block.shape[1])
+    assert smp._lse.impl.startswith("ggml"), smp._lse.impl  # Linux/macOS with llama-cpp-python's own libraries
     new = smp.lse(block, block.max(axis=1))
     m = block.max(axis=1, keepdims=True)  # the batch loop's old formula
     old_block = (m + np.log(np.exp(block - m).sum(axis=1, keepdims=True)))[:, 0]
-    assert np.array_equal(new, old_block)
+    b64 = block.astype(np.float64)
+    exact = b64.max(axis=1) + np.log(np.exp(b64 - b64.max(axis=1, keepdims=True)).sum(axis=1))
+    assert new.dtype == np.float32 and np.allclose(new, exact, rtol=0, atol=1e-5), new - exact
+    assert np.allclose(new, old_block, rtol=0, atol=2e-5)
+    fallback = L.RowLse.__new__(L.RowLse)
+    fallback.nv, fallback._buf, fallback._f = block.shape[1], np.empty((0, block.shape[1]), np.float32), None
+    old = fallback(block, block.max(axis=1))
+    assert np.array_equal(old, old_block)
     for i, row in enumerate(block):  # the scheduler's old per-row formula
         mi = row.max()
-        assert new[i] == mi + np.log(np.exp(row - mi).sum())
+        assert old[i] == mi + np.log(np.exp(row - mi).sum())
+
+
+def test_a_wrong_softmax_kernel_is_not_used(monkeypatch):
+    """The ggml kernel is checked before use: one that returns a wrong sum (a changed signature, a
+    broken build) is refused, and EDGEKIT_LSE=numpy forces numpy."""
+    real = L._loaded_kernel()
+    assert real is not None and L._checked(real)
+    assert not L._checked(lambda n, y, x, m: real(n, y, x, m) * 1.001)
+    assert not L._checked(lambda n, y, x, m: real(n, y, x, m + 1.0))  # another maximum: e^-1 of the sum
+    monkeypatch.setattr(L, "_loaded_kernel", lambda: lambda n, y, x, m: 1.0)
+    assert L.RowLse(100).impl == "numpy"
+    monkeypatch.setenv("EDGEKIT_LSE", "numpy")
+    monkeypatch.setattr(L, "_loaded_kernel", lambda: real)
+    assert L.RowLse(100).impl == "numpy"
 
 
 def test_band_decides_only_when_the_cut_cannot_move():

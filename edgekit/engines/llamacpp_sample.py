@@ -32,7 +32,8 @@ min-p -- is *not* the grammar-first distribution: a valid token drawn from the u
 nucleus is kept with the unconstrained nucleus's probability).
 
 Log-probabilities (raw distribution, what the confidence score reads) need one log-sum-exp per
-logits row: computed once per row in numpy over the contiguous block, into a reused buffer.
+logits row: computed once per row, with ggml's vectorised softmax kernel where the loaded
+llama.cpp has it, else numpy (:mod:`edgekit.engines.llamacpp_lse`).
 
 Token scores for confidence (:meth:`BlockSampler.token_scores`, before the grammar accepts the
 token): the chosen token's log-probability *renormalised over what the grammar allowed* and
@@ -62,6 +63,7 @@ try:
     import llama_cpp as ll
 except ImportError as e:  # pragma: no cover - install problem
     raise BackendError("llama-cpp-python is not installed", fix='pip install "llama-cpp-python>=0.3.36,<0.4"') from e
+from edgekit.engines.llamacpp_lse import RowLse  # noqa: E402 - after the check
 from edgekit.engines.llamacpp_prefilter import MIN_IDS, PrefixClasses, prefilterable  # noqa: E402 - after the check
 
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
@@ -184,7 +186,7 @@ class BlockSampler:
         self._ids = np.arange(n_vocab, dtype=np.int32)
         self._arr = ll.llama_token_data_array()
         self._arr_ref = ctypes.byref(self._arr)
-        self._buf = np.empty((0, n_vocab), np.float32)
+        self._lse = RowLse(n_vocab)
         self.counts = dict.fromkeys(COUNTS, 0)
         self._seen: dict = {}  # (grammar, state) -> its valid ids over the whole vocabulary, this step
         self._views: dict = {}  # (logits address, rows) -> the numpy view of that block
@@ -205,15 +207,8 @@ class BlockSampler:
         return view
 
     def lse(self, block: np.ndarray, m: np.ndarray) -> np.ndarray:
-        """Per-row log-sum-exp (float32, the same operations the engine always used)."""
-        k = block.shape[0]
-        if self._buf.shape[0] < k:
-            self._buf = np.empty((k, self.nv), np.float32)
-        buf = self._buf[:k]
-        mk = m[:, None]
-        np.subtract(block, mk, out=buf)
-        np.exp(buf, out=buf)
-        return (mk + np.log(buf.sum(axis=1, keepdims=True)))[:, 0]
+        """Per-row log-sum-exp, float32 (:class:`edgekit.engines.llamacpp_lse.RowLse`)."""
+        return self._lse(block, m)
 
     # -- native samplers on candidate arrays -----------------------------------------------
     def _load(self, ids: np.ndarray, row: np.ndarray) -> None:
