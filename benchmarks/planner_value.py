@@ -35,6 +35,7 @@ import numpy as np
 from _common import emit, log, parser, run_main
 
 from edgekit.errors import UsageError
+from edgekit.evaluate.chance import chance_checks, why_no_baseline
 from edgekit.evaluate.paired import BOOT_HOW, boot_weights, paired_diff, table_scores
 from edgekit.evaluate.runner import problem_seed
 from edgekit.evaluate.tasks import complete_program, load_task
@@ -192,6 +193,16 @@ def heldout_best_checks(res, feas: list, best: int, plan: int, held: list) -> di
     }
 
 
+def heldout_chance(res, i: int, held: list) -> bool | None:
+    """Is candidate i above its blind baseline on its held-out table (evaluate.chance)? None: no baseline."""
+    t = res.tables[int(res.table[i])]
+    r = t.rows[int(res.row[i])]
+    h = next((h for h in held if same_settings(t, h)), None)
+    if h is None or why_no_baseline(h) is not None or (r.aggregation != "greedy" and r.k > h.n_samples):
+        return None
+    return chance_checks(h.problems, r.budget, r.aggregation)[0 if r.aggregation == "greedy" else r.k - 1].above
+
+
 def heldout_acc(res, i: int, held: list) -> tuple | None:
     """(accuracy, lo, hi, n_problems) of candidate i read from its held-out table, or None."""
     t = res.tables[int(res.table[i])]
@@ -249,6 +260,9 @@ def run_heldout(a, profile, targets) -> int:
             row[f"{who}_pred_latency_s"] = float(res.latency[i])
             row[f"{who}_heldout_acc"] = h[0] if h else None
             row[f"{who}_heldout_ci"] = [h[1], h[2]] if h else None
+            ck = res.comparator.chance(i)  # the planner's check on the tune table, then the same on the held-out one
+            row[f"{who}_above_chance"] = None if ck is None else ck.above
+            row[f"{who}_above_chance_heldout"] = heldout_chance(res, i, held)
         cm = res.comparator.compare(res.chosen, [ni])[0] if ni != res.chosen else None
         row["tables_plan_vs_naive"] = (
             None
@@ -258,6 +272,7 @@ def run_heldout(a, profile, targets) -> int:
         row["naive_note"] = note
         row.update(heldout_best_checks(res, [i for i in feas if scored[i] is not None], bi, res.chosen, held))
         row["n_feasible"], row["n_feasible_without_heldout"] = len(feas), len(missing)
+        row["n_feasible_above_chance"] = sum(bool((c := res.comparator.chance(i)) and c.above) for i in feas)
         row["n_heldout_problems"] = scored[res.chosen][3] if scored.get(res.chosen) else None
         if row["plan_heldout_acc"] is not None:
             row["shortfall_pts"] = 100 * (row["best_heldout_acc"] - row["plan_heldout_acc"])
@@ -289,7 +304,11 @@ def print_heldout(rows: list[dict], meta: dict) -> None:
             continue
         f = lambda x: "-" if x is None else f"{100 * x:.1f} %"
         for who in ("plan", "naive", "best"):
-            print(f"  {who:5s} {r[who]:60s} table {f(r[who + '_table_acc'])}  held out {f(r[who + '_heldout_acc'])}")
+            ch = {True: "above chance", False: "NOT above chance", None: "no baseline"}
+            print(
+                f"  {who:5s} {r[who]:60s} table {f(r[who + '_table_acc'])}  held out {f(r[who + '_heldout_acc'])}  "
+                f"({ch[r[who + '_above_chance']]} in the table, {ch[r[who + '_above_chance_heldout']]} held out)"
+            )
         tv = r["tables_plan_vs_naive"]
         if tv:
             print(

@@ -250,6 +250,7 @@ def _perplexity(model, text, reference, make_reference, n_ctx, top_k, limit, out
 def render_table(t) -> None:
     import numpy as np
 
+    from edgekit.evaluate.chance import summary as chance_summary
     from edgekit.evaluate.paired import separation
     from edgekit.figures import wilson
 
@@ -284,7 +285,7 @@ def render_table(t) -> None:
     console.print(
         f"95 % Wilson intervals over the {t.n_problems} problems (the eval set's sampling noise only)", highlight=False
     )
-    sep = separation(t)
-    if sep:
-        console.print(sep, highlight=False)
+    for line in (separation(t), chance_summary(t)):
+        if line:
+            console.print(line, highlight=False)
     console.print(f"{len(t.rows)} rows over budgets {sorted({r.budget for r in t.rows})}")

@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json"),
     ):
         """Enumerate model x quantization x budget x n x aggregation; keep what fits; pick the most accurate."""
-        from edgekit.cli.render_plan import accuracy_line, render_frontier, why_lines
+        from edgekit.cli.render_plan import accuracy_line, chance_line, render_frontier, why_lines
         from edgekit.plan.export import to_plan_file
         from edgekit.plan.make import make_plan, parse_duration, parse_rule_list
 
@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
             cores_available=cores_available,
         )
         pf = to_plan_file(res)
-        for w in res.warnings:
+        for w in res.all_warnings():
             err_console.print(f"warning: {w}", highlight=False, soft_wrap=True)
         if json_out:
             return print_json(pf)
@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
                 f"p95 {rl['p95_s']:.2f} s (a problem the rule does not settle runs to the budget)",
                 highlight=False,
             )
-        for line in [accuracy_line(res, ho)] + why_lines(res):
+        for line in [accuracy_line(res, ho), chance_line(res)] + why_lines(res):
             if line:
                 console.print(line, highlight=False)
         if p.system_accuracy is not None and pf.offload is not None:

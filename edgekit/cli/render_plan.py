@@ -171,6 +171,12 @@ def why_lines(res: PlanResult) -> list[str]:
     return out
 
 
+def chance_line(res: PlanResult) -> str | None:
+    """The chosen table accuracy against answering blind (the same answers, other problems' targets)."""
+    c = res.chance()
+    return None if c is None else f"against chance: {c.line()}"
+
+
 def accuracy_line(res: PlanResult, heldout: tuple | None = None) -> str | None:
     """The chosen table accuracy is the best of many noisy estimates: say so, with the held-out figure if any."""
     o = res.optimism()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgekit.evaluate.chance import ChanceCheck, chance_checks, why_no_baseline
 from edgekit.evaluate.estimators import problem_scores
 
 if TYPE_CHECKING:  # planner imports this module: the type only, no import cycle at run time
@@ -65,6 +66,7 @@ class Comparator:
         self._pairs: dict[tuple[int, int], Pairing] = {}
         self._full: dict[tuple[int, int, str], np.ndarray] = {}
         self._pos = [{p.id: r for r, p in enumerate(t.problems)} for t in res.tables]
+        self._chance: dict[tuple[int, int, str], list[ChanceCheck] | None] = {}
 
     def name(self, ti: int) -> str:
         p = self.res.table_paths[ti] if self.res.table_paths and ti < len(self.res.table_paths) else None
@@ -105,6 +107,24 @@ class Comparator:
         col = 0 if row.aggregation == "greedy" else row.k - 1
         pos = self._pos[ti]
         return self._full[key][[pos[x] for x in ids], col]
+
+    def chance(self, i: int) -> ChanceCheck | None:
+        """Candidate i's table accuracy against its blind baseline (:mod:`edgekit.evaluate.chance`) on its table's
+        problems; None where there is none (a verifier task, an accuracy prior, too few records). A stopping rule's
+        row is checked on its vote without stopping (the same samples' answers)."""
+        r = self.res
+        v = r.variant(i)
+        if v is not None and v.prior is not None:
+            return None
+        ti = int(r.table[i])
+        t, row = r.tables[ti], r.tables[ti].rows[int(r.row[i])]
+        key = (ti, row.budget, row.aggregation)
+        if key not in self._chance:
+            self._chance[key] = None
+            if why_no_baseline(t) is None:
+                self._chance[key] = chance_checks(t.problems, row.budget, row.aggregation)
+        checks = self._chance[key]
+        return None if checks is None else checks[0 if row.aggregation == "greedy" else row.k - 1]
 
     def intervals(self, i: int, others) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Pairing]]:
         """Accuracy difference i - j and its 95 % interval for each j of ``others``, vectorised per table of j:
@@ -211,6 +231,46 @@ def choose(
                 f"saving ({savings(res, c, best)[2]}); --prefer most-accurate to override"
             )
     return best, None
+
+
+def pareto(lat: np.ndarray, acc: np.ndarray, idx: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    """Non-dominated (lower latency, higher accuracy) among ``idx``; one per duplicate point; by latency."""
+    if idx.size == 0:
+        return idx
+    e = np.where(np.isnan(energy[idx]), np.inf, energy[idx])
+    order = idx[np.lexsort((e, -acc[idx], lat[idx]))]
+    a = acc[order]
+    best_before = np.concatenate([[-np.inf], np.maximum.accumulate(a)[:-1]])
+    return order[a > best_before]
+
+
+def cheapest(cands: np.ndarray, lat: np.ndarray, energy: np.ndarray) -> int:
+    """The fastest of ``cands`` (then the least energy)."""
+    e = np.nan_to_num(energy[cands], nan=np.inf)
+    return int(cands[np.lexsort((e, lat[cands]))[0]])
+
+
+def chance_warning(res: PlanResult, cmp: Comparator, idx: np.ndarray, chosen: int) -> str | None:
+    """One warning line when the chosen configuration is not shown above its blind baseline (its answers may not
+    depend on the problem), naming the most accurate feasible configuration that is, if any. A diagnosis, not a
+    rule: such a configuration's table accuracy is still the best estimate of what it scores on problems with the
+    same answer mix, and one above chance may well score less (a model that rarely answers, but rightly)."""
+    chk = cmp.chance(chosen)
+    if chk is None or chk.above:
+        return None
+    acc = res.accuracy
+    order = idx[np.lexsort((res.latency[idx], -acc[idx]))]
+    other = next((int(j) for j in order if j != chosen and (c := cmp.chance(int(j))) is not None and c.above), None)
+    alt = (
+        f"the most accurate feasible configuration above chance is {res.label(other)}: {cmp.chance(other).line()}"
+        if other is not None
+        else "no feasible configuration is above chance"
+    )
+    return (
+        f"the chosen {res.label(chosen)} scores {chk.line()}: the table does not show that its answers depend on the "
+        f"problem, so its accuracy may be the answer mix of these problems (one answer given to every problem scores "
+        f"the share of that answer); {alt}"
+    )
 
 
 def competitors(res: PlanResult, cmp: Comparator, chosen: int) -> list[Comparison]:

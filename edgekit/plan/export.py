@@ -105,6 +105,7 @@ def competitors(res: PlanResult) -> list[Competitor]:
                 latency_saving_s=cm.latency_saving_s,
                 saving_material=cm.material,
                 how=cm.how,
+                above_chance=None if (ck := res.comparator.chance(cm.other)) is None else ck.above,
             )
         )
     return out
@@ -120,6 +121,13 @@ def _optimism(res: PlanResult) -> dict:
         "accuracy_optimism_how": f"estimated: bootstrap of the maximum over the {o[1]} feasible configurations "
         "measured on the same problems (E*[max] - max); a held-out run is the measured check",
     }
+
+
+def _chance(res: PlanResult) -> dict:
+    c = res.chance()
+    if c is None:
+        return {}
+    return {"blind_accuracy": c.blind, "blind_p_value": c.p_value, "above_chance": c.above, "blind_how": c.how}
 
 
 def based_on(res: PlanResult) -> list[str]:
@@ -142,7 +150,7 @@ def based_on(res: PlanResult) -> list[str]:
         )
         out.extend(f"{pm.model_id}: {n}" for n in pm.notes)
     out.extend(res.notes)
-    out.extend(f"warning: {w}" for w in res.warnings)
+    out.extend(f"warning: {w}" for w in res.all_warnings())
     return out
 
 
@@ -207,6 +215,7 @@ def to_plan_file(res: PlanResult) -> PlanFile:
             rests_on=res.rests_on(i),
             **_mixture(res),
             **_optimism(res),
+            **_chance(res),
             replayed_latency=_replayed(res, i),
         ),
         frontier=frontier_points(res),

@@ -27,7 +27,7 @@ from edgekit.figures import wilson
 from edgekit.perfmodel import DeviceModel, PerfModel, Prediction, fit, fit_device
 from edgekit.perfmodel.correction import scale_model
 from edgekit.perfmodel.cross_model import predict_variant, same_architecture
-from edgekit.plan.compare import Comparator, choose
+from edgekit.plan.compare import Comparator, cheapest, choose, pareto
 from edgekit.plan.stop_candidates import DEFAULT_STOP_RULES, with_stop_rows
 from edgekit.schemas.profile import DeviceProfile, ModelInfo
 from edgekit.schemas.table import AccuracyTable
@@ -132,6 +132,21 @@ class PlanResult:
             self._competitors[key] = optimism(self, self.comparator, self.chosen)
         return self._competitors[key]
 
+    def chance(self):
+        """The chosen configuration against its blind baseline (evaluate.chance.ChanceCheck) or None."""
+        return None if self.chosen is None or self.comparator is None else self.comparator.chance(self.chosen)
+
+    def all_warnings(self) -> list[str]:
+        """``warnings`` and, when the chosen configuration is not shown above chance, that (plan.compare)."""
+        from edgekit.plan.compare import chance_warning
+
+        if self.chosen is None or self.comparator is None:
+            return list(self.warnings)
+        key = ("chance", self.chosen)
+        if key not in self._competitors:
+            self._competitors[key] = chance_warning(self, self.comparator, np.nonzero(self.feasible)[0], self.chosen)
+        return self.warnings + [w for w in [self._competitors[key]] if w]
+
     @property
     def interval_how(self) -> str:
         return "95 % Wilson interval over the accuracy table's problems (sampling noise of the eval set only)"
@@ -212,17 +227,6 @@ class PlanResult:
 def _fmt_caps(e, m) -> str:
     parts = ([f"energy <= {e:g} J"] if e is not None else []) + ([f"memory <= {m:g} GB"] if m is not None else [])
     return ", ".join(parts)
-
-
-def _pareto(lat: np.ndarray, acc: np.ndarray, idx: np.ndarray, energy: np.ndarray) -> np.ndarray:
-    """Non-dominated (lower latency, higher accuracy) among ``idx``; one per duplicate point; by latency."""
-    if idx.size == 0:
-        return idx
-    e = np.where(np.isnan(energy[idx]), np.inf, energy[idx])
-    order = idx[np.lexsort((e, -acc[idx], lat[idx]))]
-    a = acc[order]
-    best_before = np.concatenate([[-np.inf], np.maximum.accumulate(a)[:-1]])
-    return order[a > best_before]
 
 
 def plan(
@@ -425,7 +429,7 @@ def plan(
     if memory_cap_gb is not None:
         caps_ok &= np.nan_to_num(pred["memory_bytes"], nan=np.inf) <= memory_cap_gb * 1e9
     feasible = caps_ok & (lat <= latency_target_s)
-    frontier = _pareto(lat, A["acc"], np.nonzero(caps_ok)[0], pred["energy_j"])
+    frontier = pareto(lat, A["acc"], np.nonzero(caps_ok)[0], pred["energy_j"])
     res = PlanResult(
         profile=profile,
         tables=list(tables),
@@ -487,14 +491,9 @@ def plan(
             result=res,
         )
     idx = np.nonzero(feasible)[0]
-    res.most_accurate = best = _cheapest(idx[A["acc"][idx] >= A["acc"][idx].max() - TIE_EPS], lat, pred["energy_j"])
-    res.chosen, why = choose(res, res.comparator, idx, best, _pareto(lat, A["acc"], idx, pred["energy_j"]))
+    res.most_accurate = best = cheapest(idx[A["acc"][idx] >= A["acc"][idx].max() - TIE_EPS], lat, pred["energy_j"])
+    res.chosen, why = choose(res, res.comparator, idx, best, pareto(lat, A["acc"], idx, pred["energy_j"]))
     res.selection = (res.chosen, why) if why else None
     if why:
         notes.append(why)
     return res
-
-
-def _cheapest(cands: np.ndarray, lat: np.ndarray, energy: np.ndarray) -> int:
-    e = np.nan_to_num(energy[cands], nan=np.inf)
-    return int(cands[np.lexsort((e, lat[cands]))[0]])

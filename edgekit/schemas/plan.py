@@ -99,6 +99,12 @@ class Predicted(_M):
     heldout_accuracy_lo: float | None = None
     heldout_accuracy_hi: float | None = None
     heldout_how: str | None = None
+    # the table accuracy against its blind baseline: the same answers scored against other problems' targets
+    # (evaluate.chance); None where there is none (a verifier task, an accuracy prior)
+    blind_accuracy: float | None = None
+    blind_p_value: float | None = None  # permutation test: a shuffle of the answers scores as well
+    above_chance: bool | None = None
+    blind_how: str | None = None
 
 
 class Competitor(_M):
@@ -123,6 +129,7 @@ class Competitor(_M):
     latency_saving_s: float  # competitor's latency minus the chosen's: > 0, the chosen is faster
     saving_material: bool  # the faster one's prediction interval lies wholly below the other's
     how: str
+    above_chance: bool | None = None  # the competitor's table accuracy against its blind baseline (evaluate.chance)
 
 
 class FrontierPoint(_M):
