@@ -185,7 +185,20 @@ def route_stats(s: np.ndarray, lc: np.ndarray, cc: np.ndarray, args, rng: np.ran
     }
 
 
-def analyse_config(recs: list[dict], cloud: dict, args, rng: np.random.Generator) -> dict:
+def above_chance(recs: list[dict], targets: dict[str, str]) -> dict:
+    """The answers of ``recs`` against their blind baseline (edgekit.evaluate.chance): do they read the problem?"""
+    from edgekit.evaluate.chance import chance_checks
+    from edgekit.schemas.table import ProblemRecord, SampleRecord
+
+    probs = []
+    for r in recs:
+        s = SampleRecord(answer=r["answer"], correct=r["correct"], tokens=1, finished=True)
+        probs.append(ProblemRecord(id=r["id"], target=targets[r["id"]], prompt_tokens=1, samples=[s], greedy=s))
+    (c,) = chance_checks(probs, 1 << 30, "greedy")
+    return {"accuracy": c.accuracy, "blind": c.blind, "p_value": c.p_value, "above": c.above}
+
+
+def analyse_config(recs: list[dict], cloud: dict, args, rng: np.random.Generator, targets=None) -> dict:
     from edgekit.calibrate.combine import choose_score, fit_logistic
     from edgekit.schemas.offload import SINGLE_SCORES
 
@@ -203,6 +216,9 @@ def analyse_config(recs: list[dict], cloud: dict, args, rng: np.random.Generator
         "self_check_s_median": float(np.median([r["self_check_s"] or 0.0 for r in held])),
         "cloud_latency_s_median": float(np.median([cloud[r["id"]]["latency_s"] for r in held])),
     }
+    if targets:  # a local or cloud model at chance makes every routing score's APGR a draw of luck
+        out["local_chance"] = above_chance(held, targets)
+        out["cloud_chance"] = above_chance([cloud[r["id"]] for r in held], targets)
     oracle = np.where(~lc & cc, 0.0, 1.0)
     out["oracle_apgr"] = apgr_cpt(curve(oracle, lc, cc, rng, 50), lc.mean(), cc.mean())[0]
     answered = [r for r in fit if r["answer"] is not None]
@@ -239,15 +255,18 @@ def analyse_config(recs: list[dict], cloud: dict, args, rng: np.random.Generator
 
 
 def analyse(records: list[dict], args) -> dict:
+    from edgekit.evaluate.tasks import load_task
+
     rng = np.random.default_rng(0)
     res: dict = {"tasks": {}}
     for task in sorted({r["task"] for r in records}):
         cloud = {r["id"]: r for r in records if r["task"] == task and r["phase"] == "cloud"}
+        targets = {p.id: p.target for p in load_task(task).problems}
         configs = {}
         for c in args.configs:
             recs = [r for r in records if r["task"] == task and r["phase"] == c]
             if len(recs) > args.fit + 10:
-                configs[c] = analyse_config(recs, cloud, args, rng)
+                configs[c] = analyse_config(recs, cloud, args, rng, targets)
                 log(f"analysed {task} {c}")
         main = configs.get("greedy") or next(iter(configs.values()), None)
         if main is None:
@@ -269,6 +288,14 @@ def text(res: dict) -> str:
                 f"{task} · {c}: local {v['local_accuracy']:.1%} (no answer {v['local_no_answer']:.0%}), cloud "
                 f"{v['cloud_accuracy']:.1%}, {v['n_heldout']} held out, oracle APGR {v['oracle_apgr']:.3f}"
             )
+            for who in ("local", "cloud"):
+                ch = v.get(f"{who}_chance")
+                if ch:
+                    lines.append(
+                        f"  {who} vs answering blind: {ch['accuracy']:.1%} vs {ch['blind']:.1%}, permutation "
+                        + ("p < 0.001" if ch["p_value"] < 0.001 else f"p = {ch['p_value']:.3f}")
+                        + f": {'above chance' if ch['above'] else 'NOT shown above chance'}"
+                    )
             for s in sorted(v["scores"], key=lambda s: -np.nan_to_num(s["apgr"], nan=-1)):
                 lines.append(
                     f"  {s['score']:<20} APGR {s['apgr']:.3f} [{s['apgr_lo']:.3f}, {s['apgr_hi']:.3f}]  "
