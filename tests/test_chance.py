@@ -181,3 +181,20 @@ def test_shipped_tables_and_eval_say_which_rows_beat_answering_blind(monkeypatch
     eval_cmd.render_table(choice_table("constant", ["C"] * 30, ts))
     assert any(p.startswith("no row beats answering blind") for p in printed)
     assert json.dumps(chance.BLIND_HOW) and math.isclose(chance.ALPHA, 0.05)
+
+
+def test_the_search_for_an_alternative_checks_a_bounded_number_of_groups(prof, monkeypatch):
+    from edgekit.plan import compare
+
+    ts = targets(40, seed=2)
+    t = choice_table("small", ["D"] * 40, ts)
+    t = t.model_copy(update={"rows": accuracy_rows(t.problems, list(range(4, 33, 2)), None, ["greedy", "majority"])})
+    calls = []
+    real = compare.chance_checks
+    monkeypatch.setattr(compare, "chance_checks", lambda *a: calls.append(a[1:]) or real(*a))
+    res = plan(prof, [t], 10.0)
+    (w,) = [w for w in res.all_warnings() if "answering blind" in w]
+    assert w.endswith(
+        f"no feasible configuration is above chance among the {compare.MAX_CHANCE_GROUPS} most accurate groups checked"
+    )
+    assert len(set(calls)) <= compare.MAX_CHANCE_GROUPS + 1  # the chosen one's group, then at most the bound

@@ -26,7 +26,7 @@ blind baseline.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +37,7 @@ from edgekit.schemas.table import AccuracyTable, ProblemRecord
 
 ALPHA = 0.05  # above chance: a random shuffle of the answers scores as well in fewer than 5 % of shuffles
 N_PERM = 2000
+PERM_CHUNK = 250
 BLIND_HOW = (
     "blind baseline: the same answers scored against the other problems' targets (leave-one-out mean); above "
     f"chance when fewer than {ALPHA:.0%} of {N_PERM} random shuffles of the answers over the problems score as well "
@@ -57,14 +58,17 @@ def why_no_baseline(table: AccuracyTable) -> str | None:
     return None
 
 
-def _answer_credit(p: ProblemRecord, budget: int, aggregation: str, n: int) -> dict[str, np.ndarray]:
-    """Per answer a the row gives on problem p: the probability (per k) that the row's answer is a."""
+def _answer_credit(
+    p: ProblemRecord, budget: int, aggregation: str, n: int, keep: Container[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Per answer a the row gives on problem p (and in ``keep``): the probability (per k) that the row's answer is a."""
     if aggregation == "greedy":
         g = p.greedy
-        return {g.answer: np.ones(1)} if g is not None and g.answer is not None and valid_at(g, budget) else {}
+        ok = g is not None and g.answer is not None and valid_at(g, budget) and (keep is None or g.answer in keep)
+        return {g.answer: np.ones(1)} if ok else {}
     answers = [s.answer if valid_at(s, budget) else None for s in p.samples]
     out = {}
-    for a in {x for x in answers if x is not None}:
+    for a in {x for x in answers if x is not None and (keep is None or x in keep)}:
         if aggregation == "majority":
             curve = majority_curve(answers, {x: x == a for x in answers if x is not None}, range(1, n + 1))
             out[a] = np.array([curve[k] for k in range(1, n + 1)])
@@ -74,21 +78,33 @@ def _answer_credit(p: ProblemRecord, budget: int, aggregation: str, n: int) -> d
     return out
 
 
+def _by_target(problems: Sequence[ProblemRecord], budget: int, aggregation: str) -> tuple[np.ndarray, np.ndarray]:
+    """(A, code): A[i, v, k-1] is the probability that the row (k samples) answers target value v on problem i, and
+    code[j] the value of problem j's target. Answers that are no problem's target cannot score: left out. Memory
+    problems x distinct targets x N."""
+    values = {t: v for v, t in enumerate(dict.fromkeys(p.target for p in problems))}
+    n = 1 if aggregation == "greedy" else len(problems[0].samples)
+    A = np.zeros((len(problems), len(values), n))
+    for i, p in enumerate(problems):
+        for a, credit in _answer_credit(p, budget, aggregation, n, values).items():  # no target: cannot score
+            A[i, values[a]] = credit
+    return A, np.array([values[p.target] for p in problems], int)
+
+
 def credit_matrix(problems: Sequence[ProblemRecord], budget: int, aggregation: str) -> np.ndarray:
     """C[i, j, k-1]: the probability that the row (k samples) answers problem j's target on problem i. Its diagonal
-    is the row's per-problem expected correctness (where the judge is answer equality)."""
-    n = 1 if aggregation == "greedy" else len(problems[0].samples)
-    credit = [_answer_credit(p, budget, aggregation, n) for p in problems]
-    zero = np.zeros(n)
-    return np.stack([np.stack([c.get(p.target, zero) for p in problems]) for c in credit])
+    is the row's per-problem expected correctness (where the judge is answer equality). Problems^2 x N memory: for
+    inspection and tests; :func:`chance_checks` never builds it."""
+    A, code = _by_target(problems, budget, aggregation)
+    return A[:, code, :]
 
 
 def blind_scores(problems: Sequence[ProblemRecord], budget: int, aggregation: str) -> np.ndarray:
     """Per problem j, the row's blind expected correctness: the mean over i != j of C[i, j] (shape (problems, N)
     like :func:`edgekit.evaluate.estimators.problem_scores`; greedy: one column)."""
-    C = credit_matrix(problems, budget, aggregation)
+    A, code = _by_target(problems, budget, aggregation)
     P = len(problems)
-    return (C.sum(axis=0) - C[np.arange(P), np.arange(P)]) / max(P - 1, 1)
+    return (A.sum(axis=0)[code] - A[np.arange(P), code]) / max(P - 1, 1)
 
 
 @dataclass(frozen=True)
@@ -117,19 +133,21 @@ class ChanceCheck:
 
 def chance_checks(problems: Sequence[ProblemRecord], budget: int, aggregation: str) -> list[ChanceCheck]:
     """One check per k (greedy: one): the row's accuracy, its blind baseline and the permutation test's p-value
-    (``N_PERM`` random shuffles of the answers over the problems, seeded: the same table gives the same p)."""
-    C = credit_matrix(problems, budget, aggregation)
-    P = len(problems)
-    diag = C[np.arange(P), np.arange(P)]  # (P, n)
-    blind = (C.sum(axis=0) - diag) / max(P - 1, 1)
-    rng = np.random.default_rng([SEED, P])
-    perms = np.argsort(rng.random((N_PERM, P)), axis=1)  # row r: problem j gets the answers of perms[r, j]
-    shuffled = C[perms, np.arange(P)].mean(axis=1)  # (N_PERM, n)
+    (``N_PERM`` random shuffles of the answers over the problems, seeded: the same table gives the same p).
+    Memory: problems x distinct targets x N, and ``PERM_CHUNK`` x problems per step."""
+    A, code = _by_target(problems, budget, aggregation)
+    P, n = len(problems), A.shape[2]
+    diag = A[np.arange(P), code]  # (P, n): per-problem expected correctness
+    blind = (A.sum(axis=0)[code] - diag) / max(P - 1, 1)
     acc = diag.mean(axis=0)
-    ge = (shuffled >= acc - 1e-12).sum(axis=0)
+    rng = np.random.default_rng([SEED, P])
+    ge = np.zeros(n, int)
+    for start in range(0, N_PERM, PERM_CHUNK):  # row r of a chunk: problem j gets the answers of perms[r, j]
+        perms = np.argsort(rng.random((min(PERM_CHUNK, N_PERM - start), P)), axis=1)
+        for k in range(n):
+            ge[k] += int((A[perms, code, k].mean(axis=1) >= acc[k] - 1e-12).sum())
     return [
-        ChanceCheck(float(acc[c]), float(blind[:, c].mean()), float((1 + ge[c]) / (1 + N_PERM)), P)
-        for c in range(C.shape[2])
+        ChanceCheck(float(acc[c]), float(blind[:, c].mean()), float((1 + ge[c]) / (1 + N_PERM)), P) for c in range(n)
     ]
 
 

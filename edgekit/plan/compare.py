@@ -36,6 +36,7 @@ from edgekit.evaluate.paired import BOOT_HOW, MIN_SHARED, Pairing, boot_weights,
 
 MEMORY_MATERIAL = 0.10  # a memory saving counts (memory cap set) when at least 10 % of the larger prediction
 MAX_COMPETITORS = 6
+MAX_CHANCE_GROUPS = 12  # (table, budget, aggregation) groups a chance warning checks for an alternative
 TIE_EPS = 1e-9
 UNPAIRED_HOW = "unpaired: Newcombe interval from the two tables' 95 % Wilson intervals"
 
@@ -260,11 +261,22 @@ def chance_warning(res: PlanResult, cmp: Comparator, idx: np.ndarray, chosen: in
         return None
     acc = res.accuracy
     order = idx[np.lexsort((res.latency[idx], -acc[idx]))]
-    other = next((int(j) for j in order if j != chosen and (c := cmp.chance(int(j))) is not None and c.above), None)
+    groups: set = set()  # each (table, budget, aggregation) costs one check: the most accurate MAX_CHANCE_GROUPS
+    other = None
+    for j in (int(j) for j in order if j != chosen):
+        t = int(res.table[j])
+        row = res.tables[t].rows[int(res.row[j])]
+        groups.add((t, row.budget, row.aggregation))
+        if len(groups) > MAX_CHANCE_GROUPS:
+            break
+        if (c := cmp.chance(j)) is not None and c.above:
+            other = j
+            break
     alt = (
         f"the most accurate feasible configuration above chance is {res.label(other)}: {cmp.chance(other).line()}"
         if other is not None
         else "no feasible configuration is above chance"
+        + ("" if len(groups) <= MAX_CHANCE_GROUPS else f" among the {MAX_CHANCE_GROUPS} most accurate groups checked")
     )
     return (
         f"the chosen {res.label(chosen)} scores {chk.line()}: the table does not show that its answers depend on the "
