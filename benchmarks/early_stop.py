@@ -90,6 +90,52 @@ def one(rt: Runtime, task, problem, rule: str, args) -> dict:
     }
 
 
+def replay_rows(table_path: str, rules: list[str], pm, budget: int | None) -> list[dict]:
+    """--replay: every rule replayed exactly on an accuracy table's own samples (edgekit.evaluate.replay, the
+    planner's code) and priced by the profile's latency model: what the rules could save on that task, model and
+    budget, with no model run. Also the vote's spread, which bounds what any stopping rule can save."""
+    from collections import Counter
+
+    from edgekit.evaluate.chance import chance_checks
+    from edgekit.evaluate.estimators import valid_at
+    from edgekit.evaluate.replay import replay
+    from edgekit.schemas.table import load_table
+
+    t = load_table(table_path)
+    b = budget or t.max_tokens
+    n = t.n_samples
+    prompts = np.array([p.prompt_tokens for p in t.problems], float)
+    top = []
+    for p in t.problems:
+        c = Counter(s.answer for s in p.samples if valid_at(s, b) and s.answer is not None)
+        top.append(max(c.values(), default=0) / n)
+    ch = chance_checks(t.problems, b, "majority")[n - 1]
+    rows, base = [], None
+    for rule in rules:
+        r = replay(t.problems, b, n, rule)
+        dec = np.array([pm.decode_live_s(prompts[i], r.live_steps[i], r.steps[i]) for i in range(len(prompts))])
+        base = base if base is not None else dec.mean()
+        rows.append(
+            {
+                "table": table_path,
+                "rule": rule,
+                "budget": b,
+                "n": n,
+                "acc": r.accuracy,
+                "steps": float(r.steps.mean()),
+                "row_steps": float(r.row_steps.mean()),
+                "predicted_decode_s": float(dec.mean()),
+                "decode_share": float(dec.mean() / base),
+                "method": r.method,
+                "top_vote_share_median": float(np.median(top)),
+                "problems_with_majority": int(sum(v > 0.5 for v in top)),
+                "n_problems": len(t.problems),
+                "above_chance": ch.above,
+            }
+        )
+    return rows
+
+
 def main(argv=None) -> int:
     ap = parser(__doc__, model="qwen2.5-coder-0.5b-instruct", threads=True)
     ap.add_argument("--tasks", default="object_counting,strategyqa,date_understanding")
@@ -101,10 +147,34 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rules", default=RULES)
     ap.add_argument("--profile", default=None, help="device profile for the replayed latency prediction")
+    ap.add_argument(
+        "--replay",
+        nargs="+",
+        metavar="TABLE",
+        help="run nothing: replay every rule on these accuracy tables' samples, priced by --profile's model",
+    )
+    ap.add_argument("--replay-budget", type=int, default=None, help="--replay at this budget (default: the table's)")
     args = ap.parse_args(argv)
     rules = split_rules(args.rules)
     if "none" not in rules:
         rules.insert(0, "none")
+    if args.replay:
+        from edgekit.schemas.table import load_table
+
+        if not args.profile:
+            raise SystemExit("--replay needs --profile (the latency model that prices the replayed steps)")
+        rows = [
+            r
+            for tp in args.replay
+            for r in replay_rows(tp, rules, perf_model(args.profile, load_table(tp).model_id), args.replay_budget)
+        ]
+        cols = ["table", "rule", "budget", "acc:.3f", "steps:.1f", "predicted_decode_s:.2f", "decode_share:.3f"]
+        emit(
+            {"rows": rows, "settings": {"profile": args.profile, "rules": rules}},
+            args.json,
+            lambda: print_table(rows, cols),
+        )
+        return 0
     pm = perf_model(args.profile, args.model)
     rows = []
     with Runtime(args.model, max_n=args.n, threads=args.threads, n_ctx=4096) as rt:
