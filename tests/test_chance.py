@@ -198,3 +198,53 @@ def test_the_search_for_an_alternative_checks_a_bounded_number_of_groups(prof, m
         f"no feasible configuration is above chance among the {compare.MAX_CHANCE_GROUPS} most accurate groups checked"
     )
     assert len(set(calls)) <= compare.MAX_CHANCE_GROUPS + 1  # the chosen one's group, then at most the bound
+
+
+def test_what_the_review_found_is_refused_or_keyed_as_the_judge_keys_it():
+    ts = targets(30, seed=4)
+    t = choice_table("ok", ts, ts)
+    p0 = t.problems[0]
+    # a finished sample with no answer marked correct: not judged by answer equality
+    nothing = p0.greedy.model_copy(update={"answer": None, "correct": True})
+    assert "answer equality" in chance.why_no_baseline(
+        t.model_copy(update={"problems": [p0.model_copy(update={"greedy": nothing}), *t.problems[1:]]})
+    )
+    # problems with different sample counts
+    short = p0.model_copy(update={"samples": p0.samples[:2]})
+    assert "different numbers" in chance.why_no_baseline(t.model_copy(update={"problems": [short, *t.problems[1:]]}))
+    # targets too alike for any shuffle test: 9 of 10 "yes"
+    yn = ["yes"] * 9 + ["no"]
+    why = chance.why_no_baseline(choice_table("yn", yn, yn).model_copy(update={"task": "bigbench:strategyqa"}))
+    assert why is not None and "too alike" in why and "p >= 0.10" in why
+    # numbers keyed by value, as the judge compares them: "1000" answers a "1,000" target
+    tg = [f"{1000 + 7 * j:,}" for j in range(30)]
+    ans = [f"{1000 + 7 * j}" if j % 2 else "3" for j in range(30)]
+    num = choice_table("num", ans, tg)
+
+    def judged(p, s):
+        return s.model_copy(update={"correct": chance.answer_key(s.answer) == chance.answer_key(p.target)})
+
+    fixed = [
+        p.model_copy(update={"greedy": judged(p, p.greedy), "samples": [judged(p, s) for s in p.samples]})
+        for p in num.problems
+    ]
+    num = num.model_copy(update={"problems": fixed})
+    assert chance.why_no_baseline(num) is None
+    (g,) = chance.chance_checks(num.problems, 32, "greedy")
+    assert g.accuracy == pytest.approx(0.5) and g.above
+
+
+def test_a_stopping_rule_row_names_the_vote_it_was_checked_on_and_untestable_tables_are_said(prof):
+    ts = targets(40, seed=5)
+    t = choice_table("small", [t if j % 3 == 0 else "A" for j, t in enumerate(ts)], ts)
+    res = plan(prof, [t], 10.0, stop_rules=["decided", "beta:0.6"])
+    i = next(i for i in range(len(res)) if res.config(i)["stop_rule"] == "beta:0.6")
+    assert res.comparator.chance(i).line().startswith("its vote without stopping (majority@")
+    j = next(i for i in range(len(res)) if res.config(i)["stop_rule"] == "decided")
+    assert not res.comparator.chance(j).what
+    const = choice_table("small", ["D"] * 40, ts)
+    few = choice_table("big", [None] * 8, ts[:8])  # 8 records: no baseline (and never right)
+    res = plan(prof, [const, few], 10.0)
+    assert res.config(res.chosen)["model_id"] == "small"
+    (w,) = [w for w in res.all_warnings() if "answering blind" in w]
+    assert "that could be tested" in w and "could not be tested" in w and "big" in w.split("could not be tested")[1]

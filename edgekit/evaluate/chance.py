@@ -26,18 +26,22 @@ blind baseline.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from edgekit.evaluate.estimators import majority_curve, pass_at_k, valid_at
 from edgekit.evaluate.paired import MIN_SHARED, SEED
+from edgekit.evaluate.tasks import normalize_text, to_number
 from edgekit.schemas.table import AccuracyTable, ProblemRecord
 
 ALPHA = 0.05  # above chance: a random shuffle of the answers scores as well in fewer than 5 % of shuffles
 N_PERM = 2000
-PERM_CHUNK = 250
+PERM_CHUNK = 100
 BLIND_HOW = (
     "blind baseline: the same answers scored against the other problems' targets (leave-one-out mean); above "
     f"chance when fewer than {ALPHA:.0%} of {N_PERM} random shuffles of the answers over the problems score as well "
@@ -45,66 +49,136 @@ BLIND_HOW = (
 )
 
 
+def answer_key(x: str) -> tuple:
+    """What the judge compares: a number by value ("7", "7.0", "1,000"), anything else as normalised text
+    (letters, yes/no, short text)."""
+    v = to_number(x)
+    return ("n", v) if v is not None else ("t", normalize_text(x))
+
+
 def why_no_baseline(table: AccuracyTable) -> str | None:
     """Why ``table`` has no blind baseline (None: it has one)."""
     if table.has_verifier:
         return "a verifier judges this task (not answer equality)"
-    if len(table.problems) < MIN_SHARED:
-        return f"{len(table.problems)} per-problem records (a baseline needs {MIN_SHARED})"
-    for p in table.problems:
+    probs = table.problems
+    if len(probs) < MIN_SHARED:
+        return f"{len(probs)} per-problem records (a baseline needs {MIN_SHARED})"
+    if len({len(p.samples) for p in probs}) != 1:
+        return "the problems hold different numbers of samples"
+    for p in probs:
+        t = answer_key(p.target)
         for s in (*p.samples, *((p.greedy,) if p.greedy is not None else ())):
-            if s.finished and s.answer is not None and s.correct != (s.answer == p.target):
+            if s.finished and s.correct != (s.answer is not None and answer_key(s.answer) == t):
                 return f"problem {p.id} is not judged by answer equality"
+    counts = Counter(answer_key(p.target) for p in probs)
+    floor = math.exp(sum(math.lgamma(c + 1) for c in counts.values()) - math.lgamma(len(probs) + 1))
+    if floor >= ALPHA:  # even answers right on every problem: that share of shuffles scores as well
+        return (
+            f"the targets are too alike to test ({len(counts)} distinct over {len(probs)} problems: even a model "
+            f"right on every problem has p >= {floor:.2f})"
+        )
     return None
 
 
-def _answer_credit(
-    p: ProblemRecord, budget: int, aggregation: str, n: int, keep: Container[str] | None = None
-) -> dict[str, np.ndarray]:
-    """Per answer a the row gives on problem p (and in ``keep``): the probability (per k) that the row's answer is a."""
-    if aggregation == "greedy":
-        g = p.greedy
-        ok = g is not None and g.answer is not None and valid_at(g, budget) and (keep is None or g.answer in keep)
-        return {g.answer: np.ones(1)} if ok else {}
-    answers = [s.answer if valid_at(s, budget) else None for s in p.samples]
-    out = {}
-    for a in {x for x in answers if x is not None and (keep is None or x in keep)}:
-        if aggregation == "majority":
-            curve = majority_curve(answers, {x: x == a for x in answers if x is not None}, range(1, n + 1))
-            out[a] = np.array([curve[k] for k in range(1, n + 1)])
-        else:  # pass@k, first_verified: some sample of the k answers a
-            c = sum(x == a for x in answers)
-            out[a] = np.array([pass_at_k(n, c, k) for k in range(1, n + 1)])
+@lru_cache(maxsize=65536)
+def _vote_credit(c: int, others: tuple[int, ...], n_none: int, n: int) -> np.ndarray:
+    """P(a k-subset's majority vote is a given answer) for k = 1..n, the answer drawn c times, the other answers
+    ``others`` times each, ``n_none`` samples without an answer (ties split, as the estimators)."""
+    answers = ["a"] * c + [f"o{i}" for i, m in enumerate(others) for _ in range(m)] + [None] * n_none
+    curve = majority_curve(answers, {"a": True} | {f"o{i}": False for i in range(len(others))}, range(1, n + 1))
+    out = np.array([curve[k] for k in range(1, n + 1)])
+    out.setflags(write=False)
     return out
 
 
-def _by_target(problems: Sequence[ProblemRecord], budget: int, aggregation: str) -> tuple[np.ndarray, np.ndarray]:
-    """(A, code): A[i, v, k-1] is the probability that the row (k samples) answers target value v on problem i, and
-    code[j] the value of problem j's target. Answers that are no problem's target cannot score: left out. Memory
-    problems x distinct targets x N."""
-    values = {t: v for v, t in enumerate(dict.fromkeys(p.target for p in problems))}
+@lru_cache(maxsize=4096)
+def _pass_credit(c: int, n: int) -> np.ndarray:
+    out = np.array([pass_at_k(n, c, k) for k in range(1, n + 1)])
+    out.setflags(write=False)
+    return out
+
+
+def _answer_credit(p: ProblemRecord, budget: int, aggregation: str, n: int, keep: Container) -> dict:
+    """Per answer key the row gives on problem p (and in ``keep``): the probability (per k) that it is the row's
+    answer."""
+    if aggregation == "greedy":
+        g = p.greedy
+        if g is None or g.answer is None or not valid_at(g, budget) or answer_key(g.answer) not in keep:
+            return {}
+        return {answer_key(g.answer): np.ones(1)}
+    counts = Counter(answer_key(s.answer) for s in p.samples if s.answer is not None and valid_at(s, budget))
+    n_none = n - sum(counts.values())
+    out = {}
+    for a, c in counts.items():
+        if a not in keep:  # no problem's target: it can never score
+            continue
+        if aggregation == "majority":
+            others = tuple(sorted(m for b, m in counts.items() if b != a))
+            out[a] = _vote_credit(c, others, n_none, n)
+        else:  # pass@k, first_verified: some sample of the k gives a
+            out[a] = _pass_credit(c, n)
+    return out
+
+
+@dataclass(frozen=True)
+class _Credits:
+    """Sparse credits: ``vals[e]`` is the probability (per k) that the row answers target value v on problem i,
+    for the sorted keys ``keys[e] = i * V + v``; ``code[j]``: problem j's target value."""
+
+    keys: np.ndarray
+    vals: np.ndarray
+    code: np.ndarray
+    V: int
+    n: int
+
+    def lookup(self, i: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Credits for problems ``i`` answering target values ``v`` (broadcast): shape (..., n)."""
+        q = np.asarray(i) * self.V + np.asarray(v)
+        if not len(self.keys):
+            return np.zeros((*q.shape, self.n))
+        at = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
+        return np.where((self.keys[at] == q)[..., None], self.vals[at], 0.0)
+
+
+def _credits(problems: Sequence[ProblemRecord], budget: int, aggregation: str) -> _Credits:
+    values = {t: v for v, t in enumerate(dict.fromkeys(answer_key(p.target) for p in problems))}
     n = 1 if aggregation == "greedy" else len(problems[0].samples)
-    A = np.zeros((len(problems), len(values), n))
+    keys, vals = [], []
     for i, p in enumerate(problems):
-        for a, credit in _answer_credit(p, budget, aggregation, n, values).items():  # no target: cannot score
-            A[i, values[a]] = credit
-    return A, np.array([values[p.target] for p in problems], int)
+        for a, credit in _answer_credit(p, budget, aggregation, n, values).items():
+            keys.append(i * len(values) + values[a])
+            vals.append(credit)
+    order = np.argsort(keys, kind="stable")
+    return _Credits(
+        np.asarray(keys, np.int64)[order],
+        np.asarray(vals, float).reshape(-1, n)[order],
+        np.array([values[answer_key(p.target)] for p in problems], int),
+        len(values),
+        n,
+    )
 
 
 def credit_matrix(problems: Sequence[ProblemRecord], budget: int, aggregation: str) -> np.ndarray:
     """C[i, j, k-1]: the probability that the row (k samples) answers problem j's target on problem i. Its diagonal
     is the row's per-problem expected correctness (where the judge is answer equality). Problems^2 x N memory: for
     inspection and tests; :func:`chance_checks` never builds it."""
-    A, code = _by_target(problems, budget, aggregation)
-    return A[:, code, :]
+    cr = _credits(problems, budget, aggregation)
+    P = len(problems)
+    i, j = np.meshgrid(np.arange(P), np.arange(P), indexing="ij")
+    return cr.lookup(i, cr.code[j])
+
+
+def _diag_and_blind(cr: _Credits, P: int) -> tuple[np.ndarray, np.ndarray]:
+    diag = cr.lookup(np.arange(P), cr.code)  # (P, n)
+    col = np.zeros((cr.V, cr.n))  # per target value: the summed credit over all problems
+    np.add.at(col, cr.keys % cr.V, cr.vals)
+    return diag, (col[cr.code] - diag) / max(P - 1, 1)
 
 
 def blind_scores(problems: Sequence[ProblemRecord], budget: int, aggregation: str) -> np.ndarray:
     """Per problem j, the row's blind expected correctness: the mean over i != j of C[i, j] (shape (problems, N)
     like :func:`edgekit.evaluate.estimators.problem_scores`; greedy: one column)."""
-    A, code = _by_target(problems, budget, aggregation)
-    P = len(problems)
-    return (A.sum(axis=0)[code] - A[np.arange(P), code]) / max(P - 1, 1)
+    return _diag_and_blind(_credits(problems, budget, aggregation), len(problems))[1]
 
 
 @dataclass(frozen=True)
@@ -116,6 +190,7 @@ class ChanceCheck:
     p_value: float  # permutation test: P(a shuffle of the answers scores >= the accuracy)
     n_problems: int
     how: str = BLIND_HOW
+    what: str = ""  # which answers were checked, when not the row's own (a stopping rule's row: its vote unstopped)
 
     @property
     def above(self) -> bool:
@@ -126,28 +201,29 @@ class ChanceCheck:
         verdict = "above chance" if self.above else "NOT shown above chance"
         p = "p < 0.001" if self.p_value < 0.001 else f"p = {self.p_value:.3f}"
         return (
-            f"{100 * self.accuracy:.1f} % vs {100 * self.blind:.1f} % answering blind (its answers scored against the "
-            f"other problems' targets; permutation {p}, {self.n_problems} problems): {verdict}"
+            (f"{self.what}: " if self.what else "")
+            + f"{100 * self.accuracy:.1f} % vs {100 * self.blind:.1f} % answering blind (its answers scored against "
+            f"the other problems' targets; permutation {p}, {self.n_problems} problems): {verdict}"
         )
 
 
 def chance_checks(problems: Sequence[ProblemRecord], budget: int, aggregation: str) -> list[ChanceCheck]:
     """One check per k (greedy: one): the row's accuracy, its blind baseline and the permutation test's p-value
     (``N_PERM`` random shuffles of the answers over the problems, seeded: the same table gives the same p).
-    Memory: problems x distinct targets x N, and ``PERM_CHUNK`` x problems per step."""
-    A, code = _by_target(problems, budget, aggregation)
-    P, n = len(problems), A.shape[2]
-    diag = A[np.arange(P), code]  # (P, n): per-problem expected correctness
-    blind = (A.sum(axis=0)[code] - diag) / max(P - 1, 1)
+    Memory: the answers' credits (sparse) and ``PERM_CHUNK`` x problems per step."""
+    if not problems:
+        raise ValueError("no problems to check")
+    cr = _credits(problems, budget, aggregation)
+    P = len(problems)
+    diag, blind = _diag_and_blind(cr, P)
     acc = diag.mean(axis=0)
     rng = np.random.default_rng([SEED, P])
-    ge = np.zeros(n, int)
+    ge = np.zeros(cr.n, int)
     for start in range(0, N_PERM, PERM_CHUNK):  # row r of a chunk: problem j gets the answers of perms[r, j]
         perms = np.argsort(rng.random((min(PERM_CHUNK, N_PERM - start), P)), axis=1)
-        for k in range(n):
-            ge[k] += int((A[perms, code, k].mean(axis=1) >= acc[k] - 1e-12).sum())
+        ge += (cr.lookup(perms, cr.code[None, :]).mean(axis=1) >= acc - 1e-12).sum(axis=0)
     return [
-        ChanceCheck(float(acc[c]), float(blind[:, c].mean()), float((1 + ge[c]) / (1 + N_PERM)), P) for c in range(n)
+        ChanceCheck(float(acc[c]), float(blind[:, c].mean()), float((1 + ge[c]) / (1 + N_PERM)), P) for c in range(cr.n)
     ]
 
 

@@ -19,7 +19,7 @@ estimates by how much (bootstrap of the maximum over the feasible configurations
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -125,7 +125,12 @@ class Comparator:
             if why_no_baseline(t) is None:
                 self._chance[key] = chance_checks(t.problems, row.budget, row.aggregation)
         checks = self._chance[key]
-        return None if checks is None else checks[0 if row.aggregation == "greedy" else row.k - 1]
+        if checks is None:
+            return None
+        c = checks[0 if row.aggregation == "greedy" else row.k - 1]
+        if row.stop_rule not in (None, "decided"):  # decided gives the unstopped vote's answers; others may not
+            c = replace(c, what=f"its vote without stopping ({row.aggregation}@{row.k})")
+        return c
 
     def intervals(self, i: int, others) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Pairing]]:
         """Accuracy difference i - j and its 95 % interval for each j of ``others``, vectorised per table of j:
@@ -262,22 +267,27 @@ def chance_warning(res: PlanResult, cmp: Comparator, idx: np.ndarray, chosen: in
     acc = res.accuracy
     order = idx[np.lexsort((res.latency[idx], -acc[idx]))]
     groups: set = set()  # each (table, budget, aggregation) costs one check: the most accurate MAX_CHANCE_GROUPS
-    other = None
+    other, untested = None, set()
     for j in (int(j) for j in order if j != chosen):
         t = int(res.table[j])
         row = res.tables[t].rows[int(res.row[j])]
         groups.add((t, row.budget, row.aggregation))
         if len(groups) > MAX_CHANCE_GROUPS:
             break
-        if (c := cmp.chance(j)) is not None and c.above:
+        c = cmp.chance(j)
+        if c is None:
+            untested.add(res.label(j))
+        elif c.above:
             other = j
             break
-    alt = (
-        f"the most accurate feasible configuration above chance is {res.label(other)}: {cmp.chance(other).line()}"
-        if other is not None
-        else "no feasible configuration is above chance"
-        + ("" if len(groups) <= MAX_CHANCE_GROUPS else f" among the {MAX_CHANCE_GROUPS} most accurate groups checked")
-    )
+    if other is not None:
+        alt = f"the most accurate feasible configuration above chance is {res.label(other)}: {cmp.chance(other).line()}"
+    else:
+        alt = "no feasible configuration " + ("that could be tested " if untested else "") + "is above chance"
+        if len(groups) > MAX_CHANCE_GROUPS:
+            alt += f" among the {MAX_CHANCE_GROUPS} most accurate groups checked"
+        if untested:
+            alt += f" ({len(untested)} could not be tested: no baseline, e.g. {sorted(untested)[0]})"
     return (
         f"the chosen {res.label(chosen)} scores {chk.line()}: the table does not show that its answers depend on the "
         f"problem, so its accuracy may be the answer mix of these problems (one answer given to every problem scores "
