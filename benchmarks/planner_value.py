@@ -158,11 +158,15 @@ def same_settings(t, h) -> bool:
     )
 
 
+def heldout_of(res, i: int, held: list):
+    """(candidate i's table row, the held-out table built with its settings or None)."""
+    t = res.tables[int(res.table[i])]
+    return t.rows[int(res.row[i])], next((h for h in held if same_settings(t, h)), None)
+
+
 def heldout_scores(res, i: int, held: list, ids=None):
     """Per-problem expected correctness of candidate i on its held-out table (ids: which problems; default all)."""
-    t = res.tables[int(res.table[i])]
-    r = t.rows[int(res.row[i])]
-    h = next((h for h in held if same_settings(t, h)), None)
+    r, h = heldout_of(res, i, held)
     if h is None or (r.aggregation != "greedy" and r.k > h.n_samples):
         return None
     ids = ids or tuple(sorted(p.id for p in h.problems))
@@ -195,9 +199,7 @@ def heldout_best_checks(res, feas: list, best: int, plan: int, held: list) -> di
 
 def heldout_chance(res, i: int, held: list) -> bool | None:
     """Is candidate i above its blind baseline on its held-out table (evaluate.chance)? None: no baseline."""
-    t = res.tables[int(res.table[i])]
-    r = t.rows[int(res.row[i])]
-    h = next((h for h in held if same_settings(t, h)), None)
+    r, h = heldout_of(res, i, held)
     if h is None or why_no_baseline(h) is not None or (r.aggregation != "greedy" and r.k > h.n_samples):
         return None
     return chance_checks(h.problems, r.budget, r.aggregation)[0 if r.aggregation == "greedy" else r.k - 1].above
@@ -205,9 +207,7 @@ def heldout_chance(res, i: int, held: list) -> bool | None:
 
 def heldout_acc(res, i: int, held: list) -> tuple | None:
     """(accuracy, lo, hi, n_problems) of candidate i read from its held-out table, or None."""
-    t = res.tables[int(res.table[i])]
-    r = t.rows[int(res.row[i])]
-    h = next((h for h in held if same_settings(t, h)), None)
+    r, h = heldout_of(res, i, held)
     hr = (
         None
         if h is None

@@ -232,19 +232,13 @@ def summary(t: AccuracyTable) -> str | None:
     if why_no_baseline(t) is not None:
         return None
     rows = [r for r in t.rows if r.budget == t.max_tokens and r.stop_rule is None and r.aggregation != "pass@k"]
-    checks: dict[str, list[ChanceCheck]] = {}
-    above = []
-    for r in rows:
-        if r.aggregation not in checks:
-            checks[r.aggregation] = chance_checks(t.problems, t.max_tokens, r.aggregation)
-        c = checks[r.aggregation][0 if r.aggregation == "greedy" else r.k - 1]
-        if c.above:
-            above.append((r, c))
     if not rows:
         return None
+    checks = {a: chance_checks(t.problems, t.max_tokens, a) for a in {r.aggregation for r in rows}}
+    rated = [(r, checks[r.aggregation][0 if r.aggregation == "greedy" else r.k - 1]) for r in rows]
+    above = [rc for rc in rated if rc[1].above]
     if not above:
-        best = max(rows, key=lambda r: r.accuracy)
-        c = checks[best.aggregation][0 if best.aggregation == "greedy" else best.k - 1]
+        best, c = max(rated, key=lambda rc: rc[0].accuracy)
         return (
             f"no row beats answering blind at budget {t.max_tokens}: the best, {_name(best)}, scores {c.line()}; "
             "these accuracies may be the answer mix of the problems, not the model reading them"

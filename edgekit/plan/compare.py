@@ -68,6 +68,7 @@ class Comparator:
         self._full: dict[tuple[int, int, str], np.ndarray] = {}
         self._pos = [{p.id: r for r, p in enumerate(t.problems)} for t in res.tables]
         self._chance: dict[tuple[int, int, str], list[ChanceCheck] | None] = {}
+        self._no_baseline: dict[int, str | None] = {}  # per table: why it has no blind baseline (None: it has one)
 
     def name(self, ti: int) -> str:
         p = self.res.table_paths[ti] if self.res.table_paths and ti < len(self.res.table_paths) else None
@@ -120,10 +121,11 @@ class Comparator:
         ti = int(r.table[i])
         t, row = r.tables[ti], r.tables[ti].rows[int(r.row[i])]
         key = (ti, row.budget, row.aggregation)
+        if ti not in self._no_baseline:  # one scan of the table's records, whatever the rows asked
+            self._no_baseline[ti] = why_no_baseline(t)
         if key not in self._chance:
-            self._chance[key] = None
-            if why_no_baseline(t) is None:
-                self._chance[key] = chance_checks(t.problems, row.budget, row.aggregation)
+            ok = self._no_baseline[ti] is None
+            self._chance[key] = chance_checks(t.problems, row.budget, row.aggregation) if ok else None
         checks = self._chance[key]
         if checks is None:
             return None
